@@ -1,0 +1,671 @@
+//! A batch is one caller request (get, put, exists, ...) on its way through the shards.
+//!
+//! The engine splits a batch into parts, one per shard that owns some of its keys. Each
+//! part resolves "units" (one Redis key each: a chunk's metadata key or payload key) and
+//! reports them back here. When the last part reports, the batch applies LMCache's read
+//! rules ([`Batch::finish`]) and wakes the caller, who waits either blocking
+//! ([`Ticket::wait`]) or as a future under any executor.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::error::{show_key, Error, Result};
+use crate::layout::{KeyLayout, RemoteMetadata};
+use crate::metrics::Metrics;
+use crate::resp::Value;
+use crate::ring::Priority;
+
+/// One chunk read back from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The decoded metadata (`None` in the `raw` layout).
+    pub meta: Option<RemoteMetadata>,
+    /// The payload bytes.
+    pub data: Vec<u8>,
+}
+
+/// What `get_into` found for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Payload bytes written at the start of the caller's buffer.
+    pub len: usize,
+    /// The decoded metadata (`None` in the `raw` layout).
+    pub meta: Option<RemoteMetadata>,
+}
+
+/// One chunk to write.
+#[derive(Debug, Clone)]
+pub struct PutChunk {
+    /// LMCache's key string `K` (the layout derives the Redis keys from it).
+    pub key: Vec<u8>,
+    /// The payload; sent from this buffer without a copy.
+    pub data: Bytes,
+    /// Metadata to store beside the payload. `None` in the `raw` layout; in the other
+    /// layouts `None` stores BINARY metadata of the payload's length.
+    pub meta: Option<RemoteMetadata>,
+}
+
+impl PutChunk {
+    /// A chunk with metadata.
+    pub fn new(
+        key: impl Into<Vec<u8>>,
+        data: impl Into<Bytes>,
+        meta: Option<RemoteMetadata>,
+    ) -> Self {
+        PutChunk {
+            key: key.into(),
+            data: data.into(),
+            meta,
+        }
+    }
+}
+
+/// All keys of a batch in one allocation.
+#[derive(Debug, Default)]
+pub(crate) struct KeyArena {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl KeyArena {
+    pub fn from_keys<K: AsRef<[u8]>>(keys: &[K]) -> KeyArena {
+        let total = keys.iter().map(|k| k.as_ref().len()).sum();
+        let mut a = KeyArena {
+            bytes: Vec::with_capacity(total),
+            ends: Vec::with_capacity(keys.len()),
+        };
+        for k in keys {
+            a.bytes.extend_from_slice(k.as_ref());
+            a.ends.push(a.bytes.len());
+        }
+        a
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+}
+
+/// Which of a chunk's Redis keys a unit stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Meta = 0,
+    Payload = 1,
+}
+
+/// How a read batch reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GetMode {
+    /// Every chunk, misses as None.
+    All,
+    /// Only the hit prefix (LMCache's batched_get_non_blocking).
+    Prefix,
+    /// Into caller buffers.
+    Into,
+}
+
+/// What a batch does.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Get(GetMode),
+    Exists {
+        prefix: bool,
+    },
+    Delete,
+    Put {
+        data: Vec<Bytes>,
+        metas: Vec<Vec<u8>>,
+    },
+    Command {
+        args: Vec<Vec<u8>>,
+    },
+}
+
+/// The state of one unit once resolved.
+#[derive(Debug, Default)]
+pub(crate) enum Slot {
+    #[default]
+    Pending,
+    Nil,
+    /// `len` bytes at the start of `buf`.
+    Data {
+        buf: Vec<u8>,
+        len: usize,
+    },
+    Int(i64),
+    Ok,
+    Value(Value),
+    TooLarge(usize),
+    Err(Error),
+}
+
+/// What the caller gets.
+#[derive(Debug)]
+pub(crate) enum Output {
+    Chunks(Vec<Option<Chunk>>),
+    Into(Vec<Vec<u8>>, Vec<Option<ChunkInfo>>),
+    Bools(Vec<bool>),
+    Count(usize),
+    Unit,
+    Value(Value),
+}
+
+struct State {
+    slots: Vec<Slot>,
+    bufs: Vec<Option<Vec<u8>>>,
+    parts_left: usize,
+    output: Option<Result<Output>>,
+    waker: Option<Waker>,
+}
+
+/// Something the batch asks the engine to do after it finished (never blocking).
+pub(crate) trait FollowUp: Send + Sync {
+    /// Deletes stale metadata keys (metadata present, payload evicted).
+    fn delete_stale(&self, layout: KeyLayout, keys: Vec<Vec<u8>>);
+}
+
+/// A request in flight. Shared by the caller and the shards working on it.
+pub(crate) struct Batch {
+    pub op: Op,
+    pub class: Priority,
+    pub layout: KeyLayout,
+    pub keys: KeyArena,
+    pub ttl: Option<u64>,
+    pub started: Instant,
+    pub deadline: Instant,
+    pub metrics: Arc<Metrics>,
+    follow_up: Option<Arc<dyn FollowUp>>,
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Batch({:?}, {} keys, {})",
+            self.op_name(),
+            self.keys.len(),
+            self.class
+        )
+    }
+}
+
+pub(crate) struct BatchInit {
+    pub op: Op,
+    pub class: Priority,
+    pub layout: KeyLayout,
+    pub keys: KeyArena,
+    pub ttl: Option<u64>,
+    pub timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    pub follow_up: Option<Arc<dyn FollowUp>>,
+    pub bufs: Vec<Vec<u8>>,
+}
+
+impl Batch {
+    pub fn new(init: BatchInit) -> Batch {
+        let n = init.keys.len();
+        let started = Instant::now();
+        let bufs = init.bufs.into_iter().map(Some).collect();
+        Batch {
+            op: init.op,
+            class: init.class,
+            layout: init.layout,
+            keys: init.keys,
+            ttl: init.ttl,
+            started,
+            deadline: started + init.timeout,
+            metrics: init.metrics,
+            follow_up: init.follow_up,
+            state: Mutex::new(State {
+                slots: (0..n * 2).map(|_| Slot::Pending).collect(),
+                bufs,
+                parts_left: 0,
+                output: None,
+                waker: None,
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn op_name(&self) -> &'static str {
+        match self.op {
+            Op::Get(GetMode::All) => "get",
+            Op::Get(GetMode::Prefix) => "prefetch",
+            Op::Get(GetMode::Into) => "get_into",
+            Op::Exists { prefix: false } => "exists",
+            Op::Exists { prefix: true } => "contains_prefix",
+            Op::Delete => "delete",
+            Op::Put { .. } => "put",
+            Op::Command { .. } => "command",
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The units this batch touches, in caller order: (chunk, role).
+    pub fn units(&self) -> Vec<(u32, Role)> {
+        let n = self.keys.len() as u32;
+        let two = self.layout.keys_per_chunk() == 2;
+        match &self.op {
+            Op::Command { .. } => vec![(0, Role::Payload)],
+            Op::Exists { .. } => (0..n)
+                .map(|i| (i, if two { Role::Meta } else { Role::Payload }))
+                .collect(),
+            // Payload before metadata: a reader that sees metadata can expect the payload.
+            Op::Put { .. } | Op::Get(_) | Op::Delete if two => {
+                let first = if matches!(self.op, Op::Put { .. }) {
+                    [Role::Payload, Role::Meta]
+                } else {
+                    [Role::Meta, Role::Payload]
+                };
+                (0..n).flat_map(|i| first.map(|r| (i, r))).collect()
+            }
+            _ => (0..n).map(|i| (i, Role::Payload)).collect(),
+        }
+    }
+
+    /// Appends the Redis key of a unit to `out`.
+    pub fn write_key(&self, chunk: u32, role: Role, out: &mut Vec<u8>) {
+        let k = self.keys.get(chunk as usize);
+        match role {
+            Role::Payload => self.layout.write_payload_key(k, out),
+            Role::Meta => {
+                self.layout.write_metadata_key(k, out);
+            }
+        }
+    }
+
+    /// The Redis key of a unit, for routing and logs.
+    pub fn key_of(&self, chunk: u32, role: Role) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.write_key(chunk, role, &mut v);
+        v
+    }
+
+    /// Called once per part before submission.
+    pub fn set_parts(&self, n: usize) {
+        self.lock().parts_left = n;
+    }
+
+    /// `true` once the caller has its answer (late replies are dropped).
+    pub fn is_finished(&self) -> bool {
+        self.lock().output.is_some()
+    }
+
+    /// A shard reports a finished part: resolved units and returned buffers.
+    pub fn part_done(&self, slots: Vec<(u32, Role, Slot)>, bufs: Vec<(u32, Vec<u8>)>) {
+        let mut st = self.lock();
+        for (chunk, role, slot) in slots {
+            if let Some(s) = st.slots.get_mut(chunk as usize * 2 + role as usize) {
+                *s = slot;
+            }
+        }
+        for (chunk, buf) in bufs {
+            if let Some(b) = st.bufs.get_mut(chunk as usize) {
+                *b = Some(buf);
+            }
+        }
+        st.parts_left = st.parts_left.saturating_sub(1);
+        if st.parts_left == 0 && st.output.is_none() {
+            let out = self.finish(&mut st);
+            self.complete_locked(st, out);
+        }
+    }
+
+    /// Ends the batch with an error (submission failed, shard gone, time-out).
+    pub fn fail(&self, err: Error) {
+        let st = self.lock();
+        if st.output.is_none() {
+            self.complete_locked(st, Err(err));
+        }
+    }
+
+    fn complete_locked(&self, mut st: std::sync::MutexGuard<'_, State>, out: Result<Output>) {
+        match &out {
+            Ok(_) => self
+                .metrics
+                .op_done(self.class, self.keys.len(), self.started.elapsed()),
+            Err(e) => self.metrics.error(e.kind()),
+        }
+        st.output = Some(out);
+        let waker = st.waker.take();
+        drop(st);
+        self.cv.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Applies LMCache's read rules and builds the caller's answer.
+    fn finish(&self, st: &mut State) -> Result<Output> {
+        let n = self.keys.len();
+        let slots = std::mem::take(&mut st.slots);
+        let mut slots: Vec<[Slot; 2]> = {
+            let mut it = slots.into_iter();
+            (0..n)
+                .map(|_| [it.next().unwrap_or_default(), it.next().unwrap_or_default()])
+                .collect()
+        };
+        let key = |i: usize| show_key(self.keys.get(i));
+        // The first error decides the answer of all-or-nothing calls; every failed key
+        // is logged so none is lost silently.
+        let mut first_err: Option<Error> = None;
+        let mut failed = vec![false; n];
+        for (i, pair) in slots.iter_mut().enumerate() {
+            for s in pair.iter_mut().filter(|s| matches!(s, Slot::Err(_))) {
+                if let Slot::Err(e) = std::mem::take(s) {
+                    tracing::warn!(key = %key(i), op = self.op_name(), error = %e, "key failed");
+                    failed[i] = true;
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let nfailed = failed.iter().filter(|&&f| f).count();
+        match &self.op {
+            Op::Command { .. } => match (first_err, slots.pop()) {
+                (Some(e), _) => Err(e),
+                (None, Some([_, Slot::Value(v)])) => Ok(Output::Value(v)),
+                _ => Ok(Output::Value(Value::Nil)),
+            },
+            Op::Put { .. } => {
+                if let Some(e) = first_err {
+                    let first_key = failed.iter().position(|&f| f).map(key).unwrap_or_default();
+                    return Err(Error::PutFailed {
+                        failed: nfailed,
+                        total: n,
+                        first_key,
+                        first_error: e.to_string(),
+                    });
+                }
+                Ok(Output::Unit)
+            }
+            Op::Delete => {
+                if let Some(e) = first_err {
+                    return Err(e);
+                }
+                let count = slots
+                    .iter()
+                    .filter(|p| p.iter().any(|s| matches!(s, Slot::Int(x) if *x > 0)))
+                    .count();
+                Ok(Output::Count(count))
+            }
+            Op::Exists { prefix } => {
+                if let Some(e) = first_err {
+                    if !*prefix {
+                        return Err(e);
+                    }
+                }
+                let found: Vec<bool> = slots
+                    .iter()
+                    .map(|p| p.iter().any(|s| matches!(s, Slot::Int(x) if *x > 0)))
+                    .collect();
+                if *prefix {
+                    // A failed key ends the prefix like a miss: LMCache then simply
+                    // recomputes; the failure itself was logged and counted above.
+                    let upto = failed.iter().position(|&f| f).unwrap_or(n);
+                    let count = found[..upto].iter().take_while(|&&b| b).count();
+                    return Ok(Output::Count(count));
+                }
+                Ok(Output::Bools(found))
+            }
+            Op::Get(mode) => {
+                if let Some(e) = first_err {
+                    if *mode != GetMode::Prefix {
+                        return Err(e);
+                    }
+                }
+                let mut stale = Vec::new();
+                let mut hits = 0;
+                let mut results: Vec<Option<(Option<RemoteMetadata>, Vec<u8>, usize)>> =
+                    Vec::with_capacity(n);
+                for (i, pair) in slots.into_iter().enumerate() {
+                    let r = if failed[i] {
+                        None
+                    } else {
+                        self.read_rule(i, pair, &st.bufs, &mut stale)
+                    };
+                    hits += r.is_some() as usize;
+                    results.push(r);
+                }
+                if !stale.is_empty() {
+                    self.metrics.error("stale_metadata");
+                    if let Some(f) = &self.follow_up {
+                        f.delete_stale(self.layout, stale);
+                    }
+                }
+                match mode {
+                    GetMode::All => {
+                        self.metrics.hits_misses(hits, n - hits);
+                        Ok(Output::Chunks(
+                            results
+                                .into_iter()
+                                .map(|r| r.map(|(meta, data, _)| Chunk { meta, data }))
+                                .collect(),
+                        ))
+                    }
+                    GetMode::Prefix => {
+                        let upto = results.iter().position(|r| r.is_none()).unwrap_or(n);
+                        self.metrics.hits_misses(upto, n - upto);
+                        Ok(Output::Chunks(
+                            results
+                                .into_iter()
+                                .take(upto)
+                                .map(|r| r.map(|(meta, data, _)| Chunk { meta, data }))
+                                .collect(),
+                        ))
+                    }
+                    GetMode::Into => {
+                        self.metrics.hits_misses(hits, n - hits);
+                        let mut bufs = Vec::with_capacity(n);
+                        let mut infos = Vec::with_capacity(n);
+                        for (i, r) in results.into_iter().enumerate() {
+                            match r {
+                                Some((meta, buf, len)) => {
+                                    bufs.push(buf);
+                                    infos.push(Some(ChunkInfo { len, meta }));
+                                }
+                                None => {
+                                    bufs.push(
+                                        st.bufs
+                                            .get_mut(i)
+                                            .and_then(|b| b.take())
+                                            .unwrap_or_default(),
+                                    );
+                                    infos.push(None);
+                                }
+                            }
+                        }
+                        Ok(Output::Into(bufs, infos))
+                    }
+                }
+            }
+        }
+    }
+
+    /// LMCache's rules for one chunk: returns (metadata, buffer, payload length) on a hit.
+    fn read_rule(
+        &self,
+        i: usize,
+        pair: [Slot; 2],
+        bufs: &[Option<Vec<u8>>],
+        stale: &mut Vec<Vec<u8>>,
+    ) -> Option<(Option<RemoteMetadata>, Vec<u8>, usize)> {
+        let [meta, payload] = pair;
+        let into = matches!(self.op, Op::Get(GetMode::Into));
+        let k = || show_key(self.keys.get(i));
+        let (buf, len) = match payload {
+            Slot::Data { buf, len } => (buf, len),
+            Slot::TooLarge(len) => {
+                self.metrics.error("too_large");
+                tracing::warn!(key = %k(), len, "value larger than the destination buffer; treated as a miss");
+                return None;
+            }
+            _ => {
+                if matches!(meta, Slot::Data { .. }) {
+                    tracing::debug!(key = %k(), "metadata without payload (evicted); deleting metadata");
+                    stale.push(self.keys.get(i).to_vec());
+                }
+                return None;
+            }
+        };
+        if self.layout.keys_per_chunk() == 1 {
+            if into {
+                let want = bufs.get(i).map_or(0, |_| buf.len());
+                if len != want {
+                    self.metrics.error("corrupt");
+                    tracing::warn!(key = %k(), len, expected = want, "raw value length differs from the buffer size; treated as a miss");
+                    return None;
+                }
+            }
+            return Some((None, buf, len));
+        }
+        let Slot::Data {
+            buf: mbuf,
+            len: mlen,
+        } = meta
+        else {
+            return None;
+        };
+        let md = match RemoteMetadata::decode(&mbuf[..mlen]) {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics.error("corrupt");
+                tracing::warn!(key = %k(), error = %e, "undecodable metadata; treated as a miss");
+                return None;
+            }
+        };
+        if md.payload_len() != len {
+            self.metrics.error("corrupt");
+            tracing::warn!(key = %k(), len, expected = md.payload_len(), "payload length differs from metadata; treated as a miss");
+            return None;
+        }
+        Some((Some(md), buf, len))
+    }
+
+    fn take_output(&self) -> Option<Result<Output>> {
+        self.lock().output.take()
+    }
+}
+
+/// A caller's handle on a submitted request: wait for it, or `.await` it.
+///
+/// The future needs no particular executor: the shard that completes the request wakes
+/// the registered waker.
+pub struct Ticket<T> {
+    batch: Option<Arc<Batch>>,
+    convert: fn(Output) -> Result<T>,
+    ready: Option<Result<T>>,
+}
+
+impl<T> std::fmt::Debug for Ticket<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ticket")
+    }
+}
+
+/// Extra time a waiting caller gives the shards beyond the request deadline before it
+/// gives up by itself (the shards normally time the request out first).
+const WAIT_GRACE: Duration = Duration::from_secs(2);
+
+impl<T> Ticket<T> {
+    pub(crate) fn new(batch: Arc<Batch>, convert: fn(Output) -> Result<T>) -> Ticket<T> {
+        Ticket {
+            batch: Some(batch),
+            convert,
+            ready: None,
+        }
+    }
+
+    pub(crate) fn ready(r: Result<T>) -> Ticket<T> {
+        Ticket {
+            batch: None,
+            convert: |_| Err(Error::Closed),
+            ready: Some(r),
+        }
+    }
+
+    /// Blocks the calling thread until the request completes.
+    pub fn wait(mut self) -> Result<T> {
+        if let Some(r) = self.ready.take() {
+            return r;
+        }
+        let Some(batch) = self.batch.take() else {
+            return Err(Error::Closed);
+        };
+        let limit = batch.deadline + WAIT_GRACE;
+        let mut st = batch.lock();
+        while st.output.is_none() {
+            let now = Instant::now();
+            if now >= limit {
+                drop(st);
+                batch.fail(Error::Timeout {
+                    after: batch.started.elapsed(),
+                    what: format!(
+                        "{} of {} keys (no shard answered)",
+                        batch.op_name(),
+                        batch.keys.len()
+                    ),
+                });
+                st = batch.lock();
+                break;
+            }
+            st = batch
+                .cv
+                .wait_timeout(st, limit - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let out = st.output.take();
+        drop(st);
+        match out {
+            Some(r) => r.and_then(self.convert),
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// `true` once the result is available (wait() will not block).
+    pub fn is_done(&self) -> bool {
+        self.ready.is_some() || self.batch.as_ref().is_none_or(|b| b.is_finished())
+    }
+}
+
+impl<T> Unpin for Ticket<T> {}
+
+impl<T> Future for Ticket<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(r) = self.ready.take() {
+            return Poll::Ready(r);
+        }
+        let Some(batch) = self.batch.clone() else {
+            return Poll::Ready(Err(Error::Closed));
+        };
+        {
+            let mut st = batch.lock();
+            if st.output.is_none() {
+                st.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        self.batch = None;
+        match batch.take_output() {
+            Some(r) => Poll::Ready(r.and_then(self.convert)),
+            None => Poll::Ready(Err(Error::Closed)),
+        }
+    }
+}

@@ -1,0 +1,625 @@
+//! The public API: an [`Engine`] owns the shards and turns calls into batches.
+//!
+//! ```no_run
+//! use slotline::{Config, Engine, PutChunk, RemoteMetadata};
+//!
+//! let engine = Engine::new(Config::from_url("redis://127.0.0.1:6379")?)?;
+//! let meta = RemoteMetadata::new(4, 4, 6, &[4])?;
+//! engine.put(vec![PutChunk::new("model@1@0@3f9a@bfloat16", vec![1u8, 2, 3, 4], Some(meta))])?;
+//! let got = engine.get(&["model@1@0@3f9a@bfloat16", "missing"])?;
+//! assert_eq!(got[0].as_ref().unwrap().data, vec![1, 2, 3, 4]);
+//! assert!(got[1].is_none());
+//! # Ok::<(), slotline::Error>(())
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::batch::{
+    Batch, BatchInit, Chunk, ChunkInfo, FollowUp, GetMode, KeyArena, Op, Output, PutChunk, Role,
+    Ticket,
+};
+use crate::cluster::Router;
+use crate::config::{Config, Mode};
+use crate::error::{show_key, Error, Result};
+use crate::layout::{KeyLayout, RemoteMetadata};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::resp::Value;
+use crate::ring::Priority;
+use crate::shard::{self, BackendKind, ShardHandle, SubmitPart};
+
+/// MemoryFormat BINARY and dtype uint8: what a chunk stored without metadata is labelled.
+const FMT_BINARY: i32 = 4;
+const DTYPE_UINT8: i32 = 6;
+
+struct Inner {
+    cfg: Arc<Config>,
+    shards: Vec<ShardHandle>,
+    cores: Vec<Option<usize>>,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    rr: AtomicUsize,
+    backend: BackendKind,
+    me: Weak<Inner>,
+}
+
+/// The engine: shards, their connections, and the API LMCache's connector calls.
+///
+/// Cheap to clone; all clones share the shards. The shards stop when the last clone is
+/// dropped (after finishing what they hold).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Engine({} shards, {}, {:?})",
+            self.inner.shards.len(),
+            self.inner.backend,
+            self.inner.cfg.mode
+        )
+    }
+}
+
+/// A snapshot of what the engine did, from [`Engine::stats`].
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Event loop in use.
+    pub backend: BackendKind,
+    /// Number of shard threads.
+    pub shards: usize,
+    /// Core each shard is pinned to.
+    pub cores: Vec<Option<usize>>,
+    /// Counters and latency histograms.
+    pub metrics: MetricsSnapshot,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = &self.metrics;
+        writeln!(
+            f,
+            "backend {}  shards {}  cores {:?}",
+            self.backend, self.shards, self.cores
+        )?;
+        writeln!(
+            f,
+            "frames sent {}  bytes out {}  bytes in {}  hits {}  misses {}",
+            m.frames_sent, m.bytes_sent, m.bytes_received, m.hits, m.misses
+        )?;
+        for c in &m.classes {
+            if c.ops > 0 {
+                writeln!(
+                    f,
+                    "{:<9} ops {:>8}  keys {:>10}  p50 {:?}  p95 {:?}  p99 {:?}  max {:?}",
+                    c.class.name(),
+                    c.ops,
+                    c.keys,
+                    c.p50,
+                    c.p95,
+                    c.p99,
+                    c.max
+                )?;
+            }
+        }
+        if !m.errors.is_empty() {
+            writeln!(f, "errors {:?}", m.errors)?;
+        }
+        Ok(())
+    }
+}
+
+impl FollowUp for Inner {
+    fn delete_stale(&self, layout: KeyLayout, keys: Vec<Vec<u8>>) {
+        // Runs on a shard thread: must not wait for lane space.
+        let Some(inner) = self.me.upgrade() else {
+            return;
+        };
+        let engine = Engine { inner };
+        if let Err(e) = engine.submit_keys(
+            Op::Delete,
+            Priority::Put,
+            layout,
+            &keys,
+            Vec::new(),
+            Submit::Try,
+        ) {
+            for k in &keys {
+                tracing::warn!(key = %show_key(k), error = %e, "stale metadata not deleted");
+            }
+            return;
+        }
+        tracing::debug!(count = keys.len(), "deleting stale metadata");
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Submit {
+    Wait,
+    Try,
+}
+
+impl Engine {
+    /// Starts the shards and checks that the server answers (and accepts the
+    /// credentials). Fails with a clear error otherwise.
+    pub fn new(cfg: Config) -> Result<Engine> {
+        cfg.validate()?;
+        let cfg = Arc::new(cfg);
+        let allowed = crate::sys::allowed_cores();
+        let cores: Vec<Option<usize>> = match (&cfg.cores, cfg.shards) {
+            (Some(list), _) => list.iter().map(|&c| Some(c)).collect(),
+            (None, Some(n)) => (0..n.max(1)).map(|i| allowed.get(i).copied()).collect(),
+            (None, None) => allowed.iter().map(|&c| Some(c)).collect(),
+        };
+        let seed = cfg
+            .seeds
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::config("remote_url", "", "no server address given"))?;
+        let router = Arc::new(match cfg.mode {
+            Mode::Standalone => Router::standalone(seed),
+            Mode::Cluster => Router::cluster(seed),
+        });
+        let metrics = Arc::new(Metrics::new());
+        let mut shards = Vec::with_capacity(cores.len());
+        for (i, core) in cores.iter().enumerate() {
+            shards.push(shard::start(
+                i,
+                cfg.clone(),
+                router.clone(),
+                metrics.clone(),
+                *core,
+                cores.len(),
+            )?);
+        }
+        let backend = shards[0].backend;
+        tracing::info!(
+            backend = %backend,
+            shards = shards.len(),
+            cores = ?cores,
+            mode = ?cfg.mode,
+            "slotline engine started on the {} backend",
+            backend
+        );
+        let inner = Arc::new_cyclic(|me| Inner {
+            cfg,
+            shards,
+            cores,
+            router,
+            metrics,
+            rr: AtomicUsize::new(0),
+            backend,
+            me: me.clone(),
+        });
+        let engine = Engine { inner };
+        match engine.command(&[b"PING"]) {
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(engine)
+    }
+
+    /// Shortcut for `Engine::new(Config::from_url(url)?)`.
+    pub fn from_url(url: &str) -> Result<Engine> {
+        Engine::new(Config::from_url(url)?)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// The event loop the shards run.
+    pub fn backend(&self) -> BackendKind {
+        self.inner.backend
+    }
+
+    /// Counters, errors by kind and latency histograms per priority class.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            backend: self.inner.backend,
+            shards: self.inner.shards.len(),
+            cores: self.inner.cores.clone(),
+            metrics: self.inner.metrics.snapshot(),
+        }
+    }
+
+    // ----- reads -----
+
+    /// Reads chunks, in the caller's order; misses (including evicted and corrupt
+    /// chunks) are `None`. Class GET.
+    pub fn get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Chunk>>> {
+        self.get_async(keys).wait()
+    }
+
+    /// [`get`](Self::get) as a future (or call `.wait()` on the ticket).
+    pub fn get_async<K: AsRef<[u8]>>(&self, keys: &[K]) -> Ticket<Vec<Option<Chunk>>> {
+        self.ticket(
+            Op::Get(GetMode::All),
+            Priority::Get,
+            keys,
+            Vec::new(),
+            |o| match o {
+                Output::Chunks(c) => Ok(c),
+                _ => Err(Error::Closed),
+            },
+        )
+    }
+
+    /// The chunks of the hit prefix: stops at the first miss (LMCache's
+    /// `batched_get_non_blocking`). Class PREFETCH.
+    pub fn prefetch<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Chunk>> {
+        self.prefetch_async(keys).wait()
+    }
+
+    /// [`prefetch`](Self::prefetch) as a future.
+    pub fn prefetch_async<K: AsRef<[u8]>>(&self, keys: &[K]) -> Ticket<Vec<Chunk>> {
+        self.ticket(
+            Op::Get(GetMode::Prefix),
+            Priority::Prefetch,
+            keys,
+            Vec::new(),
+            |o| match o {
+                Output::Chunks(c) => Ok(c.into_iter().flatten().collect()),
+                _ => Err(Error::Closed),
+            },
+        )
+    }
+
+    /// Reads each payload into the caller's buffer (its length is the space offered;
+    /// a larger value is a miss). Returns the buffers and, per key, the bytes written
+    /// and the metadata. Class GET.
+    ///
+    /// If the request times out, buffers still being written by a connection are not
+    /// returned (they are freed once the connection lets go of them).
+    pub fn get_into<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        bufs: Vec<Vec<u8>>,
+    ) -> Result<(Vec<Vec<u8>>, Vec<Option<ChunkInfo>>)> {
+        self.get_into_async(keys, bufs).wait()
+    }
+
+    /// [`get_into`](Self::get_into) as a future.
+    #[allow(clippy::type_complexity)]
+    pub fn get_into_async<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        bufs: Vec<Vec<u8>>,
+    ) -> Ticket<(Vec<Vec<u8>>, Vec<Option<ChunkInfo>>)> {
+        if bufs.len() != keys.len() {
+            return Ticket::ready(Err(Error::Invalid(format!(
+                "get_into: {} keys but {} buffers",
+                keys.len(),
+                bufs.len()
+            ))));
+        }
+        self.ticket(
+            Op::Get(GetMode::Into),
+            Priority::Get,
+            keys,
+            bufs,
+            |o| match o {
+                Output::Into(b, i) => Ok((b, i)),
+                _ => Err(Error::Closed),
+            },
+        )
+    }
+
+    // ----- checks -----
+
+    /// Whether each chunk exists (its metadata key, or the key itself in `raw`).
+    /// Class PEEK.
+    pub fn exists<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<bool>> {
+        self.exists_async(keys).wait()
+    }
+
+    /// [`exists`](Self::exists) as a future.
+    pub fn exists_async<K: AsRef<[u8]>>(&self, keys: &[K]) -> Ticket<Vec<bool>> {
+        self.ticket(
+            Op::Exists { prefix: false },
+            Priority::Peek,
+            keys,
+            Vec::new(),
+            |o| match o {
+                Output::Bools(b) => Ok(b),
+                _ => Err(Error::Closed),
+            },
+        )
+    }
+
+    /// How many chunks exist consecutively from the first key (LMCache's
+    /// `batched_async_contains`). Class PEEK.
+    pub fn contains_prefix<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<usize> {
+        self.contains_prefix_async(keys).wait()
+    }
+
+    /// [`contains_prefix`](Self::contains_prefix) as a future.
+    pub fn contains_prefix_async<K: AsRef<[u8]>>(&self, keys: &[K]) -> Ticket<usize> {
+        self.ticket(
+            Op::Exists { prefix: true },
+            Priority::Peek,
+            keys,
+            Vec::new(),
+            count,
+        )
+    }
+
+    // ----- writes -----
+
+    /// Deletes chunks (both keys in the two-key layouts); returns how many existed.
+    /// Class PUT.
+    pub fn delete<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<usize> {
+        self.delete_async(keys).wait()
+    }
+
+    /// [`delete`](Self::delete) as a future.
+    pub fn delete_async<K: AsRef<[u8]>>(&self, keys: &[K]) -> Ticket<usize> {
+        self.ticket(Op::Delete, Priority::Put, keys, Vec::new(), count)
+    }
+
+    /// Writes chunks as pipelined SETs, payload first, then metadata, with the
+    /// configured TTL. Returns once every write is acknowledged. Class PUT.
+    pub fn put(&self, chunks: Vec<PutChunk>) -> Result<()> {
+        self.put_async(chunks).wait()
+    }
+
+    /// Like [`put`](Self::put), but fails with [`Error::Busy`] instead of waiting when
+    /// the PUT lane is full.
+    pub fn try_put(&self, chunks: Vec<PutChunk>) -> Result<Ticket<()>> {
+        let (keys, op) = self.put_op(chunks)?;
+        let b = self.submit_keys(
+            op,
+            Priority::Put,
+            self.inner.cfg.key_layout,
+            &keys,
+            Vec::new(),
+            Submit::Try,
+        )?;
+        Ok(Ticket::new(b, unit))
+    }
+
+    /// [`put`](Self::put) as a future.
+    pub fn put_async(&self, chunks: Vec<PutChunk>) -> Ticket<()> {
+        match self.put_op(chunks) {
+            Err(e) => Ticket::ready(Err(e)),
+            Ok((keys, op)) => {
+                match self.submit_keys(
+                    op,
+                    Priority::Put,
+                    self.inner.cfg.key_layout,
+                    &keys,
+                    Vec::new(),
+                    Submit::Wait,
+                ) {
+                    Ok(b) => Ticket::new(b, unit),
+                    Err(e) => Ticket::ready(Err(e)),
+                }
+            }
+        }
+    }
+
+    fn put_op(&self, chunks: Vec<PutChunk>) -> Result<(Vec<Vec<u8>>, Op)> {
+        let layout = self.inner.cfg.key_layout;
+        let limit = self.inner.cfg.max_value_size;
+        let mut keys = Vec::with_capacity(chunks.len());
+        let mut data: Vec<Bytes> = Vec::with_capacity(chunks.len());
+        let mut metas = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            if c.data.len() > limit {
+                return Err(Error::TooLarge {
+                    key: show_key(&c.key),
+                    len: c.data.len(),
+                    limit,
+                });
+            }
+            if layout.keys_per_chunk() == 2 {
+                let meta = match c.meta {
+                    Some(m) => {
+                        if m.payload_len() != c.data.len() {
+                            return Err(Error::Invalid(format!(
+                                "key {}: metadata length {} but payload is {} bytes",
+                                show_key(&c.key),
+                                m.length,
+                                c.data.len()
+                            )));
+                        }
+                        m
+                    }
+                    None => {
+                        RemoteMetadata::new(c.data.len(), FMT_BINARY, DTYPE_UINT8, &[c.data.len()])?
+                    }
+                };
+                metas.push(meta.encode());
+            } else {
+                metas.push(Vec::new());
+            }
+            keys.push(c.key);
+            data.push(c.data);
+        }
+        Ok((keys, Op::Put { data, metas }))
+    }
+
+    // ----- control -----
+
+    /// Sends one command to the server owning its first key argument (any server in
+    /// standalone mode) and returns the reply. Error replies come back as
+    /// [`Error::Server`].
+    pub fn command(&self, args: &[&[u8]]) -> Result<Value> {
+        let key: &[u8] = args.get(1).copied().unwrap_or(b"");
+        let op = Op::Command {
+            args: args.iter().map(|a| a.to_vec()).collect(),
+        };
+        let b = self.submit_keys(
+            op,
+            Priority::Peek,
+            KeyLayout::Raw,
+            &[key],
+            Vec::new(),
+            Submit::Wait,
+        )?;
+        Ticket::new(b, |o| match o {
+            Output::Value(v) => Ok(v),
+            _ => Err(Error::Closed),
+        })
+        .wait()
+    }
+
+    // ----- plumbing -----
+
+    fn ticket<K: AsRef<[u8]>, T>(
+        &self,
+        op: Op,
+        class: Priority,
+        keys: &[K],
+        bufs: Vec<Vec<u8>>,
+        convert: fn(Output) -> Result<T>,
+    ) -> Ticket<T> {
+        match self.submit_keys(
+            op,
+            class,
+            self.inner.cfg.key_layout,
+            keys,
+            bufs,
+            Submit::Wait,
+        ) {
+            Ok(b) => Ticket::new(b, convert),
+            Err(e) => Ticket::ready(Err(e)),
+        }
+    }
+
+    /// Builds the batch, splits its units over the owning shards and queues the parts.
+    fn submit_keys<K: AsRef<[u8]>>(
+        &self,
+        op: Op,
+        class: Priority,
+        layout: KeyLayout,
+        keys: &[K],
+        bufs: Vec<Vec<u8>>,
+        mode: Submit,
+    ) -> Result<Arc<Batch>> {
+        let inner = &self.inner;
+        let into = matches!(op, Op::Get(GetMode::Into));
+        let follow_up: Option<Arc<dyn FollowUp>> =
+            inner.me.upgrade().map(|a| a as Arc<dyn FollowUp>);
+        let batch = Arc::new(Batch::new(BatchInit {
+            op,
+            class,
+            layout,
+            keys: KeyArena::from_keys(keys),
+            ttl: inner.cfg.ttl,
+            timeout: inner.cfg.request_timeout,
+            metrics: inner.metrics.clone(),
+            follow_up,
+            bufs: Vec::new(),
+        }));
+        let units = batch.units();
+        let n = inner.shards.len();
+        let mut parts: Vec<(Vec<(u32, Role)>, Vec<(u32, Vec<u8>)>)> =
+            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut bufs: Vec<Option<Vec<u8>>> = bufs.into_iter().map(Some).collect();
+        if inner.router.is_cluster() {
+            let mut key = Vec::new();
+            for (chunk, role) in units {
+                key.clear();
+                batch.write_key(chunk, role, &mut key);
+                let owner = inner.router.node_for(&key) as usize % n;
+                if into && role == Role::Payload {
+                    if let Some(b) = bufs.get_mut(chunk as usize).and_then(|b| b.take()) {
+                        parts[owner].1.push((chunk, b));
+                    }
+                }
+                parts[owner].0.push((chunk, role));
+            }
+        } else {
+            // Standalone: every shard talks to the one server; spread whole batches.
+            let owner = inner.rr.fetch_add(1, Ordering::Relaxed) % n;
+            if into {
+                for (chunk, b) in bufs.iter_mut().enumerate() {
+                    if let Some(b) = b.take() {
+                        parts[owner].1.push((chunk as u32, b));
+                    }
+                }
+            }
+            parts[owner].0 = units;
+        }
+        let live: Vec<usize> = (0..n).filter(|&i| !parts[i].0.is_empty()).collect();
+        if live.is_empty() {
+            batch.set_parts(1);
+            batch.part_done(Vec::new(), Vec::new());
+            return Ok(batch);
+        }
+        batch.set_parts(live.len());
+        let deadline = Instant::now() + inner.cfg.request_timeout;
+        for i in live {
+            let (u, b) = std::mem::take(&mut parts[i]);
+            let sp = SubmitPart {
+                batch: batch.clone(),
+                units: u,
+                bufs: b,
+            };
+            let lanes = &inner.shards[i].lanes;
+            let pushed = match mode {
+                Submit::Try => lanes.try_push(class, sp),
+                Submit::Wait => lanes.push_wait(class, sp, deadline),
+            };
+            if pushed.is_err() {
+                let err = match mode {
+                    Submit::Try => Error::Busy {
+                        class: class.name(),
+                    },
+                    Submit::Wait => Error::Timeout {
+                        after: inner.cfg.request_timeout,
+                        what: format!("waiting for space in the {class} lane"),
+                    },
+                };
+                inner.metrics.error(err.kind());
+                batch.fail(clone_busy(&err));
+                return Err(err);
+            }
+        }
+        Ok(batch)
+    }
+}
+
+fn clone_busy(e: &Error) -> Error {
+    match e {
+        Error::Busy { class } => Error::Busy { class },
+        Error::Timeout { after, what } => Error::Timeout {
+            after: *after,
+            what: what.clone(),
+        },
+        _ => Error::Closed,
+    }
+}
+
+fn count(o: Output) -> Result<usize> {
+    match o {
+        Output::Count(c) => Ok(c),
+        _ => Err(Error::Closed),
+    }
+}
+
+fn unit(o: Output) -> Result<()> {
+    match o {
+        Output::Unit => Ok(()),
+        _ => Err(Error::Closed),
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for s in &mut self.shards {
+            s.shutdown();
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _unused(_: Duration) {}

@@ -1,0 +1,27 @@
+//! slotline: a thread-per-core engine that stores and fetches LMCache KV-cache chunks
+//! in Redis and Redis Cluster.
+//!
+//! Callers on any thread submit batches through per-shard priority lanes; each shard is
+//! a pinned thread running its own io_uring (or epoll) event loop and owning its
+//! connections. See [`Engine`] for the API.
+
+pub mod batch;
+pub mod cluster;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod layout;
+pub mod metrics;
+pub mod resp;
+pub mod ring;
+pub mod servers;
+pub mod shard;
+mod sys;
+
+pub use batch::{Chunk, ChunkInfo, PutChunk, Ticket};
+pub use config::Config;
+pub use engine::{Engine, Stats};
+pub use error::{Error, Result};
+pub use layout::{KeyLayout, RemoteMetadata};
+pub use ring::Priority;
+pub use shard::BackendKind;

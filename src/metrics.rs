@@ -1,0 +1,226 @@
+//! Counters and latency histograms, shared by all shards and read by `Engine::stats()`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::ring::Priority;
+
+/// Error kinds counted separately (see [`crate::Error::kind`]), plus read-rule outcomes.
+const ERROR_KINDS: &[&str] = &[
+    "config",
+    "url",
+    "io",
+    "auth",
+    "server",
+    "protocol",
+    "timeout",
+    "busy",
+    "closed",
+    "too_large",
+    "invalid",
+    "put_failed",
+    "cluster",
+    "local_server",
+    "corrupt",
+    "stale_metadata",
+    "redirect",
+    "reconnect",
+];
+
+#[derive(Default)]
+struct ClassCounters {
+    ops: AtomicU64,
+    keys: AtomicU64,
+}
+
+/// Live counters. Cheap to update from any thread.
+pub struct Metrics {
+    classes: [ClassCounters; 4],
+    latency: [Mutex<Histogram<u64>>; 4],
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: Vec<AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 us .. 10 min at 3 significant digits; construction cannot fail with these bounds,
+    // but fall back to an auto-resizing histogram rather than panic.
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
+        let mut h = Histogram::new(3).unwrap_or_else(|_| Histogram::new(2).expect("sigfig 2"));
+        h.auto(true);
+        h
+    })
+}
+
+impl Metrics {
+    /// Zeroed counters.
+    pub fn new() -> Metrics {
+        Metrics {
+            classes: Default::default(),
+            latency: std::array::from_fn(|_| Mutex::new(new_histogram())),
+            frames_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            errors: ERROR_KINDS.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// One completed operation of `keys` chunks in `class`, taking `latency`.
+    pub fn op_done(&self, class: Priority, keys: usize, latency: Duration) {
+        let c = &self.classes[class.index()];
+        c.ops.fetch_add(1, Relaxed);
+        c.keys.fetch_add(keys as u64, Relaxed);
+        let us = (latency.as_micros() as u64).clamp(1, 600_000_000);
+        let mut h = self.latency[class.index()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let _ = h.record(us);
+    }
+
+    /// A frame (one write of one or more commands) went out.
+    pub fn frame_sent(&self, bytes: usize) {
+        self.frames_sent.fetch_add(1, Relaxed);
+        self.bytes_sent.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Bytes arrived from a server.
+    pub fn received(&self, bytes: usize) {
+        self.bytes_received.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Read outcomes.
+    pub fn hits_misses(&self, hits: usize, misses: usize) {
+        self.hits.fetch_add(hits as u64, Relaxed);
+        self.misses.fetch_add(misses as u64, Relaxed);
+    }
+
+    /// Counts an error (or read-rule event) by kind name.
+    pub fn error(&self, kind: &str) {
+        let i = ERROR_KINDS.iter().position(|k| *k == kind).unwrap_or(0);
+        self.errors[i].fetch_add(1, Relaxed);
+    }
+
+    /// A copy of everything, for reporting.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let classes = Priority::ALL
+            .iter()
+            .map(|&p| {
+                let h = self.latency[p.index()]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let q = |x: f64| Duration::from_micros(h.value_at_quantile(x));
+                ClassStats {
+                    class: p,
+                    ops: self.classes[p.index()].ops.load(Relaxed),
+                    keys: self.classes[p.index()].keys.load(Relaxed),
+                    p50: q(0.50),
+                    p95: q(0.95),
+                    p99: q(0.99),
+                    max: Duration::from_micros(h.max()),
+                }
+            })
+            .collect();
+        let errors = ERROR_KINDS
+            .iter()
+            .zip(&self.errors)
+            .filter_map(|(k, v)| {
+                let v = v.load(Relaxed);
+                (v > 0).then(|| (k.to_string(), v))
+            })
+            .collect();
+        MetricsSnapshot {
+            classes,
+            frames_sent: self.frames_sent.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            bytes_received: self.bytes_received.load(Relaxed),
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            errors,
+        }
+    }
+}
+
+/// Per-class numbers.
+#[derive(Debug, Clone)]
+pub struct ClassStats {
+    /// The class.
+    pub class: Priority,
+    /// Completed operations (batches).
+    pub ops: u64,
+    /// Chunks those operations carried.
+    pub keys: u64,
+    /// Latency quantiles of whole operations, submission to completion.
+    pub p50: Duration,
+    /// 95th percentile.
+    pub p95: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Slowest.
+    pub max: Duration,
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Debug, Clone)]
+pub struct MetricsSnapshot {
+    /// One entry per priority class, most urgent first.
+    pub classes: Vec<ClassStats>,
+    /// Frames written (each is one round trip's worth of pipelined commands).
+    pub frames_sent: u64,
+    /// Request bytes written.
+    pub bytes_sent: u64,
+    /// Reply bytes read.
+    pub bytes_received: u64,
+    /// Chunks found.
+    pub hits: u64,
+    /// Chunks not found (including corrupt and evicted ones).
+    pub misses: u64,
+    /// Errors and read-rule events by kind, only those that happened.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl MetricsSnapshot {
+    /// Count for one error kind (0 if it never happened).
+    pub fn error_count(&self, kind: &str) -> u64 {
+        self.errors.get(kind).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_quantiles() {
+        let m = Metrics::new();
+        for ms in 1..=100 {
+            m.op_done(Priority::Get, 2, Duration::from_millis(ms));
+        }
+        m.error("timeout");
+        m.error("corrupt");
+        m.frame_sent(10);
+        let s = m.snapshot();
+        let get = &s.classes[Priority::Get.index()];
+        assert_eq!(get.ops, 100);
+        assert_eq!(get.keys, 200);
+        assert!(get.p50 >= Duration::from_millis(49) && get.p50 <= Duration::from_millis(51));
+        assert_eq!(s.error_count("timeout"), 1);
+        assert_eq!(s.error_count("corrupt"), 1);
+        assert_eq!(s.error_count("io"), 0);
+        assert_eq!(s.frames_sent, 1);
+    }
+}

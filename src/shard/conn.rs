@@ -1,0 +1,361 @@
+//! One connection to one Redis server, owned by one shard.
+//!
+//! The connection is sans-I/O: it holds the outgoing segments, the receive buffer, the
+//! reply reader and the queue of replies it waits for. The shard's event loop (io_uring
+//! or epoll) moves bytes in and out through [`Conn::send_iov`] / [`Conn::on_sent`] and
+//! [`Conn::recv_target`] / [`Conn::on_recv`].
+//!
+//! Buffers handed to the kernel are never moved while an operation may use them: the
+//! outgoing queue only grows at its back (segments are `Bytes`, whose data never moves),
+//! and the receive buffer is only compacted or grown in `recv_target`, which the loops
+//! call when no receive is in flight.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::resp::ArrayReader;
+
+/// Payloads at least this large are received straight into their destination.
+pub(crate) const DIRECT_MIN: usize = 32 * 1024;
+/// Smallest free space offered to a receive into the connection's own buffer.
+const RECV_CHUNK: usize = 64 * 1024;
+/// Most iovecs passed to one send.
+pub(crate) const MAX_IOV: usize = 64;
+
+/// The socket, TCP or unix.
+pub(crate) enum Stream {
+    Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl Stream {
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Result of a non-blocking connect, once the socket reports writable.
+    pub fn connect_result(&self) -> io::Result<bool> {
+        let err = match self {
+            Stream::Tcp(s) => s.take_error()?,
+            Stream::Unix(s) => s.take_error()?,
+        };
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let connected = match self {
+            Stream::Tcp(s) => s.peer_addr().is_ok(),
+            Stream::Unix(s) => s.peer_addr().is_ok(),
+        };
+        Ok(connected)
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnState {
+    /// TCP connect in progress.
+    Connecting,
+    /// AUTH / SELECT / CLIENT SETNAME sent, replies outstanding.
+    Handshaking,
+    /// Serving requests.
+    Ready,
+    /// Failed or closed; waits only for in-flight kernel operations to return.
+    Dead,
+}
+
+/// What a queued reply belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PartRef {
+    pub idx: u32,
+    pub gen: u32,
+}
+
+/// How a queued reply is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PendKind {
+    /// One MGET array; element j belongs to unit `units[j]`.
+    Mget,
+    /// One simple reply per unit (SET, EXISTS, DEL), in order; `next` counts done ones.
+    PerUnit { next: usize },
+    /// One generic reply for the single unit.
+    Command,
+    /// A handshake step; an error reply fails the connection.
+    Handshake { auth: bool },
+    /// `+OK` of an ASKING sent before a redirected command.
+    Asking,
+}
+
+/// A reply the connection waits for.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub part: Option<PartRef>,
+    pub kind: PendKind,
+    pub units: Vec<u32>,
+    /// Request bytes plus the expected reply bytes, released when the reply is read.
+    pub weight: usize,
+    pub sent_at: Instant,
+}
+
+/// One connection.
+pub(crate) struct Conn {
+    pub node: usize,
+    pub stream: Stream,
+    pub state: ConnState,
+    pub since: Instant,
+    /// Segments not yet fully written; the front may be partly written.
+    out: VecDeque<Bytes>,
+    out_off: usize,
+    out_bytes: usize,
+    /// Headers of the frame being built, split off into `out` as segments.
+    hdr: BytesMut,
+    pub rx: Rx,
+    pub pending: VecDeque<Pending>,
+    pub inflight: usize,
+    /// io_uring bookkeeping: operations the kernel still holds.
+    pub send_busy: bool,
+    pub recv_busy: bool,
+    pub poll_busy: bool,
+    /// Whether the in-flight receive targets the reader's destination directly.
+    pub recv_direct: bool,
+}
+
+impl Conn {
+    pub fn new(node: usize, stream: Stream) -> Conn {
+        Conn {
+            node,
+            stream,
+            state: ConnState::Connecting,
+            since: Instant::now(),
+            out: VecDeque::new(),
+            out_off: 0,
+            out_bytes: 0,
+            hdr: BytesMut::with_capacity(16 * 1024),
+            rx: Rx::new(),
+            pending: VecDeque::new(),
+            inflight: 0,
+            send_busy: false,
+            recv_busy: false,
+            poll_busy: false,
+            recv_direct: false,
+        }
+    }
+
+    /// Kernel operations still outstanding (io_uring); the connection can be freed at 0.
+    pub fn kernel_busy(&self) -> bool {
+        self.send_busy || self.recv_busy || self.poll_busy
+    }
+
+    // ----- building frames -----
+
+    /// Appends header bytes of the frame being built.
+    pub fn hdr(&mut self) -> &mut BytesMut {
+        &mut self.hdr
+    }
+
+    /// Closes the header run so far into a segment.
+    fn cut_hdr(&mut self) {
+        if !self.hdr.is_empty() {
+            let seg = self.hdr.split().freeze();
+            self.out_bytes += seg.len();
+            self.out.push_back(seg);
+        }
+        // Keep header staging cheap: start a fresh block when the old one is used up.
+        if self.hdr.capacity() < 4096 {
+            self.hdr = BytesMut::with_capacity(16 * 1024);
+        }
+    }
+
+    /// Appends a payload segment sent from the caller's buffer without copying.
+    pub fn push_payload(&mut self, data: &Bytes) {
+        // Small payloads are cheaper copied than given their own iovec.
+        if data.len() <= 512 {
+            self.hdr.extend_from_slice(data);
+            return;
+        }
+        self.cut_hdr();
+        self.out_bytes += data.len();
+        self.out.push_back(data.clone());
+    }
+
+    /// Ends a frame: its bytes are queued for sending; returns the bytes queued in all.
+    pub fn end_frame(&mut self) {
+        self.cut_hdr();
+    }
+
+    /// Unsent bytes.
+    pub fn out_len(&self) -> usize {
+        self.out_bytes
+    }
+
+    // ----- sending -----
+
+    /// Fills `iov` with the unsent segments; returns how many entries were used.
+    pub fn send_iov(&self, iov: &mut [libc::iovec]) -> usize {
+        let mut n = 0;
+        for (i, seg) in self.out.iter().enumerate() {
+            if n == iov.len() {
+                break;
+            }
+            let s: &[u8] = if i == 0 { &seg[self.out_off..] } else { seg };
+            if s.is_empty() {
+                continue;
+            }
+            iov[n] = libc::iovec {
+                iov_base: s.as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            };
+            n += 1;
+        }
+        n
+    }
+
+    /// The unsent segments as slices, for a vectored write.
+    pub fn send_slices<'a>(&'a self, out: &mut Vec<std::io::IoSlice<'a>>) {
+        for (i, seg) in self.out.iter().enumerate() {
+            if out.len() == MAX_IOV {
+                break;
+            }
+            let s: &[u8] = if i == 0 { &seg[self.out_off..] } else { seg };
+            if !s.is_empty() {
+                out.push(std::io::IoSlice::new(s));
+            }
+        }
+    }
+
+    /// `n` bytes were written.
+    pub fn on_sent(&mut self, mut n: usize) {
+        self.out_bytes = self.out_bytes.saturating_sub(n);
+        while n > 0 {
+            let Some(front) = self.out.front() else { break };
+            let left = front.len() - self.out_off;
+            if n >= left {
+                n -= left;
+                self.out.pop_front();
+                self.out_off = 0;
+            } else {
+                self.out_off += n;
+                n = 0;
+            }
+        }
+        while self.out.front().is_some_and(|f| f.len() == self.out_off) {
+            self.out.pop_front();
+            self.out_off = 0;
+        }
+    }
+
+    // ----- receiving (delegated to `rx`, a separate field so the stream can be
+    // borrowed beside it) -----
+
+    pub fn recv_target(&mut self) -> (&mut [u8], bool) {
+        self.rx.recv_target()
+    }
+
+    pub fn on_recv(&mut self, n: usize, direct: bool) {
+        self.rx.on_recv(n, direct)
+    }
+
+    pub fn unread(&self) -> &[u8] {
+        self.rx.unread()
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.rx.consume(n)
+    }
+
+    pub fn reader_and_unread(&mut self) -> (&mut ArrayReader, &[u8]) {
+        self.rx.reader_and_unread()
+    }
+
+    pub fn trim(&mut self) {
+        if !self.recv_busy {
+            self.rx.trim();
+        }
+    }
+}
+
+/// The receive side: buffer, read cursor and reply reader.
+pub(crate) struct Rx {
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    pub reader: ArrayReader,
+}
+
+impl Rx {
+    fn new() -> Rx {
+        Rx {
+            rbuf: vec![0u8; RECV_CHUNK * 2],
+            rstart: 0,
+            rend: 0,
+            reader: ArrayReader::new(),
+        }
+    }
+
+    /// Where the next receive should write. `true` in the second field means directly
+    /// into the payload destination.
+    pub fn recv_target(&mut self) -> (&mut [u8], bool) {
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+            if self.reader.payload_remaining() >= DIRECT_MIN {
+                if let Some(w) = self.reader.direct_window() {
+                    return (w, true);
+                }
+            }
+        }
+        if self.rbuf.len() - self.rend < RECV_CHUNK {
+            if self.rstart > 0 {
+                self.rbuf.copy_within(self.rstart..self.rend, 0);
+                self.rend -= self.rstart;
+                self.rstart = 0;
+            }
+            if self.rbuf.len() - self.rend < RECV_CHUNK {
+                // A large control-plane reply (CLUSTER SHARDS) is parsed whole: grow.
+                let want = (self.rend + RECV_CHUNK).max(self.rbuf.len() * 2);
+                self.rbuf.resize(want, 0);
+            }
+        }
+        let end = self.rbuf.len();
+        (&mut self.rbuf[self.rend..end], false)
+    }
+
+    /// `n` bytes arrived at the place `recv_target` gave.
+    pub fn on_recv(&mut self, n: usize, direct: bool) {
+        if direct {
+            self.reader.advance_direct(n);
+        } else {
+            self.rend = (self.rend + n).min(self.rbuf.len());
+        }
+    }
+
+    /// Unread received bytes.
+    pub fn unread(&self) -> &[u8] {
+        &self.rbuf[self.rstart..self.rend]
+    }
+
+    /// Marks `n` unread bytes as consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.rstart = (self.rstart + n).min(self.rend);
+    }
+
+    /// The reader and the unread bytes together (split borrow for the MGET path).
+    pub fn reader_and_unread(&mut self) -> (&mut ArrayReader, &[u8]) {
+        (&mut self.reader, &self.rbuf[self.rstart..self.rend])
+    }
+
+    /// Shrinks the receive buffer back after a large control-plane reply.
+    pub fn trim(&mut self) {
+        if self.rstart == self.rend && self.rbuf.len() > 4 * RECV_CHUNK {
+            self.rbuf = vec![0u8; RECV_CHUNK * 2];
+            self.rstart = 0;
+            self.rend = 0;
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The readiness backend: epoll through `mio`, for hosts where io_uring is missing or
+//! blocked (Docker's default seccomp profile). The shard does the reads and writes itself
+//! when the socket reports ready.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::conn::{Conn, Stream, MAX_IOV};
+
+const DOORBELL: Token = Token(usize::MAX);
+
+/// What the poll reported.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ev {
+    Doorbell,
+    Ready {
+        cid: usize,
+        readable: bool,
+        writable: bool,
+    },
+}
+
+pub(crate) struct Epoll {
+    poll: Poll,
+    events: Events,
+}
+
+impl Epoll {
+    pub fn new(doorbell: &impl AsRawFd) -> io::Result<Epoll> {
+        let poll = Poll::new()?;
+        poll.registry().register(
+            &mut SourceFd(&doorbell.as_raw_fd()),
+            DOORBELL,
+            Interest::READABLE,
+        )?;
+        Ok(Epoll {
+            poll,
+            events: Events::with_capacity(256),
+        })
+    }
+
+    pub fn register(&mut self, cid: usize, conn: &mut Conn) -> io::Result<()> {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        match &mut conn.stream {
+            Stream::Tcp(s) => self.poll.registry().register(s, Token(cid), interest),
+            Stream::Unix(s) => self.poll.registry().register(s, Token(cid), interest),
+        }
+    }
+
+    pub fn deregister(&mut self, conn: &mut Conn) {
+        let _ = match &mut conn.stream {
+            Stream::Tcp(s) => self.poll.registry().deregister(s),
+            Stream::Unix(s) => self.poll.registry().deregister(s),
+        };
+    }
+
+    pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Ev>) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        for ev in self.events.iter() {
+            if ev.token() == DOORBELL {
+                out.push(Ev::Doorbell);
+            } else {
+                out.push(Ev::Ready {
+                    cid: ev.token().0,
+                    readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    writable: ev.is_writable() || ev.is_error(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes as much of the connection's queue as the socket takes now.
+/// Returns the bytes written; `WouldBlock` ends the attempt without error.
+pub(crate) fn flush(conn: &mut Conn) -> io::Result<usize> {
+    let mut total = 0;
+    while conn.out_len() > 0 {
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOV);
+        conn.send_slices(&mut slices);
+        let r = match &conn.stream {
+            Stream::Tcp(s) => (&*s).write_vectored(&slices),
+            Stream::Unix(s) => (&*s).write_vectored(&slices),
+        };
+        drop(slices);
+        match r {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "socket accepted no bytes",
+                ))
+            }
+            Ok(n) => {
+                conn.on_sent(n);
+                total += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+/// Reads once into the connection's receive target. `Ok(None)` means nothing to read now;
+/// `Ok(Some(0))` is end of stream.
+pub(crate) fn read_once(conn: &mut Conn) -> io::Result<Option<usize>> {
+    loop {
+        let (buf, direct) = conn.rx.recv_target();
+        let r = match &conn.stream {
+            Stream::Tcp(s) => (&*s).read(buf),
+            Stream::Unix(s) => (&*s).read(buf),
+        };
+        return match r {
+            Ok(n) => {
+                conn.rx.on_recv(n, direct);
+                Ok(Some(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(e),
+        };
+    }
+}

@@ -1,0 +1,93 @@
+//! Thin wrappers over the few Linux calls std does not offer. One of the two places
+//! (with `shard::uring`) where slotline uses `unsafe`.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// A non-blocking eventfd: the doorbell that wakes a shard.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    /// Creates a non-blocking, close-on-exec eventfd with counter 0.
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes no pointers; a non-negative return is a new descriptor
+        // that nothing else owns, so OwnedFd may take it.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: see above; fd is valid and owned by us alone.
+        Ok(EventFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Adds 1 to the counter, waking whoever waits on the fd.
+    pub fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local; the fd is owned by self. A full
+        // counter (EAGAIN) already means "readable", so the result is ignored.
+        let _ = unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    /// Resets the counter; returns how many rings it held.
+    pub fn drain(&self) -> u64 {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live local; the fd is owned by self.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut v as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        if n == 8 {
+            v
+        } else {
+            0
+        }
+    }
+}
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// CPU ids this process may run on (its affinity mask), in order.
+pub fn allowed_cores() -> Vec<usize> {
+    match core_affinity::get_core_ids() {
+        Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).collect(),
+        _ => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eventfd_counts_and_drains() {
+        let e = EventFd::new().unwrap();
+        assert_eq!(e.drain(), 0);
+        e.ring();
+        e.ring();
+        assert_eq!(e.drain(), 2);
+        assert_eq!(e.drain(), 0);
+    }
+
+    #[test]
+    fn allowed_cores_not_empty() {
+        assert!(!allowed_cores().is_empty());
+    }
+}
