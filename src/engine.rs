@@ -22,14 +22,22 @@ use crate::batch::{
     Batch, BatchInit, Chunk, ChunkInfo, FollowUp, GetMode, KeyArena, Op, Output, PutChunk, Role,
     Ticket,
 };
+use crate::cluster::slot::hash_slot;
 use crate::cluster::Router;
+use crate::cluster::{topology, NodeId};
+use crate::config::ServerAddr;
 use crate::config::{Config, Mode};
 use crate::error::{show_key, Error, Result};
 use crate::layout::{KeyLayout, RemoteMetadata};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::resp::Value;
 use crate::ring::Priority;
-use crate::shard::{self, BackendKind, ShardHandle, SubmitPart};
+use crate::shard::{self, BackendKind, ShardHandle, SubmitPart, UnitSpec};
+
+/// Topology refreshes happen at most this often, however many requests arrive.
+const REFRESH_MIN_GAP: Duration = Duration::from_millis(250);
+/// And at least this often.
+const REFRESH_PERIOD: Duration = Duration::from_secs(15);
 
 /// MemoryFormat BINARY and dtype uint8: what a chunk stored without metadata is labelled.
 const FMT_BINARY: i32 = 4;
@@ -65,6 +73,21 @@ impl std::fmt::Debug for Engine {
             self.inner.cfg.mode
         )
     }
+}
+
+/// One master as [`Engine::topology`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterView {
+    /// Address.
+    pub addr: ServerAddr,
+    /// Cluster node id.
+    pub id: String,
+    /// Inclusive slot ranges.
+    pub slots: Vec<(u16, u16)>,
+    /// Replica addresses.
+    pub replicas: Vec<ServerAddr>,
+    /// The shard owning its connections.
+    pub shard: usize,
 }
 
 /// A snapshot of what the engine did, from [`Engine::stats`].
@@ -129,6 +152,7 @@ impl FollowUp for Inner {
             &keys,
             Vec::new(),
             Submit::Try,
+            None,
         ) {
             for k in &keys {
                 tracing::warn!(key = %show_key(k), error = %e, "stale metadata not deleted");
@@ -163,8 +187,8 @@ impl Engine {
             .cloned()
             .ok_or_else(|| Error::config("remote_url", "", "no server address given"))?;
         let router = Arc::new(match cfg.mode {
-            Mode::Standalone => Router::standalone(seed),
-            Mode::Cluster => Router::cluster(seed),
+            Mode::Standalone => Router::standalone(seed, cores.len()),
+            Mode::Cluster => Router::cluster(seed, cores.len()),
         });
         let metrics = Arc::new(Metrics::new());
         let mut shards = Vec::with_capacity(cores.len());
@@ -198,11 +222,42 @@ impl Engine {
             me: me.clone(),
         });
         let engine = Engine { inner };
-        match engine.command(&[b"PING"]) {
-            Ok(_) => {}
-            Err(e) => return Err(e),
+        if engine.inner.router.is_cluster() {
+            engine.refresh_topology()?;
+            engine.start_refresh_thread();
+        } else {
+            engine.command(&[b"PING"])?;
         }
         Ok(engine)
+    }
+
+    /// Keeps the slot table fresh: on request (MOVED, failures) at most every
+    /// `REFRESH_MIN_GAP`, and every `REFRESH_PERIOD` regardless.
+    fn start_refresh_thread(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let router = self.inner.router.clone();
+        let r = std::thread::Builder::new()
+            .name("slotline-topology".into())
+            .spawn(move || {
+                let mut last = Instant::now();
+                while router.wait_refresh(REFRESH_PERIOD) {
+                    let since = last.elapsed();
+                    if since < REFRESH_MIN_GAP {
+                        std::thread::sleep(REFRESH_MIN_GAP - since);
+                    }
+                    last = Instant::now();
+                    let Some(inner) = weak.upgrade() else { break };
+                    let engine = Engine { inner };
+                    if let Err(e) = engine.refresh_topology() {
+                        tracing::warn!(error = %e, "cluster topology refresh failed; will retry");
+                        // Keep polling while the cluster is unsettled.
+                        router.request_refresh();
+                    }
+                }
+            });
+        if let Err(e) = r {
+            tracing::error!(error = %e, "could not start the topology refresh thread");
+        }
     }
 
     /// Shortcut for `Engine::new(Config::from_url(url)?)`.
@@ -381,6 +436,7 @@ impl Engine {
             &keys,
             Vec::new(),
             Submit::Try,
+            None,
         )?;
         Ok(Ticket::new(b, unit))
     }
@@ -397,6 +453,7 @@ impl Engine {
                     &keys,
                     Vec::new(),
                     Submit::Wait,
+                    None,
                 ) {
                     Ok(b) => Ticket::new(b, unit),
                     Err(e) => Ticket::ready(Err(e)),
@@ -450,9 +507,19 @@ impl Engine {
 
     /// Sends one command to the server owning its first key argument (any server in
     /// standalone mode) and returns the reply. Error replies come back as
-    /// [`Error::Server`].
+    /// [`Error::Server`] (or [`Error::Cluster`] naming slot and node).
     pub fn command(&self, args: &[&[u8]]) -> Result<Value> {
         let key: &[u8] = args.get(1).copied().unwrap_or(b"");
+        self.run_command(args, key, None)
+    }
+
+    /// Sends one command to a chosen server (cluster administration, topology).
+    pub fn command_at(&self, node: &ServerAddr, args: &[&[u8]]) -> Result<Value> {
+        let id = self.inner.router.intern(node);
+        self.run_command(args, b"", Some(id))
+    }
+
+    fn run_command(&self, args: &[&[u8]], key: &[u8], target: Option<NodeId>) -> Result<Value> {
         let op = Op::Command {
             args: args.iter().map(|a| a.to_vec()).collect(),
         };
@@ -463,12 +530,85 @@ impl Engine {
             &[key],
             Vec::new(),
             Submit::Wait,
+            target,
         )?;
         Ticket::new(b, |o| match o {
             Output::Value(v) => Ok(v),
             _ => Err(Error::Closed),
         })
         .wait()
+    }
+
+    /// The cluster as last read: each master with its slot ranges, replicas and owning
+    /// shard. Empty in standalone mode.
+    pub fn topology(&self) -> Vec<MasterView> {
+        let topo = self.inner.router.topology();
+        let snap = self.inner.router.snapshot();
+        topo.shards
+            .into_iter()
+            .map(|s| {
+                let id = self.inner.router.intern(&s.master.addr);
+                MasterView {
+                    shard: snap.owner(id).unwrap_or(0),
+                    addr: s.master.addr,
+                    id: s.master.id,
+                    slots: s.slots,
+                    replicas: s.replicas.into_iter().map(|r| r.addr).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Reads the cluster topology from the first node that answers and installs it.
+    /// Called at start, on MOVED, on connection failures and periodically.
+    pub fn refresh_topology(&self) -> Result<()> {
+        let router = &self.inner.router;
+        if !router.is_cluster() {
+            return Ok(());
+        }
+        let mut last_err = None;
+        for node in router.refresh_candidates() {
+            match self.read_topology(&node) {
+                Ok(topo) if !topo.shards.is_empty() => {
+                    let before = router.topology();
+                    let mapping = router.apply(&topo);
+                    if before != topo {
+                        let covered = topo.covered_slots();
+                        for (addr, shard) in &mapping {
+                            tracing::info!(master = %addr, shard, "cluster master owned by shard");
+                        }
+                        if covered < crate::cluster::slot::SLOT_COUNT {
+                            tracing::warn!(covered, "cluster topology does not cover every slot");
+                        }
+                        tracing::info!(masters = mapping.len(), epoch = router.epoch(), asked = %node, "cluster topology installed");
+                    }
+                    return Ok(());
+                }
+                Ok(_) => {
+                    last_err = Some(Error::Cluster(format!("{node} reports no slots assigned")))
+                }
+                Err(e) => {
+                    tracing::debug!(node = %node, error = %e, "topology read failed");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::Cluster("no cluster node known".into())))
+    }
+
+    fn read_topology(&self, node: &ServerAddr) -> Result<topology::Topology> {
+        let tls = self.inner.cfg.tls;
+        match self.command_at(node, &[b"CLUSTER", b"SHARDS"]) {
+            Ok(v) => topology::parse_cluster_shards(&v, node, tls),
+            Err(Error::Server { message, .. }) | Err(Error::Cluster(message))
+                if message.contains("unknown subcommand")
+                    || message.contains("Unknown subcommand") =>
+            {
+                let v = self.command_at(node, &[b"CLUSTER", b"SLOTS"])?;
+                topology::parse_cluster_slots(&v, node)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     // ----- plumbing -----
@@ -488,6 +628,7 @@ impl Engine {
             keys,
             bufs,
             Submit::Wait,
+            None,
         ) {
             Ok(b) => Ticket::new(b, convert),
             Err(e) => Ticket::ready(Err(e)),
@@ -503,6 +644,7 @@ impl Engine {
         keys: &[K],
         bufs: Vec<Vec<u8>>,
         mode: Submit,
+        target: Option<NodeId>,
     ) -> Result<Arc<Batch>> {
         let inner = &self.inner;
         let into = matches!(op, Op::Get(GetMode::Into));
@@ -521,25 +663,55 @@ impl Engine {
         }));
         let units = batch.units();
         let n = inner.shards.len();
-        let mut parts: Vec<(Vec<(u32, Role)>, Vec<(u32, Vec<u8>)>)> =
+        let mut parts: Vec<(Vec<UnitSpec>, Vec<(u32, Vec<u8>)>)> =
             (0..n).map(|_| (Vec::new(), Vec::new())).collect();
         let mut bufs: Vec<Option<Vec<u8>>> = bufs.into_iter().map(Some).collect();
-        if inner.router.is_cluster() {
+        let spread = inner.rr.fetch_add(1, Ordering::Relaxed);
+        if let Some(node) = target {
+            // A command for one chosen server: its owning shard sends it.
+            let snap = inner.router.snapshot();
+            let owner = snap.owner(node).unwrap_or(spread) % n;
+            parts[owner].0 = units
+                .into_iter()
+                .map(|(chunk, role)| UnitSpec {
+                    chunk,
+                    role,
+                    node,
+                    slot: 0,
+                })
+                .collect();
+        } else if inner.router.is_cluster() {
+            // One snapshot routes the whole batch: slot -> master (or a replica for
+            // PEEK/PREFETCH when allowed) -> the shard that owns it.
+            let snap = inner.router.snapshot();
+            let replicas = inner.cfg.read_from_replicas && class <= Priority::Prefetch;
             let mut key = Vec::new();
             for (chunk, role) in units {
                 key.clear();
                 batch.write_key(chunk, role, &mut key);
-                let owner = inner.router.node_for(&key) as usize % n;
+                let slot = hash_slot(&key);
+                let mut node = snap.node_for_slot(slot);
+                if replicas {
+                    if let Some(r) = snap.replica_of(node, spread + chunk as usize) {
+                        node = r;
+                    }
+                }
+                let owner = snap.owner(node).unwrap_or(node as usize) % n;
                 if into && role == Role::Payload {
                     if let Some(b) = bufs.get_mut(chunk as usize).and_then(|b| b.take()) {
                         parts[owner].1.push((chunk, b));
                     }
                 }
-                parts[owner].0.push((chunk, role));
+                parts[owner].0.push(UnitSpec {
+                    chunk,
+                    role,
+                    node,
+                    slot,
+                });
             }
         } else {
             // Standalone: every shard talks to the one server; spread whole batches.
-            let owner = inner.rr.fetch_add(1, Ordering::Relaxed) % n;
+            let owner = spread % n;
             if into {
                 for (chunk, b) in bufs.iter_mut().enumerate() {
                     if let Some(b) = b.take() {
@@ -547,7 +719,15 @@ impl Engine {
                     }
                 }
             }
-            parts[owner].0 = units;
+            parts[owner].0 = units
+                .into_iter()
+                .map(|(chunk, role)| UnitSpec {
+                    chunk,
+                    role,
+                    node: 0,
+                    slot: 0,
+                })
+                .collect();
         }
         let live: Vec<usize> = (0..n).filter(|&i| !parts[i].0.is_empty()).collect();
         if live.is_empty() {
@@ -615,11 +795,9 @@ fn unit(o: Output) -> Result<()> {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.router.shutdown();
         for s in &mut self.shards {
             s.shutdown();
         }
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: Duration) {}

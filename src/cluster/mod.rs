@@ -5,11 +5,16 @@
 //! the id of the master that owns the slot.
 
 pub mod slot;
+pub mod topology;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use crate::config::ServerAddr;
+pub use topology::{NodeInfo, ShardInfo, Topology};
 
 /// Redirects one unit may follow before its error reaches the caller.
 pub const MAX_REDIRECTS: u8 = 5;
@@ -17,12 +22,86 @@ pub const MAX_REDIRECTS: u8 = 5;
 /// Index of a server in the router's registry; stable for the engine's lifetime.
 pub type NodeId = u32;
 
-/// Maps keys to servers.
+/// Shard value for "no owner yet".
+const NO_OWNER: u16 = u16::MAX;
+
+/// An immutable routing snapshot: slot -> master, master -> owning shard.
+///
+/// Callers load the current snapshot once per batch (lock-free) and route every key of
+/// the batch with it; updates build a new snapshot and swap it in atomically.
+#[derive(Debug, Clone)]
+pub struct SlotTable {
+    /// Bumped on every change.
+    pub epoch: u64,
+    slots: Box<[NodeId]>,
+    owner: Vec<u16>,
+    replicas: Vec<Vec<NodeId>>,
+}
+
+impl SlotTable {
+    /// The master serving `slot` (node 0 in standalone mode).
+    pub fn node_for_slot(&self, slot: u16) -> NodeId {
+        self.slots.get(slot as usize).copied().unwrap_or(0)
+    }
+
+    /// The shard that owns a node's connections, if assigned.
+    pub fn owner(&self, node: NodeId) -> Option<usize> {
+        match self.owner.get(node as usize) {
+            Some(&o) if o != NO_OWNER => Some(o as usize),
+            _ => None,
+        }
+    }
+
+    /// A replica of `master` to read from (round-robin by `pick`), if it has any.
+    pub fn replica_of(&self, master: NodeId, pick: usize) -> Option<NodeId> {
+        let r = self.replicas.get(master as usize)?;
+        (!r.is_empty()).then(|| r[pick % r.len()])
+    }
+
+    fn set_owner(&mut self, node: NodeId, shard: u16) {
+        let i = node as usize;
+        if self.owner.len() <= i {
+            self.owner.resize(i + 1, NO_OWNER);
+        }
+        self.owner[i] = shard;
+    }
+
+    /// Masters per shard, to place a new master on the least loaded one.
+    fn least_loaded(&self, nshards: usize) -> u16 {
+        let mut load = vec![0usize; nshards.max(1)];
+        let masters: std::collections::BTreeSet<NodeId> = self.slots.iter().copied().collect();
+        for m in masters {
+            if let Some(o) = self.owner(m) {
+                if o < load.len() {
+                    load[o] += 1;
+                }
+            }
+        }
+        load.iter()
+            .enumerate()
+            .min_by_key(|(_, l)| **l)
+            .map_or(0, |(i, _)| i as u16)
+    }
+}
+
+/// Node registry entry.
+#[derive(Debug, Clone)]
+struct NodeEntry {
+    addr: ServerAddr,
+    readonly: bool,
+}
+
+/// Maps keys to servers and servers to shards.
 pub struct Router {
     cluster: bool,
-    nodes: RwLock<Vec<ServerAddr>>,
-    table: Box<[AtomicU32]>,
-    epoch: AtomicU64,
+    nshards: usize,
+    nodes: RwLock<Vec<NodeEntry>>,
+    table: ArcSwap<SlotTable>,
+    write: Mutex<()>,
+    topology: Mutex<Topology>,
+    refresh_wanted: AtomicBool,
+    refresh_lock: Mutex<bool>,
+    refresh_cv: Condvar,
 }
 
 impl std::fmt::Debug for Router {
@@ -38,22 +117,39 @@ impl std::fmt::Debug for Router {
 
 impl Router {
     /// One server owns every key.
-    pub fn standalone(addr: ServerAddr) -> Router {
-        Router {
-            cluster: false,
-            nodes: RwLock::new(vec![addr]),
-            table: Box::new([]),
-            epoch: AtomicU64::new(1),
-        }
+    pub fn standalone(addr: ServerAddr, nshards: usize) -> Router {
+        Router::build(false, addr, nshards, Box::new([]))
     }
 
     /// A cluster router whose slots all point at `seed` until the topology is loaded.
-    pub fn cluster(seed: ServerAddr) -> Router {
+    pub fn cluster(seed: ServerAddr, nshards: usize) -> Router {
+        Router::build(
+            true,
+            seed,
+            nshards,
+            vec![0; slot::SLOT_COUNT].into_boxed_slice(),
+        )
+    }
+
+    fn build(cluster: bool, seed: ServerAddr, nshards: usize, slots: Box<[NodeId]>) -> Router {
         Router {
-            cluster: true,
-            nodes: RwLock::new(vec![seed]),
-            table: (0..slot::SLOT_COUNT).map(|_| AtomicU32::new(0)).collect(),
-            epoch: AtomicU64::new(0),
+            cluster,
+            nshards: nshards.max(1),
+            nodes: RwLock::new(vec![NodeEntry {
+                addr: seed,
+                readonly: false,
+            }]),
+            table: ArcSwap::from_pointee(SlotTable {
+                epoch: 1,
+                slots,
+                owner: vec![0],
+                replicas: Vec::new(),
+            }),
+            write: Mutex::new(()),
+            topology: Mutex::new(Topology::default()),
+            refresh_wanted: AtomicBool::new(false),
+            refresh_lock: Mutex::new(false),
+            refresh_cv: Condvar::new(),
         }
     }
 
@@ -62,60 +158,226 @@ impl Router {
         self.cluster
     }
 
-    /// Bumped on every change of the table.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    /// The current routing snapshot.
+    pub fn snapshot(&self) -> Arc<SlotTable> {
+        self.table.load_full()
     }
 
-    /// The server owning `key`.
+    /// Epoch of the current snapshot.
+    pub fn epoch(&self) -> u64 {
+        self.table.load().epoch
+    }
+
+    /// The master owning `key` in the current snapshot (node 0 in standalone mode).
     pub fn node_for(&self, key: &[u8]) -> NodeId {
         if !self.cluster {
             return 0;
         }
-        self.table[slot::hash_slot(key) as usize].load(Ordering::Relaxed)
-    }
-
-    /// The server owning a slot.
-    pub fn node_for_slot(&self, slot: u16) -> NodeId {
-        if !self.cluster {
-            return 0;
-        }
-        self.table[slot as usize % slot::SLOT_COUNT].load(Ordering::Relaxed)
+        self.table.load().node_for_slot(slot::hash_slot(key))
     }
 
     /// The address of a node id.
     pub fn addr(&self, id: NodeId) -> ServerAddr {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
-        nodes
-            .get(id as usize)
-            .cloned()
-            .unwrap_or_else(|| nodes[0].clone())
+        nodes.get(id as usize).unwrap_or(&nodes[0]).addr.clone()
+    }
+
+    /// Whether connections to this node must send READONLY (it was seen as a replica).
+    pub fn is_readonly(&self, id: NodeId) -> bool {
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        nodes.get(id as usize).is_some_and(|n| n.readonly)
     }
 
     /// The id of an address, registering it on first sight.
     pub fn intern(&self, addr: &ServerAddr) -> NodeId {
         {
             let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = nodes.iter().position(|n| n == addr) {
+            if let Some(i) = nodes.iter().position(|n| &n.addr == addr) {
                 return i as NodeId;
             }
         }
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = nodes.iter().position(|n| n == addr) {
+        if let Some(i) = nodes.iter().position(|n| &n.addr == addr) {
             return i as NodeId;
         }
-        nodes.push(addr.clone());
+        nodes.push(NodeEntry {
+            addr: addr.clone(),
+            readonly: false,
+        });
         (nodes.len() - 1) as NodeId
     }
 
-    /// A MOVED reply said `slot` lives at `addr` now.
-    pub fn note_moved(&self, slot: u16, addr: &ServerAddr) {
+    fn mark_readonly(&self, id: NodeId, readonly: bool) {
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = nodes.get_mut(id as usize) {
+            n.readonly = readonly;
+        }
+    }
+
+    /// A MOVED reply said `slot` lives at `addr` now: update that slot and ask for a
+    /// full refresh. Returns the node id of `addr`.
+    pub fn note_moved(&self, slot: u16, addr: &ServerAddr) -> NodeId {
+        let id = self.intern(addr);
+        if !self.cluster {
+            return id;
+        }
+        {
+            let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+            let cur = self.table.load();
+            if cur.node_for_slot(slot) != id {
+                let mut next = SlotTable::clone(&cur);
+                next.epoch += 1;
+                if let Some(s) = next.slots.get_mut(slot as usize) {
+                    *s = id;
+                }
+                if next.owner(id).is_none() {
+                    let shard = next.least_loaded(self.nshards);
+                    next.set_owner(id, shard);
+                }
+                self.table.store(Arc::new(next));
+            }
+        }
+        self.request_refresh();
+        id
+    }
+
+    /// Installs a freshly read topology. Masters keep their shard when they had one;
+    /// new masters go to the least loaded shard. Returns (master, shard) pairs.
+    pub fn apply(&self, topo: &Topology) -> Vec<(ServerAddr, usize)> {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.table.load();
+        let mut next = SlotTable {
+            epoch: cur.epoch + 1,
+            slots: cur.slots.clone(),
+            owner: Vec::new(),
+            replicas: Vec::new(),
+        };
+        let nshards = self.nshards;
+        let per_shard_cap = topo.shards.len().div_ceil(nshards).max(1);
+        let mut load = vec![0usize; nshards];
+        let masters: Vec<NodeId> = topo
+            .shards
+            .iter()
+            .map(|s| self.intern(&s.master.addr))
+            .collect();
+        // Keep previous owners where that keeps the spread even.
+        let mut owner_of = vec![None; masters.len()];
+        for (i, &m) in masters.iter().enumerate() {
+            if let Some(o) = cur.owner(m) {
+                if o < nshards && load[o] < per_shard_cap {
+                    load[o] += 1;
+                    owner_of[i] = Some(o);
+                }
+            }
+        }
+        for o in owner_of.iter_mut() {
+            if o.is_none() {
+                let (best, _) = load
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, l)| **l)
+                    .unwrap_or((0, &0));
+                load[best] += 1;
+                *o = Some(best);
+            }
+        }
+        let mut mapping = Vec::new();
+        for (i, shard) in topo.shards.iter().enumerate() {
+            let m = masters[i];
+            let o = owner_of[i].unwrap_or(0) as u16;
+            next.set_owner(m, o);
+            self.mark_readonly(m, false);
+            for &(a, b) in &shard.slots {
+                for s in a..=b.min(16383) {
+                    next.slots[s as usize] = m;
+                }
+            }
+            let mut reps = Vec::new();
+            for r in shard.replicas.iter().filter(|r| r.healthy) {
+                let id = self.intern(&r.addr);
+                self.mark_readonly(id, true);
+                next.set_owner(id, o);
+                reps.push(id);
+            }
+            if next.replicas.len() <= m as usize {
+                next.replicas.resize(m as usize + 1, Vec::new());
+            }
+            next.replicas[m as usize] = reps;
+            mapping.push((shard.master.addr.clone(), o as usize));
+        }
+        self.table.store(Arc::new(next));
+        *self.topology.lock().unwrap_or_else(|e| e.into_inner()) = topo.clone();
+        mapping
+    }
+
+    /// The topology last installed by [`apply`](Self::apply).
+    pub fn topology(&self) -> Topology {
+        self.topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every master address currently in the table, then the other known nodes: where
+    /// a refresh should ask.
+    pub fn refresh_candidates(&self) -> Vec<ServerAddr> {
+        let table = self.table.load();
+        let mut ids: Vec<NodeId> = Vec::new();
+        for &n in table.slots.iter() {
+            if !ids.contains(&n) {
+                ids.push(n);
+            }
+        }
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        for i in 0..nodes.len() as NodeId {
+            if !ids.contains(&i) {
+                ids.push(i);
+            }
+        }
+        ids.into_iter()
+            .filter_map(|i| nodes.get(i as usize).map(|n| n.addr.clone()))
+            .collect()
+    }
+
+    /// Asks the refresh thread for a topology refresh soon.
+    pub fn request_refresh(&self) {
         if !self.cluster {
             return;
         }
-        let id = self.intern(addr);
-        self.table[slot as usize % slot::SLOT_COUNT].store(id, Ordering::Relaxed);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.refresh_wanted.store(true, Ordering::SeqCst);
+        let _g = self.refresh_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh_cv.notify_all();
+    }
+
+    /// Refresh thread side: waits until a refresh is requested or `period` passes.
+    /// Returns `false` when the router is being shut down.
+    pub fn wait_refresh(&self, period: Duration) -> bool {
+        let deadline = Instant::now() + period;
+        let mut stop = self.refresh_lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if *stop {
+                return false;
+            }
+            if self.refresh_wanted.swap(false, Ordering::SeqCst) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            stop = self
+                .refresh_cv
+                .wait_timeout(stop, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Stops the refresh thread.
+    pub fn shutdown(&self) {
+        let mut stop = self.refresh_lock.lock().unwrap_or_else(|e| e.into_inner());
+        *stop = true;
+        self.refresh_cv.notify_all();
     }
 }
 
@@ -193,15 +455,53 @@ mod tests {
 
     #[test]
     fn router_interns_and_moves() {
-        let r = Router::cluster(tcp("a", 1));
+        let r = Router::cluster(tcp("a", 1), 2);
         assert_eq!(r.node_for(b"foo"), 0);
         let e = r.epoch();
-        r.note_moved(12182, &tcp("b", 2));
+        let id = r.note_moved(12182, &tcp("b", 2));
+        assert_eq!(id, 1);
         assert!(r.epoch() > e);
         assert_eq!(r.node_for(b"foo"), 1);
         assert_eq!(r.addr(1), tcp("b", 2));
         assert_eq!(r.intern(&tcp("b", 2)), 1);
-        let s = Router::standalone(tcp("x", 9));
+        assert!(r.snapshot().owner(1).is_some());
+        let s = Router::standalone(tcp("x", 9), 2);
         assert_eq!(s.node_for(b"anything"), 0);
+    }
+
+    #[test]
+    fn apply_spreads_masters_evenly() {
+        let r = Router::cluster(tcp("seed", 1), 2);
+        let node = |p| NodeInfo {
+            addr: tcp("h", p),
+            id: String::new(),
+            healthy: true,
+        };
+        let topo = Topology {
+            shards: (0..3u16)
+                .map(|i| ShardInfo {
+                    master: node(7000 + i),
+                    slots: vec![(i * 5462, ((i + 1) * 5462 - 1).min(16383))],
+                    replicas: vec![node(7100 + i)],
+                })
+                .collect(),
+        };
+        let map = r.apply(&topo);
+        let mut per = [0; 2];
+        for (_, s) in &map {
+            per[*s] += 1;
+        }
+        assert_eq!(per.iter().max(), Some(&2));
+        assert_eq!(per.iter().min(), Some(&1));
+        let snap = r.snapshot();
+        let m = snap.node_for_slot(0);
+        assert_eq!(r.addr(m), tcp("h", 7000));
+        let rep = snap.replica_of(m, 0).unwrap();
+        assert!(r.is_readonly(rep));
+        assert_eq!(snap.owner(rep), snap.owner(m));
+        assert_eq!(r.addr(snap.node_for_slot(16383)), tcp("h", 7002));
+        // A refresh keeps owners.
+        let again = r.apply(&topo);
+        assert_eq!(map, again);
     }
 }

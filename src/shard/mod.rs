@@ -57,10 +57,21 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
+/// One unit as the engine routed it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UnitSpec {
+    pub chunk: u32,
+    pub role: Role,
+    /// The server to send it to (from the routing snapshot, or a command's target).
+    pub node: NodeId,
+    /// Its cluster slot (0 in standalone mode).
+    pub slot: u16,
+}
+
 /// A piece of a batch for one shard: the units it must resolve.
 pub(crate) struct SubmitPart {
     pub batch: Arc<Batch>,
-    pub units: Vec<(u32, Role)>,
+    pub units: Vec<UnitSpec>,
     /// Caller buffers (get_into), by chunk.
     pub bufs: Vec<(u32, Vec<u8>)>,
 }
@@ -189,14 +200,19 @@ struct PUnit {
     buf: Option<Vec<u8>>,
     attempts: u8,
     slot: Slot,
-    /// Cluster redirect: send to this node next time, after ASKING if `asking`.
-    redirect: Option<(usize, bool)>,
+    /// Its cluster slot, for grouping and error messages.
+    hslot: u16,
+    /// The node (shard-local index) it was last queued for.
+    node: usize,
 }
 
-/// Units of a part still to be sent to one node (and, in a cluster, one slot).
+/// Units of a part still to be sent to one node and one slot (Redis rejects MGET
+/// across slots; in standalone mode every unit has slot 0).
 struct Group {
     node: usize,
+    slot: u16,
     queue: VecDeque<u32>,
+    /// An ASK redirect: one unit, sent after ASKING.
     asking: bool,
 }
 
@@ -288,6 +304,7 @@ impl BulkSink for UnitSink<'_> {
 
 /// Per-server state inside a shard.
 struct Node {
+    id: NodeId,
     addr: ServerAddr,
     conns: Vec<usize>,
     /// No new connection attempt before this instant (after failures).
@@ -317,6 +334,8 @@ struct Shard {
     lane_picker: Picker,
     dispatch_picker: Picker,
     dirty: Vec<usize>,
+    /// Units waiting to be retried (TRYAGAIN, CLUSTERDOWN, LOADING): when, which.
+    delayed: Vec<(Instant, PartRef, u32)>,
     avg_value: f64,
     conns_per_node: usize,
     last_tick: Instant,
@@ -355,6 +374,7 @@ impl Shard {
             lane_picker: Picker::default(),
             dispatch_picker: Picker::default(),
             dirty: Vec::new(),
+            delayed: Vec::new(),
             avg_value: 0.0,
             conns_per_node,
             last_tick: Instant::now(),
@@ -448,31 +468,38 @@ impl Shard {
         let mut bufs = sp.bufs.into_iter().peekable();
         let mut units = Vec::with_capacity(sp.units.len());
         let mut groups: Vec<Group> = Vec::new();
-        let mut key = Vec::new();
-        for (i, (chunk, role)) in sp.units.into_iter().enumerate() {
-            let buf = if role == Role::Payload && bufs.peek().is_some_and(|(c, _)| *c == chunk) {
+        for (i, spec) in sp.units.into_iter().enumerate() {
+            let buf = if spec.role == Role::Payload
+                && bufs.peek().is_some_and(|(c, _)| *c == spec.chunk)
+            {
                 bufs.next().map(|(_, b)| b)
             } else {
                 None
             };
-            key.clear();
-            sp.batch.write_key(chunk, role, &mut key);
-            let node = self.route(&key, &sp.batch);
-            match groups.iter_mut().find(|g| g.node == node && !g.asking) {
+            let node = self.local_node(spec.node);
+            // Units of one slot are usually adjacent (hash tags, standalone): check the
+            // last group first.
+            match groups
+                .iter_mut()
+                .rev()
+                .find(|g| g.node == node && g.slot == spec.slot)
+            {
                 Some(g) => g.queue.push_back(i as u32),
                 None => groups.push(Group {
                     node,
+                    slot: spec.slot,
                     queue: VecDeque::from([i as u32]),
                     asking: false,
                 }),
             }
             units.push(PUnit {
-                chunk,
-                role,
+                chunk: spec.chunk,
+                role: spec.role,
                 buf,
                 attempts: 0,
                 slot: Slot::Pending,
-                redirect: None,
+                hslot: spec.slot,
+                node,
             });
         }
         let n = units.len();
@@ -504,14 +531,9 @@ impl Shard {
         }
     }
 
-    /// The node index (in this shard) serving `key`.
-    fn route(&mut self, key: &[u8], _batch: &Batch) -> usize {
+    /// The node index (in this shard) serving `key` now.
+    fn route(&mut self, key: &[u8]) -> usize {
         let id = self.router.node_for(key);
-        self.local_node(id)
-    }
-
-    fn node_index(&mut self, addr: &ServerAddr) -> usize {
-        let id = self.router.intern(addr);
         self.local_node(id)
     }
 
@@ -528,6 +550,7 @@ impl Shard {
         }
         self.node_ids[id] = self.nodes.len();
         self.nodes.push(Node {
+            id: id as NodeId,
             addr: self.router.addr(id as NodeId),
             conns: Vec::new(),
             retry_at: None,
@@ -645,8 +668,10 @@ impl Shard {
         best.map(|b| b.0)
     }
 
+    /// Writes one frame (one round trip) to `cid`: commands for the units of group
+    /// `gi` and of the part's other groups on the same node, within the key and byte
+    /// budgets. Each command gets its own pending reply.
     fn build_frame(&mut self, pidx: usize, gi: usize, cid: usize) {
-        let max_value = self.cfg.max_value_size;
         let chunk_size = self.cfg.chunk_size;
         let inflight_limit = self.cfg.max_inflight_bytes;
         let avg = self.avg_value;
@@ -657,141 +682,155 @@ impl Shard {
             return;
         };
         let batch = part.batch.clone();
-        let g = &mut part.groups[gi];
-        let mut units: Vec<u32> = Vec::new();
-        let mut key = Vec::new();
-        let mut weight;
-        let kind;
+        let node = part.groups[gi].node;
+        let asking = part.groups[gi].asking;
+        let order: Vec<usize> = if asking {
+            vec![gi]
+        } else {
+            (gi..part.groups.len())
+                .filter(|&j| {
+                    let g = &part.groups[j];
+                    g.node == node && !g.asking && !g.queue.is_empty()
+                })
+                .collect()
+        };
+        // Keep the expected reply under the in-flight budget once value sizes are known:
+        // 256 keys of 32 MiB must not be one 8 GiB reply.
+        let key_budget = match &batch.op {
+            Op::Get(_) if avg >= 1.0 => {
+                chunk_size.min(((inflight_limit as f64 / avg) as usize).max(1))
+            }
+            Op::Put { .. } => 2 * chunk_size,
+            _ => chunk_size,
+        };
         let before = conn.out_len();
-        if g.asking {
-            // ASK redirect: one command, preceded by ASKING.
-            resp::write_command(&mut key, &[b"ASKING"]);
-            conn.hdr().extend_from_slice(&key);
-            key.clear();
+        let mut used_keys = 0usize;
+        let mut used_bytes = 0usize;
+        let mut tmp = Vec::with_capacity(256);
+        let mut key = Vec::with_capacity(128);
+        for j in order {
+            if used_keys >= key_budget || used_bytes >= inflight_limit {
+                break;
+            }
+            let g = &mut part.groups[j];
+            if asking {
+                tmp.clear();
+                resp::write_command(&mut tmp, &[b"ASKING"]);
+                conn.hdr().extend_from_slice(&tmp);
+                conn.pending.push_back(Pending {
+                    part: None,
+                    kind: PendKind::Asking,
+                    units: Vec::new(),
+                    weight: 0,
+                    sent_at: Instant::now(),
+                });
+            }
+            let room = if asking { 1 } else { key_budget - used_keys };
+            let mut units: Vec<u32> = Vec::new();
+            let mut weight = 0usize;
+            let kind = match &batch.op {
+                Op::Get(_) => {
+                    units.extend(g.queue.drain(..room.min(g.queue.len())));
+                    tmp.clear();
+                    resp::write_array_header(&mut tmp, units.len() + 1);
+                    tmp.extend_from_slice(b"$4\r\nMGET\r\n");
+                    for &u in &units {
+                        let pu = &part.units[u as usize];
+                        key.clear();
+                        batch.write_key(pu.chunk, pu.role, &mut key);
+                        resp::write_bulk(&mut tmp, &key);
+                    }
+                    conn.hdr().extend_from_slice(&tmp);
+                    weight = tmp.len() + (avg as usize).max(64) * units.len();
+                    PendKind::Mget
+                }
+                Op::Put { data, metas } => {
+                    while let Some(&u) = g.queue.front() {
+                        let pu = &part.units[u as usize];
+                        let value_len = match pu.role {
+                            Role::Payload => data[pu.chunk as usize].len(),
+                            Role::Meta => metas[pu.chunk as usize].len(),
+                        };
+                        let first = units.is_empty() && used_keys == 0;
+                        if !first
+                            && (units.len() >= room
+                                || used_bytes + weight + value_len > inflight_limit)
+                        {
+                            break;
+                        }
+                        g.queue.pop_front();
+                        units.push(u);
+                        key.clear();
+                        batch.write_key(pu.chunk, pu.role, &mut key);
+                        tmp.clear();
+                        resp::write_set_prefix(&mut tmp, &key, value_len, batch.ttl);
+                        conn.hdr().extend_from_slice(&tmp);
+                        match pu.role {
+                            Role::Payload => conn.push_payload(&data[pu.chunk as usize]),
+                            Role::Meta => conn.hdr().extend_from_slice(&metas[pu.chunk as usize]),
+                        }
+                        tmp.clear();
+                        resp::write_set_suffix(&mut tmp, batch.ttl);
+                        conn.hdr().extend_from_slice(&tmp);
+                        weight += value_len + key.len() + 32;
+                        if asking {
+                            break;
+                        }
+                    }
+                    PendKind::PerUnit { next: 0 }
+                }
+                Op::Exists { .. } | Op::Delete => {
+                    let cmd: &[u8] = if matches!(batch.op, Op::Delete) {
+                        b"DEL"
+                    } else {
+                        b"EXISTS"
+                    };
+                    units.extend(g.queue.drain(..room.min(g.queue.len())));
+                    tmp.clear();
+                    for &u in &units {
+                        let pu = &part.units[u as usize];
+                        key.clear();
+                        batch.write_key(pu.chunk, pu.role, &mut key);
+                        resp::write_command(&mut tmp, &[cmd, &key]);
+                    }
+                    conn.hdr().extend_from_slice(&tmp);
+                    weight = tmp.len() + 8 * units.len();
+                    PendKind::PerUnit { next: 0 }
+                }
+                Op::Command { args } => {
+                    units.extend(g.queue.pop_front());
+                    let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+                    tmp.clear();
+                    resp::write_command(&mut tmp, &refs);
+                    conn.hdr().extend_from_slice(&tmp);
+                    weight = tmp.len() + 1024;
+                    PendKind::Command
+                }
+            };
+            if units.is_empty() {
+                continue;
+            }
+            let weight = weight.max(1);
+            used_keys += units.len();
+            used_bytes += weight;
+            part.unsent -= units.len();
+            conn.inflight += weight;
             conn.pending.push_back(Pending {
-                part: None,
-                kind: PendKind::Asking,
-                units: Vec::new(),
-                weight: 0,
+                part: Some(PartRef {
+                    idx: pidx as u32,
+                    gen: part.gen,
+                }),
+                kind,
+                units,
+                weight,
                 sent_at: Instant::now(),
             });
         }
-        match &batch.op {
-            Op::Get(_) => {
-                // Keep the expected reply under the in-flight budget once value sizes are
-                // known: 256 keys of 32 MiB must not be one 8 GiB reply.
-                let by_bytes = if avg >= 1.0 {
-                    ((inflight_limit as f64 / avg) as usize).max(1)
-                } else {
-                    chunk_size
-                };
-                let n = g.queue.len().min(chunk_size).min(by_bytes).max(1);
-                if g.asking {
-                    units.push(g.queue.pop_front().expect("non-empty group"));
-                } else {
-                    units.extend(g.queue.drain(..n));
-                }
-                let hdr = conn.hdr();
-                let mut tmp = Vec::with_capacity(64 + units.len() * 64);
-                resp::write_array_header(&mut tmp, units.len() + 1);
-                tmp.extend_from_slice(b"$4\r\nMGET\r\n");
-                for &u in &units {
-                    let pu = &part.units[u as usize];
-                    key.clear();
-                    batch.write_key(pu.chunk, pu.role, &mut key);
-                    resp::write_bulk(&mut tmp, &key);
-                }
-                hdr.extend_from_slice(&tmp);
-                weight = tmp.len() + (avg as usize).max(64) * units.len();
-                kind = PendKind::Mget;
-            }
-            Op::Put { data, metas } => {
-                let mut tmp = Vec::new();
-                weight = 0;
-                while let Some(&u) = g.queue.front() {
-                    let pu = &part.units[u as usize];
-                    let value_len = match pu.role {
-                        Role::Payload => data[pu.chunk as usize].len(),
-                        Role::Meta => metas[pu.chunk as usize].len(),
-                    };
-                    if !units.is_empty()
-                        && (units.len() >= 2 * chunk_size || weight + value_len > inflight_limit)
-                    {
-                        break;
-                    }
-                    g.queue.pop_front();
-                    units.push(u);
-                    key.clear();
-                    batch.write_key(pu.chunk, pu.role, &mut key);
-                    tmp.clear();
-                    resp::write_set_prefix(&mut tmp, &key, value_len, batch.ttl);
-                    conn.hdr().extend_from_slice(&tmp);
-                    match pu.role {
-                        Role::Payload => conn.push_payload(&data[pu.chunk as usize]),
-                        Role::Meta => conn.hdr().extend_from_slice(&metas[pu.chunk as usize]),
-                    }
-                    tmp.clear();
-                    resp::write_set_suffix(&mut tmp, batch.ttl);
-                    conn.hdr().extend_from_slice(&tmp);
-                    weight += value_len + key.len() + 32;
-                    if g.asking {
-                        break;
-                    }
-                }
-                kind = PendKind::PerUnit { next: 0 };
-            }
-            Op::Exists { .. } | Op::Delete => {
-                let cmd: &[u8] = if matches!(batch.op, Op::Delete) {
-                    b"DEL"
-                } else {
-                    b"EXISTS"
-                };
-                let n = if g.asking {
-                    1
-                } else {
-                    g.queue.len().min(chunk_size)
-                };
-                units.extend(g.queue.drain(..n));
-                let mut tmp = Vec::new();
-                for &u in &units {
-                    let pu = &part.units[u as usize];
-                    key.clear();
-                    batch.write_key(pu.chunk, pu.role, &mut key);
-                    resp::write_command(&mut tmp, &[cmd, &key]);
-                }
-                weight = tmp.len() + 8 * units.len();
-                conn.hdr().extend_from_slice(&tmp);
-                kind = PendKind::PerUnit { next: 0 };
-            }
-            Op::Command { args } => {
-                units.push(g.queue.pop_front().expect("non-empty group"));
-                let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
-                let mut tmp = Vec::new();
-                resp::write_command(&mut tmp, &refs);
-                weight = tmp.len() + 1024;
-                conn.hdr().extend_from_slice(&tmp);
-                kind = PendKind::Command;
-            }
-        }
-        if g.asking && g.queue.is_empty() {
+        if asking && part.groups.get(gi).is_some_and(|g| g.queue.is_empty()) {
             part.groups.remove(gi);
         }
-        let _ = max_value;
         conn.end_frame();
-        weight = weight.max(1);
-        part.unsent -= units.len();
-        conn.inflight += weight;
         let sent = conn.out_len() - before;
-        conn.pending.push_back(Pending {
-            part: Some(PartRef {
-                idx: pidx as u32,
-                gen: part.gen,
-            }),
-            kind,
-            units,
-            weight,
-            sent_at: Instant::now(),
-        });
         self.metrics.frame_sent(sent);
         self.dirty.push(cid);
     }
@@ -815,7 +854,8 @@ impl Shard {
             ServerAddr::Unix { path } => Stream::Unix(mio::net::UnixStream::connect(path)?),
         };
         let mut conn = Conn::new(node, stream);
-        self.queue_handshake(&mut conn);
+        let readonly = self.router.is_cluster() && self.router.is_readonly(self.nodes[node].id);
+        self.queue_handshake(&mut conn, readonly);
         let cid = match self.free_conns.pop() {
             Some(c) => c,
             None => {
@@ -833,7 +873,7 @@ impl Shard {
         Ok(cid)
     }
 
-    fn queue_handshake(&self, conn: &mut Conn) {
+    fn queue_handshake(&self, conn: &mut Conn, readonly: bool) {
         let mut tmp = Vec::new();
         let mut steps = Vec::new();
         if let Some(pass) = &self.cfg.password {
@@ -855,6 +895,11 @@ impl Shard {
                 &mut tmp,
                 &[b"CLIENT", b"SETNAME", self.cfg.client_name.as_bytes()],
             );
+            steps.push(false);
+        }
+        if readonly {
+            // A replica serves reads of its master's slots only after READONLY.
+            resp::write_command(&mut tmp, &[b"READONLY"]);
             steps.push(false);
         }
         conn.hdr().extend_from_slice(&tmp);
@@ -898,6 +943,8 @@ impl Shard {
         n.last_error = Some(e.to_string());
         self.metrics.error("reconnect");
         tracing::warn!(shard = self.id, node = %n.addr, error = %e, failures = n.failures, "connection to server failed");
+        // In a cluster a dead node may mean a failover: look at the topology again.
+        self.router.request_refresh();
     }
 
     /// Closes a connection; its unanswered units are retried elsewhere or failed.
@@ -954,6 +1001,7 @@ impl Shard {
     }
 
     fn retry_or_fail(&mut self, pr: PartRef, u: u32, err: &Error, retryable: bool) {
+        let cluster = self.router.is_cluster();
         let Some(part) = self.part_mut(pr) else {
             return;
         };
@@ -964,32 +1012,61 @@ impl Shard {
             return;
         }
         unit.attempts += 1;
+        let (chunk, role, hslot, node) = (unit.chunk, unit.role, unit.hslot, unit.node);
         if retryable && unit.attempts < MAX_ATTEMPTS && Instant::now() < part.batch.deadline {
-            // Re-queue into the group of the same node (first group for that node).
-            let key = part.batch.key_of(unit.chunk, unit.role);
-            let batch = part.batch.clone();
-            let node = self.route(&key, &batch);
-            let Some(part) = self.part_mut(pr) else {
-                return;
+            // Route again: a refreshed topology may name another node by now. A command
+            // sent to a chosen node stays there.
+            let node = if matches!(part.batch.op, Op::Command { .. }) {
+                node
+            } else {
+                let key = part.batch.key_of(chunk, role);
+                self.route(&key)
             };
-            match part.groups.iter_mut().find(|g| g.node == node && !g.asking) {
-                Some(g) => g.queue.push_back(u),
-                None => part.groups.push(Group {
-                    node,
-                    queue: VecDeque::from([u]),
-                    asking: false,
-                }),
-            }
-            part.unsent += 1;
-            let class = part.class;
-            if !part.queued {
-                part.queued = true;
-                self.active[class.index()].push_back(pr.idx);
-            }
+            self.requeue(pr, u, node, false);
             return;
         }
-        let e = clone_err(err);
-        part.resolve(u, Slot::Err(e));
+        let e = if cluster {
+            Error::Cluster(format!("slot {hslot} at {}: {err}", self.nodes[node].addr))
+        } else {
+            clone_err(err)
+        };
+        if let Some(part) = self.part_mut(pr) {
+            part.resolve(u, Slot::Err(e));
+        }
+    }
+
+    /// Puts a unit back in its part's queue for `node` (after ASKING if `asking`).
+    fn requeue(&mut self, pr: PartRef, u: u32, node: usize, asking: bool) {
+        let Some(part) = self.part_mut(pr) else {
+            return;
+        };
+        let Some(unit) = part.units.get_mut(u as usize) else {
+            return;
+        };
+        unit.node = node;
+        let hslot = unit.hslot;
+        let existing = if asking {
+            None
+        } else {
+            part.groups
+                .iter_mut()
+                .find(|g| g.node == node && g.slot == hslot && !g.asking)
+        };
+        match existing {
+            Some(g) => g.queue.push_back(u),
+            None => part.groups.push(Group {
+                node,
+                slot: hslot,
+                queue: VecDeque::from([u]),
+                asking,
+            }),
+        }
+        part.unsent += 1;
+        let class = part.class;
+        if !part.queued {
+            part.queued = true;
+            self.active[class.index()].push_back(pr.idx);
+        }
     }
 
     fn part_mut(&mut self, pr: PartRef) -> Option<&mut ActivePart> {
@@ -1367,75 +1444,67 @@ impl Shard {
         }
     }
 
-    /// A server error for one unit: redirects are followed, the rest reach the caller.
+    /// A server error for one unit: redirects and cluster retries are followed, the
+    /// rest reach the caller.
     fn unit_error(&mut self, cid: usize, pr: Option<PartRef>, u: u32, msg: &[u8]) {
         let Some(pr) = pr else { return };
-        let node = self.conns[cid]
+        let node_name = self.conns[cid]
             .as_ref()
             .map(|c| self.nodes[c.node].addr.to_string())
             .unwrap_or_default();
         let message = String::from_utf8_lossy(msg).into_owned();
-        if let Some(redirect) = crate::cluster::parse_redirect(&message) {
-            if self.follow_redirect(pr, u, redirect) {
+        let Some(part) = self.part_mut(pr) else {
+            return;
+        };
+        let Some(unit) = part.units.get_mut(u as usize) else {
+            return;
+        };
+        let hslot = unit.hslot;
+        let redirect = crate::cluster::parse_redirect(&message);
+        let transient = ["TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING"]
+            .iter()
+            .any(|p| message.starts_with(p));
+        if redirect.is_some() || transient {
+            unit.attempts += 1;
+            if unit.attempts <= crate::cluster::MAX_REDIRECTS
+                && Instant::now() < part.batch.deadline
+            {
+                let attempts = unit.attempts;
+                self.metrics.error("redirect");
+                match redirect {
+                    Some(crate::cluster::Redirect::Moved { slot, addr }) => {
+                        let id = self.router.note_moved(slot, &addr);
+                        let node = self.local_node(id);
+                        self.requeue(pr, u, node, false);
+                    }
+                    Some(crate::cluster::Redirect::Ask { addr, .. }) => {
+                        let id = self.router.intern(&addr);
+                        let node = self.local_node(id);
+                        self.requeue(pr, u, node, true);
+                    }
+                    _ => {
+                        if !message.starts_with("TRYAGAIN") {
+                            self.router.request_refresh();
+                        }
+                        // Bounded exponential backoff: 20, 40, 80, ... ms, at most 250 ms.
+                        let wait = Duration::from_millis((20u64 << attempts.min(4)).min(250));
+                        self.delayed.push((Instant::now() + wait, pr, u));
+                    }
+                }
                 return;
             }
         }
-        if let Some(part) = self.part_mut(pr) {
-            part.resolve(u, Slot::Err(Error::Server { node, message }));
-        }
-    }
-
-    /// Re-queues a unit at the node a MOVED/ASK reply named. `false` once the unit has
-    /// been redirected too often.
-    fn follow_redirect(&mut self, pr: PartRef, u: u32, r: crate::cluster::Redirect) -> bool {
-        let target = match &r {
-            crate::cluster::Redirect::Moved { addr, slot } => {
-                self.router.note_moved(*slot, addr);
-                addr.clone()
-            }
-            crate::cluster::Redirect::Ask { addr, .. } => addr.clone(),
-            crate::cluster::Redirect::TryAgain => {
-                // Retry at the same place after the backoff of a normal retry.
-                return false;
-            }
-        };
-        let asking = matches!(r, crate::cluster::Redirect::Ask { .. });
-        let node = self.node_index(&target);
-        self.metrics.error("redirect");
-        let Some(part) = self.part_mut(pr) else {
-            return true;
-        };
-        let Some(unit) = part.units.get_mut(u as usize) else {
-            return true;
-        };
-        unit.attempts += 1;
-        if unit.attempts > crate::cluster::MAX_REDIRECTS {
-            return false;
-        }
-        unit.redirect = Some((node, asking));
-        if asking {
-            part.groups.push(Group {
-                node,
-                queue: VecDeque::from([u]),
-                asking: true,
-            });
+        let err = if self.router.is_cluster() {
+            Error::Cluster(format!("slot {hslot} at {node_name}: {message}"))
         } else {
-            match part.groups.iter_mut().find(|g| g.node == node && !g.asking) {
-                Some(g) => g.queue.push_back(u),
-                None => part.groups.push(Group {
-                    node,
-                    queue: VecDeque::from([u]),
-                    asking: false,
-                }),
+            Error::Server {
+                node: node_name,
+                message,
             }
+        };
+        if let Some(part) = self.part_mut(pr) {
+            part.resolve(u, Slot::Err(err));
         }
-        part.unsent += 1;
-        let class = part.class;
-        if !part.queued {
-            part.queued = true;
-            self.active[class.index()].push_back(pr.idx);
-        }
-        true
     }
 
     fn protocol_error(&mut self, cid: usize, reason: String) {
@@ -1451,6 +1520,24 @@ impl Shard {
     // ----- timers -----
 
     fn tick(&mut self, now: Instant) {
+        // Delayed cluster retries that are due go back to their queues, routed afresh.
+        if !self.delayed.is_empty() {
+            let due: Vec<(Instant, PartRef, u32)>;
+            (due, self.delayed) = std::mem::take(&mut self.delayed)
+                .into_iter()
+                .partition(|(t, _, _)| *t <= now);
+            for (_, pr, u) in due {
+                let Some(part) = self.part_mut(pr) else {
+                    continue;
+                };
+                let Some(unit) = part.units.get(u as usize) else {
+                    continue;
+                };
+                let key = part.batch.key_of(unit.chunk, unit.role);
+                let node = self.route(&key);
+                self.requeue(pr, u, node, false);
+            }
+        }
         // Parts past their deadline: unresolved units time out.
         for idx in 0..self.parts.len() {
             let Some(part) = self.parts[idx].as_mut() else {
