@@ -563,6 +563,9 @@ impl Shard {
     // ----- dispatch -----
 
     fn dispatch(&mut self) {
+        // Parts of one class looked at when the first one cannot be sent (its node is
+        // full or backing off) before the class counts as blocked for this round.
+        const LOOKAHEAD: usize = 8;
         let mut blocked = [false; 4];
         loop {
             let mut nonempty = [false; 4];
@@ -573,18 +576,29 @@ impl Shard {
                 break;
             };
             let c = class.index();
-            let Some(&pidx) = self.active[c].front() else {
-                break;
-            };
-            match self.emit(pidx as usize) {
-                Emit::Sent => {}
-                Emit::Exhausted => {
-                    self.active[c].pop_front();
-                    if let Some(p) = self.parts[pidx as usize].as_mut() {
-                        p.queued = false;
+            let mut sent = false;
+            let mut i = 0;
+            while i < self.active[c].len().min(LOOKAHEAD) {
+                let pidx = self.active[c][i];
+                match self.emit(pidx as usize) {
+                    Emit::Sent => {
+                        sent = true;
+                        break;
                     }
+                    Emit::Exhausted => {
+                        self.active[c].remove(i);
+                        if let Some(p) = self.parts[pidx as usize].as_mut() {
+                            p.queued = false;
+                        }
+                        // Progress was made; look again from the front.
+                        sent = true;
+                        break;
+                    }
+                    Emit::Blocked => i += 1,
                 }
-                Emit::Blocked => blocked[c] = true,
+            }
+            if !sent {
+                blocked[c] = true;
             }
         }
     }
@@ -752,7 +766,14 @@ impl Shard {
                             Role::Meta => metas[pu.chunk as usize].len(),
                         };
                         let first = units.is_empty() && used_keys == 0;
+                        // A chunk's metadata SET always follows its payload SET on the
+                        // same connection: a reader that finds the metadata can then
+                        // expect the payload (LMCache's write order).
+                        let pair_tail = pu.role == Role::Meta
+                            && units.last().map(|&l| part.units[l as usize].chunk)
+                                == Some(pu.chunk);
                         if !first
+                            && !pair_tail
                             && (units.len() >= room
                                 || used_bytes + weight + value_len > inflight_limit)
                         {
