@@ -23,6 +23,8 @@ use crate::resp::ArrayReader;
 pub(crate) const DIRECT_MIN: usize = 32 * 1024;
 /// Smallest free space offered to a receive into the connection's own buffer.
 const RECV_CHUNK: usize = 64 * 1024;
+/// Size of a connection's receive buffer (and of each registered one).
+pub(crate) const RBUF_SIZE: usize = 2 * RECV_CHUNK;
 /// Most iovecs passed to one send.
 pub(crate) const MAX_IOV: usize = 64;
 
@@ -127,7 +129,9 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub fn new(node: usize, stream: Stream) -> Conn {
+    /// A connection receiving into `fixed` (a buffer registered with the ring, and its
+    /// index) when given, else into a buffer of its own.
+    pub fn new(node: usize, stream: Stream, fixed: Option<(u16, Vec<u8>)>) -> Conn {
         Conn {
             node,
             stream,
@@ -137,7 +141,7 @@ impl Conn {
             out_off: 0,
             out_bytes: 0,
             hdr: BytesMut::with_capacity(16 * 1024),
-            rx: Rx::new(),
+            rx: Rx::new(fixed),
             pending: VecDeque::new(),
             inflight: 0,
             send_busy: false,
@@ -283,15 +287,26 @@ impl Conn {
 /// The receive side: buffer, read cursor and reply reader.
 pub(crate) struct Rx {
     rbuf: Vec<u8>,
+    /// Registered-buffer index while `rbuf` is the registered buffer (never resized
+    /// then: the kernel knows its address).
+    pub fixed: Option<u16>,
+    /// A registered buffer given up (to grow past it), to be returned to the pool.
+    pub released: Option<(u16, Vec<u8>)>,
     rstart: usize,
     rend: usize,
     pub reader: ArrayReader,
 }
 
 impl Rx {
-    fn new() -> Rx {
+    fn new(fixed: Option<(u16, Vec<u8>)>) -> Rx {
+        let (fixed, rbuf) = match fixed {
+            Some((i, b)) => (Some(i), b),
+            None => (None, vec![0u8; RBUF_SIZE]),
+        };
         Rx {
-            rbuf: vec![0u8; RECV_CHUNK * 2],
+            rbuf,
+            fixed,
+            released: None,
             rstart: 0,
             rend: 0,
             reader: ArrayReader::new(),
@@ -319,7 +334,15 @@ impl Rx {
             if self.rbuf.len() - self.rend < RECV_CHUNK {
                 // A large control-plane reply (CLUSTER SHARDS) is parsed whole: grow.
                 let want = (self.rend + RECV_CHUNK).max(self.rbuf.len() * 2);
-                self.rbuf.resize(want, 0);
+                match self.fixed.take() {
+                    // A registered buffer must keep its address: copy out of it instead.
+                    Some(i) => {
+                        let mut bigger = vec![0u8; want];
+                        bigger[..self.rend].copy_from_slice(&self.rbuf[..self.rend]);
+                        self.released = Some((i, std::mem::replace(&mut self.rbuf, bigger)));
+                    }
+                    None => self.rbuf.resize(want, 0),
+                }
             }
         }
         let end = self.rbuf.len();
@@ -333,6 +356,12 @@ impl Rx {
         } else {
             self.rend = (self.rend + n).min(self.rbuf.len());
         }
+    }
+
+    /// Takes the registered buffer out (the connection is being freed).
+    pub fn take_fixed(&mut self) -> Option<(u16, Vec<u8>)> {
+        let i = self.fixed.take()?;
+        Some((i, std::mem::take(&mut self.rbuf)))
     }
 
     /// Unread received bytes.
@@ -352,8 +381,8 @@ impl Rx {
 
     /// Shrinks the receive buffer back after a large control-plane reply.
     pub fn trim(&mut self) {
-        if self.rstart == self.rend && self.rbuf.len() > 4 * RECV_CHUNK {
-            self.rbuf = vec![0u8; RECV_CHUNK * 2];
+        if self.rstart == self.rend && self.rbuf.len() > 4 * RECV_CHUNK && self.fixed.is_none() {
+            self.rbuf = vec![0u8; RBUF_SIZE];
             self.rstart = 0;
             self.rend = 0;
         }

@@ -874,7 +874,11 @@ impl Shard {
             }
             ServerAddr::Unix { path } => Stream::Unix(mio::net::UnixStream::connect(path)?),
         };
-        let mut conn = Conn::new(node, stream);
+        let fixed = match &mut self.backend {
+            Backend::Uring(u) => u.take_fixed(),
+            Backend::Epoll(_) => None,
+        };
+        let mut conn = Conn::new(node, stream, fixed);
         let readonly = self.router.is_cluster() && self.router.is_readonly(self.nodes[node].id);
         self.queue_handshake(&mut conn, readonly);
         let cid = match self.free_conns.pop() {
@@ -1013,7 +1017,8 @@ impl Shard {
                         u.cancel(cid, c);
                         self.zombies.push(cid);
                     } else {
-                        self.conns[cid] = None;
+                        let c = self.conns[cid].take();
+                        Self::release_conn(u, c);
                         self.free_conns.push(cid);
                     }
                 }
@@ -1224,9 +1229,19 @@ impl Shard {
         }
     }
 
+    /// Returns a freed connection's registered buffer to the pool.
+    fn release_conn(u: &mut uring::Uring, conn: Option<Conn>) {
+        if let Some((i, b)) = conn.and_then(|mut c| c.rx.take_fixed()) {
+            u.give_back(i, b);
+        }
+    }
+
     fn reap(&mut self, cid: usize) {
         if self.conns[cid].as_ref().is_some_and(|c| !c.kernel_busy()) {
-            self.conns[cid] = None;
+            let c = self.conns[cid].take();
+            if let Backend::Uring(u) = &mut self.backend {
+                Self::release_conn(u, c);
+            }
             self.zombies.retain(|&z| z != cid);
             self.free_conns.push(cid);
         }
