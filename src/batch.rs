@@ -38,6 +38,12 @@ pub struct ChunkInfo {
     pub meta: Option<RemoteMetadata>,
 }
 
+/// What `get_into` returns: the caller's buffers, and per key what landed in it.
+pub type GetInto = (Vec<Vec<u8>>, Vec<Option<ChunkInfo>>);
+
+/// A hit after the read rules: metadata, the buffer holding the payload, its length.
+type Hit = (Option<RemoteMetadata>, Vec<u8>, usize);
+
 /// One chunk to write.
 #[derive(Debug, Clone)]
 pub struct PutChunk {
@@ -430,8 +436,7 @@ impl Batch {
                 }
                 let mut stale = Vec::new();
                 let mut hits = 0;
-                let mut results: Vec<Option<(Option<RemoteMetadata>, Vec<u8>, usize)>> =
-                    Vec::with_capacity(n);
+                let mut results: Vec<Option<Hit>> = Vec::with_capacity(n);
                 for (i, pair) in slots.into_iter().enumerate() {
                     let r = if failed[i] {
                         None
@@ -503,7 +508,7 @@ impl Batch {
         pair: [Slot; 2],
         bufs: &[Option<Vec<u8>>],
         stale: &mut Vec<Vec<u8>>,
-    ) -> Option<(Option<RemoteMetadata>, Vec<u8>, usize)> {
+    ) -> Option<Hit> {
         let [meta, payload] = pair;
         let into = matches!(self.op, Op::Get(GetMode::Into));
         let k = || show_key(self.keys.get(i));

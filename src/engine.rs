@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::batch::{
-    Batch, BatchInit, Chunk, ChunkInfo, FollowUp, GetMode, KeyArena, Op, Output, PutChunk, Role,
+    Batch, BatchInit, Chunk, FollowUp, GetInto, GetMode, KeyArena, Op, Output, PutChunk, Role,
     Ticket,
 };
 use crate::cluster::slot::hash_slot;
@@ -146,13 +146,15 @@ impl FollowUp for Inner {
         };
         let engine = Engine { inner };
         if let Err(e) = engine.submit_keys(
-            Op::Delete,
-            Priority::Put,
-            layout,
+            Req {
+                op: Op::Delete,
+                class: Priority::Put,
+                layout,
+                mode: Submit::Try,
+                target: None,
+            },
             &keys,
             Vec::new(),
-            Submit::Try,
-            None,
         ) {
             for k in &keys {
                 tracing::warn!(key = %show_key(k), error = %e, "stale metadata not deleted");
@@ -161,6 +163,19 @@ impl FollowUp for Inner {
         }
         tracing::debug!(count = keys.len(), "deleting stale metadata");
     }
+}
+
+/// Caller buffers of a part, by chunk.
+type CallerBufs = Vec<(u32, Vec<u8>)>;
+
+/// What to submit and how.
+struct Req {
+    op: Op,
+    class: Priority,
+    layout: KeyLayout,
+    mode: Submit,
+    /// A chosen server (commands); `None` routes by key.
+    target: Option<NodeId>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -340,21 +355,16 @@ impl Engine {
     ///
     /// If the request times out, buffers still being written by a connection are not
     /// returned (they are freed once the connection lets go of them).
-    pub fn get_into<K: AsRef<[u8]>>(
-        &self,
-        keys: &[K],
-        bufs: Vec<Vec<u8>>,
-    ) -> Result<(Vec<Vec<u8>>, Vec<Option<ChunkInfo>>)> {
+    pub fn get_into<K: AsRef<[u8]>>(&self, keys: &[K], bufs: Vec<Vec<u8>>) -> Result<GetInto> {
         self.get_into_async(keys, bufs).wait()
     }
 
     /// [`get_into`](Self::get_into) as a future.
-    #[allow(clippy::type_complexity)]
     pub fn get_into_async<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
         bufs: Vec<Vec<u8>>,
-    ) -> Ticket<(Vec<Vec<u8>>, Vec<Option<ChunkInfo>>)> {
+    ) -> Ticket<GetInto> {
         if bufs.len() != keys.len() {
             return Ticket::ready(Err(Error::Invalid(format!(
                 "get_into: {} keys but {} buffers",
@@ -437,13 +447,15 @@ impl Engine {
     pub fn try_put(&self, chunks: Vec<PutChunk>) -> Result<Ticket<()>> {
         let (keys, op) = self.put_op(chunks)?;
         let b = self.submit_keys(
-            op,
-            Priority::Put,
-            self.inner.cfg.key_layout,
+            Req {
+                op,
+                class: Priority::Put,
+                layout: self.inner.cfg.key_layout,
+                mode: Submit::Try,
+                target: None,
+            },
             &keys,
             Vec::new(),
-            Submit::Try,
-            None,
         )?;
         Ok(Ticket::new(b, unit))
     }
@@ -454,13 +466,15 @@ impl Engine {
             Err(e) => Ticket::ready(Err(e)),
             Ok((keys, op)) => {
                 match self.submit_keys(
-                    op,
-                    Priority::Put,
-                    self.inner.cfg.key_layout,
+                    Req {
+                        op,
+                        class: Priority::Put,
+                        layout: self.inner.cfg.key_layout,
+                        mode: Submit::Wait,
+                        target: None,
+                    },
                     &keys,
                     Vec::new(),
-                    Submit::Wait,
-                    None,
                 ) {
                     Ok(b) => Ticket::new(b, unit),
                     Err(e) => Ticket::ready(Err(e)),
@@ -531,13 +545,15 @@ impl Engine {
             args: args.iter().map(|a| a.to_vec()).collect(),
         };
         let b = self.submit_keys(
-            op,
-            Priority::Peek,
-            KeyLayout::Raw,
+            Req {
+                op,
+                class: Priority::Peek,
+                layout: KeyLayout::Raw,
+                mode: Submit::Wait,
+                target,
+            },
             &[key],
             Vec::new(),
-            Submit::Wait,
-            target,
         )?;
         Ticket::new(b, |o| match o {
             Output::Value(v) => Ok(v),
@@ -629,13 +645,15 @@ impl Engine {
         convert: fn(Output) -> Result<T>,
     ) -> Ticket<T> {
         match self.submit_keys(
-            op,
-            class,
-            self.inner.cfg.key_layout,
+            Req {
+                op,
+                class,
+                layout: self.inner.cfg.key_layout,
+                mode: Submit::Wait,
+                target: None,
+            },
             keys,
             bufs,
-            Submit::Wait,
-            None,
         ) {
             Ok(b) => Ticket::new(b, convert),
             Err(e) => Ticket::ready(Err(e)),
@@ -645,14 +663,17 @@ impl Engine {
     /// Builds the batch, splits its units over the owning shards and queues the parts.
     fn submit_keys<K: AsRef<[u8]>>(
         &self,
-        op: Op,
-        class: Priority,
-        layout: KeyLayout,
+        req: Req,
         keys: &[K],
         bufs: Vec<Vec<u8>>,
-        mode: Submit,
-        target: Option<NodeId>,
     ) -> Result<Arc<Batch>> {
+        let Req {
+            op,
+            class,
+            layout,
+            mode,
+            target,
+        } = req;
         let inner = &self.inner;
         let into = matches!(op, Op::Get(GetMode::Into));
         let follow_up: Option<Arc<dyn FollowUp>> =
@@ -670,7 +691,7 @@ impl Engine {
         }));
         let units = batch.units();
         let n = inner.shards.len();
-        let mut parts: Vec<(Vec<UnitSpec>, Vec<(u32, Vec<u8>)>)> =
+        let mut parts: Vec<(Vec<UnitSpec>, CallerBufs)> =
             (0..n).map(|_| (Vec::new(), Vec::new())).collect();
         let mut bufs: Vec<Option<Vec<u8>>> = bufs.into_iter().map(Some).collect();
         let spread = inner.rr.fetch_add(1, Ordering::Relaxed);

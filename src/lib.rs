@@ -16,9 +16,9 @@ pub mod resp;
 pub mod ring;
 pub mod servers;
 pub mod shard;
-mod sys;
+pub(crate) mod sys;
 
-pub use batch::{Chunk, ChunkInfo, PutChunk, Ticket};
+pub use batch::{Chunk, ChunkInfo, GetInto, PutChunk, Ticket};
 pub use config::Config;
 pub use engine::{Engine, Stats};
 pub use error::{Error, Result};

@@ -64,6 +64,25 @@ impl AsRawFd for EventFd {
     }
 }
 
+/// `sendmsg(fd, iov, MSG_NOSIGNAL)`: a vectored write that returns EPIPE instead of
+/// raising SIGPIPE, which would kill a host process (a Python interpreter embedding
+/// slotline) that did not ignore the signal.
+pub fn send_vectored(fd: RawFd, slices: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: IoSlice is ABI-compatible with iovec on Unix (documented by std); the
+    // slices borrow live memory for the duration of the call; msghdr is plain data for
+    // which all-zero is valid, and only the iov fields are set.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = slices.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// CPU ids this process may run on (its affinity mask), in order.
 pub fn allowed_cores() -> Vec<usize> {
     match core_affinity::get_core_ids() {
@@ -84,6 +103,21 @@ mod tests {
         e.ring();
         assert_eq!(e.drain(), 2);
         assert_eq!(e.drain(), 0);
+    }
+
+    #[test]
+    fn send_vectored_writes_all_slices_and_reports_epipe() {
+        use std::io::{IoSlice, Read};
+        use std::os::fd::AsRawFd;
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let n = send_vectored(a.as_raw_fd(), &[IoSlice::new(b"ab"), IoSlice::new(b"cde")]).unwrap();
+        assert_eq!(n, 5);
+        let mut got = [0u8; 5];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abcde");
+        drop(b);
+        let e = send_vectored(a.as_raw_fd(), &[IoSlice::new(b"x")]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! blocked (Docker's default seccomp profile). The shard does the reads and writes itself
 //! when the socket reports ready.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -86,10 +86,7 @@ pub(crate) fn flush(conn: &mut Conn) -> io::Result<usize> {
     while conn.out_len() > 0 {
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOV);
         conn.send_slices(&mut slices);
-        let r = match &conn.stream {
-            Stream::Tcp(s) => (&*s).write_vectored(&slices),
-            Stream::Unix(s) => (&*s).write_vectored(&slices),
-        };
+        let r = crate::sys::send_vectored(conn.stream.fd(), &slices);
         drop(slices);
         match r {
             Ok(0) => {

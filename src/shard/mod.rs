@@ -150,7 +150,7 @@ pub(crate) fn start(
 }
 
 enum Backend {
-    Uring(uring::Uring),
+    Uring(Box<uring::Uring>),
     Epoll(epoll::Epoll),
 }
 
@@ -165,7 +165,7 @@ impl Backend {
                 epoll::Epoll::new(lanes.doorbell()).map_err(io_err)?,
             )),
             IoBackend::IoUring => match uring::Uring::new(lanes.doorbell()) {
-                Ok(u) => Ok(Backend::Uring(u)),
+                Ok(u) => Ok(Backend::Uring(Box::new(u))),
                 Err(e) => Err(Error::config(
                     "io_backend",
                     "io_uring",
@@ -173,7 +173,7 @@ impl Backend {
                 )),
             },
             IoBackend::Auto => match uring::Uring::new(lanes.doorbell()) {
-                Ok(u) => Ok(Backend::Uring(u)),
+                Ok(u) => Ok(Backend::Uring(Box::new(u))),
                 Err(e) => {
                     tracing::warn!(error = %e, "io_uring unavailable (blocked by seccomp or an old kernel?); using the epoll fallback");
                     Ok(Backend::Epoll(
