@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -190,7 +190,8 @@ pub(crate) struct Batch {
     pub started: Instant,
     pub deadline: Instant,
     pub metrics: Arc<Metrics>,
-    follow_up: Option<Arc<dyn FollowUp>>,
+    /// Weak: a batch finishing on a shard thread must never be what drops the engine.
+    follow_up: Option<Weak<dyn FollowUp>>,
     state: Mutex<State>,
     cv: Condvar,
 }
@@ -215,15 +216,19 @@ pub(crate) struct BatchInit {
     pub ttl: Option<u64>,
     pub timeout: Duration,
     pub metrics: Arc<Metrics>,
-    pub follow_up: Option<Arc<dyn FollowUp>>,
-    pub bufs: Vec<Vec<u8>>,
+    pub follow_up: Option<Weak<dyn FollowUp>>,
 }
 
 impl Batch {
     pub fn new(init: BatchInit) -> Batch {
         let n = init.keys.len();
         let started = Instant::now();
-        let bufs = init.bufs.into_iter().map(Some).collect();
+        // Caller buffers (get_into) come back here by chunk, hit or miss.
+        let bufs = if matches!(init.op, Op::Get(GetMode::Into)) {
+            (0..n).map(|_| None).collect()
+        } else {
+            Vec::new()
+        };
         Batch {
             op: init.op,
             class: init.class,
@@ -441,14 +446,14 @@ impl Batch {
                     let r = if failed[i] {
                         None
                     } else {
-                        self.read_rule(i, pair, &st.bufs, &mut stale)
+                        self.read_rule(i, pair, &mut stale)
                     };
                     hits += r.is_some() as usize;
                     results.push(r);
                 }
                 if !stale.is_empty() {
                     self.metrics.error("stale_metadata");
-                    if let Some(f) = &self.follow_up {
+                    if let Some(f) = self.follow_up.as_ref().and_then(|f| f.upgrade()) {
                         f.delete_stale(self.layout, stale);
                     }
                 }
@@ -502,13 +507,7 @@ impl Batch {
     }
 
     /// LMCache's rules for one chunk: returns (metadata, buffer, payload length) on a hit.
-    fn read_rule(
-        &self,
-        i: usize,
-        pair: [Slot; 2],
-        bufs: &[Option<Vec<u8>>],
-        stale: &mut Vec<Vec<u8>>,
-    ) -> Option<Hit> {
+    fn read_rule(&self, i: usize, pair: [Slot; 2], stale: &mut Vec<Vec<u8>>) -> Option<Hit> {
         let [meta, payload] = pair;
         let into = matches!(self.op, Op::Get(GetMode::Into));
         let k = || show_key(self.keys.get(i));
@@ -528,13 +527,12 @@ impl Batch {
             }
         };
         if self.layout.keys_per_chunk() == 1 {
-            if into {
-                let want = bufs.get(i).map_or(0, |_| buf.len());
-                if len != want {
-                    self.metrics.error("corrupt");
-                    tracing::warn!(key = %k(), len, expected = want, "raw value length differs from the buffer size; treated as a miss");
-                    return None;
-                }
+            // LMCache's native client accepts a raw value only at the full chunk size,
+            // which get_into's caller states as the buffer size.
+            if into && len != buf.len() {
+                self.metrics.error("corrupt");
+                tracing::warn!(key = %k(), len, expected = buf.len(), "raw value length differs from the buffer size; treated as a miss");
+                return None;
             }
             return Some((None, buf, len));
         }

@@ -676,8 +676,7 @@ impl Engine {
         } = req;
         let inner = &self.inner;
         let into = matches!(op, Op::Get(GetMode::Into));
-        let follow_up: Option<Arc<dyn FollowUp>> =
-            inner.me.upgrade().map(|a| a as Arc<dyn FollowUp>);
+        let follow_up: Weak<dyn FollowUp> = inner.me.clone();
         let batch = Arc::new(Batch::new(BatchInit {
             op,
             class,
@@ -686,8 +685,7 @@ impl Engine {
             ttl: inner.cfg.ttl,
             timeout: inner.cfg.request_timeout,
             metrics: inner.metrics.clone(),
-            follow_up,
-            bufs: Vec::new(),
+            follow_up: Some(follow_up),
         }));
         let units = batch.units();
         let n = inner.shards.len();

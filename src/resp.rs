@@ -196,30 +196,24 @@ fn find_line(buf: &[u8], from: usize) -> Result<Option<usize>, ProtoError> {
 }
 
 fn parse_int(line: &[u8]) -> Result<i64, ProtoError> {
+    let bad = || perr(format!("bad integer {:?}", line.escape_ascii().to_string()));
     let (neg, digits) = match line.first() {
         Some(b'-') => (true, &line[1..]),
         _ => (false, line),
     };
     if digits.is_empty() || digits.len() > 19 {
-        return Err(perr(format!(
-            "bad integer {:?}",
-            line.escape_ascii().to_string()
-        )));
+        return Err(bad());
     }
-    let mut n: i64 = 0;
+    // Accumulate in i128 so i64::MIN, whose magnitude exceeds i64::MAX, parses.
+    let mut n: i128 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
-            return Err(perr(format!(
-                "bad integer {:?}",
-                line.escape_ascii().to_string()
-            )));
+            return Err(bad());
         }
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add((d - b'0') as i64))
-            .ok_or_else(|| perr("integer overflow"))?;
+        n = n * 10 + (d - b'0') as i128;
     }
-    Ok(if neg { -n } else { n })
+    let n = if neg { -n } else { n };
+    i64::try_from(n).map_err(|_| perr("integer overflow"))
 }
 
 /// Length header of a bulk (`$`) or array (`*`): `None` for the nil form `-1`.
@@ -572,6 +566,14 @@ mod tests {
 
     #[test]
     fn write_uint_edges() {
+        assert_eq!(
+            parse_value(b":-9223372036854775808\r\n")
+                .unwrap()
+                .unwrap()
+                .0,
+            Value::Int(i64::MIN)
+        );
+        assert!(parse_value(b":9223372036854775808\r\n").is_err());
         for n in [0u64, 9, 10, 99, 100, 12345, u64::MAX] {
             let mut out = Vec::new();
             write_uint(&mut out, n);

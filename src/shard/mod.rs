@@ -90,7 +90,11 @@ impl ShardHandle {
         self.stop.store(true, Ordering::SeqCst);
         self.lanes.ring();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // The last engine handle can be released on a shard thread (a follow-up
+            // request): that shard sees the stop flag when it returns to its loop.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -1530,7 +1534,12 @@ impl Shard {
                 return;
             }
         }
-        let err = if self.router.is_cluster() {
+        let err = if message.starts_with("NOAUTH") || message.starts_with("WRONGPASS") {
+            Error::Auth {
+                node: node_name,
+                message,
+            }
+        } else if self.router.is_cluster() {
             Error::Cluster(format!("slot {hslot} at {node_name}: {message}"))
         } else {
             Error::Server {
