@@ -1,0 +1,366 @@
+//! slotline against the clients a Rust user would otherwise reach for, in one process, on
+//! one server, with the same keys, values and LMCache byte format:
+//!
+//! - `naive`: the seed's baseline, one blocking GET/SET round trip per Redis key;
+//! - `redis-rs`: the `redis` crate's sync connection, pipelined SETs and one MGET per batch;
+//! - `fred`: async, one current-thread tokio runtime per caller thread, pipelined SETs and
+//!   one MGET per batch;
+//! - `slotline[io_uring]`, `slotline[epoll]`.
+//!
+//! Two regimes: 2 KiB values in batches of 128 chunks (the seed's benchmark) and 4 MiB
+//! values in batches of 8 (LMCache's large chunks). Each table cell is the median over
+//! runs; ratio rows are slotline / peer.
+//!
+//! ```text
+//! cargo bench --bench engine                 # both regimes
+//! cargo bench --bench engine -- small        # only the 2 KiB regime ("large" for 4 MiB)
+//! SLOTLINE_BENCH_QUICK=1 cargo bench --bench engine
+//! SLOTLINE_BENCH_URL=redis://127.0.0.1:6400 cargo bench --bench engine
+//! ```
+//!
+//! Without `SLOTLINE_BENCH_URL` a redis-server is started on a free port and stopped at the
+//! end. With it, the server is FLUSHALLed between clients: point it at a scratch server.
+//!
+//! The measurement code is the CLI's (`slotline bench`), included below, so both report
+//! the same numbers the same way.
+
+// Their unit tests compile here too (cfg(test)) but do not run under harness = false.
+#[allow(dead_code, unused_imports)]
+#[path = "../src/cli/naive.rs"]
+mod naive;
+
+#[allow(dead_code, unused_imports)]
+#[path = "../src/cli/bench.rs"]
+mod bench;
+
+use std::process::ExitCode;
+
+use bench::{
+    BenchError, NaivePeer, OwnedServer, Peer, Plan, SlotlinePeer, Verifier, Worker, Workload,
+};
+use fred::prelude::{ClientLike, KeysInterface};
+use slotline::config::{IoBackend, Mode};
+use slotline::{Config, KeyLayout, RemoteMetadata};
+
+/// Redis keys of one batch in MGET order: per chunk metadata then payload (two-key
+/// layouts) or the payload alone.
+fn read_keys(wl: &Workload<'_>, b: usize) -> Vec<Vec<u8>> {
+    let mut keys = Vec::with_capacity(wl.batch * wl.layout.keys_per_chunk());
+    for k in wl.batch_keys(b) {
+        if let Some(m) = wl.layout.metadata_key(k) {
+            keys.push(m);
+        }
+        keys.push(wl.layout.payload_key(k));
+    }
+    keys
+}
+
+/// Applies LMCache's read rules to one chunk's MGET values and reports it.
+fn check_chunk(
+    v: &mut Verifier<'_, '_>,
+    i: usize,
+    meta: Option<Option<&[u8]>>,
+    payload: Option<&[u8]>,
+) {
+    let Some(meta) = meta else {
+        // raw layout: the payload alone.
+        v.check(i, payload, None);
+        return;
+    };
+    let decoded = meta.and_then(|m| RemoteMetadata::decode(m).ok());
+    match (decoded, payload) {
+        (Some(md), Some(p)) if md.payload_len() == p.len() => v.check(i, Some(p), Some(&md)),
+        _ => v.check(i, None, None),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// redis-rs
+// ---------------------------------------------------------------------------------------
+
+struct RedisRsPeer {
+    url: String,
+}
+
+struct RedisRsWorker {
+    con: redis::Connection,
+}
+
+impl Peer for RedisRsPeer {
+    fn name(&self) -> String {
+        "redis-rs".into()
+    }
+
+    fn tag(&self) -> String {
+        "redis-rs".into()
+    }
+
+    fn open(&mut self, n: usize, _wl: &Workload<'_>) -> Result<Vec<Box<dyn Worker>>, String> {
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
+        (0..n)
+            .map(|_| {
+                client
+                    .get_connection()
+                    .map(|con| Box::new(RedisRsWorker { con }) as Box<dyn Worker>)
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+}
+
+impl Worker for RedisRsWorker {
+    fn put(&mut self, wl: &Workload<'_>, b: usize) -> Result<(), String> {
+        let mut pipe = redis::pipe();
+        for (i, k) in wl.batch_keys(b).iter().enumerate() {
+            pipe.set(wl.layout.payload_key(k), wl.value(b, i).as_ref())
+                .ignore();
+            if let Some(m) = wl.layout.metadata_key(k) {
+                pipe.set(m, wl.data.meta_bytes.as_slice()).ignore();
+            }
+        }
+        pipe.exec(&mut self.con).map_err(|e| e.to_string())
+    }
+
+    fn get(&mut self, wl: &Workload<'_>, b: usize, v: &mut Verifier<'_, '_>) -> Result<(), String> {
+        let keys = read_keys(wl, b);
+        let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query(&mut self.con)
+            .map_err(|e| e.to_string())?;
+        let per = wl.layout.keys_per_chunk();
+        if vals.len() != wl.batch * per {
+            return Err(format!(
+                "MGET returned {} values for {} keys",
+                vals.len(),
+                keys.len()
+            ));
+        }
+        for (i, c) in vals.chunks(per).enumerate() {
+            let payload = c[per - 1].as_deref();
+            let meta = (per == 2).then(|| c[0].as_deref());
+            check_chunk(v, i, meta, payload);
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// fred
+// ---------------------------------------------------------------------------------------
+
+fn key(k: Vec<u8>) -> fred::types::Key {
+    bytes::Bytes::from(k).into()
+}
+
+struct FredPeer {
+    url: String,
+}
+
+struct FredWorker {
+    rt: tokio::runtime::Runtime,
+    client: fred::prelude::Client,
+}
+
+impl Peer for FredPeer {
+    fn name(&self) -> String {
+        "fred".into()
+    }
+
+    fn tag(&self) -> String {
+        "fred".into()
+    }
+
+    fn open(&mut self, n: usize, _wl: &Workload<'_>) -> Result<Vec<Box<dyn Worker>>, String> {
+        (0..n)
+            .map(|_| {
+                // One runtime per caller thread: the connection task runs on the caller's
+                // thread during block_on, as in a current-thread tokio application.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let cfg = fred::prelude::Config::from_url(&self.url).map_err(|e| e.to_string())?;
+                let client = fred::prelude::Builder::from_config(cfg)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(client.init()).map_err(|e| e.to_string())?;
+                Ok(Box::new(FredWorker { rt, client }) as Box<dyn Worker>)
+            })
+            .collect()
+    }
+
+    fn close(&mut self) {}
+}
+
+impl Drop for FredWorker {
+    fn drop(&mut self) {
+        let _ = self.rt.block_on(self.client.quit());
+    }
+}
+
+impl Worker for FredWorker {
+    fn put(&mut self, wl: &Workload<'_>, b: usize) -> Result<(), String> {
+        let client = &self.client;
+        self.rt
+            .block_on(async {
+                let p = client.pipeline();
+                for (i, k) in wl.batch_keys(b).iter().enumerate() {
+                    let value = fred::types::Value::Bytes(wl.value(b, i).clone());
+                    let () = p
+                        .set(key(wl.layout.payload_key(k)), value, None, None, false)
+                        .await?;
+                    if let Some(m) = wl.layout.metadata_key(k) {
+                        let meta = fred::types::Value::Bytes(wl.data.meta_bytes.clone().into());
+                        let () = p.set(key(m), meta, None, None, false).await?;
+                    }
+                }
+                p.all::<fred::types::Value>().await.map(|_| ())
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn get(&mut self, wl: &Workload<'_>, b: usize, v: &mut Verifier<'_, '_>) -> Result<(), String> {
+        let keys: Vec<fred::types::Key> = read_keys(wl, b).into_iter().map(key).collect();
+        let n = keys.len();
+        let client = &self.client;
+        let vals: Vec<fred::types::Value> = self
+            .rt
+            .block_on(client.mget(keys))
+            .map_err(|e| e.to_string())?;
+        let per = wl.layout.keys_per_chunk();
+        if vals.len() != n {
+            return Err(format!("MGET returned {} values for {n} keys", vals.len()));
+        }
+        for (i, c) in vals.chunks(per).enumerate() {
+            let payload = c[per - 1].as_bytes();
+            let meta = (per == 2).then(|| c[0].as_bytes());
+            check_chunk(v, i, meta, payload);
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Driver
+// ---------------------------------------------------------------------------------------
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+fn regime(
+    url: &str,
+    name: &str,
+    value_size: usize,
+    batch: usize,
+    batches: usize,
+    runs: usize,
+) -> Result<(), BenchError> {
+    let layout = KeyLayout::Lmcache;
+    let plan = Plan {
+        value_size,
+        batch,
+        batches,
+        runs,
+        concurrency: 1,
+        layout,
+        mode: Mode::Standalone,
+        json: env_flag("SLOTLINE_BENCH_JSON"),
+    };
+    println!();
+    println!(
+        "== {name}: {value_size}-byte values, {batch} chunks/batch, {batches} batches, \
+         layout {layout}, {runs} runs, server {url}"
+    );
+    let base = Config::from_url(url)?;
+    let mut peers: Vec<Box<dyn Peer>> = vec![
+        Box::new(NaivePeer::new(url, Mode::Standalone, layout)),
+        Box::new(RedisRsPeer { url: url.into() }),
+        Box::new(FredPeer { url: url.into() }),
+    ];
+    for (backend, optional) in [(IoBackend::IoUring, true), (IoBackend::Epoll, false)] {
+        let mut cfg = base.clone();
+        cfg.io_backend = backend;
+        cfg.key_layout = layout;
+        peers.push(Box::new(SlotlinePeer::new(cfg, false, optional)));
+    }
+    let mut cleanup = |_: &[Vec<u8>]| -> Result<(), BenchError> {
+        naive::NaiveClient::connect(url, Mode::Standalone, layout)?.flush_all()?;
+        Ok(())
+    };
+    let results = bench::run_plan(&plan, &mut peers, &mut cleanup)?;
+    let ratios: Vec<(usize, usize)> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.name.starts_with("slotline"))
+        .flat_map(|(s, _)| {
+            results
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.name.starts_with("slotline"))
+                .map(move |(o, _)| (s, o))
+        })
+        .collect();
+    for note in peers.iter().filter_map(|p| p.note()) {
+        println!("{note}");
+    }
+    bench::print_report(&plan, &results, &ratios);
+    Ok(())
+}
+
+fn run() -> Result<(), BenchError> {
+    bench::install_signal_handlers();
+    let quick = env_flag("SLOTLINE_BENCH_QUICK");
+    // `cargo bench` passes `--bench`; anything else is a regime filter.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |r: &str| filters.is_empty() || filters.iter().any(|f| r.contains(f.as_str()));
+
+    let owned = match std::env::var("SLOTLINE_BENCH_URL") {
+        Ok(u) if !u.is_empty() => {
+            eprintln!("using SLOTLINE_BENCH_URL={u} (it is flushed between clients)");
+            None
+        }
+        _ => Some(OwnedServer::start(Mode::Standalone)?),
+    };
+    let url = match (&owned, std::env::var("SLOTLINE_BENCH_URL")) {
+        (Some(s), _) => s.url().to_string(),
+        (None, Ok(u)) => u,
+        (None, Err(_)) => return Err(BenchError::failed("no server")),
+    };
+    println!(
+        "slotline engine bench ({}): server {} at {url}; {} CPUs",
+        if quick { "quick" } else { "full" },
+        bench::server_version(&url, Mode::Standalone),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    if wanted("small") {
+        let (batches, runs) = if quick { (30, 3) } else { (200, 5) };
+        regime(&url, "small (2 KiB x 128)", 2048, 128, batches, runs)?;
+    }
+    if wanted("large") {
+        let (batches, runs) = if quick { (6, 3) } else { (40, 5) };
+        regime(&url, "large (4 MiB x 8)", 4 << 20, 8, batches, runs)?;
+    }
+    drop(owned);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLOTLINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("slotline=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.code)
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Command-line parsing and dispatch for the `slotline` binary.
+//!
+//! Exit codes: 0 success, 1 a runtime failure (server unreachable, miss on `get`, bench
+//! verification failed), 2 bad usage (clap's own code, and invalid values we reject
+//! before touching a server).
+
+pub mod bench;
+pub mod chunks;
+pub mod naive;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use slotline::config::IoBackend;
+use slotline::{Config, KeyLayout};
+
+/// Thread-per-core engine that stores and fetches LMCache KV-cache chunks in Redis and
+/// Redis Cluster.
+#[derive(Debug, Parser)]
+#[command(
+    name = "slotline",
+    version,
+    about,
+    long_about = "Thread-per-core engine that stores and fetches LMCache KV-cache chunks in \
+Redis and Redis Cluster.\n\n\
+Chunks are written in LMCache's own byte format (RemoteMetadata + payload, in the \
+lmcache, hashtag or raw key layout), so LMCache's connectors read what slotline writes \
+and the other way round.\n\n\
+Logging goes to stderr; set SLOTLINE_LOG (or RUST_LOG), e.g. SLOTLINE_LOG=slotline=debug.",
+    after_help = "Examples:\n  \
+slotline servers up --port 6400 --state-dir /tmp/sl\n  \
+slotline put 'model@1@0@3f9a@bfloat16' --file chunk.bin --url redis://127.0.0.1:6400\n  \
+slotline get 'model@1@0@3f9a@bfloat16' --out chunk.out --url redis://127.0.0.1:6400\n  \
+slotline bench --batches 50 --runs 3"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start, stop or inspect local redis-server processes (standalone or a 3+3 cluster).
+    #[command(subcommand)]
+    Servers(ServersCmd),
+    /// Store one chunk: payload from a file (or stdin), RemoteMetadata from flags.
+    Put(chunks::PutArgs),
+    /// Fetch one chunk: print its metadata and length, optionally save the payload.
+    Get(chunks::GetArgs),
+    /// Print `KEY true|false` for each chunk key.
+    Exists(chunks::KeysArgs),
+    /// Delete chunks (both Redis keys in the two-key layouts); prints how many existed.
+    Del(chunks::KeysArgs),
+    /// Benchmark slotline against the naive one-round-trip-per-key client.
+    ///
+    /// The naive client is the seed's baseline: one blocking GET or SET per Redis key.
+    /// Both write LMCache's byte format to the same server: the bench's own temporary
+    /// redis-server unless --url is given.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServersCmd {
+    /// Start daemonized servers and record them in the state directory.
+    Up {
+        /// Start a 3-master + 3-replica Redis Cluster instead of one standalone server.
+        #[arg(long)]
+        cluster: bool,
+        /// First port (default 6379 standalone, 7000 cluster; a cluster uses 6 ports).
+        #[arg(long, value_name = "N")]
+        port: Option<u16>,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Stop the servers recorded in the state directory (by pid).
+    Down {
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Show the recorded servers: address, pid, running or not, role.
+    Status {
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+}
+
+#[derive(Debug, Args)]
+struct StateDirArg {
+    /// Where the server record, logs and data live [default: $SLOTLINE_STATE_DIR, else
+    /// ./.slotline].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl StateDirArg {
+    fn resolve(self) -> PathBuf {
+        self.state_dir
+            .unwrap_or_else(slotline::servers::default_state_dir)
+    }
+}
+
+/// How the chunk commands reach Redis.
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// Redis URL: redis://[user:pass@]host:port[/db], rediss://..., unix:///path, or
+    /// redis://h1:p1,h2:p2 (cluster seeds).
+    #[arg(long, value_name = "URL", conflicts_with = "config")]
+    url: Option<String>,
+    /// LMCache YAML config file (remote_url and extra_config are read).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Key layout: lmcache (K+"metadata", K+"kv_bytes"), hashtag ({K}:metadata,
+    /// {K}:kv_bytes) or raw (payload alone under K). Overrides the config file.
+    #[arg(long, value_name = "LAYOUT", value_parser = parse_layout)]
+    layout: Option<KeyLayout>,
+    /// I/O driver of the engine's shards: auto, io_uring or epoll.
+    #[arg(long, value_name = "BACKEND", value_parser = parse_backend)]
+    backend: Option<IoBackend>,
+}
+
+/// The default server of the chunk commands.
+pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+
+impl ConnArgs {
+    /// The engine configuration these flags describe.
+    pub fn config(&self) -> Result<Config, CliError> {
+        let mut cfg = match (&self.config, &self.url) {
+            (Some(path), _) => Config::from_yaml_file(path)?,
+            (None, Some(url)) => Config::from_url(url)?,
+            (None, None) => Config::from_url(DEFAULT_URL)?,
+        };
+        if let Some(l) = self.layout {
+            cfg.key_layout = l;
+        }
+        if let Some(b) = self.backend {
+            cfg.io_backend = b;
+        }
+        // A one-shot command has no use for a shard per core.
+        if cfg.cores.is_none() && cfg.shards.is_none() {
+            cfg.shards = Some(1);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// clap value parser for `--layout`.
+pub fn parse_layout(s: &str) -> Result<KeyLayout, String> {
+    s.parse::<KeyLayout>()
+        .map_err(|_| format!("unknown layout {s:?}: expected lmcache, hashtag or raw"))
+}
+
+/// clap value parser for `--backend` (single backend).
+pub fn parse_backend(s: &str) -> Result<IoBackend, String> {
+    s.parse::<IoBackend>()
+        .map_err(|_| format!("unknown backend {s:?}: expected auto, io_uring or epoll"))
+}
+
+/// A failure the binary reports on stderr before exiting with `code`.
+#[derive(Debug)]
+pub struct CliError {
+    /// Process exit code (1 runtime failure, 2 bad usage).
+    pub code: u8,
+    msg: String,
+}
+
+impl CliError {
+    /// A runtime failure (exit code 1).
+    pub fn failed(msg: impl Into<String>) -> CliError {
+        CliError {
+            code: 1,
+            msg: msg.into(),
+        }
+    }
+
+    /// Writes `error: ...` to stderr.
+    pub fn print(&self) {
+        eprintln!("error: {}", self.msg);
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl From<slotline::Error> for CliError {
+    fn from(e: slotline::Error) -> Self {
+        // Config and URL errors are the user's input: same class as a clap usage error.
+        let code = match e {
+            slotline::Error::Config { .. } | slotline::Error::Url { .. } => 2,
+            _ => 1,
+        };
+        CliError {
+            code,
+            msg: e.to_string(),
+        }
+    }
+}
+
+impl From<bench::BenchError> for CliError {
+    fn from(e: bench::BenchError) -> Self {
+        CliError {
+            code: e.code,
+            msg: e.msg,
+        }
+    }
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Servers(cmd) => servers(cmd),
+        Command::Put(a) => chunks::put(a),
+        Command::Get(a) => chunks::get(a),
+        Command::Exists(a) => chunks::exists(a),
+        Command::Del(a) => chunks::del(a),
+        Command::Bench(a) => Ok(bench::run_cli(a)?),
+    }
+}
+
+fn servers(cmd: ServersCmd) -> Result<(), CliError> {
+    let lines = match cmd {
+        ServersCmd::Up {
+            cluster,
+            port,
+            state,
+        } => slotline::servers::up(&state.resolve(), cluster, port)?,
+        ServersCmd::Down { state } => slotline::servers::down(&state.resolve())?,
+        ServersCmd::Status { state } => slotline::servers::status(&state.resolve())?,
+    };
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! The `slotline` binary end to end: chunk commands against a test server, the bytes they
+//! leave in Redis, error messages and exit codes, `servers up/status/down`, and a short
+//! `bench` that starts and stops its own server.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+
+use common::{TestDir, TestServer};
+use slotline::resp::{parse_value, write_command, Value};
+
+fn slotline(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_slotline"))
+        .args(args)
+        .env("SLOTLINE_LOG", "warn")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the slotline binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts success and returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = slotline(args);
+    assert!(
+        out.status.success(),
+        "slotline {args:?} failed with {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Asserts failure with a clean error (no panic) and returns (exit code, stderr).
+fn fails(args: &[&str]) -> (i32, String) {
+    let out = slotline(args);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "slotline {args:?} should fail\nstdout:\n{}",
+        text(&out.stdout)
+    );
+    assert!(
+        !err.contains("panicked"),
+        "slotline {args:?} panicked:\n{err}"
+    );
+    (out.status.code().unwrap_or(-1), err)
+}
+
+/// A raw GET, to look at the bytes slotline stored.
+fn raw_get(addr: &str, key: &[u8]) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).expect("connect to the test server");
+    let mut cmd = Vec::new();
+    write_command(&mut cmd, &[b"GET", key]);
+    s.write_all(&cmd).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Some((v, _)) = parse_value(&buf).expect("valid RESP") {
+            return match v {
+                Value::Bulk(b) => Some(b),
+                Value::Nil => None,
+                other => panic!("GET replied {other:?}"),
+            };
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn put_get_exists_del_round_trip() {
+    let srv = TestServer::start();
+    let url = srv.url();
+    let dir = TestDir::new();
+    let key = "meta-llama/Llama-3.1-8B-Instruct@1@0@3f9a0c1@bfloat16";
+    let payload: Vec<u8> = (0..65536u32).map(|i| (i * 7 + i / 256) as u8).collect();
+    let input = dir.join("chunk.bin");
+    std::fs::write(&input, &payload).unwrap();
+    let input = input.to_str().unwrap();
+
+    let out = ok(&[
+        "put",
+        key,
+        "--file",
+        input,
+        "--url",
+        &url,
+        "--shape",
+        "2,1,32,512",
+        "--dtype",
+        "bfloat16",
+        "--fmt",
+        "KV_2LTD",
+    ]);
+    assert!(out.contains("65536 bytes"), "{out}");
+
+    // LMCache's layout and byte format, readable by LMCache's own connector.
+    let meta = raw_get(&srv.addr(), format!("{key}metadata").as_bytes()).expect("metadata key");
+    let want: Vec<u8> = [65536i32, 1, 3, 2, 1, 32, 512]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    assert_eq!(meta, want);
+    assert_eq!(
+        raw_get(&srv.addr(), format!("{key}kv_bytes").as_bytes()).as_deref(),
+        Some(&payload[..])
+    );
+
+    let saved = dir.join("out.bin");
+    let out = ok(&["get", key, "--url", &url, "--out", saved.to_str().unwrap()]);
+    assert!(
+        out.contains("length=65536 fmt=KV_2LTD dtype=bfloat16 shape=[2, 1, 32, 512]"),
+        "{out}"
+    );
+    assert!(out.contains("payload 65536 bytes"), "{out}");
+    assert_eq!(std::fs::read(&saved).unwrap(), payload);
+
+    let out = ok(&["exists", key, "absent@1@0@1@half", "--url", &url]);
+    assert_eq!(out, format!("{key} true\nabsent@1@0@1@half false\n"));
+
+    assert_eq!(
+        ok(&["del", key, "absent@1@0@1@half", "--url", &url]).trim(),
+        "1"
+    );
+    let (code, err) = fails(&["get", key, "--url", &url]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("miss: {key}")), "{err}");
+    assert_eq!(
+        ok(&["exists", key, "--url", &url]).trim(),
+        format!("{key} false")
+    );
+}
+
+#[test]
+fn raw_layout_and_stdout() {
+    let srv = TestServer::start();
+    let url = srv.url();
+    let dir = TestDir::new();
+    let input = dir.join("p");
+    std::fs::write(&input, b"hello chunk").unwrap();
+    ok(&[
+        "put",
+        "k@1",
+        "--file",
+        input.to_str().unwrap(),
+        "--url",
+        &url,
+        "--layout",
+        "raw",
+    ]);
+    assert_eq!(
+        raw_get(&srv.addr(), b"k@1").as_deref(),
+        Some(&b"hello chunk"[..])
+    );
+    let out = slotline(&["get", "k@1", "--url", &url, "--layout", "raw", "--out", "-"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, b"hello chunk");
+    // In the lmcache layout the same key has no metadata: a miss.
+    let (code, _) = fails(&["get", "k@1", "--url", &url]);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn bad_url_and_config_give_clear_errors() {
+    let (code, err) = fails(&["get", "k", "--url", "foo://nowhere"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("invalid URL") && err.contains("scheme"),
+        "{err}"
+    );
+
+    let dir = TestDir::new();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "remote_url: [\n").unwrap();
+    let (code, err) = fails(&["exists", "k", "--config", bad.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("bad.yaml"), "{err}");
+
+    let missing = dir.join("missing.yaml");
+    let (code, err) = fails(&["exists", "k", "--config", missing.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("missing.yaml"), "{err}");
+
+    // A port nothing listens on: refused, reported, exit 1.
+    let port = slotline::servers::free_port().unwrap();
+    let (code, err) = fails(&["exists", "k", "--url", &format!("redis://127.0.0.1:{port}")]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&port.to_string()), "{err}");
+
+    let (code, err) = fails(&["put", "k", "--file", "/nonexistent/chunk"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/chunk"), "{err}");
+
+    let (code, err) = fails(&["bench", "--value-size", "2q"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("2q"), "{err}");
+}
+
+#[test]
+fn servers_up_status_down() {
+    let dir = TestDir::new();
+    let state = dir.join("state");
+    let state = state.to_str().unwrap();
+    let port = slotline::servers::free_port().unwrap().to_string();
+    let up = ok(&["servers", "up", "--port", &port, "--state-dir", state]);
+    let url = format!("redis://127.0.0.1:{port}");
+    // Stop the server even if an assertion below fails.
+    struct Down<'a>(&'a str);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = slotline(&["servers", "down", "--state-dir", self.0]);
+        }
+    }
+    let _down = Down(state);
+    assert!(up.contains(&url), "{up}");
+    let status = ok(&["servers", "status", "--state-dir", state]);
+    assert!(status.contains("running"), "{status}");
+    assert_eq!(
+        ok(&["exists", "nothing", "--url", &url]).trim(),
+        "nothing false"
+    );
+    let (code, err) = fails(&["servers", "up", "--port", &port, "--state-dir", state]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already up"), "{err}");
+    let down = ok(&["servers", "down", "--state-dir", state]);
+    assert!(down.contains("stopped"), "{down}");
+    let status = ok(&["servers", "status", "--state-dir", state]);
+    assert!(status.contains("no servers recorded"), "{status}");
+}
+
+#[test]
+fn bench_starts_and_stops_its_own_server() {
+    let out = slotline(&["bench", "--batches", "5", "--runs", "1", "--json"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for row in ["naive", "slotline[epoll]", "PUT", "GET", "/ naive"] {
+        assert!(stdout.contains(row), "no {row:?} in\n{stdout}");
+    }
+    let json: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
+    // 2 phases x (1 run + median) x (naive + 2 backends, io_uring may be skipped).
+    assert!(json.len() >= 8, "{json:?}");
+    assert!(json
+        .iter()
+        .all(|l| l.ends_with('}') && l.contains("\"keys_per_s\":")));
+
+    // The server it started ("(pids [N], ...") is gone.
+    let pids = stderr
+        .split("(pids [")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .expect("the bench reports the pid of its server");
+    for pid in pids.split(',').map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        assert!(
+            stat.is_empty() || state.starts_with(['Z', 'X']),
+            "redis-server {pid} still runs after the bench"
+        );
+    }
+}
+
+#[test]
+fn bench_against_a_given_server_leaves_no_keys() {
+    let srv = TestServer::start();
+    ok(&[
+        "bench",
+        "--url",
+        &srv.url(),
+        "--batches",
+        "3",
+        "--batch",
+        "16",
+        "--runs",
+        "1",
+        "--backend",
+        "epoll",
+        "--layout",
+        "hashtag",
+        "--concurrency",
+        "2",
+    ]);
+    assert_eq!(srv.cmd(&["DBSIZE"]), "0");
+}
+
+#[test]
+fn help_is_available_for_every_command() {
+    for args in [
+        vec!["--help"],
+        vec!["servers", "--help"],
+        vec!["servers", "up", "--help"],
+        vec!["put", "--help"],
+        vec!["get", "--help"],
+        vec!["exists", "--help"],
+        vec!["del", "--help"],
+        vec!["bench", "--help"],
+    ] {
+        let out = ok(&args);
+        assert!(out.contains("Usage: slotline"), "{args:?}: {out}");
+    }
+    let (code, _) = fails(&["put"]);
+    assert_eq!(code, 2);
+}
