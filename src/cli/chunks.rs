@@ -119,7 +119,6 @@ fn engine(conn: &ConnArgs, ttl: Option<u64>) -> Result<Engine, CliError> {
     Ok(Engine::new(cfg)?)
 }
 
-
 /// `slotline put KEY --file PATH ...`
 pub fn put(a: PutArgs) -> Result<(), CliError> {
     let data = if is_stdio(&a.file) {

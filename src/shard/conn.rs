@@ -86,6 +86,8 @@ pub(crate) enum PendKind {
     Mget,
     /// One simple reply per unit (SET, EXISTS, DEL), in order; `next` counts done ones.
     PerUnit { next: usize },
+    /// One reply for all units (MSET).
+    AllUnits,
     /// One generic reply for the single unit.
     Command,
     /// A handshake step; an error reply fails the connection.

@@ -763,16 +763,18 @@ impl Shard {
                     PendKind::Mget
                 }
                 Op::Put { data, metas } => {
-                    while let Some(&u) = g.queue.front() {
+                    let value_of = |pu: &PUnit| match pu.role {
+                        Role::Payload => &data[pu.chunk as usize][..],
+                        Role::Meta => &metas[pu.chunk as usize][..],
+                    };
+                    // Choose the units first: MSET states its argument count up front.
+                    for &u in g.queue.iter() {
                         let pu = &part.units[u as usize];
-                        let value_len = match pu.role {
-                            Role::Payload => data[pu.chunk as usize].len(),
-                            Role::Meta => metas[pu.chunk as usize].len(),
-                        };
+                        let value_len = value_of(pu).len();
                         let first = units.is_empty() && used_keys == 0;
-                        // A chunk's metadata SET always follows its payload SET on the
-                        // same connection: a reader that finds the metadata can then
-                        // expect the payload (LMCache's write order).
+                        // A chunk's metadata always follows its payload in the same
+                        // command or on the same connection: a reader that finds the
+                        // metadata can then expect the payload (LMCache's write order).
                         let pair_tail = pu.role == Role::Meta
                             && units.last().map(|&l| part.units[l as usize].chunk)
                                 == Some(pu.chunk);
@@ -783,26 +785,53 @@ impl Shard {
                         {
                             break;
                         }
-                        g.queue.pop_front();
                         units.push(u);
-                        key.clear();
-                        batch.write_key(pu.chunk, pu.role, &mut key);
-                        tmp.clear();
-                        resp::write_set_prefix(&mut tmp, &key, value_len, batch.ttl);
-                        conn.hdr().extend_from_slice(&tmp);
-                        match pu.role {
-                            Role::Payload => conn.push_payload(&data[pu.chunk as usize]),
-                            Role::Meta => conn.hdr().extend_from_slice(&metas[pu.chunk as usize]),
-                        }
-                        tmp.clear();
-                        resp::write_set_suffix(&mut tmp, batch.ttl);
-                        conn.hdr().extend_from_slice(&tmp);
-                        weight += value_len + key.len() + 32;
+                        weight += value_len + 64;
                         if asking {
                             break;
                         }
                     }
-                    PendKind::PerUnit { next: 0 }
+                    g.queue.drain(..units.len());
+                    // Without a TTL one MSET carries the whole group: the server parses
+                    // and dispatches one command instead of one per key, and a chunk's
+                    // two keys appear together. With a TTL each key needs SET .. EX.
+                    let mset = batch.ttl.is_none() && units.len() > 1;
+                    tmp.clear();
+                    if mset {
+                        resp::write_array_header(&mut tmp, 2 * units.len() + 1);
+                        tmp.extend_from_slice(b"$4\r\nMSET\r\n");
+                        conn.hdr().extend_from_slice(&tmp);
+                    }
+                    for &u in &units {
+                        let pu = &part.units[u as usize];
+                        let value = value_of(pu);
+                        key.clear();
+                        batch.write_key(pu.chunk, pu.role, &mut key);
+                        tmp.clear();
+                        if mset {
+                            resp::write_bulk(&mut tmp, &key);
+                            resp::write_bulk_header(&mut tmp, value.len());
+                        } else {
+                            resp::write_set_prefix(&mut tmp, &key, value.len(), batch.ttl);
+                        }
+                        conn.hdr().extend_from_slice(&tmp);
+                        match pu.role {
+                            Role::Payload => conn.push_payload(&data[pu.chunk as usize]),
+                            Role::Meta => conn.hdr().extend_from_slice(value),
+                        }
+                        tmp.clear();
+                        if mset {
+                            tmp.extend_from_slice(b"\r\n");
+                        } else {
+                            resp::write_set_suffix(&mut tmp, batch.ttl);
+                        }
+                        conn.hdr().extend_from_slice(&tmp);
+                    }
+                    if mset {
+                        PendKind::AllUnits
+                    } else {
+                        PendKind::PerUnit { next: 0 }
+                    }
                 }
                 Op::Exists { .. } | Op::Delete => {
                     let cmd: &[u8] = if matches!(batch.op, Op::Delete) {
@@ -1444,6 +1473,22 @@ impl Shard {
                                 };
                                 if let (Some(slot), Some(part)) = (slot, self.part_mut(pr)) {
                                     part.resolve(u, slot);
+                                }
+                                self.maybe_complete(pr.idx as usize);
+                            }
+                        }
+                        PendKind::AllUnits => {
+                            conn.inflight = conn.inflight.saturating_sub(p.weight);
+                            if let Some(pr) = p.part {
+                                for &u in &p.units {
+                                    match &v {
+                                        Value::Error(msg) => self.unit_error(cid, Some(pr), u, msg),
+                                        _ => {
+                                            if let Some(part) = self.part_mut(pr) {
+                                                part.resolve(u, Slot::Ok);
+                                            }
+                                        }
+                                    }
                                 }
                                 self.maybe_complete(pr.idx as usize);
                             }
