@@ -30,6 +30,8 @@ use crate::ring::{Lanes, Picker, Priority};
 
 use conn::{Conn, ConnState, PartRef, PendKind, Pending, Stream};
 
+/// Most connections one shard opens to one server.
+const MAX_CONNS_PER_NODE: usize = 4;
 /// Most frames queued on one connection before another connection is used.
 const MAX_FRAMES_PER_CONN: usize = 16;
 /// Most parts a shard works on at once; beyond that, parts wait in the lanes.
@@ -357,7 +359,10 @@ impl Shard {
         backend: Backend,
         nshards: usize,
     ) -> Shard {
-        let conns_per_node = (cfg.max_connections / nshards.max(1)).max(1);
+        // LMCache's max_connections (150 by default) sizes a pool of blocking callers;
+        // here a few pipelined connections per server and shard carry everything, and
+        // more connections with large replies in flight slow Redis down.
+        let conns_per_node = (cfg.max_connections / nshards.max(1)).clamp(1, MAX_CONNS_PER_NODE);
         Shard {
             id,
             cfg,

@@ -212,6 +212,13 @@ impl Uring {
             Some(idx) if !direct => opcode::ReadFixed::new(types::Fd(fd), ptr, len, idx)
                 .build()
                 .user_data(ud(cid, OP_RECV)),
+            // Straight into a payload's destination, whose remaining length is known:
+            // MSG_WAITALL lets the kernel fill it in one completion instead of one per
+            // arriving segment.
+            _ if direct => opcode::Recv::new(types::Fd(fd), ptr, len)
+                .flags(libc::MSG_WAITALL)
+                .build()
+                .user_data(ud(cid, OP_RECV)),
             _ => opcode::Recv::new(types::Fd(fd), ptr, len)
                 .build()
                 .user_data(ud(cid, OP_RECV)),
