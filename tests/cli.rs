@@ -313,3 +313,25 @@ fn help_is_available_for_every_command() {
     let (code, _) = fails(&["put"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn topology_lists_masters_slots_and_owning_shards() {
+    let cluster = common::TestCluster::start();
+    // Any single node is a valid seed, even written as a plain redis:// URL.
+    let url = format!("redis://{}", cluster.addr(1));
+    let out = ok(&["topology", "--url", &url, "--shards", "2"]);
+    let masters: Vec<&str> = out.lines().filter(|l| l.starts_with("master ")).collect();
+    assert_eq!(masters.len(), 3, "{out}");
+    let on = |s: &str| {
+        masters
+            .iter()
+            .filter(|l| l.contains(&format!(" shard {s} ")))
+            .count()
+    };
+    assert_eq!(on("0") + on("1"), 3, "{out}");
+    assert!(
+        on("0") >= 1 && on("1") >= 1,
+        "masters spread over both shards: {out}"
+    );
+    assert!(out.contains("16384 of 16384 slots covered"), "{out}");
+}

@@ -119,6 +119,60 @@ fn engine(conn: &ConnArgs, ttl: Option<u64>) -> Result<Engine, CliError> {
     Ok(Engine::new(cfg)?)
 }
 
+/// Arguments of `slotline topology`.
+#[derive(Debug, Args)]
+pub struct TopologyArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Shard threads to spread the masters over [default: one per core].
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+}
+
+/// `slotline topology --url redis://host:port`
+pub fn topology(a: TopologyArgs) -> Result<(), CliError> {
+    let mut cfg = a.conn.config()?;
+    // Any node of a cluster will do as the seed, however the URL is written.
+    cfg.mode = slotline::config::Mode::Cluster;
+    cfg.shards = a.shards;
+    let e = Engine::new(cfg)?;
+    let masters = e.topology();
+    let mut covered = 0usize;
+    for m in &masters {
+        let ranges: Vec<String> = m
+            .slots
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        covered += m
+            .slots
+            .iter()
+            .map(|&(a, b)| (b - a) as usize + 1)
+            .sum::<usize>();
+        let replicas: Vec<String> = m.replicas.iter().map(|r| r.to_string()).collect();
+        println!(
+            "master {}  id {}  shard {}  slots {}  replicas [{}]",
+            m.addr,
+            if m.id.is_empty() { "?" } else { &m.id },
+            m.shard,
+            ranges.join(","),
+            replicas.join(", ")
+        );
+    }
+    println!(
+        "{} masters over {} shards; {covered} of 16384 slots covered",
+        masters.len(),
+        e.stats().shards
+    );
+    Ok(())
+}
+
 /// `slotline put KEY --file PATH ...`
 pub fn put(a: PutArgs) -> Result<(), CliError> {
     let data = if is_stdio(&a.file) {

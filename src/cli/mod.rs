@@ -53,6 +53,9 @@ enum Command {
     Exists(chunks::KeysArgs),
     /// Delete chunks (both Redis keys in the two-key layouts); prints how many existed.
     Del(chunks::KeysArgs),
+    /// Print a cluster's topology: each master with its slot ranges, replicas and the
+    /// shard that owns its connections.
+    Topology(chunks::TopologyArgs),
     /// Benchmark slotline against the naive one-round-trip-per-key client.
     ///
     /// The naive client is the seed's baseline: one blocking GET or SET per Redis key.
@@ -218,6 +221,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Get(a) => chunks::get(a),
         Command::Exists(a) => chunks::exists(a),
         Command::Del(a) => chunks::del(a),
+        Command::Topology(a) => chunks::topology(a),
         Command::Bench(a) => Ok(bench::run_cli(a)?),
     }
 }
