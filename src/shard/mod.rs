@@ -1191,18 +1191,29 @@ impl Shard {
         self.dirty = dirty;
     }
 
+    /// The kernel gave back one operation of `cid`: clears its busy flag and, for a
+    /// connection already closed, frees it once nothing is outstanding. Returns the
+    /// connection when it is still live.
+    fn op_returned(&mut self, cid: usize, clear: fn(&mut Conn)) -> bool {
+        let Some(conn) = self.conns[cid].as_mut() else {
+            return false;
+        };
+        clear(conn);
+        if conn.state == ConnState::Dead {
+            self.reap(cid);
+            return false;
+        }
+        true
+    }
+
     fn on_cqe(&mut self, ev: uring::Cqe) {
         match ev {
             uring::Cqe::Doorbell => {}
             uring::Cqe::Connect { cid, res } => {
-                let Some(conn) = self.conns[cid].as_mut() else {
-                    return;
-                };
-                conn.poll_busy = false;
-                if conn.state == ConnState::Dead {
-                    self.reap(cid);
+                if !self.op_returned(cid, |c| c.poll_busy = false) {
                     return;
                 }
+                let conn = self.conns[cid].as_mut().expect("live");
                 let r = if res < 0 {
                     Err(io::Error::from_raw_os_error(-res))
                 } else {
@@ -1211,7 +1222,6 @@ impl Shard {
                 match r {
                     Ok(true) => self.on_connected(cid),
                     Ok(false) => {
-                        let conn = self.conns[cid].as_mut().expect("live");
                         if let Backend::Uring(u) = &mut self.backend {
                             let _ = u.poll_connect(cid, conn);
                         }
@@ -1220,28 +1230,19 @@ impl Shard {
                 }
             }
             uring::Cqe::Sent { cid, res } => {
-                let Some(conn) = self.conns[cid].as_mut() else {
-                    return;
-                };
-                conn.send_busy = false;
-                if conn.state == ConnState::Dead {
-                    self.reap(cid);
+                if !self.op_returned(cid, |c| c.send_busy = false) {
                     return;
                 }
                 if res < 0 {
-                    self.io_failed(cid, io::Error::from_raw_os_error(-res));
-                    return;
+                    return self.io_failed(cid, io::Error::from_raw_os_error(-res));
                 }
-                conn.on_sent(res as usize);
+                if let Some(conn) = self.conns[cid].as_mut() {
+                    conn.on_sent(res as usize);
+                }
                 self.dirty.push(cid);
             }
             uring::Cqe::Recv { cid, res } => {
-                let Some(conn) = self.conns[cid].as_mut() else {
-                    return;
-                };
-                conn.recv_busy = false;
-                if conn.state == ConnState::Dead {
-                    self.reap(cid);
+                if !self.op_returned(cid, |c| c.recv_busy = false) {
                     return;
                 }
                 if res <= 0 {
@@ -1250,11 +1251,12 @@ impl Shard {
                     } else {
                         io::Error::from_raw_os_error(-res)
                     };
-                    self.io_failed(cid, e);
-                    return;
+                    return self.io_failed(cid, e);
                 }
-                let direct = conn.recv_direct;
-                conn.on_recv(res as usize, direct);
+                if let Some(conn) = self.conns[cid].as_mut() {
+                    let direct = conn.recv_direct;
+                    conn.on_recv(res as usize, direct);
+                }
                 self.metrics.received(res as usize);
                 self.process(cid);
                 if let Some(conn) = self.conns[cid].as_mut() {
