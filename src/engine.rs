@@ -38,6 +38,8 @@ use crate::shard::{self, BackendKind, ShardHandle, SubmitPart, UnitSpec};
 const REFRESH_MIN_GAP: Duration = Duration::from_millis(250);
 /// And at least this often.
 const REFRESH_PERIOD: Duration = Duration::from_secs(15);
+/// Or this often while some node is reported failed or loading.
+const REFRESH_UNSETTLED: Duration = Duration::from_secs(1);
 
 /// MemoryFormat BINARY and dtype uint8: what a chunk stored without metadata is labelled.
 const FMT_BINARY: i32 = 4;
@@ -210,7 +212,7 @@ impl Engine {
             .ok_or_else(|| Error::config("remote_url", "", "no server address given"))?;
         let router = Arc::new(match cfg.mode {
             Mode::Standalone => Router::standalone(seed, cores.len()),
-            Mode::Cluster => Router::cluster(seed, cores.len()),
+            Mode::Cluster => Router::cluster(&cfg.seeds, cores.len()),
         });
         let metrics = Arc::new(Metrics::new());
         let mut shards = Vec::with_capacity(cores.len());
@@ -262,7 +264,16 @@ impl Engine {
             .name("slotline-topology".into())
             .spawn(move || {
                 let mut last = Instant::now();
-                while router.wait_refresh(REFRESH_PERIOD) {
+                loop {
+                    // Look again soon while a node is failed or a replica still loading.
+                    let period = if router.topology().has_unhealthy() {
+                        REFRESH_UNSETTLED
+                    } else {
+                        REFRESH_PERIOD
+                    };
+                    if !router.wait_refresh(period) {
+                        break;
+                    }
                     let since = last.elapsed();
                     if since < REFRESH_MIN_GAP {
                         std::thread::sleep(REFRESH_MIN_GAP - since);

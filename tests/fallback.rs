@@ -35,7 +35,9 @@ fn epoll_fallback_when_io_uring_is_refused() {
     let engine = Engine::new(Config::from_url(&srv.url()).unwrap()).unwrap();
     assert_eq!(engine.backend(), BackendKind::Epoll);
     assert_eq!(engine.stats().backend, BackendKind::Epoll);
-    engine.put(vec![PutChunk::new("fallback", vec![5u8; 100], None)]).unwrap();
+    engine
+        .put(vec![PutChunk::new("fallback", vec![5u8; 100], None)])
+        .unwrap();
     let got = engine.get(&["fallback"]).unwrap();
     assert_eq!(got[0].as_ref().unwrap().data, vec![5u8; 100]);
 

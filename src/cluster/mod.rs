@@ -121,14 +121,24 @@ impl Router {
         Router::build(false, addr, nshards, Box::new([]))
     }
 
-    /// A cluster router whose slots all point at `seed` until the topology is loaded.
-    pub fn cluster(seed: ServerAddr, nshards: usize) -> Router {
-        Router::build(
+    /// A cluster router whose slots all point at the first seed until the topology is
+    /// loaded. Every seed is registered, so a refresh can ask the others when the first
+    /// one is down.
+    pub fn cluster(seeds: &[ServerAddr], nshards: usize) -> Router {
+        let first = seeds.first().cloned().unwrap_or(ServerAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: 6379,
+        });
+        let r = Router::build(
             true,
-            seed,
+            first,
             nshards,
             vec![0; slot::SLOT_COUNT].into_boxed_slice(),
-        )
+        );
+        for s in seeds.iter().skip(1) {
+            r.intern(s);
+        }
+        r
     }
 
     fn build(cluster: bool, seed: ServerAddr, nshards: usize, slots: Box<[NodeId]>) -> Router {
@@ -455,7 +465,7 @@ mod tests {
 
     #[test]
     fn router_interns_and_moves() {
-        let r = Router::cluster(tcp("a", 1), 2);
+        let r = Router::cluster(&[tcp("a", 1)], 2);
         assert_eq!(r.node_for(b"foo"), 0);
         let e = r.epoch();
         let id = r.note_moved(12182, &tcp("b", 2));
@@ -471,7 +481,7 @@ mod tests {
 
     #[test]
     fn apply_spreads_masters_evenly() {
-        let r = Router::cluster(tcp("seed", 1), 2);
+        let r = Router::cluster(&[tcp("seed", 1), tcp("seed", 2)], 2);
         let node = |p| NodeInfo {
             addr: tcp("h", p),
             id: String::new(),
@@ -486,6 +496,7 @@ mod tests {
                 })
                 .collect(),
         };
+        assert_eq!(r.refresh_candidates(), vec![tcp("seed", 1), tcp("seed", 2)]);
         let map = r.apply(&topo);
         let mut per = [0; 2];
         for (_, s) in &map {

@@ -35,6 +35,14 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// `true` while some replica is reported failed or still loading: worth looking
+    /// again soon (a fresh replica reports `loading` until its first sync).
+    pub fn has_unhealthy(&self) -> bool {
+        self.shards
+            .iter()
+            .any(|s| !s.master.healthy || s.replicas.iter().any(|r| !r.healthy))
+    }
+
     /// Number of slots covered by some master.
     pub fn covered_slots(&self) -> usize {
         let mut seen = vec![false; super::slot::SLOT_COUNT];

@@ -1077,10 +1077,11 @@ impl Shard {
         }
         unit.attempts += 1;
         let (chunk, role, hslot, node) = (unit.chunk, unit.role, unit.hslot, unit.node);
+        let is_command = matches!(part.batch.op, Op::Command { .. });
         if retryable && unit.attempts < MAX_ATTEMPTS && Instant::now() < part.batch.deadline {
             // Route again: a refreshed topology may name another node by now. A command
             // sent to a chosen node stays there.
-            let node = if matches!(part.batch.op, Op::Command { .. }) {
+            let node = if is_command {
                 node
             } else {
                 let key = part.batch.key_of(chunk, role);
@@ -1090,7 +1091,12 @@ impl Shard {
             return;
         }
         let e = if cluster {
-            Error::Cluster(format!("slot {hslot} at {}: {err}", self.nodes[node].addr))
+            // A command sent to a chosen node has no slot worth naming.
+            Error::Cluster(if is_command {
+                format!("{}: {err}", self.nodes[node].addr)
+            } else {
+                format!("slot {hslot} at {}: {err}", self.nodes[node].addr)
+            })
         } else {
             clone_err(err)
         };
@@ -1552,6 +1558,7 @@ impl Shard {
             return;
         };
         let hslot = unit.hslot;
+        let is_command = matches!(part.batch.op, Op::Command { .. });
         let redirect = crate::cluster::parse_redirect(&message);
         let transient = ["TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING"]
             .iter()
@@ -1592,7 +1599,11 @@ impl Shard {
                 message,
             }
         } else if self.router.is_cluster() {
-            Error::Cluster(format!("slot {hslot} at {node_name}: {message}"))
+            Error::Cluster(if is_command {
+                format!("{node_name}: {message}")
+            } else {
+                format!("slot {hslot} at {node_name}: {message}")
+            })
         } else {
             Error::Server {
                 node: node_name,
