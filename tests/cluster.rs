@@ -214,22 +214,6 @@ fn show_stats(what: &str, e: &Engine) {
     println!("--- {what}: {}", e.stats());
 }
 
-/// Generates one `#[test]` per backend for a test body taking an [`IoBackend`].
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn io_uring() {
-                super::$name(slotline::config::IoBackend::IoUring)
-            }
-            #[test]
-            fn epoll() {
-                super::$name(slotline::config::IoBackend::Epoll)
-            }
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. Slot hashing against the server
 // ---------------------------------------------------------------------------------------

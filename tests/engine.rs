@@ -27,22 +27,6 @@ use slotline::{
     BackendKind, Chunk, Config, Engine, Error, KeyLayout, Priority, PutChunk, RemoteMetadata,
 };
 
-/// Runs one test body on both backends: `mod name { fn io_uring(); fn epoll(); }`.
-macro_rules! both {
-    ($name:ident, $body:ident) => {
-        mod $name {
-            #[test]
-            fn io_uring() {
-                super::$body(slotline::config::IoBackend::IoUring)
-            }
-            #[test]
-            fn epoll() {
-                super::$body(slotline::config::IoBackend::Epoll)
-            }
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------------------
@@ -344,7 +328,7 @@ fn order_kept_with_mixed_hits_and_misses(b: IoBackend) {
         }
     }
 }
-both!(
+both_backends!(
     order_mixed_hits_misses,
     order_kept_with_mixed_hits_and_misses
 );
@@ -383,7 +367,7 @@ fn empty_batches(b: IoBackend) {
     }
     assert_eq!(dbsize(&srv), 0);
 }
-both!(empty_batch_every_call, empty_batches);
+both_backends!(empty_batch_every_call, empty_batches);
 
 fn batch_larger_than_chunk_size(b: IoBackend) {
     let srv = TestServer::start();
@@ -420,7 +404,7 @@ fn batch_larger_than_chunk_size(b: IoBackend) {
         );
     }
 }
-both!(
+both_backends!(
     batch_larger_than_chunk_size_splits,
     batch_larger_than_chunk_size
 );
@@ -499,7 +483,7 @@ fn values_32mib(b: IoBackend) {
     assert_eq!(infos[0].as_ref().map(|i| i.len), Some(size));
     assert!(bufs[0][..size] == datas[0][..]);
 }
-both!(values_32mib_round_trip, values_32mib);
+both_backends!(values_32mib_round_trip, values_32mib);
 
 // ---------------------------------------------------------------------------------------
 // byte compatibility with LMCache
@@ -625,7 +609,7 @@ fn compat_reads_what_lmcache_wrote(b: IoBackend) {
         assert_eq!(e.exists(&[r1.as_str(), "nope"]).unwrap(), vec![true, false]);
     }
 }
-both!(compat_read_lmcache_written, compat_reads_what_lmcache_wrote);
+both_backends!(compat_read_lmcache_written, compat_reads_what_lmcache_wrote);
 
 fn compat_writes_what_lmcache_reads(b: IoBackend) {
     let srv = TestServer::start();
@@ -713,7 +697,7 @@ fn compat_writes_what_lmcache_reads(b: IoBackend) {
         admin(&srv, &[b"FLUSHALL"]);
     }
 }
-both!(
+both_backends!(
     compat_write_read_by_plain_get,
     compat_writes_what_lmcache_reads
 );
@@ -762,7 +746,7 @@ fn read_rule_stale_metadata(b: IoBackend) {
         assert!(admin_exists(&srv, &pk));
     }
 }
-both!(read_rule_metadata_without_payload, read_rule_stale_metadata);
+both_backends!(read_rule_metadata_without_payload, read_rule_stale_metadata);
 
 fn read_rule_corrupt(b: IoBackend) {
     let srv = TestServer::start();
@@ -839,7 +823,7 @@ fn read_rule_corrupt(b: IoBackend) {
     );
     assert!(err_count(&e, "corrupt") > c0, "raw: counted as corrupt");
 }
-both!(read_rule_corrupt_is_a_counted_miss, read_rule_corrupt);
+both_backends!(read_rule_corrupt_is_a_counted_miss, read_rule_corrupt);
 
 /// raw layout + get_into with a value of exactly the buffer's length must be a hit
 /// (the check of the rule above must not reject good chunks).
@@ -869,7 +853,7 @@ fn raw_get_into_exact(b: IoBackend) {
     assert!(infos[1].is_none());
     assert!(infos[2].is_none());
 }
-both!(raw_get_into_exact_length_hits, raw_get_into_exact);
+both_backends!(raw_get_into_exact_length_hits, raw_get_into_exact);
 
 /// get_into hands every buffer back, also those of misses ("Returns the buffers").
 fn get_into_returns_all_buffers(b: IoBackend) {
@@ -903,7 +887,7 @@ fn get_into_returns_all_buffers(b: IoBackend) {
         "the buffer of a too-small miss comes back to the caller"
     );
 }
-both!(
+both_backends!(
     get_into_returns_buffers_of_misses,
     get_into_returns_all_buffers
 );
@@ -951,7 +935,7 @@ fn prefix_semantics(b: IoBackend) {
         );
     }
 }
-both!(contains_prefix_prefetch_exists, prefix_semantics);
+both_backends!(contains_prefix_prefetch_exists, prefix_semantics);
 
 fn delete_counts(b: IoBackend) {
     let srv = TestServer::start();
@@ -998,7 +982,7 @@ fn delete_counts(b: IoBackend) {
         assert_eq!(dbsize(&srv), 0);
     }
 }
-both!(delete_returns_count_and_removes_keys, delete_counts);
+both_backends!(delete_returns_count_and_removes_keys, delete_counts);
 
 fn ttl_on_both_keys(b: IoBackend) {
     let srv = TestServer::start();
@@ -1026,7 +1010,7 @@ fn ttl_on_both_keys(b: IoBackend) {
     assert_eq!(admin_int(&srv, &[b"TTL", b"no-ttlkv_bytes"]), -1);
     assert_eq!(admin_int(&srv, &[b"TTL", b"no-ttlmetadata"]), -1);
 }
-both!(ttl_applies_to_payload_and_metadata, ttl_on_both_keys);
+both_backends!(ttl_applies_to_payload_and_metadata, ttl_on_both_keys);
 
 fn key_shapes(b: IoBackend) {
     let srv = TestServer::start();
@@ -1103,7 +1087,7 @@ fn key_shapes(b: IoBackend) {
         assert_eq!(dbsize(&srv), 0);
     }
 }
-both!(keys_of_every_shape_round_trip, key_shapes);
+both_backends!(keys_of_every_shape_round_trip, key_shapes);
 
 // ---------------------------------------------------------------------------------------
 // priority
@@ -1162,7 +1146,7 @@ fn peek_before_queued_puts(b: IoBackend) {
     // all puts landed
     assert_eq!(dbsize(&srv), 2 * (n as i64 + 1));
 }
-both!(priority_peek_overtakes_put_backlog, peek_before_queued_puts);
+both_backends!(priority_peek_overtakes_put_backlog, peek_before_queued_puts);
 
 // ---------------------------------------------------------------------------------------
 // failures: outage, auth, dead server, invalid input
@@ -1240,7 +1224,7 @@ fn server_outage_and_restart(b: IoBackend) {
     // and stays healthy
     assert_eq!(e.exists(&["after", "before"]).unwrap(), vec![true, false]);
 }
-both!(server_killed_and_restarted, server_outage_and_restart);
+both_backends!(server_killed_and_restarted, server_outage_and_restart);
 
 fn auth(b: IoBackend) {
     let srv = TestServer::start_with(ServerOptions {
@@ -1313,7 +1297,7 @@ fn auth(b: IoBackend) {
     cfg.password = Some("wonderland".into());
     assert!(Engine::new(cfg).unwrap().get(&["acl"]).unwrap()[0].is_some());
 }
-both!(authentication, auth);
+both_backends!(authentication, auth);
 
 fn database_selection(b: IoBackend) {
     let srv = TestServer::start();
@@ -1343,7 +1327,7 @@ fn database_selection(b: IoBackend) {
     let e2 = Engine::new(cfg_for(&format!("redis://{}?db=3", srv.addr()), b)).unwrap();
     assert!(e2.get(&["in-db3"]).unwrap()[0].is_some());
 }
-both!(database_from_url, database_selection);
+both_backends!(database_from_url, database_selection);
 
 fn unix_socket(b: IoBackend) {
     let srv = TestServer::start_with(ServerOptions {
@@ -1363,7 +1347,7 @@ fn unix_socket(b: IoBackend) {
         3 * MIB as i64
     );
 }
-both!(unix_socket_url, unix_socket);
+both_backends!(unix_socket_url, unix_socket);
 
 fn dead_server(b: IoBackend) {
     let port = servers::free_port().unwrap();
@@ -1383,7 +1367,7 @@ fn dead_server(b: IoBackend) {
         other => panic!("expected Error::Io naming {addr}, got {other:?}"),
     }
 }
-both!(dead_server_fails_fast, dead_server);
+both_backends!(dead_server_fails_fast, dead_server);
 
 fn oversized_put(b: IoBackend) {
     let srv = TestServer::start();
@@ -1420,7 +1404,7 @@ fn oversized_put(b: IoBackend) {
         assert_eq!(dbsize(&srv), 0, "{layout}: nothing written");
     }
 }
-both!(oversized_put_is_refused, oversized_put);
+both_backends!(oversized_put_is_refused, oversized_put);
 
 fn meta_mismatch_put(b: IoBackend) {
     let srv = TestServer::start();
@@ -1437,7 +1421,7 @@ fn meta_mismatch_put(b: IoBackend) {
         assert_eq!(dbsize(&srv), 0, "{layout}: nothing written");
     }
 }
-both!(metadata_length_mismatch_on_put, meta_mismatch_put);
+both_backends!(metadata_length_mismatch_on_put, meta_mismatch_put);
 
 // ---------------------------------------------------------------------------------------
 // concurrency, async, stats
@@ -1524,7 +1508,7 @@ fn concurrency(b: IoBackend) {
     assert_eq!(dbsize(&srv), 2 * keys.len() as i64);
     assert_eq!(err_count(&e, "corrupt"), 0);
 }
-both!(concurrent_mixed_threads, concurrency);
+both_backends!(concurrent_mixed_threads, concurrency);
 
 /// A minimal executor: the waker unparks the blocked thread. No tokio, no futures crate.
 struct ThreadWaker {
@@ -1686,7 +1670,7 @@ fn async_trivial_executor(b: IoBackend) {
     let r = thread::spawn(move || block_on(t)).join().unwrap();
     assert!(r.unwrap()[0].is_some());
 }
-both!(async_under_trivial_executor, async_trivial_executor);
+both_backends!(async_under_trivial_executor, async_trivial_executor);
 
 fn stats(b: IoBackend) {
     let srv = TestServer::start();
@@ -1759,7 +1743,7 @@ fn stats(b: IoBackend) {
         "Display names the backend: {shown}"
     );
 }
-both!(stats_counts_and_backend, stats);
+both_backends!(stats_counts_and_backend, stats);
 
 // ---------------------------------------------------------------------------------------
 // stalls and shutdown
@@ -1799,7 +1783,7 @@ fn stalled_server_times_out(b: IoBackend) {
         thread::sleep(Duration::from_millis(20));
     }
 }
-both!(stalled_server_gives_timeout, stalled_server_times_out);
+both_backends!(stalled_server_gives_timeout, stalled_server_times_out);
 
 static SHARD_PANICS: AtomicUsize = AtomicUsize::new(0);
 
@@ -1846,4 +1830,4 @@ fn drop_right_after_call(b: IoBackend) {
         "{panics} shard thread(s) panicked in {rounds} create/get/drop rounds (see 'failed to join thread' above)"
     );
 }
-both!(engine_drop_after_call_is_clean, drop_right_after_call);
+both_backends!(engine_drop_after_call_is_clean, drop_right_after_call);

@@ -13,6 +13,27 @@ use std::time::{Duration, Instant};
 
 use slotline::servers::{self, LocalCluster, RedisProcess, ServerOptions};
 
+/// Runs one test body on both backends: `both_backends!(name)` for a body fn `name`, or
+/// `both_backends!(name, body)`; generates `mod name { fn io_uring(); fn epoll(); }`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident) => {
+        $crate::both_backends!($name, $name);
+    };
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn io_uring() {
+                super::$body(slotline::config::IoBackend::IoUring)
+            }
+            #[test]
+            fn epoll() {
+                super::$body(slotline::config::IoBackend::Epoll)
+            }
+        }
+    };
+}
+
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique directory `<tmp>/slotline-tests/<pid>-<n>`, removed on drop.
