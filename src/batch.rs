@@ -128,9 +128,12 @@ pub(crate) enum Op {
         prefix: bool,
     },
     Delete,
+    /// `only`: write just the payloads or just the metadata (a cluster put in two
+    /// phases), or both when `None`.
     Put {
         data: Vec<Bytes>,
         metas: Vec<Vec<u8>>,
+        only: Option<Role>,
     },
     Command {
         args: Vec<Vec<u8>>,
@@ -276,15 +279,16 @@ impl Batch {
             Op::Exists { .. } => (0..n)
                 .map(|i| (i, if two { Role::Meta } else { Role::Payload }))
                 .collect(),
+            Op::Put {
+                only: Some(role), ..
+            } if two => (0..n).map(|i| (i, *role)).collect(),
             // Payload before metadata: a reader that sees metadata can expect the payload.
-            Op::Put { .. } | Op::Get(_) | Op::Delete if two => {
-                let first = if matches!(self.op, Op::Put { .. }) {
-                    [Role::Payload, Role::Meta]
-                } else {
-                    [Role::Meta, Role::Payload]
-                };
-                (0..n).flat_map(|i| first.map(|r| (i, r))).collect()
-            }
+            Op::Put { .. } if two => (0..n)
+                .flat_map(|i| [(i, Role::Payload), (i, Role::Meta)])
+                .collect(),
+            Op::Get(_) | Op::Delete if two => (0..n)
+                .flat_map(|i| [(i, Role::Meta), (i, Role::Payload)])
+                .collect(),
             _ => (0..n).map(|i| (i, Role::Payload)).collect(),
         }
     }
@@ -572,7 +576,11 @@ pub struct Ticket<T> {
     batch: Option<Arc<Batch>>,
     convert: fn(Output) -> Result<T>,
     ready: Option<Result<T>>,
+    /// A second request to start once this one succeeds (two-phase cluster puts).
+    then: Option<Continuation<T>>,
 }
+
+type Continuation<T> = Box<dyn FnOnce(T) -> Ticket<T> + Send>;
 
 impl<T> std::fmt::Debug for Ticket<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -590,6 +598,7 @@ impl<T> Ticket<T> {
             batch: Some(batch),
             convert,
             ready: None,
+            then: None,
         }
     }
 
@@ -598,11 +607,28 @@ impl<T> Ticket<T> {
             batch: None,
             convert: |_| Err(Error::Closed),
             ready: Some(r),
+            then: None,
         }
+    }
+
+    /// After this request succeeds, starts `next` with its result; the ticket then
+    /// completes with `next`'s outcome.
+    pub(crate) fn then(mut self, next: impl FnOnce(T) -> Ticket<T> + Send + 'static) -> Ticket<T> {
+        self.then = Some(Box::new(next));
+        self
     }
 
     /// Blocks the calling thread until the request completes.
     pub fn wait(mut self) -> Result<T> {
+        let then = self.then.take();
+        let r = self.wait_one();
+        match (r, then) {
+            (Ok(v), Some(next)) => next(v).wait(),
+            (r, _) => r,
+        }
+    }
+
+    fn wait_one(mut self) -> Result<T> {
         if let Some(r) = self.ready.take() {
             return r;
         }
@@ -642,7 +668,8 @@ impl<T> Ticket<T> {
 
     /// `true` once the result is available (wait() will not block).
     pub fn is_done(&self) -> bool {
-        self.ready.is_some() || self.batch.as_ref().is_none_or(|b| b.is_finished())
+        self.then.is_none()
+            && (self.ready.is_some() || self.batch.as_ref().is_none_or(|b| b.is_finished()))
     }
 }
 
@@ -652,6 +679,21 @@ impl<T> Future for Ticket<T> {
     type Output = Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let r = match self.poll_one(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            };
+            match (r, self.then.take()) {
+                (Ok(v), Some(next)) => *self = next(v),
+                (r, _) => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+impl<T> Ticket<T> {
+    fn poll_one(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
         if let Some(r) = self.ready.take() {
             return Poll::Ready(r);
         }

@@ -167,6 +167,13 @@ impl FollowUp for Inner {
     }
 }
 
+/// A validated put: keys, payloads (shared, not copied) and encoded metadata.
+struct PutPlan {
+    keys: Vec<Vec<u8>>,
+    data: Vec<Bytes>,
+    metas: Vec<Vec<u8>>,
+}
+
 /// Caller buffers of a part, by chunk.
 type CallerBufs = Vec<(u32, Vec<u8>)>;
 
@@ -456,45 +463,61 @@ impl Engine {
     /// Like [`put`](Self::put), but fails with [`Error::Busy`] instead of waiting when
     /// the PUT lane is full.
     pub fn try_put(&self, chunks: Vec<PutChunk>) -> Result<Ticket<()>> {
-        let (keys, op) = self.put_op(chunks)?;
-        let b = self.submit_keys(
-            Req {
-                op,
-                class: Priority::Put,
-                layout: self.inner.cfg.key_layout,
-                mode: Submit::Try,
-                target: None,
-            },
-            &keys,
-            Vec::new(),
-        )?;
-        Ok(Ticket::new(b, unit))
+        self.start_put(self.put_op(chunks)?, Submit::Try)
     }
 
     /// [`put`](Self::put) as a future.
     pub fn put_async(&self, chunks: Vec<PutChunk>) -> Ticket<()> {
-        match self.put_op(chunks) {
+        match self
+            .put_op(chunks)
+            .and_then(|plan| self.start_put(plan, Submit::Wait))
+        {
+            Ok(t) => t,
             Err(e) => Ticket::ready(Err(e)),
-            Ok((keys, op)) => {
-                match self.submit_keys(
-                    Req {
-                        op,
-                        class: Priority::Put,
-                        layout: self.inner.cfg.key_layout,
-                        mode: Submit::Wait,
-                        target: None,
-                    },
-                    &keys,
-                    Vec::new(),
-                ) {
-                    Ok(b) => Ticket::new(b, unit),
-                    Err(e) => Ticket::ready(Err(e)),
-                }
-            }
         }
     }
 
-    fn put_op(&self, chunks: Vec<PutChunk>) -> Result<(Vec<Vec<u8>>, Op)> {
+    /// Submits a put. In a cluster with the `lmcache` layout a chunk's two keys usually
+    /// live on different masters, where no single connection orders them; there the
+    /// metadata is written only after every payload is acknowledged, so a reader never
+    /// finds metadata whose payload is still on its way (and deletes it as stale).
+    fn start_put(&self, plan: PutPlan, mode: Submit) -> Result<Ticket<()>> {
+        let split =
+            self.inner.router.is_cluster() && self.inner.cfg.key_layout == KeyLayout::Lmcache;
+        if !split {
+            let b = self.submit_put(&plan, None, mode)?;
+            return Ok(Ticket::new(b, unit));
+        }
+        let first = self.submit_put(&plan, Some(Role::Payload), mode)?;
+        let engine = self.clone();
+        Ok(Ticket::new(first, unit).then(move |()| {
+            match engine.submit_put(&plan, Some(Role::Meta), Submit::Wait) {
+                Ok(b) => Ticket::new(b, unit),
+                Err(e) => Ticket::ready(Err(e)),
+            }
+        }))
+    }
+
+    fn submit_put(&self, plan: &PutPlan, only: Option<Role>, mode: Submit) -> Result<Arc<Batch>> {
+        let op = Op::Put {
+            data: plan.data.clone(),
+            metas: plan.metas.clone(),
+            only,
+        };
+        self.submit_keys(
+            Req {
+                op,
+                class: Priority::Put,
+                layout: self.inner.cfg.key_layout,
+                mode,
+                target: None,
+            },
+            &plan.keys,
+            Vec::new(),
+        )
+    }
+
+    fn put_op(&self, chunks: Vec<PutChunk>) -> Result<PutPlan> {
         let layout = self.inner.cfg.key_layout;
         let limit = self.inner.cfg.max_value_size;
         let mut keys = Vec::with_capacity(chunks.len());
@@ -532,7 +555,7 @@ impl Engine {
             keys.push(c.key);
             data.push(c.data);
         }
-        Ok((keys, Op::Put { data, metas }))
+        Ok(PutPlan { keys, data, metas })
     }
 
     // ----- control -----

@@ -767,7 +767,7 @@ impl Shard {
                     weight = tmp.len() + (avg as usize).max(64) * units.len();
                     PendKind::Mget
                 }
-                Op::Put { data, metas } => {
+                Op::Put { data, metas, .. } => {
                     let value_of = |pu: &PUnit| match pu.role {
                         Role::Payload => &data[pu.chunk as usize][..],
                         Role::Meta => &metas[pu.chunk as usize][..],
