@@ -213,7 +213,7 @@ impl<T> Lanes<T> {
         self.doorbell.drain();
     }
 
-    /// Rings the doorbell if the shard sleeps (or unconditionally with `force`).
+    /// Rings the doorbell if the shard sleeps.
     pub fn wake_shard(&self) {
         if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
             self.doorbell.ring();

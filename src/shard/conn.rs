@@ -190,7 +190,7 @@ impl Conn {
         self.out.push_back(data.clone());
     }
 
-    /// Ends a frame: its bytes are queued for sending; returns the bytes queued in all.
+    /// Ends a frame: its bytes are queued for sending.
     pub fn end_frame(&mut self) {
         self.cut_hdr();
     }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, GetMode, Op, Role, Slot};
+use crate::batch::{Batch, Op, Role, Slot};
 use crate::cluster::{NodeId, Router};
 use crate::config::{Config, IoBackend, ServerAddr};
 use crate::error::{show_key, Error, Result};
@@ -1373,8 +1373,6 @@ impl Shard {
                 }
                 return;
             };
-            let node_name = || String::new();
-            let _ = node_name;
             match p.kind {
                 PendKind::Mget => {
                     let max_value = self.cfg.max_value_size;
@@ -1753,11 +1751,4 @@ fn clone_err(e: &Error) -> Error {
         Error::Closed => Error::Closed,
         other => Error::Cluster(other.to_string()),
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>() {}
-    is_send::<SubmitPart>();
-    let _ = GetMode::All;
 }
