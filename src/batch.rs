@@ -156,6 +156,8 @@ pub(crate) enum Slot {
     Value(Value),
     TooLarge(usize),
     Err(Error),
+    /// Handed to another shard, which reports it in a part of its own.
+    Forwarded,
 }
 
 /// What the caller gets.
@@ -316,6 +318,17 @@ impl Batch {
         self.lock().parts_left = n;
     }
 
+    /// One more part will report (a unit forwarded to another shard).
+    pub fn add_part(&self) {
+        self.lock().parts_left += 1;
+    }
+
+    /// Takes back [`add_part`](Self::add_part) when the forward did not happen.
+    pub fn remove_part(&self) {
+        let mut st = self.lock();
+        st.parts_left = st.parts_left.saturating_sub(1);
+    }
+
     /// `true` once the caller has its answer (late replies are dropped).
     pub fn is_finished(&self) -> bool {
         self.lock().output.is_some()
@@ -325,6 +338,9 @@ impl Batch {
     pub fn part_done(&self, slots: Vec<(u32, Role, Slot)>, bufs: Vec<(u32, Vec<u8>)>) {
         let mut st = self.lock();
         for (chunk, role, slot) in slots {
+            if matches!(slot, Slot::Forwarded) {
+                continue;
+            }
             if let Some(s) = st.slots.get_mut(chunk as usize * 2 + role as usize) {
                 *s = slot;
             }

@@ -13,7 +13,7 @@
 //! ```
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,7 +31,7 @@ use crate::error::{show_key, Error, Result};
 use crate::layout::{KeyLayout, RemoteMetadata};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::resp::Value;
-use crate::ring::Priority;
+use crate::ring::{Lanes, Priority};
 use crate::shard::{self, BackendKind, ShardHandle, SubmitPart, UnitSpec};
 
 /// Topology refreshes happen at most this often, however many requests arrive.
@@ -54,6 +54,8 @@ struct Inner {
     rr: AtomicUsize,
     backend: BackendKind,
     me: Weak<Inner>,
+    /// Stale-metadata deletions, checked and carried out off the shard threads.
+    janitor: Mutex<Option<std::sync::mpsc::Sender<(KeyLayout, Vec<Vec<u8>>)>>>,
 }
 
 /// The engine: shards, their connections, and the API LMCache's connector calls.
@@ -142,28 +144,90 @@ impl std::fmt::Display for Stats {
 
 impl FollowUp for Inner {
     fn delete_stale(&self, layout: KeyLayout, keys: Vec<Vec<u8>>) {
-        // Runs on a shard thread: must not wait for lane space.
-        let Some(inner) = self.me.upgrade() else {
+        // Runs on a shard thread: hand over to the janitor, never wait here.
+        let sent = self
+            .janitor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|tx| tx.send((layout, keys.clone())).is_ok());
+        if !sent {
+            for k in &keys {
+                tracing::warn!(key = %show_key(k), "stale metadata not deleted: engine shutting down");
+            }
+        }
+    }
+}
+
+/// Deletes metadata whose payload is gone, LMCache's rule for evicted chunks, after
+/// looking at the payload once more. The first look can be stale: in a cluster a chunk's
+/// two keys live on different masters and are read in parallel, so the reader may have
+/// seen the payload key before a writer set it and the metadata key after. Writers set
+/// the payload first, so a payload still missing on a second look, taken after the
+/// metadata was seen, really is evicted.
+fn run_janitor(engine: Weak<Inner>, rx: std::sync::mpsc::Receiver<(KeyLayout, Vec<Vec<u8>>)>) {
+    while let Ok((layout, keys)) = rx.recv() {
+        let Some(inner) = engine.upgrade() else {
             return;
         };
         let engine = Engine { inner };
-        if let Err(e) = engine.submit_keys(
-            Req {
-                op: Op::Delete,
-                class: Priority::Put,
-                layout,
-                mode: Submit::Try,
-                target: None,
-            },
-            &keys,
-            Vec::new(),
-        ) {
-            for k in &keys {
-                tracing::warn!(key = %show_key(k), error = %e, "stale metadata not deleted");
+        let raw = |op, keys: &[Vec<u8>]| {
+            engine
+                .submit_keys(
+                    Req {
+                        op,
+                        class: Priority::Put,
+                        layout: KeyLayout::Raw,
+                        mode: Submit::Wait,
+                        target: None,
+                    },
+                    keys,
+                    Vec::new(),
+                )
+                .map(|b| Ticket::new(b, bools))
+        };
+        let payloads: Vec<Vec<u8>> = keys.iter().map(|k| layout.payload_key(k)).collect();
+        let stale: Vec<Vec<u8>> = match raw(Op::Exists { prefix: false }, &payloads)
+            .and_then(|t| t.wait())
+        {
+            Ok(found) => keys
+                .iter()
+                .zip(found)
+                .filter(|(_, f)| !f)
+                .filter_map(|(k, _)| layout.metadata_key(k))
+                .collect(),
+            Err(e) => {
+                for k in &keys {
+                    tracing::warn!(key = %show_key(k), error = %e, "stale metadata not deleted");
+                }
+                continue;
             }
-            return;
+        };
+        if stale.is_empty() {
+            continue;
         }
-        tracing::debug!(count = keys.len(), "deleting stale metadata");
+        let deleted = engine
+            .submit_keys(
+                Req {
+                    op: Op::Delete,
+                    class: Priority::Put,
+                    layout: KeyLayout::Raw,
+                    mode: Submit::Wait,
+                    target: None,
+                },
+                &stale,
+                Vec::new(),
+            )
+            .map(|b| Ticket::new(b, count))
+            .and_then(|t| t.wait());
+        match deleted {
+            Ok(n) => tracing::debug!(count = n, "deleted stale metadata"),
+            Err(e) => {
+                for k in &stale {
+                    tracing::warn!(key = %show_key(k), error = %e, "stale metadata not deleted");
+                }
+            }
+        }
     }
 }
 
@@ -222,6 +286,16 @@ impl Engine {
             Mode::Cluster => Router::cluster(&cfg.seeds, cores.len()),
         });
         let metrics = Arc::new(Metrics::new());
+        // All lanes exist before any shard starts: a shard hands redirected units to
+        // the shard that owns their node.
+        let all_lanes: Arc<[Arc<Lanes<SubmitPart>>]> = (0..cores.len())
+            .map(|_| Lanes::new(cfg.lane_capacity).map(Arc::new))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| Error::Io {
+                node: "local".into(),
+                source: e,
+            })?
+            .into();
         let mut shards = Vec::with_capacity(cores.len());
         for (i, core) in cores.iter().enumerate() {
             shards.push(shard::start(
@@ -230,7 +304,7 @@ impl Engine {
                 router.clone(),
                 metrics.clone(),
                 *core,
-                cores.len(),
+                all_lanes.clone(),
             )?);
         }
         let backend = shards[0].backend;
@@ -242,6 +316,7 @@ impl Engine {
             "slotline engine started on the {} backend",
             backend
         );
+        let (janitor_tx, janitor_rx) = std::sync::mpsc::channel();
         let inner = Arc::new_cyclic(|me| Inner {
             cfg,
             shards,
@@ -251,7 +326,15 @@ impl Engine {
             rr: AtomicUsize::new(0),
             backend,
             me: me.clone(),
+            janitor: Mutex::new(Some(janitor_tx)),
         });
+        let weak = Arc::downgrade(&inner);
+        if let Err(e) = std::thread::Builder::new()
+            .name("slotline-janitor".into())
+            .spawn(move || run_janitor(weak, janitor_rx))
+        {
+            tracing::warn!(error = %e, "could not start the stale-metadata thread; stale metadata will be kept");
+        }
         let engine = Engine { inner };
         if engine.inner.router.is_cluster() {
             engine.refresh_topology()?;
@@ -738,6 +821,8 @@ impl Engine {
                     role,
                     node,
                     slot: 0,
+                    asking: false,
+                    attempts: 0,
                 })
                 .collect();
         } else if inner.router.is_cluster() {
@@ -767,6 +852,8 @@ impl Engine {
                     role,
                     node,
                     slot,
+                    asking: false,
+                    attempts: 0,
                 });
             }
         } else {
@@ -786,6 +873,8 @@ impl Engine {
                     role,
                     node: 0,
                     slot: 0,
+                    asking: false,
+                    attempts: 0,
                 })
                 .collect();
         }
@@ -836,6 +925,13 @@ fn clone_busy(e: &Error) -> Error {
             what: what.clone(),
         },
         _ => Error::Closed,
+    }
+}
+
+fn bools(o: Output) -> Result<Vec<bool>> {
+    match o {
+        Output::Bools(b) => Ok(b),
+        _ => Err(Error::Closed),
     }
 }
 

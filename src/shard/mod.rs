@@ -68,6 +68,10 @@ pub(crate) struct UnitSpec {
     pub node: NodeId,
     /// Its cluster slot (0 in standalone mode).
     pub slot: u16,
+    /// Send after ASKING (a unit forwarded on an ASK redirect).
+    pub asking: bool,
+    /// Redirects and retries already spent (a forwarded unit keeps its count).
+    pub attempts: u8,
 }
 
 /// A piece of a batch for one shard: the units it must resolve.
@@ -114,15 +118,14 @@ pub(crate) fn start(
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     core: Option<usize>,
-    nshards: usize,
+    all_lanes: Arc<[Arc<Lanes<SubmitPart>>]>,
 ) -> Result<ShardHandle> {
-    let lanes = Arc::new(Lanes::new(cfg.lane_capacity).map_err(|e| Error::Io {
-        node: "local".into(),
-        source: e,
-    })?);
+    let nshards = all_lanes.len();
+    let lanes = all_lanes[id].clone();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel();
     let (l2, s2) = (lanes.clone(), stop.clone());
+    let all_lanes = all_lanes.clone();
     let thread = std::thread::Builder::new()
         .name(format!("slotline-shard-{id}"))
         .spawn(move || {
@@ -139,7 +142,7 @@ pub(crate) fn start(
                 }
             };
             let _ = tx.send(Ok(backend.kind()));
-            let mut shard = Shard::new(id, cfg, router, metrics, l2, s2, backend, nshards);
+            let mut shard = Shard::new(id, cfg, router, metrics, all_lanes, s2, backend, nshards);
             shard.run();
         })
         .map_err(|e| Error::Io {
@@ -325,6 +328,8 @@ struct Shard {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     lanes: Arc<Lanes<SubmitPart>>,
+    /// Every shard's lanes, to hand a redirected unit to the shard owning its node.
+    all_lanes: Arc<[Arc<Lanes<SubmitPart>>]>,
     stop: Arc<AtomicBool>,
     backend: Backend,
     nodes: Vec<Node>,
@@ -354,11 +359,12 @@ impl Shard {
         cfg: Arc<Config>,
         router: Arc<Router>,
         metrics: Arc<Metrics>,
-        lanes: Arc<Lanes<SubmitPart>>,
+        all_lanes: Arc<[Arc<Lanes<SubmitPart>>]>,
         stop: Arc<AtomicBool>,
         backend: Backend,
         nshards: usize,
     ) -> Shard {
+        let lanes = all_lanes[id % all_lanes.len()].clone();
         // LMCache's max_connections (150 by default) sizes a pool of blocking callers;
         // here a few pipelined connections per server and shard carry everything, and
         // more connections with large replies in flight slow Redis down.
@@ -369,6 +375,7 @@ impl Shard {
             router,
             metrics,
             lanes,
+            all_lanes,
             stop,
             backend,
             nodes: Vec::new(),
@@ -488,24 +495,28 @@ impl Shard {
             let node = self.local_node(spec.node);
             // Units of one slot are usually adjacent (hash tags, standalone): check the
             // last group first.
-            match groups
-                .iter_mut()
-                .rev()
-                .find(|g| g.node == node && g.slot == spec.slot)
-            {
+            let existing = if spec.asking {
+                None
+            } else {
+                groups
+                    .iter_mut()
+                    .rev()
+                    .find(|g| g.node == node && g.slot == spec.slot && !g.asking)
+            };
+            match existing {
                 Some(g) => g.queue.push_back(i as u32),
                 None => groups.push(Group {
                     node,
                     slot: spec.slot,
                     queue: VecDeque::from([i as u32]),
-                    asking: false,
+                    asking: spec.asking,
                 }),
             }
             units.push(PUnit {
                 chunk: spec.chunk,
                 role: spec.role,
                 buf,
-                attempts: 0,
+                attempts: spec.attempts,
                 slot: Slot::Pending,
                 hslot: spec.slot,
                 node,
@@ -1105,6 +1116,60 @@ impl Shard {
         }
     }
 
+    /// Hands a redirected unit to the shard that owns `node`, so each master's
+    /// connections stay with one shard. `false` when this shard owns the node itself,
+    /// nobody does yet, or the owner's lane is full (then the caller sends it from here).
+    fn forward(&mut self, pr: PartRef, u: u32, node: NodeId, asking: bool) -> bool {
+        let Some(owner) = self.router.snapshot().owner(node) else {
+            return false;
+        };
+        if owner == self.id || owner >= self.all_lanes.len() {
+            return false;
+        }
+        let lanes = self.all_lanes[owner].clone();
+        let Some(part) = self.part_mut(pr) else {
+            return false;
+        };
+        let Some(unit) = part.units.get_mut(u as usize) else {
+            return false;
+        };
+        let spec = UnitSpec {
+            chunk: unit.chunk,
+            role: unit.role,
+            node,
+            slot: unit.hslot,
+            asking,
+            attempts: unit.attempts,
+        };
+        let bufs: Vec<(u32, Vec<u8>)> = unit
+            .buf
+            .take()
+            .map(|b| (unit.chunk, b))
+            .into_iter()
+            .collect();
+        let batch = part.batch.clone();
+        // Counted before the push, so the batch cannot finish before the new part reports.
+        batch.add_part();
+        let sp = SubmitPart {
+            batch: batch.clone(),
+            units: vec![spec],
+            bufs,
+        };
+        match lanes.try_push(part.class, sp) {
+            Ok(()) => {
+                part.resolve(u, Slot::Forwarded);
+                true
+            }
+            Err(mut sp) => {
+                batch.remove_part();
+                if let Some((_, b)) = sp.bufs.pop() {
+                    part.units[u as usize].buf = Some(b);
+                }
+                false
+            }
+        }
+    }
+
     /// Puts a unit back in its part's queue for `node` (after ASKING if `asking`).
     fn requeue(&mut self, pr: PartRef, u: u32, node: usize, asking: bool) {
         let Some(part) = self.part_mut(pr) else {
@@ -1571,13 +1636,17 @@ impl Shard {
                 match redirect {
                     Some(crate::cluster::Redirect::Moved { slot, addr }) => {
                         let id = self.router.note_moved(slot, &addr);
-                        let node = self.local_node(id);
-                        self.requeue(pr, u, node, false);
+                        if is_command || !self.forward(pr, u, id, false) {
+                            let node = self.local_node(id);
+                            self.requeue(pr, u, node, false);
+                        }
                     }
                     Some(crate::cluster::Redirect::Ask { addr, .. }) => {
                         let id = self.router.intern(&addr);
-                        let node = self.local_node(id);
-                        self.requeue(pr, u, node, true);
+                        if is_command || !self.forward(pr, u, id, true) {
+                            let node = self.local_node(id);
+                            self.requeue(pr, u, node, true);
+                        }
                     }
                     _ => {
                         if !message.starts_with("TRYAGAIN") {
