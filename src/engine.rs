@@ -55,7 +55,7 @@ struct Inner {
     backend: BackendKind,
     me: Weak<Inner>,
     /// Stale-metadata deletions, checked and carried out off the shard threads.
-    janitor: Mutex<Option<std::sync::mpsc::Sender<(KeyLayout, Vec<Vec<u8>>)>>>,
+    janitor: Mutex<Option<std::sync::mpsc::Sender<StaleJob>>>,
 }
 
 /// The engine: shards, their connections, and the API LMCache's connector calls.
@@ -159,13 +159,16 @@ impl FollowUp for Inner {
     }
 }
 
+/// Chunk keys whose metadata was found without its payload, and their layout.
+type StaleJob = (KeyLayout, Vec<Vec<u8>>);
+
 /// Deletes metadata whose payload is gone, LMCache's rule for evicted chunks, after
 /// looking at the payload once more. The first look can be stale: in a cluster a chunk's
 /// two keys live on different masters and are read in parallel, so the reader may have
 /// seen the payload key before a writer set it and the metadata key after. Writers set
 /// the payload first, so a payload still missing on a second look, taken after the
 /// metadata was seen, really is evicted.
-fn run_janitor(engine: Weak<Inner>, rx: std::sync::mpsc::Receiver<(KeyLayout, Vec<Vec<u8>>)>) {
+fn run_janitor(engine: Weak<Inner>, rx: std::sync::mpsc::Receiver<StaleJob>) {
     while let Ok((layout, keys)) = rx.recv() {
         let Some(inner) = engine.upgrade() else {
             return;
