@@ -1831,3 +1831,57 @@ fn drop_right_after_call(b: IoBackend) {
     );
 }
 both_backends!(engine_drop_after_call_is_clean, drop_right_after_call);
+
+/// A full lane is backpressure, not unbounded memory: while the server is stalled the
+/// shard holds a bounded number of requests, the one-slot lane fills, and try-variants
+/// answer `Busy` at once. Everything accepted still completes once the server wakes.
+fn full_lane_gives_busy(b: IoBackend) {
+    let srv = TestServer::start();
+    let e = engine_with(&srv, b, |c| {
+        c.shards = Some(1);
+        c.lane_capacity = 1;
+        c.max_connections = 1;
+    });
+    e.put(vec![PutChunk::new("warm", vec![1u8; 16], None)])
+        .unwrap();
+    let addr = srv.addr();
+    let sleeper = std::thread::spawn(move || {
+        let _ = servers::command(&addr, None, &[b"DEBUG", b"SLEEP", b"1"]);
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let mut accepted = Vec::new();
+    let mut busy_get = false;
+    let mut busy_put = false;
+    let mut puts = Vec::new();
+    let start = Instant::now();
+    while !(busy_get && busy_put) && start.elapsed() < Duration::from_millis(700) {
+        match e.try_get(&["warm"]) {
+            Ok(t) => accepted.push(t),
+            Err(Error::Busy { class }) => {
+                assert_eq!(class, "get");
+                busy_get = true;
+            }
+            Err(other) => panic!("try_get: {other}"),
+        }
+        match e.try_put(vec![PutChunk::new("p", vec![2u8; 16], None)]) {
+            Ok(t) => puts.push(t),
+            Err(Error::Busy { class }) => {
+                assert_eq!(class, "put");
+                busy_put = true;
+            }
+            Err(other) => panic!("try_put: {other}"),
+        }
+    }
+    assert!(busy_get, "no Busy after {} accepted gets", accepted.len());
+    assert!(busy_put, "no Busy after {} accepted puts", puts.len());
+    sleeper.join().unwrap();
+    for t in puts {
+        t.wait().unwrap();
+    }
+    for t in accepted {
+        let got = t.wait().unwrap();
+        assert_eq!(got[0].as_ref().unwrap().data, vec![1u8; 16]);
+    }
+    assert!(e.stats().metrics.error_count("busy") >= 1);
+}
+both_backends!(full_lane_busy, full_lane_gives_busy);
