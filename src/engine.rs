@@ -433,10 +433,7 @@ impl Engine {
             keys,
             Vec::new(),
         )?;
-        Ok(Ticket::new(b, |o| match o {
-            Output::Chunks(c) => Ok(c),
-            _ => Err(Error::Closed),
-        }))
+        Ok(Ticket::new(b, chunks))
     }
 
     /// [`get`](Self::get) as a future (or call `.wait()` on the ticket).
@@ -446,10 +443,7 @@ impl Engine {
             Priority::Get,
             keys,
             Vec::new(),
-            |o| match o {
-                Output::Chunks(c) => Ok(c),
-                _ => Err(Error::Closed),
-            },
+            chunks,
         )
     }
 
@@ -916,6 +910,14 @@ impl Engine {
                 units: u,
                 bufs: b,
             };
+            if !inner.shards[i].is_alive() {
+                let err = Error::Io {
+                    node: format!("shard {i}"),
+                    source: std::io::Error::other("the shard thread has stopped (see the log)"),
+                };
+                batch.fail(shard::clone_err(&err));
+                return Err(err);
+            }
             let lanes = &inner.shards[i].lanes;
             let pushed = match mode {
                 Submit::Try => lanes.try_push(class, sp),
@@ -933,7 +935,7 @@ impl Engine {
                 };
                 // Failing the batch counts the error (once) and releases parts already
                 // queued on other shards: they see a finished batch and skip it.
-                batch.fail(clone_busy(&err));
+                batch.fail(shard::clone_err(&err));
                 return Err(err);
             }
         }
@@ -941,14 +943,10 @@ impl Engine {
     }
 }
 
-fn clone_busy(e: &Error) -> Error {
-    match e {
-        Error::Busy { class } => Error::Busy { class },
-        Error::Timeout { after, what } => Error::Timeout {
-            after: *after,
-            what: what.clone(),
-        },
-        _ => Error::Closed,
+fn chunks(o: Output) -> Result<Vec<Option<Chunk>>> {
+    match o {
+        Output::Chunks(c) => Ok(c),
+        _ => Err(Error::Closed),
     }
 }
 

@@ -90,7 +90,27 @@ pub(crate) struct ShardHandle {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Logs a shard thread that ends by panicking: its callers then get errors from
+/// `Engine` (via `ShardHandle::is_alive`) instead of waiting for their deadlines.
+struct PanicReport(usize);
+
+impl Drop for PanicReport {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                shard = self.0,
+                "shard thread panicked; requests routed to it now fail"
+            );
+        }
+    }
+}
+
 impl ShardHandle {
+    /// `false` once the shard thread has ended (a panic, or shutdown).
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Asks the shard to finish and waits for it.
     pub fn shutdown(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -142,6 +162,7 @@ pub(crate) fn start(
                 }
             };
             let _ = tx.send(Ok(backend.kind()));
+            let _report = PanicReport(id);
             let mut shard = Shard::new(id, cfg, router, metrics, all_lanes, s2, backend, nshards);
             shard.run();
         })
@@ -1795,7 +1816,7 @@ enum Emit {
 }
 
 /// Errors are not `Clone` (io::Error); units failing together each get an equal copy.
-fn clone_err(e: &Error) -> Error {
+pub(crate) fn clone_err(e: &Error) -> Error {
     match e {
         Error::Io { node, source } => Error::Io {
             node: node.clone(),
@@ -1818,6 +1839,7 @@ fn clone_err(e: &Error) -> Error {
             what: what.clone(),
         },
         Error::Closed => Error::Closed,
+        Error::Busy { class } => Error::Busy { class },
         other => Error::Cluster(other.to_string()),
     }
 }
