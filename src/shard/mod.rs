@@ -1108,27 +1108,19 @@ impl Shard {
             return;
         }
         unit.attempts += 1;
-        let (chunk, role, hslot, node) = (unit.chunk, unit.role, unit.hslot, unit.node);
+        let (hslot, node) = (unit.hslot, unit.node);
         let is_command = matches!(part.batch.op, Op::Command { .. });
         if retryable && unit.attempts < MAX_ATTEMPTS && Instant::now() < part.batch.deadline {
-            // Route again: a refreshed topology may name another node by now. A command
-            // sent to a chosen node stays there.
-            let node = if is_command {
-                node
-            } else {
-                let key = part.batch.key_of(chunk, role);
-                self.route(&key)
-            };
-            self.requeue(pr, u, node, false);
+            self.reroute(pr, u);
             return;
         }
         let e = if cluster {
-            // A command sent to a chosen node has no slot worth naming.
-            Error::Cluster(if is_command {
-                format!("{}: {err}", self.nodes[node].addr)
-            } else {
-                format!("slot {hslot} at {}: {err}", self.nodes[node].addr)
-            })
+            located(
+                is_command,
+                hslot,
+                &self.nodes[node].addr.to_string(),
+                &err.to_string(),
+            )
         } else {
             clone_err(err)
         };
@@ -1189,6 +1181,24 @@ impl Shard {
                 false
             }
         }
+    }
+
+    /// Queues a unit again where the current routing sends it: a refreshed topology may
+    /// name another node by now. A command sent to a chosen node stays with that node.
+    fn reroute(&mut self, pr: PartRef, u: u32) {
+        let Some(part) = self.part_mut(pr) else {
+            return;
+        };
+        let Some(unit) = part.units.get(u as usize) else {
+            return;
+        };
+        let node = if matches!(part.batch.op, Op::Command { .. }) {
+            unit.node
+        } else {
+            let key = part.batch.key_of(unit.chunk, unit.role);
+            self.route(&key)
+        };
+        self.requeue(pr, u, node, false);
     }
 
     /// Puts a unit back in its part's queue for `node` (after ASKING if `asking`).
@@ -1561,16 +1571,7 @@ impl Shard {
                         PendKind::Command => {
                             conn.inflight = conn.inflight.saturating_sub(p.weight);
                             if let (Some(pr), Some(&u)) = (p.part, p.units.first()) {
-                                let slot = match v {
-                                    Value::Error(msg) => {
-                                        self.unit_error(cid, Some(pr), u, &msg);
-                                        None
-                                    }
-                                    v => Some(Slot::Value(v)),
-                                };
-                                if let (Some(slot), Some(part)) = (slot, self.part_mut(pr)) {
-                                    part.resolve(u, slot);
-                                }
+                                self.settle(cid, pr, u, v, Slot::Value);
                                 self.maybe_complete(pr.idx as usize);
                             }
                         }
@@ -1578,14 +1579,7 @@ impl Shard {
                             conn.inflight = conn.inflight.saturating_sub(p.weight);
                             if let Some(pr) = p.part {
                                 for &u in &p.units {
-                                    match &v {
-                                        Value::Error(msg) => self.unit_error(cid, Some(pr), u, msg),
-                                        _ => {
-                                            if let Some(part) = self.part_mut(pr) {
-                                                part.resolve(u, Slot::Ok);
-                                            }
-                                        }
-                                    }
+                                    self.settle(cid, pr, u, v.clone(), |_| Slot::Ok);
                                 }
                                 self.maybe_complete(pr.idx as usize);
                             }
@@ -1593,18 +1587,11 @@ impl Shard {
                         PendKind::PerUnit { next } => {
                             let u = p.units.get(next).copied();
                             if let (Some(pr), Some(u)) = (p.part, u) {
-                                let slot = match v {
-                                    Value::Error(msg) => {
-                                        self.unit_error(cid, Some(pr), u, &msg);
-                                        None
-                                    }
-                                    Value::Int(i) => Some(Slot::Int(i)),
-                                    Value::Simple(_) => Some(Slot::Ok),
-                                    other => Some(Slot::Value(other)),
-                                };
-                                if let (Some(slot), Some(part)) = (slot, self.part_mut(pr)) {
-                                    part.resolve(u, slot);
-                                }
+                                self.settle(cid, pr, u, v, |v| match v {
+                                    Value::Int(i) => Slot::Int(i),
+                                    Value::Simple(_) => Slot::Ok,
+                                    other => Slot::Value(other),
+                                });
                             }
                             let Some(conn) = self.conns[cid].as_mut() else {
                                 return;
@@ -1621,6 +1608,26 @@ impl Shard {
                         }
                         PendKind::Mget => unreachable!("handled above"),
                     }
+                }
+            }
+        }
+    }
+
+    /// Resolves a unit with its reply: an error reply goes through [`Self::unit_error`]
+    /// (redirects, retries), anything else becomes the slot `ok` makes of it.
+    fn settle(
+        &mut self,
+        cid: usize,
+        pr: PartRef,
+        u: u32,
+        v: Value,
+        ok: impl FnOnce(Value) -> Slot,
+    ) {
+        match v {
+            Value::Error(msg) => self.unit_error(cid, Some(pr), u, &msg),
+            v => {
+                if let Some(part) = self.part_mut(pr) {
+                    part.resolve(u, ok(v));
                 }
             }
         }
@@ -1687,11 +1694,7 @@ impl Shard {
                 message,
             }
         } else if self.router.is_cluster() {
-            Error::Cluster(if is_command {
-                format!("{node_name}: {message}")
-            } else {
-                format!("slot {hslot} at {node_name}: {message}")
-            })
+            located(is_command, hslot, &node_name, &message)
         } else {
             Error::Server {
                 node: node_name,
@@ -1723,15 +1726,7 @@ impl Shard {
                 .into_iter()
                 .partition(|(t, _, _)| *t <= now);
             for (_, pr, u) in due {
-                let Some(part) = self.part_mut(pr) else {
-                    continue;
-                };
-                let Some(unit) = part.units.get(u as usize) else {
-                    continue;
-                };
-                let key = part.batch.key_of(unit.chunk, unit.role);
-                let node = self.route(&key);
-                self.requeue(pr, u, node, false);
+                self.reroute(pr, u);
             }
         }
         // Parts past their deadline: unresolved units time out.
@@ -1813,6 +1808,16 @@ enum Emit {
     Sent,
     Exhausted,
     Blocked,
+}
+
+/// A cluster error naming slot and node. A command sent to a chosen node has no slot
+/// worth naming.
+fn located(is_command: bool, hslot: u16, node: &str, msg: &str) -> Error {
+    Error::Cluster(if is_command {
+        format!("{node}: {msg}")
+    } else {
+        format!("slot {hslot} at {node}: {msg}")
+    })
 }
 
 /// Errors are not `Clone` (io::Error); units failing together each get an equal copy.
