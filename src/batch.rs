@@ -17,8 +17,8 @@ use bytes::Bytes;
 use crate::error::{show_key, Error, Result};
 use crate::layout::{KeyLayout, RemoteMetadata};
 use crate::metrics::Metrics;
+use crate::priority::Priority;
 use crate::resp::Value;
-use crate::ring::Priority;
 
 /// One chunk read back from Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,6 +30,7 @@ use serde_yaml::{Mapping, Value};
 
 use crate::error::{Error, Result};
 use crate::layout::KeyLayout;
+use crate::priority::{Priority, PriorityWeights, MAX_PRIORITY_WEIGHT};
 
 const DEFAULT_PORT: u16 = 6379;
 const DEFAULT_CHUNK_SIZE: usize = 256;
@@ -214,6 +215,9 @@ pub struct Config {
     pub read_from_replicas: bool,
     /// Name given with `CLIENT SETNAME` (`extra_config.client_name`).
     pub client_name: String,
+    /// Shares of the request classes while several wait
+    /// (`extra_config.priority_weights`, default peek 8, prefetch 4, get 2, put 1).
+    pub priority_weights: PriorityWeights,
 }
 
 impl fmt::Debug for Config {
@@ -241,6 +245,7 @@ impl fmt::Debug for Config {
             .field("max_value_size", &self.max_value_size)
             .field("read_from_replicas", &self.read_from_replicas)
             .field("client_name", &self.client_name)
+            .field("priority_weights", &self.priority_weights)
             .finish()
     }
 }
@@ -274,6 +279,7 @@ impl Default for Config {
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             read_from_replicas: false,
             client_name: DEFAULT_CLIENT_NAME.to_string(),
+            priority_weights: PriorityWeights::default(),
         }
     }
 }
@@ -478,6 +484,16 @@ impl Config {
                 &self.client_name,
                 "must be non-empty printable ASCII without spaces",
             ));
+        }
+        for class in Priority::ALL {
+            let w = self.priority_weights.of(class);
+            if !(1..=MAX_PRIORITY_WEIGHT).contains(&w) {
+                return Err(Error::config(
+                    &format!("{PRIORITY_WEIGHTS_KEY}.{class}"),
+                    w,
+                    format!("must be between 1 and {MAX_PRIORITY_WEIGHT} (a class with weight 0 would starve)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -908,6 +924,7 @@ struct Settings {
     max_value_size: Option<usize>,
     read_from_replicas: Option<bool>,
     client_name: Option<String>,
+    priority_weights: Option<PriorityWeights>,
 }
 
 /// Merges a parsed URL with explicit settings and validates the result.
@@ -998,6 +1015,7 @@ fn build(url: ParsedUrl, s: Settings) -> Result<Config> {
         max_value_size: s.max_value_size.unwrap_or(d.max_value_size),
         read_from_replicas: s.read_from_replicas.unwrap_or(d.read_from_replicas),
         client_name: s.client_name.unwrap_or(d.client_name),
+        priority_weights: s.priority_weights.unwrap_or(d.priority_weights),
     };
     cfg.validate()?;
     Ok(cfg)
@@ -1116,6 +1134,10 @@ fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<Config> {
         max_value_size: extra.int("max_value_size")?,
         read_from_replicas: extra.boolean("read_from_replicas")?,
         client_name: extra.text("client_name", false)?,
+        priority_weights: extra
+            .get("priority_weights")
+            .map(parse_priority_weights)
+            .transpose()?,
     };
     build(parsed, settings)
 }
@@ -1228,6 +1250,55 @@ fn parse_cores(v: &Value) -> Result<(Option<Vec<usize>>, Option<usize>)> {
             "expected a shard count, a CPU list or a range string like \"0-3,6\"",
         )),
     }
+}
+
+const PRIORITY_WEIGHTS_KEY: &str = "extra_config.priority_weights";
+
+/// `extra_config.priority_weights`: a mapping of class name to weight, such as
+/// `{peek: 8, prefetch: 4, get: 2, put: 1}`; classes not named keep their default.
+fn parse_priority_weights(v: &Value) -> Result<PriorityWeights> {
+    let Value::Mapping(map) = untag(v) else {
+        return Err(Error::config(
+            PRIORITY_WEIGHTS_KEY,
+            render(v),
+            format!(
+                "expected a mapping such as {}, found {}",
+                PriorityWeights::default(),
+                kind(v)
+            ),
+        ));
+    };
+    for key in map.keys() {
+        let known = key
+            .as_str()
+            .is_some_and(|k| Priority::ALL.iter().any(|c| c.name() == k));
+        if !known {
+            return Err(Error::config(
+                &format!("{PRIORITY_WEIGHTS_KEY}.{}", render(key)),
+                render(map.get(key).unwrap_or(&Value::Null)),
+                "unknown class (expected peek, prefetch, get or put)",
+            ));
+        }
+    }
+    let section = Section {
+        map,
+        prefix: "extra_config.priority_weights.",
+    };
+    let mut weights = PriorityWeights::default();
+    for class in Priority::ALL {
+        match section.int::<u32>(class.name())? {
+            None => {}
+            Some(0) => {
+                return Err(Error::config(
+                    &section.name(class.name()),
+                    0,
+                    "must be at least 1 (a class with weight 0 would starve)",
+                ));
+            }
+            Some(w) => *weights.of_mut(class) = w,
+        }
+    }
+    Ok(weights)
 }
 
 /// Parses "0-3,6" into [0, 1, 2, 3, 6].
@@ -2371,6 +2442,76 @@ extra_config:
         let name = missing.display().to_string();
         err_names(Config::from_yaml_file(&missing), &["config_file", &name]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn priority_weights() {
+        let base = "remote_url: redis://h:1\nextra_config:\n";
+        let with = |w: &str| yaml(&format!("{base}  priority_weights: {w}\n"));
+        assert_eq!(
+            yaml(base).unwrap().priority_weights,
+            PriorityWeights::default()
+        );
+        let c = with("{peek: 16, prefetch: 8, get: 4, put: 2}").unwrap();
+        assert_eq!(
+            c.priority_weights,
+            PriorityWeights {
+                peek: 16,
+                prefetch: 8,
+                get: 4,
+                put: 2
+            }
+        );
+        // Missing classes keep their defaults; numbers may be strings.
+        let c = with("{put: \"3\"}").unwrap();
+        assert_eq!(
+            c.priority_weights,
+            PriorityWeights {
+                put: 3,
+                ..PriorityWeights::default()
+            }
+        );
+        let c = yaml(&format!("{base}  priority_weights:\n    get: 5\n")).unwrap();
+        assert_eq!(c.priority_weights.get, 5);
+        assert_eq!(
+            with("null").unwrap().priority_weights,
+            PriorityWeights::default()
+        );
+        err_names(
+            with("{peek: 8, put: 0}"),
+            &["extra_config.priority_weights.put", "0", "at least 1"],
+        );
+        err_names(
+            with("{get: -1}"),
+            &["extra_config.priority_weights.get", "-1"],
+        );
+        err_names(
+            with("{prefetch: lots}"),
+            &["extra_config.priority_weights.prefetch", "lots"],
+        );
+        err_names(
+            with("{peek: 1001}"),
+            &["extra_config.priority_weights.peek", "1001", "1000"],
+        );
+        err_names(
+            with("{writes: 2}"),
+            &["extra_config.priority_weights.writes", "unknown class"],
+        );
+        err_names(
+            with("[8, 4, 2, 1]"),
+            &["extra_config.priority_weights", "expected a mapping"],
+        );
+        err_names(
+            Config {
+                priority_weights: PriorityWeights {
+                    prefetch: 0,
+                    ..PriorityWeights::default()
+                },
+                ..Config::default()
+            }
+            .validate(),
+            &["extra_config.priority_weights.prefetch", "0"],
+        );
     }
 
     #[test]

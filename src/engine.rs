@@ -28,10 +28,11 @@ use crate::cluster::{topology, NodeId};
 use crate::config::ServerAddr;
 use crate::config::{Config, Mode};
 use crate::error::{show_key, Error, Result};
+use crate::lanes::Lanes;
 use crate::layout::{KeyLayout, RemoteMetadata};
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::priority::Priority;
 use crate::resp::Value;
-use crate::ring::{Lanes, Priority};
 use crate::shard::{self, BackendKind, ShardHandle, SubmitPart, UnitSpec};
 
 /// Topology refreshes happen at most this often, however many requests arrive.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::ring::Priority;
+use crate::priority::Priority;
 
 /// Error kinds counted separately (see [`crate::Error::kind`]), plus read-rule outcomes.
 const ERROR_KINDS: &[&str] = &[

@@ -24,9 +24,10 @@ use crate::batch::{Batch, Op, Role, Slot};
 use crate::cluster::{NodeId, Router};
 use crate::config::{Config, IoBackend, ServerAddr};
 use crate::error::{show_key, Error, Result};
+use crate::lanes::Lanes;
 use crate::metrics::Metrics;
+use crate::priority::{Picker, Priority};
 use crate::resp::{self, ArrayOutcome, BulkSink, Dest, Value};
-use crate::ring::{Lanes, Picker, Priority};
 
 use conn::{Conn, ConnState, PartRef, PendKind, Pending, Stream};
 
@@ -390,6 +391,7 @@ impl Shard {
         // here a few pipelined connections per server and shard carry everything, and
         // more connections with large replies in flight slow Redis down.
         let conns_per_node = (cfg.max_connections / nshards.max(1)).clamp(1, MAX_CONNS_PER_NODE);
+        let weights = cfg.priority_weights;
         Shard {
             id,
             cfg,
@@ -408,8 +410,8 @@ impl Shard {
             free_parts: Vec::new(),
             next_gen: 1,
             active: Default::default(),
-            lane_picker: Picker::default(),
-            dispatch_picker: Picker::default(),
+            lane_picker: Picker::new(weights),
+            dispatch_picker: Picker::new(weights),
             dirty: Vec::new(),
             delayed: Vec::new(),
             avg_value: 0.0,
@@ -640,6 +642,7 @@ impl Shard {
             }
             if !sent {
                 blocked[c] = true;
+                self.dispatch_picker.unpick(class);
             }
         }
     }

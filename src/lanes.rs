@@ -4,94 +4,17 @@
 //! doorbell. Callers push and ring the doorbell only when the shard is parked, so a
 //! busy shard is never woken by a syscall per request.
 //!
-//! # Priority and the anti-starvation rule
-//!
-//! Classes are served PEEK > PREFETCH > GET > PUT. A [`Picker`] takes the highest
-//! non-empty class, except that after [`STARVATION_LIMIT`] consecutive picks that passed
-//! over a waiting lower class, the next pick goes to the *lowest* waiting class. Under
-//! a constant stream of reads, PUT therefore still gets at least one pick in
-//! `STARVATION_LIMIT + 1`. The same picker orders work inside the shard, where parts
-//! wait for connection capacity.
+//! Which lane the shard takes from next is a [`Picker`]'s choice (weighted shares, see
+//! [`crate::priority`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
+use crate::priority::{Picker, Priority};
 use crate::sys::EventFd;
-
-/// Request classes, most urgent first (LMCache's numbering: PEEK is 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Priority {
-    /// Existence and prefix checks.
-    Peek = 0,
-    /// Prefetch reads (the hit prefix of a lookup).
-    Prefetch = 1,
-    /// Blocking reads.
-    Get = 2,
-    /// Writes and deletes.
-    Put = 3,
-}
-
-impl Priority {
-    /// All classes, most urgent first.
-    pub const ALL: [Priority; 4] = [
-        Priority::Peek,
-        Priority::Prefetch,
-        Priority::Get,
-        Priority::Put,
-    ];
-
-    /// Index 0..4, most urgent first.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Lowercase name, as used in stats and errors.
-    pub fn name(self) -> &'static str {
-        match self {
-            Priority::Peek => "peek",
-            Priority::Prefetch => "prefetch",
-            Priority::Get => "get",
-            Priority::Put => "put",
-        }
-    }
-}
-
-impl std::fmt::Display for Priority {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Picks passed over a waiting lower class before that class is served once.
-pub const STARVATION_LIMIT: u32 = 16;
-
-/// Chooses which class to serve next (see the module docs for the rule).
-#[derive(Debug, Default)]
-pub struct Picker {
-    skipped: u32,
-}
-
-impl Picker {
-    /// Given which classes have work, the class to serve now.
-    pub fn pick(&mut self, nonempty: [bool; 4]) -> Option<Priority> {
-        let first = nonempty.iter().position(|&b| b)?;
-        let last = nonempty.iter().rposition(|&b| b)?;
-        if first == last {
-            self.skipped = 0;
-            return Some(Priority::ALL[first]);
-        }
-        if self.skipped >= STARVATION_LIMIT {
-            self.skipped = 0;
-            return Some(Priority::ALL[last]);
-        }
-        self.skipped += 1;
-        Some(Priority::ALL[first])
-    }
-}
 
 /// One shard's four bounded lanes and its doorbell.
 pub struct Lanes<T> {
@@ -99,7 +22,8 @@ pub struct Lanes<T> {
     doorbell: EventFd,
     parked: AtomicBool,
     waiting: AtomicUsize,
-    space_lock: Mutex<Vec<Waker>>,
+    /// Callers blocked in `push_wait` (they count themselves in and out).
+    space_lock: Mutex<()>,
     space: Condvar,
 }
 
@@ -112,7 +36,7 @@ impl<T> Lanes<T> {
             doorbell: EventFd::new()?,
             parked: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
-            space_lock: Mutex::new(Vec::new()),
+            space_lock: Mutex::new(()),
             space: Condvar::new(),
         })
     }
@@ -154,13 +78,6 @@ impl<T> Lanes<T> {
         }
     }
 
-    /// Registers a waker to be woken when the shard frees lane space (async submit).
-    pub fn wait_space(&self, waker: &Waker) {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let mut w = self.space_lock.lock().unwrap_or_else(|e| e.into_inner());
-        w.push(waker.clone());
-    }
-
     /// `true` if every lane is empty.
     pub fn is_empty(&self) -> bool {
         self.lanes.iter().all(|l| l.is_empty())
@@ -186,14 +103,10 @@ impl<T> Lanes<T> {
         if self.waiting.load(Ordering::SeqCst) == 0 {
             return;
         }
-        let mut w = self.space_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let wakers = std::mem::take(&mut *w);
-        self.waiting.fetch_sub(wakers.len(), Ordering::SeqCst);
-        drop(w);
+        // Taking the lock orders this notification after a waiter's re-check.
+        let guard = self.space_lock.lock().unwrap_or_else(|e| e.into_inner());
+        drop(guard);
         self.space.notify_all();
-        for waker in wakers {
-            waker.wake();
-        }
     }
 
     /// Shard side: announce the intent to sleep. Returns `false` if work arrived in the
@@ -231,26 +144,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strict_priority_when_alone() {
-        let mut p = Picker::default();
-        assert_eq!(p.pick([false, false, true, true]), Some(Priority::Get));
-        assert_eq!(p.pick([false, false, false, false]), None);
-        assert_eq!(p.pick([false, false, false, true]), Some(Priority::Put));
-    }
-
-    #[test]
-    fn put_not_starved() {
-        let mut p = Picker::default();
-        let mut puts = 0;
-        for _ in 0..(STARVATION_LIMIT as usize + 1) * 10 {
-            if p.pick([true, false, true, true]) == Some(Priority::Put) {
-                puts += 1;
-            }
-        }
-        assert_eq!(puts, 10);
-    }
-
-    #[test]
     fn lanes_order_and_backpressure() {
         let lanes: Lanes<u32> = Lanes::new(2).unwrap();
         lanes.try_push(Priority::Put, 1).unwrap();
@@ -262,6 +155,27 @@ mod tests {
         let mut p = Picker::default();
         assert_eq!(lanes.pop(&mut p), Some((Priority::Peek, 9)));
         assert_eq!(lanes.pop(&mut p), Some((Priority::Put, 1)));
+    }
+
+    #[test]
+    fn backlogged_lanes_pop_by_weight() {
+        let lanes: Lanes<u32> = Lanes::new(64).unwrap();
+        for class in Priority::ALL {
+            for i in 0..60 {
+                lanes.try_push(class, i).unwrap();
+            }
+        }
+        let mut p = Picker::default();
+        let mut counts = [0; 4];
+        let mut next = [0; 4];
+        for _ in 0..45 {
+            let (class, item) = lanes.pop(&mut p).unwrap();
+            // FIFO inside a lane.
+            assert_eq!(item, next[class.index()]);
+            next[class.index()] += 1;
+            counts[class.index()] += 1;
+        }
+        assert_eq!(counts, [24, 12, 6, 3]);
     }
 
     #[test]
