@@ -3,7 +3,7 @@
 //! Work waits in two places inside slotline: in a shard's submission lanes (one per
 //! class, until the shard has room for another active part) and in the shard's
 //! per-class queues of active parts (until a connection can take a frame). In both
-//! places a [`Picker`] decides which class goes next.
+//! places a `Picker` decides which class goes next.
 //!
 //! # The rule: weighted shares, not strict priority
 //!
@@ -152,7 +152,7 @@ const CLOCK_REBASE: u64 = 1 << 62;
 
 /// Chooses which class to serve next (see the module docs for the rule).
 #[derive(Debug, Clone)]
-pub struct Picker {
+pub(crate) struct Picker {
     stride: [u64; 4],
     pass: [u64; 4],
     /// Virtual time: the pass at which the last served class was picked.
@@ -179,7 +179,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 impl Picker {
     /// A picker sharing service by `weights`. Weights are clamped to
     /// 1..=[`MAX_PRIORITY_WEIGHT`] (configuration validation rejects others first).
-    pub fn new(weights: PriorityWeights) -> Picker {
+    pub(crate) fn new(weights: PriorityWeights) -> Picker {
         let w = Priority::ALL.map(|c| u64::from(weights.of(c).clamp(1, MAX_PRIORITY_WEIGHT)));
         let lcm = w.iter().fold(1u64, |acc, &x| acc / gcd(acc, x) * x);
         Picker {
@@ -191,7 +191,7 @@ impl Picker {
     }
 
     /// Given which classes have work, the class to serve now.
-    pub fn pick(&mut self, nonempty: [bool; 4]) -> Option<Priority> {
+    pub(crate) fn pick(&mut self, nonempty: [bool; 4]) -> Option<Priority> {
         if self.clock >= CLOCK_REBASE {
             // Only differences matter; a pass left behind by an idle class is raised to
             // the clock when it returns anyway, so saturating at 0 loses nothing.
@@ -224,7 +224,7 @@ impl Picker {
     /// all (e.g. no connection had room), so a blocked class is not charged for a turn
     /// it did not get. Does nothing if the last pick was another class or was already
     /// taken back.
-    pub fn unpick(&mut self, class: Priority) {
+    pub(crate) fn unpick(&mut self, class: Priority) {
         if let Some((c, pass, clock)) = self.last {
             if c == class.index() {
                 self.pass[c] = pass;

@@ -1,7 +1,7 @@
 //! A shard: one pinned thread, its own event loop, the connections it owns.
 //!
 //! Work arrives as parts of batches through the shard's priority lanes
-//! ([`crate::lanes`]). The loop pulls parts, cuts them into frames (MGET of up to
+//! (`crate::lanes`). The loop pulls parts, cuts them into frames (MGET of up to
 //! `chunk_size` keys, or pipelined SET / EXISTS / DEL), writes the frames to the least
 //! loaded connection of the target server and reads the replies straight into each
 //! unit's destination. Frames wait inside the shard only while no connection has
