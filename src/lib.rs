@@ -5,17 +5,18 @@
 //! a pinned thread running its own io_uring (or epoll) event loop and owning its
 //! connections. See [`Engine`] for the API.
 
-pub mod batch;
+pub(crate) mod batch;
 pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod layout;
 pub mod metrics;
-pub mod resp;
-pub mod ring;
-pub mod servers;
-pub mod shard;
+pub(crate) mod resp;
+#[cfg(test)]
+mod resp_props;
+pub(crate) mod ring;
+pub(crate) mod shard;
 pub(crate) mod sys;
 
 pub use batch::{Chunk, ChunkInfo, GetInto, PutChunk, Ticket};
@@ -23,5 +24,6 @@ pub use config::Config;
 pub use engine::{Engine, Stats};
 pub use error::{Error, Result};
 pub use layout::{KeyLayout, RemoteMetadata};
+pub use resp::Value;
 pub use ring::Priority;
 pub use shard::BackendKind;

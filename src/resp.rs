@@ -110,6 +110,7 @@ pub fn write_set_suffix(out: &mut Vec<u8>, ttl: Option<u64>) {
 }
 
 /// A whole `SET key value [EX ttl]` into one buffer (small values, metadata).
+#[cfg(test)]
 pub fn write_set(out: &mut Vec<u8>, key: &[u8], value: &[u8], ttl: Option<u64>) {
     write_set_prefix(out, key, value.len(), ttl);
     out.extend_from_slice(value);
@@ -518,6 +519,7 @@ impl ArrayReader {
     }
 
     /// `true` between replies.
+    #[cfg(test)]
     pub fn is_idle(&self) -> bool {
         matches!(self.st, St::Header)
     }

@@ -154,13 +154,6 @@ impl<T> Lanes<T> {
         }
     }
 
-    /// Registers a waker to be woken when the shard frees lane space (async submit).
-    pub fn wait_space(&self, waker: &Waker) {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let mut w = self.space_lock.lock().unwrap_or_else(|e| e.into_inner());
-        w.push(waker.clone());
-    }
-
     /// `true` if every lane is empty.
     pub fn is_empty(&self) -> bool {
         self.lanes.iter().all(|l| l.is_empty())

@@ -8,9 +8,8 @@
 //! clients (run 1: naive, slotline..., run 2: ...) so that drifting machine load hits all
 //! of them alike, and each table cell is the median over runs.
 //!
-//! This file depends only on the slotline library, `super::naive`, clap and libc, so that
-//! `benches/engine.rs` can include it with `#[path]` and add more peers (redis-rs, fred)
-//! through the [`Peer`] and [`Worker`] traits.
+//! `benches/engine.rs` adds more peers (redis-rs, fred) through the [`Peer`] and
+//! [`Worker`] traits.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,10 +20,11 @@ use bytes::Bytes;
 use clap::{Args, ValueEnum};
 
 use slotline::config::{IoBackend, Mode};
-use slotline::servers::{LocalCluster, RedisProcess, ServerOptions};
 use slotline::{Config, Engine, KeyLayout, PutChunk, RemoteMetadata};
+use slotline_testkit::{LocalCluster, RedisProcess, ServerOptions};
 
-use super::naive::NaiveClient;
+use crate::naive::NaiveClient;
+use slotline_testkit::Resp2Frame;
 
 /// Every `SAMPLE_EVERY`-th chunk is compared byte for byte; the others have their
 /// length, metadata and first bytes checked.
@@ -597,7 +597,7 @@ impl Worker for NaiveWorker {
         for (i, k) in wl.batch_keys(b).iter().enumerate() {
             let got = self.c.get_chunk(k).map_err(|e| e.to_string())?;
             match got {
-                Some(c) => v.check(i, Some(&c.data), c.meta.as_ref()),
+                Some(c) => v.check(i, Some(&c.data[..]), c.meta.as_ref()),
                 None => v.check(i, None, None),
             }
         }
@@ -691,7 +691,7 @@ impl Worker for SlotlineWorker {
         let got = self.e.get(keys).map_err(|e| e.to_string())?;
         for (i, c) in got.iter().enumerate() {
             match c {
-                Some(c) => v.check(i, Some(&c.data), c.meta.as_ref()),
+                Some(c) => v.check(i, Some(&c.data[..]), c.meta.as_ref()),
                 None => v.check(i, None, None),
             }
         }
@@ -1267,7 +1267,7 @@ pub fn server_version(url: &str, mode: Mode) -> String {
     };
     match c.command(&[b"INFO", b"server"]) {
         Ok(v) => v
-            .as_text()
+            .as_str()
             .and_then(|t| {
                 t.lines().find_map(|l| {
                     l.strip_prefix("redis_version:")
