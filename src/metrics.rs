@@ -38,7 +38,7 @@ struct ClassCounters {
 }
 
 /// Live counters. Cheap to update from any thread.
-pub struct Metrics {
+pub(crate) struct Metrics {
     classes: [ClassCounters; 4],
     latency: [Mutex<Histogram<u64>>; 4],
     frames_sent: AtomicU64,

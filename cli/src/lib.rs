@@ -1,5 +1,5 @@
 //! The `slotline` command as a library: command-line parsing and dispatch ([`Cli`],
-//! [`run`]), the chunk commands, the benchmark harness ([`bench`]) and the naive
+//! [`run`]), the chunk commands, the benchmark harness ([`bench`](mod@bench)) and the naive
 //! one-round-trip-per-key baseline ([`naive`]) it measures slotline against. The
 //! binary (`src/main.rs`) and `benches/engine.rs` are thin users of this crate.
 //!

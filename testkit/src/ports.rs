@@ -79,7 +79,7 @@ pub fn port_is_free(port: u16) -> bool {
 /// lands: a port found free stays free until the server binds it, and a killed server
 /// can be restarted on its port even while tests open thousands of connections. Only
 /// if that range leaves no room does this fall back to binding port 0. Another listener
-/// can still take the port first; [`RedisProcess::start`] then retries on a new one.
+/// can still take the port first; [`RedisProcess::start`](crate::RedisProcess::start) then retries on a new one.
 pub fn free_port() -> Result<u16> {
     free_port_block(1, false)
 }
