@@ -16,6 +16,7 @@ pub mod client;
 pub mod cluster;
 pub mod harness;
 pub mod nodes;
+mod os;
 pub mod ports;
 pub mod process;
 pub mod state;

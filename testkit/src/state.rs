@@ -10,7 +10,8 @@ use slotline::Result;
 
 use crate::client::{command, OwnedFrame};
 use crate::cluster::LocalCluster;
-use crate::process::{is_server_on_port, process_alive, send_signal, RedisProcess, ServerOptions};
+use crate::os::{is_server_on_port, process_alive, send_signal};
+use crate::process::{RedisProcess, ServerOptions};
 use crate::{local_err, STOP_GRACE};
 
 // ---------------------------------------------------------------------------------------
