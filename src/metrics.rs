@@ -24,7 +24,6 @@ const ERROR_KINDS: &[&str] = &[
     "invalid",
     "put_failed",
     "cluster",
-    "local_server",
     "corrupt",
     "stale_metadata",
     "redirect",

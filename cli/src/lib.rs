@@ -208,6 +208,12 @@ impl From<slotline::Error> for CliError {
     }
 }
 
+impl From<slotline_testkit::Error> for CliError {
+    fn from(e: slotline_testkit::Error) -> Self {
+        CliError::failed(e.to_string())
+    }
+}
+
 impl From<bench::BenchError> for CliError {
     fn from(e: bench::BenchError) -> Self {
         CliError {

@@ -67,6 +67,19 @@ fn proto(node: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// A test-kit client error in the engine's terms, so that the bench reports both alike.
+fn kit(e: slotline_testkit::Error) -> Error {
+    use slotline_testkit::Error as K;
+    match e {
+        K::Io { node, source } => Error::Io { node, source },
+        K::Auth { node, message } => Error::Auth { node, message },
+        K::Server { node, message } => Error::Server { node, message },
+        K::Protocol { node, reason } => Error::Protocol { node, reason },
+        K::Timeout { after, what } => Error::Timeout { after, what },
+        K::Local(m) => Error::Invalid(m),
+    }
+}
+
 /// The text of an error reply.
 fn error_text(v: &BytesFrame) -> Option<String> {
     match v {
@@ -193,7 +206,7 @@ impl NaiveClient {
     }
 
     fn open(&mut self, addr: &str) -> Result<Client> {
-        let mut conn = Client::connect(addr, IO_TIMEOUT)?;
+        let mut conn = Client::connect(addr, IO_TIMEOUT).map_err(kit)?;
         let mut hello: Vec<Vec<Vec<u8>>> = Vec::new();
         match (&self.username, &self.password) {
             (Some(u), Some(p)) => {
@@ -208,7 +221,7 @@ impl NaiveClient {
         for args in hello {
             let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
             let what = String::from_utf8_lossy(&args[0]).into_owned();
-            if let OwnedFrame::Error(e) = conn.call_raw(&refs)? {
+            if let OwnedFrame::Error(e) = conn.call_raw(&refs).map_err(kit)? {
                 return Err(if what == "AUTH" {
                     Error::Auth {
                         node: addr.to_string(),
@@ -257,9 +270,10 @@ impl NaiveClient {
             let result = (|| {
                 let conn = self.conn(&addr)?;
                 if asking {
-                    conn.exchange(&[b"*1\r\n$6\r\nASKING\r\n"], "ASKING")?;
+                    conn.exchange(&[b"*1\r\n$6\r\nASKING\r\n"], "ASKING")
+                        .map_err(kit)?;
                 }
-                conn.exchange(parts, "request")
+                conn.exchange(parts, "request").map_err(kit)
             })();
             self.round_trips += 1 + u64::from(asking);
             let v = match result {
@@ -416,9 +430,10 @@ impl NaiveClient {
             vec![self.seed.clone()]
         };
         for addr in targets {
-            let r = self
-                .conn(&addr)
-                .and_then(|c| c.exchange(&[b"*1\r\n$8\r\nFLUSHALL\r\n"], "FLUSHALL"));
+            let r = self.conn(&addr).and_then(|c| {
+                c.exchange(&[b"*1\r\n$8\r\nFLUSHALL\r\n"], "FLUSHALL")
+                    .map_err(kit)
+            });
             self.round_trips += 1;
             if let Some(message) = error_text(&r?) {
                 return Err(Error::Server {

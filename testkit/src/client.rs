@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use redis_protocol::resp2::decode::decode_bytes_mut;
 pub use redis_protocol::resp2::types::{BytesFrame, OwnedFrame, Resp2Frame};
 
-use slotline::{Error, Result};
+use crate::{Error, Result};
 
 /// Connect, read and write timeout of [`command`] and friends.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);

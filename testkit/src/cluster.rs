@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use slotline::{Error, Result};
+use crate::{Error, Result};
 
 use crate::client::{command, command_str, Client, OwnedFrame};
 use crate::nodes::parse_cluster_nodes;

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod error;
 pub mod harness;
 pub mod nodes;
 mod os;
@@ -23,10 +24,9 @@ pub mod state;
 
 use std::time::Duration;
 
-use slotline::Error;
-
 pub use client::{command, command_str, command_strs, BytesFrame, Client, OwnedFrame, Resp2Frame};
 pub use cluster::LocalCluster;
+pub use error::{Error, Result};
 pub use nodes::{parse_cluster_nodes, ClusterNode};
 pub use ports::{free_cluster_port, free_port, free_port_block, port_is_free, redis_server_binary};
 pub use process::{RedisProcess, ServerOptions};
@@ -50,7 +50,7 @@ const POLL: Duration = Duration::from_millis(50);
 const MIGRATE_BATCH: usize = 100;
 
 fn local_err(msg: impl Into<String>) -> Error {
-    Error::LocalServer(msg.into())
+    Error::Local(msg.into())
 }
 
 /// `field:value` lookup in INFO / CLUSTER INFO text.

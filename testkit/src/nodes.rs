@@ -2,7 +2,7 @@
 //! readiness waits and by the naive benchmark client (which flushes every master).
 //!
 //! The engine itself reads the topology with `CLUSTER SHARDS` / `CLUSTER SLOTS`
-//! (`slotline::cluster::topology`); `CLUSTER NODES` is only needed here, because it is
+//! (the library's `cluster::topology`); `CLUSTER NODES` is only needed here, because it is
 //! the one view that shows nodes without slots and nodes still in handshake.
 
 /// One line of `CLUSTER NODES`.

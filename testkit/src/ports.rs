@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use slotline::Result;
+use crate::Result;
 
 use crate::{local_err, BUS_PORT_OFFSET, MAX_CLUSTER_PORT};
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use slotline::Result;
+use crate::Result;
 
 use crate::client::{Client, OwnedFrame};
 use crate::os::{log_since, log_tail, process_alive, read_pidfile, remove_if_exists, send_signal};

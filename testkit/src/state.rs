@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use slotline::Result;
+use crate::Result;
 
 use crate::client::{command, OwnedFrame};
 use crate::cluster::LocalCluster;

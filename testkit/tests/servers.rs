@@ -7,8 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use slotline::Error;
 use slotline_testkit::harness::{test_options, wait_until, TestCluster, TestDir, TestServer};
+use slotline_testkit::Error;
 use slotline_testkit::{self as servers, RedisProcess, ServerOptions};
 
 /// Alive per /proc, zombies excluded (as the module itself judges it).

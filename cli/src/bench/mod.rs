@@ -233,6 +233,12 @@ impl From<slotline::Error> for BenchError {
     }
 }
 
+impl From<slotline_testkit::Error> for BenchError {
+    fn from(e: slotline_testkit::Error) -> Self {
+        BenchError::failed(e.to_string())
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Interruption
 // ---------------------------------------------------------------------------------------
