@@ -65,9 +65,6 @@ pub enum Error {
     /// Cluster topology or routing failed after retries.
     #[error("cluster: {0}")]
     Cluster(String),
-    /// A local server process (the `servers` module) could not be managed.
-    #[error("local server: {0}")]
-    LocalServer(String),
 }
 
 impl Error {
@@ -87,7 +84,6 @@ impl Error {
             Error::Invalid(_) => "invalid",
             Error::PutFailed { .. } => "put_failed",
             Error::Cluster(_) => "cluster",
-            Error::LocalServer(_) => "local_server",
         }
     }
 

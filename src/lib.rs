@@ -5,7 +5,7 @@
 //! a pinned thread running its own io_uring (or epoll) event loop and owning its
 //! connections. See [`Engine`] for the API.
 
-pub mod batch;
+pub(crate) mod batch;
 pub mod cluster;
 pub mod config;
 pub mod engine;
@@ -13,10 +13,11 @@ pub mod error;
 pub(crate) mod lanes;
 pub mod layout;
 pub mod metrics;
-pub mod priority;
-pub mod resp;
-pub mod servers;
-pub mod shard;
+pub(crate) mod priority;
+pub(crate) mod resp;
+#[cfg(test)]
+mod resp_props;
+pub(crate) mod shard;
 pub(crate) mod sys;
 
 pub use batch::{Chunk, ChunkInfo, GetInto, PutChunk, Ticket};
@@ -25,4 +26,5 @@ pub use engine::{Engine, Stats};
 pub use error::{Error, Result};
 pub use layout::{KeyLayout, RemoteMetadata};
 pub use priority::{Priority, PriorityWeights};
+pub use resp::Value;
 pub use shard::BackendKind;

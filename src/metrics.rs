@@ -24,7 +24,6 @@ const ERROR_KINDS: &[&str] = &[
     "invalid",
     "put_failed",
     "cluster",
-    "local_server",
     "corrupt",
     "stale_metadata",
     "redirect",
@@ -38,7 +37,7 @@ struct ClassCounters {
 }
 
 /// Live counters. Cheap to update from any thread.
-pub struct Metrics {
+pub(crate) struct Metrics {
     classes: [ClassCounters; 4],
     latency: [Mutex<Histogram<u64>>; 4],
     frames_sent: AtomicU64,

@@ -75,13 +75,7 @@ pub fn write_bulk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A whole command from its arguments.
-///
-/// ```
-/// let mut out = Vec::new();
-/// slotline::resp::write_command(&mut out, &[b"GET", b"k"]);
-/// assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
-/// ```
+/// A whole command from its arguments: `GET k` is `*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`.
 pub fn write_command(out: &mut Vec<u8>, args: &[&[u8]]) {
     write_array_header(out, args.len());
     for a in args {
@@ -110,6 +104,7 @@ pub fn write_set_suffix(out: &mut Vec<u8>, ttl: Option<u64>) {
 }
 
 /// A whole `SET key value [EX ttl]` into one buffer (small values, metadata).
+#[cfg(test)]
 pub fn write_set(out: &mut Vec<u8>, key: &[u8], value: &[u8], ttl: Option<u64>) {
     write_set_prefix(out, key, value.len(), ttl);
     out.extend_from_slice(value);
@@ -518,6 +513,7 @@ impl ArrayReader {
     }
 
     /// `true` between replies.
+    #[cfg(test)]
     pub fn is_idle(&self) -> bool {
         matches!(self.st, St::Header)
     }
@@ -531,6 +527,13 @@ impl ArrayReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_command_bytes() {
+        let mut out = Vec::new();
+        write_command(&mut out, &[b"GET", b"k"]);
+        assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    }
 
     #[derive(Default)]
     struct Collect {

@@ -22,8 +22,8 @@ use common::{test_options, wait_until, TestCluster, TestServer};
 use slotline::cluster::slot::hash_slot;
 use slotline::config::{IoBackend, Mode, ServerAddr};
 use slotline::engine::MasterView;
-use slotline::servers;
 use slotline::{Config, Engine, Error, KeyLayout, PutChunk, RemoteMetadata};
+use slotline_testkit as servers;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -620,14 +620,14 @@ fn layouts_span_all_masters(backend: IoBackend) {
             let r = e.command(&[b"SET", k.as_bytes(), v.as_bytes()]).unwrap();
             assert!(r.as_error().is_none(), "SET {k}: {r:?}");
             let r = e.command(&[b"GET", k.as_bytes()]).unwrap();
-            assert_eq!(r, slotline::resp::Value::Bulk(v.into_bytes()), "GET {k}");
+            assert_eq!(r, slotline::Value::Bulk(v.into_bytes()), "GET {k}");
             assert_eq!(owner(&c, hash_slot(k.as_bytes())), owner(&c, c.keyslot(&k)));
         }
         for m in &topo {
             let r = e.command_at(&m.addr, &[b"CLUSTER", b"MYID"]).unwrap();
             assert_eq!(
                 r,
-                slotline::resp::Value::Bulk(m.id.clone().into_bytes()),
+                slotline::Value::Bulk(m.id.clone().into_bytes()),
                 "MYID of {}",
                 m.addr
             );

@@ -22,10 +22,10 @@ use common::{test_options, wait_until, TestServer};
 use redis_protocol::resp2::types::OwnedFrame;
 use slotline::config::IoBackend;
 use slotline::layout::MetaGroup;
-use slotline::servers::{self, ServerOptions};
 use slotline::{
     BackendKind, Chunk, Config, Engine, Error, KeyLayout, Priority, PutChunk, RemoteMetadata,
 };
+use slotline_testkit::{self as servers, ServerOptions};
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -202,7 +202,7 @@ fn session(addr: &str, cmds: &[&[&[u8]]]) -> Vec<OwnedFrame> {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut out = Vec::new();
     for c in cmds {
-        slotline::resp::write_command(&mut out, c);
+        slotline_testkit::client::encode_command(&mut out, c);
     }
     s.write_all(&out).unwrap();
     let mut buf = Vec::new();
@@ -1289,7 +1289,7 @@ fn auth(b: IoBackend) {
         vec![2u8; 10]
     );
     match e.command(&[b"ACL", b"WHOAMI"]).unwrap() {
-        slotline::resp::Value::Bulk(w) => assert_eq!(w, b"alice"),
+        slotline::Value::Bulk(w) => assert_eq!(w, b"alice"),
         other => panic!("ACL WHOAMI -> {other:?}"),
     }
     let mut cfg = cfg_for(&format!("redis://{addr}"), b);

@@ -1,7 +1,7 @@
 //! Redis Cluster: slot hashing, the slot table, and redirects.
 //!
-//! The [`Router`] answers "which server owns this key" for every shard without locks:
-//! servers are interned once as [`NodeId`]s, and the slot table is 16384 atomics, each
+//! The `Router` answers "which server owns this key" for every shard without locks:
+//! servers are interned once as `NodeId`s, and the slot table is 16384 atomics, each
 //! the id of the master that owns the slot.
 
 pub mod slot;
@@ -17,10 +17,10 @@ use crate::config::ServerAddr;
 pub use topology::{NodeInfo, ShardInfo, Topology};
 
 /// Redirects one unit may follow before its error reaches the caller.
-pub const MAX_REDIRECTS: u8 = 5;
+pub(crate) const MAX_REDIRECTS: u8 = 5;
 
 /// Index of a server in the router's registry; stable for the engine's lifetime.
-pub type NodeId = u32;
+pub(crate) type NodeId = u32;
 
 /// Shard value for "no owner yet".
 const NO_OWNER: u16 = u16::MAX;
@@ -30,7 +30,7 @@ const NO_OWNER: u16 = u16::MAX;
 /// Callers load the current snapshot once per batch (lock-free) and route every key of
 /// the batch with it; updates build a new snapshot and swap it in atomically.
 #[derive(Debug, Clone)]
-pub struct SlotTable {
+pub(crate) struct SlotTable {
     /// Bumped on every change.
     pub epoch: u64,
     slots: Box<[NodeId]>,
@@ -92,7 +92,7 @@ struct NodeEntry {
 }
 
 /// Maps keys to servers and servers to shards.
-pub struct Router {
+pub(crate) struct Router {
     cluster: bool,
     nshards: usize,
     nodes: RwLock<Vec<NodeEntry>>,
@@ -393,7 +393,7 @@ impl Router {
 
 /// A cluster redirect or retry reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Redirect {
+pub(crate) enum Redirect {
     /// The slot moved for good: update the table.
     Moved { slot: u16, addr: ServerAddr },
     /// The slot is migrating: ask the target once, after ASKING.
@@ -403,7 +403,7 @@ pub enum Redirect {
 }
 
 /// Parses `MOVED 3999 127.0.0.1:6381`, `ASK ...` and `TRYAGAIN ...` error replies.
-pub fn parse_redirect(msg: &str) -> Option<Redirect> {
+pub(crate) fn parse_redirect(msg: &str) -> Option<Redirect> {
     let mut it = msg.split_ascii_whitespace();
     let kind = it.next()?;
     if kind == "TRYAGAIN" {

@@ -104,7 +104,7 @@ fn port_of(v: Option<&Value>) -> Option<u16> {
 }
 
 /// Parses a `CLUSTER SHARDS` reply. `asked` is the node that answered.
-pub fn parse_cluster_shards(v: &Value, asked: &ServerAddr, tls: bool) -> Result<Topology> {
+pub(crate) fn parse_cluster_shards(v: &Value, asked: &ServerAddr, tls: bool) -> Result<Topology> {
     let Value::Array(shards) = v else {
         return Err(bad("CLUSTER SHARDS did not return an array"));
     };
@@ -178,7 +178,7 @@ pub fn parse_cluster_shards(v: &Value, asked: &ServerAddr, tls: bool) -> Result<
 }
 
 /// Parses a `CLUSTER SLOTS` reply (servers before Redis 7).
-pub fn parse_cluster_slots(v: &Value, asked: &ServerAddr) -> Result<Topology> {
+pub(crate) fn parse_cluster_slots(v: &Value, asked: &ServerAddr) -> Result<Topology> {
     let Value::Array(ranges) = v else {
         return Err(bad("CLUSTER SLOTS did not return an array"));
     };

@@ -7,34 +7,27 @@
 //! In cluster mode it loads the slot map with CLUSTER SLOTS when it connects, as
 //! redis-py's cluster client does, and follows MOVED / ASK replies after that.
 //!
-//! Commands are encoded with `slotline::resp`; replies are read with a small streaming
-//! reader, because `resp::parse_value` needs a whole reply buffered and would copy every
-//! large payload once more.
+//! Commands are encoded and replies decoded by the test kit's client
+//! ([`slotline_testkit::Client`], built on `redis-protocol`); large values are sent from
+//! the caller's buffer and received without a copy out of the read buffer.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use bytes::Bytes;
 use slotline::cluster::slot::hash_slot;
 use slotline::config::{parse_url, Mode, ServerAddr};
-use slotline::resp::{self, Value};
 use slotline::{Error, KeyLayout, RemoteMetadata, Result};
+use slotline_testkit::client::{
+    encode_array_header, encode_bulk, encode_bulk_header, encode_command, OwnedFrame,
+};
+use slotline_testkit::{parse_cluster_nodes, BytesFrame, Client, Resp2Frame};
 
-/// Largest reply line (status, error, length header) accepted.
-const MAX_LINE: u64 = 64 * 1024;
 /// Values up to this size are copied into the command buffer and sent with one write;
 /// larger ones are written from the caller's buffer (redis-py's cut-off is 6000 bytes).
 const COPY_LIMIT: usize = 16 * 1024;
-/// Deepest nested array accepted (CLUSTER SLOTS needs 3).
-const MAX_DEPTH: usize = 8;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_REDIRECTS: usize = 5;
-
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
 
 /// A chunk as the naive client read it back.
 #[derive(Debug)]
@@ -42,7 +35,7 @@ pub struct NaiveChunk {
     /// Decoded metadata (`None` in the raw layout).
     pub meta: Option<RemoteMetadata>,
     /// The payload.
-    pub data: Vec<u8>,
+    pub data: Bytes,
 }
 
 /// One blocking connection per server it talks to, one request in flight.
@@ -53,13 +46,12 @@ pub struct NaiveClient {
     username: Option<String>,
     password: Option<String>,
     database: u32,
-    conns: HashMap<String, Conn>,
+    conns: HashMap<String, Client>,
     /// Slot -> index into `addrs`, learned from redirects.
     slots: Vec<Option<u16>>,
     addrs: Vec<String>,
     round_trips: u64,
     cmd: Vec<u8>,
-    line: Vec<u8>,
 }
 
 impl std::fmt::Debug for NaiveClient {
@@ -68,18 +60,37 @@ impl std::fmt::Debug for NaiveClient {
     }
 }
 
-fn io_err(node: &str, source: std::io::Error) -> Error {
-    Error::Io {
-        node: node.to_string(),
-        source,
-    }
-}
-
 fn proto(node: &str, reason: impl Into<String>) -> Error {
     Error::Protocol {
         node: node.to_string(),
         reason: reason.into(),
     }
+}
+
+/// A test-kit client error in the engine's terms, so that the bench reports both alike.
+fn kit(e: slotline_testkit::Error) -> Error {
+    use slotline_testkit::Error as K;
+    match e {
+        K::Io { node, source } => Error::Io { node, source },
+        K::Auth { node, message } => Error::Auth { node, message },
+        K::Server { node, message } => Error::Server { node, message },
+        K::Protocol { node, reason } => Error::Protocol { node, reason },
+        K::Timeout { after, what } => Error::Timeout { after, what },
+        K::Local(m) => Error::Invalid(m),
+    }
+}
+
+/// The text of an error reply.
+fn error_text(v: &BytesFrame) -> Option<String> {
+    match v {
+        BytesFrame::Error(e) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+/// A short rendering of a reply for error messages.
+fn show(v: &BytesFrame) -> String {
+    format!("{:?}", v.to_owned_frame())
 }
 
 impl NaiveClient {
@@ -121,7 +132,6 @@ impl NaiveClient {
             addrs: Vec::new(),
             round_trips: 0,
             cmd: Vec::with_capacity(4096),
-            line: Vec::with_capacity(128),
         };
         c.conn(&seed)?;
         if cluster {
@@ -138,26 +148,32 @@ impl NaiveClient {
             .map_or("127.0.0.1", |(h, _)| h)
             .to_string();
         let ranges = match self.command(&[b"CLUSTER", b"SLOTS"])? {
-            Value::Array(r) => r,
+            BytesFrame::Array(r) => r,
             v => {
                 return Err(proto(
                     &seed,
-                    format!("unexpected reply to CLUSTER SLOTS: {v}"),
+                    format!("unexpected reply to CLUSTER SLOTS: {}", show(&v)),
                 ))
             }
         };
         for r in ranges {
-            let Value::Array(items) = r else { continue };
-            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
-                (items.first(), items.get(1), items.get(2))
+            let BytesFrame::Array(items) = r else {
+                continue;
+            };
+            let (
+                Some(BytesFrame::Integer(start)),
+                Some(BytesFrame::Integer(end)),
+                Some(BytesFrame::Array(master)),
+            ) = (items.first(), items.get(1), items.get(2))
             else {
                 continue;
             };
-            let (Some(host), Some(Value::Int(port))) = (master.first(), master.get(1)) else {
+            let (Some(host), Some(BytesFrame::Integer(port))) = (master.first(), master.get(1))
+            else {
                 continue;
             };
-            let host = match host.as_text() {
-                Some(h) if !h.is_empty() && h != "?" => h,
+            let host = match host.as_str() {
+                Some(h) if !h.is_empty() && h != "?" => h.to_string(),
                 _ => seed_host.clone(),
             };
             let addr = if host.contains(':') {
@@ -179,7 +195,7 @@ impl NaiveClient {
         self.round_trips
     }
 
-    fn conn(&mut self, addr: &str) -> Result<&mut Conn> {
+    fn conn(&mut self, addr: &str) -> Result<&mut Client> {
         if !self.conns.contains_key(addr) {
             let c = self.open(addr)?;
             self.conns.insert(addr.to_string(), c);
@@ -189,24 +205,8 @@ impl NaiveClient {
             .ok_or_else(|| proto(addr, "connection vanished"))
     }
 
-    fn open(&mut self, addr: &str) -> Result<Conn> {
-        let sock = addr
-            .to_socket_addrs()
-            .map_err(|e| io_err(addr, e))?
-            .next()
-            .ok_or_else(|| proto(addr, "address resolves to nothing"))?;
-        let s = TcpStream::connect_timeout(&sock, IO_TIMEOUT).map_err(|e| io_err(addr, e))?;
-        let setup = |s: &TcpStream| -> std::io::Result<TcpStream> {
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(IO_TIMEOUT))?;
-            s.set_write_timeout(Some(IO_TIMEOUT))?;
-            s.try_clone()
-        };
-        let writer = setup(&s).map_err(|e| io_err(addr, e))?;
-        let mut conn = Conn {
-            reader: BufReader::with_capacity(64 * 1024, s),
-            writer,
-        };
+    fn open(&mut self, addr: &str) -> Result<Client> {
+        let mut conn = Client::connect(addr, IO_TIMEOUT).map_err(kit)?;
         let mut hello: Vec<Vec<Vec<u8>>> = Vec::new();
         match (&self.username, &self.password) {
             (Some(u), Some(p)) => {
@@ -220,11 +220,8 @@ impl NaiveClient {
         }
         for args in hello {
             let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
-            let mut buf = Vec::new();
-            resp::write_command(&mut buf, &refs);
-            let v = exchange(&mut conn, addr, &[&buf], &mut self.line)?;
-            if let Some(e) = v.as_error() {
-                let what = String::from_utf8_lossy(&args[0]).into_owned();
+            let what = String::from_utf8_lossy(&args[0]).into_owned();
+            if let OwnedFrame::Error(e) = conn.call_raw(&refs).map_err(kit)? {
                 return Err(if what == "AUTH" {
                     Error::Auth {
                         node: addr.to_string(),
@@ -266,19 +263,18 @@ impl NaiveClient {
     /// Sends one request (its encoded parts, written in order) to the owner of `key` and
     /// returns the reply, following cluster redirects. Error replies are returned as
     /// values.
-    fn request(&mut self, key: Option<&[u8]>, parts: &[&[u8]]) -> Result<Value> {
+    fn request(&mut self, key: Option<&[u8]>, parts: &[&[u8]]) -> Result<BytesFrame> {
         let mut addr = self.addr_for(key);
         let mut asking = false;
         for _ in 0..=MAX_REDIRECTS {
-            let mut line = std::mem::take(&mut self.line);
             let result = (|| {
                 let conn = self.conn(&addr)?;
                 if asking {
-                    exchange(conn, &addr, &[b"*1\r\n$6\r\nASKING\r\n"], &mut line)?;
+                    conn.exchange(&[b"*1\r\n$6\r\nASKING\r\n"], "ASKING")
+                        .map_err(kit)?;
                 }
-                exchange(conn, &addr, parts, &mut line)
+                conn.exchange(parts, "request").map_err(kit)
             })();
-            self.line = line;
             self.round_trips += 1 + u64::from(asking);
             let v = match result {
                 Ok(v) => v,
@@ -288,7 +284,7 @@ impl NaiveClient {
                     return Err(e);
                 }
             };
-            let Some(msg) = v.as_error() else {
+            let Some(msg) = error_text(&v) else {
                 return Ok(v);
             };
             let mut words = msg.split_whitespace();
@@ -313,10 +309,10 @@ impl NaiveClient {
     }
 
     /// One command from its arguments; the routing key is the second argument.
-    pub fn command(&mut self, args: &[&[u8]]) -> Result<Value> {
+    pub fn command(&mut self, args: &[&[u8]]) -> Result<BytesFrame> {
         let mut cmd = std::mem::take(&mut self.cmd);
         cmd.clear();
-        resp::write_command(&mut cmd, args);
+        encode_command(&mut cmd, args);
         let r = self.request(args.get(1).copied(), &[&cmd]);
         self.cmd = cmd;
         r
@@ -325,40 +321,51 @@ impl NaiveClient {
     fn set(&mut self, key: &[u8], value: &[u8], ttl: Option<u64>) -> Result<()> {
         let mut cmd = std::mem::take(&mut self.cmd);
         cmd.clear();
+        let ttl = ttl.map(|t| t.to_string());
         let r = if value.len() <= COPY_LIMIT {
-            resp::write_set(&mut cmd, key, value, ttl);
+            match &ttl {
+                Some(t) => encode_command(&mut cmd, &[b"SET", key, value, b"EX", t.as_bytes()]),
+                None => encode_command(&mut cmd, &[b"SET", key, value]),
+            }
             self.request(Some(key), &[&cmd])
         } else {
-            resp::write_set_prefix(&mut cmd, key, value.len(), ttl);
+            encode_array_header(&mut cmd, if ttl.is_some() { 5 } else { 3 });
+            encode_bulk(&mut cmd, b"SET");
+            encode_bulk(&mut cmd, key);
+            encode_bulk_header(&mut cmd, value.len());
             let head = cmd.len();
-            resp::write_set_suffix(&mut cmd, ttl);
+            cmd.extend_from_slice(b"\r\n");
+            if let Some(t) = &ttl {
+                encode_bulk(&mut cmd, b"EX");
+                encode_bulk(&mut cmd, t.as_bytes());
+            }
             let (h, t) = cmd.split_at(head);
             self.request(Some(key), &[h, value, t])
         };
         self.cmd = cmd;
         match r? {
-            Value::Simple(_) => Ok(()),
+            BytesFrame::SimpleString(_) => Ok(()),
             v => Err(self.unexpected("SET", key, &v)),
         }
     }
 
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
         match self.command(&[b"GET", key])? {
-            Value::Bulk(b) => Ok(Some(b)),
-            Value::Nil => Ok(None),
+            BytesFrame::BulkString(b) => Ok(Some(b)),
+            BytesFrame::Null => Ok(None),
             v => Err(self.unexpected("GET", key, &v)),
         }
     }
 
-    fn unexpected(&self, what: &str, key: &[u8], v: &Value) -> Error {
-        match v.as_error() {
+    fn unexpected(&self, what: &str, key: &[u8], v: &BytesFrame) -> Error {
+        match error_text(v) {
             Some(message) => Error::Server {
                 node: self.addr_for(Some(key)),
                 message: format!("{what} {}: {message}", String::from_utf8_lossy(key)),
             },
             None => proto(
                 &self.addr_for(Some(key)),
-                format!("unexpected reply to {what}: {v}"),
+                format!("unexpected reply to {what}: {}", show(v)),
             ),
         }
     }
@@ -410,11 +417,11 @@ impl NaiveClient {
         let targets = if self.cluster {
             let seed = self.seed.clone();
             let text = match self.command(&[b"CLUSTER", b"NODES"])? {
-                Value::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+                BytesFrame::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
                 v => {
                     return Err(proto(
                         &seed,
-                        format!("unexpected reply to CLUSTER NODES: {v}"),
+                        format!("unexpected reply to CLUSTER NODES: {}", show(&v)),
                     ))
                 }
             };
@@ -423,14 +430,12 @@ impl NaiveClient {
             vec![self.seed.clone()]
         };
         for addr in targets {
-            let mut line = std::mem::take(&mut self.line);
-            let r = self
-                .conn(&addr)
-                .and_then(|c| exchange(c, &addr, &[b"*1\r\n$8\r\nFLUSHALL\r\n"], &mut line));
-            self.line = line;
+            let r = self.conn(&addr).and_then(|c| {
+                c.exchange(&[b"*1\r\n$8\r\nFLUSHALL\r\n"], "FLUSHALL")
+                    .map_err(kit)
+            });
             self.round_trips += 1;
-            let v = r?;
-            if let Some(message) = v.as_error() {
+            if let Some(message) = error_text(&r?) {
                 return Err(Error::Server {
                     node: addr,
                     message: format!("FLUSHALL: {message}"),
@@ -445,127 +450,15 @@ impl NaiveClient {
 /// answered (`myself`) may list its address as `:port`; `seed` fills in the host.
 fn masters_from_nodes(text: &str, seed: &str) -> Vec<String> {
     let seed_host = seed.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(addr), Some(flags)) = (f.get(1), f.get(2)) else {
-            continue;
-        };
-        if !flags.split(',').any(|x| x == "master") || flags.contains("fail") {
-            continue;
-        }
-        // "host:port@bus[,hostname]"
-        let addr = addr.split(['@', ',']).next().unwrap_or("");
-        let addr = match addr.rsplit_once(':') {
-            Some(("", port)) => format!("{seed_host}:{port}"),
-            Some(_) => addr.to_string(),
-            None => continue,
-        };
-        out.push(addr);
-    }
-    out
-}
-
-/// Writes the request parts and reads one reply.
-fn exchange(conn: &mut Conn, node: &str, parts: &[&[u8]], line: &mut Vec<u8>) -> Result<Value> {
-    for p in parts {
-        conn.writer.write_all(p).map_err(|e| io_err(node, e))?;
-    }
-    read_value(&mut conn.reader, node, line, 0)
-}
-
-fn read_line(r: &mut BufReader<TcpStream>, node: &str, line: &mut Vec<u8>) -> Result<()> {
-    line.clear();
-    r.by_ref()
-        .take(MAX_LINE)
-        .read_until(b'\n', line)
-        .map_err(|e| io_err(node, e))?;
-    if line.is_empty() {
-        return Err(io_err(
-            node,
-            std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "server closed the connection",
-            ),
-        ));
-    }
-    if !line.ends_with(b"\r\n") {
-        return Err(proto(
-            node,
-            "reply line not terminated by CRLF (or too long)",
-        ));
-    }
-    line.truncate(line.len() - 2);
-    Ok(())
-}
-
-fn parse_int(node: &str, digits: &[u8]) -> Result<i64> {
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or_else(|| {
-            proto(
-                node,
-                format!("bad integer {:?}", String::from_utf8_lossy(digits)),
-            )
+    parse_cluster_nodes(text)
+        .into_iter()
+        .filter(|n| n.is_healthy_master())
+        .filter_map(|n| match n.addr.rsplit_once(':') {
+            Some(("", port)) => Some(format!("{seed_host}:{port}")),
+            Some(_) => Some(n.addr),
+            None => None,
         })
-}
-
-fn read_value(
-    r: &mut BufReader<TcpStream>,
-    node: &str,
-    line: &mut Vec<u8>,
-    depth: usize,
-) -> Result<Value> {
-    read_line(r, node, line)?;
-    let Some((&kind, rest)) = line.split_first() else {
-        return Err(proto(node, "empty reply line"));
-    };
-    match kind {
-        b'+' => Ok(Value::Simple(rest.to_vec())),
-        b'-' => Ok(Value::Error(rest.to_vec())),
-        b':' => Ok(Value::Int(parse_int(node, rest)?)),
-        b'$' => {
-            let n = parse_int(node, rest)?;
-            if n < 0 {
-                return Ok(Value::Nil);
-            }
-            let n = usize::try_from(n)
-                .ok()
-                .filter(|&n| n <= resp::MAX_BULK_LEN)
-                .ok_or_else(|| proto(node, format!("bulk length {n} too large")))?;
-            let mut data = vec![0u8; n];
-            r.read_exact(&mut data).map_err(|e| io_err(node, e))?;
-            let mut crlf = [0u8; 2];
-            r.read_exact(&mut crlf).map_err(|e| io_err(node, e))?;
-            if &crlf != b"\r\n" {
-                return Err(proto(node, "bulk string not terminated by CRLF"));
-            }
-            Ok(Value::Bulk(data))
-        }
-        b'*' => {
-            let n = parse_int(node, rest)?;
-            if n < 0 {
-                return Ok(Value::Nil);
-            }
-            if depth >= MAX_DEPTH {
-                return Err(proto(node, "reply nested too deeply"));
-            }
-            let n = usize::try_from(n)
-                .ok()
-                .filter(|&n| n <= resp::MAX_ARRAY_LEN)
-                .ok_or_else(|| proto(node, format!("array length {n} too large")))?;
-            let mut items = Vec::with_capacity(n.min(1024));
-            for _ in 0..n {
-                items.push(read_value(r, node, line, depth + 1)?);
-            }
-            Ok(Value::Array(items))
-        }
-        other => Err(proto(
-            node,
-            format!("unexpected reply type byte {:?}", char::from(other)),
-        )),
-    }
+        .collect()
 }
 
 #[cfg(test)]

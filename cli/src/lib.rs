@@ -1,4 +1,8 @@
-//! Command-line parsing and dispatch for the `slotline` binary.
+//! The `slotline` command as a library: command-line parsing and dispatch ([`Cli`],
+//! [`run`]), the chunk commands, the benchmark harness ([`bench`](mod@bench)) and the naive
+//! one-round-trip-per-key baseline ([`naive`]) it measures slotline against. The
+//! binary (`src/main.rs`) and `benches/engine.rs` are thin users of this crate.
+//!
 //!
 //! Exit codes: 0 success, 1 a runtime failure (server unreachable, miss on `get`, bench
 //! verification failed), 2 bad usage (clap's own code, and invalid values we reject
@@ -100,7 +104,7 @@ struct StateDirArg {
 impl StateDirArg {
     fn resolve(self) -> PathBuf {
         self.state_dir
-            .unwrap_or_else(slotline::servers::default_state_dir)
+            .unwrap_or_else(slotline_testkit::default_state_dir)
     }
 }
 
@@ -204,6 +208,12 @@ impl From<slotline::Error> for CliError {
     }
 }
 
+impl From<slotline_testkit::Error> for CliError {
+    fn from(e: slotline_testkit::Error) -> Self {
+        CliError::failed(e.to_string())
+    }
+}
+
 impl From<bench::BenchError> for CliError {
     fn from(e: bench::BenchError) -> Self {
         CliError {
@@ -232,9 +242,9 @@ fn servers(cmd: ServersCmd) -> Result<(), CliError> {
             cluster,
             port,
             state,
-        } => slotline::servers::up(&state.resolve(), cluster, port)?,
-        ServersCmd::Down { state } => slotline::servers::down(&state.resolve())?,
-        ServersCmd::Status { state } => slotline::servers::status(&state.resolve())?,
+        } => slotline_testkit::up(&state.resolve(), cluster, port)?,
+        ServersCmd::Down { state } => slotline_testkit::down(&state.resolve())?,
+        ServersCmd::Status { state } => slotline_testkit::status(&state.resolve())?,
     };
     for l in lines {
         println!("{l}");

@@ -2,14 +2,10 @@
 //! leave in Redis, error messages and exit codes, `servers up/status/down`, and a short
 //! `bench` that starts and stops its own server.
 
-mod common;
-
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
 
-use common::{TestDir, TestServer};
-use slotline::resp::{parse_value, write_command, Value};
+use slotline_testkit::harness::{TestCluster, TestDir, TestServer};
+use slotline_testkit::OwnedFrame;
 
 fn slotline(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_slotline"))
@@ -56,23 +52,10 @@ fn fails(args: &[&str]) -> (i32, String) {
 
 /// A raw GET, to look at the bytes slotline stored.
 fn raw_get(addr: &str, key: &[u8]) -> Option<Vec<u8>> {
-    let mut s = TcpStream::connect(addr).expect("connect to the test server");
-    let mut cmd = Vec::new();
-    write_command(&mut cmd, &[b"GET", key]);
-    s.write_all(&cmd).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        if let Some((v, _)) = parse_value(&buf).expect("valid RESP") {
-            return match v {
-                Value::Bulk(b) => Some(b),
-                Value::Nil => None,
-                other => panic!("GET replied {other:?}"),
-            };
-        }
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "server closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
+    match slotline_testkit::command(addr, None, &[b"GET", key]).expect("GET on the test server") {
+        OwnedFrame::BulkString(b) => Some(b),
+        OwnedFrame::Null => None,
+        other => panic!("GET replied {other:?}"),
     }
 }
 
@@ -191,7 +174,7 @@ fn bad_url_and_config_give_clear_errors() {
     assert!(err.contains("missing.yaml"), "{err}");
 
     // A port nothing listens on: refused, reported, exit 1.
-    let port = slotline::servers::free_port().unwrap();
+    let port = slotline_testkit::free_port().unwrap();
     let (code, err) = fails(&["exists", "k", "--url", &format!("redis://127.0.0.1:{port}")]);
     assert_eq!(code, 1);
     assert!(err.contains(&port.to_string()), "{err}");
@@ -210,7 +193,7 @@ fn servers_up_status_down() {
     let dir = TestDir::new();
     let state = dir.join("state");
     let state = state.to_str().unwrap();
-    let port = slotline::servers::free_port().unwrap().to_string();
+    let port = slotline_testkit::free_port().unwrap().to_string();
     let up = ok(&["servers", "up", "--port", &port, "--state-dir", state]);
     let url = format!("redis://127.0.0.1:{port}");
     // Stop the server even if an assertion below fails.
@@ -316,7 +299,7 @@ fn help_is_available_for_every_command() {
 
 #[test]
 fn topology_lists_masters_slots_and_owning_shards() {
-    let cluster = common::TestCluster::start();
+    let cluster = TestCluster::start();
     // Any single node is a valid seed, even written as a plain redis:// URL.
     let url = format!("redis://{}", cluster.addr(1));
     let out = ok(&["topology", "--url", &url, "--shards", "2"]);

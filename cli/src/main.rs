@@ -1,8 +1,9 @@
 //! The `slotline` command: local Redis servers, chunk get/put for debugging, and the
-//! benchmark against a naive one-round-trip-per-key client. The work lives in [`cli`];
+//! benchmark against a naive one-round-trip-per-key client. The work lives in the
+//! `slotline_cli` library;
 //! this file only sets up logging and turns the outcome into an exit code.
 
-mod cli;
+use slotline_cli as cli;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

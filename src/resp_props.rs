@@ -1,17 +1,20 @@
-//! Property tests of `slotline::resp`: the encoder, the complete-frame parser and the
-//! resumable array reader, with redis-protocol as an independent oracle.
+//! Property tests of `resp`: the encoder, the complete-frame parser and the resumable
+//! array reader, with redis-protocol as an independent oracle.
+//!
+//! They live in the library's unit-test binary because `resp` is internal; the tracking
+//! allocator below is therefore the allocator of every unit test (it only counts).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use crate::resp::{
+    parse_value, write_bulk, write_command, write_set, write_set_prefix, write_set_suffix,
+    ArrayOutcome, ArrayReader, BulkSink, Dest, Value, MAX_ARRAY_LEN, MAX_BULK_LEN,
+};
 use proptest::prelude::*;
 use redis_protocol::resp2::decode::decode as oracle_decode;
 use redis_protocol::resp2::encode::encode as oracle_encode;
 use redis_protocol::resp2::types::{OwnedFrame, Resp2Frame};
-use slotline::resp::{
-    parse_value, write_bulk, write_command, write_set, write_set_prefix, write_set_suffix,
-    ArrayOutcome, ArrayReader, BulkSink, Dest, Value, MAX_ARRAY_LEN, MAX_BULK_LEN,
-};
 
 // ---------------------------------------------------------------------------------------
 // Allocation tracking: the largest single allocation made by the current thread while
@@ -36,6 +39,9 @@ fn note(size: usize) {
     }
 }
 
+// SAFETY: every method forwards its arguments unchanged to `System`, which upholds the
+// `GlobalAlloc` contract; `note` only reads and writes thread-locals (with `try_with`,
+// so it cannot allocate or panic during thread teardown).
 unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
@@ -278,7 +284,7 @@ fn drive(
     chunks: &[usize],
     direct: &[bool],
     sink: &mut Collect,
-) -> Result<Driven, slotline::resp::ProtoError> {
+) -> Result<Driven, crate::resp::ProtoError> {
     let mut r = ArrayReader::new();
     assert!(r.is_idle());
     let mut pending: Vec<u8> = Vec::new();

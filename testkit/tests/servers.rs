@@ -1,7 +1,5 @@
-//! Tests of `slotline::servers`: the local server processes every other integration test
+//! Tests of the test kit (`slotline_testkit`): the local server processes every other integration test
 //! and the CLI rely on.
-
-mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -9,9 +7,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{test_options, wait_until, TestCluster, TestDir, TestServer};
-use slotline::servers::{self, RedisProcess, ServerOptions};
-use slotline::Error;
+use slotline_testkit::harness::{test_options, wait_until, TestCluster, TestDir, TestServer};
+use slotline_testkit::Error;
+use slotline_testkit::{self as servers, RedisProcess, ServerOptions};
 
 /// Alive per /proc, zombies excluded (as the module itself judges it).
 fn pid_alive(pid: u32) -> bool {

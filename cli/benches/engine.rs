@@ -21,26 +21,17 @@
 //! Without `SLOTLINE_BENCH_URL` a redis-server is started on a free port and stopped at the
 //! end. With it, the server is FLUSHALLed between clients: point it at a scratch server.
 //!
-//! The measurement code is the CLI's (`slotline bench`), included below, so both report
-//! the same numbers the same way.
-
-// Their unit tests compile here too (cfg(test)) but do not run under harness = false.
-#[allow(dead_code, unused_imports)]
-#[path = "../src/cli/naive.rs"]
-mod naive;
-
-#[allow(dead_code, unused_imports)]
-#[path = "../src/cli/bench.rs"]
-mod bench;
+//! The measurement code is the CLI's (`slotline bench`, the `slotline_cli::bench`
+//! module), so both report the same numbers the same way.
 
 use std::process::ExitCode;
 
-use bench::{
-    BenchError, NaivePeer, OwnedServer, Peer, Plan, SlotlinePeer, Verifier, Worker, Workload,
-};
 use fred::prelude::{ClientLike, KeysInterface};
 use slotline::config::{IoBackend, Mode};
 use slotline::{Config, KeyLayout, RemoteMetadata};
+use slotline_cli::bench::{
+    self, BenchError, NaivePeer, OwnedServer, Peer, Plan, SlotlinePeer, Verifier, Worker, Workload,
+};
 
 /// Redis keys of one batch in MGET order: per chunk metadata then payload (two-key
 /// layouts) or the payload alone.
@@ -285,7 +276,7 @@ fn regime(
         peers.push(Box::new(SlotlinePeer::new(cfg, false, optional)));
     }
     let mut cleanup = |_: &[Vec<u8>]| -> Result<(), BenchError> {
-        naive::NaiveClient::connect(url, Mode::Standalone, layout)?.flush_all()?;
+        slotline_cli::naive::NaiveClient::connect(url, Mode::Standalone, layout)?.flush_all()?;
         Ok(())
     };
     let results = bench::run_plan(&plan, &mut peers, &mut cleanup)?;

@@ -1,0 +1,353 @@
+//! Measurement: timed phases on worker threads, samples, medians, runs of a plan.
+
+use super::*;
+
+/// Benchmark phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Writes.
+    Put,
+    /// Reads.
+    Get,
+}
+
+impl Phase {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Phase::Put => "put",
+            Phase::Get => "get",
+        }
+    }
+}
+
+/// CPU time (user + system) of the whole process so far.
+pub fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes one rusage into the zeroed local we pass.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut ru) != 0 {
+            return Duration::ZERO;
+        }
+        ru
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The value at percentile `p` (0..=100) of sorted samples, nearest rank.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The numbers of one phase of one run (or their medians).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Chunks per second.
+    pub keys_per_s: f64,
+    /// Payload megabytes (10^6) per second.
+    pub mb_per_s: f64,
+    /// Batch latency percentiles, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Process CPU time per chunk, microseconds.
+    pub cpu_us_per_key: f64,
+    /// Requests (frames, round trips) per batch, where known.
+    pub frames_per_batch: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Sample {
+    /// Field-by-field medians.
+    pub fn median_of(samples: &[Sample]) -> Sample {
+        let m = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+        let frames: Vec<f64> = samples.iter().filter_map(|s| s.frames_per_batch).collect();
+        Sample {
+            keys_per_s: m(|s| s.keys_per_s),
+            mb_per_s: m(|s| s.mb_per_s),
+            p50_ms: m(|s| s.p50_ms),
+            p95_ms: m(|s| s.p95_ms),
+            p99_ms: m(|s| s.p99_ms),
+            cpu_us_per_key: m(|s| s.cpu_us_per_key),
+            frames_per_batch: (!frames.is_empty()).then(|| median(frames)),
+        }
+    }
+}
+
+struct ThreadOutcome {
+    lat: Vec<Duration>,
+    misses: u64,
+    mismatches: u64,
+    first: Option<String>,
+    err: Option<String>,
+}
+
+fn drive(
+    w: &mut dyn Worker,
+    wl: &Workload<'_>,
+    phase: Phase,
+    batches: impl Iterator<Item = usize>,
+) -> ThreadOutcome {
+    let mut out = ThreadOutcome {
+        lat: Vec::new(),
+        misses: 0,
+        mismatches: 0,
+        first: None,
+        err: None,
+    };
+    let mut v = Verifier::new(wl);
+    for b in batches {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            out.err = Some("interrupted".into());
+            break;
+        }
+        let t = Instant::now();
+        let r = match phase {
+            Phase::Put => w.put(wl, b),
+            Phase::Get => {
+                v.batch = b;
+                w.get(wl, b, &mut v)
+            }
+        };
+        out.lat.push(t.elapsed());
+        if let Err(e) = r {
+            out.err = Some(format!("batch {b}: {e}"));
+            break;
+        }
+    }
+    out.misses = v.misses;
+    out.mismatches = v.mismatches;
+    out.first = v.first;
+    out
+}
+
+/// Runs one phase over every batch with one thread per worker (inline for one worker).
+pub fn run_phase(
+    peer: &dyn Peer,
+    workers: &mut [Box<dyn Worker>],
+    wl: &Workload<'_>,
+    phase: Phase,
+) -> Result<Sample, BenchError> {
+    let n = workers.len().max(1);
+    let rt = |ws: &[Box<dyn Worker>]| -> Option<u64> {
+        ws.iter().map(|w| w.round_trips()).sum::<Option<u64>>()
+    };
+    let frames0 = peer.frames().or_else(|| rt(workers));
+    let cpu0 = process_cpu();
+    let t0 = Instant::now();
+    let outcomes: Vec<ThreadOutcome> = if workers.len() == 1 {
+        vec![drive(workers[0].as_mut(), wl, phase, 0..wl.batches)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = workers
+                .iter_mut()
+                .enumerate()
+                .map(|(t, w)| {
+                    s.spawn(move || drive(w.as_mut(), wl, phase, (t..wl.batches).step_by(n)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| ThreadOutcome {
+                        lat: Vec::new(),
+                        misses: 0,
+                        mismatches: 0,
+                        first: None,
+                        err: Some("a caller thread panicked".into()),
+                    })
+                })
+                .collect()
+        })
+    };
+    let wall = t0.elapsed();
+    let cpu = process_cpu().saturating_sub(cpu0);
+    let frames1 = peer.frames().or_else(|| rt(workers));
+    let name = peer.name();
+    let mut lat = Vec::with_capacity(wl.batches);
+    let (mut misses, mut mismatches, mut first) = (0, 0, None);
+    for o in outcomes {
+        if let Some(e) = o.err {
+            return Err(BenchError::failed(format!("{name} {}: {e}", phase.name())));
+        }
+        lat.extend(o.lat);
+        misses += o.misses;
+        mismatches += o.mismatches;
+        first = first.or(o.first);
+    }
+    if misses + mismatches > 0 {
+        return Err(BenchError::failed(format!(
+            "{name} read back {misses} misses and {mismatches} mismatches out of {} chunks; \
+             first: {}",
+            wl.keys.len(),
+            first.unwrap_or_default()
+        )));
+    }
+    lat.sort_unstable();
+    let keys = wl.keys.len() as f64;
+    let secs = wall.as_secs_f64().max(1e-9);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok(Sample {
+        keys_per_s: keys / secs,
+        mb_per_s: keys * wl.data.value_size as f64 / secs / 1e6,
+        p50_ms: ms(percentile(&lat, 50.0)),
+        p95_ms: ms(percentile(&lat, 95.0)),
+        p99_ms: ms(percentile(&lat, 99.0)),
+        cpu_us_per_key: cpu.as_secs_f64() * 1e6 / keys,
+        frames_per_batch: match (frames0, frames1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wl.batches as f64),
+            _ => None,
+        },
+    })
+}
+
+/// What a bench measures, independent of how peers and servers were chosen.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Payload bytes per chunk.
+    pub value_size: usize,
+    /// Chunks per batch.
+    pub batch: usize,
+    /// Batches per phase.
+    pub batches: usize,
+    /// Runs (medians are over these).
+    pub runs: usize,
+    /// Batches in flight.
+    pub concurrency: usize,
+    /// Key layout.
+    pub layout: KeyLayout,
+    /// Topology, for the report.
+    pub mode: Mode,
+    /// Print JSON lines.
+    pub json: bool,
+}
+
+/// Per peer: name and the samples of each run.
+pub struct PeerResult {
+    /// Row label.
+    pub name: String,
+    /// PUT phase, one per run.
+    pub put: Vec<Sample>,
+    /// GET phase, one per run.
+    pub get: Vec<Sample>,
+}
+
+/// Removes one run's keys from the server (or empties it) between clients.
+pub type Cleanup<'a> = dyn FnMut(&[Vec<u8>]) -> Result<(), BenchError> + 'a;
+
+/// Runs every peer `plan.runs` times, interleaved; `cleanup` gets each run's keys after
+/// the run (untimed) and must leave the server empty of them.
+pub fn run_plan(
+    plan: &Plan,
+    peers: &mut [Box<dyn Peer>],
+    cleanup: &mut Cleanup<'_>,
+) -> Result<Vec<PeerResult>, BenchError> {
+    let data = Data::new(plan.value_size, plan.batch * plan.batches)?;
+    let mut results: Vec<Option<PeerResult>> = peers
+        .iter()
+        .map(|p| {
+            Some(PeerResult {
+                name: p.name(),
+                put: Vec::new(),
+                get: Vec::new(),
+            })
+        })
+        .collect();
+    for run in 0..plan.runs {
+        for (pi, peer) in peers.iter_mut().enumerate() {
+            if results[pi].is_none() {
+                continue;
+            }
+            check_interrupted()?;
+            let wl = Workload::new(
+                &data,
+                &peer.tag(),
+                run,
+                plan.batch,
+                plan.batches,
+                plan.layout,
+            );
+            let mut workers = match peer.open(plan.concurrency, &wl) {
+                Ok(w) => w,
+                Err(e) if peer.optional() && run == 0 => {
+                    eprintln!("warning: {} unavailable, skipped: {e}", peer.name());
+                    results[pi] = None;
+                    continue;
+                }
+                Err(e) => return Err(BenchError::failed(format!("{}: {e}", peer.name()))),
+            };
+            let measured =
+                run_phase(peer.as_ref(), &mut workers, &wl, Phase::Put).and_then(|put| {
+                    run_phase(peer.as_ref(), &mut workers, &wl, Phase::Get).map(|get| (put, get))
+                });
+            drop(workers);
+            peer.close();
+            let cleaned = cleanup(&wl.keys);
+            let (put, get) = measured?;
+            cleaned?;
+            let name = peer.name();
+            eprintln!(
+                "run {}/{} {name:<20} put {:>9} keys/s {:>9.1} MB/s | get {:>9} keys/s {:>9.1} MB/s",
+                run + 1,
+                plan.runs,
+                fmt_rate(put.keys_per_s),
+                put.mb_per_s,
+                fmt_rate(get.keys_per_s),
+                get.mb_per_s
+            );
+            if plan.json {
+                println!(
+                    "{}",
+                    json_line(plan, &name, Phase::Put, Some(run + 1), &put)
+                );
+                println!(
+                    "{}",
+                    json_line(plan, &name, Phase::Get, Some(run + 1), &get)
+                );
+            }
+            if let Some(r) = results[pi].as_mut() {
+                r.name = name;
+                r.put.push(put);
+                r.get.push(get);
+            }
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 50.0), Duration::from_millis(50));
+        assert_eq!(percentile(&v, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&v, 100.0), Duration::from_millis(100));
+        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

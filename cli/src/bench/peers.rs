@@ -1,0 +1,234 @@
+//! The clients measured: the [`Peer`] and [`Worker`] traits, the naive baseline and
+//! slotline.
+
+use super::*;
+
+/// One caller thread's handle on a client: one batch at a time.
+pub trait Worker: Send {
+    /// Writes batch `b` and returns once the server acknowledged it.
+    fn put(&mut self, wl: &Workload<'_>, b: usize) -> Result<(), String>;
+    /// Reads batch `b`, reporting every chunk to `v` (see [`Verifier::check`]).
+    fn get(&mut self, wl: &Workload<'_>, b: usize, v: &mut Verifier<'_, '_>) -> Result<(), String>;
+    /// Requests sent so far, for clients that count them per worker.
+    fn round_trips(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A client under test.
+pub trait Peer {
+    /// Row label.
+    fn name(&self) -> String;
+    /// Short tag for key prefixes (no spaces or braces).
+    fn tag(&self) -> String;
+    /// Opens `n` workers for one run of `wl` (connections, engine).
+    fn open(&mut self, n: usize, wl: &Workload<'_>) -> Result<Vec<Box<dyn Worker>>, String>;
+    /// Ends the run: everything opened is dropped.
+    fn close(&mut self) {}
+    /// Requests sent so far by a client-wide counter (slotline's frames).
+    fn frames(&self) -> Option<u64> {
+        None
+    }
+    /// Skipped with a warning (instead of failing the bench) if it cannot open.
+    fn optional(&self) -> bool {
+        false
+    }
+    /// A line about how it ran (shards, backend), printed under the header.
+    fn note(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The naive baseline as a [`Peer`].
+pub struct NaivePeer {
+    url: String,
+    mode: Mode,
+    layout: KeyLayout,
+}
+
+impl NaivePeer {
+    /// A naive client of `url`.
+    pub fn new(url: &str, mode: Mode, layout: KeyLayout) -> NaivePeer {
+        NaivePeer {
+            url: url.to_string(),
+            mode,
+            layout,
+        }
+    }
+}
+
+struct NaiveWorker {
+    c: NaiveClient,
+}
+
+impl Worker for NaiveWorker {
+    fn put(&mut self, wl: &Workload<'_>, b: usize) -> Result<(), String> {
+        for (i, k) in wl.batch_keys(b).iter().enumerate() {
+            self.c
+                .put_chunk(k, &wl.data.meta_bytes, wl.value(b, i), None)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn get(&mut self, wl: &Workload<'_>, b: usize, v: &mut Verifier<'_, '_>) -> Result<(), String> {
+        for (i, k) in wl.batch_keys(b).iter().enumerate() {
+            let got = self.c.get_chunk(k).map_err(|e| e.to_string())?;
+            match got {
+                Some(c) => v.check(i, Some(&c.data[..]), c.meta.as_ref()),
+                None => v.check(i, None, None),
+            }
+        }
+        Ok(())
+    }
+
+    fn round_trips(&self) -> Option<u64> {
+        Some(self.c.round_trips())
+    }
+}
+
+impl Peer for NaivePeer {
+    fn name(&self) -> String {
+        "naive".into()
+    }
+
+    fn tag(&self) -> String {
+        "naive".into()
+    }
+
+    fn open(&mut self, n: usize, _wl: &Workload<'_>) -> Result<Vec<Box<dyn Worker>>, String> {
+        (0..n)
+            .map(|_| {
+                NaiveClient::connect(&self.url, self.mode, self.layout)
+                    .map(|c| Box::new(NaiveWorker { c }) as Box<dyn Worker>)
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+}
+
+/// slotline on one I/O backend as a [`Peer`]; a fresh engine per run.
+pub struct SlotlinePeer {
+    cfg: Config,
+    get_into: bool,
+    optional: bool,
+    actual: Option<slotline::BackendKind>,
+    shards: usize,
+    engine: Option<Engine>,
+}
+
+impl SlotlinePeer {
+    /// An engine per run built from `cfg`; `get_into` reads into reused buffers.
+    pub fn new(cfg: Config, get_into: bool, optional: bool) -> SlotlinePeer {
+        SlotlinePeer {
+            cfg,
+            get_into,
+            optional,
+            actual: None,
+            shards: 0,
+            engine: None,
+        }
+    }
+}
+
+struct SlotlineWorker {
+    e: Engine,
+    into: Option<Vec<Vec<u8>>>,
+}
+
+impl Worker for SlotlineWorker {
+    fn put(&mut self, wl: &Workload<'_>, b: usize) -> Result<(), String> {
+        let chunks = wl
+            .batch_keys(b)
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                PutChunk::new(
+                    k.clone(),
+                    wl.value(b, i).clone(),
+                    Some(wl.data.meta.clone()),
+                )
+            })
+            .collect();
+        self.e.put(chunks).map_err(|e| e.to_string())
+    }
+
+    fn get(&mut self, wl: &Workload<'_>, b: usize, v: &mut Verifier<'_, '_>) -> Result<(), String> {
+        let keys = wl.batch_keys(b);
+        if let Some(bufs) = self.into.take() {
+            let (bufs, infos) = self.e.get_into(keys, bufs).map_err(|e| e.to_string())?;
+            for (i, (buf, info)) in bufs.iter().zip(&infos).enumerate() {
+                match info {
+                    Some(info) => v.check(i, buf.get(..info.len), info.meta.as_ref()),
+                    None => v.check(i, None, None),
+                }
+            }
+            self.into = Some(bufs);
+            return Ok(());
+        }
+        let got = self.e.get(keys).map_err(|e| e.to_string())?;
+        for (i, c) in got.iter().enumerate() {
+            match c {
+                Some(c) => v.check(i, Some(&c.data[..]), c.meta.as_ref()),
+                None => v.check(i, None, None),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Peer for SlotlinePeer {
+    fn name(&self) -> String {
+        match self.actual {
+            Some(b) => format!("slotline[{b}]"),
+            None => format!("slotline[{}]", self.cfg.io_backend),
+        }
+    }
+
+    fn tag(&self) -> String {
+        format!("slotline-{}", self.cfg.io_backend)
+    }
+
+    fn open(&mut self, n: usize, wl: &Workload<'_>) -> Result<Vec<Box<dyn Worker>>, String> {
+        let e = Engine::new(self.cfg.clone()).map_err(|e| e.to_string())?;
+        self.actual = Some(e.backend());
+        self.shards = e.stats().shards;
+        let into = self.get_into;
+        let workers = (0..n)
+            .map(|_| {
+                Box::new(SlotlineWorker {
+                    e: e.clone(),
+                    into: into.then(|| vec![vec![0u8; wl.data.value_size]; wl.batch]),
+                }) as Box<dyn Worker>
+            })
+            .collect();
+        self.engine = Some(e);
+        Ok(workers)
+    }
+
+    fn close(&mut self) {
+        if let Some(e) = self.engine.take() {
+            tracing::debug!("engine stats after the run:\n{}", e.stats());
+            drop(e);
+        }
+    }
+
+    fn frames(&self) -> Option<u64> {
+        self.engine.as_ref().map(|e| e.stats().metrics.frames_sent)
+    }
+
+    fn optional(&self) -> bool {
+        self.optional
+    }
+
+    fn note(&self) -> Option<String> {
+        self.actual.map(|_| {
+            format!(
+                "{}: {} shard thread(s), reads with {}",
+                self.name(),
+                self.shards,
+                if self.get_into { "get_into" } else { "get" }
+            )
+        })
+    }
+}

@@ -1,0 +1,548 @@
+//! Redis URLs: `redis://`, `rediss://`, `redis-cluster://`, `unix://`, several seeds,
+//! credentials and database, and masking the password for logs and errors.
+
+use std::fmt;
+use std::net::Ipv6Addr;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+
+use super::{Mode, ServerAddr, DEFAULT_PORT, MASK};
+use crate::error::{Error, Result};
+
+/// The pieces of a Redis URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ParsedUrl {
+    /// `Some(Cluster)` for `redis-cluster://`; `None` when the URL does not say.
+    pub mode: Option<Mode>,
+    /// Every address listed, in order.
+    pub seeds: Vec<ServerAddr>,
+    /// `rediss://`.
+    pub tls: bool,
+    /// Percent-decoded user name; `None` if absent or empty.
+    pub username: Option<String>,
+    /// Percent-decoded password; `None` if absent or empty.
+    pub password: Option<String>,
+    /// Database from the path (`/N`) or `?db=N`.
+    pub database: Option<u32>,
+}
+
+impl fmt::Debug for ParsedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParsedUrl")
+            .field("mode", &self.mode)
+            .field("seeds", &self.seeds)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| MASK))
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+/// Parses a Redis URL as LMCache and the enhanced connector accept them.
+///
+/// Forms: `redis://[user:pass@]host[:port][/db]`, `rediss://...` (TLS),
+/// `redis://h1:p1,h2:p2` (several seeds), `redis-cluster://h1:p1,h2:p2`,
+/// `unix:///path/to.sock[?db=N]` (also `redis+unix://`), IPv6 as `[::1]:6379`.
+/// The query may carry `db`, `username` and `password`. Errors are [`Error::Url`] with
+/// the password masked.
+///
+/// ```
+/// use slotline::config::{parse_url, Mode, ServerAddr};
+/// let p = parse_url("redis-cluster://a:7000,b:7001").unwrap();
+/// assert_eq!(p.mode, Some(Mode::Cluster));
+/// assert_eq!(p.seeds[1], ServerAddr::Tcp { host: "b".into(), port: 7001 });
+/// let e = parse_url("redis://u:hunter2@host:0").unwrap_err().to_string();
+/// assert!(e.contains("u:***@host") && !e.contains("hunter2"));
+/// ```
+pub fn parse_url(url: &str) -> Result<ParsedUrl> {
+    let fail = |reason: String| Error::Url {
+        url: mask_url(url),
+        reason,
+    };
+    if url.is_empty() {
+        return Err(fail("empty URL".to_string()));
+    }
+    if url.chars().any(char::is_whitespace) {
+        return Err(fail("URL contains whitespace".to_string()));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(fail(
+            "missing scheme; expected redis://, rediss://, redis-cluster:// or unix://".to_string(),
+        ));
+    };
+    let (tls, mode, unix) = match scheme.to_ascii_lowercase().as_str() {
+        "redis" => (false, None, false),
+        "rediss" => (true, None, false),
+        "redis-cluster" => (false, Some(Mode::Cluster), false),
+        "unix" | "redis+unix" => (false, None, true),
+        "redis-sentinel" | "redis+sentinel" | "rediss-sentinel" => {
+            return Err(fail(
+                "Redis Sentinel is not supported yet; point the URL at the master (redis://host:port) or use a cluster"
+                    .to_string(),
+            ));
+        }
+        _ => {
+            return Err(fail(format!(
+                "unknown scheme {scheme:?}; expected redis://, rediss://, redis-cluster:// or unix://"
+            )));
+        }
+    };
+
+    // Standard URL structure: the authority ends at the first '/' or '?', and the
+    // user info is split off at the last '@' inside it (a password with '/' or '?' must
+    // be percent-encoded).
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(auth_end);
+    let (path, query) = match after.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (after, None),
+    };
+    if !unix && path.contains('@') {
+        // Most likely a password with an unencoded '/' or '?': echoing the pieces
+        // would leak it.
+        return Err(fail(
+            "unexpected '@' after the host; percent-encode '/', '?' and '@' in the user name and password (%2F, %3F, %40)"
+                .to_string(),
+        ));
+    }
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+
+    let mut username = None;
+    let mut password = None;
+    if let Some(ui) = userinfo {
+        let (user, pass) = match ui.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (ui, None),
+        };
+        username = decode_text(user).map_err(|r| fail(format!("user name: {r}")))?;
+        if let Some(p) = pass {
+            password = decode_text(p).map_err(|r| fail(format!("password: {r}")))?;
+        }
+    }
+
+    let mut database = None;
+    let seeds = if unix {
+        if !hosts.is_empty() && !hosts.eq_ignore_ascii_case("localhost") {
+            // The "host" is not echoed: with an unencoded '/' in a password it holds
+            // part of the password.
+            return Err(fail(
+                "a unix:// URL takes no host; write unix:///path/to.sock".to_string(),
+            ));
+        }
+        if path.is_empty() || path == "/" {
+            return Err(fail(
+                "missing socket path; write unix:///path/to.sock".to_string(),
+            ));
+        }
+        let bytes = percent_decode(path).map_err(|r| fail(format!("socket path: {r}")))?;
+        vec![ServerAddr::Unix {
+            path: PathBuf::from(std::ffi::OsString::from_vec(bytes)),
+        }]
+    } else {
+        if hosts.is_empty() {
+            return Err(fail("missing host".to_string()));
+        }
+        let seeds = hosts
+            .split(',')
+            .map(parse_seed)
+            .collect::<std::result::Result<Vec<_>, String>>()
+            .map_err(fail)?;
+        let db_text = path.strip_prefix('/').unwrap_or(path);
+        if !db_text.is_empty() {
+            database = Some(parse_db(db_text).map_err(fail)?);
+        }
+        seeds
+    };
+
+    if let Some(q) = query {
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "db" => {
+                    let db = parse_db(v).map_err(fail)?;
+                    if database.is_some_and(|d| d != db) {
+                        return Err(fail(format!(
+                            "database given twice: in the path and as db={v}"
+                        )));
+                    }
+                    database = Some(db);
+                }
+                "username" | "user" => {
+                    let u = decode_text(v).map_err(|r| fail(format!("user name: {r}")))?;
+                    if username.is_some() && u.is_some() && username != u {
+                        return Err(fail(
+                            "user name given twice, with different values".to_string(),
+                        ));
+                    }
+                    username = username.or(u);
+                }
+                "password" => {
+                    let p = decode_text(v).map_err(|r| fail(format!("password: {r}")))?;
+                    if password.is_some() && p.is_some() && password != p {
+                        return Err(fail(
+                            "password given twice, with different values".to_string(),
+                        ));
+                    }
+                    password = password.or(p);
+                }
+                _ if k.contains(['@', ':']) => {
+                    return Err(fail(
+                        "unexpected '@' or ':' in the query; percent-encode '?' and '@' in the user name and password (%3F, %40)"
+                            .to_string(),
+                    ));
+                }
+                _ => {
+                    return Err(fail(format!(
+                        "unknown URL parameter {k:?}; supported: db, username, password"
+                    )));
+                }
+            }
+        }
+    }
+
+    Ok(ParsedUrl {
+        mode,
+        seeds,
+        tls,
+        username,
+        password,
+        database,
+    })
+}
+
+/// One `host[:port]` or `[v6][:port]` entry of a seed list.
+fn parse_seed(s: &str) -> std::result::Result<ServerAddr, String> {
+    if s.is_empty() {
+        return Err("empty host in the server list".to_string());
+    }
+    let (host, port) = if let Some(inner) = s.strip_prefix('[') {
+        let Some((v6, after)) = inner.split_once(']') else {
+            return Err(format!("{s:?}: missing ']' after the IPv6 address"));
+        };
+        // A zone suffix (fe80::1%eth0) is legal for link-local addresses.
+        let addr = v6.split('%').next().unwrap_or(v6);
+        if addr.parse::<Ipv6Addr>().is_err() {
+            return Err(format!("{v6:?} is not an IPv6 address"));
+        }
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return Err(format!("{s:?}: expected ':port' after ']'")),
+            },
+        };
+        (v6, port)
+    } else {
+        if s.matches(':').count() > 1 {
+            return Err(format!(
+                "{s:?}: an IPv6 address must be written in brackets, e.g. [::1]:6379"
+            ));
+        }
+        let (host, port) = match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        };
+        if host.is_empty() {
+            return Err(format!("{s:?}: empty host"));
+        }
+        if let Some(bad) = host
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+        {
+            return Err(format!(
+                "host {host:?} contains the invalid character {bad:?}"
+            ));
+        }
+        (host, port)
+    };
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => parse_port(p)?,
+    };
+    Ok(ServerAddr::Tcp {
+        host: host.to_string(),
+        port,
+    })
+}
+
+fn parse_port(p: &str) -> std::result::Result<u16, String> {
+    if p.is_empty() {
+        return Err("empty port".to_string());
+    }
+    if !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port {p:?} is not a number"));
+    }
+    match p.parse::<u16>() {
+        Ok(0) => Err("port 0 is not a valid port".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("port {p} is out of range (1-65535)")),
+    }
+}
+
+fn parse_db(s: &str) -> std::result::Result<u32, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("database {s:?} is not a number"));
+    }
+    s.parse::<u32>()
+        .map_err(|_| format!("database {s} is out of range"))
+}
+
+/// Percent-decodes URL text; `None` for the empty string, as redis-py does.
+fn decode_text(s: &str) -> std::result::Result<Option<String>, String> {
+    let bytes = percent_decode(s)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| "not valid UTF-8 after percent-decoding".to_string())?;
+    Ok(if text.is_empty() { None } else { Some(text) })
+}
+
+fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |j: usize| b.get(j).and_then(|&c| (c as char).to_digit(16));
+            match (hex(i + 1), hex(i + 2)) {
+                (Some(h), Some(l)) => {
+                    // Two hex digits are at most 0xFF, so the cast is exact.
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                // The escaped text is not echoed: it may be part of a password.
+                _ => return Err("invalid percent-escape (expected %XX)".to_string()),
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// `url` with its password replaced by `***`, for error messages and logs.
+///
+/// Deliberately over-masks: everything from the first ':' after the scheme up to the
+/// last '@' is hidden, so even a malformed URL with an unencoded '/' or '?' in the
+/// password never leaks it; `password=` query values are hidden too.
+///
+/// ```
+/// use slotline::config::mask_url;
+/// assert_eq!(mask_url("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+/// assert_eq!(mask_url("redis://h:1"), "redis://h:1");
+/// ```
+pub fn mask_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let mut out = match url[start..].rfind('@') {
+        Some(at) => {
+            let userinfo = &url[start..start + at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{MASK}{}", &url[..start + colon + 1], &url[start + at..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    };
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}={MASK}"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", masked.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::tcp;
+    use super::*;
+
+    #[track_caller]
+    fn url_err(url: &str, reason_part: &str) {
+        let e = parse_url(url).expect_err(url);
+        match &e {
+            Error::Url { reason, .. } => {
+                assert!(
+                    reason.contains(reason_part),
+                    "{url}: reason {reason:?} lacks {reason_part:?}"
+                )
+            }
+            other => panic!("{url}: expected Error::Url, got {other:?}"),
+        }
+    }
+
+    // --- URLs ---
+
+    #[test]
+    fn url_forms() {
+        let p = parse_url("redis://localhost:6379").unwrap();
+        assert_eq!(p.seeds, vec![tcp("localhost", 6379)]);
+        assert_eq!((p.mode, p.tls, p.database), (None, false, None));
+        assert_eq!((p.username, p.password), (None, None));
+
+        assert_eq!(
+            parse_url("redis://cache").unwrap().seeds,
+            vec![tcp("cache", 6379)]
+        );
+        assert_eq!(
+            parse_url("REDIS://cache/").unwrap().seeds,
+            vec![tcp("cache", 6379)]
+        );
+
+        let p = parse_url("redis://alice:s3cr%40t@db.example.com:6380/3").unwrap();
+        assert_eq!(p.username.as_deref(), Some("alice"));
+        assert_eq!(p.password.as_deref(), Some("s3cr@t"));
+        assert_eq!(p.database, Some(3));
+        assert_eq!(p.seeds, vec![tcp("db.example.com", 6380)]);
+
+        let p = parse_url("redis://:pw@host").unwrap();
+        assert_eq!((p.username, p.password.as_deref()), (None, Some("pw")));
+        let p = parse_url("redis://onlyuser@host").unwrap();
+        assert_eq!(
+            (p.username.as_deref(), p.password),
+            (Some("onlyuser"), None)
+        );
+        // An unencoded '@' in the password still works: the last '@' ends user info.
+        let p = parse_url("redis://u:p@ss@host").unwrap();
+        assert_eq!(p.password.as_deref(), Some("p@ss"));
+
+        let p = parse_url("rediss://u:p@redis-123.cloud.example:16379").unwrap();
+        assert!(p.tls);
+        assert_eq!(p.seeds, vec![tcp("redis-123.cloud.example", 16379)]);
+
+        let p = parse_url("redis://localhost:7000,localhost:7001,localhost:7002").unwrap();
+        assert_eq!(p.mode, None);
+        assert_eq!(
+            p.seeds,
+            vec![
+                tcp("localhost", 7000),
+                tcp("localhost", 7001),
+                tcp("localhost", 7002)
+            ]
+        );
+
+        let p = parse_url("redis-cluster://h1:7000,h2:7001").unwrap();
+        assert_eq!(p.mode, Some(Mode::Cluster));
+        assert_eq!(p.seeds, vec![tcp("h1", 7000), tcp("h2", 7001)]);
+
+        let p = parse_url("unix:///var/run/redis/redis.sock").unwrap();
+        assert_eq!(
+            p.seeds,
+            vec![ServerAddr::Unix {
+                path: "/var/run/redis/redis.sock".into()
+            }]
+        );
+        let p = parse_url("unix:///tmp/r.sock?db=2").unwrap();
+        assert_eq!(p.database, Some(2));
+        assert_eq!(
+            p.seeds,
+            vec![ServerAddr::Unix {
+                path: "/tmp/r.sock".into()
+            }]
+        );
+        let p = parse_url("redis+unix:///tmp/r%20s.sock").unwrap();
+        assert_eq!(
+            p.seeds,
+            vec![ServerAddr::Unix {
+                path: "/tmp/r s.sock".into()
+            }]
+        );
+        let p = parse_url("unix://:pw@/tmp/r.sock?db=1").unwrap();
+        assert_eq!(p.password.as_deref(), Some("pw"));
+        let p = parse_url("unix:///tmp/r.sock?password=pw&username=bob").unwrap();
+        assert_eq!(p.password.as_deref(), Some("pw"));
+        assert_eq!(p.username.as_deref(), Some("bob"));
+
+        let p = parse_url("redis://[::1]:6379").unwrap();
+        assert_eq!(p.seeds, vec![tcp("::1", 6379)]);
+        assert_eq!(p.seeds[0].to_string(), "[::1]:6379");
+        assert_eq!(
+            parse_url("redis://[fe80::1%eth0]").unwrap().seeds,
+            vec![tcp("fe80::1%eth0", 6379)]
+        );
+        assert_eq!(
+            parse_url("redis://10.0.0.5:7001").unwrap().seeds[0].to_string(),
+            "10.0.0.5:7001"
+        );
+        assert_eq!(parse_url("redis://h/0?db=0").unwrap().database, Some(0));
+    }
+
+    #[test]
+    fn url_errors() {
+        url_err("", "empty URL");
+        url_err("redis://host :6379", "whitespace");
+        url_err(" redis://host", "whitespace");
+        url_err("localhost:6379", "missing scheme");
+        url_err("http://host", "unknown scheme \"http\"");
+        url_err("lm://localhost:65432", "unknown scheme");
+        url_err(
+            "redis-sentinel://h1:26379,h2:26379",
+            "Sentinel is not supported",
+        );
+        url_err("redis://", "missing host");
+        url_err("redis://:6379", "empty host");
+        url_err("redis://u:p@", "missing host");
+        url_err("redis://h1:1,,h2:2", "empty host in the server list");
+        url_err("redis://h1:1,", "empty host in the server list");
+        url_err("redis://host:0", "port 0");
+        url_err("redis://host:", "empty port");
+        url_err("redis://host:abc", "port \"abc\" is not a number");
+        url_err("redis://host:-1", "not a number");
+        url_err("redis://host:65536", "out of range");
+        url_err("redis://host:99999999999999999999", "out of range");
+        url_err("redis://host/abc", "database \"abc\" is not a number");
+        url_err("redis://host/1/2", "is not a number");
+        url_err("redis://host/99999999999", "out of range");
+        url_err("redis://host/1?db=2", "database given twice");
+        url_err("redis://host?db=x", "is not a number");
+        url_err(
+            "redis://host?timeout=3",
+            "unknown URL parameter \"timeout\"",
+        );
+        url_err("redis://::1:6379", "brackets");
+        url_err("redis://[::1", "missing ']'");
+        url_err("redis://[nothex]:1", "is not an IPv6 address");
+        url_err("redis://[::1]x", "expected ':port'");
+        url_err("redis://ho$t:1", "invalid character");
+        url_err("redis://u:%zz@host", "password: invalid percent-escape");
+        url_err("redis://%ff@host", "not valid UTF-8");
+        url_err("unix://", "missing socket path");
+        url_err("unix:///", "missing socket path");
+        url_err("unix://somehost/tmp/x.sock", "takes no host");
+    }
+
+    #[test]
+    fn url_errors_mask_password() {
+        for url in [
+            "redis://user:hunter2@host:0",
+            "redis://user:hunter2@host:abc/x",
+            "redis://:hunter2@",
+            "redis://u:hun/ter2@host",
+            "redis://u:hun?ter2@host",
+            "unix://u:hun/ter2@/tmp/s",
+            "redis://u:hunter2@host?password=hunter2&db=x",
+            "unix:///tmp/s?password=hunter2&bogus=1",
+            "redis-sentinel://u:hunter2@h:1",
+        ] {
+            let e = parse_url(url).expect_err(url);
+            let msg = e.to_string();
+            assert!(!msg.contains("hunter2"), "{msg}");
+            assert!(msg.contains("***"), "{msg}");
+        }
+        assert_eq!(mask_url("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(mask_url("redis://u@h"), "redis://u@h");
+        assert_eq!(
+            mask_url("redis://h:1?password=x&db=1"),
+            "redis://h:1?password=***&db=1"
+        );
+        assert_eq!(mask_url("no scheme:pw@h"), "no scheme:***@h");
+    }
+}

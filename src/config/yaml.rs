@@ -1,0 +1,1265 @@
+//! The LMCache YAML adapter: reads `remote_url`, `remote_ttl` and slotline's keys under
+//! `extra_config` from an LMCache config file, ignoring everything else, and names the
+//! key and the value in every error.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use yaml_rust2::yaml::{Hash as Mapping, Yaml as Value};
+use yaml_rust2::YamlLoader;
+
+use super::settings::{build, Settings};
+use super::{mask_url, parse_url, Config, MASK, MAX_CPU, PRIORITY_WEIGHTS_KEY, TTL_ENV};
+use crate::error::{Error, Result};
+use crate::priority::{Priority, PriorityWeights};
+
+/// The URL keys slotline reads from `extra_config`, in order of preference.
+const EXTRA_URL_KEYS: [&str; 3] = ["url", "remote_url", "remote_storage_plugin.slotline.url"];
+
+/// Plugin settings LMCache itself reads; anything else under this prefix is a typo.
+const PLUGIN_PREFIX: &str = "remote_storage_plugin.slotline.";
+const PLUGIN_KEYS: [&str; 3] = ["module_path", "class_name", "url"];
+
+/// `from_yaml_str` with the environment TTL passed in, so tests need not mutate the
+/// process environment.
+pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<Config> {
+    // The text may hold a password, so only its size appears in errors.
+    let yaml_err = |reason: String| Error::config("yaml", format!("{} bytes", text.len()), reason);
+    let mut docs = YamlLoader::load_from_str(text).map_err(|e| yaml_err(e.to_string()))?;
+    if docs.len() > 1 {
+        return Err(yaml_err(format!(
+            "found {} documents; a config file holds one",
+            docs.len()
+        )));
+    }
+    let mut doc = docs.pop().unwrap_or(Value::Null);
+    apply_merge(&mut doc).map_err(yaml_err)?;
+    let empty = Mapping::new();
+    let top = match &doc {
+        Value::Null => &empty,
+        Value::Hash(m) => m,
+        other => {
+            return Err(yaml_err(format!(
+                "expected a mapping of settings at the top level, found {}",
+                kind(other)
+            )));
+        }
+    };
+    let top = Section {
+        map: top,
+        prefix: "",
+    };
+    let extra_map = match top.get("extra_config") {
+        None => &empty,
+        Some(Value::Hash(m)) => m,
+        Some(other) => {
+            return Err(Error::config(
+                "extra_config",
+                render(other),
+                format!("expected a mapping, found {}", kind(other)),
+            ));
+        }
+    };
+    let extra = Section {
+        map: extra_map,
+        prefix: "extra_config.",
+    };
+    warn_unknown_plugin_keys(extra_map);
+
+    let url = choose_url(&top, &extra)?;
+    let parsed = parse_url(&url)?;
+
+    let ttl = match (extra.ttl("ttl")?, top.ttl("remote_ttl")?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Error::config(
+                "extra_config.ttl",
+                a,
+                format!("differs from remote_ttl = {b}; give it once"),
+            ));
+        }
+        (Some(a), _) | (None, Some(a)) => Some(a),
+        (None, None) => match env_ttl.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => Some(parse_ttl(TTL_ENV, v)?),
+        },
+    };
+
+    let (cores, shards) = match extra.get("cores") {
+        None => (None, None),
+        Some(v) => parse_cores(v)?,
+    };
+
+    let settings = Settings {
+        mode: extra.parsed("redis_mode")?,
+        database: extra.int("redis_database")?,
+        username: extra
+            .text("redis_username", false)?
+            .filter(|s| !s.is_empty()),
+        password: extra
+            .text("redis_password", true)?
+            .filter(|s| !s.is_empty()),
+        use_tls: extra.boolean("use_tls")?,
+        tls_insecure: extra.boolean("tls_insecure")?,
+        tls_ca_file: extra
+            .text("tls_ca_file", false)?
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+        chunk_size: extra.int("chunk_size")?,
+        max_connections: extra.int("max_connections")?,
+        cores,
+        shards,
+        io_backend: extra.parsed("io_backend")?,
+        key_layout: extra.parsed("key_layout")?,
+        ttl,
+        connect_timeout_ms: extra.int("connect_timeout_ms")?,
+        request_timeout_ms: extra.int("request_timeout_ms")?,
+        lane_capacity: extra.int("lane_capacity")?,
+        max_inflight_bytes: extra.int("max_inflight_bytes")?,
+        max_value_size: extra.int("max_value_size")?,
+        read_from_replicas: extra.boolean("read_from_replicas")?,
+        client_name: extra.text("client_name", false)?,
+        priority_weights: extra
+            .get("priority_weights")
+            .map(parse_priority_weights)
+            .transpose()?,
+    };
+    build(parsed, settings)
+}
+
+fn choose_url(top: &Section<'_>, extra: &Section<'_>) -> Result<String> {
+    let mut own: Option<(&str, String)> = None;
+    for key in EXTRA_URL_KEYS {
+        let Some(url) = extra.text(key, false)?.filter(|u| !u.is_empty()) else {
+            continue;
+        };
+        match &own {
+            Some((first, seen)) if *seen != url => {
+                return Err(Error::config(
+                    &format!("extra_config.{key}"),
+                    mask_url(&url),
+                    format!(
+                        "differs from extra_config.{first} = {:?}; give the URL once",
+                        mask_url(seen)
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => own = Some((key, url)),
+        }
+    }
+    let lmcache_url = top.text("remote_url", false)?.filter(|u| !u.is_empty());
+    match (own, lmcache_url) {
+        (Some((key, url)), Some(remote)) => {
+            if url == remote {
+                tracing::warn!(
+                    url = %mask_url(&url),
+                    "remote_url and extra_config.{key} name the same server: LMCache will also \
+                     create its own remote backend and every chunk will be written twice; \
+                     drop remote_url when slotline runs as a plugin"
+                );
+            } else {
+                tracing::info!(
+                    slotline = %mask_url(&url),
+                    remote_url = %mask_url(&remote),
+                    "using extra_config.{key}; remote_url belongs to LMCache's own backend"
+                );
+            }
+            Ok(url)
+        }
+        (Some((_, url)), None) | (None, Some(url)) => Ok(url),
+        (None, None) => Err(Error::config(
+            "remote_url",
+            "",
+            "no Redis URL: set remote_url, or extra_config.url when slotline runs as a plugin",
+        )),
+    }
+}
+
+fn warn_unknown_plugin_keys(extra: &Mapping) {
+    for key in extra.keys().filter_map(Value::as_str) {
+        if let Some(name) = key.strip_prefix(PLUGIN_PREFIX) {
+            if !PLUGIN_KEYS.contains(&name) {
+                tracing::warn!(
+                    key,
+                    "ignored: slotline reads its settings from plain extra_config keys \
+                     (e.g. extra_config.{name})"
+                );
+            }
+        }
+    }
+}
+
+/// `extra_config.cores`: a shard count, a CPU list, or a range string such as "0-3,6".
+fn parse_cores(v: &Value) -> Result<(Option<Vec<usize>>, Option<usize>)> {
+    const KEY: &str = "extra_config.cores";
+    let bad = |reason: &str| Error::config(KEY, render(v), reason);
+    match v {
+        Value::Integer(n) => match usize::try_from(*n).ok() {
+            Some(n) => Ok((None, Some(n))),
+            None => Err(bad(
+                "expected a shard count, a CPU list or a range string like \"0-3,6\"",
+            )),
+        },
+        Value::String(s) => {
+            let t = s.trim();
+            if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+                let n = t
+                    .parse::<usize>()
+                    .map_err(|_| bad("shard count out of range"))?;
+                return Ok((None, Some(n)));
+            }
+            Ok((Some(parse_cpu_list(t).map_err(|r| bad(&r))?), None))
+        }
+        Value::Array(items) => {
+            let mut cores = Vec::with_capacity(items.len());
+            for item in items {
+                let n = match item {
+                    Value::Integer(n) => usize::try_from(*n).ok(),
+                    Value::String(s) => s.trim().parse::<usize>().ok(),
+                    _ => None,
+                };
+                match n {
+                    Some(n) => cores.push(n),
+                    None => {
+                        return Err(bad(&format!(
+                            "list entry {} is not a CPU number",
+                            render(item)
+                        )));
+                    }
+                }
+            }
+            Ok((Some(cores), None))
+        }
+        _ => Err(bad(
+            "expected a shard count, a CPU list or a range string like \"0-3,6\"",
+        )),
+    }
+}
+
+/// `extra_config.priority_weights`: a mapping of class name to weight, such as
+/// `{peek: 8, prefetch: 4, get: 2, put: 1}`; classes not named keep their default.
+fn parse_priority_weights(v: &Value) -> Result<PriorityWeights> {
+    let Value::Hash(map) = v else {
+        return Err(Error::config(
+            PRIORITY_WEIGHTS_KEY,
+            render(v),
+            format!(
+                "expected a mapping such as {}, found {}",
+                PriorityWeights::default(),
+                kind(v)
+            ),
+        ));
+    };
+    for (key, value) in map {
+        let known = key
+            .as_str()
+            .is_some_and(|k| Priority::ALL.iter().any(|c| c.name() == k));
+        if !known {
+            return Err(Error::config(
+                &format!("{PRIORITY_WEIGHTS_KEY}.{}", render(key)),
+                render(value),
+                "unknown class (expected peek, prefetch, get or put)",
+            ));
+        }
+    }
+    let section = Section {
+        map,
+        prefix: "extra_config.priority_weights.",
+    };
+    let mut weights = PriorityWeights::default();
+    for class in Priority::ALL {
+        match section.int::<u32>(class.name())? {
+            None => {}
+            Some(0) => {
+                return Err(Error::config(
+                    &section.name(class.name()),
+                    0,
+                    "must be at least 1 (a class with weight 0 would starve)",
+                ));
+            }
+            Some(w) => *weights.of_mut(class) = w,
+        }
+    }
+    Ok(weights)
+}
+
+/// Parses "0-3,6" into [0, 1, 2, 3, 6].
+fn parse_cpu_list(s: &str) -> std::result::Result<Vec<usize>, String> {
+    let num = |t: &str| -> std::result::Result<usize, String> {
+        let t = t.trim();
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{t:?} is not a CPU number"));
+        }
+        t.parse::<usize>()
+            .map_err(|_| format!("CPU {t} is out of range"))
+    };
+    let mut cores = Vec::new();
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!("range {a}-{b} runs backwards"));
+                }
+                // Bounded before expanding so "0-99999999999" cannot exhaust memory.
+                if b >= MAX_CPU {
+                    return Err(format!(
+                        "CPU {b} is out of range (CPUs 0 to {} can be pinned)",
+                        MAX_CPU - 1
+                    ));
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(num(part)?),
+        }
+    }
+    Ok(cores)
+}
+
+fn parse_ttl(key: &str, text: &str) -> Result<u64> {
+    match parse_integer(text) {
+        Some(n) if n > 0 => {
+            u64::try_from(n).map_err(|_| Error::config(key, text, "TTL is out of range"))
+        }
+        _ => Err(Error::config(
+            key,
+            text,
+            "must be a positive integer number of seconds",
+        )),
+    }
+}
+
+/// A decimal integer with an optional sign. '_' between digits is allowed because
+/// PyYAML, which LMCache uses, reads `4_194_304` as an integer.
+fn parse_integer(s: &str) -> Option<i128> {
+    let t = s.trim();
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let b = digits.as_bytes();
+    let well_formed = b.first().is_some_and(u8::is_ascii_digit)
+        && b.last().is_some_and(u8::is_ascii_digit)
+        && b.iter().all(|&c| c.is_ascii_digit() || c == b'_');
+    if !well_formed {
+        return None;
+    }
+    let n: i128 = digits.replace('_', "").parse().ok()?;
+    Some(if negative { -n } else { n })
+}
+
+/// One mapping of the YAML document, with typed, error-naming accessors.
+struct Section<'a> {
+    map: &'a Mapping,
+    prefix: &'static str,
+}
+
+impl<'a> Section<'a> {
+    /// The value of `key`; `null` counts as absent.
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map
+            .get(&Value::String(key.to_string()))
+            .filter(|v| !v.is_null())
+    }
+
+    fn name(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn shown(&self, v: &Value, secret: bool) -> String {
+        if secret {
+            MASK.to_string()
+        } else {
+            render(v)
+        }
+    }
+
+    /// A string; numbers are accepted as their decimal text (unquoted numeric
+    /// passwords are common in YAML).
+    fn text(&self, key: &str, secret: bool) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s) | Value::Real(s)) => Ok(Some(s.clone())),
+            Some(Value::Integer(n)) => Ok(Some(n.to_string())),
+            Some(other) => Err(Error::config(
+                &self.name(key),
+                self.shown(other, secret),
+                format!("expected a string, found {}", kind(other)),
+            )),
+        }
+    }
+
+    /// `true`/`false`, also as strings in any ASCII case. `yes`/`no`/`on`/`off` are
+    /// accepted too because LMCache loads its YAML with PyYAML (YAML 1.1), where they
+    /// are booleans, while a YAML 1.2 parser hands them over as strings.
+    fn boolean(&self, key: &str) -> Result<Option<bool>> {
+        let word =
+            |s: &str, words: [&str; 3]| words.iter().any(|w| s.trim().eq_ignore_ascii_case(w));
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) if word(s, ["true", "yes", "on"]) => Ok(Some(true)),
+            Some(Value::String(s)) if word(s, ["false", "no", "off"]) => Ok(Some(false)),
+            Some(other) => Err(Error::config(
+                &self.name(key),
+                render(other),
+                "expected true or false",
+            )),
+        }
+    }
+
+    /// A non-negative integer, also as a string ("256").
+    fn int<T: TryFrom<i128>>(&self, key: &str) -> Result<Option<T>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let n = match v {
+            Value::Integer(n) => Some(i128::from(*n)),
+            // Integers beyond i64 arrive as reals; they are then "too large" below.
+            Value::String(s) | Value::Real(s) => parse_integer(s),
+            _ => None,
+        };
+        let Some(n) = n else {
+            return Err(Error::config(
+                &self.name(key),
+                render(v),
+                "expected a non-negative integer",
+            ));
+        };
+        if n < 0 {
+            return Err(Error::config(&self.name(key), n, "must not be negative"));
+        }
+        T::try_from(n)
+            .map(Some)
+            .map_err(|_| Error::config(&self.name(key), n, "is too large"))
+    }
+
+    /// A positive number of seconds.
+    fn ttl(&self, key: &str) -> Result<Option<u64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v @ (Value::Integer(_) | Value::Real(_) | Value::String(_))) => {
+                parse_ttl(&self.name(key), &render(v)).map(Some)
+            }
+            Some(other) => Err(Error::config(
+                &self.name(key),
+                render(other),
+                "must be a positive integer number of seconds",
+            )),
+        }
+    }
+
+    /// A string parsed with `FromStr`; errors are re-keyed to the full YAML path.
+    fn parsed<T: FromStr<Err = Error>>(&self, key: &str) -> Result<Option<T>> {
+        let Some(text) = self.text(key, false)? else {
+            return Ok(None);
+        };
+        text.parse::<T>().map(Some).map_err(|e| match e {
+            Error::Config { value, reason, .. } => Error::Config {
+                key: self.name(key),
+                value,
+                reason,
+            },
+            other => other,
+        })
+    }
+}
+
+/// Resolves YAML merge keys (`<<: *base`, `<<: [*a, *b]`) in place, as PyYAML does:
+/// keys given in the mapping itself win, then earlier merged mappings over later ones.
+fn apply_merge(v: &mut Value) -> std::result::Result<(), String> {
+    match v {
+        Value::Array(items) => items.iter_mut().try_for_each(apply_merge),
+        Value::Hash(map) => {
+            for value in map.values_mut() {
+                apply_merge(value)?;
+            }
+            let Some(merged) = map.remove(&Value::String("<<".to_string())) else {
+                return Ok(());
+            };
+            let sources = match merged {
+                Value::Hash(m) => vec![m],
+                Value::Array(items) => items
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::Hash(m) => Ok(m),
+                        other => Err(format!(
+                            "a merge key (<<) lists {}, expected mappings",
+                            kind(&other)
+                        )),
+                    })
+                    .collect::<std::result::Result<_, _>>()?,
+                other => {
+                    return Err(format!(
+                        "a merge key (<<) holds {}, expected a mapping or a list of mappings",
+                        kind(&other)
+                    ))
+                }
+            };
+            for source in sources {
+                for (k, val) in source {
+                    map.entry(k).or_insert(val);
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Boolean(_) => "a boolean",
+        Value::Integer(_) | Value::Real(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Hash(_) => "a mapping",
+        Value::Alias(_) | Value::BadValue => "an invalid value",
+    }
+}
+
+/// A short rendering of a YAML value for error messages.
+fn render(v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_string(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Integer(n) => n.to_string(),
+        Value::Real(s) | Value::String(s) => s.clone(),
+        Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(render).collect();
+            format!("[{}]", inner.join(", "))
+        }
+        Value::Hash(_) => "{...}".to_string(),
+        Value::Alias(_) | Value::BadValue => "!invalid".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{err_names, tcp};
+    use super::super::{Config, IoBackend, Mode};
+    use super::*;
+    use crate::layout::KeyLayout;
+    use std::time::Duration;
+
+    fn yaml(text: &str) -> Result<Config> {
+        from_yaml_with_env(text, None)
+    }
+
+    // --- YAML ---
+
+    const SECTION8_STANDALONE: &str = r#"
+remote_url: "redis://localhost:6379"            # or rediss://..., or
+# remote_url: "redis://localhost:7000,localhost:7001,localhost:7002"  (cluster seeds)
+remote_serde: "naive"
+extra_config:
+  redis_mode: "standalone"      # or "cluster"
+  redis_database: 0
+  chunk_size: 256               # keys per MGET
+  max_connections: 150
+  redis_username: ""
+  redis_password: ""
+  use_tls: false
+"#;
+
+    const SECTION8_CLUSTER: &str = r#"
+remote_url: "redis://localhost:7000,localhost:7001,localhost:7002"
+remote_serde: "naive"
+extra_config:
+  redis_mode: "cluster"
+  redis_database: 0
+  chunk_size: 256               # keys per MGET
+  max_connections: 150
+  redis_username: ""
+  redis_password: ""
+  use_tls: false
+"#;
+
+    #[test]
+    fn section8_standalone() {
+        let c = yaml(SECTION8_STANDALONE).unwrap();
+        assert_eq!(c.mode, Mode::Standalone);
+        assert_eq!(c.seeds, vec![tcp("localhost", 6379)]);
+        assert_eq!(c.key_layout, KeyLayout::Lmcache);
+        assert_eq!((c.database, c.chunk_size, c.max_connections), (0, 256, 150));
+        assert_eq!((c.username, c.password, c.tls), (None, None, false));
+    }
+
+    #[test]
+    fn section8_cluster() {
+        let c = yaml(SECTION8_CLUSTER).unwrap();
+        assert_eq!(c.mode, Mode::Cluster);
+        assert_eq!(
+            c.seeds,
+            vec![
+                tcp("localhost", 7000),
+                tcp("localhost", 7001),
+                tcp("localhost", 7002)
+            ]
+        );
+        assert_eq!(c.key_layout, KeyLayout::Hashtag);
+    }
+
+    #[test]
+    fn section8_variants() {
+        let c =
+            yaml(&SECTION8_STANDALONE.replace("redis://localhost", "rediss://localhost")).unwrap();
+        assert!(c.tls, "rediss:// wins over use_tls: false");
+        let c = yaml(&SECTION8_STANDALONE.replace("use_tls: false", "use_tls: true")).unwrap();
+        assert!(c.tls);
+        for word in ["\"True\"", "yes", "On", "TRUE"] {
+            let c =
+                yaml(&SECTION8_STANDALONE.replace("use_tls: false", &format!("use_tls: {word}")))
+                    .unwrap();
+            assert!(c.tls, "{word}");
+        }
+        for word in ["\"false\"", "no", "off", "False"] {
+            let c =
+                yaml(&SECTION8_STANDALONE.replace("use_tls: false", &format!("use_tls: {word}")))
+                    .unwrap();
+            assert!(!c.tls, "{word}");
+        }
+        let c =
+            yaml(&SECTION8_STANDALONE.replace("max_connections: 150", "max_connections: 1_000"))
+                .unwrap();
+        assert_eq!(c.max_connections, 1000);
+        let c =
+            yaml(&SECTION8_STANDALONE.replace("max_connections: 150", "max_connections: \"+20\""))
+                .unwrap();
+        assert_eq!(c.max_connections, 20);
+        let c = yaml(
+            &SECTION8_STANDALONE
+                .replace("redis_username: \"\"", "redis_username: \"app\"")
+                .replace("redis_password: \"\"", "redis_password: 123456"),
+        )
+        .unwrap();
+        assert_eq!(c.username.as_deref(), Some("app"));
+        assert_eq!(c.password.as_deref(), Some("123456"));
+        let c = yaml(&SECTION8_STANDALONE.replace("redis_database: 0", "redis_database: \"5\""))
+            .unwrap();
+        assert_eq!(c.database, 5);
+        let c =
+            yaml(&SECTION8_STANDALONE.replace("chunk_size: 256 ", "chunk_size: \"64\"")).unwrap();
+        assert_eq!(c.chunk_size, 64);
+    }
+
+    #[test]
+    fn full_lmcache_config_with_unrelated_keys() {
+        let text = r#"
+chunk_size: 512
+local_cpu: true
+max_local_cpu_size: 40.5
+local_disk: null
+max_local_disk_size: 0
+remote_url: "redis-cluster://10.0.0.1:7000,10.0.0.2:7000"
+remote_serde: "cachegen"
+remote_ttl: 3600
+save_decode_cache: false
+enable_blending: false
+blend_special_str: " # # "
+use_layerwise: false
+pd_role: null
+nixl_buffer_size: 1073741824
+remote_storage_plugins: []
+lookup_server_worker_ids: [0, 1]
+internal_api_server_port_start: 6999
+extra_config:
+  some_other_plugin.option: [1, 2, 3]
+  save_chunk_meta: true
+  chunk_size: "128"
+  io_backend: epoll
+  cores: "0-3,6"
+  lane_capacity: 4096
+  max_inflight_bytes: 8388608
+  max_value_size: "67108864"
+  read_from_replicas: "true"
+  connect_timeout_ms: 500
+  request_timeout_ms: "10000"
+  client_name: vllm-worker-0
+  tls_insecure: false
+"#;
+        let c = yaml(text).unwrap();
+        assert_eq!(c.mode, Mode::Cluster);
+        assert_eq!(c.key_layout, KeyLayout::Lmcache);
+        assert_eq!(c.seeds, vec![tcp("10.0.0.1", 7000), tcp("10.0.0.2", 7000)]);
+        assert_eq!(c.ttl, Some(3600));
+        assert_eq!(
+            c.chunk_size, 128,
+            "top-level chunk_size is LMCache's, not ours"
+        );
+        assert_eq!(c.io_backend, IoBackend::Epoll);
+        assert_eq!(c.cores, Some(vec![0, 1, 2, 3, 6]));
+        assert_eq!(c.shards, None);
+        assert_eq!(c.lane_capacity, 4096);
+        assert_eq!(c.max_inflight_bytes, 8388608);
+        assert_eq!(c.max_value_size, 67108864);
+        assert!(c.read_from_replicas);
+        assert_eq!(c.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.client_name, "vllm-worker-0");
+    }
+
+    #[test]
+    fn plugin_form() {
+        let text = r#"
+chunk_size: 256
+remote_storage_plugins: ["slotline"]
+extra_config:
+  remote_storage_plugin.slotline.module_path: slotline_lmcache
+  remote_storage_plugin.slotline.class_name: SlotlineConnector
+  url: "redis://:pw@redis.internal:6379/1"
+  key_layout: raw
+  cores: 4
+  ttl: "600"
+"#;
+        let c = yaml(text).unwrap();
+        assert_eq!(c.seeds, vec![tcp("redis.internal", 6379)]);
+        assert_eq!(c.password.as_deref(), Some("pw"));
+        assert_eq!(c.database, 1);
+        assert_eq!(c.key_layout, KeyLayout::Raw);
+        assert_eq!((c.shards, c.cores.clone()), (Some(4), None));
+        assert_eq!(c.ttl, Some(600));
+
+        for key in ["remote_url", "\"remote_storage_plugin.slotline.url\""] {
+            let t = format!(
+                "remote_storage_plugins: [slotline]\nextra_config:\n  {key}: redis://h1:1,h2:2\n  redis_mode: cluster\n"
+            );
+            let c = yaml(&t).unwrap();
+            assert_eq!(
+                (c.mode, c.key_layout),
+                (Mode::Cluster, KeyLayout::Hashtag),
+                "{key}"
+            );
+        }
+
+        // slotline's own URL wins over LMCache's remote_url (which may name another backend).
+        let t = "remote_url: lm://localhost:65432\nextra_config:\n  url: redis://a:1\n";
+        assert_eq!(yaml(t).unwrap().seeds, vec![tcp("a", 1)]);
+        let t = "remote_url: redis://a:1\nextra_config:\n  url: redis://a:1\n";
+        assert_eq!(yaml(t).unwrap().seeds, vec![tcp("a", 1)]);
+
+        let t = "extra_config:\n  url: redis://a:1\n  remote_url: redis://b:2\n";
+        err_names(
+            yaml(t),
+            &["extra_config.remote_url", "redis://b:2", "redis://a:1"],
+        );
+        let t = "extra_config:\n  url: redis://a:1\n  remote_url: redis://a:1\n";
+        assert!(yaml(t).is_ok());
+    }
+
+    #[test]
+    fn cores_forms() {
+        let cores = |v: &str| {
+            yaml(&format!(
+                "remote_url: redis://h\nextra_config:\n  cores: {v}\n"
+            ))
+        };
+        let c = cores("[0, 2]").unwrap();
+        assert_eq!((c.cores, c.shards), (Some(vec![0, 2]), None));
+        let c = cores("[\"1\", 3]").unwrap();
+        assert_eq!(c.cores, Some(vec![1, 3]));
+        let c = cores("8").unwrap();
+        assert_eq!((c.cores, c.shards), (None, Some(8)));
+        let c = cores("\"8\"").unwrap();
+        assert_eq!((c.cores, c.shards), (None, Some(8)));
+        let c = cores("\"0-1, 4-5\"").unwrap();
+        assert_eq!(c.cores, Some(vec![0, 1, 4, 5]));
+        let c = cores("\"7\"").unwrap();
+        assert_eq!(c.shards, Some(7));
+        let c = cores("null").unwrap();
+        assert_eq!((c.cores, c.shards), (None, None));
+
+        err_names(cores("0"), &["extra_config.cores", "0", "shard count"]);
+        err_names(cores("2000"), &["extra_config.cores", "2000"]);
+        err_names(cores("-1"), &["extra_config.cores", "-1"]);
+        err_names(cores("[]"), &["extra_config.cores", "empty"]);
+        err_names(cores("[1, 1]"), &["extra_config.cores", "[1, 1]", "twice"]);
+        err_names(cores("\"0-3,2\""), &["extra_config.cores", "twice"]);
+        err_names(
+            cores("\"3-0\""),
+            &["extra_config.cores", "3-0", "backwards"],
+        );
+        err_names(
+            cores("\"0-99999999999\""),
+            &["extra_config.cores", "0-99999999999", "out of range"],
+        );
+        err_names(
+            cores("\"a-b\""),
+            &["extra_config.cores", "a-b", "not a CPU number"],
+        );
+        err_names(cores("\"0,,1\""), &["extra_config.cores", "0,,1"]);
+        err_names(cores("[0, x]"), &["extra_config.cores", "x"]);
+        err_names(
+            cores("[5000]"),
+            &["extra_config.cores", "5000", "out of range"],
+        );
+        err_names(cores("true"), &["extra_config.cores", "true"]);
+        err_names(cores("1.5"), &["extra_config.cores", "1.5"]);
+    }
+
+    #[test]
+    fn ttl_sources() {
+        let base = "remote_url: redis://h\n";
+        assert_eq!(yaml(base).unwrap().ttl, None);
+        assert_eq!(
+            yaml(&format!("{base}remote_ttl: 60\n")).unwrap().ttl,
+            Some(60)
+        );
+        assert_eq!(
+            yaml(&format!("{base}remote_ttl: \"60\"\n")).unwrap().ttl,
+            Some(60)
+        );
+        assert_eq!(
+            yaml(&format!("{base}remote_ttl: null\n")).unwrap().ttl,
+            None
+        );
+        assert_eq!(
+            yaml(&format!("{base}extra_config:\n  ttl: 30\n"))
+                .unwrap()
+                .ttl,
+            Some(30)
+        );
+        assert_eq!(
+            yaml(&format!("{base}remote_ttl: 30\nextra_config:\n  ttl: 30\n"))
+                .unwrap()
+                .ttl,
+            Some(30)
+        );
+        err_names(
+            yaml(&format!("{base}remote_ttl: 60\nextra_config:\n  ttl: 30\n")),
+            &["extra_config.ttl", "30", "remote_ttl = 60"],
+        );
+
+        // The environment applies only when neither key is set.
+        let env = |text: &str, v: &str| from_yaml_with_env(text, Some(v.to_string()));
+        assert_eq!(env(base, "120").unwrap().ttl, Some(120));
+        assert_eq!(env(base, "").unwrap().ttl, None);
+        assert_eq!(
+            env(&format!("{base}remote_ttl: 5\n"), "120").unwrap().ttl,
+            Some(5)
+        );
+        err_names(env(base, "0"), &["LMCACHE_REMOTE_TTL", "0", "positive"]);
+        err_names(env(base, "soon"), &["LMCACHE_REMOTE_TTL", "soon"]);
+
+        err_names(
+            yaml(&format!("{base}remote_ttl: 0\n")),
+            &["remote_ttl", "0", "positive"],
+        );
+        err_names(
+            yaml(&format!("{base}remote_ttl: -5\n")),
+            &["remote_ttl", "-5", "positive"],
+        );
+        err_names(
+            yaml(&format!("{base}remote_ttl: 1.5\n")),
+            &["remote_ttl", "1.5"],
+        );
+        err_names(
+            yaml(&format!("{base}remote_ttl: [1]\n")),
+            &["remote_ttl", "[1]"],
+        );
+        err_names(
+            yaml(&format!("{base}extra_config:\n  ttl: \"-1\"\n")),
+            &["extra_config.ttl", "-1", "positive"],
+        );
+    }
+
+    #[test]
+    fn key_layout_defaults_and_override() {
+        let t = |url: &str, extra: &str| {
+            yaml(&format!(
+                "remote_url: \"{url}\"\nextra_config:\n  {extra}\n"
+            ))
+            .map(|c| c.key_layout)
+        };
+        assert_eq!(t("redis://h", "x: 1").unwrap(), KeyLayout::Lmcache);
+        assert_eq!(
+            t("redis://h", "redis_mode: cluster").unwrap(),
+            KeyLayout::Hashtag
+        );
+        assert_eq!(
+            t("rediss://h", "redis_mode: cluster").unwrap(),
+            KeyLayout::Hashtag
+        );
+        assert_eq!(
+            t("redis-cluster://h", "redis_mode: cluster").unwrap(),
+            KeyLayout::Lmcache
+        );
+        assert_eq!(t("unix:///s", "x: 1").unwrap(), KeyLayout::Lmcache);
+        assert_eq!(
+            t("redis://h", "key_layout: HASHTAG").unwrap(),
+            KeyLayout::Hashtag
+        );
+        assert_eq!(
+            t("redis://h1,h2", "key_layout: lmcache").unwrap(),
+            KeyLayout::Lmcache
+        );
+        err_names(
+            t("redis://h", "key_layout: braces"),
+            &["extra_config.key_layout", "braces"],
+        );
+    }
+
+    #[test]
+    fn mode_rules() {
+        let t = |url: &str, mode: &str| {
+            yaml(&format!(
+                "remote_url: \"{url}\"\nextra_config:\n  redis_mode: {mode}\n"
+            ))
+        };
+        err_names(
+            t("redis://h1:1,h2:2", "standalone"),
+            &["extra_config.redis_mode", "standalone", "2 servers"],
+        );
+        err_names(
+            t("redis-cluster://h1:1", "standalone"),
+            &["extra_config.redis_mode", "standalone", "redis-cluster://"],
+        );
+        err_names(
+            t("redis://h", "sentinel"),
+            &["extra_config.redis_mode", "sentinel"],
+        );
+        err_names(t("redis://h", "1"), &["extra_config.redis_mode", "1"]);
+        assert_eq!(t("redis://h", "cluster").unwrap().mode, Mode::Cluster);
+        assert_eq!(
+            t("redis://h", "\"Standalone\"").unwrap().mode,
+            Mode::Standalone
+        );
+        err_names(
+            yaml("remote_url: redis://h/3\nextra_config:\n  redis_mode: cluster\n"),
+            &["extra_config.redis_database", "3", "database 0"],
+        );
+        err_names(
+            yaml("remote_url: redis://h\nextra_config:\n  redis_mode: cluster\n  redis_database: 2\n"),
+            &["extra_config.redis_database", "2"],
+        );
+    }
+
+    #[test]
+    fn credentials_merge() {
+        let t = |url: &str, extra: &str| {
+            yaml(&format!("remote_url: \"{url}\"\nextra_config:\n{extra}"))
+        };
+        let c = t("redis://h", "  redis_username: u\n  redis_password: p\n").unwrap();
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("u"), Some("p"))
+        );
+        let c = t(
+            "redis://u:p@h",
+            "  redis_username: \"\"\n  redis_password: \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("u"), Some("p"))
+        );
+        let c = t(
+            "redis://u:p@h",
+            "  redis_username: u\n  redis_password: p\n",
+        )
+        .unwrap();
+        assert_eq!(c.password.as_deref(), Some("p"));
+        err_names(
+            t("redis://u:p@h", "  redis_username: v\n"),
+            &["extra_config.redis_username", "v", "\"u\""],
+        );
+        let e = err_names(
+            t("redis://u:hunter2@h", "  redis_password: other\n"),
+            &["extra_config.redis_password", "***"],
+        );
+        assert!(!e.to_string().contains("hunter2") && !e.to_string().contains("other"));
+        let e = err_names(
+            t("redis://h", "  redis_password: [hunter2]\n"),
+            &["extra_config.redis_password", "***"],
+        );
+        assert!(!e.to_string().contains("hunter2"));
+        err_names(
+            t("redis://h/1", "  redis_database: 2\n"),
+            &["extra_config.redis_database", "2", "database 1"],
+        );
+        assert_eq!(
+            t("redis://h/1", "  redis_database: 1\n").unwrap().database,
+            1
+        );
+    }
+
+    #[test]
+    fn every_setting_error_names_key_and_value() {
+        let cases: &[(&str, &[&str])] = &[
+            ("chunk_size: 0", &["extra_config.chunk_size", "0"]),
+            (
+                "chunk_size: 1000001",
+                &["extra_config.chunk_size", "1000001"],
+            ),
+            ("chunk_size: -3", &["extra_config.chunk_size", "-3"]),
+            ("chunk_size: \"lots\"", &["extra_config.chunk_size", "lots"]),
+            ("chunk_size: 2.5", &["extra_config.chunk_size", "2.5"]),
+            ("chunk_size: true", &["extra_config.chunk_size", "true"]),
+            (
+                "chunk_size: 99999999999999999999999",
+                &["extra_config.chunk_size"],
+            ),
+            ("max_connections: 0", &["extra_config.max_connections", "0"]),
+            (
+                "max_connections: many",
+                &["extra_config.max_connections", "many"],
+            ),
+            (
+                "max_connections: _1",
+                &["extra_config.max_connections", "_1"],
+            ),
+            (
+                "max_connections: \"1_\"",
+                &["extra_config.max_connections", "1_"],
+            ),
+            (
+                "max_connections: \"--1\"",
+                &["extra_config.max_connections", "--1"],
+            ),
+            ("redis_database: -1", &["extra_config.redis_database", "-1"]),
+            (
+                "redis_database: 4294967296",
+                &["extra_config.redis_database", "4294967296"],
+            ),
+            (
+                "redis_database: zero",
+                &["extra_config.redis_database", "zero"],
+            ),
+            (
+                "use_tls: yes please",
+                &["extra_config.use_tls", "yes please"],
+            ),
+            ("use_tls: 1", &["extra_config.use_tls", "1"]),
+            (
+                "tls_insecure: maybe",
+                &["extra_config.tls_insecure", "maybe"],
+            ),
+            (
+                "tls_insecure: true",
+                &["extra_config.tls_insecure", "true", "TLS is off"],
+            ),
+            (
+                "tls_ca_file: /etc/ca.pem",
+                &["extra_config.tls_ca_file", "/etc/ca.pem", "TLS is off"],
+            ),
+            ("tls_ca_file: [a]", &["extra_config.tls_ca_file", "[a]"]),
+            ("io_backend: kqueue", &["extra_config.io_backend", "kqueue"]),
+            ("key_layout: 3", &["extra_config.key_layout", "3"]),
+            ("ttl: 0", &["extra_config.ttl", "0"]),
+            ("ttl: abc", &["extra_config.ttl", "abc"]),
+            (
+                "connect_timeout_ms: 0",
+                &["extra_config.connect_timeout_ms", "0"],
+            ),
+            (
+                "connect_timeout_ms: 86400001",
+                &["extra_config.connect_timeout_ms", "86400001"],
+            ),
+            (
+                "request_timeout_ms: -5",
+                &["extra_config.request_timeout_ms", "-5"],
+            ),
+            (
+                "request_timeout_ms: soon",
+                &["extra_config.request_timeout_ms", "soon"],
+            ),
+            ("lane_capacity: 0", &["extra_config.lane_capacity", "0"]),
+            (
+                "lane_capacity: 999999999",
+                &["extra_config.lane_capacity", "999999999"],
+            ),
+            (
+                "max_inflight_bytes: 0",
+                &["extra_config.max_inflight_bytes", "0"],
+            ),
+            ("max_value_size: 0", &["extra_config.max_value_size", "0"]),
+            (
+                "max_value_size: 4294967296",
+                &["extra_config.max_value_size", "4294967296"],
+            ),
+            (
+                "read_from_replicas: true",
+                &["extra_config.read_from_replicas", "true", "cluster"],
+            ),
+            (
+                "read_from_replicas: sometimes",
+                &["extra_config.read_from_replicas", "sometimes"],
+            ),
+            (
+                "client_name: \"my client\"",
+                &["extra_config.client_name", "my client"],
+            ),
+            ("client_name: \"\"", &["extra_config.client_name"]),
+            (
+                "client_name: {a: 1}",
+                &["extra_config.client_name", "{...}"],
+            ),
+            (
+                "redis_mode: [cluster]",
+                &["extra_config.redis_mode", "[cluster]"],
+            ),
+            (
+                "redis_username: solo",
+                &["extra_config.redis_username", "solo", "password"],
+            ),
+            ("url: \"redis://h1 h2\"", &["redis://h1 h2", "whitespace"]),
+        ];
+        for (line, needles) in cases {
+            let text = format!("remote_url: redis://h\nextra_config:\n  {line}\n");
+            err_names(yaml(&text), needles);
+        }
+    }
+
+    #[test]
+    fn priority_weights() {
+        let base = "remote_url: redis://h:1\nextra_config:\n";
+        let with = |w: &str| yaml(&format!("{base}  priority_weights: {w}\n"));
+        assert_eq!(
+            yaml(base).unwrap().priority_weights,
+            PriorityWeights::default()
+        );
+        let c = with("{peek: 16, prefetch: 8, get: 4, put: 2}").unwrap();
+        assert_eq!(
+            c.priority_weights,
+            PriorityWeights {
+                peek: 16,
+                prefetch: 8,
+                get: 4,
+                put: 2
+            }
+        );
+        // Missing classes keep their defaults; numbers may be strings.
+        let c = with("{put: \"3\"}").unwrap();
+        assert_eq!(
+            c.priority_weights,
+            PriorityWeights {
+                put: 3,
+                ..PriorityWeights::default()
+            }
+        );
+        let c = yaml(&format!("{base}  priority_weights:\n    get: 5\n")).unwrap();
+        assert_eq!(c.priority_weights.get, 5);
+        assert_eq!(
+            with("null").unwrap().priority_weights,
+            PriorityWeights::default()
+        );
+        err_names(
+            with("{peek: 8, put: 0}"),
+            &["extra_config.priority_weights.put", "0", "at least 1"],
+        );
+        err_names(
+            with("{get: -1}"),
+            &["extra_config.priority_weights.get", "-1"],
+        );
+        err_names(
+            with("{prefetch: lots}"),
+            &["extra_config.priority_weights.prefetch", "lots"],
+        );
+        err_names(
+            with("{peek: 1001}"),
+            &["extra_config.priority_weights.peek", "1001", "1000"],
+        );
+        err_names(
+            with("{writes: 2}"),
+            &["extra_config.priority_weights.writes", "unknown class"],
+        );
+        err_names(
+            with("[8, 4, 2, 1]"),
+            &["extra_config.priority_weights", "expected a mapping"],
+        );
+        err_names(
+            Config {
+                priority_weights: PriorityWeights {
+                    prefetch: 0,
+                    ..PriorityWeights::default()
+                },
+                ..Config::default()
+            }
+            .validate(),
+            &["extra_config.priority_weights.prefetch", "0"],
+        );
+    }
+
+    #[test]
+    fn merge_keys_and_anchors() {
+        let t = "base: &b\n  chunk_size: 64\n  ttl: 9\nremote_url: redis://h\n\
+                 extra_config:\n  <<: *b\n  ttl: 30\n";
+        let c = yaml(t).unwrap();
+        assert_eq!((c.chunk_size, c.ttl), (64, Some(30)));
+        err_names(
+            yaml("remote_url: redis://h\nextra_config:\n  <<: 5\n"),
+            &["yaml", "merge key"],
+        );
+        err_names(
+            yaml("remote_url: redis://h\n---\nx: 1\n"),
+            &["yaml", "2 documents"],
+        );
+        err_names(
+            yaml("remote_url: a\nremote_url: b\n"),
+            &["yaml", "duplicate"],
+        );
+    }
+
+    #[test]
+    fn document_shape_errors() {
+        err_names(yaml(""), &["remote_url", "no Redis URL"]);
+        err_names(yaml("chunk_size: 256\n"), &["remote_url", "no Redis URL"]);
+        err_names(yaml("remote_url: null\n"), &["remote_url"]);
+        err_names(yaml("- a\n- b\n"), &["yaml", "a list"]);
+        err_names(yaml("remote_url: [\n"), &["yaml"]);
+        err_names(
+            yaml("remote_url: redis://h\nextra_config: 5\n"),
+            &["extra_config", "5", "mapping"],
+        );
+        err_names(
+            yaml("remote_url: redis://h\nextra_config: [a]\n"),
+            &["extra_config", "[a]"],
+        );
+        err_names(yaml("remote_url: 5\n"), &["5", "missing scheme"]);
+        err_names(yaml("remote_url: [a]\n"), &["remote_url", "[a]"]);
+        err_names(
+            yaml("remote_url: \"redis-sentinel://h:1\"\n"),
+            &["redis-sentinel://h:1", "Sentinel"],
+        );
+        // Unknown slotline plugin keys only warn.
+        assert!(yaml(
+            "remote_url: redis://h\nextra_config:\n  remote_storage_plugin.slotline.chunk_sz: 3\n"
+        )
+        .is_ok());
+        // `extra_config:` with nothing under it is null, i.e. absent.
+        assert!(yaml("remote_url: redis://h\nextra_config:\n").is_ok());
+    }
+
+    #[test]
+    fn yaml_file_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("slotline-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.yaml");
+        std::fs::write(&good, SECTION8_CLUSTER).unwrap();
+        assert_eq!(Config::from_yaml_file(&good).unwrap().mode, Mode::Cluster);
+
+        let bad = dir.join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "remote_url: redis://h\nextra_config:\n  chunk_size: 0\n",
+        )
+        .unwrap();
+        let name = bad.display().to_string();
+        err_names(
+            Config::from_yaml_file(&bad),
+            &[&name, "extra_config.chunk_size", "0"],
+        );
+
+        let bad_url = dir.join("bad_url.yaml");
+        std::fs::write(&bad_url, "remote_url: redis://h:0\n").unwrap();
+        let name = bad_url.display().to_string();
+        err_names(Config::from_yaml_file(&bad_url), &[&name, "port 0"]);
+
+        let missing = dir.join("missing.yaml");
+        let name = missing.display().to_string();
+        err_names(Config::from_yaml_file(&missing), &["config_file", &name]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,88 @@
+//! Operating-system helpers for server processes: pidfiles, log files, liveness and
+//! signals. The one `unsafe` call of the test kit (`kill(2)`) lives here.
+
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
+
+pub(crate) fn remove_if_exists(p: &Path) {
+    if let Err(e) = fs::remove_file(p) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %p.display(), error = %e, "cannot remove stale file");
+        }
+    }
+}
+
+pub(crate) fn read_pidfile(p: &Path) -> Option<u32> {
+    fs::read_to_string(p)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&pid| pid > 0)
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub(crate) fn log_tail(p: &Path, lines: usize) -> String {
+    let text = log_since(p, 0);
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    if tail.is_empty() {
+        "(empty)".to_string()
+    } else {
+        tail
+    }
+}
+
+/// Log text written after byte `offset` (logs are appended to across restarts).
+pub(crate) fn log_since(p: &Path, offset: u64) -> String {
+    let Ok(mut f) = fs::File::open(p) else {
+        return String::new();
+    };
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(offset)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Alive per `/proc/<pid>/stat`: a zombie or a missing entry is dead. Unlike
+/// `kill(pid, 0)` this is not fooled by an exited child nobody has reaped yet.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name in parentheses may itself contain spaces or parentheses.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    !matches!(state, None | Some('Z') | Some('X') | Some('x'))
+}
+
+/// Whether `pid` is alive and is a server on `port`; guards against signalling a reused
+/// pid from a stale record. redis-server retitles itself "redis-server 127.0.0.1:PORT".
+pub(crate) fn is_server_on_port(pid: u32, port: u16) -> bool {
+    if !process_alive(pid) {
+        return false;
+    }
+    let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+    let port_s = port.to_string();
+    cmdline
+        .split_whitespace()
+        .any(|tok| tok == port_s || tok.rsplit_once(':').is_some_and(|(_, p)| p == port_s))
+}
+
+pub(crate) fn send_signal(pid: u32, sig: libc::c_int) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; pid > 0 was
+    // checked, so this never signals a process group.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
