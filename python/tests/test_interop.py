@@ -5,12 +5,11 @@ format notes): the `raw` layout of the native clients and the `lmcache` layout
 from __future__ import annotations
 
 import os
-import select
 import struct
-import time
 
 import pytest
 
+from helpers import wait_for
 from slotline import Client, config_text
 from slotline.native_plugin import SlotlineNativePlugin
 
@@ -21,18 +20,6 @@ LENGTH = 2 * 4 * 16 * 64 * 2
 
 def lmcache_meta(length: int, fmt: int = 1, dtype: int = 3, shape=SHAPE) -> bytes:
     return struct.pack("<7i", length, fmt, dtype, *shape)
-
-
-def wait_for(client, fid: int, timeout: float = 20.0):
-    poller = select.poll()
-    poller.register(client.event_fd(), select.POLLIN)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        poller.poll(200)
-        for c in client.drain_completions():
-            if c[0] == fid:
-                return c
-    raise AssertionError("future %d never completed" % fid)
 
 
 @pytest.fixture

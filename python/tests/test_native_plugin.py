@@ -12,69 +12,8 @@ import time
 
 import pytest
 
+from helpers import Driver, loaded
 from slotline.native_plugin import SlotlineNativePlugin
-
-
-class Driver:
-    """A stand-in for LMCache's adapter: lock, pending-op table, demux thread."""
-
-    def __init__(self, plugin: SlotlineNativePlugin):
-        self.p = plugin
-        self.fd = int(plugin.event_fd())
-        self.lock = threading.Lock()
-        self.pending: dict[int, str] = {}
-        self.results: dict[int, tuple] = {}
-        self.events: dict[int, threading.Event] = {}
-        self.unknown = 0
-        self.stop = threading.Event()
-        self.spins = 0
-        self.thread = threading.Thread(target=self._demux, daemon=True)
-        self.thread.start()
-
-    def _demux(self) -> None:
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        while not self.stop.is_set():
-            if not poller.poll(500):
-                continue
-            done = self.p.drain_completions()  # outside the lock, as LMCache does
-            if not done:
-                self.spins += 1
-                continue
-            with self.lock:
-                for fid, ok, err, flags in done:
-                    op = self.pending.pop(int(fid), None)
-                    if op is None:
-                        self.unknown += 1
-                        continue
-                    self.results[int(fid)] = (op, ok, err, flags)
-                    self.events[int(fid)].set()
-
-    def submit(self, op: str, *args) -> int:
-        with self.lock:
-            fid = int(getattr(self.p, "submit_batch_" + op)(*args))
-            self.pending[fid] = op
-            self.events[fid] = threading.Event()
-        return fid
-
-    def wait(self, fid: int, timeout: float = 20.0) -> tuple:
-        ev = self.events[fid]
-        assert ev.wait(timeout), "future %d never completed" % fid
-        with self.lock:
-            self.events.pop(fid)
-            return self.results.pop(fid)
-
-    def run(self, op: str, *args, timeout: float = 20.0) -> tuple:
-        return self.wait(self.submit(op, *args), timeout)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.p.close()
-
-
-def loaded(n: int, flags) -> list[bool]:
-    return [True] * n if flags is None else list(flags)
 
 
 @pytest.fixture
