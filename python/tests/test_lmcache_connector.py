@@ -1,7 +1,7 @@
-"""The remote connector through LMCache 0.5.6's own plug-in loader
-(`remote_storage_plugins` -> CreateConnector), with MemoryObjs from a real
-LocalCPUBackend, and byte interop with what LMCache's `redis://` connector stores.
-Skipped when lmcache is not importable."""
+"""The remote connector through LMCache 0.5.6's own classes: its plug-in loader
+(`remote_storage_plugins` -> CreateConnector) and the whole `RemoteBackend` built by
+`CreateStorageBackends`, with MemoryObjs from its LocalCPUBackend; byte interop with
+what LMCache's `redis://` connector stores. Skipped when lmcache is not importable."""
 
 from __future__ import annotations
 
@@ -13,56 +13,20 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("lmcache")
 
-from lmcache.utils import CacheEngineKey  # noqa: E402
-from lmcache.v1.config import LMCacheEngineConfig  # noqa: E402
-from lmcache.v1.metadata import LMCacheMetadata  # noqa: E402
 from lmcache.v1.protocol import RemoteMetadata  # noqa: E402
-from lmcache.v1.storage_backend.connector import CreateConnector  # noqa: E402
-from lmcache.v1.storage_backend.local_cpu_backend import LocalCPUBackend  # noqa: E402
-
-CHUNK = 16
-KV_SHAPE = (2, 2, CHUNK, 4, 32)  # layers, kv, tokens, heads, head size
+from lmcache_setup import (  # noqa: E402
+    backend_setup,
+    connector_of,
+    connector_setup,
+    filled,
+    lm_key as key,
+)
 
 
 @pytest.fixture
 def setup(redis_server):
-    cfg = LMCacheEngineConfig.from_defaults(
-        chunk_size=CHUNK, max_local_cpu_size=0.1, local_cpu=False,
-        remote_storage_plugins=["slotline"],
-        extra_config={
-            "remote_storage_plugin.slotline.module_path": "slotline.lmcache",
-            "remote_storage_plugin.slotline.class_name": "SlotlineConnectorAdapter",
-            "remote_storage_plugin.slotline.url": redis_server.url,
-            "remote_storage_plugin.slotline.cores": 1,
-        })
-    md = LMCacheMetadata(model_name="m", world_size=1, local_world_size=1, worker_id=0,
-                         local_worker_id=0, kv_dtype=torch.bfloat16, kv_shape=KV_SHAPE,
-                         chunk_size=CHUNK)
-    cpu = LocalCPUBackend(cfg, md)
-    loop = asyncio.new_event_loop()
-    t = threading.Thread(target=loop.run_forever, daemon=True)
-    t.start()
-    conn = CreateConnector("plugin://slotline", loop, cpu, cfg, md, plugin_name="slotline")
-
-    def run(coro, timeout=20):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
-    yield conn, cpu, run
-    run(conn.close())
-    loop.call_soon_threadsafe(loop.stop)
-    t.join(5)
-
-
-def key(i: int) -> CacheEngineKey:
-    return CacheEngineKey(model_name="m", world_size=1, worker_id=0, chunk_hash=i,
-                          dtype=torch.bfloat16)
-
-
-def filled(conn, cpu, value: int):
-    inner = getattr(conn, "_connector", conn)  # LMCache wraps it for metrics
-    obj = cpu.allocate(inner.meta_shapes, inner.meta_dtypes, inner.meta_fmt)
-    obj.tensor.fill_(value)
-    return obj
+    with connector_setup(redis_server.url) as s:
+        yield s
 
 
 def test_put_get_prefix_contains(setup, rpy):
@@ -78,7 +42,7 @@ def test_put_get_prefix_contains(setup, rpy):
     raw_meta = rpy.get(ks + "metadata")
     payload = rpy.get(ks + "kv_bytes")
     m = RemoteMetadata.deserialize(memoryview(raw_meta))
-    assert m.length == len(payload) == conn._connector.full_chunk_size_bytes
+    assert m.length == len(payload) == connector_of(conn).full_chunk_size_bytes
 
     assert run(conn.batched_async_contains("l1", keys)) == 3
     assert conn.batched_contains(keys) == 3
@@ -131,3 +95,69 @@ def test_cancelled_read_is_safe(setup):
     assert len(got) == 4
     for g in got:
         g.ref_count_down()
+
+
+def put_and_wait(remote, keys, objs, timeout: float = 20.0) -> None:
+    """RemoteBackend.batched_submit_put_task runs the put on LMCache's loop and calls
+    `on_complete_callback` once per key when it finished."""
+    done = []
+    ev = threading.Event()
+
+    def on_done(k) -> None:
+        done.append(k)
+        if len(done) == len(keys):
+            ev.set()
+
+    remote.batched_submit_put_task(keys, objs, on_complete_callback=on_done)
+    assert ev.wait(timeout), "RemoteBackend puts never finished"
+
+
+def test_remote_backend_from_create_storage_backends(redis_server, rpy):
+    with backend_setup(redis_server.url) as (remote, cpu, run):
+        conn = remote.connection
+        assert type(connector_of(conn)).__name__ == "SlotlineConnector"
+        keys = [key(1000 + i) for i in range(6)]
+        objs = [filled(conn, cpu, i + 1) for i in range(6)]
+        # Keys 0..3 stored; 4 missing; 5 stored (after the gap).
+        stored = [0, 1, 2, 3, 5]
+        put_and_wait(remote, [keys[i] for i in stored], [objs[i] for i in stored])
+        for o in objs:
+            o.ref_count_down()
+        assert remote.put_failed_count == 0
+        assert rpy.exists(keys[5].to_string() + "kv_bytes") == 1
+
+        # contains: per key, and the prefix count.
+        assert remote.contains(keys[0]) and not remote.contains(keys[4])
+        assert remote.batched_contains(keys) == 4
+        assert run(remote.batched_async_contains("l1", keys)) == 4
+
+        # get: blocking, per key and batched (a miss is None).
+        one = remote.get_blocking(keys[2])
+        assert one is not None and torch.equal(one.tensor, torch.full_like(one.tensor, 3))
+        one.ref_count_down()
+        assert remote.get_blocking(keys[4]) is None
+        got = remote.batched_get_blocking(keys)
+        assert got[4] is None
+        for i in stored:
+            assert torch.equal(got[i].tensor, torch.full_like(got[i].tensor, i + 1))
+            got[i].ref_count_down()
+
+        # Prefix semantics: stops at the first miss, even though key 5 exists.
+        pre = run(remote.batched_get_non_blocking("l2", keys))
+        assert len(pre) == 4
+        for i, p in enumerate(pre):
+            assert torch.equal(p.tensor, torch.full_like(p.tensor, i + 1))
+            p.ref_count_down()
+        assert run(remote.batched_get_non_blocking("l3", [keys[4], keys[0]])) == []
+
+
+def test_remote_backend_single_puts(redis_server):
+    """LMCache's per-key put path (submit_put_task -> connector.put)."""
+    with backend_setup(redis_server.url) as (remote, cpu, run):
+        k = key(2000)
+        o = filled(remote.connection, cpu, 7)
+        remote.submit_put_task(k, o).result(20)
+        o.ref_count_down()
+        got = remote.get_blocking(k)
+        assert got is not None and torch.equal(got.tensor, torch.full_like(got.tensor, 7))
+        got.ref_count_down()
