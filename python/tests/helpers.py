@@ -11,7 +11,7 @@ import time
 class Driver:
     """A stand-in for LMCache's adapter: lock, pending-op table, demux thread."""
 
-    def __init__(self, plugin: SlotlineNativePlugin):
+    def __init__(self, plugin):
         self.p = plugin
         self.fd = int(plugin.event_fd())
         self.lock = threading.Lock()
