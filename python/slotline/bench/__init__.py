@@ -1,5 +1,6 @@
-"""``python -m slotline.bench`` (``--help``, ``--json PATH``): slotline's LMCache plug-ins beside LMCache's own clients,
-in one run, interleaved, against one redis-server.
+"""``python -m slotline.bench`` (``--help``, ``--json PATH``): slotline's LMCache
+plug-ins beside LMCache's own clients, in one run, interleaved, against one standalone
+redis-server.
 
 Peers (``--peers``, default all that can run here):
 

@@ -90,7 +90,9 @@ class Server:
         return "redis://%s:%d" % (self.host, self.port)
 
     def flush(self) -> None:
-        redis_cmd(self.host, self.port, "FLUSHALL")
+        """Empties the server (a standalone server without AUTH)."""
+        reply = redis_cmd(self.host, self.port, "FLUSHALL")
+        check(reply == b"+OK", "FLUSHALL answered %r" % reply)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -141,7 +143,9 @@ def check(ok: bool, what: str) -> None:
 
 
 class Peer:
-    """Sets up `count` source chunks of `size` bytes and destinations for reads."""
+    """One peer at one configuration: `count` chunks of `size` bytes a batch; `put`,
+    `get` and `exists` handle batch number `batch` (its own keys) and raise on any
+    failure or miss, so a number is never reported for work not done."""
 
     name = ""
     via = ""
@@ -165,12 +169,14 @@ class Peer:
         pass
 
 
-def _src(size: int, count: int) -> list[bytearray]:
+def random_chunks(size: int, count: int) -> list[bytearray]:
+    """`count` chunks of `size` random bytes (incompressible, all different)."""
     return [bytearray(os.urandom(size)) for _ in range(count)]
 
 
-def _meta(size: int) -> bytes:
-    # LMCache's RemoteMetadata: length, KV_2LTD, bfloat16, shape (1, 2, 16, size/64).
+def lmcache_meta(size: int) -> bytes:
+    """LMCache's RemoteMetadata for a chunk of `size` bytes: length, KV_2LTD, bfloat16,
+    shape (1, 2, 16, size / 64)."""
     return struct.pack("<7i", size, 1, 3, 1, 2, 16, size // 64)
 
 

@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import asyncio
 
-from slotline.bench.common import LoopThread, Peer, PluginWaiter, _meta, _src, check
+from slotline.bench.common import (
+    LoopThread,
+    Peer,
+    PluginWaiter,
+    check,
+    lmcache_meta,
+    random_chunks,
+)
 from slotline.native_plugin import SlotlineNativePlugin
 
 
 class NativeDirect(Peer):
+    """slotline's native plug-in through its own submit / drain API (layout raw)."""
+
     name, via = "native", "plug-in API"
 
     def __init__(self, url, size, count, settings):
         super().__init__(url, size, count, settings)
         self.p = SlotlineNativePlugin(url=url, **settings)
         self.w = PluginWaiter(self.p)
-        self.src = [memoryview(b) for b in _src(size, count)]
+        self.src = [memoryview(b) for b in random_chunks(size, count)]
         self.dst = [memoryview(bytearray(size)) for _ in range(count)]
 
     def keys(self, batch):
@@ -49,9 +58,9 @@ class ConnectorDirect(Peer):
         from slotline import Client, config_text
         self.c = Client(config_text({"url": url, **settings}, default_layout="lmcache"))
         self.w = PluginWaiter(self.c)
-        self.src = [memoryview(b) for b in _src(size, count)]
+        self.src = [memoryview(b) for b in random_chunks(size, count)]
         self.dst = [memoryview(bytearray(size)) for _ in range(count)]
-        self.metas = [_meta(size)] * count
+        self.metas = [lmcache_meta(size)] * count
 
     def keys(self, batch):
         return ["bench/connector@1@0@%x@bfloat16" % (batch * self.count + i)
@@ -89,9 +98,9 @@ class RedisPyDirect(Peer):
         self.lt = LoopThread()
         self.r = aredis.Redis.from_pool(
             aredis.ConnectionPool.from_url(url, max_connections=150))
-        self.src = [bytes(b) for b in _src(size, count)]
+        self.src = [bytes(b) for b in random_chunks(size, count)]
         self.dst = [memoryview(bytearray(size)) for _ in range(count)]
-        self.meta = _meta(size)
+        self.meta = lmcache_meta(size)
 
     def keys(self, batch):
         return ["bench/redis@1@0@%x@bfloat16" % (batch * self.count + i)
@@ -118,7 +127,8 @@ class RedisPyDirect(Peer):
             return True
 
         async def all_():
-            return await asyncio.gather(*(one(k, d) for k, d in zip(self.keys(batch), self.dst)))
+            pairs = zip(self.keys(batch), self.dst)
+            return await asyncio.gather(*(one(k, d) for k, d in pairs))
 
         check(all(self.lt.run(all_())), "redis get: misses")
 

@@ -97,7 +97,10 @@ def run(args) -> dict:
                             getattr(peers[name], op)(b)
                 per_run: list[dict[str, dict[str, float]]] = []
                 for r in range(args.runs):
-                    secs = {name: measure(p, server, batches) for name, p in peers.items()}
+                    # Peers take turns; the order rotates from run to run.
+                    names = list(peers)
+                    names = names[r % len(names):] + names[:r % len(names)]
+                    secs = {n: measure(peers[n], server, batches) for n in names}
                     per_run.append(secs)
                     if not args.quiet:
                         print("# %s x %d, run %d: %s" % (human(size), count, r + 1, " ".join(
@@ -130,7 +133,8 @@ def run(args) -> dict:
                                        "slotline": ours, "peer": other, "ratio_runs": rs,
                                        "ratio": statistics.median(rs)})
         return {"server": server.url, "runs": args.runs, "notes": notes,
-                "key_pattern": "FLUSHALL before each peer's run; every PUT to a fresh key",
+                "key_pattern": "FLUSHALL before each peer's run; every PUT to a fresh key; "
+                               "peer order rotates between runs",
                 "results": results, "ratios": ratios}
     finally:
         server.stop()
@@ -177,7 +181,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help='slotline settings as JSON, e.g. \'{"cores": 2}\'')
     ap.add_argument("--resp-workers", type=int, default=8,
                     help="num_workers of LMCache's resp adapter (its default 8)")
-    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout)")
+    ap.add_argument("--json", metavar="PATH",
+                    help="also write the results as JSON ('-': only JSON, to stdout)")
     ap.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")
     args = ap.parse_args(argv)
     if args.runs < 1:

@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import Any, Callable, Optional
 
-from slotline.bench.common import LoopThread, Peer, _src, check, wait_fd
+from slotline.bench.common import LoopThread, Peer, check, random_chunks, wait_fd
 
 
 class AdapterPeer(Peer):
@@ -36,7 +36,7 @@ class AdapterPeer(Peer):
 
         self.consume = consume_fd
         self.ObjectKey = ObjectKey
-        self._bufs = _src(size, count) + [bytearray(size) for _ in range(count)]
+        self._bufs = random_chunks(size, count) + [bytearray(size) for _ in range(count)]
         self.src = [mobj(b) for b in self._bufs[:count]]
         self.dst = [mobj(b) for b in self._bufs[count:]]
         self.a = make()
