@@ -1,0 +1,28 @@
+"""``python -m slotline.bench`` (``--help``, ``--json PATH``): slotline's LMCache
+plug-ins beside LMCache's own clients, in one run, interleaved, against one standalone
+redis-server.
+
+Peers (``--peers``, default all that can run here):
+
+- ``native``: slotline's native plug-in (multiprocess mode). Through LMCache's
+  ``NativeConnectorL2Adapter`` (built by its ``native_plugin`` factory, store / load /
+  lookup-and-lock tasks with TensorMemoryObjs) when lmcache is importable, else the
+  plug-in's own submit / drain API.
+- ``resp``: LMCache's built-in ``resp`` adapter (its C++ client) in the same
+  ``NativeConnectorL2Adapter`` harness; only when lmcache and its C++ extension import.
+- ``connector``: slotline's remote connector (single-process mode). Through LMCache's
+  ``RemoteBackend`` built by ``CreateStorageBackends`` with MemoryObjs from its
+  ``LocalCPUBackend`` when lmcache is importable, else the engine calls it makes.
+- ``redis``: what LMCache's ``redis://`` connector does (two keys per chunk, one
+  GET / SET per key, concurrent over a pool): LMCache's own connector in a
+  ``RemoteBackend`` when lmcache is importable, else the same calls with redis-py's
+  asyncio client.
+
+Each configuration ``SIZE:COUNT`` (``--sizes 2k:128,4m:8``) moves about
+``--target-mb`` per peer and operation in batches of COUNT chunks of SIZE bytes. Each
+peer is warmed up once (``--warmup`` untimed batches). For each run, peers take turns
+(interleaved): FLUSHALL, PUT every batch (fresh keys), GET every batch, EXISTS every
+batch (keys/s only). Results are medians over ``--runs`` runs; ratios of
+slotline's peers to the others are computed within each run, then their median.
+Without ``--url`` a redis-server is started on a free loopback port and stopped after.
+"""

@@ -1,0 +1,216 @@
+"""Peers driven through LMCache 0.5.6's own classes: NativeConnectorL2Adapter
+(multiprocess mode: slotline's native plug-in and LMCache's resp adapter) and
+RemoteBackend built by CreateStorageBackends (single-process mode: slotline's connector
+and LMCache's redis:// connector). lmcache is imported only when a peer is built."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any, Callable, Optional
+
+from slotline.bench.common import LoopThread, Peer, check, random_chunks, wait_fd
+
+
+class AdapterPeer(Peer):
+    """A multiprocess-mode adapter through LMCache's NativeConnectorL2Adapter."""
+
+    via = "NativeConnectorL2Adapter"
+
+    def __init__(self, url, size, count, settings, name: str, make: Callable[[], Any]):
+        super().__init__(url, size, count, settings)
+        self.name = name
+        import torch
+        from lmcache.v1.distributed.api import ObjectKey
+        from lmcache.v1.memory_management import (
+            MemoryFormat, MemoryObjMetadata, TensorMemoryObj)
+        from lmcache.v1.platform.event_notifier import consume_fd
+
+        def mobj(data: bytearray):
+            t = torch.frombuffer(data, dtype=torch.uint8)
+            md = MemoryObjMetadata(shape=torch.Size([len(data)]), dtype=torch.uint8,
+                                   address=0, phy_size=len(data), ref_count=1,
+                                   fmt=MemoryFormat.BINARY)
+            return TensorMemoryObj(t, md, None)
+
+        self.consume = consume_fd
+        self.ObjectKey = ObjectKey
+        self._bufs = random_chunks(size, count) + [bytearray(size) for _ in range(count)]
+        self.src = [mobj(b) for b in self._bufs[:count]]
+        self.dst = [mobj(b) for b in self._bufs[count:]]
+        self.a = make()
+
+    def keys(self, batch):
+        return [self.ObjectKey(chunk_hash=(batch * self.count + i).to_bytes(8, "big"),
+                               model_name="bench/" + self.name, kv_rank=0)
+                for i in range(self.count)]
+
+    def put(self, batch):
+        tid = self.a.submit_store_task(self.keys(batch), self.src)
+        done = wait_fd(self.a.get_store_event_fd(),
+                       lambda: self.a.pop_completed_store_tasks(), self.consume)
+        check(tid in done and int(done[tid]) >= 0, "%s store failed" % self.name)
+
+    def get(self, batch):
+        tid = self.a.submit_load_task(self.keys(batch), self.dst)
+        bm = wait_fd(self.a.get_load_event_fd(),
+                     lambda: self.a.query_load_result(tid), self.consume)
+        check(bm.popcount() == self.count, "%s load: %d hits" % (self.name, bm.popcount()))
+
+    def exists(self, batch):
+        keys = self.keys(batch)
+        tid = self.a.submit_lookup_and_lock_task(keys, {})
+        bm = wait_fd(self.a.get_lookup_and_lock_event_fd(),
+                     lambda: self.a.query_lookup_and_lock_result(tid), self.consume)
+        self.a.submit_unlock(keys)
+        check(bm.popcount() == self.count, "%s lookup: %d hits" % (self.name, bm.popcount()))
+
+    def close(self):
+        self.a.close()
+
+
+def native_adapter(url, size, count, settings):
+    from lmcache.v1.distributed.l2_adapters.native_plugin_l2_adapter import (
+        NativePluginL2AdapterConfig, _create_native_plugin_l2_adapter)
+
+    cfg = NativePluginL2AdapterConfig.from_dict({
+        "type": "native_plugin", "module_path": "slotline.native_plugin",
+        "class_name": "SlotlineNativePlugin", "adapter_params": {"url": url, **settings}})
+    return AdapterPeer(url, size, count, settings, "native",
+                       lambda: _create_native_plugin_l2_adapter(cfg))
+
+
+def resp_adapter(url, size, count, settings, host: str, port: int, workers: int):
+    from lmcache.lmcache_redis import LMCacheRedisClient  # noqa: F401  (availability)
+    from lmcache.v1.distributed.l2_adapters.resp_l2_adapter import (
+        RESPL2AdapterConfig, _create_resp_l2_adapter)
+
+    cfg = RESPL2AdapterConfig.from_dict(
+        {"type": "resp", "host": host, "port": port, "num_workers": workers})
+    return AdapterPeer(url, size, count, settings, "resp",
+                       lambda: _create_resp_l2_adapter(cfg))
+
+
+class BackendPeer(Peer):
+    """A single-process-mode connector inside LMCache's RemoteBackend, built by
+    CreateStorageBackends, with MemoryObjs from its LocalCPUBackend."""
+
+    via = "RemoteBackend"
+
+    def __init__(self, url, size, count, settings, name: str):
+        super().__init__(url, size, count, settings)
+        import torch
+        from lmcache.utils import CacheEngineKey
+        from lmcache.v1.config import LMCacheEngineConfig
+        from lmcache.v1.metadata import LMCacheMetadata
+        from lmcache.v1.storage_backend import CreateStorageBackends
+
+        self.name = name
+        check(size % 64 == 0, "chunk sizes must be multiples of 64 bytes")
+        kv_shape = (1, 2, 16, 1, size // 64)  # bfloat16: exactly `size` bytes a chunk
+        cpu_gb = (3 * size * count) / 1e9 + 0.05
+        if name == "connector":
+            extra = {
+                "remote_storage_plugin.slotline.module_path": "slotline.lmcache",
+                "remote_storage_plugin.slotline.class_name": "SlotlineConnectorAdapter",
+                "remote_storage_plugin.slotline.url": url,
+            }
+            extra.update({"remote_storage_plugin.slotline." + k: v
+                          for k, v in settings.items()})
+            cfg = LMCacheEngineConfig.from_defaults(
+                chunk_size=16, max_local_cpu_size=cpu_gb, local_cpu=False,
+                remote_storage_plugins=["slotline"], extra_config=extra)
+            backend_name = "RemoteBackend-slotline"
+        else:
+            cfg = LMCacheEngineConfig.from_defaults(
+                chunk_size=16, max_local_cpu_size=cpu_gb, local_cpu=False,
+                remote_url=url, remote_serde="naive")
+            backend_name = "RemoteBackend"
+        md = LMCacheMetadata(model_name="bench/" + name, world_size=1, local_world_size=1,
+                             worker_id=0, local_worker_id=0, kv_dtype=torch.bfloat16,
+                             kv_shape=kv_shape, chunk_size=16)
+        self.Key = CacheEngineKey
+        self.torch = torch
+        self.lt = LoopThread()
+        self.backends = CreateStorageBackends(cfg, md, self.lt.loop)
+        self.remote = self.backends.get(backend_name)
+        cpu = self.backends.get("LocalCPUBackend")
+        check(self.remote is not None and self.remote.connection is not None,
+              "no %s built: %s" % (backend_name, list(self.backends)))
+        conn = getattr(self.remote.connection, "_connector", self.remote.connection)
+        self.src = []
+        for _ in range(count):
+            o = cpu.allocate(conn.meta_shapes, conn.meta_dtypes, conn.meta_fmt)
+            check(o is not None, "LocalCPUBackend out of memory")
+            view = o.byte_array
+            check(len(view) == size, "chunk of %d bytes, expected %d" % (len(view), size))
+            view.cast("B")[:] = os.urandom(size)
+            self.src.append(o)
+
+    def keys(self, batch):
+        return [self.Key(model_name="bench/" + self.name, world_size=1, worker_id=0,
+                         chunk_hash=batch * self.count + i, dtype=self.torch.bfloat16)
+                for i in range(self.count)]
+
+    def put(self, batch):
+        keys = self.keys(batch)
+        done = threading.Event()
+        left = [len(keys)]
+        lock = threading.Lock()
+
+        def on_done(_k):
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+        self.remote.batched_submit_put_task(keys, self.src, on_complete_callback=on_done)
+        check(done.wait(300), "%s put never finished" % self.name)
+
+    def get(self, batch):
+        got = self.remote.batched_get_blocking(self.keys(batch))
+        hits = 0
+        for o in got:
+            if o is not None:
+                hits += 1
+                o.ref_count_down()
+        check(hits == self.count, "%s get: %d hits" % (self.name, hits))
+
+    def exists(self, batch):
+        n = self.remote.batched_contains(self.keys(batch))
+        check(n == self.count, "%s exists: %d" % (self.name, n))
+
+    def close(self):
+        for o in self.src:
+            o.ref_count_down()
+        # LMCache 0.5.6's redis:// connector deadlocks in close() (its priority
+        # executor's shutdown waits, on the loop thread, for a job of that same loop):
+        # close on a helper thread, give up after a while, leave the daemon threads.
+        closer = threading.Thread(target=lambda: [
+            b.close() for b in reversed(list(self.backends.values()))], daemon=True)
+        closer.start()
+        closer.join(3)
+        if closer.is_alive():
+            print("# %s: LMCache's close() did not return in 3 s; left behind"
+                  % self.name, file=sys.stderr)
+            return
+        self.lt.stop()
+
+
+def lmcache_available() -> Optional[str]:
+    """None when lmcache (with torch) imports, else why not."""
+    try:
+        import lmcache.v1.distributed.l2_adapters.native_connector_l2_adapter  # noqa: F401
+        import lmcache.v1.storage_backend  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install
+        return "%s: %s" % (type(e).__name__, e)
+    return None
+
+
+def resp_available() -> Optional[str]:
+    try:
+        from lmcache.lmcache_redis import LMCacheRedisClient  # noqa: F401
+    except Exception as e:
+        return "%s: %s" % (type(e).__name__, e)
+    return None

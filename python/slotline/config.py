@@ -1,0 +1,42 @@
+"""Turning plug-in parameters into the configuration text the engine reads.
+
+The engine reads LMCache's YAML form (``remote_url`` plus ``extra_config``); JSON is
+YAML, so the parameters are passed as JSON and every slotline setting
+(``cores``, ``io_backend``, ``request_timeout_ms``, ``chunk_size``, ...) is accepted
+under its usual name.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+# Names a caller may use for the Redis URL, first match wins.
+URL_KEYS = ("url", "remote_url", "redis_url")
+# Short names accepted for the key layout.
+LAYOUT_KEYS = ("layout", "key_layout")
+
+
+def config_text(params: Mapping[str, Any], default_layout: str) -> str:
+    """The engine configuration for ``params``: a URL under ``url`` (or
+    ``remote_url`` / ``redis_url``: ``redis://host:port``, ``redis://h1:p1,h2:p2`` for
+    cluster seeds, ``redis-cluster://...``, ``unix:///path``), a layout under
+    ``layout`` (default ``default_layout``), and any other slotline setting."""
+    extra = {}
+    url = None
+    layout = default_layout
+    for k, v in params.items():
+        if k in URL_KEYS:
+            url = url or v
+        elif k in LAYOUT_KEYS:
+            layout = v
+        else:
+            extra[k] = v
+    if not url:
+        raise ValueError("slotline: no Redis URL given (adapter parameter 'url')")
+    extra["url"] = url
+    extra["key_layout"] = layout
+    if "," in url.split("://", 1)[-1] and "redis_mode" not in extra:
+        # Several seeds: a cluster (LMCache's own syntax for cluster seeds).
+        extra["redis_mode"] = "cluster"
+    return json.dumps({"extra_config": extra})

@@ -1,0 +1,354 @@
+//! `slotline._native.Client`: one engine, one eventfd, one completion thread, and
+//! non-blocking `submit_*` calls returning future ids.
+//!
+//! Python's LMCache plug-ins (`slotline.native_plugin`, `slotline.lmcache`) wrap this
+//! class; the method set and semantics follow LMCache 0.5.6's native-plugin contract
+//! (`submit_batch_*`, `drain_completions`, `event_fd`, `close`), plus the extra calls
+//! the single-process connector needs (prefix counts, fetches with metadata).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use slotline::{Chunk, Config, Engine, RemoteMetadata};
+
+use crate::completion::Completions;
+use crate::io::{self, Job, Outcome, Payload};
+use crate::views::View;
+
+/// A slotline engine with completion delivery through an eventfd.
+#[pyclass(module = "slotline._native", frozen)]
+pub struct Client {
+    engine: Mutex<Option<Engine>>,
+    done: Completions,
+    next_id: AtomicU64,
+    layout: String,
+}
+
+/// Keys as bytes: `str` (UTF-8) or any bytes-like object.
+fn key_bytes(keys: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for k in keys.try_iter()? {
+        let k = k?;
+        if let Ok(s) = k.cast::<PyString>() {
+            out.push(s.to_str()?.as_bytes().to_vec());
+        } else if let Ok(b) = k.cast::<PyBytes>() {
+            out.push(b.as_bytes().to_vec());
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "a key must be str or bytes, not {}",
+                k.get_type().name()?
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Acquires every buffer; the first unusable one fails the whole request.
+fn acquire_all(bufs: &Bound<'_, PyAny>, writable: bool) -> Result<Vec<View>, String> {
+    let mut out = Vec::new();
+    let iter = bufs.try_iter().map_err(|e| e.to_string())?;
+    for (i, b) in iter.enumerate() {
+        let b = b.map_err(|e| e.to_string())?;
+        out.push(View::acquire(&b, writable).map_err(|e| format!("buffer {i}: {e}"))?);
+    }
+    Ok(out)
+}
+
+impl Client {
+    fn engine(&self) -> Option<Engine> {
+        self.engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Builds the job with the engine (outside the GIL) and hands it over. A closed
+    /// client answers with a failed completion, as a full lane does.
+    fn submit_with(&self, py: Python<'_>, make: impl FnOnce(&Engine) -> Job + Send) -> u64 {
+        let id = self.new_id();
+        let unused = py.detach(|| match self.engine() {
+            Some(e) if !self.done.is_closing() => {
+                self.done.submit(id, make(&e));
+                None
+            }
+            _ => Some(make),
+        });
+        if let Some(make) = unused {
+            // Drop the caller's buffers here, with the GIL held.
+            drop(make);
+            self.done
+                .finish_now(id, Outcome::failed("plug-in is closed", Vec::new()));
+        }
+        id
+    }
+}
+
+#[pymethods]
+impl Client {
+    /// Starts an engine from a configuration text in LMCache's YAML form (JSON is
+    /// accepted: it is YAML). Connects and checks the server before returning.
+    #[new]
+    fn new(py: Python<'_>, config: &str) -> PyResult<Client> {
+        let cfg =
+            Config::from_yaml_str(config).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let layout = cfg.key_layout.to_string();
+        let engine = py
+            .detach(|| Engine::new(cfg))
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        let done = Completions::start("slotline-done")
+            .map_err(|e| PyRuntimeError::new_err(format!("completion thread: {e}")))?;
+        Ok(Client {
+            engine: Mutex::new(Some(engine)),
+            done,
+            next_id: AtomicU64::new(1),
+            layout,
+        })
+    }
+
+    /// The eventfd that becomes readable when completions are waiting.
+    fn event_fd(&self) -> i32 {
+        self.done.event_fd()
+    }
+
+    /// The key layout in force (`raw`, `lmcache`, `hashtag`).
+    #[getter]
+    fn layout(&self) -> &str {
+        &self.layout
+    }
+
+    /// Reads each key's value into its writable buffer (class GET). Per-key flag
+    /// "loaded"; a value whose length differs from its buffer is not loaded.
+    fn submit_batch_get(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        memoryviews: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let keys = key_bytes(keys)?;
+        match acquire_all(memoryviews, true) {
+            Ok(views) => Ok(self.submit_with(py, move |e| io::get_into_views(e, &keys, views))),
+            Err(msg) => Ok(self.fail_now(msg)),
+        }
+    }
+
+    /// Stores each buffer under its key (class PUT), `raw` layout or BINARY metadata.
+    fn submit_batch_set(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        memoryviews: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let keys = key_bytes(keys)?;
+        match acquire_all(memoryviews, false) {
+            Ok(views) => {
+                let metas = vec![None; keys.len()];
+                Ok(self.submit_with(py, move |e| io::put_from_views(e, keys, views, metas)))
+            }
+            Err(msg) => Ok(self.fail_now(msg)),
+        }
+    }
+
+    /// Like `submit_batch_set`, with LMCache `RemoteMetadata` bytes per key (`None`:
+    /// BINARY metadata of the buffer's length).
+    fn submit_put(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        memoryviews: &Bound<'_, PyAny>,
+        metas: Vec<Option<Vec<u8>>>,
+    ) -> PyResult<u64> {
+        let keys = key_bytes(keys)?;
+        let metas: Result<Vec<Option<RemoteMetadata>>, _> = metas
+            .iter()
+            .map(|m| m.as_deref().map(RemoteMetadata::decode).transpose())
+            .collect();
+        let metas = metas.map_err(|e| PyValueError::new_err(e.to_string()))?;
+        match acquire_all(memoryviews, false) {
+            Ok(views) => {
+                Ok(self.submit_with(py, move |e| io::put_from_views(e, keys, views, metas)))
+            }
+            Err(msg) => Ok(self.fail_now(msg)),
+        }
+    }
+
+    /// Per key "found" (class PEEK).
+    fn submit_batch_exists(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let keys = key_bytes(keys)?;
+        Ok(self.submit_with(py, move |e| io::exists(e, keys)))
+    }
+
+    /// Per key "deleted" (class PUT).
+    fn submit_batch_delete(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let keys = key_bytes(keys)?;
+        Ok(self.submit_with(py, move |e| io::delete(e, keys)))
+    }
+
+    /// The count of consecutive existing chunks from the first key (class PEEK); the
+    /// completion's fourth field is that int.
+    fn submit_contains_prefix(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let keys = key_bytes(keys)?;
+        Ok(self.submit_with(py, move |e| io::contains_prefix(e, keys)))
+    }
+
+    /// Reads chunks into engine memory; the completion's fourth field is a `Fetched`
+    /// (metadata per key, `copy_into`). `prefix`: only the hit prefix (class
+    /// PREFETCH), else every key (class GET).
+    #[pyo3(signature = (keys, prefix=false))]
+    fn submit_fetch(&self, py: Python<'_>, keys: &Bound<'_, PyAny>, prefix: bool) -> PyResult<u64> {
+        let keys = key_bytes(keys)?;
+        Ok(self.submit_with(py, move |e| io::fetch(e, keys, prefix)))
+    }
+
+    /// Takes every finished request: `(future id, ok, error text, result)` with result
+    /// a list of per-key flags (GET, EXISTS, DELETE), an int (prefix count), a
+    /// `Fetched`, or `None`. Resets the eventfd. Buffers of the drained requests are
+    /// released here, and not before.
+    fn drain_completions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let done = py.detach(|| self.done.drain());
+        let out = PyList::empty(py);
+        for d in done {
+            let Outcome {
+                ok,
+                error,
+                payload,
+                views,
+            } = d.outcome;
+            let result: Bound<'py, PyAny> = match payload {
+                Payload::None => py.None().into_bound(py),
+                Payload::Flags(f) => f.into_pyobject(py)?.into_any(),
+                Payload::Count(n) => n.into_pyobject(py)?.into_any(),
+                Payload::Chunks(c) => Bound::new(
+                    py,
+                    Fetched {
+                        chunks: Mutex::new(c),
+                    },
+                )?
+                .into_any(),
+            };
+            out.append(PyTuple::new(
+                py,
+                [
+                    d.id.into_pyobject(py)?.into_any(),
+                    pyo3::types::PyBool::new(py, ok).to_owned().into_any(),
+                    error.into_pyobject(py)?.into_any(),
+                    result,
+                ],
+            )?)?;
+            // The request is over: its buffers go back to Python now (GIL held).
+            drop(views);
+        }
+        Ok(out)
+    }
+
+    /// Blocking: per key "found" (class PEEK), GIL released. For LMCache's
+    /// synchronous calls (`exists_sync`, `batched_contains`).
+    fn exists_now(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<Vec<bool>> {
+        let keys = key_bytes(keys)?;
+        let engine = self
+            .engine()
+            .ok_or_else(|| PyRuntimeError::new_err("plug-in is closed"))?;
+        py.detach(|| engine.exists(&keys))
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Blocking: the hit-prefix count (class PEEK), GIL released.
+    fn contains_prefix_now(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let keys = key_bytes(keys)?;
+        let engine = self
+            .engine()
+            .ok_or_else(|| PyRuntimeError::new_err("plug-in is closed"))?;
+        py.detach(|| engine.contains_prefix(&keys))
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Requests accepted and not yet finished.
+    fn pending(&self) -> usize {
+        self.done.running()
+    }
+
+    /// Counters and latency histograms, as text.
+    fn stats(&self) -> String {
+        self.engine()
+            .map(|e| e.stats().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Refuses new requests, waits for running ones (bounded by the request timeout),
+    /// stops the completion thread and the engine. Finished requests stay drainable.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| {
+            self.done.close();
+            let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(engine);
+        });
+    }
+}
+
+impl Client {
+    fn fail_now(&self, msg: String) -> u64 {
+        let id = self.new_id();
+        self.done.finish_now(id, Outcome::failed(msg, Vec::new()));
+        id
+    }
+}
+
+/// Chunks read by `submit_fetch`, held until copied out.
+#[pyclass(module = "slotline._native", frozen)]
+pub struct Fetched {
+    chunks: Mutex<Vec<Option<Chunk>>>,
+}
+
+#[pymethods]
+impl Fetched {
+    fn __len__(&self) -> usize {
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Key `i`'s stored `RemoteMetadata` bytes, `b""` for a hit without metadata
+    /// (`raw` layout), or `None` for a miss.
+    fn meta<'py>(&self, py: Python<'py>, i: usize) -> Option<Bound<'py, PyBytes>> {
+        let chunks = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
+        let c = chunks.get(i)?.as_ref()?;
+        let bytes = c.meta.as_ref().map(|m| m.encode()).unwrap_or_default();
+        Some(PyBytes::new(py, &bytes))
+    }
+
+    /// Key `i`'s payload length, or `None` for a miss.
+    fn length(&self, i: usize) -> Option<usize> {
+        let chunks = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
+        chunks.get(i)?.as_ref().map(|c| c.data.len())
+    }
+
+    /// Copies key `i`'s payload to the start of `buf` (GIL released during the copy).
+    /// False for a miss or a buffer too small.
+    fn copy_into(&self, py: Python<'_>, i: usize, buf: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let mut view = View::acquire(buf, true).map_err(PyValueError::new_err)?;
+        let chunks = &self.chunks;
+        let v = &mut view;
+        let copied = py.detach(move || {
+            let chunks = chunks.lock().unwrap_or_else(|e| e.into_inner());
+            match chunks.get(i) {
+                Some(Some(c)) => v.fill_from(&c.data),
+                _ => false,
+            }
+        });
+        // Released here, with the GIL held.
+        drop(view);
+        Ok(copied)
+    }
+
+    /// Frees the engine-side memory now rather than when this object is collected.
+    fn release(&self) {
+        self.chunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
