@@ -411,6 +411,13 @@ impl Engine {
         }
     }
 
+    /// The live counters, which outlive the engine: lets a test read what the shards
+    /// did while stopping (`kernel_drained`, `kernel_leaks`) after the engine is gone.
+    #[doc(hidden)]
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
+    }
+
     // ----- reads -----
 
     /// Reads chunks, in the caller's order; misses (including evicted and corrupt

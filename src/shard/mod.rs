@@ -234,6 +234,8 @@ struct PUnit {
     hslot: u16,
     /// The node (shard-local index) it was last queued for.
     node: usize,
+    /// Its caller buffer is out, as a reply's payload destination (`buf` is `None`).
+    lent: bool,
 }
 
 /// Units of a part still to be sent to one node and one slot (Redis rejects MGET
@@ -285,6 +287,7 @@ impl BulkSink for UnitSink<'_> {
         let unit = &mut part.units[u as usize];
         if let Some(buf) = unit.buf.take() {
             if len <= buf.len() {
+                unit.lent = true;
                 return Dest {
                     buf,
                     len,
@@ -315,6 +318,9 @@ impl BulkSink for UnitSink<'_> {
             return;
         }
         if let (Some(part), Some(&u)) = (self.part.as_deref_mut(), self.units.get(i)) {
+            if let Some(unit) = part.units.get_mut(u as usize) {
+                unit.lent = false;
+            }
             part.resolve(
                 u,
                 Slot::Data {
@@ -476,6 +482,12 @@ impl Shard {
                 self.fail_conn(cid, Error::Closed, false);
             }
         }
+        // Nothing may free memory the kernel still holds: cancel every operation and
+        // wait (bounded) for the kernel to return it before the connections are dropped.
+        if let Backend::Uring(u) = &mut self.backend {
+            let t = u.shutdown(uring::DRAIN_LIMIT);
+            self.metrics.kernel_teardown(t.drained, t.leaked);
+        }
         tracing::debug!(shard = self.id, "shard stopped");
     }
 
@@ -541,6 +553,7 @@ impl Shard {
                 slot: Slot::Pending,
                 hslot: spec.slot,
                 node,
+                lent: false,
             });
         }
         let n = units.len();
@@ -959,7 +972,7 @@ impl Shard {
             }
         };
         match &mut self.backend {
-            Backend::Uring(u) => u.poll_connect(cid, &mut conn)?,
+            Backend::Uring(u) => u.poll_connect(cid, &conn)?,
             Backend::Epoll(e) => e.register(cid, &mut conn)?,
         }
         self.conns[cid] = Some(conn);
@@ -1043,6 +1056,11 @@ impl Shard {
     }
 
     /// Closes a connection; its unanswered units are retried elsewhere or failed.
+    ///
+    /// A reply whose payload destination is lent to an in-flight receive stays on the
+    /// closed connection with its units until the kernel returns the receive
+    /// ([`Self::settle_zombie`]): only then may the destination (a caller's buffer) go
+    /// back to its unit and the unit be retried or failed.
     fn fail_conn(&mut self, cid: usize, err: Error, count_node_failure: bool) {
         let Some(conn) = self.conns[cid].as_mut() else {
             return;
@@ -1053,26 +1071,29 @@ impl Shard {
         let was_connecting = conn.state == ConnState::Connecting;
         conn.state = ConnState::Dead;
         let node = conn.node;
+        let held = if conn.rx.reader.window_lent() {
+            conn.pending.pop_front()
+        } else {
+            None
+        };
         let pending: Vec<Pending> = conn.pending.drain(..).collect();
-        conn.rx.reader.reset();
+        let returned = match held {
+            Some(p) => {
+                conn.pending.push_back(p);
+                conn.failure = Some(clone_err(&err));
+                None
+            }
+            None => conn.rx.reader.reset(),
+        };
         conn.inflight = 0;
         self.nodes[node].conns.retain(|&c| c != cid);
         if count_node_failure || was_connecting {
             self.node_failed(node, &err);
         }
-        let retryable = matches!(err, Error::Io { .. } | Error::Protocol { .. });
-        let is_auth = matches!(err, Error::Auth { .. });
-        for p in pending {
-            let Some(pr) = p.part else { continue };
-            let done = match p.kind {
-                PendKind::PerUnit { next } => next,
-                _ => 0,
-            };
-            for &u in &p.units[done.min(p.units.len())..] {
-                self.retry_or_fail(pr, u, &err, retryable && !is_auth);
-            }
-            self.maybe_complete(pr.idx as usize);
+        if let (Some((i, dest)), Some(p)) = (returned, pending.first()) {
+            self.return_dest(p, i, dest);
         }
+        self.fail_pending(pending, &err);
         // Release the socket: now for epoll, after the kernel returns buffers for io_uring.
         match &mut self.backend {
             Backend::Epoll(e) => {
@@ -1082,18 +1103,71 @@ impl Shard {
                 self.free_conns.push(cid);
             }
             Backend::Uring(u) => {
-                if let Some(c) = self.conns[cid].as_ref() {
-                    if c.kernel_busy() {
-                        u.cancel(cid, c);
-                        self.zombies.push(cid);
-                    } else {
-                        let c = self.conns[cid].take();
-                        Self::release_conn(u, c);
-                        self.free_conns.push(cid);
-                    }
+                if u.busy(cid) {
+                    u.cancel(cid);
+                    self.zombies.push(cid);
+                } else {
+                    let c = self.conns[cid].take();
+                    Self::release_conn(u, c);
+                    self.free_conns.push(cid);
                 }
             }
         }
+    }
+
+    /// Gives a reply's payload destination back to its unit when it is the caller's
+    /// buffer (get_into), so the caller gets it back whatever happens to the unit.
+    fn return_dest(&mut self, p: &Pending, i: usize, dest: Dest) {
+        let (Some(pr), Some(&u)) = (p.part, p.units.get(i)) else {
+            return;
+        };
+        if let Some(unit) = self
+            .part_mut(pr)
+            .and_then(|part| part.units.get_mut(u as usize))
+        {
+            if unit.lent && dest.keep {
+                unit.lent = false;
+                unit.buf = Some(dest.buf);
+            }
+        }
+    }
+
+    /// Retries or fails the unanswered units of replies a failed connection owed.
+    fn fail_pending(&mut self, pending: Vec<Pending>, err: &Error) {
+        let retryable = matches!(err, Error::Io { .. } | Error::Protocol { .. });
+        for p in pending {
+            let Some(pr) = p.part else { continue };
+            let done = match p.kind {
+                PendKind::PerUnit { next } => next,
+                _ => 0,
+            };
+            for &u in &p.units[done.min(p.units.len())..] {
+                self.retry_or_fail(pr, u, err, retryable);
+            }
+            self.maybe_complete(pr.idx as usize);
+        }
+    }
+
+    /// The kernel returned a receive of a closed connection: the reply it held back
+    /// (see [`Self::fail_conn`]) gives its destination back and its units are retried or
+    /// failed now; the connection is freed once nothing else is outstanding.
+    fn settle_zombie(&mut self, cid: usize, direct: bool) {
+        let Some(conn) = self.conns[cid].as_mut() else {
+            return;
+        };
+        let returned = conn.rx.reader.reset();
+        let held: Vec<Pending> = conn.pending.drain(..).collect();
+        let err = conn.failure.take();
+        if direct {
+            self.metrics.kernel_late_release();
+        }
+        if let (Some((i, dest)), Some(p)) = (returned, held.first()) {
+            self.return_dest(p, i, dest);
+        }
+        if let Some(err) = err {
+            self.fail_pending(held, &err);
+        }
+        self.reap(cid);
     }
 
     fn retry_or_fail(&mut self, pr: PartRef, u: u32, err: &Error, retryable: bool) {
@@ -1293,29 +1367,29 @@ impl Shard {
         self.dirty = dirty;
     }
 
-    /// The kernel gave back one operation of `cid`: clears its busy flag and, for a
-    /// connection already closed, frees it once nothing is outstanding. Returns the
-    /// connection when it is still live.
-    fn op_returned(&mut self, cid: usize, clear: fn(&mut Conn)) -> bool {
-        let Some(conn) = self.conns[cid].as_mut() else {
-            return false;
-        };
-        clear(conn);
-        if conn.state == ConnState::Dead {
-            self.reap(cid);
-            return false;
+    /// `true` when connection `cid` exists and is not closed; a closed one is freed
+    /// here once the kernel holds nothing of it.
+    fn live_or_reap(&mut self, cid: usize) -> bool {
+        match self.conns[cid].as_ref() {
+            None => false,
+            Some(c) if c.state == ConnState::Dead => {
+                self.reap(cid);
+                false
+            }
+            Some(_) => true,
         }
-        true
     }
 
     fn on_cqe(&mut self, ev: uring::Cqe) {
         match ev {
             uring::Cqe::Doorbell => {}
             uring::Cqe::Connect { cid, res } => {
-                if !self.op_returned(cid, |c| c.poll_busy = false) {
+                if !self.live_or_reap(cid) {
                     return;
                 }
-                let conn = self.conns[cid].as_mut().expect("live");
+                let Some(conn) = self.conns[cid].as_mut() else {
+                    return;
+                };
                 let r = if res < 0 {
                     Err(io::Error::from_raw_os_error(-res))
                 } else {
@@ -1325,14 +1399,16 @@ impl Shard {
                     Ok(true) => self.on_connected(cid),
                     Ok(false) => {
                         if let Backend::Uring(u) = &mut self.backend {
-                            let _ = u.poll_connect(cid, conn);
+                            if let Err(e) = u.poll_connect(cid, conn) {
+                                self.io_failed(cid, e);
+                            }
                         }
                     }
                     Err(e) => self.io_failed(cid, e),
                 }
             }
             uring::Cqe::Sent { cid, res } => {
-                if !self.op_returned(cid, |c| c.send_busy = false) {
+                if !self.live_or_reap(cid) {
                     return;
                 }
                 if res < 0 {
@@ -1343,9 +1419,17 @@ impl Shard {
                 }
                 self.dirty.push(cid);
             }
-            uring::Cqe::Recv { cid, res } => {
-                if !self.op_returned(cid, |c| c.recv_busy = false) {
+            uring::Cqe::Recv { cid, res, buf } => {
+                // The kernel is done with `buf`: it goes back to the connection (or is
+                // freed here if the connection is gone).
+                let Some(conn) = self.conns[cid].as_mut() else {
                     return;
+                };
+                let direct = buf.direct;
+                let n = usize::try_from(res).unwrap_or(0);
+                let _orphan = conn.rx.restore(buf, n);
+                if conn.state == ConnState::Dead {
+                    return self.settle_zombie(cid, direct);
                 }
                 if res <= 0 {
                     let e = if res == 0 {
@@ -1355,11 +1439,7 @@ impl Shard {
                     };
                     return self.io_failed(cid, e);
                 }
-                if let Some(conn) = self.conns[cid].as_mut() {
-                    let direct = conn.recv_direct;
-                    conn.on_recv(res as usize, direct);
-                }
-                self.metrics.received(res as usize);
+                self.metrics.received(n);
                 self.process(cid);
                 if let Some(conn) = self.conns[cid].as_mut() {
                     if conn.state != ConnState::Dead {
@@ -1379,7 +1459,11 @@ impl Shard {
     }
 
     fn reap(&mut self, cid: usize) {
-        if self.conns[cid].as_ref().is_some_and(|c| !c.kernel_busy()) {
+        let busy = match &self.backend {
+            Backend::Uring(u) => u.busy(cid),
+            Backend::Epoll(_) => false,
+        };
+        if !busy && self.conns[cid].is_some() {
             let c = self.conns[cid].take();
             if let Backend::Uring(u) = &mut self.backend {
                 Self::release_conn(u, c);
