@@ -100,6 +100,21 @@ impl KeyArena {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.bytes[start..self.ends[i]]
     }
+
+    /// Appends an entry written by `f` into the arena's bytes.
+    fn push_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        f(&mut self.bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Entry `i`, or empty when there is none.
+    fn get_or_empty(&self, i: usize) -> &[u8] {
+        if i < self.ends.len() {
+            self.get(i)
+        } else {
+            &[]
+        }
+    }
 }
 
 /// Which of a chunk's Redis keys a unit stands for.
@@ -191,6 +206,9 @@ pub(crate) struct Batch {
     pub class: Priority,
     pub layout: KeyLayout,
     pub keys: KeyArena,
+    /// The Redis keys of every chunk, derived once at submission: entry
+    /// `chunk * 2 + role` (empty for a role the layout does not use).
+    redis_keys: KeyArena,
     pub ttl: Option<u64>,
     pub started: Instant,
     pub deadline: Instant,
@@ -234,11 +252,23 @@ impl Batch {
         } else {
             Vec::new()
         };
+        let mut redis_keys = KeyArena::default();
+        let two = init.layout.keys_per_chunk() == 2;
+        for i in 0..n {
+            let k = init.keys.get(i);
+            redis_keys.push_with(|out| {
+                if two {
+                    init.layout.write_metadata_key(k, out);
+                }
+            });
+            redis_keys.push_with(|out| init.layout.write_payload_key(k, out));
+        }
         Batch {
             op: init.op,
             class: init.class,
             layout: init.layout,
             keys: init.keys,
+            redis_keys,
             ttl: init.ttl,
             started,
             deadline: started + init.timeout,
@@ -295,22 +325,10 @@ impl Batch {
         }
     }
 
-    /// Appends the Redis key of a unit to `out`.
-    pub fn write_key(&self, chunk: u32, role: Role, out: &mut Vec<u8>) {
-        let k = self.keys.get(chunk as usize);
-        match role {
-            Role::Payload => self.layout.write_payload_key(k, out),
-            Role::Meta => {
-                self.layout.write_metadata_key(k, out);
-            }
-        }
-    }
-
-    /// The Redis key of a unit, for routing and logs.
-    pub fn key_of(&self, chunk: u32, role: Role) -> Vec<u8> {
-        let mut v = Vec::new();
-        self.write_key(chunk, role, &mut v);
-        v
+    /// The Redis key of a unit, derived at submission (a raw command's routing key).
+    pub fn key(&self, chunk: u32, role: Role) -> &[u8] {
+        self.redis_keys
+            .get_or_empty(chunk as usize * 2 + role as usize)
     }
 
     /// Called once per part before submission.

@@ -22,7 +22,6 @@ use crate::batch::{
     Batch, BatchInit, Chunk, FollowUp, GetInto, GetMode, KeyArena, Op, Output, PutChunk, Role,
     Ticket,
 };
-use crate::cluster::slot::hash_slot;
 use crate::cluster::Router;
 use crate::cluster::{topology, NodeId};
 use crate::config::ServerAddr;
@@ -854,18 +853,11 @@ impl Engine {
             // PEEK/PREFETCH when allowed) -> the shard that owns it.
             let snap = inner.router.snapshot();
             let replicas = inner.cfg.read_from_replicas && class <= Priority::Prefetch;
-            let mut key = Vec::new();
             for (chunk, role) in units {
-                key.clear();
-                batch.write_key(chunk, role, &mut key);
-                let slot = hash_slot(&key);
-                let mut node = snap.node_for_slot(slot);
-                if replicas {
-                    if let Some(r) = snap.replica_of(node, spread + chunk as usize) {
-                        node = r;
-                    }
-                }
-                let owner = snap.owner(node).unwrap_or(node as usize) % n;
+                let pick = replicas.then_some(spread + chunk as usize);
+                let route = snap.route(batch.key(chunk, role), pick);
+                let (slot, node) = (route.slot, route.node);
+                let owner = route.owner.unwrap_or(node as usize) % n;
                 if into && role == Role::Payload {
                     if let Some(b) = bufs.get_mut(chunk as usize).and_then(|b| b.take()) {
                         parts[owner].1.push((chunk, b));
