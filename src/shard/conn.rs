@@ -124,6 +124,8 @@ pub(crate) struct Conn {
     pub rx: Rx,
     pub pending: VecDeque<Pending>,
     pub inflight: usize,
+    /// Kept free of bulk writes for small frames (its node's express connection).
+    pub express: bool,
     /// Why a closed connection failed, kept while a reply's units wait for the kernel
     /// to return their destination (see `Shard::fail_conn`).
     pub failure: Option<crate::error::Error>,
@@ -145,6 +147,7 @@ impl Conn {
             rx: Rx::new(fixed),
             pending: VecDeque::new(),
             inflight: 0,
+            express: false,
             failure: None,
         }
     }

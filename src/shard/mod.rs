@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, Role, Slot};
+use crate::batch::{Batch, Op, Role, Slot};
 use crate::cluster::{NodeId, Router};
 use crate::config::Config;
 use crate::error::{show_key, Error};
@@ -345,6 +345,7 @@ impl Shard {
             id: id as NodeId,
             addr: self.router.addr(id as NodeId),
             conns: Vec::new(),
+            express: None,
             retry_at: None,
             failures: 0,
             last_error: None,
@@ -403,6 +404,7 @@ impl Shard {
         if part.unsent == 0 {
             return Emit::Exhausted;
         }
+        let bulk = matches!(part.batch.op, Op::Put { .. });
         let now = Instant::now();
         let mut any_blocked = false;
         for gi in 0..part.groups.len() {
@@ -418,7 +420,7 @@ impl Shard {
                     continue;
                 }
             }
-            match self.pick_conn(node) {
+            match self.pick_conn(node, bulk) {
                 Some(cid) => {
                     self.build_frame(pidx, gi, cid);
                     return Emit::Sent;
@@ -445,6 +447,11 @@ impl Shard {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
+        // Express connections (small frames, see `pick_conn`) go first: a send copies
+        // its bytes into the socket before the call returns, and a PEEK must not wait
+        // for megabytes of PUT copied ahead of it.
+        let conns = &self.conns;
+        dirty.sort_by_key(|&cid| !conns[cid].as_ref().is_some_and(|c| c.express));
         for cid in dirty.drain(..) {
             let Some(conn) = self.conns[cid].as_mut() else {
                 continue;

@@ -14,11 +14,18 @@ use crate::resp::{self, Dest};
 use super::conn::{Conn, ConnState, PendKind, Pending, Stream};
 use super::{clone_err, uring, Backend, Shard, MAX_FRAMES_PER_CONN};
 
+/// A connection with at most this many bytes in flight takes a small frame at once;
+/// beyond, a small frame goes to the express connection rather than wait behind them.
+const SMALL_INFLIGHT: usize = 256 * 1024;
+
 /// Per-server state inside a shard.
 pub(super) struct Node {
     pub(super) id: NodeId,
     pub(super) addr: ServerAddr,
     pub(super) conns: Vec<usize>,
+    /// The connection kept free of bulk writes (PUT), for small frames of every class:
+    /// a PEEK must not queue behind megabytes of PUT on the wire. One of `conns`.
+    pub(super) express: Option<usize>,
     /// No new connection attempt before this instant (after failures).
     pub(super) retry_at: Option<Instant>,
     pub(super) failures: u32,
@@ -26,9 +33,13 @@ pub(super) struct Node {
 }
 
 impl Shard {
-    /// The connection of `node` with the most room, opening one if all are full.
-    pub(super) fn pick_conn(&mut self, node: usize) -> Option<usize> {
+    /// The connection of `node` with the most room for a frame, opening one if all
+    /// are full. `bulk` frames (PUT payloads) never use the node's express connection;
+    /// other frames may, and open it (one beyond the pool size) when every connection
+    /// has more than `SMALL_INFLIGHT` bytes in flight.
+    pub(super) fn pick_conn(&mut self, node: usize, bulk: bool) -> Option<usize> {
         let limit = self.cfg.max_inflight_bytes;
+        let express = self.nodes[node].express;
         let mut best: Option<(usize, usize)> = None;
         for &cid in &self.nodes[node].conns {
             let Some(c) = self.conns[cid].as_ref() else {
@@ -37,6 +48,7 @@ impl Shard {
             if c.state == ConnState::Dead
                 || c.pending.len() >= MAX_FRAMES_PER_CONN
                 || c.inflight >= limit
+                || (bulk && express == Some(cid))
             {
                 continue;
             }
@@ -45,22 +57,33 @@ impl Shard {
             }
         }
         // An idle connection is best; otherwise grow the pool while allowed, so large
-        // values spread over several sockets.
-        if let Some((cid, w)) = best {
-            if w == 0 || self.nodes[node].conns.len() >= self.conns_per_node {
-                return Some(cid);
-            }
-        }
-        if self.nodes[node].conns.len() < self.conns_per_node {
-            match self.open_conn(node) {
-                Ok(cid) => return Some(cid),
+        // values spread over several sockets. The express connection does not count.
+        let pool = self.nodes[node].conns.len() - usize::from(express.is_some());
+        let pick = match best {
+            Some((cid, w)) if w == 0 || pool >= self.conns_per_node => Some((cid, w)),
+            _ if pool < self.conns_per_node => match self.open_conn(node) {
+                Ok(cid) => Some((cid, 0)),
                 Err(e) => {
                     self.node_failed(node, &e);
-                    return best.map(|b| b.0);
+                    best
                 }
+            },
+            _ => best,
+        };
+        // Every connection is busy with bulk: a small frame gets the express one.
+        if !bulk && express.is_none() && pick.is_none_or(|(_, w)| w > SMALL_INFLIGHT) {
+            match self.open_conn(node) {
+                Ok(cid) => {
+                    self.nodes[node].express = Some(cid);
+                    if let Some(c) = self.conns[cid].as_mut() {
+                        c.express = true;
+                    }
+                    return Some(cid);
+                }
+                Err(e) => self.node_failed(node, &e),
             }
         }
-        best.map(|b| b.0)
+        pick.map(|p| p.0)
     }
 
     pub(super) fn open_conn(&mut self, node: usize) -> io::Result<usize> {
@@ -209,6 +232,9 @@ impl Shard {
         };
         conn.inflight = 0;
         self.nodes[node].conns.retain(|&c| c != cid);
+        if self.nodes[node].express == Some(cid) {
+            self.nodes[node].express = None;
+        }
         if count_node_failure || was_connecting {
             self.node_failed(node, &err);
         }
