@@ -146,7 +146,13 @@ impl Uring {
         u.register_pool();
         u.arm_doorbell()?;
         // Surface a seccomp block now (EPERM/ENOSYS), not at the first request.
-        u.ring.submit()?;
+        if let Err(e) = u.ring.submit() {
+            // The kernel took nothing: the doorbell read is not in flight, and the
+            // ring can go without a drain (or a misleading leak report).
+            u.outstanding = 0;
+            u.doorbell_spare = u.doorbell.take();
+            return Err(e);
+        }
         Ok(u)
     }
 
