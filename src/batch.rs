@@ -3,7 +3,7 @@
 //! The engine splits a batch into parts, one per shard that owns some of its keys. Each
 //! part resolves "units" (one Redis key each: a chunk's metadata key or payload key) and
 //! reports them back here. When the last part reports, the batch applies LMCache's read
-//! rules ([`Batch::finish`]) and wakes the caller, who waits either blocking
+//! rules (`Batch::finish`) and wakes the caller, who waits either blocking
 //! ([`Ticket::wait`]) or as a future under any executor.
 
 use std::sync::{Arc, Condvar, Mutex, Weak};

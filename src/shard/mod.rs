@@ -9,10 +9,10 @@
 //! they are served in priority order.
 //!
 //! This module keeps the event loop, intake, dispatch and timers. The rest:
-//! [`cmd`] encodes each command family and reads its replies, [`pool`] opens, picks,
-//! fails and frees connections, [`part`] tracks the units of a part and carries out
-//! retry decisions ([`crate::cluster::retry`]), [`conn`] is one connection (sans-I/O),
-//! [`uring`] / [`epoll`] are the two backends, [`handle`] starts and stops the thread.
+//! `cmd` encodes each command family and reads its replies, `pool` opens, picks,
+//! fails and frees connections, `part` tracks the units of a part and carries out
+//! retry decisions (`crate::cluster::retry`), `conn` is one connection (sans-I/O),
+//! `uring` / `epoll` are the two backends, `handle` starts and stops the thread.
 
 mod cmd;
 pub(crate) mod conn;
