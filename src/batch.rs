@@ -3,13 +3,11 @@
 //! The engine splits a batch into parts, one per shard that owns some of its keys. Each
 //! part resolves "units" (one Redis key each: a chunk's metadata key or payload key) and
 //! reports them back here. When the last part reports, the batch applies LMCache's read
-//! rules ([`Batch::finish`]) and wakes the caller, who waits either blocking
+//! rules (`Batch::finish`) and wakes the caller, who waits either blocking
 //! ([`Ticket::wait`]) or as a future under any executor.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +17,9 @@ use crate::layout::{KeyLayout, RemoteMetadata};
 use crate::metrics::Metrics;
 use crate::priority::Priority;
 use crate::resp::Value;
+
+mod ticket;
+pub use ticket::Ticket;
 
 /// One chunk read back from Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +100,21 @@ impl KeyArena {
     pub fn get(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.bytes[start..self.ends[i]]
+    }
+
+    /// Appends an entry written by `f` into the arena's bytes.
+    fn push_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        f(&mut self.bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Entry `i`, or empty when there is none.
+    fn get_or_empty(&self, i: usize) -> &[u8] {
+        if i < self.ends.len() {
+            self.get(i)
+        } else {
+            &[]
+        }
     }
 }
 
@@ -191,6 +207,9 @@ pub(crate) struct Batch {
     pub class: Priority,
     pub layout: KeyLayout,
     pub keys: KeyArena,
+    /// The Redis keys of every chunk, derived once at submission: entry
+    /// `chunk * 2 + role` (empty for a role the layout does not use).
+    redis_keys: KeyArena,
     pub ttl: Option<u64>,
     pub started: Instant,
     pub deadline: Instant,
@@ -234,11 +253,23 @@ impl Batch {
         } else {
             Vec::new()
         };
+        let mut redis_keys = KeyArena::default();
+        let two = init.layout.keys_per_chunk() == 2;
+        for i in 0..n {
+            let k = init.keys.get(i);
+            redis_keys.push_with(|out| {
+                if two {
+                    init.layout.write_metadata_key(k, out);
+                }
+            });
+            redis_keys.push_with(|out| init.layout.write_payload_key(k, out));
+        }
         Batch {
             op: init.op,
             class: init.class,
             layout: init.layout,
             keys: init.keys,
+            redis_keys,
             ttl: init.ttl,
             started,
             deadline: started + init.timeout,
@@ -295,22 +326,10 @@ impl Batch {
         }
     }
 
-    /// Appends the Redis key of a unit to `out`.
-    pub fn write_key(&self, chunk: u32, role: Role, out: &mut Vec<u8>) {
-        let k = self.keys.get(chunk as usize);
-        match role {
-            Role::Payload => self.layout.write_payload_key(k, out),
-            Role::Meta => {
-                self.layout.write_metadata_key(k, out);
-            }
-        }
-    }
-
-    /// The Redis key of a unit, for routing and logs.
-    pub fn key_of(&self, chunk: u32, role: Role) -> Vec<u8> {
-        let mut v = Vec::new();
-        self.write_key(chunk, role, &mut v);
-        v
+    /// The Redis key of a unit, derived at submission (a raw command's routing key).
+    pub fn key(&self, chunk: u32, role: Role) -> &[u8] {
+        self.redis_keys
+            .get_or_empty(chunk as usize * 2 + role as usize)
     }
 
     /// Called once per part before submission.
@@ -581,152 +600,5 @@ impl Batch {
 
     fn take_output(&self) -> Option<Result<Output>> {
         self.lock().output.take()
-    }
-}
-
-/// A caller's handle on a submitted request: wait for it, or `.await` it.
-///
-/// The future needs no particular executor: the shard that completes the request wakes
-/// the registered waker.
-pub struct Ticket<T> {
-    batch: Option<Arc<Batch>>,
-    convert: fn(Output) -> Result<T>,
-    ready: Option<Result<T>>,
-    /// A second request to start once this one succeeds (two-phase cluster puts).
-    then: Option<Continuation<T>>,
-}
-
-type Continuation<T> = Box<dyn FnOnce(T) -> Ticket<T> + Send>;
-
-impl<T> std::fmt::Debug for Ticket<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Ticket")
-    }
-}
-
-/// Extra time a waiting caller gives the shards beyond the request deadline before it
-/// gives up by itself (the shards normally time the request out first).
-const WAIT_GRACE: Duration = Duration::from_secs(2);
-
-impl<T> Ticket<T> {
-    pub(crate) fn new(batch: Arc<Batch>, convert: fn(Output) -> Result<T>) -> Ticket<T> {
-        Ticket {
-            batch: Some(batch),
-            convert,
-            ready: None,
-            then: None,
-        }
-    }
-
-    pub(crate) fn ready(r: Result<T>) -> Ticket<T> {
-        Ticket {
-            batch: None,
-            convert: |_| Err(Error::Closed),
-            ready: Some(r),
-            then: None,
-        }
-    }
-
-    /// After this request succeeds, starts `next` with its result; the ticket then
-    /// completes with `next`'s outcome.
-    pub(crate) fn then(mut self, next: impl FnOnce(T) -> Ticket<T> + Send + 'static) -> Ticket<T> {
-        self.then = Some(Box::new(next));
-        self
-    }
-
-    /// Blocks the calling thread until the request completes.
-    pub fn wait(mut self) -> Result<T> {
-        let then = self.then.take();
-        let r = self.wait_one();
-        match (r, then) {
-            (Ok(v), Some(next)) => next(v).wait(),
-            (r, _) => r,
-        }
-    }
-
-    fn wait_one(mut self) -> Result<T> {
-        if let Some(r) = self.ready.take() {
-            return r;
-        }
-        let Some(batch) = self.batch.take() else {
-            return Err(Error::Closed);
-        };
-        let limit = batch.deadline + WAIT_GRACE;
-        let mut st = batch.lock();
-        while st.output.is_none() {
-            let now = Instant::now();
-            if now >= limit {
-                drop(st);
-                batch.fail(Error::Timeout {
-                    after: batch.started.elapsed(),
-                    what: format!(
-                        "{} of {} keys (no shard answered)",
-                        batch.op_name(),
-                        batch.keys.len()
-                    ),
-                });
-                st = batch.lock();
-                break;
-            }
-            st = batch
-                .cv
-                .wait_timeout(st, limit - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        let out = st.output.take();
-        drop(st);
-        match out {
-            Some(r) => r.and_then(self.convert),
-            None => Err(Error::Closed),
-        }
-    }
-
-    /// `true` once the result is available (wait() will not block).
-    pub fn is_done(&self) -> bool {
-        self.then.is_none()
-            && (self.ready.is_some() || self.batch.as_ref().is_none_or(|b| b.is_finished()))
-    }
-}
-
-impl<T> Unpin for Ticket<T> {}
-
-impl<T> Future for Ticket<T> {
-    type Output = Result<T>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            let r = match self.poll_one(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(r) => r,
-            };
-            match (r, self.then.take()) {
-                (Ok(v), Some(next)) => *self = next(v),
-                (r, _) => return Poll::Ready(r),
-            }
-        }
-    }
-}
-
-impl<T> Ticket<T> {
-    fn poll_one(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        if let Some(r) = self.ready.take() {
-            return Poll::Ready(r);
-        }
-        let Some(batch) = self.batch.clone() else {
-            return Poll::Ready(Err(Error::Closed));
-        };
-        {
-            let mut st = batch.lock();
-            if st.output.is_none() {
-                st.waker = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-        }
-        self.batch = None;
-        match batch.take_output() {
-            Some(r) => Poll::Ready(r.and_then(self.convert)),
-            None => Poll::Ready(Err(Error::Closed)),
-        }
     }
 }

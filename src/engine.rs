@@ -12,35 +12,30 @@
 //! # Ok::<(), slotline::Error>(())
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::batch::{
-    Batch, BatchInit, Chunk, FollowUp, GetInto, GetMode, KeyArena, Op, Output, PutChunk, Role,
-    Ticket,
-};
-use crate::cluster::slot::hash_slot;
+use crate::batch::{Batch, Chunk, GetInto, GetMode, Op, Output, PutChunk, Role, Ticket};
+use crate::cluster::NodeId;
 use crate::cluster::Router;
-use crate::cluster::{topology, NodeId};
 use crate::config::ServerAddr;
 use crate::config::{Config, Mode};
 use crate::error::{show_key, Error, Result};
 use crate::lanes::Lanes;
 use crate::layout::{KeyLayout, RemoteMetadata};
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::{Metrics, MetricsHandle, MetricsSnapshot};
 use crate::priority::Priority;
 use crate::resp::Value;
-use crate::shard::{self, BackendKind, ShardHandle, SubmitPart, UnitSpec};
+use crate::shard::{self, BackendKind, ShardHandle, SubmitPart};
 
-/// Topology refreshes happen at most this often, however many requests arrive.
-const REFRESH_MIN_GAP: Duration = Duration::from_millis(250);
-/// And at least this often.
-const REFRESH_PERIOD: Duration = Duration::from_secs(15);
-/// Or this often while some node is reported failed or loading.
-const REFRESH_UNSETTLED: Duration = Duration::from_secs(1);
+mod janitor;
+mod submit;
+mod topo;
+
+use janitor::{run_janitor, StaleJob};
+use submit::{Req, Submit};
 
 /// MemoryFormat BINARY and dtype uint8: what a chunk stored without metadata is labelled.
 const FMT_BINARY: i32 = 4;
@@ -143,122 +138,11 @@ impl std::fmt::Display for Stats {
     }
 }
 
-impl FollowUp for Inner {
-    fn delete_stale(&self, layout: KeyLayout, keys: Vec<Vec<u8>>) {
-        // Runs on a shard thread: hand over to the janitor, never wait here.
-        let sent = self
-            .janitor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|tx| tx.send((layout, keys.clone())).is_ok());
-        if !sent {
-            for k in &keys {
-                tracing::warn!(key = %show_key(k), "stale metadata not deleted: engine shutting down");
-            }
-        }
-    }
-}
-
-/// Chunk keys whose metadata was found without its payload, and their layout.
-type StaleJob = (KeyLayout, Vec<Vec<u8>>);
-
-/// Deletes metadata whose payload is gone, LMCache's rule for evicted chunks, after
-/// looking at the payload once more. The first look can be stale: in a cluster a chunk's
-/// two keys live on different masters and are read in parallel, so the reader may have
-/// seen the payload key before a writer set it and the metadata key after. Writers set
-/// the payload first, so a payload still missing on a second look, taken after the
-/// metadata was seen, really is evicted.
-fn run_janitor(engine: Weak<Inner>, rx: std::sync::mpsc::Receiver<StaleJob>) {
-    while let Ok((layout, keys)) = rx.recv() {
-        let Some(inner) = engine.upgrade() else {
-            return;
-        };
-        let engine = Engine { inner };
-        let raw = |op, keys: &[Vec<u8>]| {
-            engine
-                .submit_keys(
-                    Req {
-                        op,
-                        class: Priority::Put,
-                        layout: KeyLayout::Raw,
-                        mode: Submit::Wait,
-                        target: None,
-                    },
-                    keys,
-                    Vec::new(),
-                )
-                .map(|b| Ticket::new(b, bools))
-        };
-        let payloads: Vec<Vec<u8>> = keys.iter().map(|k| layout.payload_key(k)).collect();
-        let stale: Vec<Vec<u8>> = match raw(Op::Exists { prefix: false }, &payloads)
-            .and_then(|t| t.wait())
-        {
-            Ok(found) => keys
-                .iter()
-                .zip(found)
-                .filter(|(_, f)| !f)
-                .filter_map(|(k, _)| layout.metadata_key(k))
-                .collect(),
-            Err(e) => {
-                for k in &keys {
-                    tracing::warn!(key = %show_key(k), error = %e, "stale metadata not deleted");
-                }
-                continue;
-            }
-        };
-        if stale.is_empty() {
-            continue;
-        }
-        let deleted = engine
-            .submit_keys(
-                Req {
-                    op: Op::Delete,
-                    class: Priority::Put,
-                    layout: KeyLayout::Raw,
-                    mode: Submit::Wait,
-                    target: None,
-                },
-                &stale,
-                Vec::new(),
-            )
-            .map(|b| Ticket::new(b, count))
-            .and_then(|t| t.wait());
-        match deleted {
-            Ok(n) => tracing::debug!(count = n, "deleted stale metadata"),
-            Err(e) => {
-                for k in &stale {
-                    tracing::warn!(key = %show_key(k), error = %e, "stale metadata not deleted");
-                }
-            }
-        }
-    }
-}
-
 /// A validated put: keys, payloads (shared, not copied) and encoded metadata.
 struct PutPlan {
     keys: Vec<Vec<u8>>,
     data: Vec<Bytes>,
     metas: Vec<Vec<u8>>,
-}
-
-/// Caller buffers of a part, by chunk.
-type CallerBufs = Vec<(u32, Vec<u8>)>;
-
-/// What to submit and how.
-struct Req {
-    op: Op,
-    class: Priority,
-    layout: KeyLayout,
-    mode: Submit,
-    /// A chosen server (commands); `None` routes by key.
-    target: Option<NodeId>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Submit {
-    Wait,
-    Try,
 }
 
 impl Engine {
@@ -349,44 +233,6 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Keeps the slot table fresh: on request (MOVED, failures) at most every
-    /// `REFRESH_MIN_GAP`, and every `REFRESH_PERIOD` regardless.
-    fn start_refresh_thread(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        let router = self.inner.router.clone();
-        let r = std::thread::Builder::new()
-            .name("slotline-topology".into())
-            .spawn(move || {
-                let mut last = Instant::now();
-                loop {
-                    // Look again soon while a node is failed or a replica still loading.
-                    let period = if router.topology().has_unhealthy() {
-                        REFRESH_UNSETTLED
-                    } else {
-                        REFRESH_PERIOD
-                    };
-                    if !router.wait_refresh(period) {
-                        break;
-                    }
-                    let since = last.elapsed();
-                    if since < REFRESH_MIN_GAP {
-                        std::thread::sleep(REFRESH_MIN_GAP - since);
-                    }
-                    last = Instant::now();
-                    let Some(inner) = weak.upgrade() else { break };
-                    let engine = Engine { inner };
-                    if let Err(e) = engine.refresh_topology() {
-                        tracing::warn!(error = %e, "cluster topology refresh failed; will retry");
-                        // Keep polling while the cluster is unsettled.
-                        router.request_refresh();
-                    }
-                }
-            });
-        if let Err(e) = r {
-            tracing::error!(error = %e, "could not start the topology refresh thread");
-        }
-    }
-
     /// Shortcut for `Engine::new(Config::from_url(url)?)`.
     pub fn from_url(url: &str) -> Result<Engine> {
         Engine::new(Config::from_url(url)?)
@@ -410,6 +256,13 @@ impl Engine {
             cores: self.inner.cores.clone(),
             metrics: self.inner.metrics.snapshot(),
         }
+    }
+
+    /// A handle to the live counters that stays readable after the engine is dropped:
+    /// what the shards did while stopping (`kernel_drained`, `kernel_leaks`) is only
+    /// known once the engine is gone.
+    pub fn metrics_handle(&self) -> MetricsHandle {
+        MetricsHandle(self.inner.metrics.clone())
     }
 
     // ----- reads -----
@@ -697,251 +550,7 @@ impl Engine {
         .wait()
     }
 
-    /// The cluster as last read: each master with its slot ranges, replicas and owning
-    /// shard. Empty in standalone mode.
-    pub fn topology(&self) -> Vec<MasterView> {
-        let topo = self.inner.router.topology();
-        let snap = self.inner.router.snapshot();
-        topo.shards
-            .into_iter()
-            .map(|s| {
-                let id = self.inner.router.intern(&s.master.addr);
-                MasterView {
-                    shard: snap.owner(id).unwrap_or(0),
-                    addr: s.master.addr,
-                    id: s.master.id,
-                    slots: s.slots,
-                    replicas: s.replicas.into_iter().map(|r| r.addr).collect(),
-                }
-            })
-            .collect()
-    }
-
-    /// Reads the cluster topology from the first node that answers and installs it.
-    /// Called at start, on MOVED, on connection failures and periodically.
-    pub fn refresh_topology(&self) -> Result<()> {
-        let router = &self.inner.router;
-        if !router.is_cluster() {
-            return Ok(());
-        }
-        let mut last_err = None;
-        for node in router.refresh_candidates() {
-            match self.read_topology(&node) {
-                Ok(topo) if !topo.shards.is_empty() => {
-                    let before = router.topology();
-                    let mapping = router.apply(&topo);
-                    if before != topo {
-                        let covered = topo.covered_slots();
-                        for (addr, shard) in &mapping {
-                            tracing::info!(master = %addr, shard, "cluster master owned by shard");
-                        }
-                        if covered < crate::cluster::slot::SLOT_COUNT {
-                            tracing::warn!(covered, "cluster topology does not cover every slot");
-                        }
-                        tracing::info!(masters = mapping.len(), epoch = router.epoch(), asked = %node, "cluster topology installed");
-                    }
-                    return Ok(());
-                }
-                Ok(_) => {
-                    last_err = Some(Error::Cluster(format!("{node} reports no slots assigned")))
-                }
-                Err(e) => {
-                    tracing::debug!(node = %node, error = %e, "topology read failed");
-                    last_err = Some(e);
-                }
-            }
-        }
-        Err(last_err.unwrap_or_else(|| Error::Cluster("no cluster node known".into())))
-    }
-
-    fn read_topology(&self, node: &ServerAddr) -> Result<topology::Topology> {
-        let tls = self.inner.cfg.tls;
-        match self.command_at(node, &[b"CLUSTER", b"SHARDS"]) {
-            Ok(v) => topology::parse_cluster_shards(&v, node, tls),
-            Err(Error::Server { message, .. }) | Err(Error::Cluster(message))
-                if message.contains("unknown subcommand")
-                    || message.contains("Unknown subcommand") =>
-            {
-                let v = self.command_at(node, &[b"CLUSTER", b"SLOTS"])?;
-                topology::parse_cluster_slots(&v, node)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     // ----- plumbing -----
-
-    fn ticket<K: AsRef<[u8]>, T>(
-        &self,
-        op: Op,
-        class: Priority,
-        keys: &[K],
-        bufs: Vec<Vec<u8>>,
-        convert: fn(Output) -> Result<T>,
-    ) -> Ticket<T> {
-        match self.submit_keys(
-            Req {
-                op,
-                class,
-                layout: self.inner.cfg.key_layout,
-                mode: Submit::Wait,
-                target: None,
-            },
-            keys,
-            bufs,
-        ) {
-            Ok(b) => Ticket::new(b, convert),
-            Err(e) => Ticket::ready(Err(e)),
-        }
-    }
-
-    /// Builds the batch, splits its units over the owning shards and queues the parts.
-    fn submit_keys<K: AsRef<[u8]>>(
-        &self,
-        req: Req,
-        keys: &[K],
-        bufs: Vec<Vec<u8>>,
-    ) -> Result<Arc<Batch>> {
-        let Req {
-            op,
-            class,
-            layout,
-            mode,
-            target,
-        } = req;
-        let inner = &self.inner;
-        let into = matches!(op, Op::Get(GetMode::Into));
-        let follow_up: Weak<dyn FollowUp> = inner.me.clone();
-        let batch = Arc::new(Batch::new(BatchInit {
-            op,
-            class,
-            layout,
-            keys: KeyArena::from_keys(keys),
-            ttl: inner.cfg.ttl,
-            timeout: inner.cfg.request_timeout,
-            metrics: inner.metrics.clone(),
-            follow_up: Some(follow_up),
-        }));
-        let units = batch.units();
-        let n = inner.shards.len();
-        let mut parts: Vec<(Vec<UnitSpec>, CallerBufs)> =
-            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
-        let mut bufs: Vec<Option<Vec<u8>>> = bufs.into_iter().map(Some).collect();
-        let spread = inner.rr.fetch_add(1, Ordering::Relaxed);
-        if let Some(node) = target {
-            // A command for one chosen server: its owning shard sends it.
-            let snap = inner.router.snapshot();
-            let owner = snap.owner(node).unwrap_or(spread) % n;
-            parts[owner].0 = units
-                .into_iter()
-                .map(|(chunk, role)| UnitSpec {
-                    chunk,
-                    role,
-                    node,
-                    slot: 0,
-                    asking: false,
-                    attempts: 0,
-                })
-                .collect();
-        } else if inner.router.is_cluster() {
-            // One snapshot routes the whole batch: slot -> master (or a replica for
-            // PEEK/PREFETCH when allowed) -> the shard that owns it.
-            let snap = inner.router.snapshot();
-            let replicas = inner.cfg.read_from_replicas && class <= Priority::Prefetch;
-            let mut key = Vec::new();
-            for (chunk, role) in units {
-                key.clear();
-                batch.write_key(chunk, role, &mut key);
-                let slot = hash_slot(&key);
-                let mut node = snap.node_for_slot(slot);
-                if replicas {
-                    if let Some(r) = snap.replica_of(node, spread + chunk as usize) {
-                        node = r;
-                    }
-                }
-                let owner = snap.owner(node).unwrap_or(node as usize) % n;
-                if into && role == Role::Payload {
-                    if let Some(b) = bufs.get_mut(chunk as usize).and_then(|b| b.take()) {
-                        parts[owner].1.push((chunk, b));
-                    }
-                }
-                parts[owner].0.push(UnitSpec {
-                    chunk,
-                    role,
-                    node,
-                    slot,
-                    asking: false,
-                    attempts: 0,
-                });
-            }
-        } else {
-            // Standalone: every shard talks to the one server; spread whole batches.
-            let owner = spread % n;
-            if into {
-                for (chunk, b) in bufs.iter_mut().enumerate() {
-                    if let Some(b) = b.take() {
-                        parts[owner].1.push((chunk as u32, b));
-                    }
-                }
-            }
-            parts[owner].0 = units
-                .into_iter()
-                .map(|(chunk, role)| UnitSpec {
-                    chunk,
-                    role,
-                    node: 0,
-                    slot: 0,
-                    asking: false,
-                    attempts: 0,
-                })
-                .collect();
-        }
-        let live: Vec<usize> = (0..n).filter(|&i| !parts[i].0.is_empty()).collect();
-        if live.is_empty() {
-            batch.set_parts(1);
-            batch.part_done(Vec::new(), Vec::new());
-            return Ok(batch);
-        }
-        batch.set_parts(live.len());
-        let deadline = Instant::now() + inner.cfg.request_timeout;
-        for i in live {
-            let (u, b) = std::mem::take(&mut parts[i]);
-            let sp = SubmitPart {
-                batch: batch.clone(),
-                units: u,
-                bufs: b,
-            };
-            if !inner.shards[i].is_alive() {
-                let err = Error::Io {
-                    node: format!("shard {i}"),
-                    source: std::io::Error::other("the shard thread has stopped (see the log)"),
-                };
-                batch.fail(shard::clone_err(&err));
-                return Err(err);
-            }
-            let lanes = &inner.shards[i].lanes;
-            let pushed = match mode {
-                Submit::Try => lanes.try_push(class, sp),
-                Submit::Wait => lanes.push_wait(class, sp, deadline),
-            };
-            if pushed.is_err() {
-                let err = match mode {
-                    Submit::Try => Error::Busy {
-                        class: class.name(),
-                    },
-                    Submit::Wait => Error::Timeout {
-                        after: inner.cfg.request_timeout,
-                        what: format!("waiting for space in the {class} lane"),
-                    },
-                };
-                // Failing the batch counts the error (once) and releases parts already
-                // queued on other shards: they see a finished batch and skip it.
-                batch.fail(shard::clone_err(&err));
-                return Err(err);
-            }
-        }
-        Ok(batch)
-    }
 }
 
 fn chunks(o: Output) -> Result<Vec<Option<Chunk>>> {

@@ -36,6 +36,23 @@ struct ClassCounters {
     keys: AtomicU64,
 }
 
+/// A shared handle to an engine's counters (see `Engine::metrics_handle`).
+#[derive(Clone)]
+pub struct MetricsHandle(pub(crate) std::sync::Arc<Metrics>);
+
+impl MetricsHandle {
+    /// The counters now.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        self.0.snapshot()
+    }
+}
+
+impl std::fmt::Debug for MetricsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MetricsHandle").finish_non_exhaustive()
+    }
+}
+
 /// Live counters. Cheap to update from any thread.
 pub(crate) struct Metrics {
     classes: [ClassCounters; 4],
@@ -46,6 +63,9 @@ pub(crate) struct Metrics {
     hits: AtomicU64,
     misses: AtomicU64,
     errors: Vec<AtomicU64>,
+    kernel_late_releases: AtomicU64,
+    kernel_drained: AtomicU64,
+    kernel_leaks: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -76,6 +96,9 @@ impl Metrics {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             errors: ERROR_KINDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            kernel_late_releases: AtomicU64::new(0),
+            kernel_drained: AtomicU64::new(0),
+            kernel_leaks: AtomicU64::new(0),
         }
     }
 
@@ -114,6 +137,19 @@ impl Metrics {
         self.errors[i].fetch_add(1, Relaxed);
     }
 
+    /// A payload destination came back from a receive the kernel completed after its
+    /// connection had been closed (it was held, not freed, until then).
+    pub fn kernel_late_release(&self) {
+        self.kernel_late_releases.fetch_add(1, Relaxed);
+    }
+
+    /// A shard's ring was torn down: `drained` operations came back after being
+    /// cancelled, `leaked` never did (their memory is leaked on purpose).
+    pub fn kernel_teardown(&self, drained: usize, leaked: usize) {
+        self.kernel_drained.fetch_add(drained as u64, Relaxed);
+        self.kernel_leaks.fetch_add(leaked as u64, Relaxed);
+    }
+
     /// A copy of everything, for reporting.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let classes = Priority::ALL
@@ -150,6 +186,9 @@ impl Metrics {
             hits: self.hits.load(Relaxed),
             misses: self.misses.load(Relaxed),
             errors,
+            kernel_late_releases: self.kernel_late_releases.load(Relaxed),
+            kernel_drained: self.kernel_drained.load(Relaxed),
+            kernel_leaks: self.kernel_leaks.load(Relaxed),
         }
     }
 }
@@ -190,6 +229,14 @@ pub struct MetricsSnapshot {
     pub misses: u64,
     /// Errors and read-rule events by kind, only those that happened.
     pub errors: BTreeMap<String, u64>,
+    /// io_uring: payload destinations held past their connection's close until the
+    /// kernel returned the receive writing into them.
+    pub kernel_late_releases: u64,
+    /// io_uring: operations cancelled and returned by the kernel when shards stopped.
+    pub kernel_drained: u64,
+    /// io_uring: operations the kernel did not return when shards stopped; their
+    /// memory was leaked rather than freed (0 in a healthy run).
+    pub kernel_leaks: u64,
 }
 
 impl MetricsSnapshot {

@@ -368,11 +368,17 @@ enum St {
 #[derive(Debug)]
 pub struct ArrayReader {
     st: St,
+    /// The payload destination is lent out (to a receive the kernel performs) and must
+    /// come back through [`ArrayReader::restore_window`] before the reader is fed again.
+    lent: bool,
 }
 
 impl Default for ArrayReader {
     fn default() -> Self {
-        ArrayReader { st: St::Header }
+        ArrayReader {
+            st: St::Header,
+            lent: false,
+        }
     }
 }
 
@@ -389,6 +395,11 @@ impl ArrayReader {
         buf: &[u8],
         sink: &mut S,
     ) -> Result<(usize, Option<ArrayOutcome>), ProtoError> {
+        if self.lent {
+            return Err(perr(
+                "reader fed while its destination is lent to a receive",
+            ));
+        }
         let mut pos = 0;
         loop {
             match std::mem::replace(&mut self.st, St::Header) {
@@ -518,9 +529,59 @@ impl ArrayReader {
         matches!(self.st, St::Header)
     }
 
-    /// Forgets a partial reply (the connection is being dropped).
-    pub fn reset(&mut self) {
-        self.st = St::Header;
+    /// Moves the unfilled destination of the payload in progress out of the reader, for
+    /// a receive that writes into it while the reader cannot be touched. Returns the
+    /// buffer and the offset where the receive must write (`buf[at..len]`), where `len`
+    /// is the payload length. `None` when no kept payload is in progress or it is lent
+    /// already.
+    pub fn lend_window(&mut self) -> Option<(Vec<u8>, usize, usize)> {
+        if self.lent {
+            return None;
+        }
+        match &mut self.st {
+            St::Payload { dest, filled, .. } if dest.keep && *filled < dest.len => {
+                self.lent = true;
+                Some((std::mem::take(&mut dest.buf), *filled, dest.len))
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes back the destination lent by [`lend_window`](Self::lend_window), with `n`
+    /// more bytes received into it. Returns the buffer when no payload was waiting for
+    /// it (the reader was reset meanwhile).
+    pub fn restore_window(&mut self, buf: Vec<u8>, n: usize) -> Option<Vec<u8>> {
+        if !self.lent {
+            return Some(buf);
+        }
+        self.lent = false;
+        match &mut self.st {
+            St::Payload { dest, filled, .. } => {
+                dest.buf = buf;
+                *filled = (*filled + n).min(dest.len);
+                None
+            }
+            _ => Some(buf),
+        }
+    }
+
+    /// `true` while the destination is lent out.
+    pub fn window_lent(&self) -> bool {
+        self.lent
+    }
+
+    /// Forgets a partial reply (the connection is being dropped). Returns the element in
+    /// progress and its destination, so a caller's buffer can go back to its owner. A
+    /// lent destination stays lent (its buffer is not here): call this after
+    /// [`restore_window`](Self::restore_window).
+    pub fn reset(&mut self) -> Option<(usize, Dest)> {
+        if self.lent {
+            return None;
+        }
+        match std::mem::replace(&mut self.st, St::Header) {
+            St::Payload { i, dest, .. } | St::Trailer { i, dest, .. } => Some((i, dest)),
+            _ => None,
+        }
     }
 }
 
@@ -664,6 +725,28 @@ mod tests {
             assert_eq!(sink.items, want, "cut {cut}");
             assert!(r.is_idle());
         }
+    }
+
+    #[test]
+    fn array_reader_lends_and_takes_back_its_window() {
+        let mut r = ArrayReader::new();
+        let mut c = Collect::default();
+        let (used, done) = r.feed(b"*1\r\n$6\r\nab", &mut c).unwrap();
+        assert_eq!((used, done), (10, None));
+        let (mut buf, at, len) = r.lend_window().unwrap();
+        assert_eq!((at, len), (2, 6));
+        assert!(r.window_lent() && r.lend_window().is_none());
+        assert!(r.feed(b"x", &mut c).is_err(), "no feeding while lent");
+        assert!(r.reset().is_none(), "a lent window stays lent");
+        buf[2..6].copy_from_slice(b"cdef");
+        assert!(r.restore_window(buf, 4).is_none());
+        let (used, done) = r.feed(b"\r\n", &mut c).unwrap();
+        assert_eq!((used, done), (2, Some(ArrayOutcome::Done(1))));
+        // Reset mid-payload hands the destination back.
+        r.feed(b"*1\r\n$3\r\na", &mut c).unwrap();
+        let (i, dest) = r.reset().unwrap();
+        assert_eq!((i, dest.len), (0, 3));
+        assert!(r.is_idle());
     }
 
     #[test]

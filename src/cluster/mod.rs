@@ -4,6 +4,7 @@
 //! servers are interned once as `NodeId`s, and the slot table is 16384 atomics, each
 //! the id of the master that owns the slot.
 
+pub(crate) mod retry;
 pub mod slot;
 pub mod topology;
 
@@ -24,6 +25,17 @@ pub(crate) type NodeId = u32;
 
 /// Shard value for "no owner yet".
 const NO_OWNER: u16 = u16::MAX;
+
+/// Where a key goes, from [`SlotTable::route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The key's hash slot.
+    pub slot: u16,
+    /// The server to send it to.
+    pub node: NodeId,
+    /// The shard owning that server's connections, if assigned yet.
+    pub owner: Option<usize>,
+}
 
 /// An immutable routing snapshot: slot -> master, master -> owning shard.
 ///
@@ -49,6 +61,23 @@ impl SlotTable {
         match self.owner.get(node as usize) {
             Some(&o) if o != NO_OWNER => Some(o as usize),
             _ => None,
+        }
+    }
+
+    /// The one routing function: key -> slot -> node (the master, or one of its
+    /// replicas picked round-robin by `replica_pick` when given) -> owning shard.
+    pub fn route(&self, key: &[u8], replica_pick: Option<usize>) -> Route {
+        let slot = slot::hash_slot(key);
+        let mut node = self.node_for_slot(slot);
+        if let Some(pick) = replica_pick {
+            if let Some(r) = self.replica_of(node, pick) {
+                node = r;
+            }
+        }
+        Route {
+            slot,
+            node,
+            owner: self.owner(node),
         }
     }
 
@@ -178,12 +207,17 @@ impl Router {
         self.table.load().epoch
     }
 
-    /// The master owning `key` in the current snapshot (node 0 in standalone mode).
-    pub fn node_for(&self, key: &[u8]) -> NodeId {
+    /// Routes `key` with the current snapshot ([`SlotTable::route`]); in standalone
+    /// mode everything goes to node 0, slot 0.
+    pub fn route(&self, key: &[u8]) -> Route {
         if !self.cluster {
-            return 0;
+            return Route {
+                slot: 0,
+                node: 0,
+                owner: None,
+            };
         }
-        self.table.load().node_for_slot(slot::hash_slot(key))
+        self.table.load().route(key, None)
     }
 
     /// The address of a node id.
@@ -466,17 +500,17 @@ mod tests {
     #[test]
     fn router_interns_and_moves() {
         let r = Router::cluster(&[tcp("a", 1)], 2);
-        assert_eq!(r.node_for(b"foo"), 0);
+        assert_eq!(r.route(b"foo").node, 0);
         let e = r.epoch();
         let id = r.note_moved(12182, &tcp("b", 2));
         assert_eq!(id, 1);
         assert!(r.epoch() > e);
-        assert_eq!(r.node_for(b"foo"), 1);
+        assert_eq!(r.route(b"foo").node, 1);
         assert_eq!(r.addr(1), tcp("b", 2));
         assert_eq!(r.intern(&tcp("b", 2)), 1);
         assert!(r.snapshot().owner(1).is_some());
         let s = Router::standalone(tcp("x", 9), 2);
-        assert_eq!(s.node_for(b"anything"), 0);
+        assert_eq!(s.route(b"anything").node, 0);
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //!
 //! The connection is sans-I/O: it holds the outgoing segments, the receive buffer, the
 //! reply reader and the queue of replies it waits for. The shard's event loop (io_uring
-//! or epoll) moves bytes in and out through [`Conn::send_iov`] / [`Conn::on_sent`] and
-//! [`Conn::recv_target`] / [`Conn::on_recv`].
+//! or epoll) moves bytes in and out through [`Conn::lend_segments`] / [`Conn::on_sent`] and
+//! [`Rx::lend`] / [`Rx::restore`] (io_uring) or [`Rx::recv_target`] / [`Rx::on_recv`] (epoll).
 //!
-//! Buffers handed to the kernel are never moved while an operation may use them: the
-//! outgoing queue only grows at its back (segments are `Bytes`, whose data never moves),
-//! and the receive buffer is only compacted or grown in `recv_target`, which the loops
-//! call when no receive is in flight.
+//! Memory handed to the kernel (io_uring) leaves the connection for the duration of the
+//! operation: a send takes clones of the outgoing `Bytes` segments (whose data never
+//! moves), a receive takes the receive buffer or the reply's payload destination out as
+//! a [`RecvBuf`] ([`Rx::lend`]) and gives it back with the completion ([`Rx::restore`]).
+//! So nothing the connection does meanwhile (failing, resetting its reader, being
+//! dropped) can free memory the kernel may still write.
 
 use std::collections::VecDeque;
 use std::io;
@@ -122,12 +124,11 @@ pub(crate) struct Conn {
     pub rx: Rx,
     pub pending: VecDeque<Pending>,
     pub inflight: usize,
-    /// io_uring bookkeeping: operations the kernel still holds.
-    pub send_busy: bool,
-    pub recv_busy: bool,
-    pub poll_busy: bool,
-    /// Whether the in-flight receive targets the reader's destination directly.
-    pub recv_direct: bool,
+    /// Kept free of bulk writes for small frames (its node's express connection).
+    pub express: bool,
+    /// Why a closed connection failed, kept while a reply's units wait for the kernel
+    /// to return their destination (see `Shard::fail_conn`).
+    pub failure: Option<crate::error::Error>,
 }
 
 impl Conn {
@@ -146,16 +147,9 @@ impl Conn {
             rx: Rx::new(fixed),
             pending: VecDeque::new(),
             inflight: 0,
-            send_busy: false,
-            recv_busy: false,
-            poll_busy: false,
-            recv_direct: false,
+            express: false,
+            failure: None,
         }
-    }
-
-    /// Kernel operations still outstanding (io_uring); the connection can be freed at 0.
-    pub fn kernel_busy(&self) -> bool {
-        self.send_busy || self.recv_busy || self.poll_busy
     }
 
     // ----- building frames -----
@@ -202,24 +196,23 @@ impl Conn {
 
     // ----- sending -----
 
-    /// Fills `iov` with the unsent segments; returns how many entries were used.
-    pub fn send_iov(&self, iov: &mut [libc::iovec]) -> usize {
-        let mut n = 0;
+    /// Clones (reference counts, no copy) of up to `MAX_IOV` unsent segments into
+    /// `segs`, the first one cut at the part already written: what a send may hold
+    /// while the kernel reads it.
+    pub fn lend_segments(&self, segs: &mut Vec<Bytes>) {
         for (i, seg) in self.out.iter().enumerate() {
-            if n == iov.len() {
+            if segs.len() == MAX_IOV {
                 break;
             }
-            let s: &[u8] = if i == 0 { &seg[self.out_off..] } else { seg };
-            if s.is_empty() {
-                continue;
-            }
-            iov[n] = libc::iovec {
-                iov_base: s.as_ptr() as *mut libc::c_void,
-                iov_len: s.len(),
+            let s = if i == 0 {
+                seg.slice(self.out_off.min(seg.len())..)
+            } else {
+                seg.clone()
             };
-            n += 1;
+            if !s.is_empty() {
+                segs.push(s);
+            }
         }
-        n
     }
 
     /// The unsent segments as slices, for a vectored write.
@@ -259,14 +252,6 @@ impl Conn {
     // ----- receiving (delegated to `rx`, a separate field so the stream can be
     // borrowed beside it) -----
 
-    pub fn recv_target(&mut self) -> (&mut [u8], bool) {
-        self.rx.recv_target()
-    }
-
-    pub fn on_recv(&mut self, n: usize, direct: bool) {
-        self.rx.on_recv(n, direct)
-    }
-
     pub fn unread(&self) -> &[u8] {
         self.rx.unread()
     }
@@ -280,10 +265,21 @@ impl Conn {
     }
 
     pub fn trim(&mut self) {
-        if !self.recv_busy {
-            self.rx.trim();
-        }
+        self.rx.trim();
     }
+}
+
+/// A receive's memory while the kernel holds it: the connection's receive buffer or a
+/// payload's destination, written at `buf[at..at + len]`.
+#[derive(Debug)]
+pub(crate) struct RecvBuf {
+    pub buf: Vec<u8>,
+    pub at: usize,
+    pub len: usize,
+    /// The payload destination (from the reply reader), not the receive buffer.
+    pub direct: bool,
+    /// Registered-buffer index when `buf` is a registered buffer.
+    pub fixed: Option<u16>,
 }
 
 /// The receive side: buffer, read cursor and reply reader.
@@ -351,6 +347,44 @@ impl Rx {
         (&mut self.rbuf[self.rend..end], false)
     }
 
+    /// Moves the memory the next receive should write out of the connection (the
+    /// payload destination for a large value, else the receive buffer). It must come
+    /// back through [`Rx::restore`]; meanwhile the receive buffer reads as empty.
+    pub fn lend(&mut self) -> RecvBuf {
+        let (_, direct) = self.recv_target();
+        if direct {
+            if let Some((buf, at, end)) = self.reader.lend_window() {
+                return RecvBuf {
+                    buf,
+                    at,
+                    len: end - at,
+                    direct: true,
+                    fixed: None,
+                };
+            }
+        }
+        let buf = std::mem::take(&mut self.rbuf);
+        RecvBuf {
+            at: self.rend,
+            len: buf.len().saturating_sub(self.rend),
+            buf,
+            direct: false,
+            fixed: self.fixed,
+        }
+    }
+
+    /// Takes back what [`Rx::lend`] gave out, with `n` bytes received into it. Returns
+    /// a payload destination nobody waits for any more (the reader was reset).
+    pub fn restore(&mut self, b: RecvBuf, n: usize) -> Option<Vec<u8>> {
+        if b.direct {
+            self.reader.restore_window(b.buf, n)
+        } else {
+            self.rbuf = b.buf;
+            self.rend = (self.rend + n).min(self.rbuf.len());
+            None
+        }
+    }
+
     /// `n` bytes arrived at the place `recv_target` gave.
     pub fn on_recv(&mut self, n: usize, direct: bool) {
         if direct {
@@ -366,9 +400,9 @@ impl Rx {
         Some((i, std::mem::take(&mut self.rbuf)))
     }
 
-    /// Unread received bytes.
+    /// Unread received bytes (none while the receive buffer is lent).
     pub fn unread(&self) -> &[u8] {
-        &self.rbuf[self.rstart..self.rend]
+        self.rbuf.get(self.rstart..self.rend).unwrap_or(&[])
     }
 
     /// Marks `n` unread bytes as consumed.
@@ -378,11 +412,13 @@ impl Rx {
 
     /// The reader and the unread bytes together (split borrow for the MGET path).
     pub fn reader_and_unread(&mut self) -> (&mut ArrayReader, &[u8]) {
-        (&mut self.reader, &self.rbuf[self.rstart..self.rend])
+        let unread = self.rbuf.get(self.rstart..self.rend).unwrap_or(&[]);
+        (&mut self.reader, unread)
     }
 
     /// Shrinks the receive buffer back after a large control-plane reply.
     pub fn trim(&mut self) {
+        // A lent buffer reads as empty here (length 0) and is left alone.
         if self.rstart == self.rend && self.rbuf.len() > 4 * RECV_CHUNK && self.fixed.is_none() {
             self.rbuf = vec![0u8; RBUF_SIZE];
             self.rstart = 0;

@@ -5,19 +5,30 @@
 //! copy); a receive lands either in the connection's buffer or, for large payloads,
 //! straight in the value's destination. Connects complete through POLL_ADD(POLLOUT).
 //!
-//! This module and `sys` are where slotline's `unsafe` lives: handing buffers to the
-//! kernel is unsafe because the kernel writes them after the call returns. The rule
-//! that makes it sound: a buffer referenced by an in-flight operation is owned by the
-//! connection (or by this struct), and a connection is only dropped once
-//! `Conn::kernel_busy()` is false, i.e. after every operation's completion arrived.
+//! This module and `sys` are where slotline's `unsafe` lives: handing memory to the
+//! kernel is unsafe because the kernel reads or writes it after the call returns. The
+//! rule that makes it sound is enforced here, by ownership: every byte an operation
+//! references is moved into this struct's in-flight table ([`Loans`], or `doorbell`)
+//! before the operation is pushed, and leaves it only when [`Uring::wait`] reaps that
+//! operation's completion. Nothing outside this module can reach memory in the table,
+//! so no other code (a failing connection resetting its reader, a dropped connection,
+//! a dropped shard) can free or move it early. When the ring is torn down,
+//! [`Uring::shutdown`] (also run by `Drop`) cancels every operation and reaps
+//! completions for a bounded time; memory of operations the kernel never returned is
+//! leaked on purpose, and counted.
+//!
+//! Test hook: `SLOTLINE_URING_SETUP=plain` in the environment makes [`Uring::new`] set
+//! the ring up without DEFER_TASKRUN / COOP_TASKRUN (the setup older kernels fall back
+//! to, where the kernel completes receives at any time, not only inside `wait`).
 
 use std::io;
-use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::conn::{Conn, MAX_IOV, RBUF_SIZE};
+use super::conn::{Conn, RecvBuf, MAX_IOV, RBUF_SIZE};
 
 const OP_SEND: u64 = 1;
 const OP_RECV: u64 = 2;
@@ -25,35 +36,79 @@ const OP_POLL: u64 = 3;
 const OP_DOORBELL: u64 = 4;
 const OP_CANCEL: u64 = 5;
 
-/// A completion, decoded.
-#[derive(Debug, Clone, Copy)]
+/// A completion, decoded. A receive's memory comes back with it.
+#[derive(Debug)]
 pub(crate) enum Cqe {
     Doorbell,
     Sent { cid: usize, res: i32 },
-    Recv { cid: usize, res: i32 },
+    Recv { cid: usize, res: i32, buf: RecvBuf },
     Connect { cid: usize, res: i32 },
 }
 
-/// Per-connection memory the kernel reads during a SENDMSG: must not move meanwhile.
-struct SendState {
+/// The msghdr and iovec array the kernel reads during a SENDMSG.
+struct SendMsg {
     iov: [libc::iovec; MAX_IOV],
     msg: libc::msghdr,
 }
 
+/// A send in flight: its header block and the segments its iovecs point into.
+struct SendLoan {
+    msg: Box<SendMsg>,
+    segs: Vec<Bytes>,
+}
+
+/// What the kernel holds for one connection: the in-flight owner of each operation.
+#[derive(Default)]
+struct Loans {
+    send: Option<SendLoan>,
+    recv: Option<RecvBuf>,
+    poll: bool,
+}
+
+impl Loans {
+    fn any(&self) -> bool {
+        self.send.is_some() || self.recv.is_some() || self.poll
+    }
+}
+
+/// What [`Uring::shutdown`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Teardown {
+    /// Operations whose completion arrived after they were cancelled.
+    pub drained: usize,
+    /// Operations the kernel did not return in time; their memory is leaked.
+    pub leaked: usize,
+}
+
 pub(crate) struct Uring {
     ring: IoUring,
-    doorbell_fd: i32,
-    doorbell_buf: Box<u64>,
-    sends: Vec<Option<Box<SendState>>>,
+    doorbell_fd: RawFd,
+    /// The doorbell read's 8-byte target while the read is in flight.
+    doorbell: Option<Box<u64>>,
+    doorbell_spare: Option<Box<u64>>,
+    /// In-flight operations by connection id.
+    loans: Vec<Loans>,
+    /// Operations pushed and not yet reaped (the doorbell included).
+    outstanding: usize,
+    /// Boxed so a header block keeps its address while the kernel reads it, and is
+    /// reused without a new allocation per send.
+    #[allow(clippy::vec_box)]
+    spare_msgs: Vec<Box<SendMsg>>,
+    spare_segs: Vec<Vec<Bytes>>,
     /// Registered receive buffers not lent to a connection.
     pool: Vec<(u16, Vec<u8>)>,
     /// Address of each registered buffer, to accept only the original back.
     registered: Vec<usize>,
+    /// Shutting down: the doorbell is not re-armed.
+    closing: bool,
 }
 
 /// Registered receive buffers per shard: 16 x 128 KiB = 2 MiB of locked memory, well
 /// under the 8 MiB an unprivileged user may lock, leaving room for the ring itself.
 const FIXED_BUFFERS: usize = 16;
+
+/// How long a torn-down ring waits for the kernel to return cancelled operations.
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 fn ud(cid: usize, op: u64) -> u64 {
     ((cid as u64) << 8) | op
@@ -64,24 +119,40 @@ impl Uring {
     /// submits), falling back to plain flags on older kernels.
     pub fn new(doorbell: &impl AsRawFd) -> io::Result<Uring> {
         let entries = 512;
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(entries)
-            .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries))
-            .or_else(|_| IoUring::new(entries))?;
+        let plain = std::env::var_os("SLOTLINE_URING_SETUP").is_some_and(|v| v == "plain");
+        let ring = if plain {
+            IoUring::new(entries)?
+        } else {
+            IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(entries)
+                .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries))
+                .or_else(|_| IoUring::new(entries))?
+        };
         let mut u = Uring {
             ring,
             doorbell_fd: doorbell.as_raw_fd(),
-            doorbell_buf: Box::new(0),
-            sends: Vec::new(),
+            doorbell: None,
+            doorbell_spare: Some(Box::new(0)),
+            loans: Vec::new(),
+            outstanding: 0,
+            spare_msgs: Vec::new(),
+            spare_segs: Vec::new(),
             pool: Vec::new(),
             registered: Vec::new(),
+            closing: false,
         };
         u.register_pool();
         u.arm_doorbell()?;
         // Surface a seccomp block now (EPERM/ENOSYS), not at the first request.
-        u.ring.submit()?;
+        if let Err(e) = u.ring.submit() {
+            // The kernel took nothing: the doorbell read is not in flight, and the
+            // ring can go without a drain (or a misleading leak report).
+            u.outstanding = 0;
+            u.doorbell_spare = u.doorbell.take();
+            return Err(e);
+        }
         Ok(u)
     }
 
@@ -96,10 +167,11 @@ impl Uring {
                 iov_len: b.len(),
             })
             .collect();
-        // SAFETY: the iovecs describe the heap blocks of `bufs`, which move into
-        // `self.pool` (moving a Vec does not move its heap block) and are only freed
-        // when the ring is dropped, or after a connection gives one up, from which
-        // point its index is never used again (see `give_back`).
+        // SAFETY: registration itself only records the iovecs (the kernel pins the
+        // pages); the kernel writes a registered buffer only through a READ_FIXED, which
+        // `recv` issues only with the buffer moved into the in-flight table. The blocks
+        // move into `self.pool` (moving a Vec does not move its heap block); `give_back`
+        // accepts only these exact blocks back under their index.
         match unsafe { self.ring.submitter().register_buffers(&iov) } {
             Ok(()) => {
                 self.registered = bufs.iter().map(|b| b.as_ptr() as usize).collect();
@@ -130,11 +202,25 @@ impl Uring {
         }
     }
 
+    fn loans(&mut self, cid: usize) -> &mut Loans {
+        if self.loans.len() <= cid {
+            self.loans.resize_with(cid + 1, Loans::default);
+        }
+        &mut self.loans[cid]
+    }
+
+    /// `true` while the kernel holds any operation of connection `cid`.
+    pub fn busy(&self, cid: usize) -> bool {
+        self.loans.get(cid).is_some_and(Loans::any)
+    }
+
     fn push(&mut self, e: &squeue::Entry) -> io::Result<()> {
         loop {
-            // SAFETY: every entry built in this module references only memory that stays
-            // valid until its completion: connection-owned buffers (see the module docs),
-            // `self.doorbell_buf` and `self.sends[cid]`, boxed and kept until then.
+            // SAFETY: every entry built in this module references only memory held in
+            // the in-flight table (`self.loans[cid]`, `self.doorbell`), stored there
+            // before this push and removed only when `wait` reaps the entry's
+            // completion (or leaked by `shutdown`). Heap blocks do not move when their
+            // owner (Box, Vec, Bytes) moves.
             let pushed = unsafe { self.ring.submission().push(e).is_ok() };
             if pushed {
                 return Ok(());
@@ -144,36 +230,51 @@ impl Uring {
     }
 
     fn arm_doorbell(&mut self) -> io::Result<()> {
-        let buf: *mut u64 = &mut *self.doorbell_buf;
-        let e = opcode::Read::new(types::Fd(self.doorbell_fd), buf.cast(), 8)
+        let mut buf = self.doorbell_spare.take().unwrap_or_else(|| Box::new(0));
+        let ptr: *mut u64 = &mut *buf;
+        let e = opcode::Read::new(types::Fd(self.doorbell_fd), ptr.cast(), 8)
             .build()
             .user_data(ud(0, OP_DOORBELL));
-        self.push(&e)
+        self.doorbell = Some(buf);
+        match self.push(&e) {
+            Ok(()) => {
+                self.outstanding += 1;
+                Ok(())
+            }
+            Err(err) => {
+                self.doorbell_spare = self.doorbell.take();
+                Err(err)
+            }
+        }
     }
 
     /// Waits for a non-blocking connect to finish.
-    pub fn poll_connect(&mut self, cid: usize, conn: &mut Conn) -> io::Result<()> {
-        if conn.poll_busy {
+    pub fn poll_connect(&mut self, cid: usize, conn: &Conn) -> io::Result<()> {
+        if self.loans(cid).poll {
             return Ok(());
         }
         let e = opcode::PollAdd::new(types::Fd(conn.stream.fd()), libc::POLLOUT as u32)
             .build()
             .user_data(ud(cid, OP_POLL));
         self.push(&e)?;
-        conn.poll_busy = true;
+        self.loans(cid).poll = true;
+        self.outstanding += 1;
         Ok(())
     }
 
     /// Starts a send of the queued segments if none is in flight.
-    pub fn send(&mut self, cid: usize, conn: &mut Conn) -> io::Result<()> {
-        if conn.send_busy || conn.out_len() == 0 {
+    pub fn send(&mut self, cid: usize, conn: &Conn) -> io::Result<()> {
+        if conn.out_len() == 0 || self.loans(cid).send.is_some() {
             return Ok(());
         }
-        if self.sends.len() <= cid {
-            self.sends.resize_with(cid + 1, || None);
+        let mut segs = self.spare_segs.pop().unwrap_or_default();
+        conn.lend_segments(&mut segs);
+        if segs.is_empty() {
+            self.spare_segs.push(segs);
+            return Ok(());
         }
-        let st = self.sends[cid].get_or_insert_with(|| {
-            Box::new(SendState {
+        let mut msg = self.spare_msgs.pop().unwrap_or_else(|| {
+            Box::new(SendMsg {
                 iov: [libc::iovec {
                     iov_base: std::ptr::null_mut(),
                     iov_len: 0,
@@ -182,40 +283,64 @@ impl Uring {
                 msg: unsafe { std::mem::zeroed() },
             })
         });
-        let n = conn.send_iov(&mut st.iov);
-        st.msg.msg_iov = st.iov.as_mut_ptr();
-        st.msg.msg_iovlen = n as _;
-        let msg: *const libc::msghdr = &st.msg;
-        let e = opcode::SendMsg::new(types::Fd(conn.stream.fd()), msg)
+        for (v, s) in msg.iov.iter_mut().zip(&segs) {
+            *v = libc::iovec {
+                iov_base: s.as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            };
+        }
+        msg.msg.msg_iov = msg.iov.as_mut_ptr();
+        msg.msg.msg_iovlen = segs.len() as _;
+        let hdr: *const libc::msghdr = &msg.msg;
+        let e = opcode::SendMsg::new(types::Fd(conn.stream.fd()), hdr)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
             .user_data(ud(cid, OP_SEND));
-        self.push(&e)?;
-        conn.send_busy = true;
+        self.loans(cid).send = Some(SendLoan { msg, segs });
+        if let Err(err) = self.push(&e) {
+            if let Some(l) = self.loans(cid).send.take() {
+                self.recycle(l);
+            }
+            return Err(err);
+        }
+        self.outstanding += 1;
         Ok(())
     }
 
-    /// Starts a receive if none is in flight.
+    fn recycle(&mut self, mut l: SendLoan) {
+        l.segs.clear();
+        self.spare_segs.push(l.segs);
+        self.spare_msgs.push(l.msg);
+    }
+
+    /// Starts a receive if none is in flight. The target memory leaves the connection
+    /// until the completion brings it back ([`Cqe::Recv`]).
     pub fn recv(&mut self, cid: usize, conn: &mut Conn) -> io::Result<()> {
-        if conn.recv_busy {
+        if self.loans(cid).recv.is_some() {
             return Ok(());
         }
         let fd = conn.stream.fd();
-        let (buf, direct) = conn.recv_target();
-        let len = buf.len().min(u32::MAX as usize) as u32;
-        let ptr = buf.as_mut_ptr();
+        let mut rb = conn.rx.lend();
         if let Some((i, b)) = conn.rx.released.take() {
             self.give_back(i, b);
         }
-        let e = match conn.rx.fixed {
+        let len = rb.len.min(u32::MAX as usize) as u32;
+        let ptr = match rb.buf.get_mut(rb.at..) {
+            Some(s) => s.as_mut_ptr(),
+            None => {
+                conn.rx.restore(rb, 0);
+                return Err(io::Error::other("receive window outside its buffer"));
+            }
+        };
+        let e = match rb.fixed {
             // Into the registered buffer: the kernel skips pinning the pages per call.
-            Some(idx) if !direct => opcode::ReadFixed::new(types::Fd(fd), ptr, len, idx)
+            Some(idx) if !rb.direct => opcode::ReadFixed::new(types::Fd(fd), ptr, len, idx)
                 .build()
                 .user_data(ud(cid, OP_RECV)),
             // Straight into a payload's destination, whose remaining length is known:
             // MSG_WAITALL lets the kernel fill it in one completion instead of one per
             // arriving segment.
-            _ if direct => opcode::Recv::new(types::Fd(fd), ptr, len)
+            _ if rb.direct => opcode::Recv::new(types::Fd(fd), ptr, len)
                 .flags(libc::MSG_WAITALL)
                 .build()
                 .user_data(ud(cid, OP_RECV)),
@@ -223,25 +348,41 @@ impl Uring {
                 .build()
                 .user_data(ud(cid, OP_RECV)),
         };
-        self.push(&e)?;
-        conn.recv_busy = true;
-        conn.recv_direct = direct;
+        rb.len = len as usize;
+        self.loans(cid).recv = Some(rb);
+        if let Err(err) = self.push(&e) {
+            if let Some(rb) = self.loans(cid).recv.take() {
+                conn.rx.restore(rb, 0);
+            }
+            return Err(err);
+        }
+        self.outstanding += 1;
         Ok(())
     }
 
     /// Asks the kernel to give back every operation of a connection being closed.
-    pub fn cancel(&mut self, cid: usize, conn: &Conn) {
-        for (busy, op) in [
-            (conn.send_busy, OP_SEND),
-            (conn.recv_busy, OP_RECV),
-            (conn.poll_busy, OP_POLL),
-        ] {
+    pub fn cancel(&mut self, cid: usize) {
+        let Some(l) = self.loans.get(cid) else {
+            return;
+        };
+        let ops = [
+            (l.send.is_some(), OP_SEND),
+            (l.recv.is_some(), OP_RECV),
+            (l.poll, OP_POLL),
+        ];
+        for (busy, op) in ops {
             if busy {
-                let e = opcode::AsyncCancel::new(ud(cid, op))
-                    .build()
-                    .user_data(ud(cid, OP_CANCEL));
-                let _ = self.push(&e);
+                self.cancel_op(ud(cid, op));
             }
+        }
+    }
+
+    fn cancel_op(&mut self, target: u64) {
+        let e = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(ud(0, OP_CANCEL));
+        if let Err(err) = self.push(&e) {
+            tracing::warn!(error = %err, "could not queue an io_uring cancel");
         }
     }
 
@@ -265,18 +406,42 @@ impl Uring {
             }
         }
         let mut rearm = false;
-        for cqe in self.ring.completion() {
-            let data = cqe.user_data();
+        let done: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (data, res) in done {
             let cid = (data >> 8) as usize;
-            let res = cqe.result();
             match data & 0xff {
                 OP_DOORBELL => {
-                    rearm = true;
+                    if let Some(b) = self.doorbell.take() {
+                        self.doorbell_spare = Some(b);
+                        self.outstanding -= 1;
+                    }
+                    rearm = !self.closing;
                     out.push(Cqe::Doorbell);
                 }
-                OP_SEND => out.push(Cqe::Sent { cid, res }),
-                OP_RECV => out.push(Cqe::Recv { cid, res }),
-                OP_POLL => out.push(Cqe::Connect { cid, res }),
+                OP_SEND => {
+                    if let Some(l) = self.loans.get_mut(cid).and_then(|l| l.send.take()) {
+                        self.outstanding -= 1;
+                        self.recycle(l);
+                        out.push(Cqe::Sent { cid, res });
+                    }
+                }
+                OP_RECV => {
+                    if let Some(buf) = self.loans.get_mut(cid).and_then(|l| l.recv.take()) {
+                        self.outstanding -= 1;
+                        out.push(Cqe::Recv { cid, res, buf });
+                    }
+                }
+                OP_POLL => {
+                    if let Some(l) = self.loans.get_mut(cid).filter(|l| l.poll) {
+                        l.poll = false;
+                        self.outstanding -= 1;
+                        out.push(Cqe::Connect { cid, res });
+                    }
+                }
                 _ => {}
             }
         }
@@ -284,6 +449,63 @@ impl Uring {
             self.arm_doorbell()?;
         }
         Ok(())
+    }
+
+    /// Tears the ring's work down: cancels every operation, reaps completions until
+    /// none is outstanding or `limit` passed (their memory is freed as it comes back),
+    /// then leaks whatever the kernel still holds, so it can never write freed memory.
+    pub fn shutdown(&mut self, limit: Duration) -> Teardown {
+        self.closing = true;
+        let mut t = Teardown::default();
+        if self.outstanding == 0 {
+            return t;
+        }
+        for cid in 0..self.loans.len() {
+            self.cancel(cid);
+        }
+        if self.doorbell.is_some() {
+            self.cancel_op(ud(0, OP_DOORBELL));
+        }
+        let deadline = Instant::now() + limit;
+        let mut out = Vec::new();
+        while self.outstanding > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let before = self.outstanding;
+            if let Err(e) = self.wait(
+                Some((deadline - now).min(Duration::from_millis(10))),
+                &mut out,
+            ) {
+                tracing::warn!(error = %e, "io_uring wait failed while shutting down");
+                break;
+            }
+            t.drained += before - self.outstanding;
+            out.clear();
+        }
+        t.leaked = self.outstanding;
+        if t.leaked > 0 {
+            tracing::error!(
+                operations = t.leaked,
+                "io_uring operations not returned by the kernel in time; leaking their buffers so they are never reused"
+            );
+            for l in std::mem::take(&mut self.loans) {
+                if l.any() {
+                    std::mem::forget(l);
+                }
+            }
+            std::mem::forget(self.doorbell.take());
+            self.outstanding = 0;
+        }
+        t
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // Normally the shard has shut down already; this covers an unwinding shard.
+        self.shutdown(DRAIN_LIMIT);
     }
 }
 
@@ -328,5 +550,80 @@ mod tests {
             }
         }
         assert!(matches!(out.first(), Some(Cqe::Doorbell)));
+    }
+
+    fn unix_conn() -> (Conn, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let conn = Conn::new(
+            0,
+            super::super::conn::Stream::Unix(mio::net::UnixStream::from_std(a)),
+            None,
+        );
+        (conn, b)
+    }
+
+    #[test]
+    fn send_and_receive_own_their_memory_until_completion() {
+        use std::io::{Read, Write};
+        let bell = EventFd::new().unwrap();
+        let Ok(mut u) = Uring::new(&bell) else { return };
+        let (mut conn, mut peer) = unix_conn();
+        conn.hdr().extend_from_slice(b"hello");
+        conn.end_frame();
+        u.send(0, &conn).unwrap();
+        u.recv(0, &mut conn).unwrap();
+        assert!(u.busy(0));
+        assert!(conn.unread().is_empty(), "the receive buffer is lent out");
+        let mut out = Vec::new();
+        let t0 = std::time::Instant::now();
+        while !out.iter().any(|c| matches!(c, Cqe::Sent { .. })) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "send never completed"
+            );
+            u.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
+        }
+        let mut got = [0u8; 5];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        peer.write_all(b"+OK\r\n").unwrap();
+        while u.busy(0) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "receive never completed"
+            );
+            u.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
+        }
+        for c in out {
+            match c {
+                Cqe::Sent { res, .. } => conn.on_sent(res as usize),
+                Cqe::Recv { res, buf, .. } => {
+                    assert!(!buf.direct);
+                    conn.rx.restore(buf, res as usize);
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(conn.unread(), b"+OK\r\n");
+        assert_eq!(conn.out_len(), 0);
+    }
+
+    #[test]
+    fn shutdown_cancels_and_reaps_an_armed_receive() {
+        let bell = EventFd::new().unwrap();
+        let Ok(mut u) = Uring::new(&bell) else { return };
+        let (mut conn, _peer) = unix_conn();
+        u.recv(0, &mut conn).unwrap();
+        assert_eq!(u.outstanding, 2, "doorbell and receive");
+        let t = u.shutdown(DRAIN_LIMIT);
+        assert_eq!(
+            t,
+            Teardown {
+                drained: 2,
+                leaked: 0
+            }
+        );
+        assert!(!u.busy(0));
     }
 }

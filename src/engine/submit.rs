@@ -1,0 +1,202 @@
+//! Submission: a call becomes a batch, its units are routed (the one routing
+//! function, [`crate::cluster::SlotTable::route`]) and split into one part per owning
+//! shard, and the parts are queued on the shards' lanes.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use crate::batch::{Batch, BatchInit, FollowUp, GetMode, KeyArena, Op, Output, Role, Ticket};
+use crate::cluster::NodeId;
+use crate::error::{Error, Result};
+use crate::layout::KeyLayout;
+use crate::priority::Priority;
+use crate::shard::{self, SubmitPart, UnitSpec};
+
+use super::Engine;
+
+/// Caller buffers of a part, by chunk.
+pub(super) type CallerBufs = Vec<(u32, Vec<u8>)>;
+
+/// What to submit and how.
+pub(super) struct Req {
+    pub(super) op: Op,
+    pub(super) class: Priority,
+    pub(super) layout: KeyLayout,
+    pub(super) mode: Submit,
+    /// A chosen server (commands); `None` routes by key.
+    pub(super) target: Option<NodeId>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Submit {
+    Wait,
+    Try,
+}
+
+impl Engine {
+    pub(super) fn ticket<K: AsRef<[u8]>, T>(
+        &self,
+        op: Op,
+        class: Priority,
+        keys: &[K],
+        bufs: Vec<Vec<u8>>,
+        convert: fn(Output) -> Result<T>,
+    ) -> Ticket<T> {
+        match self.submit_keys(
+            Req {
+                op,
+                class,
+                layout: self.inner.cfg.key_layout,
+                mode: Submit::Wait,
+                target: None,
+            },
+            keys,
+            bufs,
+        ) {
+            Ok(b) => Ticket::new(b, convert),
+            Err(e) => Ticket::ready(Err(e)),
+        }
+    }
+
+    /// Builds the batch, splits its units over the owning shards and queues the parts.
+    pub(super) fn submit_keys<K: AsRef<[u8]>>(
+        &self,
+        req: Req,
+        keys: &[K],
+        bufs: Vec<Vec<u8>>,
+    ) -> Result<Arc<Batch>> {
+        let Req {
+            op,
+            class,
+            layout,
+            mode,
+            target,
+        } = req;
+        let inner = &self.inner;
+        let into = matches!(op, Op::Get(GetMode::Into));
+        let follow_up: Weak<dyn FollowUp> = inner.me.clone();
+        let batch = Arc::new(Batch::new(BatchInit {
+            op,
+            class,
+            layout,
+            keys: KeyArena::from_keys(keys),
+            ttl: inner.cfg.ttl,
+            timeout: inner.cfg.request_timeout,
+            metrics: inner.metrics.clone(),
+            follow_up: Some(follow_up),
+        }));
+        let units = batch.units();
+        let n = inner.shards.len();
+        let mut parts: Vec<(Vec<UnitSpec>, CallerBufs)> =
+            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut bufs: Vec<Option<Vec<u8>>> = bufs.into_iter().map(Some).collect();
+        let spread = inner.rr.fetch_add(1, Ordering::Relaxed);
+        if let Some(node) = target {
+            // A command for one chosen server: its owning shard sends it.
+            let snap = inner.router.snapshot();
+            let owner = snap.owner(node).unwrap_or(spread) % n;
+            parts[owner].0 = units
+                .into_iter()
+                .map(|(chunk, role)| UnitSpec {
+                    chunk,
+                    role,
+                    node,
+                    slot: 0,
+                    asking: false,
+                    attempts: 0,
+                })
+                .collect();
+        } else if inner.router.is_cluster() {
+            // One snapshot routes the whole batch: slot -> master (or a replica for
+            // PEEK/PREFETCH when allowed) -> the shard that owns it.
+            let snap = inner.router.snapshot();
+            let replicas = inner.cfg.read_from_replicas && class <= Priority::Prefetch;
+            for (chunk, role) in units {
+                let pick = replicas.then_some(spread + chunk as usize);
+                let route = snap.route(batch.key(chunk, role), pick);
+                let (slot, node) = (route.slot, route.node);
+                let owner = route.owner.unwrap_or(node as usize) % n;
+                if into && role == Role::Payload {
+                    if let Some(b) = bufs.get_mut(chunk as usize).and_then(|b| b.take()) {
+                        parts[owner].1.push((chunk, b));
+                    }
+                }
+                parts[owner].0.push(UnitSpec {
+                    chunk,
+                    role,
+                    node,
+                    slot,
+                    asking: false,
+                    attempts: 0,
+                });
+            }
+        } else {
+            // Standalone: every shard talks to the one server; spread whole batches.
+            let owner = spread % n;
+            if into {
+                for (chunk, b) in bufs.iter_mut().enumerate() {
+                    if let Some(b) = b.take() {
+                        parts[owner].1.push((chunk as u32, b));
+                    }
+                }
+            }
+            parts[owner].0 = units
+                .into_iter()
+                .map(|(chunk, role)| UnitSpec {
+                    chunk,
+                    role,
+                    node: 0,
+                    slot: 0,
+                    asking: false,
+                    attempts: 0,
+                })
+                .collect();
+        }
+        let live: Vec<usize> = (0..n).filter(|&i| !parts[i].0.is_empty()).collect();
+        if live.is_empty() {
+            batch.set_parts(1);
+            batch.part_done(Vec::new(), Vec::new());
+            return Ok(batch);
+        }
+        batch.set_parts(live.len());
+        let deadline = Instant::now() + inner.cfg.request_timeout;
+        for i in live {
+            let (u, b) = std::mem::take(&mut parts[i]);
+            let sp = SubmitPart {
+                batch: batch.clone(),
+                units: u,
+                bufs: b,
+            };
+            if !inner.shards[i].is_alive() {
+                let err = Error::Io {
+                    node: format!("shard {i}"),
+                    source: std::io::Error::other("the shard thread has stopped (see the log)"),
+                };
+                batch.fail(shard::clone_err(&err));
+                return Err(err);
+            }
+            let lanes = &inner.shards[i].lanes;
+            let pushed = match mode {
+                Submit::Try => lanes.try_push(class, sp),
+                Submit::Wait => lanes.push_wait(class, sp, deadline),
+            };
+            if pushed.is_err() {
+                let err = match mode {
+                    Submit::Try => Error::Busy {
+                        class: class.name(),
+                    },
+                    Submit::Wait => Error::Timeout {
+                        after: inner.cfg.request_timeout,
+                        what: format!("waiting for space in the {class} lane"),
+                    },
+                };
+                // Failing the batch counts the error (once) and releases parts already
+                // queued on other shards: they see a finished batch and skip it.
+                batch.fail(shard::clone_err(&err));
+                return Err(err);
+            }
+        }
+        Ok(batch)
+    }
+}

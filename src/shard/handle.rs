@@ -1,0 +1,153 @@
+//! Starting and stopping a shard thread, and the event-loop backend it runs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::cluster::Router;
+use crate::config::{Config, IoBackend};
+use crate::error::{Error, Result};
+use crate::lanes::Lanes;
+use crate::metrics::Metrics;
+
+use super::{epoll, uring, BackendKind, Shard, SubmitPart};
+
+/// The engine's handle on a running shard.
+pub(crate) struct ShardHandle {
+    pub lanes: Arc<Lanes<SubmitPart>>,
+    pub backend: BackendKind,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Logs a shard thread that ends by panicking: its callers then get errors from
+/// `Engine` (via `ShardHandle::is_alive`) instead of waiting for their deadlines.
+struct PanicReport(usize);
+
+impl Drop for PanicReport {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                shard = self.0,
+                "shard thread panicked; requests routed to it now fail"
+            );
+        }
+    }
+}
+
+impl ShardHandle {
+    /// `false` once the shard thread has ended (a panic, or shutdown).
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Asks the shard to finish and waits for it.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.lanes.ring();
+        if let Some(t) = self.thread.take() {
+            // The last engine handle can be released on a shard thread (a follow-up
+            // request): that shard sees the stop flag when it returns to its loop.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for ShardHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts shard `id`, pinned to `core` if given. Returns once its event loop is set up.
+pub(crate) fn start(
+    id: usize,
+    cfg: Arc<Config>,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    core: Option<usize>,
+    all_lanes: Arc<[Arc<Lanes<SubmitPart>>]>,
+) -> Result<ShardHandle> {
+    let nshards = all_lanes.len();
+    let lanes = all_lanes[id].clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (l2, s2) = (lanes.clone(), stop.clone());
+    let all_lanes = all_lanes.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("slotline-shard-{id}"))
+        .spawn(move || {
+            if let Some(core) = core {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    tracing::warn!(shard = id, core, "could not pin shard thread to core");
+                }
+            }
+            let backend = match Backend::new(cfg.io_backend, &l2) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(backend.kind()));
+            let _report = PanicReport(id);
+            let mut shard = Shard::new(id, cfg, router, metrics, all_lanes, s2, backend, nshards);
+            shard.run();
+        })
+        .map_err(|e| Error::Io {
+            node: "local".into(),
+            source: e,
+        })?;
+    let backend = rx.recv().map_err(|_| Error::Closed)??;
+    Ok(ShardHandle {
+        lanes,
+        backend,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+pub(super) enum Backend {
+    Uring(Box<uring::Uring>),
+    Epoll(epoll::Epoll),
+}
+
+impl Backend {
+    fn new(want: IoBackend, lanes: &Lanes<SubmitPart>) -> Result<Backend> {
+        let io_err = |e| Error::Io {
+            node: "local".into(),
+            source: e,
+        };
+        match want {
+            IoBackend::Epoll => Ok(Backend::Epoll(
+                epoll::Epoll::new(lanes.doorbell()).map_err(io_err)?,
+            )),
+            IoBackend::IoUring => match uring::Uring::new(lanes.doorbell()) {
+                Ok(u) => Ok(Backend::Uring(Box::new(u))),
+                Err(e) => Err(Error::config(
+                    "io_backend",
+                    "io_uring",
+                    format!("io_uring is not available here ({e}); use io_backend: auto or epoll"),
+                )),
+            },
+            IoBackend::Auto => match uring::Uring::new(lanes.doorbell()) {
+                Ok(u) => Ok(Backend::Uring(Box::new(u))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring unavailable (blocked by seccomp or an old kernel?); using the epoll fallback");
+                    Ok(Backend::Epoll(
+                        epoll::Epoll::new(lanes.doorbell()).map_err(io_err)?,
+                    ))
+                }
+            },
+        }
+    }
+
+    pub(super) fn kind(&self) -> BackendKind {
+        match self {
+            Backend::Uring(_) => BackendKind::IoUring,
+            Backend::Epoll(_) => BackendKind::Epoll,
+        }
+    }
+}

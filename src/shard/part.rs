@@ -1,0 +1,348 @@
+//! Parts: the units of one batch a shard works on, grouped by node and slot, and
+//! what happens to a unit after a failure (retried where routing says now, forwarded
+//! to the shard owning a redirect's target, delayed, or resolved with an error). The
+//! decision itself is [`crate::cluster::retry::classify`]; this module carries it out.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::batch::{Batch, Op, Role, Slot};
+use crate::cluster::retry::{classify, Failure, RetryMethod};
+use crate::cluster::NodeId;
+use crate::error::Error;
+use crate::priority::Priority;
+
+use super::conn::PartRef;
+use super::{Shard, SubmitPart, UnitSpec};
+
+/// One unit of a part inside the shard.
+pub(super) struct PUnit {
+    pub(super) chunk: u32,
+    pub(super) role: Role,
+    /// The caller's buffer (get_into), until the payload lands in it.
+    pub(super) buf: Option<Vec<u8>>,
+    pub(super) attempts: u8,
+    pub(super) slot: Slot,
+    /// Its cluster slot, for grouping and error messages.
+    pub(super) hslot: u16,
+    /// The node (shard-local index) it was last queued for.
+    pub(super) node: usize,
+    /// Its caller buffer is out, as a reply's payload destination (`buf` is `None`).
+    pub(super) lent: bool,
+}
+
+/// Units of a part still to be sent to one node and one slot (Redis rejects MGET
+/// across slots; in standalone mode every unit has slot 0).
+pub(super) struct Group {
+    pub(super) node: usize,
+    pub(super) slot: u16,
+    pub(super) queue: VecDeque<u32>,
+    /// An ASK redirect: one unit, sent after ASKING.
+    pub(super) asking: bool,
+}
+
+pub(super) struct ActivePart {
+    pub(super) gen: u32,
+    pub(super) class: Priority,
+    pub(super) batch: Arc<Batch>,
+    pub(super) units: Vec<PUnit>,
+    pub(super) groups: Vec<Group>,
+    pub(super) unsent: usize,
+    pub(super) unresolved: usize,
+    pub(super) queued: bool,
+}
+
+impl ActivePart {
+    pub(super) fn resolve(&mut self, u: u32, slot: Slot) {
+        if let Some(unit) = self.units.get_mut(u as usize) {
+            if matches!(unit.slot, Slot::Pending) {
+                self.unresolved -= 1;
+            }
+            unit.slot = slot;
+        }
+    }
+}
+
+impl Shard {
+    pub(super) fn retry_or_fail(&mut self, pr: PartRef, u: u32, err: &Error, retryable: bool) {
+        let cluster = self.router.is_cluster();
+        let Some(part) = self.part_mut(pr) else {
+            return;
+        };
+        let in_time = Instant::now() < part.batch.deadline;
+        let is_command = matches!(part.batch.op, Op::Command { .. });
+        let Some(unit) = part.units.get_mut(u as usize) else {
+            return;
+        };
+        if !matches!(unit.slot, Slot::Pending) {
+            return;
+        }
+        unit.attempts += 1;
+        let (hslot, node) = (unit.hslot, unit.node);
+        if classify(Failure::Conn { retryable }, unit.attempts, in_time) == RetryMethod::Reconnect {
+            self.reroute(pr, u);
+            return;
+        }
+        let e = if cluster {
+            located(
+                is_command,
+                hslot,
+                &self.nodes[node].addr.to_string(),
+                &err.to_string(),
+            )
+        } else {
+            clone_err(err)
+        };
+        if let Some(part) = self.part_mut(pr) {
+            part.resolve(u, Slot::Err(e));
+        }
+    }
+
+    /// Hands a redirected unit to the shard that owns `node`, so each master's
+    /// connections stay with one shard. `false` when this shard owns the node itself,
+    /// nobody does yet, or the owner's lane is full (then the caller sends it from here).
+    pub(super) fn forward(&mut self, pr: PartRef, u: u32, node: NodeId, asking: bool) -> bool {
+        let Some(owner) = self.router.snapshot().owner(node) else {
+            return false;
+        };
+        if owner == self.id || owner >= self.all_lanes.len() {
+            return false;
+        }
+        let lanes = self.all_lanes[owner].clone();
+        let Some(part) = self.part_mut(pr) else {
+            return false;
+        };
+        let Some(unit) = part.units.get_mut(u as usize) else {
+            return false;
+        };
+        let spec = UnitSpec {
+            chunk: unit.chunk,
+            role: unit.role,
+            node,
+            slot: unit.hslot,
+            asking,
+            attempts: unit.attempts,
+        };
+        let bufs: Vec<(u32, Vec<u8>)> = unit
+            .buf
+            .take()
+            .map(|b| (unit.chunk, b))
+            .into_iter()
+            .collect();
+        let batch = part.batch.clone();
+        // Counted before the push, so the batch cannot finish before the new part reports.
+        batch.add_part();
+        let sp = SubmitPart {
+            batch: batch.clone(),
+            units: vec![spec],
+            bufs,
+        };
+        match lanes.try_push(part.class, sp) {
+            Ok(()) => {
+                part.resolve(u, Slot::Forwarded);
+                true
+            }
+            Err(mut sp) => {
+                batch.remove_part();
+                if let Some((_, b)) = sp.bufs.pop() {
+                    part.units[u as usize].buf = Some(b);
+                }
+                false
+            }
+        }
+    }
+
+    /// Queues a unit again where the current routing sends it: a refreshed topology may
+    /// name another node by now. A command sent to a chosen node stays with that node.
+    pub(super) fn reroute(&mut self, pr: PartRef, u: u32) {
+        let Some(part) = self.part_mut(pr) else {
+            return;
+        };
+        let Some(unit) = part.units.get(u as usize) else {
+            return;
+        };
+        let (chunk, role, node) = (unit.chunk, unit.role, unit.node);
+        let batch = part.batch.clone();
+        let node = if matches!(batch.op, Op::Command { .. }) {
+            node
+        } else {
+            // The same routing function the engine used at submission.
+            let id = self.router.route(batch.key(chunk, role)).node;
+            self.local_node(id)
+        };
+        self.requeue(pr, u, node, false);
+    }
+
+    /// Puts a unit back in its part's queue for `node` (after ASKING if `asking`).
+    pub(super) fn requeue(&mut self, pr: PartRef, u: u32, node: usize, asking: bool) {
+        let Some(part) = self.part_mut(pr) else {
+            return;
+        };
+        let Some(unit) = part.units.get_mut(u as usize) else {
+            return;
+        };
+        unit.node = node;
+        let hslot = unit.hslot;
+        let existing = if asking {
+            None
+        } else {
+            part.groups
+                .iter_mut()
+                .find(|g| g.node == node && g.slot == hslot && !g.asking)
+        };
+        match existing {
+            Some(g) => g.queue.push_back(u),
+            None => part.groups.push(Group {
+                node,
+                slot: hslot,
+                queue: VecDeque::from([u]),
+                asking,
+            }),
+        }
+        part.unsent += 1;
+        let class = part.class;
+        if !part.queued {
+            part.queued = true;
+            self.active[class.index()].push_back(pr.idx);
+        }
+    }
+
+    pub(super) fn part_mut(&mut self, pr: PartRef) -> Option<&mut ActivePart> {
+        self.parts
+            .get_mut(pr.idx as usize)
+            .and_then(|p| p.as_mut())
+            .filter(|p| p.gen == pr.gen)
+    }
+
+    /// Hands a part back to its batch once every unit is resolved.
+    pub(super) fn maybe_complete(&mut self, idx: usize) {
+        let Some(part) = self.parts[idx].as_ref() else {
+            return;
+        };
+        if part.unresolved > 0 {
+            return;
+        }
+        let Some(part) = self.parts[idx].take() else {
+            return;
+        };
+        self.free_parts.push(idx);
+        if part.queued {
+            self.active[part.class.index()].retain(|&p| p as usize != idx);
+        }
+        let mut slots = Vec::with_capacity(part.units.len());
+        let mut bufs = Vec::new();
+        for u in part.units {
+            if let Some(b) = u.buf {
+                bufs.push((u.chunk, b));
+            }
+            slots.push((u.chunk, u.role, u.slot));
+        }
+        part.batch.part_done(slots, bufs);
+    }
+
+    /// A server error for one unit: redirects and cluster retries are followed, the
+    /// rest reach the caller.
+    pub(super) fn unit_error(&mut self, cid: usize, pr: Option<PartRef>, u: u32, msg: &[u8]) {
+        let Some(pr) = pr else { return };
+        let node_name = self.conns[cid]
+            .as_ref()
+            .map(|c| self.nodes[c.node].addr.to_string())
+            .unwrap_or_default();
+        let message = String::from_utf8_lossy(msg).into_owned();
+        let Some(part) = self.part_mut(pr) else {
+            return;
+        };
+        let in_time = Instant::now() < part.batch.deadline;
+        let is_command = matches!(part.batch.op, Op::Command { .. });
+        let Some(unit) = part.units.get_mut(u as usize) else {
+            return;
+        };
+        let hslot = unit.hslot;
+        let method = classify(Failure::Reply(&message), unit.attempts + 1, in_time);
+        if !matches!(method, RetryMethod::Fail { .. }) {
+            unit.attempts += 1;
+            self.metrics.error("redirect");
+        }
+        let err = match method {
+            RetryMethod::Moved { slot, addr } => {
+                let id = self.router.note_moved(slot, &addr);
+                if is_command || !self.forward(pr, u, id, false) {
+                    let node = self.local_node(id);
+                    self.requeue(pr, u, node, false);
+                }
+                return;
+            }
+            RetryMethod::Ask { addr } => {
+                let id = self.router.intern(&addr);
+                if is_command || !self.forward(pr, u, id, true) {
+                    let node = self.local_node(id);
+                    self.requeue(pr, u, node, true);
+                }
+                return;
+            }
+            RetryMethod::WaitAndRetry { after, refresh } => {
+                if refresh {
+                    self.router.request_refresh();
+                }
+                self.delayed.push((Instant::now() + after, pr, u));
+                return;
+            }
+            // Only connection failures reconnect; a reply never does.
+            RetryMethod::Fail { auth: true } | RetryMethod::Reconnect => Error::Auth {
+                node: node_name,
+                message,
+            },
+            RetryMethod::Fail { auth: false } if self.router.is_cluster() => {
+                located(is_command, hslot, &node_name, &message)
+            }
+            RetryMethod::Fail { auth: false } => Error::Server {
+                node: node_name,
+                message,
+            },
+        };
+        if let Some(part) = self.part_mut(pr) {
+            part.resolve(u, Slot::Err(err));
+        }
+    }
+}
+
+/// A cluster error naming slot and node. A command sent to a chosen node has no slot
+/// worth naming.
+fn located(is_command: bool, hslot: u16, node: &str, msg: &str) -> Error {
+    Error::Cluster(if is_command {
+        format!("{node}: {msg}")
+    } else {
+        format!("slot {hslot} at {node}: {msg}")
+    })
+}
+
+/// Errors are not `Clone` (io::Error); units failing together each get an equal copy.
+pub(crate) fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::Io { node, source } => Error::Io {
+            node: node.clone(),
+            source: io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::Auth { node, message } => Error::Auth {
+            node: node.clone(),
+            message: message.clone(),
+        },
+        Error::Server { node, message } => Error::Server {
+            node: node.clone(),
+            message: message.clone(),
+        },
+        Error::Protocol { node, reason } => Error::Protocol {
+            node: node.clone(),
+            reason: reason.clone(),
+        },
+        Error::Timeout { after, what } => Error::Timeout {
+            after: *after,
+            what: what.clone(),
+        },
+        Error::Closed => Error::Closed,
+        Error::Busy { class } => Error::Busy { class },
+        other => Error::Cluster(other.to_string()),
+    }
+}

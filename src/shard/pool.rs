@@ -1,0 +1,373 @@
+//! The connection pool of a shard: per server, a few pipelined connections, opened and
+//! handshaken on demand, picked by load, failed (their units retried or failed) and
+//! freed once the kernel holds nothing of them.
+
+use std::io;
+use std::net::ToSocketAddrs;
+use std::time::{Duration, Instant};
+
+use crate::cluster::NodeId;
+use crate::config::ServerAddr;
+use crate::error::Error;
+use crate::resp::{self, Dest};
+
+use super::conn::{Conn, ConnState, PendKind, Pending, Stream};
+use super::{clone_err, uring, Backend, Shard, MAX_FRAMES_PER_CONN};
+
+/// A connection with at most this many bytes in flight takes a small frame at once;
+/// beyond, a small frame goes to the express connection rather than wait behind them.
+const SMALL_INFLIGHT: usize = 256 * 1024;
+
+/// Per-server state inside a shard.
+pub(super) struct Node {
+    pub(super) id: NodeId,
+    pub(super) addr: ServerAddr,
+    pub(super) conns: Vec<usize>,
+    /// The connection kept free of bulk writes (PUT), for small frames of every class:
+    /// a PEEK must not queue behind megabytes of PUT on the wire. One of `conns`.
+    pub(super) express: Option<usize>,
+    /// No new connection attempt before this instant (after failures).
+    pub(super) retry_at: Option<Instant>,
+    pub(super) failures: u32,
+    pub(super) last_error: Option<String>,
+}
+
+impl Shard {
+    /// The connection of `node` with the most room for a frame, opening one if all
+    /// are full. `bulk` frames (PUT payloads) never use the node's express connection;
+    /// other frames may, and open it (one beyond the pool size) when every connection
+    /// has more than `SMALL_INFLIGHT` bytes in flight.
+    pub(super) fn pick_conn(&mut self, node: usize, bulk: bool) -> Option<usize> {
+        let limit = self.cfg.max_inflight_bytes;
+        let express = self.nodes[node].express;
+        let mut best: Option<(usize, usize)> = None;
+        for &cid in &self.nodes[node].conns {
+            let Some(c) = self.conns[cid].as_ref() else {
+                continue;
+            };
+            if c.state == ConnState::Dead
+                || c.pending.len() >= MAX_FRAMES_PER_CONN
+                || c.inflight >= limit
+                || (bulk && express == Some(cid))
+            {
+                continue;
+            }
+            if best.is_none_or(|(_, w)| c.inflight < w) {
+                best = Some((cid, c.inflight));
+            }
+        }
+        // An idle connection is best; otherwise grow the pool while allowed, so large
+        // values spread over several sockets. The express connection does not count.
+        let pool = self.nodes[node].conns.len() - usize::from(express.is_some());
+        let pick = match best {
+            Some((cid, w)) if w == 0 || pool >= self.conns_per_node => Some((cid, w)),
+            _ if pool < self.conns_per_node => match self.open_conn(node) {
+                Ok(cid) => Some((cid, 0)),
+                Err(e) => {
+                    self.node_failed(node, &e);
+                    best
+                }
+            },
+            _ => best,
+        };
+        // Every connection is busy with bulk: a small frame gets the express one.
+        if !bulk && express.is_none() && pick.is_none_or(|(_, w)| w > SMALL_INFLIGHT) {
+            match self.open_conn(node) {
+                Ok(cid) => {
+                    self.nodes[node].express = Some(cid);
+                    if let Some(c) = self.conns[cid].as_mut() {
+                        c.express = true;
+                    }
+                    return Some(cid);
+                }
+                Err(e) => self.node_failed(node, &e),
+            }
+        }
+        pick.map(|p| p.0)
+    }
+
+    pub(super) fn open_conn(&mut self, node: usize) -> io::Result<usize> {
+        let addr = self.nodes[node].addr.clone();
+        let stream = match &addr {
+            ServerAddr::Tcp { host, port } => {
+                let sa = (host.as_str(), *port)
+                    .to_socket_addrs()?
+                    .next()
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, format!("{host} did not resolve"))
+                    })?;
+                let s = mio::net::TcpStream::connect(sa)?;
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }
+            ServerAddr::Unix { path } => Stream::Unix(mio::net::UnixStream::connect(path)?),
+        };
+        let fixed = match &mut self.backend {
+            Backend::Uring(u) => u.take_fixed(),
+            Backend::Epoll(_) => None,
+        };
+        let mut conn = Conn::new(node, stream, fixed);
+        let readonly = self.router.is_cluster() && self.router.is_readonly(self.nodes[node].id);
+        self.queue_handshake(&mut conn, readonly);
+        let cid = match self.free_conns.pop() {
+            Some(c) => c,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        match &mut self.backend {
+            Backend::Uring(u) => u.poll_connect(cid, &conn)?,
+            Backend::Epoll(e) => e.register(cid, &mut conn)?,
+        }
+        self.conns[cid] = Some(conn);
+        self.nodes[node].conns.push(cid);
+        tracing::debug!(shard = self.id, node = %addr, cid, "connecting");
+        Ok(cid)
+    }
+
+    pub(super) fn queue_handshake(&self, conn: &mut Conn, readonly: bool) {
+        let mut tmp = Vec::new();
+        let mut steps = Vec::new();
+        if let Some(pass) = &self.cfg.password {
+            match &self.cfg.username {
+                Some(user) => {
+                    resp::write_command(&mut tmp, &[b"AUTH", user.as_bytes(), pass.as_bytes()])
+                }
+                None => resp::write_command(&mut tmp, &[b"AUTH", pass.as_bytes()]),
+            }
+            steps.push(true);
+        }
+        if self.cfg.database != 0 {
+            let db = self.cfg.database.to_string();
+            resp::write_command(&mut tmp, &[b"SELECT", db.as_bytes()]);
+            steps.push(false);
+        }
+        if !self.cfg.client_name.is_empty() {
+            resp::write_command(
+                &mut tmp,
+                &[b"CLIENT", b"SETNAME", self.cfg.client_name.as_bytes()],
+            );
+            steps.push(false);
+        }
+        if readonly {
+            // A replica serves reads of its master's slots only after READONLY.
+            resp::write_command(&mut tmp, &[b"READONLY"]);
+            steps.push(false);
+        }
+        conn.hdr().extend_from_slice(&tmp);
+        conn.end_frame();
+        for auth in steps {
+            conn.pending.push_back(Pending {
+                part: None,
+                kind: PendKind::Handshake { auth },
+                units: Vec::new(),
+                weight: 0,
+                sent_at: Instant::now(),
+            });
+        }
+    }
+
+    pub(super) fn on_connected(&mut self, cid: usize) {
+        let Some(conn) = self.conns[cid].as_mut() else {
+            return;
+        };
+        conn.state = if conn
+            .pending
+            .iter()
+            .any(|p| matches!(p.kind, PendKind::Handshake { .. }))
+        {
+            ConnState::Handshaking
+        } else {
+            ConnState::Ready
+        };
+        let node = conn.node;
+        self.nodes[node].failures = 0;
+        self.nodes[node].retry_at = None;
+        self.dirty.push(cid);
+    }
+
+    pub(super) fn node_failed(&mut self, node: usize, e: &dyn std::fmt::Display) {
+        let n = &mut self.nodes[node];
+        n.failures += 1;
+        // Short, capped backoff: a restarted server is picked up within ~100 ms.
+        let backoff = Duration::from_millis((10u64 << n.failures.min(4)).min(100));
+        n.retry_at = Some(Instant::now() + backoff);
+        n.last_error = Some(e.to_string());
+        self.metrics.error("reconnect");
+        tracing::warn!(shard = self.id, node = %n.addr, error = %e, failures = n.failures, "connection to server failed");
+        // In a cluster a dead node may mean a failover: look at the topology again.
+        self.router.request_refresh();
+    }
+
+    /// Closes a connection; its unanswered units are retried elsewhere or failed.
+    ///
+    /// A reply whose payload destination is lent to an in-flight receive stays on the
+    /// closed connection with its units until the kernel returns the receive
+    /// ([`Self::settle_zombie`]): only then may the destination (a caller's buffer) go
+    /// back to its unit and the unit be retried or failed.
+    pub(super) fn fail_conn(&mut self, cid: usize, err: Error, count_node_failure: bool) {
+        let Some(conn) = self.conns[cid].as_mut() else {
+            return;
+        };
+        if conn.state == ConnState::Dead {
+            return;
+        }
+        let was_connecting = conn.state == ConnState::Connecting;
+        conn.state = ConnState::Dead;
+        let node = conn.node;
+        let held = if conn.rx.reader.window_lent() {
+            conn.pending.pop_front()
+        } else {
+            None
+        };
+        let pending: Vec<Pending> = conn.pending.drain(..).collect();
+        let returned = match held {
+            Some(p) => {
+                conn.pending.push_back(p);
+                conn.failure = Some(clone_err(&err));
+                None
+            }
+            None => conn.rx.reader.reset(),
+        };
+        conn.inflight = 0;
+        self.nodes[node].conns.retain(|&c| c != cid);
+        if self.nodes[node].express == Some(cid) {
+            self.nodes[node].express = None;
+        }
+        if count_node_failure || was_connecting {
+            self.node_failed(node, &err);
+        }
+        if let (Some((i, dest)), Some(p)) = (returned, pending.first()) {
+            self.return_dest(p, i, dest);
+        }
+        self.fail_pending(pending, &err);
+        // Release the socket: now for epoll, after the kernel returns buffers for io_uring.
+        match &mut self.backend {
+            Backend::Epoll(e) => {
+                if let Some(mut c) = self.conns[cid].take() {
+                    e.deregister(&mut c);
+                }
+                self.free_conns.push(cid);
+            }
+            Backend::Uring(u) => {
+                if u.busy(cid) {
+                    u.cancel(cid);
+                    self.zombies.push(cid);
+                } else {
+                    let c = self.conns[cid].take();
+                    Self::release_conn(u, c);
+                    self.free_conns.push(cid);
+                }
+            }
+        }
+    }
+
+    /// Gives a reply's payload destination back to its unit when it is the caller's
+    /// buffer (get_into), so the caller gets it back whatever happens to the unit.
+    pub(super) fn return_dest(&mut self, p: &Pending, i: usize, dest: Dest) {
+        let (Some(pr), Some(&u)) = (p.part, p.units.get(i)) else {
+            return;
+        };
+        if let Some(unit) = self
+            .part_mut(pr)
+            .and_then(|part| part.units.get_mut(u as usize))
+        {
+            if unit.lent && dest.keep {
+                unit.lent = false;
+                unit.buf = Some(dest.buf);
+            }
+        }
+    }
+
+    /// Retries or fails the unanswered units of replies a failed connection owed.
+    pub(super) fn fail_pending(&mut self, pending: Vec<Pending>, err: &Error) {
+        let retryable = matches!(err, Error::Io { .. } | Error::Protocol { .. });
+        for p in pending {
+            let Some(pr) = p.part else { continue };
+            let done = match p.kind {
+                PendKind::PerUnit { next } => next,
+                _ => 0,
+            };
+            for &u in &p.units[done.min(p.units.len())..] {
+                self.retry_or_fail(pr, u, err, retryable);
+            }
+            self.maybe_complete(pr.idx as usize);
+        }
+    }
+
+    /// The kernel returned a receive of a closed connection: the reply it held back
+    /// (see [`Self::fail_conn`]) gives its destination back and its units are retried or
+    /// failed now; the connection is freed once nothing else is outstanding.
+    pub(super) fn settle_zombie(&mut self, cid: usize, direct: bool) {
+        let Some(conn) = self.conns[cid].as_mut() else {
+            return;
+        };
+        let returned = conn.rx.reader.reset();
+        let held: Vec<Pending> = conn.pending.drain(..).collect();
+        let err = conn.failure.take();
+        if direct {
+            self.metrics.kernel_late_release();
+        }
+        if let (Some((i, dest)), Some(p)) = (returned, held.first()) {
+            self.return_dest(p, i, dest);
+        }
+        if let Some(err) = err {
+            self.fail_pending(held, &err);
+        }
+        self.reap(cid);
+    }
+
+    /// `true` when connection `cid` exists and is not closed; a closed one is freed
+    /// here once the kernel holds nothing of it.
+    pub(super) fn live_or_reap(&mut self, cid: usize) -> bool {
+        match self.conns[cid].as_ref() {
+            None => false,
+            Some(c) if c.state == ConnState::Dead => {
+                self.reap(cid);
+                false
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// Returns a freed connection's registered buffer to the pool.
+    pub(super) fn release_conn(u: &mut uring::Uring, conn: Option<Conn>) {
+        if let Some((i, b)) = conn.and_then(|mut c| c.rx.take_fixed()) {
+            u.give_back(i, b);
+        }
+    }
+
+    pub(super) fn reap(&mut self, cid: usize) {
+        let busy = match &self.backend {
+            Backend::Uring(u) => u.busy(cid),
+            Backend::Epoll(_) => false,
+        };
+        if !busy && self.conns[cid].is_some() {
+            let c = self.conns[cid].take();
+            if let Backend::Uring(u) = &mut self.backend {
+                Self::release_conn(u, c);
+            }
+            self.zombies.retain(|&z| z != cid);
+            self.free_conns.push(cid);
+        }
+    }
+
+    pub(super) fn io_failed(&mut self, cid: usize, e: io::Error) {
+        let node = self.conns[cid]
+            .as_ref()
+            .map(|c| self.nodes[c.node].addr.to_string())
+            .unwrap_or_default();
+        self.fail_conn(cid, Error::Io { node, source: e }, false);
+    }
+
+    pub(super) fn protocol_error(&mut self, cid: usize, reason: String) {
+        let node = self.conns[cid]
+            .as_ref()
+            .map(|c| self.nodes[c.node].addr.to_string())
+            .unwrap_or_default();
+        tracing::error!(shard = self.id, node = %node, reason = %reason, "protocol error; closing connection");
+        self.metrics.error("protocol");
+        self.fail_conn(cid, Error::Protocol { node, reason }, false);
+    }
+}

@@ -1,0 +1,347 @@
+//! Memory the kernel may write (io_uring receives straight into a value's destination)
+//! is freed only after the kernel returned it: when a connection fails mid-value, when
+//! a caller's buffer must go back to the caller, and when the engine is dropped.
+//!
+//! A real redis-server never trickles a value or closes mid-value, so these tests use a
+//! fake server (a TcpListener here) that answers the handshake and then does exactly
+//! that. The rings are forced onto the plain setup (no DEFER_TASKRUN) through
+//! `SLOTLINE_URING_SETUP=plain`: there the kernel completes receives at any time, not
+//! only while the shard waits, which is where an early free would do damage.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::wait_until;
+use slotline::config::IoBackend;
+use slotline::{Config, Engine, KeyLayout};
+
+const VALUE: usize = 64 * 1024;
+
+fn plain_ring() {
+    static ONCE: Once = Once::new();
+    // Every test calls this before it starts an engine, so no ring is being set up
+    // (reading the variable) while it is written.
+    ONCE.call_once(|| std::env::set_var("SLOTLINE_URING_SETUP", "plain"));
+}
+
+/// How the fake server answers the n-th MGET it sees (counting over all connections).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reply {
+    /// The header and 1 KiB of the value, then 1 KiB every 50 ms (64 KiB take ~3 s).
+    Trickle,
+    /// Half the value, then the connection closes.
+    CloseMidway,
+    /// The whole value at once.
+    Full,
+}
+
+struct FakeServer {
+    addr: String,
+    stop: Arc<AtomicBool>,
+    mgets: Arc<AtomicUsize>,
+    /// Bytes of values written while the client was still reading.
+    trickled: Arc<AtomicUsize>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl FakeServer {
+    /// Answers MGET number i with `script[i]` (the last entry for later ones).
+    fn start(script: Vec<Reply>) -> FakeServer {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mgets = Arc::new(AtomicUsize::new(0));
+        let trickled = Arc::new(AtomicUsize::new(0));
+        let (s, m, t) = (stop.clone(), mgets.clone(), trickled.clone());
+        let thread = thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((sock, _)) => {
+                        let (s, m, t, script) = (s.clone(), m.clone(), t.clone(), script.clone());
+                        conns.push(thread::spawn(move || serve(sock, &s, &m, &t, &script)));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        FakeServer {
+            addr,
+            stop,
+            mgets,
+            trickled,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one RESP command (an array of bulk strings); `None` at end of stream.
+fn read_command(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    stop: &AtomicBool,
+) -> Option<Vec<Vec<u8>>> {
+    loop {
+        if let Some((args, used)) = parse_command(buf) {
+            buf.drain(..used);
+            return Some(args);
+        }
+        let mut tmp = [0u8; 4096];
+        match sock.read(&mut tmp) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                if stop.load(Ordering::SeqCst) {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+fn parse_command(b: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+    fn line(b: &[u8], at: usize) -> Option<(usize, usize)> {
+        let end = b.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
+        let n = std::str::from_utf8(&b[at + 1..end]).ok()?.parse().ok()?;
+        Some((n, end + 2))
+    }
+    if b.first() != Some(&b'*') {
+        return None;
+    }
+    let (n, mut at) = line(b, 0)?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (len, start) = line(b, at)?;
+        let end = start + len;
+        b.get(end..end + 2)?;
+        args.push(b[start..end].to_vec());
+        at = end + 2;
+    }
+    Some((args, at))
+}
+
+fn serve(
+    mut sock: TcpStream,
+    stop: &AtomicBool,
+    mgets: &AtomicUsize,
+    trickled: &AtomicUsize,
+    script: &[Reply],
+) {
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
+    let _ = sock.set_nodelay(true);
+    let mut buf = Vec::new();
+    while let Some(args) = read_command(&mut sock, &mut buf, stop) {
+        let name = args
+            .first()
+            .map(|a| a.to_ascii_uppercase())
+            .unwrap_or_default();
+        let r = match &name[..] {
+            b"PING" => sock.write_all(b"+PONG\r\n"),
+            b"MGET" => {
+                let i = mgets.fetch_add(1, Ordering::SeqCst);
+                let reply = script[i.min(script.len() - 1)];
+                // Every key but the last is a miss; the last is the 64 KiB value.
+                let mut head = format!("*{}\r\n", args.len() - 1).into_bytes();
+                for _ in 2..args.len() {
+                    head.extend_from_slice(b"$-1\r\n");
+                }
+                head.extend_from_slice(format!("${VALUE}\r\n").as_bytes());
+                let value = vec![0xAB; VALUE];
+                match reply {
+                    Reply::Full => {
+                        head.extend_from_slice(&value);
+                        head.extend_from_slice(b"\r\n");
+                        sock.write_all(&head)
+                    }
+                    Reply::CloseMidway => {
+                        head.extend_from_slice(&value[..VALUE / 2]);
+                        let _ = sock.write_all(&head);
+                        return;
+                    }
+                    Reply::Trickle => {
+                        head.extend_from_slice(&value[..1024]);
+                        let mut r = sock.write_all(&head);
+                        let mut sent = 1024;
+                        while r.is_ok() && sent < VALUE && !stop.load(Ordering::SeqCst) {
+                            thread::sleep(Duration::from_millis(50));
+                            r = sock.write_all(&value[sent..sent + 1024]);
+                            if r.is_ok() {
+                                trickled.fetch_add(1024, Ordering::SeqCst);
+                            }
+                            sent += 1024;
+                        }
+                        r.and_then(|_| sock.write_all(b"\r\n"))
+                    }
+                }
+            }
+            _ => sock.write_all(b"+OK\r\n"),
+        };
+        if r.is_err() {
+            return;
+        }
+    }
+}
+
+fn engine(srv: &FakeServer, b: IoBackend) -> Engine {
+    plain_ring();
+    let mut cfg = Config::from_url(&srv.url()).unwrap();
+    cfg.io_backend = b;
+    cfg.shards = Some(1);
+    cfg.key_layout = KeyLayout::Raw;
+    cfg.request_timeout = Duration::from_millis(200);
+    Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
+}
+
+/// A value trickling in past the request timeout: the call fails in time, and (on
+/// io_uring) the destination the receive writes into is released only when the kernel
+/// returned that receive, counted as a late release; nothing is leaked.
+fn slow_value_past_timeout(b: IoBackend, into: bool) {
+    let srv = FakeServer::start(vec![Reply::Trickle]);
+    let e = engine(&srv, b);
+    let t0 = Instant::now();
+    let r = if into {
+        e.get_into(&["k"], vec![vec![0u8; VALUE]]).map(|_| ())
+    } else {
+        e.get(&["k"]).map(|_| ())
+    };
+    let took = t0.elapsed();
+    assert!(
+        r.is_err(),
+        "a value trickling past the timeout must fail the call"
+    );
+    assert!(took < Duration::from_secs(3), "the call took {took:?}");
+    let m = e.metrics_handle();
+    if b == IoBackend::IoUring {
+        wait_until(
+            Duration::from_secs(5),
+            "the kernel to return the receive",
+            || m.snapshot().kernel_late_releases >= 1,
+        );
+    }
+    // The server keeps writing for a while after the close; nothing may land anywhere.
+    thread::sleep(Duration::from_millis(150));
+    drop(e);
+    let s = m.snapshot();
+    assert_eq!(s.kernel_leaks, 0, "nothing leaked");
+    if b == IoBackend::Epoll {
+        assert_eq!(s.kernel_late_releases, 0);
+    }
+}
+
+fn slow_get_past_timeout(b: IoBackend) {
+    slow_value_past_timeout(b, false);
+}
+both_backends!(
+    slow_get_releases_destination_after_the_kernel,
+    slow_get_past_timeout
+);
+
+fn slow_get_into_past_timeout(b: IoBackend) {
+    slow_value_past_timeout(b, true);
+}
+both_backends!(
+    slow_get_into_releases_destination_after_the_kernel,
+    slow_get_into_past_timeout
+);
+
+/// A connection closing mid-value: the unit is retried on a new connection and the
+/// caller's own buffer (not a copy, not a fresh one) comes back with the value.
+fn caller_buffer_survives_reconnect(b: IoBackend) {
+    let srv = FakeServer::start(vec![Reply::CloseMidway, Reply::Full]);
+    let e = engine(&srv, b);
+    let buf = vec![0u8; VALUE];
+    let ptr = buf.as_ptr();
+    let (bufs, infos) = e.get_into(&["k"], vec![buf]).unwrap();
+    assert_eq!(
+        infos[0].as_ref().map(|i| i.len),
+        Some(VALUE),
+        "hit after the retry"
+    );
+    assert!(
+        srv.mgets.load(Ordering::SeqCst) >= 2,
+        "the first attempt was cut off"
+    );
+    assert_eq!(bufs[0].as_ptr(), ptr, "the caller's buffer came back");
+    assert!(bufs[0].iter().all(|&x| x == 0xAB));
+    let m = e.metrics_handle();
+    drop(e);
+    assert_eq!(m.snapshot().kernel_leaks, 0);
+}
+both_backends!(
+    get_into_buffer_comes_back_after_reconnect,
+    caller_buffer_survives_reconnect
+);
+
+/// Dropping the engine while a receive writes into a value's destination: drop returns
+/// only after the kernel gave every operation back (cancelled or completed).
+fn drop_with_receive_armed(b: IoBackend) {
+    let srv = FakeServer::start(vec![Reply::Trickle]);
+    let e = engine(&srv, b);
+    let m = e.metrics_handle();
+    let ticket = e.get_async(&["k"]);
+    wait_until(
+        Duration::from_secs(5),
+        "the value to start trickling",
+        || srv.trickled.load(Ordering::SeqCst) > 0,
+    );
+    drop(e);
+    let s = m.snapshot();
+    assert_eq!(s.kernel_leaks, 0, "nothing leaked");
+    if b == IoBackend::IoUring {
+        // The doorbell read and the connection's receive at least.
+        assert!(
+            s.kernel_drained + s.kernel_late_releases >= 2,
+            "drop returned before the kernel gave the receive back: {s:?}"
+        );
+    }
+    assert!(ticket.wait().is_err());
+}
+both_backends!(engine_drop_waits_for_receives, drop_with_receive_armed);
+
+/// Dropping an idle engine: every connection has a receive armed; all come back.
+fn drop_idle(b: IoBackend) {
+    let srv = FakeServer::start(vec![Reply::Full]);
+    let e = engine(&srv, b);
+    let (bufs, _) = e.get_into(&["k"], vec![vec![0u8; VALUE]]).unwrap();
+    assert_eq!(bufs[0].len(), VALUE);
+    // Let the shard go idle: it re-arms the connection's receive after each reply.
+    thread::sleep(Duration::from_millis(100));
+    let m = e.metrics_handle();
+    drop(e);
+    let s = m.snapshot();
+    assert_eq!(s.kernel_leaks, 0);
+    if b == IoBackend::IoUring {
+        assert!(
+            s.kernel_drained >= 2,
+            "doorbell and idle receive drained: {s:?}"
+        );
+    }
+}
+both_backends!(idle_engine_drop_drains_the_ring, drop_idle);
