@@ -20,6 +20,9 @@
 //! assert_eq!(cfg.chunk_size, 128);
 //! ```
 
+mod redact;
+#[cfg(test)]
+mod secret_props;
 mod settings;
 mod url;
 mod yaml;
@@ -33,8 +36,9 @@ use crate::error::{Error, Result};
 use crate::layout::KeyLayout;
 use crate::priority::{Priority, PriorityWeights, MAX_PRIORITY_WEIGHT};
 
+pub use redact::mask_url;
 use settings::{build, Settings};
-pub use url::{mask_url, parse_url, ParsedUrl};
+pub use url::{parse_url, ParsedUrl};
 
 const DEFAULT_PORT: u16 = 6379;
 const DEFAULT_CHUNK_SIZE: usize = 256;

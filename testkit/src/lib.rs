@@ -20,6 +20,7 @@ pub mod nodes;
 mod os;
 pub mod ports;
 pub mod process;
+mod redact;
 pub mod state;
 
 use std::time::Duration;
