@@ -165,7 +165,7 @@ fn log_capture_works() {
 
 #[test]
 fn known_leaks() {
-    for p in ["QJZ?x", "QJ&ZK", "QJZ@K/W"] {
+    for p in ["QJZ?x", "QJ&ZK", "QJZ@K/W", "@/Q/"] {
         check(p);
     }
 }

@@ -102,9 +102,10 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
         Some((p, q)) => (p, Some(q)),
         None => (after, None),
     };
-    if !unix && path.contains('@') {
+    if path.contains('@') {
         // Most likely a password with an unencoded '/' or '?': echoing the pieces
-        // would leak it.
+        // would leak it. A socket path holding '@' must encode it too, or the
+        // remainder of such a password would become the socket path.
         return Err(fail(
             "unexpected '@' after the host; percent-encode '/', '?' and '@' in the user name and password (%2F, %3F, %40)"
                 .to_string(),
@@ -484,6 +485,13 @@ mod tests {
         url_err("unix://", "missing socket path");
         url_err("unix:///", "missing socket path");
         url_err("unix://somehost/tmp/x.sock", "takes no host");
+        url_err("unix://:@/pw/@/tmp/s.sock", "unexpected '@'");
+        assert_eq!(
+            parse_url("unix:///tmp/a%40b.sock").unwrap().seeds,
+            vec![ServerAddr::Unix {
+                path: "/tmp/a@b.sock".into()
+            }]
+        );
     }
 
     #[test]
