@@ -1099,6 +1099,15 @@ extra_config:
                 "max_value_size: 4294967296",
                 &["extra_config.max_value_size", "4294967296"],
             ),
+            // Beyond the RESP reader's 512 MiB bulk limit: could be written, never read.
+            (
+                "max_value_size: 1073741824",
+                &["extra_config.max_value_size", "1073741824", "536870912"],
+            ),
+            (
+                "lane_capacity: 16777216",
+                &["extra_config.lane_capacity", "16777216", "1048576"],
+            ),
             (
                 "read_from_replicas: true",
                 &["extra_config.read_from_replicas", "true", "cluster"],
