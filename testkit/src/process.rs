@@ -147,7 +147,7 @@ impl RedisProcess {
         fs::create_dir_all(&node_dir)
             .map_err(|e| fail(format!("cannot create {}: {e}", node_dir.display())))?;
         let log_path = node_dir.join("redis.log");
-        let pidfile = node_dir.join("redis.pid");
+        let pidfile = node_dir.join(crate::PIDFILE);
         if fresh {
             remove_if_exists(&node_dir.join("nodes.conf"));
         }
