@@ -16,6 +16,12 @@ use crossbeam_queue::ArrayQueue;
 use crate::priority::{Picker, Priority};
 use crate::sys::EventFd;
 
+/// Largest capacity of one lane. A lane preallocates every slot (crossbeam's
+/// `ArrayQueue` holds the entry and a stamp per slot, about 64 bytes for a shard's
+/// submission), so this keeps the four lanes of a shard under about 256 MiB; beyond it
+/// a typo would abort the process on allocation failure, which no caller can handle.
+pub const MAX_LANE_CAPACITY: usize = 1 << 20;
+
 /// One shard's four bounded lanes and its doorbell.
 pub struct Lanes<T> {
     lanes: [ArrayQueue<T>; 4],
@@ -28,8 +34,14 @@ pub struct Lanes<T> {
 }
 
 impl<T> Lanes<T> {
-    /// Lanes of `capacity` entries each.
+    /// Lanes of `capacity` entries each; more than [`MAX_LANE_CAPACITY`] is an error.
     pub fn new(capacity: usize) -> std::io::Result<Lanes<T>> {
+        if capacity > MAX_LANE_CAPACITY {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("lane capacity {capacity} exceeds {MAX_LANE_CAPACITY}"),
+            ));
+        }
         let cap = capacity.max(1);
         Ok(Lanes {
             lanes: std::array::from_fn(|_| ArrayQueue::new(cap)),
@@ -142,6 +154,13 @@ impl<T> Lanes<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_bounded() {
+        assert!(Lanes::<u8>::new(MAX_LANE_CAPACITY + 1).is_err());
+        assert!(Lanes::<u8>::new(usize::MAX).is_err());
+        assert!(Lanes::<u8>::new(4).is_ok());
+    }
 
     #[test]
     fn lanes_order_and_backpressure() {

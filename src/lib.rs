@@ -10,6 +10,9 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 pub(crate) mod lanes;
 pub mod layout;
 pub mod metrics;

@@ -20,6 +20,9 @@
 //! assert_eq!(cfg.chunk_size, 128);
 //! ```
 
+mod redact;
+#[cfg(test)]
+mod secret_props;
 mod settings;
 mod url;
 mod yaml;
@@ -33,8 +36,9 @@ use crate::error::{Error, Result};
 use crate::layout::KeyLayout;
 use crate::priority::{Priority, PriorityWeights, MAX_PRIORITY_WEIGHT};
 
+pub use redact::mask_url;
 use settings::{build, Settings};
-pub use url::{mask_url, parse_url, ParsedUrl};
+pub use url::{parse_url, ParsedUrl};
 
 const DEFAULT_PORT: u16 = 6379;
 const DEFAULT_CHUNK_SIZE: usize = 256;
@@ -46,12 +50,18 @@ const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Redis request legitimately needs more than a day.
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_LANE_CAPACITY: usize = 1024;
-/// Lanes are preallocated rings; this bound keeps a typo from allocating gigabytes.
-const MAX_LANE_CAPACITY: usize = 1 << 24;
+/// Lanes preallocate every slot; the lanes own the bound.
+const MAX_LANE_CAPACITY: usize = crate::lanes::MAX_LANE_CAPACITY;
 const DEFAULT_MAX_INFLIGHT_BYTES: usize = 4 << 20;
 const DEFAULT_MAX_VALUE_SIZE: usize = 512 << 20;
-/// RemoteMetadata stores the payload length as an `i32`.
-const MAX_VALUE_SIZE_LIMIT: usize = i32::MAX as usize;
+/// The largest bulk string the RESP reader accepts (Redis's own `proto-max-bulk-len`
+/// ceiling). RemoteMetadata's `i32` length would allow more, but a larger value could
+/// be written and never read back.
+const MAX_VALUE_SIZE_LIMIT: usize = crate::resp::MAX_BULK_LEN;
+// An MGET frame carries up to two keys per chunk (metadata and payload); its reply
+// must stay within what the RESP reader accepts.
+const _: () = assert!(2 * MAX_CHUNK_SIZE <= crate::resp::MAX_ARRAY_LEN);
+const _: () = assert!(DEFAULT_MAX_VALUE_SIZE <= MAX_VALUE_SIZE_LIMIT);
 /// glibc's `CPU_SETSIZE`: `sched_setaffinity` cannot address higher CPUs.
 const MAX_CPU: usize = 1024;
 const DEFAULT_CLIENT_NAME: &str = "slotline";
@@ -440,7 +450,9 @@ impl Config {
             return Err(Error::config(
                 "extra_config.lane_capacity",
                 self.lane_capacity,
-                format!("must be between 1 and {MAX_LANE_CAPACITY}"),
+                format!(
+                    "must be between 1 and {MAX_LANE_CAPACITY} (every slot of the four lanes of each shard is allocated up front)"
+                ),
             ));
         }
         if self.max_inflight_bytes == 0 {
@@ -455,7 +467,7 @@ impl Config {
                 "extra_config.max_value_size",
                 self.max_value_size,
                 format!(
-                    "must be between 1 and {MAX_VALUE_SIZE_LIMIT} (LMCache metadata stores lengths as 32-bit integers)"
+                    "must be between 1 and {MAX_VALUE_SIZE_LIMIT} (the largest bulk string the RESP reader, and Redis, accept)"
                 ),
             ));
         }
@@ -763,6 +775,41 @@ mod tests {
             },
             &["request_timeout_ms", "90000000"],
         );
+        bad(
+            Config {
+                max_value_size: MAX_VALUE_SIZE_LIMIT + 1,
+                ..ok.clone()
+            },
+            &["extra_config.max_value_size", "536870913", "536870912"],
+        );
+        bad(
+            Config {
+                max_value_size: i32::MAX as usize,
+                ..ok.clone()
+            },
+            &["extra_config.max_value_size", "2147483647"],
+        );
+        bad(
+            Config {
+                lane_capacity: MAX_LANE_CAPACITY + 1,
+                ..ok.clone()
+            },
+            &["extra_config.lane_capacity", "1048577", "1048576"],
+        );
+        bad(
+            Config {
+                lane_capacity: 0,
+                ..ok.clone()
+            },
+            &["extra_config.lane_capacity", "0"],
+        );
+        Config {
+            max_value_size: MAX_VALUE_SIZE_LIMIT,
+            lane_capacity: MAX_LANE_CAPACITY,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap();
         bad(
             Config {
                 client_name: "a\nb".into(),

@@ -6,6 +6,7 @@ use std::net::Ipv6Addr;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
+use super::redact::{mask_url, scrub, url_secrets};
 use super::{Mode, ServerAddr, DEFAULT_PORT, MASK};
 use crate::error::{Error, Result};
 
@@ -56,9 +57,12 @@ impl fmt::Debug for ParsedUrl {
 /// assert!(e.contains("u:***@host") && !e.contains("hunter2"));
 /// ```
 pub fn parse_url(url: &str) -> Result<ParsedUrl> {
+    // Reasons quote pieces of the URL (a host, a port, a parameter name); a password
+    // with an unencoded '?', '/', '&' or '@' can end up in any of them.
+    let secrets = url_secrets(url);
     let fail = |reason: String| Error::Url {
         url: mask_url(url),
-        reason,
+        reason: scrub(&reason, &secrets),
     };
     if url.is_empty() {
         return Err(fail("empty URL".to_string()));
@@ -98,9 +102,10 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
         Some((p, q)) => (p, Some(q)),
         None => (after, None),
     };
-    if !unix && path.contains('@') {
+    if path.contains('@') {
         // Most likely a password with an unencoded '/' or '?': echoing the pieces
-        // would leak it.
+        // would leak it. A socket path holding '@' must encode it too, or the
+        // remainder of such a password would become the socket path.
         return Err(fail(
             "unexpected '@' after the host; percent-encode '/', '?' and '@' in the user name and password (%2F, %3F, %40)"
                 .to_string(),
@@ -323,43 +328,6 @@ fn percent_decode(s: &str) -> std::result::Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// `url` with its password replaced by `***`, for error messages and logs.
-///
-/// Deliberately over-masks: everything from the first ':' after the scheme up to the
-/// last '@' is hidden, so even a malformed URL with an unencoded '/' or '?' in the
-/// password never leaks it; `password=` query values are hidden too.
-///
-/// ```
-/// use slotline::config::mask_url;
-/// assert_eq!(mask_url("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
-/// assert_eq!(mask_url("redis://h:1"), "redis://h:1");
-/// ```
-pub fn mask_url(url: &str) -> String {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let mut out = match url[start..].rfind('@') {
-        Some(at) => {
-            let userinfo = &url[start..start + at];
-            match userinfo.find(':') {
-                Some(colon) => format!("{}{MASK}{}", &url[..start + colon + 1], &url[start + at..]),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    };
-    if let Some(q) = out.find('?') {
-        let (head, query) = out.split_at(q + 1);
-        let masked: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}={MASK}"),
-                _ => pair.to_string(),
-            })
-            .collect();
-        out = format!("{head}{}", masked.join("&"));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::testutil::tcp;
@@ -517,6 +485,13 @@ mod tests {
         url_err("unix://", "missing socket path");
         url_err("unix:///", "missing socket path");
         url_err("unix://somehost/tmp/x.sock", "takes no host");
+        url_err("unix://:@/pw/@/tmp/s.sock", "unexpected '@'");
+        assert_eq!(
+            parse_url("unix:///tmp/a%40b.sock").unwrap().seeds,
+            vec![ServerAddr::Unix {
+                path: "/tmp/a@b.sock".into()
+            }]
+        );
     }
 
     #[test]
@@ -531,18 +506,15 @@ mod tests {
             "redis://u:hunter2@host?password=hunter2&db=x",
             "unix:///tmp/s?password=hunter2&bogus=1",
             "redis-sentinel://u:hunter2@h:1",
+            // An unencoded '?' in the user info, '&' in a query password.
+            "redis://:hunter2?x@h:1",
+            "redis://h:1?password=hunter2&hunter2",
+            "redis://h:1?password=hun&hunter2=1",
         ] {
             let e = parse_url(url).expect_err(url);
             let msg = e.to_string();
             assert!(!msg.contains("hunter2"), "{msg}");
             assert!(msg.contains("***"), "{msg}");
         }
-        assert_eq!(mask_url("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
-        assert_eq!(mask_url("redis://u@h"), "redis://u@h");
-        assert_eq!(
-            mask_url("redis://h:1?password=x&db=1"),
-            "redis://h:1?password=***&db=1"
-        );
-        assert_eq!(mask_url("no scheme:pw@h"), "no scheme:***@h");
     }
 }

@@ -93,15 +93,15 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
         mode: extra.parsed("redis_mode")?,
         database: extra.int("redis_database")?,
         username: extra
-            .text("redis_username", false)?
+            .text("redis_username", Shown::Plain)?
             .filter(|s| !s.is_empty()),
         password: extra
-            .text("redis_password", true)?
+            .text("redis_password", Shown::Secret)?
             .filter(|s| !s.is_empty()),
         use_tls: extra.boolean("use_tls")?,
         tls_insecure: extra.boolean("tls_insecure")?,
         tls_ca_file: extra
-            .text("tls_ca_file", false)?
+            .text("tls_ca_file", Shown::Plain)?
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
         chunk_size: extra.int("chunk_size")?,
@@ -117,7 +117,7 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
         max_inflight_bytes: extra.int("max_inflight_bytes")?,
         max_value_size: extra.int("max_value_size")?,
         read_from_replicas: extra.boolean("read_from_replicas")?,
-        client_name: extra.text("client_name", false)?,
+        client_name: extra.text("client_name", Shown::Plain)?,
         priority_weights: extra
             .get("priority_weights")
             .map(parse_priority_weights)
@@ -129,7 +129,7 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
 fn choose_url(top: &Section<'_>, extra: &Section<'_>) -> Result<String> {
     let mut own: Option<(&str, String)> = None;
     for key in EXTRA_URL_KEYS {
-        let Some(url) = extra.text(key, false)?.filter(|u| !u.is_empty()) else {
+        let Some(url) = extra.text(key, Shown::Url)?.filter(|u| !u.is_empty()) else {
             continue;
         };
         match &own {
@@ -147,7 +147,9 @@ fn choose_url(top: &Section<'_>, extra: &Section<'_>) -> Result<String> {
             None => own = Some((key, url)),
         }
     }
-    let lmcache_url = top.text("remote_url", false)?.filter(|u| !u.is_empty());
+    let lmcache_url = top
+        .text("remote_url", Shown::Url)?
+        .filter(|u| !u.is_empty());
     match (own, lmcache_url) {
         (Some((key, url)), Some(remote)) => {
             if url == remote {
@@ -349,6 +351,18 @@ fn parse_integer(s: &str) -> Option<i128> {
     Some(if negative { -n } else { n })
 }
 
+/// How a value of the wrong type is shown in the error naming it.
+#[derive(Clone, Copy)]
+enum Shown {
+    /// As written.
+    Plain,
+    /// Not at all (`***`): a password.
+    Secret,
+    /// With every string masked by [`mask_url`]: a Redis URL, which may carry a password
+    /// even when given in the wrong shape (such as a list).
+    Url,
+}
+
 /// One mapping of the YAML document, with typed, error-naming accessors.
 struct Section<'a> {
     map: &'a Mapping,
@@ -367,24 +381,24 @@ impl<'a> Section<'a> {
         format!("{}{key}", self.prefix)
     }
 
-    fn shown(&self, v: &Value, secret: bool) -> String {
-        if secret {
-            MASK.to_string()
-        } else {
-            render(v)
+    fn shown(&self, v: &Value, shown: Shown) -> String {
+        match shown {
+            Shown::Plain => render(v),
+            Shown::Secret => MASK.to_string(),
+            Shown::Url => render_with(v, &mask_url),
         }
     }
 
     /// A string; numbers are accepted as their decimal text (unquoted numeric
     /// passwords are common in YAML).
-    fn text(&self, key: &str, secret: bool) -> Result<Option<String>> {
+    fn text(&self, key: &str, shown: Shown) -> Result<Option<String>> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::String(s) | Value::Real(s)) => Ok(Some(s.clone())),
             Some(Value::Integer(n)) => Ok(Some(n.to_string())),
             Some(other) => Err(Error::config(
                 &self.name(key),
-                self.shown(other, secret),
+                self.shown(other, shown),
                 format!("expected a string, found {}", kind(other)),
             )),
         }
@@ -452,7 +466,7 @@ impl<'a> Section<'a> {
 
     /// A string parsed with `FromStr`; errors are re-keyed to the full YAML path.
     fn parsed<T: FromStr<Err = Error>>(&self, key: &str) -> Result<Option<T>> {
-        let Some(text) = self.text(key, false)? else {
+        let Some(text) = self.text(key, Shown::Plain)? else {
             return Ok(None);
         };
         text.parse::<T>().map(Some).map_err(|e| match e {
@@ -522,13 +536,19 @@ fn kind(v: &Value) -> &'static str {
 
 /// A short rendering of a YAML value for error messages.
 fn render(v: &Value) -> String {
+    render_with(v, &str::to_string)
+}
+
+/// [`render`] with every string passed through `text`.
+fn render_with(v: &Value, text: &dyn Fn(&str) -> String) -> String {
     match v {
         Value::Null => "null".to_string(),
         Value::Boolean(b) => b.to_string(),
         Value::Integer(n) => n.to_string(),
-        Value::Real(s) | Value::String(s) => s.clone(),
+        Value::Real(s) => s.clone(),
+        Value::String(s) => text(s),
         Value::Array(items) => {
-            let inner: Vec<String> = items.iter().map(render).collect();
+            let inner: Vec<String> = items.iter().map(|i| render_with(i, text)).collect();
             format!("[{}]", inner.join(", "))
         }
         Value::Hash(_) => "{...}".to_string(),
@@ -1078,6 +1098,15 @@ extra_config:
             (
                 "max_value_size: 4294967296",
                 &["extra_config.max_value_size", "4294967296"],
+            ),
+            // Beyond the RESP reader's 512 MiB bulk limit: could be written, never read.
+            (
+                "max_value_size: 1073741824",
+                &["extra_config.max_value_size", "1073741824", "536870912"],
+            ),
+            (
+                "lane_capacity: 16777216",
+                &["extra_config.lane_capacity", "16777216", "1048576"],
             ),
             (
                 "read_from_replicas: true",

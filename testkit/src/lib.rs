@@ -20,6 +20,7 @@ pub mod nodes;
 mod os;
 pub mod ports;
 pub mod process;
+mod redact;
 pub mod state;
 
 use std::time::Duration;
@@ -46,6 +47,8 @@ const BUS_PORT_OFFSET: u16 = 10000;
 const MAX_CLUSTER_PORT: u16 = u16::MAX - BUS_PORT_OFFSET;
 /// Poll interval of every wait loop here; servers change state in tens of milliseconds.
 const POLL: Duration = Duration::from_millis(50);
+/// The pidfile in every server's own directory.
+const PIDFILE: &str = "redis.pid";
 /// Keys moved per MIGRATE during resharding.
 const MIGRATE_BATCH: usize = 100;
 

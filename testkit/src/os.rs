@@ -75,6 +75,25 @@ pub(crate) fn is_server_on_port(pid: u32, port: u16) -> bool {
         .any(|tok| tok == port_s || tok.rsplit_once(':').is_some_and(|(_, p)| p == port_s))
 }
 
+/// Whether `pid` is the server that `dir` (its own directory, `<state_dir>/<port>/`)
+/// belongs to: alive, naming `port` on its command line, running in `dir` (the server
+/// is started there and `--dir` keeps it there), and named by `dir`'s pidfile. The
+/// command line alone is not enough: any process can name a port, and a recorded pid
+/// may have been reused. A process of another user fails the check (its cwd cannot be
+/// read), so it is never signalled either.
+pub(crate) fn is_our_server(pid: u32, port: u16, dir: &Path) -> bool {
+    if !is_server_on_port(pid, port) {
+        return false;
+    }
+    let (Ok(cwd), Ok(dir)) = (
+        fs::read_link(format!("/proc/{pid}/cwd")),
+        fs::canonicalize(dir),
+    ) else {
+        return false;
+    };
+    cwd == dir && read_pidfile(&dir.join(crate::PIDFILE)) == Some(pid)
+}
+
 pub(crate) fn send_signal(pid: u32, sig: libc::c_int) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;

@@ -12,10 +12,11 @@ use crate::Result;
 use crate::client::{Client, OwnedFrame};
 use crate::os::{log_since, log_tail, process_alive, read_pidfile, remove_if_exists, send_signal};
 use crate::ports::{free_cluster_port, free_port, redis_server_binary};
+use crate::redact::redact_args;
 use crate::{local_err, BUS_PORT_OFFSET, MAX_CLUSTER_PORT, POLL, START_TIMEOUT, STOP_GRACE};
 
-/// How to start one `redis-server`.
-#[derive(Debug, Clone)]
+/// How to start one `redis-server`. `Debug` masks the passwords.
+#[derive(Clone)]
 pub struct ServerOptions {
     /// TCP port; 0 picks a free one.
     pub port: u16,
@@ -146,7 +147,7 @@ impl RedisProcess {
         fs::create_dir_all(&node_dir)
             .map_err(|e| fail(format!("cannot create {}: {e}", node_dir.display())))?;
         let log_path = node_dir.join("redis.log");
-        let pidfile = node_dir.join("redis.pid");
+        let pidfile = node_dir.join(crate::PIDFILE);
         if fresh {
             remove_if_exists(&node_dir.join("nodes.conf"));
         }
@@ -241,19 +242,7 @@ impl RedisProcess {
             .stdin(Stdio::null())
             .stdout(open_log()?)
             .stderr(open_log()?);
-        let shown: Vec<&str> = args
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let secret =
-                    i > 0 && matches!(args[i - 1].as_str(), "--requirepass" | "--masterauth");
-                if secret || a.starts_with('>') {
-                    "<redacted>"
-                } else {
-                    a.as_str()
-                }
-            })
-            .collect();
+        let shown = redact_args(&args);
         tracing::debug!(binary = %binary.display(), args = ?shown, "starting redis-server");
         let mut child = cmd.spawn().map_err(|e| {
             fail(format!(

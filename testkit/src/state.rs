@@ -10,7 +10,7 @@ use crate::Result;
 
 use crate::client::{command, OwnedFrame};
 use crate::cluster::LocalCluster;
-use crate::os::{is_server_on_port, process_alive, send_signal};
+use crate::os::{is_our_server, process_alive, send_signal};
 use crate::process::{RedisProcess, ServerOptions};
 use crate::{local_err, STOP_GRACE};
 
@@ -54,9 +54,11 @@ pub struct ServerRecord {
 }
 
 impl ServerRecord {
-    /// Whether the recorded pid is still a server on the recorded port.
-    pub fn is_running(&self) -> bool {
-        is_server_on_port(self.pid, self.port)
+    /// Whether the recorded pid is still the server recorded in `state_dir`: on the
+    /// recorded port, running in its directory there and named by its pidfile. Only
+    /// then may it be signalled.
+    pub fn is_running(&self, state_dir: &Path) -> bool {
+        is_our_server(self.pid, self.port, &state_dir.join(self.port.to_string()))
     }
 
     /// `127.0.0.1:PORT`.
@@ -162,7 +164,7 @@ pub fn up(state_dir: &Path, cluster: bool, base_port: Option<u16>) -> Result<Vec
         let alive: Vec<String> = set
             .servers
             .iter()
-            .filter(|s| s.is_running())
+            .filter(|s| s.is_running(&set.state_dir))
             .map(|s| s.port.to_string())
             .collect();
         if !alive.is_empty() {
@@ -257,7 +259,11 @@ pub fn down(state_dir: &Path) -> Result<Vec<String>> {
             state_dir.display()
         )]);
     };
-    let running: Vec<bool> = set.servers.iter().map(ServerRecord::is_running).collect();
+    let running: Vec<bool> = set
+        .servers
+        .iter()
+        .map(|s| s.is_running(state_dir))
+        .collect();
     for (s, &up) in set.servers.iter().zip(&running) {
         if up {
             send_signal(s.pid, libc::SIGTERM);
@@ -276,7 +282,10 @@ pub fn down(state_dir: &Path) -> Result<Vec<String>> {
             continue;
         }
         let gone = wait_pid_gone(s.pid, STOP_GRACE)
-            || (send_signal(s.pid, libc::SIGKILL) && wait_pid_gone(s.pid, STOP_GRACE))
+            // Checked again: the pid may have been reused during the grace period.
+            || (s.is_running(state_dir)
+                && send_signal(s.pid, libc::SIGKILL)
+                && wait_pid_gone(s.pid, STOP_GRACE))
             || !process_alive(s.pid);
         if gone {
             lines.push(format!(
@@ -327,7 +336,7 @@ pub fn status(state_dir: &Path) -> Result<Vec<String>> {
         .servers
         .iter()
         .map(|s| {
-            if s.is_running() {
+            if s.is_running(state_dir) {
                 let role = match command(&s.addr(), None, &[b"ROLE"]) {
                     Ok(OwnedFrame::Array(items)) => match items.first() {
                         Some(OwnedFrame::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),

@@ -517,3 +517,75 @@ fn password_cluster_replicates_and_migrates() {
     );
     assert_eq!(on_replica.unwrap(), ["OK", "v"]);
 }
+
+/// A process we started that looks like a server on `port` to anyone reading its
+/// command line only (`sh -c 'read x' redis-server 127.0.0.1:PORT`, blocked in a shell
+/// builtin so that it has no child of its own), running in `cwd`; killed (by its own
+/// handle) when dropped.
+struct Decoy(std::process::Child);
+
+impl Decoy {
+    fn start(port: u16, cwd: &Path) -> Decoy {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "read x", "redis-server"])
+            .arg(format!("127.0.0.1:{port}"))
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start the decoy");
+        let pid = child.id();
+        // Until exec completes, /proc shows the test binary's command line.
+        wait_until(Duration::from_secs(5), "decoy running sh", || {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"sh\0-c\0read x"))
+        });
+        Decoy(child)
+    }
+}
+
+impl Drop for Decoy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn down_signals_only_our_servers() {
+    let dir = TestDir::new();
+    let state = dir.join("state");
+    let port = servers::free_port().unwrap();
+    let node_dir = state.join(port.to_string());
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let record = |pid: u32| {
+        std::fs::write(
+            servers::ServerSet::record_path(&state),
+            format!("standalone {port} {pid}\n"),
+        )
+        .unwrap();
+    };
+
+    // A stale record whose pid now belongs to another process naming the port.
+    let elsewhere = Decoy::start(port, dir.path());
+    record(elsewhere.0.id());
+    let lines = servers::down(&state).unwrap();
+    assert!(
+        pid_alive(elsewhere.0.id()),
+        "down() signalled a decoy: {lines:?}"
+    );
+    assert!(lines[0].contains("was not running"), "{lines:?}");
+    drop(elsewhere);
+
+    // Even inside the server's own directory, a process the pidfile does not name is
+    // not ours.
+    let inside = Decoy::start(port, &node_dir);
+    std::fs::write(node_dir.join("redis.pid"), "1\n").unwrap();
+    record(inside.0.id());
+    let status = servers::status(&state).unwrap();
+    assert!(status[0].contains("not running"), "{status:?}");
+    let lines = servers::down(&state).unwrap();
+    assert!(
+        pid_alive(inside.0.id()),
+        "down() signalled a decoy: {lines:?}"
+    );
+}
