@@ -18,10 +18,10 @@ pub mod layout;
 pub mod metrics;
 pub(crate) mod priority;
 pub(crate) mod resp;
-#[cfg(test)]
-mod resp_props;
 pub(crate) mod shard;
 pub(crate) mod sys;
+#[cfg(test)]
+mod tests;
 
 pub use batch::{Chunk, ChunkInfo, GetInto, PutChunk, Ticket};
 pub use config::Config;

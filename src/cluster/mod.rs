@@ -1,8 +1,9 @@
 //! Redis Cluster: slot hashing, the slot table, and redirects.
 //!
 //! The `Router` answers "which server owns this key" for every shard without locks:
-//! servers are interned once as `NodeId`s, and the slot table is 16384 atomics, each
-//! the id of the master that owns the slot.
+//! servers are interned once as `NodeId`s, and the slot table (16384 entries, each the
+//! id of the master that owns the slot) is an immutable snapshot behind an `ArcSwap`,
+//! replaced whole when the topology changes.
 
 pub(crate) mod retry;
 pub mod slot;

@@ -411,7 +411,9 @@ impl Shard {
         let now = Instant::now();
         let mut any_blocked = false;
         for gi in 0..part.groups.len() {
-            let part = self.parts[pidx].as_ref().expect("checked above");
+            let Some(part) = self.parts[pidx].as_ref() else {
+                break;
+            };
             let g = &part.groups[gi];
             if g.queue.is_empty() {
                 continue;

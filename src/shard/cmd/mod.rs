@@ -305,7 +305,12 @@ impl Shard {
                                 }
                             }
                         }
-                        PendKind::Mget => unreachable!("handled above"),
+                        PendKind::Mget => {
+                            // MGET replies are read by the array reader above and never
+                            // reach here; if one did, the stream is out of step.
+                            self.protocol_error(cid, "MGET reply in the per-reply path".into());
+                            return;
+                        }
                     }
                 }
             }

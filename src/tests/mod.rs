@@ -1,0 +1,3 @@
+//! Crate-level tests that need internals (the RESP decoder is crate-private).
+
+mod resp_props;
