@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::cmem::Mem;
 use crate::error::{show_key, Error, Result};
 use crate::layout::{KeyLayout, RemoteMetadata};
 use crate::metrics::Metrics;
@@ -43,7 +44,7 @@ pub struct ChunkInfo {
 pub type GetInto = (Vec<Vec<u8>>, Vec<Option<ChunkInfo>>);
 
 /// A hit after the read rules: metadata, the buffer holding the payload, its length.
-type Hit = (Option<RemoteMetadata>, Vec<u8>, usize);
+type Hit = (Option<RemoteMetadata>, Mem, usize);
 
 /// One chunk to write.
 #[derive(Debug, Clone)]
@@ -164,7 +165,7 @@ pub(crate) enum Slot {
     Nil,
     /// `len` bytes at the start of `buf`.
     Data {
-        buf: Vec<u8>,
+        buf: Mem,
         len: usize,
     },
     Int(i64),
@@ -180,7 +181,7 @@ pub(crate) enum Slot {
 #[derive(Debug)]
 pub(crate) enum Output {
     Chunks(Vec<Option<Chunk>>),
-    Into(Vec<Vec<u8>>, Vec<Option<ChunkInfo>>),
+    Into(Vec<Mem>, Vec<Option<ChunkInfo>>),
     Bools(Vec<bool>),
     Count(usize),
     Unit,
@@ -189,7 +190,7 @@ pub(crate) enum Output {
 
 struct State {
     slots: Vec<Slot>,
-    bufs: Vec<Option<Vec<u8>>>,
+    bufs: Vec<Option<Mem>>,
     parts_left: usize,
     output: Option<Result<Output>>,
     waker: Option<Waker>,
@@ -354,7 +355,7 @@ impl Batch {
     }
 
     /// A shard reports a finished part: resolved units and returned buffers.
-    pub fn part_done(&self, slots: Vec<(u32, Role, Slot)>, bufs: Vec<(u32, Vec<u8>)>) {
+    pub fn part_done(&self, slots: Vec<(u32, Role, Slot)>, bufs: Vec<(u32, Mem)>) {
         let mut st = self.lock();
         for (chunk, role, slot) in slots {
             if matches!(slot, Slot::Forwarded) {
@@ -502,7 +503,12 @@ impl Batch {
                         Ok(Output::Chunks(
                             results
                                 .into_iter()
-                                .map(|r| r.map(|(meta, data, _)| Chunk { meta, data }))
+                                .map(|r| {
+                                    r.map(|(meta, data, _)| Chunk {
+                                        meta,
+                                        data: data.into_vec(),
+                                    })
+                                })
                                 .collect(),
                         ))
                     }
@@ -513,7 +519,12 @@ impl Batch {
                             results
                                 .into_iter()
                                 .take(upto)
-                                .map(|r| r.map(|(meta, data, _)| Chunk { meta, data }))
+                                .map(|r| {
+                                    r.map(|(meta, data, _)| Chunk {
+                                        meta,
+                                        data: data.into_vec(),
+                                    })
+                                })
                                 .collect(),
                         ))
                     }
@@ -554,7 +565,7 @@ impl Batch {
             Slot::Data { buf, len } => (buf, len),
             Slot::TooLarge(len) => {
                 self.metrics.error("too_large");
-                tracing::warn!(key = %k(), len, "value larger than the destination buffer; treated as a miss");
+                tracing::warn!(key = %k(), len, "value does not fit the destination buffer (larger, or of another length than a caller's exact buffer); treated as a miss");
                 return None;
             }
             _ => {

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use crate::batch::{Batch, Chunk, GetInto, GetMode, Op, Output, PutChunk, Role, Ticket};
 use crate::cluster::NodeId;
 use crate::cluster::Router;
+use crate::cmem::Mem;
 use crate::config::ServerAddr;
 use crate::config::{Config, Mode};
 use crate::error::{show_key, Error, Result};
@@ -30,9 +31,13 @@ use crate::priority::Priority;
 use crate::resp::Value;
 use crate::shard::{self, BackendKind, ShardHandle, SubmitPart};
 
+mod caller;
 mod janitor;
+mod nonblocking;
 mod submit;
 mod topo;
+
+pub use caller::{GetIntoTicket, PutOwned, PutRef, PutTicket};
 
 use janitor::{run_janitor, StaleJob};
 use submit::{Req, Submit};
@@ -348,9 +353,9 @@ impl Engine {
             Op::Get(GetMode::Into),
             Priority::Get,
             keys,
-            bufs,
+            bufs.into_iter().map(Mem::Own).collect(),
             |o| match o {
-                Output::Into(b, i) => Ok((b, i)),
+                Output::Into(b, i) => Ok((b.into_iter().map(Mem::into_vec).collect(), i)),
                 _ => Err(Error::Closed),
             },
         )

@@ -193,7 +193,7 @@ impl BulkSink for Sink {
         self.next += 1;
         self.events.push(if dest.keep {
             assert_eq!(dest.buf.len(), dest.len);
-            Event::Bulk(index, dest.buf)
+            Event::Bulk(index, dest.buf.into_vec())
         } else {
             Event::Skipped(index, dest.len)
         });

@@ -7,6 +7,7 @@
 
 pub(crate) mod batch;
 pub mod cluster;
+pub mod cmem;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -24,8 +25,9 @@ pub(crate) mod sys;
 mod tests;
 
 pub use batch::{Chunk, ChunkInfo, GetInto, PutChunk, Ticket};
+pub use cmem::{CallerBuf, CallerBufMut, CallerTicket, Returned};
 pub use config::Config;
-pub use engine::{Engine, Stats};
+pub use engine::{Engine, GetIntoTicket, PutOwned, PutRef, PutTicket, Stats};
 pub use error::{Error, Result};
 pub use layout::{KeyLayout, RemoteMetadata};
 pub use priority::{Priority, PriorityWeights};

@@ -66,6 +66,10 @@ pub(crate) struct Metrics {
     kernel_late_releases: AtomicU64,
     kernel_drained: AtomicU64,
     kernel_leaks: AtomicU64,
+    recv_direct_bytes: AtomicU64,
+    recv_staged_bytes: AtomicU64,
+    sent_by_reference_bytes: AtomicU64,
+    sent_copied_bytes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -99,6 +103,10 @@ impl Metrics {
             kernel_late_releases: AtomicU64::new(0),
             kernel_drained: AtomicU64::new(0),
             kernel_leaks: AtomicU64::new(0),
+            recv_direct_bytes: AtomicU64::new(0),
+            recv_staged_bytes: AtomicU64::new(0),
+            sent_by_reference_bytes: AtomicU64::new(0),
+            sent_copied_bytes: AtomicU64::new(0),
         }
     }
 
@@ -135,6 +143,26 @@ impl Metrics {
     pub fn error(&self, kind: &str) {
         let i = ERROR_KINDS.iter().position(|k| *k == kind).unwrap_or(0);
         self.errors[i].fetch_add(1, Relaxed);
+    }
+
+    /// Value bytes received straight into their destination (no copy).
+    pub fn recv_direct(&self, bytes: usize) {
+        self.recv_direct_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Value bytes copied out of a connection's receive buffer into their destination.
+    pub fn recv_staged(&self, bytes: usize) {
+        if bytes > 0 {
+            self.recv_staged_bytes.fetch_add(bytes as u64, Relaxed);
+        }
+    }
+
+    /// Payload bytes queued for sending: `by_reference` from the caller's buffer
+    /// itself, `copied` into the frame's header block (small payloads).
+    pub fn payload_queued(&self, by_reference: usize, copied: usize) {
+        self.sent_by_reference_bytes
+            .fetch_add(by_reference as u64, Relaxed);
+        self.sent_copied_bytes.fetch_add(copied as u64, Relaxed);
     }
 
     /// A payload destination came back from a receive the kernel completed after its
@@ -189,6 +217,10 @@ impl Metrics {
             kernel_late_releases: self.kernel_late_releases.load(Relaxed),
             kernel_drained: self.kernel_drained.load(Relaxed),
             kernel_leaks: self.kernel_leaks.load(Relaxed),
+            recv_direct_bytes: self.recv_direct_bytes.load(Relaxed),
+            recv_staged_bytes: self.recv_staged_bytes.load(Relaxed),
+            sent_by_reference_bytes: self.sent_by_reference_bytes.load(Relaxed),
+            sent_copied_bytes: self.sent_copied_bytes.load(Relaxed),
         }
     }
 }
@@ -237,6 +269,18 @@ pub struct MetricsSnapshot {
     /// io_uring: operations the kernel did not return when shards stopped; their
     /// memory was leaked rather than freed (0 in a healthy run).
     pub kernel_leaks: u64,
+    /// Value bytes received straight into their destination (a caller's buffer or the
+    /// value's own allocation): the zero-copy read path.
+    pub recv_direct_bytes: u64,
+    /// Value bytes received into a connection's buffer and copied to their
+    /// destination from there (small values, and the first bytes of a large one whose
+    /// length was not known in advance).
+    pub recv_staged_bytes: u64,
+    /// Payload bytes sent from the caller's buffer itself, without a copy.
+    pub sent_by_reference_bytes: u64,
+    /// Payload bytes copied into a frame's header block before sending (values of
+    /// 512 bytes or less, cheaper copied than given an iovec of their own).
+    pub sent_copied_bytes: u64,
 }
 
 impl MetricsSnapshot {

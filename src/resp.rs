@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use crate::cmem::Mem;
+
 /// Largest bulk string slotline accepts; Redis's own `proto-max-bulk-len` maximum.
 pub const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
 /// Largest array slotline accepts in a reply.
@@ -296,7 +298,7 @@ fn parse_at(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Value, usize
 #[derive(Debug)]
 pub struct Dest {
     /// The buffer; bytes land in `buf[..len]`.
-    pub buf: Vec<u8>,
+    pub buf: Mem,
     /// Number of payload bytes for this element.
     pub len: usize,
     /// `false` when the sink did not want the bytes (they are read and dropped).
@@ -307,7 +309,7 @@ impl Dest {
     /// A fresh allocation of exactly `len` bytes.
     pub fn alloc(len: usize) -> Dest {
         Dest {
-            buf: vec![0u8; len],
+            buf: Mem::Own(vec![0u8; len]),
             len,
             keep: true,
         }
@@ -316,7 +318,7 @@ impl Dest {
     /// Bytes to be read and thrown away (too large for the caller's buffer, say).
     pub fn discard(len: usize) -> Dest {
         Dest {
-            buf: Vec::new(),
+            buf: Mem::default(),
             len,
             keep: false,
         }
@@ -371,6 +373,8 @@ pub struct ArrayReader {
     /// The payload destination is lent out (to a receive the kernel performs) and must
     /// come back through [`ArrayReader::restore_window`] before the reader is fed again.
     lent: bool,
+    /// Payload bytes copied out of the receive buffer since [`ArrayReader::take_staged`].
+    staged: usize,
 }
 
 impl Default for ArrayReader {
@@ -378,6 +382,7 @@ impl Default for ArrayReader {
         ArrayReader {
             st: St::Header,
             lent: false,
+            staged: 0,
         }
     }
 }
@@ -473,6 +478,7 @@ impl ArrayReader {
                     let take = (dest.len - filled).min(buf.len() - pos);
                     if dest.keep {
                         dest.buf[filled..filled + take].copy_from_slice(&buf[pos..pos + take]);
+                        self.staged += take;
                     }
                     filled += take;
                     pos += take;
@@ -508,6 +514,36 @@ impl ArrayReader {
         }
     }
 
+    /// Payload bytes copied out of the receive buffer (not received straight into
+    /// their destination) since the last call.
+    pub fn take_staged(&mut self) -> usize {
+        std::mem::take(&mut self.staged)
+    }
+
+    /// Where the reader stands: the index of the element whose header comes next, the
+    /// bytes known to come before that header (the rest of a small payload in
+    /// progress, its CRLF), and whether the array header itself is still to come.
+    /// `None` while a large payload (one received straight into its destination) is
+    /// in progress.
+    pub fn upcoming(&self, direct_min: usize) -> Option<(usize, usize, bool)> {
+        match &self.st {
+            St::Header => Some((0, 0, true)),
+            St::Elem { i, .. } => Some((*i, 0, false)),
+            St::Trailer { i, .. } => Some((i + 1, 2, false)),
+            St::Payload {
+                i, dest, filled, ..
+            } => (dest.len < direct_min).then_some((i + 1, dest.len - filled + 2, false)),
+        }
+    }
+
+    /// Length of the kept payload in progress (0 if none).
+    pub fn payload_len(&self) -> usize {
+        match &self.st {
+            St::Payload { dest, .. } if dest.keep => dest.len,
+            _ => 0,
+        }
+    }
+
     /// Bytes of payload still expected by the element in progress (0 if none).
     pub fn payload_remaining(&self) -> usize {
         match &self.st {
@@ -534,7 +570,7 @@ impl ArrayReader {
     /// buffer and the offset where the receive must write (`buf[at..len]`), where `len`
     /// is the payload length. `None` when no kept payload is in progress or it is lent
     /// already.
-    pub fn lend_window(&mut self) -> Option<(Vec<u8>, usize, usize)> {
+    pub fn lend_window(&mut self) -> Option<(Mem, usize, usize)> {
         if self.lent {
             return None;
         }
@@ -550,7 +586,7 @@ impl ArrayReader {
     /// Takes back the destination lent by [`lend_window`](Self::lend_window), with `n`
     /// more bytes received into it. Returns the buffer when no payload was waiting for
     /// it (the reader was reset meanwhile).
-    pub fn restore_window(&mut self, buf: Vec<u8>, n: usize) -> Option<Vec<u8>> {
+    pub fn restore_window(&mut self, buf: Mem, n: usize) -> Option<Mem> {
         if !self.lent {
             return Some(buf);
         }
@@ -607,7 +643,7 @@ mod tests {
         }
         fn finish(&mut self, i: usize, dest: Dest) {
             assert_eq!(i, self.items.len());
-            self.items.push(Some(dest.buf));
+            self.items.push(Some(dest.buf.into_vec()));
         }
         fn nil(&mut self, i: usize) {
             assert_eq!(i, self.items.len());

@@ -325,7 +325,8 @@ fn drop_with_receive_armed(b: IoBackend) {
 }
 both_backends!(engine_drop_waits_for_receives, drop_with_receive_armed);
 
-/// Dropping an idle engine: every connection has a receive armed; all come back.
+/// Dropping an idle engine: whatever the ring holds (the doorbell read; an idle
+/// connection has no receive armed) comes back.
 fn drop_idle(b: IoBackend) {
     let srv = FakeServer::start(vec![Reply::Full]);
     let e = engine(&srv, b);
@@ -338,10 +339,7 @@ fn drop_idle(b: IoBackend) {
     let s = m.snapshot();
     assert_eq!(s.kernel_leaks, 0);
     if b == IoBackend::IoUring {
-        assert!(
-            s.kernel_drained >= 2,
-            "doorbell and idle receive drained: {s:?}"
-        );
+        assert!(s.kernel_drained >= 1, "doorbell drained: {s:?}");
     }
 }
 both_backends!(idle_engine_drop_drains_the_ring, drop_idle);

@@ -1,23 +1,21 @@
 //! How requests reach the engine: the one place that turns Python's keys and buffers
 //! into engine calls, and engine results into completions.
 //!
-//! FIRST CUT, copying: the engine's caller-memory API (`&[u8]` / `&mut [u8]` per key
-//! with an owner type for async) is not in the engine yet, so reads go through
-//! `try_get` and are copied into the caller's views when they complete, and writes copy
-//! each view into a `Bytes` before `try_put`. The ownership rule already holds: every
-//! [`View`] travels inside its request's [`Outcome`] and is released only when Python
-//! drains the completion. Switching to zero copy changes [`get_into_views`] and
-//! [`put_from_views`] only.
+//! Zero copy: reads land straight in the caller's memoryviews and writes go out from
+//! them (the engine's caller-memory API, `try_get_into_bufs` / `try_put_from`). Each
+//! [`View`] is handed to the engine as the owner of its memory and comes back with the
+//! engine's completion, which the engine delivers only once no connection and no
+//! kernel operation references it any more; the view then travels inside its request's
+//! [`Outcome`] and is released only when Python drains the completion.
 //!
-//! Engine calls without a `try_*` form (exists, delete, contains_prefix, prefetch) may
-//! wait for lane space; they are submitted from the completion thread when the job is
-//! first polled, never on the caller's thread.
+//! Nothing here waits for lane space: a full lane is a failed completion (`try_*`).
+//! Only `contains_prefix` and `fetch` (the remote connector's paths, which await their
+//! completion anyway) use the waiting forms, from the completion thread.
 
 use std::future::Future;
 use std::pin::Pin;
 
-use bytes::Bytes;
-use slotline::{Chunk, Engine, Error, PutChunk, RemoteMetadata};
+use slotline::{CallerBuf, CallerBufMut, Chunk, Engine, Error, PutOwned, RemoteMetadata};
 
 use crate::views::View;
 
@@ -34,7 +32,24 @@ pub struct Outcome {
     /// The per-request result.
     pub payload: Payload,
     /// The caller's buffers, released when the completion is drained (not before).
-    pub views: Vec<View>,
+    pub views: Vec<Held>,
+}
+
+/// A caller buffer held by a finished request until Python drains it.
+pub struct Held(#[allow(dead_code)] Box<dyn Send>);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held")
+    }
+}
+
+fn held_views(views: Vec<View>) -> Vec<Held> {
+    views.into_iter().map(|v| Held(Box::new(v))).collect()
+}
+
+fn held<B: ?Sized + Send + 'static>(bufs: Vec<Box<B>>) -> Vec<Held> {
+    bufs.into_iter().map(|b| Held(Box::new(b))).collect()
 }
 
 /// The result of a request, by kind.
@@ -52,7 +67,7 @@ pub enum Payload {
 
 impl Outcome {
     /// A success.
-    pub fn ok(payload: Payload, views: Vec<View>) -> Outcome {
+    pub fn ok(payload: Payload, views: Vec<Held>) -> Outcome {
         Outcome {
             ok: true,
             error: String::new(),
@@ -62,7 +77,7 @@ impl Outcome {
     }
 
     /// A failure; the buffers are still held until drained.
-    pub fn failed(error: impl std::fmt::Display, views: Vec<View>) -> Outcome {
+    pub fn failed(error: impl std::fmt::Display, views: Vec<Held>) -> Outcome {
         Outcome {
             ok: false,
             error: error.to_string(),
@@ -77,39 +92,35 @@ pub fn ready(o: Outcome) -> Job {
     Box::pin(std::future::ready(o))
 }
 
-/// Reads `keys` into `views` (class GET). A stored value whose length differs from its
-/// view is a miss (flag false), as LMCache expects. Does not wait for lane space: a
-/// full lane is a failed completion.
-pub fn get_into_views(engine: &Engine, keys: &[Vec<u8>], mut views: Vec<View>) -> Job {
+/// Reads `keys` straight into `views` (class GET). A stored value whose length
+/// differs from its view is a miss (flag false) and leaves the view untouched, as
+/// LMCache expects. Does not wait for lane space: a full lane is a failed completion.
+pub fn get_into_views(engine: &Engine, keys: &[Vec<u8>], views: Vec<View>) -> Job {
     if keys.len() != views.len() {
         let e = format!("{} keys but {} buffers", keys.len(), views.len());
-        return ready(Outcome::failed(e, views));
+        return ready(Outcome::failed(e, held_views(views)));
     }
-    let ticket = match engine.try_get(keys) {
-        Ok(t) => t,
-        Err(e) => return ready(Outcome::failed(e, views)),
-    };
+    let bufs: Vec<Box<dyn CallerBufMut>> = views
+        .into_iter()
+        .map(|v| Box::new(v) as Box<dyn CallerBufMut>)
+        .collect();
+    let ticket = engine.try_get_into_bufs(keys, bufs);
     Box::pin(async move {
-        match ticket.await {
-            Ok(chunks) => {
-                let flags = chunks
-                    .iter()
-                    .zip(views.iter_mut())
-                    .map(|(c, v)| match c {
-                        Some(c) if c.data.len() == v.len() => v.fill_from(&c.data),
-                        _ => false,
-                    })
-                    .collect();
-                Outcome::ok(Payload::Flags(flags), views)
-            }
+        let r = ticket.await;
+        let views = held(r.bufs);
+        match r.result {
+            Ok(infos) => Outcome::ok(
+                Payload::Flags(infos.iter().map(Option::is_some).collect()),
+                views,
+            ),
             Err(e) => Outcome::failed(e, views),
         }
     })
 }
 
-/// Writes each view under its key (class PUT), with the metadata given for two-key
-/// layouts (`None`: BINARY metadata of the payload's length). Does not wait for lane
-/// space: a full lane is a failed completion.
+/// Writes each view under its key (class PUT), straight from the view's memory, with
+/// the metadata given for two-key layouts (`None`: BINARY metadata of the payload's
+/// length). Does not wait for lane space: a full lane is a failed completion.
 pub fn put_from_views(
     engine: &Engine,
     keys: Vec<Vec<u8>>,
@@ -123,21 +134,23 @@ pub fn put_from_views(
             views.len(),
             metas.len()
         );
-        return ready(Outcome::failed(e, views));
+        return ready(Outcome::failed(e, held_views(views)));
     }
-    // The copy this module exists to remove later.
     let chunks = keys
         .into_iter()
-        .zip(views.iter())
+        .zip(views)
         .zip(metas)
-        .map(|((k, v), m)| PutChunk::new(k, Bytes::copy_from_slice(v.as_bytes()), m))
+        .map(|((key, v), meta)| PutOwned {
+            key,
+            data: Box::new(v) as Box<dyn CallerBuf>,
+            meta,
+        })
         .collect();
-    let ticket = match engine.try_put(chunks) {
-        Ok(t) => t,
-        Err(e) => return ready(Outcome::failed(e, views)),
-    };
+    let ticket = engine.try_put_from(chunks);
     Box::pin(async move {
-        match ticket.await {
+        let r = ticket.await;
+        let views = held(r.bufs);
+        match r.result {
             Ok(()) => Outcome::ok(Payload::None, views),
             Err(e) => Outcome::failed(e, views),
         }
@@ -146,9 +159,12 @@ pub fn put_from_views(
 
 /// Per key: does the chunk exist (class PEEK).
 pub fn exists(engine: &Engine, keys: Vec<Vec<u8>>) -> Job {
-    let engine = engine.clone();
+    let ticket = match engine.try_exists(&keys) {
+        Ok(t) => t,
+        Err(e) => return ready(Outcome::failed(e, Vec::new())),
+    };
     Box::pin(async move {
-        match engine.exists_async(&keys).await {
+        match ticket.await {
             Ok(found) => Outcome::ok(Payload::Flags(found), Vec::new()),
             Err(e) => Outcome::failed(e, Vec::new()),
         }
@@ -167,15 +183,19 @@ pub fn contains_prefix(engine: &Engine, keys: Vec<Vec<u8>>) -> Job {
 }
 
 /// Per key: was it deleted. The engine's delete reports a total, so each key is its
-/// own request (eviction deletes are few and off the hot path).
+/// own request (eviction deletes are few and off the hot path). A key whose lane is
+/// full fails at once (flag false).
 pub fn delete(engine: &Engine, keys: Vec<Vec<u8>>) -> Job {
-    let engine = engine.clone();
+    let tickets: Vec<_> = keys.iter().map(|k| engine.try_delete(&[k])).collect();
     Box::pin(async move {
-        let tickets: Vec<_> = keys.iter().map(|k| engine.delete_async(&[k])).collect();
         let mut flags = Vec::with_capacity(tickets.len());
         let mut first_err: Option<Error> = None;
         for t in tickets {
-            match t.await {
+            let r = match t {
+                Ok(t) => t.await,
+                Err(e) => Err(e),
+            };
+            match r {
                 Ok(n) => flags.push(n > 0),
                 Err(e) => {
                     flags.push(false);

@@ -93,6 +93,34 @@ impl View {
     }
 }
 
+// SAFETY: `ptr..ptr+len` is fixed at `acquire` and stays valid while `self.buf` keeps
+// the exporter's buffer acquired, i.e. until the View is dropped; moving the View moves
+// the handle, not the memory. Both methods return that same memory on every call (an
+// empty slice, always, for a read-only buffer). LMCache's contract (7b) is that the
+// caller does not touch a submitted buffer until its completion was drained.
+unsafe impl slotline::CallerBufMut for View {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        if self.len == 0 || self.buf.readonly() {
+            return &mut [];
+        }
+        // SAFETY: as for the impl; writable (checked just above).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+    fn as_slice(&self) -> &[u8] {
+        if self.buf.readonly() {
+            return &[];
+        }
+        self.as_bytes()
+    }
+}
+
+// SAFETY: as above: the same `ptr..ptr+len`, valid until the View is dropped.
+unsafe impl slotline::CallerBuf for View {
+    fn as_slice(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 impl std::fmt::Debug for View {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "View({} bytes)", self.len)

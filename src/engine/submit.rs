@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::batch::{Batch, BatchInit, FollowUp, GetMode, KeyArena, Op, Output, Role, Ticket};
 use crate::cluster::NodeId;
+use crate::cmem::Mem;
 use crate::error::{Error, Result};
 use crate::layout::KeyLayout;
 use crate::priority::Priority;
@@ -16,7 +17,7 @@ use crate::shard::{self, SubmitPart, UnitSpec};
 use super::Engine;
 
 /// Caller buffers of a part, by chunk.
-pub(super) type CallerBufs = Vec<(u32, Vec<u8>)>;
+pub(super) type CallerBufs = Vec<(u32, Mem)>;
 
 /// What to submit and how.
 pub(super) struct Req {
@@ -40,7 +41,7 @@ impl Engine {
         op: Op,
         class: Priority,
         keys: &[K],
-        bufs: Vec<Vec<u8>>,
+        bufs: Vec<Mem>,
         convert: fn(Output) -> Result<T>,
     ) -> Ticket<T> {
         match self.submit_keys(
@@ -64,7 +65,7 @@ impl Engine {
         &self,
         req: Req,
         keys: &[K],
-        bufs: Vec<Vec<u8>>,
+        bufs: Vec<Mem>,
     ) -> Result<Arc<Batch>> {
         let Req {
             op,
@@ -90,7 +91,7 @@ impl Engine {
         let n = inner.shards.len();
         let mut parts: Vec<(Vec<UnitSpec>, CallerBufs)> =
             (0..n).map(|_| (Vec::new(), Vec::new())).collect();
-        let mut bufs: Vec<Option<Vec<u8>>> = bufs.into_iter().map(Some).collect();
+        let mut bufs: Vec<Option<Mem>> = bufs.into_iter().map(Some).collect();
         let spread = inner.rr.fetch_add(1, Ordering::Relaxed);
         if let Some(node) = target {
             // A command for one chosen server: its owning shard sends it.

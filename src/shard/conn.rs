@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::cmem::Mem;
 use crate::resp::ArrayReader;
 
 /// Payloads at least this large are received straight into their destination.
@@ -27,6 +28,9 @@ pub(crate) const DIRECT_MIN: usize = 32 * 1024;
 const RECV_CHUNK: usize = 64 * 1024;
 /// Size of a connection's receive buffer (and of each registered one).
 pub(crate) const RBUF_SIZE: usize = 2 * RECV_CHUNK;
+/// Payloads this small are copied into the frame's header block instead of being sent
+/// from their own buffer.
+const COPY_MAX: usize = 512;
 /// Most iovecs passed to one send.
 pub(crate) const MAX_IOV: usize = 64;
 
@@ -173,15 +177,17 @@ impl Conn {
     }
 
     /// Appends a payload segment sent from the caller's buffer without copying.
-    pub fn push_payload(&mut self, data: &Bytes) {
-        // Small payloads are cheaper copied than given their own iovec.
-        if data.len() <= 512 {
+    /// Returns `false` when it was copied instead (small payloads are cheaper copied
+    /// than given their own iovec).
+    pub fn push_payload(&mut self, data: &Bytes) -> bool {
+        if data.len() <= COPY_MAX {
             self.hdr.extend_from_slice(data);
-            return;
+            return false;
         }
         self.cut_hdr();
         self.out_bytes += data.len();
         self.out.push_back(data.clone());
+        true
     }
 
     /// Ends a frame: its bytes are queued for sending.
@@ -273,7 +279,7 @@ impl Conn {
 /// payload's destination, written at `buf[at..at + len]`.
 #[derive(Debug)]
 pub(crate) struct RecvBuf {
-    pub buf: Vec<u8>,
+    pub buf: Mem,
     pub at: usize,
     pub len: usize,
     /// The payload destination (from the reply reader), not the receive buffer.
@@ -293,6 +299,10 @@ pub(crate) struct Rx {
     rstart: usize,
     rend: usize,
     pub reader: ArrayReader,
+    /// Most bytes the next receive into the receive buffer may take: set when the
+    /// reply's next element is a large value of known length, so the receive stops at
+    /// the end of its header and the value itself lands straight in its destination.
+    pub cap: Option<usize>,
 }
 
 impl Rx {
@@ -308,6 +318,7 @@ impl Rx {
             rstart: 0,
             rend: 0,
             reader: ArrayReader::new(),
+            cap: None,
         }
     }
 
@@ -317,7 +328,9 @@ impl Rx {
         if self.rstart == self.rend {
             self.rstart = 0;
             self.rend = 0;
-            if self.reader.payload_remaining() >= DIRECT_MIN {
+            // A large value is received straight into its destination to its end,
+            // also when the part still missing has become small.
+            if self.reader.payload_len() >= DIRECT_MIN && self.reader.payload_remaining() > 0 {
                 if let Some(w) = self.reader.direct_window() {
                     return (w, true);
                 }
@@ -343,7 +356,10 @@ impl Rx {
                 }
             }
         }
-        let end = self.rbuf.len();
+        let end = match self.cap {
+            Some(c) => (self.rend + c.max(1)).min(self.rbuf.len()),
+            None => self.rbuf.len(),
+        };
         (&mut self.rbuf[self.rend..end], false)
     }
 
@@ -364,10 +380,11 @@ impl Rx {
             }
         }
         let buf = std::mem::take(&mut self.rbuf);
+        let room = buf.len().saturating_sub(self.rend);
         RecvBuf {
             at: self.rend,
-            len: buf.len().saturating_sub(self.rend),
-            buf,
+            len: self.cap.map_or(room, |c| c.max(1).min(room)),
+            buf: Mem::Own(buf),
             direct: false,
             fixed: self.fixed,
         }
@@ -375,11 +392,11 @@ impl Rx {
 
     /// Takes back what [`Rx::lend`] gave out, with `n` bytes received into it. Returns
     /// a payload destination nobody waits for any more (the reader was reset).
-    pub fn restore(&mut self, b: RecvBuf, n: usize) -> Option<Vec<u8>> {
+    pub fn restore(&mut self, b: RecvBuf, n: usize) -> Option<Mem> {
         if b.direct {
             self.reader.restore_window(b.buf, n)
         } else {
-            self.rbuf = b.buf;
+            self.rbuf = b.buf.into_vec();
             self.rend = (self.rend + n).min(self.rbuf.len());
             None
         }

@@ -108,8 +108,9 @@ pub(crate) fn flush(conn: &mut Conn) -> io::Result<usize> {
 }
 
 /// Reads once into the connection's receive target. `Ok(None)` means nothing to read now;
-/// `Ok(Some(0))` is end of stream.
-pub(crate) fn read_once(conn: &mut Conn) -> io::Result<Option<usize>> {
+/// `Ok(Some((0, _)))` is end of stream; the flag tells whether the bytes went straight
+/// into a value's destination.
+pub(crate) fn read_once(conn: &mut Conn) -> io::Result<Option<(usize, bool)>> {
     loop {
         let (buf, direct) = conn.rx.recv_target();
         let r = match &conn.stream {
@@ -119,7 +120,7 @@ pub(crate) fn read_once(conn: &mut Conn) -> io::Result<Option<usize>> {
         return match r {
             Ok(n) => {
                 conn.rx.on_recv(n, direct);
-                Ok(Some(n))
+                Ok(Some((n, direct)))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

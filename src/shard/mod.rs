@@ -37,6 +37,7 @@ use crate::lanes::Lanes;
 use crate::metrics::Metrics;
 use crate::priority::{Picker, Priority};
 
+use cmd::recv_cap;
 use conn::{Conn, ConnState, PartRef};
 use handle::Backend;
 pub(crate) use handle::{start, ShardHandle};
@@ -91,7 +92,7 @@ pub(crate) struct SubmitPart {
     pub batch: Arc<Batch>,
     pub units: Vec<UnitSpec>,
     /// Caller buffers (get_into), by chunk.
-    pub bufs: Vec<(u32, Vec<u8>)>,
+    pub bufs: Vec<(u32, crate::cmem::Mem)>,
 }
 
 struct Shard {
@@ -464,8 +465,17 @@ impl Shard {
             if matches!(conn.state, ConnState::Dead | ConnState::Connecting) {
                 continue;
             }
+            conn.rx.cap = recv_cap(conn, &self.parts);
+            // A receive is armed only while a reply is owed: one armed on an idle
+            // connection would take the next reply's first bytes whatever their size,
+            // before the cap above can keep a large value's bytes out of the receive
+            // buffer. A server closing an idle connection shows at its next use.
+            let owed = !conn.pending.is_empty();
             let r = match &mut self.backend {
-                Backend::Uring(u) => u.send(cid, conn).and_then(|_| u.recv(cid, conn)),
+                Backend::Uring(u) => {
+                    u.send(cid, conn)
+                        .and_then(|_| if owed { u.recv(cid, conn) } else { Ok(()) })
+                }
                 Backend::Epoll(_) => epoll::flush(conn).map(|_| ()),
             };
             if let Err(e) = r {
@@ -536,6 +546,9 @@ impl Shard {
                     return self.io_failed(cid, e);
                 }
                 self.metrics.received(n);
+                if direct {
+                    self.metrics.recv_direct(n);
+                }
                 self.process(cid);
                 if let Some(conn) = self.conns[cid].as_mut() {
                     if conn.state != ConnState::Dead {
@@ -574,8 +587,9 @@ impl Shard {
                 if conn.state == ConnState::Dead {
                     return;
                 }
+                conn.rx.cap = recv_cap(conn, &self.parts);
                 match epoll::read_once(conn) {
-                    Ok(Some(0)) => {
+                    Ok(Some((0, _))) => {
                         return self.io_failed(
                             cid,
                             io::Error::new(
@@ -584,8 +598,11 @@ impl Shard {
                             ),
                         )
                     }
-                    Ok(Some(n)) => {
+                    Ok(Some((n, direct))) => {
                         self.metrics.received(n);
+                        if direct {
+                            self.metrics.recv_direct(n);
+                        }
                         self.process(cid);
                     }
                     Ok(None) => break,

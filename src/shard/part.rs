@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::batch::{Batch, Op, Role, Slot};
 use crate::cluster::retry::{classify, Failure, RetryMethod};
 use crate::cluster::NodeId;
+use crate::cmem::Mem;
 use crate::error::Error;
 use crate::priority::Priority;
 
@@ -22,7 +23,7 @@ pub(super) struct PUnit {
     pub(super) chunk: u32,
     pub(super) role: Role,
     /// The caller's buffer (get_into), until the payload lands in it.
-    pub(super) buf: Option<Vec<u8>>,
+    pub(super) buf: Option<Mem>,
     pub(super) attempts: u8,
     pub(super) slot: Slot,
     /// Its cluster slot, for grouping and error messages.
@@ -125,7 +126,7 @@ impl Shard {
             asking,
             attempts: unit.attempts,
         };
-        let bufs: Vec<(u32, Vec<u8>)> = unit
+        let bufs: Vec<(u32, Mem)> = unit
             .buf
             .take()
             .map(|b| (unit.chunk, b))

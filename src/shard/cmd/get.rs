@@ -7,7 +7,7 @@ use crate::batch::{Batch, Slot};
 use crate::error::{show_key, Error};
 use crate::resp::{self, BulkSink, Dest};
 
-use super::super::conn::{Conn, PendKind};
+use super::super::conn::{Conn, PendKind, DIRECT_MIN};
 use super::super::part::{ActivePart, PUnit};
 use super::Encoded;
 
@@ -55,7 +55,15 @@ impl BulkSink for UnitSink<'_> {
         };
         let unit = &mut part.units[u as usize];
         if let Some(buf) = unit.buf.take() {
-            if len <= buf.len() {
+            // A caller's buffer (the slice API) takes a value of exactly its length
+            // (LMCache's rule) and is left untouched otherwise; an engine buffer
+            // (`get_into`) is the space offered.
+            let fits = if buf.is_caller() {
+                len == buf.len()
+            } else {
+                len <= buf.len()
+            };
+            if fits {
                 unit.lent = true;
                 return Dest {
                     buf,
@@ -105,4 +113,52 @@ impl BulkSink for UnitSink<'_> {
             part.resolve(u, Slot::Nil);
         }
     }
+}
+
+/// The size of a small element of unknown length standing before a large value, as
+/// LMCache's one-group metadata is sent: `$28\r\n`, 28 bytes, `\r\n`. Longer
+/// metadata is read in two receives; never past the large value's header.
+const META_GUESS: usize = 35;
+
+/// `$<len>\r\n` or `*<len>\r\n`: its length in bytes.
+fn header_len(n: usize) -> usize {
+    let mut digits = 1;
+    let mut x = n;
+    while x >= 10 {
+        x /= 10;
+        digits += 1;
+    }
+    digits + 3
+}
+
+/// How many bytes the next receive into the connection's buffer may take so that it
+/// stops at the end of the next large value's header: the value then lands straight
+/// in its destination (a caller's buffer, whose length is the value's) instead of
+/// being copied out of the receive buffer. `None`: no limit (no large value of known
+/// length comes next).
+pub(in crate::shard) fn recv_cap(conn: &Conn, parts: &[Option<ActivePart>]) -> Option<usize> {
+    let p = conn.pending.front().filter(|p| p.kind == PendKind::Mget)?;
+    let pr = p.part?;
+    let part = parts
+        .get(pr.idx as usize)?
+        .as_ref()
+        .filter(|x| x.gen == pr.gen)?;
+    let (i, framing, array_header) = conn.rx.reader.upcoming(DIRECT_MIN)?;
+    let mut need = framing;
+    if array_header {
+        need += header_len(p.units.len());
+    }
+    let dest_len = |j: usize| {
+        let u = *p.units.get(j)?;
+        part.units.get(u as usize)?.buf.as_ref().map(|b| b.len())
+    };
+    let need = match (dest_len(i), dest_len(i + 1)) {
+        (Some(len), _) if len >= DIRECT_MIN => need + header_len(len),
+        // A small element first (metadata before its payload): read up to the large
+        // value's header assuming one-group metadata; decide again after parsing.
+        (None, Some(next)) if next >= DIRECT_MIN => need + META_GUESS + header_len(next),
+        _ => return None,
+    };
+    // Unread bytes are the start of that stretch (a header line not complete yet).
+    need.checked_sub(conn.unread().len()).filter(|&n| n > 0)
 }

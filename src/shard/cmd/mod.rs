@@ -7,6 +7,8 @@ mod keys;
 mod put;
 mod raw;
 
+pub(in crate::shard) use get::recv_cap;
+
 use std::time::Instant;
 
 use crate::batch::{Op, Slot};
@@ -98,6 +100,7 @@ impl Shard {
                     inflight_limit.saturating_sub(used_bytes),
                     asking,
                     &mut tmp,
+                    &self.metrics,
                 ),
                 Op::Exists { .. } => keys::encode(
                     conn,
@@ -185,6 +188,7 @@ impl Shard {
                     };
                     let (reader, data) = conn.reader_and_unread();
                     let r = reader.feed(data, &mut sink);
+                    self.metrics.recv_staged(reader.take_staged());
                     match r {
                         Err(e) => {
                             conn.pending.push_front(p);

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use crate::batch::{Batch, Role};
+use crate::metrics::Metrics;
 use crate::resp;
 
 use super::super::conn::{Conn, PendKind};
@@ -27,6 +28,7 @@ pub(in crate::shard) fn encode(
     bytes_left: usize,
     asking: bool,
     tmp: &mut Vec<u8>,
+    metrics: &Metrics,
 ) -> Encoded {
     let value_of = |pu: &PUnit| match pu.role {
         Role::Payload => &data[pu.chunk as usize][..],
@@ -58,6 +60,7 @@ pub(in crate::shard) fn encode(
     // one command instead of one per key, and a chunk's two keys appear together. With
     // a TTL each key needs SET .. EX.
     let mset = batch.ttl.is_none() && picked.len() > 1;
+    let (mut by_ref, mut copied) = (0usize, 0usize);
     tmp.clear();
     if mset {
         resp::write_array_header(tmp, 2 * picked.len() + 1);
@@ -77,7 +80,14 @@ pub(in crate::shard) fn encode(
         }
         conn.hdr().extend_from_slice(tmp);
         match pu.role {
-            Role::Payload => conn.push_payload(&data[pu.chunk as usize]),
+            Role::Payload => {
+                let d = &data[pu.chunk as usize];
+                if conn.push_payload(d) {
+                    by_ref += d.len();
+                } else {
+                    copied += d.len();
+                }
+            }
             Role::Meta => conn.hdr().extend_from_slice(value),
         }
         tmp.clear();
@@ -88,6 +98,7 @@ pub(in crate::shard) fn encode(
         }
         conn.hdr().extend_from_slice(tmp);
     }
+    metrics.payload_queued(by_ref, copied);
     Encoded {
         units: picked,
         weight,

@@ -1,0 +1,543 @@
+//! Caller memory: buffers the engine sends from or receives into without a copy, and
+//! the rule that keeps them sound.
+//!
+//! A caller's buffer enters the engine wrapped in a tracker ([`Tracked`] for reads,
+//! [`TrackedRead`] for writes) that belongs to one request's [`Home`]. Whoever holds the
+//! tracker — a part in a shard, a reply reader, an io_uring receive or send in flight,
+//! a segment on a connection's send queue — holds the buffer; when the last holder
+//! drops it, the tracker's `Drop` moves the buffer back to its home. A request's
+//! [`CallerTicket`] completes only once the engine's answer is in *and* every buffer is
+//! home, so a buffer is never touched after its completion was delivered, whatever
+//! happened on the way (time-outs, connection loss, shutdown).
+//!
+//! The blocking calls that take borrowed slices (`&[u8]`, `&mut [u8]`) build on that:
+//! they wrap the slice in a lifetime-erased owner ([`LentRef`], [`LentMut`]) created
+//! here and only here, submit, and wait for the ticket — which returns only after every
+//! owner came home — before the borrow ends. This is the one module outside the I/O
+//! backend with `unsafe`: the erased lifetimes and the `unsafe impl`s of the caller
+//! traits, each justified by the rules stated in this file.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::batch::{Output, Ticket};
+use crate::error::{Error, Result};
+
+/// A caller buffer the engine may receive into.
+///
+/// # Safety
+///
+/// The kernel writes into the buffer through a raw pointer taken from
+/// [`as_mut_slice`](Self::as_mut_slice) while the owner is moved around (it is always
+/// boxed). Implementors promise that every call returns the same memory (same address,
+/// same length) for as long as the value lives, that the memory stays valid until the
+/// value is dropped (moving the value, or its box, does not move or free it), and that
+/// nothing else reads or writes it meanwhile.
+pub unsafe trait CallerBufMut: Send + 'static {
+    /// The bytes values land in.
+    fn as_mut_slice(&mut self) -> &mut [u8];
+    /// The same bytes, read-only.
+    fn as_slice(&self) -> &[u8];
+}
+
+/// A caller buffer the engine may send from.
+///
+/// # Safety
+///
+/// The kernel reads the buffer through a raw pointer taken from
+/// [`as_slice`](Self::as_slice) while the owner is moved around. Implementors promise
+/// that every call returns the same memory for as long as the value lives, valid until
+/// the value is dropped, and not written by anyone meanwhile.
+pub unsafe trait CallerBuf: Send + 'static {
+    /// The bytes to send.
+    fn as_slice(&self) -> &[u8];
+}
+
+// SAFETY: a Vec's heap block does not move when the Vec moves, and these methods do not
+// reallocate; the engine never resizes a buffer it was given.
+unsafe impl CallerBufMut for Vec<u8> {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self
+    }
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+}
+
+// SAFETY: as for Vec: a boxed slice's block stays where it is until dropped.
+unsafe impl CallerBufMut for Box<[u8]> {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self
+    }
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+}
+
+// SAFETY: as above; shared access only.
+unsafe impl CallerBuf for Vec<u8> {
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+}
+
+// SAFETY: as above.
+unsafe impl CallerBuf for Box<[u8]> {
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+}
+
+// SAFETY: `Bytes` data never moves and is immutable while any handle lives.
+unsafe impl CallerBuf for bytes::Bytes {
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Where a request's caller buffers come back to.
+pub(crate) struct Home<B: ?Sized> {
+    st: Mutex<HomeState<B>>,
+    cv: Condvar,
+}
+
+struct HomeState<B: ?Sized> {
+    bufs: Vec<Option<Box<B>>>,
+    out: usize,
+    waker: Option<Waker>,
+}
+
+impl<B: ?Sized> Home<B> {
+    fn new(n: usize) -> Arc<Home<B>> {
+        Arc::new(Home {
+            st: Mutex::new(HomeState {
+                bufs: (0..n).map(|_| None).collect(),
+                out: n,
+                waker: None,
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HomeState<B>> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn arrive(&self, idx: usize, buf: Box<B>) {
+        let mut st = self.lock();
+        if let Some(slot) = st.bufs.get_mut(idx) {
+            *slot = Some(buf);
+        }
+        st.out = st.out.saturating_sub(1);
+        let w = if st.out == 0 { st.waker.take() } else { None };
+        drop(st);
+        self.cv.notify_all();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Takes the buffers back, in request order, once all are home.
+    fn take_if_home(&self, waker: Option<&Waker>) -> Option<Vec<Box<B>>> {
+        let mut st = self.lock();
+        if st.out > 0 {
+            if let Some(w) = waker {
+                st.waker = Some(w.clone());
+            }
+            return None;
+        }
+        Some(std::mem::take(&mut st.bufs).into_iter().flatten().collect())
+    }
+
+    /// Blocks until every buffer is home. A buffer the engine cannot give back (a ring
+    /// torn down with the kernel still holding it) keeps this waiting: returning would
+    /// let the caller reuse memory the kernel may write.
+    fn wait_home(&self) -> Vec<Box<B>> {
+        let mut st = self.lock();
+        let mut warned = Instant::now();
+        while st.out > 0 {
+            st = self
+                .cv
+                .wait_timeout(st, Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if st.out > 0 && warned.elapsed() >= Duration::from_secs(10) {
+                warned = Instant::now();
+                tracing::error!(
+                    buffers = st.out,
+                    "caller buffers still held by the engine; waiting for them before returning"
+                );
+            }
+        }
+        std::mem::take(&mut st.bufs).into_iter().flatten().collect()
+    }
+}
+
+/// A caller buffer for a read, on its way through the engine.
+pub(crate) struct Tracked {
+    buf: Option<Box<dyn CallerBufMut>>,
+    home: Arc<Home<dyn CallerBufMut>>,
+    idx: usize,
+}
+
+impl Tracked {
+    /// Wraps every buffer of one request.
+    pub(crate) fn wrap(
+        bufs: Vec<Box<dyn CallerBufMut>>,
+    ) -> (Arc<Home<dyn CallerBufMut>>, Vec<Tracked>) {
+        let home = Home::new(bufs.len());
+        let t = bufs
+            .into_iter()
+            .enumerate()
+            .map(|(idx, b)| Tracked {
+                buf: Some(b),
+                home: home.clone(),
+                idx,
+            })
+            .collect();
+        (home, t)
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self.buf.as_mut() {
+            Some(b) => b.as_mut_slice(),
+            None => &mut [],
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self.buf.as_ref() {
+            Some(b) => b.as_slice(),
+            None => &[],
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.home.arrive(self.idx, b);
+        }
+    }
+}
+
+impl std::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tracked({} bytes)", self.as_slice().len())
+    }
+}
+
+/// A caller buffer for a write: the owner inside the `Bytes` segments the send path
+/// holds (`Bytes::from_owner`), home when the last segment is dropped.
+pub(crate) struct TrackedRead {
+    buf: Option<Box<dyn CallerBuf>>,
+    home: Arc<Home<dyn CallerBuf>>,
+    idx: usize,
+}
+
+impl TrackedRead {
+    /// Wraps every buffer of one request as `Bytes` that own them.
+    pub(crate) fn wrap(
+        bufs: Vec<Box<dyn CallerBuf>>,
+    ) -> (Arc<Home<dyn CallerBuf>>, Vec<bytes::Bytes>) {
+        let home = Home::new(bufs.len());
+        let t = bufs
+            .into_iter()
+            .enumerate()
+            .map(|(idx, b)| {
+                bytes::Bytes::from_owner(TrackedRead {
+                    buf: Some(b),
+                    home: home.clone(),
+                    idx,
+                })
+            })
+            .collect();
+        (home, t)
+    }
+}
+
+impl AsRef<[u8]> for TrackedRead {
+    fn as_ref(&self) -> &[u8] {
+        match self.buf.as_ref() {
+            Some(b) => b.as_slice(),
+            None => &[],
+        }
+    }
+}
+
+impl Drop for TrackedRead {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.home.arrive(self.idx, b);
+        }
+    }
+}
+
+/// What a [`CallerTicket`] completes with: the engine's answer and the caller's
+/// buffers, in request order. The buffers are the caller's again: the engine holds no
+/// reference to them any more.
+pub struct Returned<T, B: ?Sized> {
+    /// The answer.
+    pub result: Result<T>,
+    /// The buffers the request was given.
+    pub bufs: Vec<Box<B>>,
+}
+
+impl<T: std::fmt::Debug, B: ?Sized> std::fmt::Debug for Returned<T, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Returned")
+            .field("result", &self.result)
+            .field("bufs", &self.bufs.len())
+            .finish()
+    }
+}
+
+/// A request on caller memory: completes once the answer is in and every buffer is
+/// back. Wait for it, or `.await` it (any executor).
+pub struct CallerTicket<T, B: ?Sized> {
+    ticket: Option<Ticket<T>>,
+    result: Option<Result<T>>,
+    home: Arc<Home<B>>,
+}
+
+impl<T, B: ?Sized> std::fmt::Debug for CallerTicket<T, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallerTicket")
+    }
+}
+
+impl<T, B: ?Sized> CallerTicket<T, B> {
+    pub(crate) fn new(ticket: Ticket<T>, home: Arc<Home<B>>) -> CallerTicket<T, B> {
+        CallerTicket {
+            ticket: Some(ticket),
+            result: None,
+            home,
+        }
+    }
+
+    /// Blocks until the answer is in and every buffer is back.
+    pub fn wait(mut self) -> Returned<T, B> {
+        let result = match self.ticket.take() {
+            // The ticket (and the batch it holds) goes before waiting for the buffers:
+            // the batch may be what still holds some of them.
+            Some(t) => t.wait(),
+            None => self.result.take().unwrap_or(Err(Error::Closed)),
+        };
+        let bufs = self.home.wait_home();
+        Returned { result, bufs }
+    }
+
+    /// `true` once [`wait`](Self::wait) will not block.
+    pub fn is_done(&self) -> bool {
+        self.ticket.as_ref().is_none_or(|t| t.is_done()) && self.home.lock().out == 0
+    }
+}
+
+impl<T, B: ?Sized> Unpin for CallerTicket<T, B> {}
+
+impl<T, B: ?Sized> Future for CallerTicket<T, B> {
+    type Output = Returned<T, B>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(t) = self.ticket.as_mut() {
+            match Pin::new(t).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => {
+                    self.ticket = None;
+                    self.result = Some(r);
+                }
+            }
+        }
+        match self.home.take_if_home(Some(cx.waker())) {
+            None => Poll::Pending,
+            Some(bufs) => Poll::Ready(Returned {
+                result: self.result.take().unwrap_or(Err(Error::Closed)),
+                bufs,
+            }),
+        }
+    }
+}
+
+/// A borrowed `&mut [u8]` with its lifetime erased. Created only by [`lend_mut`].
+struct LentMut {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: LentMut is a unique borrow (created from `&mut [u8]`, see `lend_mut`) moved
+// to the thread that fills it; `&mut [u8]` is Send.
+unsafe impl Send for LentMut {}
+
+// SAFETY: the memory is the `&mut [u8]` given to `lend_mut`, which stays borrowed (so
+// valid, unmoved and untouched by anyone else) until `with_lent_mut` returns, and that
+// happens only after every LentMut it made came home (`CallerTicket::wait` waits for
+// all buffers). Both methods return that same memory every call.
+unsafe impl CallerBufMut for LentMut {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: see the impl's comment: `ptr..ptr+len` is a live unique borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+    fn as_slice(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// A borrowed `&[u8]` with its lifetime erased. Created only by [`with_lent_ref`].
+struct LentRef {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: a shared borrow of bytes (`&[u8]` is Send).
+unsafe impl Send for LentRef {}
+
+// SAFETY: the memory is a `&[u8]` borrowed by `with_lent_ref` until it returns, which
+// happens only after every LentRef it made came home.
+unsafe impl CallerBuf for LentRef {
+    fn as_slice(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: see the impl's comment.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// Runs a request on borrowed destination slices: `start` gets owners of the slices
+/// and returns the request's ticket; this returns only once every owner is back, so no
+/// write into `slices` can happen after it returns.
+pub(crate) fn with_lent_mut<T>(
+    slices: &mut [&mut [u8]],
+    start: impl FnOnce(Vec<Box<dyn CallerBufMut>>) -> CallerTicket<T, dyn CallerBufMut>,
+) -> Result<T> {
+    let owners: Vec<Box<dyn CallerBufMut>> = slices
+        .iter_mut()
+        .map(|s| {
+            Box::new(LentMut {
+                ptr: s.as_mut_ptr(),
+                len: s.len(),
+            }) as Box<dyn CallerBufMut>
+        })
+        .collect();
+    // `wait` returns the owners only when all are back; dropping them ends the loan.
+    let r = start(owners).wait();
+    drop(r.bufs);
+    r.result
+}
+
+/// Runs a request on borrowed source slices; returns only once every owner is back, so
+/// no read of `slices` can happen after it returns.
+pub(crate) fn with_lent_ref<T>(
+    slices: &[&[u8]],
+    start: impl FnOnce(Vec<Box<dyn CallerBuf>>) -> CallerTicket<T, dyn CallerBuf>,
+) -> Result<T> {
+    let owners: Vec<Box<dyn CallerBuf>> = slices
+        .iter()
+        .map(|s| {
+            Box::new(LentRef {
+                ptr: s.as_ptr(),
+                len: s.len(),
+            }) as Box<dyn CallerBuf>
+        })
+        .collect();
+    let r = start(owners).wait();
+    drop(r.bufs);
+    r.result
+}
+
+/// A payload destination: the engine's own allocation or a caller's buffer.
+#[derive(Debug)]
+pub(crate) enum Mem {
+    Own(Vec<u8>),
+    Caller(Tracked),
+}
+
+impl Default for Mem {
+    fn default() -> Self {
+        Mem::Own(Vec::new())
+    }
+}
+
+impl Mem {
+    /// The engine's own bytes (a caller buffer yields nothing: it goes home).
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Mem::Own(v) => v,
+            Mem::Caller(_) => Vec::new(),
+        }
+    }
+
+    /// `true` for a caller's buffer, where a value must fill it exactly.
+    pub(crate) fn is_caller(&self) -> bool {
+        matches!(self, Mem::Caller(_))
+    }
+}
+
+impl std::ops::Deref for Mem {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Mem::Own(v) => v,
+            Mem::Caller(t) => t.as_slice(),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Mem {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Mem::Own(v) => v,
+            Mem::Caller(t) => t.as_mut_slice(),
+        }
+    }
+}
+
+/// Converts a read's output to the per-key infos; the buffers in it go home as they
+/// are dropped.
+pub(crate) fn infos(o: Output) -> Result<Vec<Option<crate::batch::ChunkInfo>>> {
+    match o {
+        Output::Into(_bufs, infos) => Ok(infos),
+        _ => Err(Error::Closed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_home_in_order_whoever_drops_them() {
+        let bufs: Vec<Box<dyn CallerBufMut>> = vec![Box::new(vec![1u8; 3]), Box::new(vec![2u8])];
+        let (home, mut t) = Tracked::wrap(bufs);
+        assert!(home.take_if_home(None).is_none());
+        let second = t.pop().unwrap();
+        let first = t.pop().unwrap();
+        let h = std::thread::spawn(move || drop(second));
+        drop(first);
+        h.join().unwrap();
+        let back = home.wait_home();
+        assert_eq!(back[0].as_slice(), &[1, 1, 1]);
+        assert_eq!(back[1].as_slice(), &[2]);
+    }
+
+    #[test]
+    fn write_owners_come_home_when_the_last_bytes_handle_drops() {
+        let (home, b) = TrackedRead::wrap(vec![Box::new(vec![7u8; 4]) as Box<dyn CallerBuf>]);
+        let clone = b[0].slice(1..);
+        drop(b);
+        assert!(home.take_if_home(None).is_none());
+        assert_eq!(&clone[..], &[7, 7, 7]);
+        drop(clone);
+        assert_eq!(home.take_if_home(None).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,194 @@
+//! Requests on the caller's memory: puts sent straight from the caller's buffers and
+//! reads received straight into them, with no copy of the payload in between.
+//!
+//! Two forms each. The blocking ones borrow (`&[u8]`, `&mut [u8]`) and return only
+//! when the engine (and the kernel) no longer hold the memory — on a time-out or a lost
+//! connection too: they then wait for the in-flight receive or send to complete or be
+//! cancelled, never copy. The async ones take owned buffers ([`CallerBuf`],
+//! [`CallerBufMut`]) and hand them back with the completion ([`CallerTicket`]), which
+//! is delivered only once every buffer is back. See [`crate::cmem`].
+
+use crate::batch::{ChunkInfo, GetMode, Op, PutChunk, Ticket};
+use crate::cmem::{
+    self, with_lent_mut, with_lent_ref, CallerBuf, CallerBufMut, CallerTicket, Mem, Tracked,
+    TrackedRead,
+};
+use crate::error::{Error, Result};
+use crate::layout::RemoteMetadata;
+use crate::priority::Priority;
+
+use super::submit::{Req, Submit};
+use super::Engine;
+
+/// One chunk to write from borrowed memory ([`Engine::put_slices`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PutRef<'a> {
+    /// LMCache's key string.
+    pub key: &'a [u8],
+    /// The payload, sent from this memory without a copy.
+    pub data: &'a [u8],
+    /// Metadata to store beside it (see [`PutChunk::meta`]).
+    pub meta: Option<&'a RemoteMetadata>,
+}
+
+/// One chunk to write from a buffer the engine holds until completion
+/// ([`Engine::put_from_async`]).
+pub struct PutOwned {
+    /// LMCache's key string.
+    pub key: Vec<u8>,
+    /// The payload, sent from this buffer without a copy and handed back with the
+    /// completion.
+    pub data: Box<dyn CallerBuf>,
+    /// Metadata to store beside it (see [`PutChunk::meta`]).
+    pub meta: Option<RemoteMetadata>,
+}
+
+impl std::fmt::Debug for PutOwned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PutOwned({}, {} bytes)",
+            String::from_utf8_lossy(&self.key),
+            self.data.as_slice().len()
+        )
+    }
+}
+
+/// A put on caller buffers; completes with them.
+pub type PutTicket = CallerTicket<(), dyn CallerBuf>;
+/// A read into caller buffers; completes with them and, per key, what landed.
+pub type GetIntoTicket = CallerTicket<Vec<Option<ChunkInfo>>, dyn CallerBufMut>;
+
+impl Engine {
+    /// Writes chunks straight from borrowed memory (class PUT); returns once every
+    /// write is acknowledged and no part of the engine or the kernel references
+    /// `chunks` any more (after a failure too: it then waits for the in-flight send to
+    /// complete or be cancelled).
+    pub fn put_slices(&self, chunks: &[PutRef<'_>]) -> Result<()> {
+        let data: Vec<&[u8]> = chunks.iter().map(|c| c.data).collect();
+        with_lent_ref(&data, |owners| {
+            let owned = chunks
+                .iter()
+                .zip(owners)
+                .map(|(c, o)| PutOwned {
+                    key: c.key.to_vec(),
+                    data: o,
+                    meta: c.meta.cloned(),
+                })
+                .collect();
+            self.start_put_from(owned, Submit::Wait)
+        })
+    }
+
+    /// Writes chunks from owned buffers (class PUT), waiting for lane space. The ticket
+    /// completes once the writes are acknowledged (or failed) and every buffer is back.
+    pub fn put_from_async(&self, chunks: Vec<PutOwned>) -> PutTicket {
+        self.start_put_from(chunks, Submit::Wait)
+    }
+
+    /// Like [`put_from_async`](Self::put_from_async), but a full PUT lane fails the
+    /// request at once with [`Error::Busy`] (through the ticket, with the buffers).
+    pub fn try_put_from(&self, chunks: Vec<PutOwned>) -> PutTicket {
+        self.start_put_from(chunks, Submit::Try)
+    }
+
+    fn start_put_from(&self, chunks: Vec<PutOwned>, mode: Submit) -> PutTicket {
+        let mut keys = Vec::with_capacity(chunks.len());
+        let mut metas = Vec::with_capacity(chunks.len());
+        let mut bufs = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            keys.push(c.key);
+            metas.push(c.meta);
+            bufs.push(c.data);
+        }
+        let (home, data) = TrackedRead::wrap(bufs);
+        let puts = keys
+            .into_iter()
+            .zip(data)
+            .zip(metas)
+            .map(|((key, data), meta)| PutChunk { key, data, meta })
+            .collect();
+        let ticket = match self
+            .put_op(puts)
+            .and_then(|plan| self.start_put(plan, mode))
+        {
+            Ok(t) => t,
+            Err(e) => Ticket::ready(Err(e)),
+        };
+        CallerTicket::new(ticket, home)
+    }
+
+    /// Reads each key's payload straight into its slice (class GET). A stored value
+    /// whose length differs from its slice is a miss (`None`) and leaves the slice
+    /// untouched; a hit fills the slice whole. Returns only when no part of the engine
+    /// or the kernel may write into `bufs` any more (after a time-out or a lost
+    /// connection too: it then waits for the in-flight receive to complete or be
+    /// cancelled).
+    pub fn get_into_slices<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        bufs: &mut [&mut [u8]],
+    ) -> Result<Vec<Option<ChunkInfo>>> {
+        if keys.len() != bufs.len() {
+            return Err(mismatch(keys.len(), bufs.len()));
+        }
+        with_lent_mut(bufs, |owners| {
+            self.start_get_into_bufs(keys, owners, Submit::Wait)
+        })
+    }
+
+    /// Reads each key's payload straight into its owned buffer (class GET), waiting
+    /// for lane space; the rules of [`get_into_slices`](Self::get_into_slices). The
+    /// ticket completes once the answer is in and every buffer is back.
+    pub fn get_into_bufs_async<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        bufs: Vec<Box<dyn CallerBufMut>>,
+    ) -> GetIntoTicket {
+        self.start_get_into_bufs(keys, bufs, Submit::Wait)
+    }
+
+    /// Like [`get_into_bufs_async`](Self::get_into_bufs_async), but a full GET lane
+    /// fails the request at once with [`Error::Busy`] (through the ticket).
+    pub fn try_get_into_bufs<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        bufs: Vec<Box<dyn CallerBufMut>>,
+    ) -> GetIntoTicket {
+        self.start_get_into_bufs(keys, bufs, Submit::Try)
+    }
+
+    fn start_get_into_bufs<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        bufs: Vec<Box<dyn CallerBufMut>>,
+        mode: Submit,
+    ) -> GetIntoTicket {
+        let n = bufs.len();
+        let (home, tracked) = Tracked::wrap(bufs);
+        if keys.len() != n {
+            drop(tracked);
+            return CallerTicket::new(Ticket::ready(Err(mismatch(keys.len(), n))), home);
+        }
+        let mem: Vec<Mem> = tracked.into_iter().map(Mem::Caller).collect();
+        let ticket = match self.submit_keys(
+            Req {
+                op: Op::Get(GetMode::Into),
+                class: Priority::Get,
+                layout: self.inner.cfg.key_layout,
+                mode,
+                target: None,
+            },
+            keys,
+            mem,
+        ) {
+            Ok(b) => Ticket::new(b, cmem::infos),
+            Err(e) => Ticket::ready(Err(e)),
+        };
+        CallerTicket::new(ticket, home)
+    }
+}
+
+fn mismatch(keys: usize, bufs: usize) -> Error {
+    Error::Invalid(format!("{keys} keys but {bufs} buffers"))
+}
