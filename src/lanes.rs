@@ -8,13 +8,14 @@
 //! [`crate::priority`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
 use crate::priority::{Picker, Priority};
 use crate::sys::EventFd;
+use crate::syscalls::{Sys, SyscallCounters};
 
 /// One shard's four bounded lanes and its doorbell.
 pub struct Lanes<T> {
@@ -25,6 +26,8 @@ pub struct Lanes<T> {
     /// Callers blocked in `push_wait` (they count themselves in and out).
     space_lock: Mutex<()>,
     space: Condvar,
+    /// Doorbell syscalls, callers' and the shard's (several writers).
+    calls: Arc<SyscallCounters>,
 }
 
 impl<T> Lanes<T> {
@@ -38,7 +41,13 @@ impl<T> Lanes<T> {
             waiting: AtomicUsize::new(0),
             space_lock: Mutex::new(()),
             space: Condvar::new(),
+            calls: Arc::default(),
         })
+    }
+
+    /// The doorbell's syscall counters.
+    pub fn syscalls(&self) -> &Arc<SyscallCounters> {
+        &self.calls
     }
 
     /// The doorbell fd the shard waits on.
@@ -123,18 +132,21 @@ impl<T> Lanes<T> {
     /// Shard side: awake again.
     pub fn unpark(&self) {
         self.parked.store(false, Ordering::SeqCst);
+        self.calls.one_shared(Sys::DoorbellRead);
         self.doorbell.drain();
     }
 
     /// Rings the doorbell if the shard sleeps.
     pub fn wake_shard(&self) {
         if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            self.calls.one_shared(Sys::DoorbellWrite);
             self.doorbell.ring();
         }
     }
 
     /// Rings the doorbell whatever the shard is doing (shutdown, control messages).
     pub fn ring(&self) {
+        self.calls.one_shared(Sys::DoorbellWrite);
         self.doorbell.ring();
     }
 }

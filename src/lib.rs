@@ -19,6 +19,7 @@ pub(crate) mod resp;
 mod resp_props;
 pub(crate) mod shard;
 pub(crate) mod sys;
+pub(crate) mod syscalls;
 
 pub use batch::{Chunk, ChunkInfo, GetInto, PutChunk, Ticket};
 pub use config::Config;

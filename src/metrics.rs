@@ -8,6 +8,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use crate::priority::Priority;
+use crate::syscalls::SyscallCounters;
+pub use crate::syscalls::SyscallStats;
 
 /// Error kinds counted separately (see [`crate::Error::kind`]), plus read-rule outcomes.
 const ERROR_KINDS: &[&str] = &[
@@ -66,6 +68,8 @@ pub(crate) struct Metrics {
     kernel_late_releases: AtomicU64,
     kernel_drained: AtomicU64,
     kernel_leaks: AtomicU64,
+    /// Every shard's and every lane's syscall counters, summed by `snapshot`.
+    syscall_sources: Mutex<Vec<std::sync::Arc<SyscallCounters>>>,
 }
 
 impl Default for Metrics {
@@ -99,6 +103,7 @@ impl Metrics {
             kernel_late_releases: AtomicU64::new(0),
             kernel_drained: AtomicU64::new(0),
             kernel_leaks: AtomicU64::new(0),
+            syscall_sources: Mutex::new(Vec::new()),
         }
     }
 
@@ -150,8 +155,25 @@ impl Metrics {
         self.kernel_leaks.fetch_add(leaked as u64, Relaxed);
     }
 
+    /// Adds a set of syscall counters (a shard's, or its lanes') to the snapshot's sum.
+    pub fn add_syscall_source(&self, c: std::sync::Arc<SyscallCounters>) {
+        self.syscall_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(c);
+    }
+
     /// A copy of everything, for reporting.
     pub fn snapshot(&self) -> MetricsSnapshot {
+        let mut syscalls = SyscallStats::default();
+        for c in self
+            .syscall_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            c.add_to(&mut syscalls);
+        }
         let classes = Priority::ALL
             .iter()
             .map(|&p| {
@@ -189,6 +211,7 @@ impl Metrics {
             kernel_late_releases: self.kernel_late_releases.load(Relaxed),
             kernel_drained: self.kernel_drained.load(Relaxed),
             kernel_leaks: self.kernel_leaks.load(Relaxed),
+            syscalls,
         }
     }
 }
@@ -237,6 +260,9 @@ pub struct MetricsSnapshot {
     /// io_uring: operations the kernel did not return when shards stopped; their
     /// memory was leaked rather than freed (0 in a healthy run).
     pub kernel_leaks: u64,
+    /// Syscalls the engine made on its hot path (shard event loops, socket I/O,
+    /// doorbells), by kind; connection setup is not counted.
+    pub syscalls: SyscallStats,
 }
 
 impl MetricsSnapshot {

@@ -4,12 +4,14 @@
 
 use std::io::{self, IoSlice, Read};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::conn::{Conn, Stream, MAX_IOV};
+use crate::syscalls::{Sys, SyscallCounters};
 
 const DOORBELL: Token = Token(usize::MAX);
 
@@ -27,10 +29,12 @@ pub(crate) enum Ev {
 pub(crate) struct Epoll {
     poll: Poll,
     events: Events,
+    /// This shard's syscall counters.
+    calls: Arc<SyscallCounters>,
 }
 
 impl Epoll {
-    pub fn new(doorbell: &impl AsRawFd) -> io::Result<Epoll> {
+    pub fn new(doorbell: &impl AsRawFd, calls: Arc<SyscallCounters>) -> io::Result<Epoll> {
         let poll = Poll::new()?;
         poll.registry().register(
             &mut SourceFd(&doorbell.as_raw_fd()),
@@ -40,11 +44,18 @@ impl Epoll {
         Ok(Epoll {
             poll,
             events: Events::with_capacity(256),
+            calls,
         })
+    }
+
+    /// This shard's syscall counters.
+    pub fn calls(&self) -> Arc<SyscallCounters> {
+        self.calls.clone()
     }
 
     pub fn register(&mut self, cid: usize, conn: &mut Conn) -> io::Result<()> {
         let interest = Interest::READABLE | Interest::WRITABLE;
+        self.calls.one(Sys::EpollCtl);
         match &mut conn.stream {
             Stream::Tcp(s) => self.poll.registry().register(s, Token(cid), interest),
             Stream::Unix(s) => self.poll.registry().register(s, Token(cid), interest),
@@ -52,6 +63,7 @@ impl Epoll {
     }
 
     pub fn deregister(&mut self, conn: &mut Conn) {
+        self.calls.one(Sys::EpollCtl);
         let _ = match &mut conn.stream {
             Stream::Tcp(s) => self.poll.registry().deregister(s),
             Stream::Unix(s) => self.poll.registry().deregister(s),
@@ -59,6 +71,7 @@ impl Epoll {
     }
 
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Ev>) -> io::Result<()> {
+        self.calls.one(Sys::EpollWait);
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
@@ -81,11 +94,12 @@ impl Epoll {
 
 /// Writes as much of the connection's queue as the socket takes now.
 /// Returns the bytes written; `WouldBlock` ends the attempt without error.
-pub(crate) fn flush(conn: &mut Conn) -> io::Result<usize> {
+pub(crate) fn flush(conn: &mut Conn, calls: &SyscallCounters) -> io::Result<usize> {
     let mut total = 0;
     while conn.out_len() > 0 {
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOV);
         conn.send_slices(&mut slices);
+        calls.one(Sys::SockWrite);
         let r = crate::sys::send_vectored(conn.stream.fd(), &slices);
         drop(slices);
         match r {
@@ -109,8 +123,9 @@ pub(crate) fn flush(conn: &mut Conn) -> io::Result<usize> {
 
 /// Reads once into the connection's receive target. `Ok(None)` means nothing to read now;
 /// `Ok(Some(0))` is end of stream.
-pub(crate) fn read_once(conn: &mut Conn) -> io::Result<Option<usize>> {
+pub(crate) fn read_once(conn: &mut Conn, calls: &SyscallCounters) -> io::Result<Option<usize>> {
     loop {
+        calls.one(Sys::SockRead);
         let (buf, direct) = conn.rx.recv_target();
         let r = match &conn.stream {
             Stream::Tcp(s) => (&*s).read(buf),

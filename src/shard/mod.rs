@@ -36,6 +36,7 @@ use crate::error::{show_key, Error};
 use crate::lanes::Lanes;
 use crate::metrics::Metrics;
 use crate::priority::{Picker, Priority};
+use crate::syscalls::SyscallCounters;
 
 use conn::{Conn, ConnState, PartRef};
 use handle::Backend;
@@ -122,6 +123,8 @@ struct Shard {
     avg_value: f64,
     conns_per_node: usize,
     last_tick: Instant,
+    /// This shard's syscall counters (the backend's).
+    calls: Arc<SyscallCounters>,
 }
 
 impl Shard {
@@ -142,6 +145,7 @@ impl Shard {
         // more connections with large replies in flight slow Redis down.
         let conns_per_node = (cfg.max_connections / nshards.max(1)).clamp(1, MAX_CONNS_PER_NODE);
         let weights = cfg.priority_weights;
+        let calls = backend.calls();
         Shard {
             id,
             cfg,
@@ -167,6 +171,7 @@ impl Shard {
             avg_value: 0.0,
             conns_per_node,
             last_tick: Instant::now(),
+            calls,
         }
     }
 
@@ -464,7 +469,7 @@ impl Shard {
             }
             let r = match &mut self.backend {
                 Backend::Uring(u) => u.send(cid, conn).and_then(|_| u.recv(cid, conn)),
-                Backend::Epoll(_) => epoll::flush(conn).map(|_| ()),
+                Backend::Epoll(_) => epoll::flush(conn, &self.calls).map(|_| ()),
             };
             if let Err(e) = r {
                 let node = self.nodes[conn.node].addr.to_string();
@@ -572,7 +577,7 @@ impl Shard {
                 if conn.state == ConnState::Dead {
                     return;
                 }
-                match epoll::read_once(conn) {
+                match epoll::read_once(conn, &self.calls) {
                     Ok(Some(0)) => {
                         return self.io_failed(
                             cid,

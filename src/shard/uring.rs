@@ -23,12 +23,14 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::conn::{Conn, RecvBuf, MAX_IOV, RBUF_SIZE};
+use crate::syscalls::{Sys, SyscallCounters};
 
 const OP_SEND: u64 = 1;
 const OP_RECV: u64 = 2;
@@ -101,6 +103,8 @@ pub(crate) struct Uring {
     registered: Vec<usize>,
     /// Shutting down: the doorbell is not re-armed.
     closing: bool,
+    /// This shard's syscall counters (io_uring_enter).
+    calls: Arc<SyscallCounters>,
 }
 
 /// Registered receive buffers per shard: 16 x 128 KiB = 2 MiB of locked memory, well
@@ -117,7 +121,7 @@ fn ud(cid: usize, op: u64) -> u64 {
 impl Uring {
     /// Sets up a ring for the calling thread (SINGLE_ISSUER: the shard thread alone
     /// submits), falling back to plain flags on older kernels.
-    pub fn new(doorbell: &impl AsRawFd) -> io::Result<Uring> {
+    pub fn new(doorbell: &impl AsRawFd, calls: Arc<SyscallCounters>) -> io::Result<Uring> {
         let entries = 512;
         let plain = std::env::var_os("SLOTLINE_URING_SETUP").is_some_and(|v| v == "plain");
         let ring = if plain {
@@ -142,10 +146,12 @@ impl Uring {
             pool: Vec::new(),
             registered: Vec::new(),
             closing: false,
+            calls,
         };
         u.register_pool();
         u.arm_doorbell()?;
         // Surface a seccomp block now (EPERM/ENOSYS), not at the first request.
+        u.calls.one(Sys::Enter);
         if let Err(e) = u.ring.submit() {
             // The kernel took nothing: the doorbell read is not in flight, and the
             // ring can go without a drain (or a misleading leak report).
@@ -154,6 +160,11 @@ impl Uring {
             return Err(e);
         }
         Ok(u)
+    }
+
+    /// This shard's syscall counters.
+    pub fn calls(&self) -> Arc<SyscallCounters> {
+        self.calls.clone()
     }
 
     /// Registers the receive-buffer pool; without it (locked-memory limit, old kernel)
@@ -225,6 +236,7 @@ impl Uring {
             if pushed {
                 return Ok(());
             }
+            self.calls.one(Sys::Enter);
             self.ring.submit()?;
         }
     }
@@ -389,6 +401,7 @@ impl Uring {
     /// Submits what is queued and waits up to `timeout` (None: forever) for at least one
     /// completion, then drains the completion queue into `out`.
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Cqe>) -> io::Result<()> {
+        self.calls.one(Sys::Enter);
         let r = match timeout {
             None => self.ring.submit_and_wait(1),
             Some(t) => {
@@ -517,7 +530,7 @@ mod tests {
     #[test]
     fn registered_pool_takes_back_only_its_own_buffers() {
         let bell = EventFd::new().unwrap();
-        let Ok(mut u) = Uring::new(&bell) else {
+        let Ok(mut u) = Uring::new(&bell, Arc::default()) else {
             eprintln!("io_uring unavailable here; nothing to test");
             return;
         };
@@ -540,7 +553,9 @@ mod tests {
     #[test]
     fn doorbell_completes_through_the_ring() {
         let bell = EventFd::new().unwrap();
-        let Ok(mut u) = Uring::new(&bell) else { return };
+        let Ok(mut u) = Uring::new(&bell, Arc::default()) else {
+            return;
+        };
         bell.ring();
         let mut out = Vec::new();
         for _ in 0..10 {
@@ -567,7 +582,9 @@ mod tests {
     fn send_and_receive_own_their_memory_until_completion() {
         use std::io::{Read, Write};
         let bell = EventFd::new().unwrap();
-        let Ok(mut u) = Uring::new(&bell) else { return };
+        let Ok(mut u) = Uring::new(&bell, Arc::default()) else {
+            return;
+        };
         let (mut conn, mut peer) = unix_conn();
         conn.hdr().extend_from_slice(b"hello");
         conn.end_frame();
@@ -612,7 +629,9 @@ mod tests {
     #[test]
     fn shutdown_cancels_and_reaps_an_armed_receive() {
         let bell = EventFd::new().unwrap();
-        let Ok(mut u) = Uring::new(&bell) else { return };
+        let Ok(mut u) = Uring::new(&bell, Arc::default()) else {
+            return;
+        };
         let (mut conn, _peer) = unix_conn();
         u.recv(0, &mut conn).unwrap();
         assert_eq!(u.outstanding, 2, "doorbell and receive");
