@@ -129,9 +129,15 @@ impl<T> Lanes<T> {
         true
     }
 
-    /// Shard side: awake again.
+    /// Shard side: awake again. The doorbell is not read here: io_uring reads it
+    /// through the ring, epoll calls [`Lanes::drain_doorbell`] when it fired; a read
+    /// per loop iteration would mostly fail with EAGAIN.
     pub fn unpark(&self) {
         self.parked.store(false, Ordering::SeqCst);
+    }
+
+    /// Shard side: resets the doorbell after it fired (epoll).
+    pub fn drain_doorbell(&self) {
         self.calls.one_shared(Sys::DoorbellRead);
         self.doorbell.drain();
     }

@@ -28,7 +28,7 @@ const RECV_CHUNK: usize = 64 * 1024;
 /// Size of a connection's receive buffer (and of each registered one).
 pub(crate) const RBUF_SIZE: usize = 2 * RECV_CHUNK;
 /// Most iovecs passed to one send.
-pub(crate) const MAX_IOV: usize = 64;
+pub(crate) const MAX_IOV: usize = 1024;
 
 /// The socket, TCP or unix.
 pub(crate) enum Stream {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::conn::{Conn, Stream, MAX_IOV};
+use super::conn::{Conn, Stream};
 use crate::syscalls::{Sys, SyscallCounters};
 
 const DOORBELL: Token = Token(usize::MAX);
@@ -97,7 +97,8 @@ impl Epoll {
 pub(crate) fn flush(conn: &mut Conn, calls: &SyscallCounters) -> io::Result<usize> {
     let mut total = 0;
     while conn.out_len() > 0 {
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOV);
+        // Grows to the frame's segment count (at most MAX_IOV); most frames have few.
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(64);
         conn.send_slices(&mut slices);
         calls.one(Sys::SockWrite);
         let r = crate::sys::send_vectored(conn.stream.fd(), &slices);

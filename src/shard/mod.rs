@@ -219,7 +219,10 @@ impl Shard {
                 self.on_cqe(ev);
             }
             for ev in epoll_events.drain(..) {
-                self.on_ready(ev);
+                match ev {
+                    epoll::Ev::Doorbell => self.lanes.drain_doorbell(),
+                    ev => self.on_ready(ev),
+                }
             }
             let now = Instant::now();
             if now.duration_since(self.last_tick) >= TICK {
