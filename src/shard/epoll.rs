@@ -23,6 +23,9 @@ pub(crate) enum Ev {
         cid: usize,
         readable: bool,
         writable: bool,
+        /// The peer closed or the socket failed: read until end of stream or error,
+        /// as no later edge will report it.
+        closed: bool,
     },
 }
 
@@ -85,6 +88,7 @@ impl Epoll {
                     cid: ev.token().0,
                     readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
                     writable: ev.is_writable() || ev.is_error(),
+                    closed: ev.is_read_closed() || ev.is_error(),
                 });
             }
         }
@@ -123,11 +127,18 @@ pub(crate) fn flush(conn: &mut Conn, calls: &SyscallCounters) -> io::Result<usiz
 }
 
 /// Reads once into the connection's receive target. `Ok(None)` means nothing to read now;
-/// `Ok(Some(0))` is end of stream.
-pub(crate) fn read_once(conn: &mut Conn, calls: &SyscallCounters) -> io::Result<Option<usize>> {
+/// `Ok(Some((0, _)))` is end of stream. The flag says the read filled its target, so
+/// the socket may hold more: a shorter read emptied the stream socket's queue, and
+/// bytes arriving later raise a new edge, so reading again until EAGAIN would only
+/// cost a failing read(2).
+pub(crate) fn read_once(
+    conn: &mut Conn,
+    calls: &SyscallCounters,
+) -> io::Result<Option<(usize, bool)>> {
     loop {
         calls.one(Sys::SockRead);
         let (buf, direct) = conn.rx.recv_target();
+        let room = buf.len();
         let r = match &conn.stream {
             Stream::Tcp(s) => (&*s).read(buf),
             Stream::Unix(s) => (&*s).read(buf),
@@ -135,7 +146,7 @@ pub(crate) fn read_once(conn: &mut Conn, calls: &SyscallCounters) -> io::Result<
         return match r {
             Ok(n) => {
                 conn.rx.on_recv(n, direct);
-                Ok(Some(n))
+                Ok(Some((n, n == room)))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

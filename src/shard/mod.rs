@@ -558,6 +558,7 @@ impl Shard {
             cid,
             readable,
             writable,
+            closed,
         } = ev
         else {
             return;
@@ -581,7 +582,7 @@ impl Shard {
                     return;
                 }
                 match epoll::read_once(conn, &self.calls) {
-                    Ok(Some(0)) => {
+                    Ok(Some((0, _))) => {
                         return self.io_failed(
                             cid,
                             io::Error::new(
@@ -590,9 +591,12 @@ impl Shard {
                             ),
                         )
                     }
-                    Ok(Some(n)) => {
+                    Ok(Some((n, more))) => {
                         self.metrics.received(n);
                         self.process(cid);
+                        if !more && !closed {
+                            break;
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => return self.io_failed(cid, e),
