@@ -8,13 +8,14 @@
 //! [`crate::priority`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
 use crate::priority::{Picker, Priority};
 use crate::sys::EventFd;
+use crate::syscalls::{Sys, SyscallCounters};
 
 /// Largest capacity of one lane. A lane preallocates every slot (crossbeam's
 /// `ArrayQueue` holds the entry and a stamp per slot, about 64 bytes for a shard's
@@ -31,6 +32,8 @@ pub struct Lanes<T> {
     /// Callers blocked in `push_wait` (they count themselves in and out).
     space_lock: Mutex<()>,
     space: Condvar,
+    /// Doorbell syscalls, callers' and the shard's (several writers).
+    calls: Arc<SyscallCounters>,
 }
 
 impl<T> Lanes<T> {
@@ -50,7 +53,13 @@ impl<T> Lanes<T> {
             waiting: AtomicUsize::new(0),
             space_lock: Mutex::new(()),
             space: Condvar::new(),
+            calls: Arc::default(),
         })
+    }
+
+    /// The doorbell's syscall counters.
+    pub fn syscalls(&self) -> &Arc<SyscallCounters> {
+        &self.calls
     }
 
     /// The doorbell fd the shard waits on.
@@ -132,21 +141,30 @@ impl<T> Lanes<T> {
         true
     }
 
-    /// Shard side: awake again.
+    /// Shard side: awake again. The doorbell is not read here: io_uring reads it
+    /// through the ring, epoll calls [`Lanes::drain_doorbell`] when it fired; a read
+    /// per loop iteration would mostly fail with EAGAIN.
     pub fn unpark(&self) {
         self.parked.store(false, Ordering::SeqCst);
+    }
+
+    /// Shard side: resets the doorbell after it fired (epoll).
+    pub fn drain_doorbell(&self) {
+        self.calls.one_shared(Sys::DoorbellRead);
         self.doorbell.drain();
     }
 
     /// Rings the doorbell if the shard sleeps.
     pub fn wake_shard(&self) {
         if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            self.calls.one_shared(Sys::DoorbellWrite);
             self.doorbell.ring();
         }
     }
 
     /// Rings the doorbell whatever the shard is doing (shutdown, control messages).
     pub fn ring(&self) {
+        self.calls.one_shared(Sys::DoorbellWrite);
         self.doorbell.ring();
     }
 }

@@ -21,6 +21,7 @@ pub(crate) mod priority;
 pub(crate) mod resp;
 pub(crate) mod shard;
 pub(crate) mod sys;
+pub(crate) mod syscalls;
 #[cfg(test)]
 mod tests;
 

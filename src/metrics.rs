@@ -8,6 +8,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use crate::priority::Priority;
+use crate::syscalls::SyscallCounters;
+pub use crate::syscalls::SyscallStats;
 
 /// Error kinds counted separately (see [`crate::Error::kind`]), plus read-rule outcomes.
 const ERROR_KINDS: &[&str] = &[
@@ -70,6 +72,8 @@ pub(crate) struct Metrics {
     recv_staged_bytes: AtomicU64,
     sent_by_reference_bytes: AtomicU64,
     sent_copied_bytes: AtomicU64,
+    /// Every shard's and every lane's syscall counters, summed by `snapshot`.
+    syscall_sources: Mutex<Vec<std::sync::Arc<SyscallCounters>>>,
 }
 
 impl Default for Metrics {
@@ -107,6 +111,7 @@ impl Metrics {
             recv_staged_bytes: AtomicU64::new(0),
             sent_by_reference_bytes: AtomicU64::new(0),
             sent_copied_bytes: AtomicU64::new(0),
+            syscall_sources: Mutex::new(Vec::new()),
         }
     }
 
@@ -178,8 +183,25 @@ impl Metrics {
         self.kernel_leaks.fetch_add(leaked as u64, Relaxed);
     }
 
+    /// Adds a set of syscall counters (a shard's, or its lanes') to the snapshot's sum.
+    pub fn add_syscall_source(&self, c: std::sync::Arc<SyscallCounters>) {
+        self.syscall_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(c);
+    }
+
     /// A copy of everything, for reporting.
     pub fn snapshot(&self) -> MetricsSnapshot {
+        let mut syscalls = SyscallStats::default();
+        for c in self
+            .syscall_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            c.add_to(&mut syscalls);
+        }
         let classes = Priority::ALL
             .iter()
             .map(|&p| {
@@ -221,6 +243,7 @@ impl Metrics {
             recv_staged_bytes: self.recv_staged_bytes.load(Relaxed),
             sent_by_reference_bytes: self.sent_by_reference_bytes.load(Relaxed),
             sent_copied_bytes: self.sent_copied_bytes.load(Relaxed),
+            syscalls,
         }
     }
 }
@@ -281,6 +304,9 @@ pub struct MetricsSnapshot {
     /// Payload bytes copied into a frame's header block before sending (values of
     /// 512 bytes or less, cheaper copied than given an iovec of their own).
     pub sent_copied_bytes: u64,
+    /// Syscalls the engine made on its hot path (shard event loops, socket I/O,
+    /// doorbells), by kind; connection setup is not counted.
+    pub syscalls: SyscallStats,
 }
 
 impl MetricsSnapshot {

@@ -32,7 +32,7 @@ pub(crate) const RBUF_SIZE: usize = 2 * RECV_CHUNK;
 /// from their own buffer.
 const COPY_MAX: usize = 512;
 /// Most iovecs passed to one send.
-pub(crate) const MAX_IOV: usize = 64;
+pub(crate) const MAX_IOV: usize = 1024;
 
 /// The socket, TCP or unix.
 pub(crate) enum Stream {

@@ -4,12 +4,14 @@
 
 use std::io::{self, IoSlice, Read};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::conn::{Conn, Stream, MAX_IOV};
+use super::conn::{Conn, Stream};
+use crate::syscalls::{Sys, SyscallCounters};
 
 const DOORBELL: Token = Token(usize::MAX);
 
@@ -21,16 +23,21 @@ pub(crate) enum Ev {
         cid: usize,
         readable: bool,
         writable: bool,
+        /// The peer closed or the socket failed: read until end of stream or error,
+        /// as no later edge will report it.
+        closed: bool,
     },
 }
 
 pub(crate) struct Epoll {
     poll: Poll,
     events: Events,
+    /// This shard's syscall counters.
+    calls: Arc<SyscallCounters>,
 }
 
 impl Epoll {
-    pub fn new(doorbell: &impl AsRawFd) -> io::Result<Epoll> {
+    pub fn new(doorbell: &impl AsRawFd, calls: Arc<SyscallCounters>) -> io::Result<Epoll> {
         let poll = Poll::new()?;
         poll.registry().register(
             &mut SourceFd(&doorbell.as_raw_fd()),
@@ -40,11 +47,18 @@ impl Epoll {
         Ok(Epoll {
             poll,
             events: Events::with_capacity(256),
+            calls,
         })
+    }
+
+    /// This shard's syscall counters.
+    pub fn calls(&self) -> Arc<SyscallCounters> {
+        self.calls.clone()
     }
 
     pub fn register(&mut self, cid: usize, conn: &mut Conn) -> io::Result<()> {
         let interest = Interest::READABLE | Interest::WRITABLE;
+        self.calls.one(Sys::EpollCtl);
         match &mut conn.stream {
             Stream::Tcp(s) => self.poll.registry().register(s, Token(cid), interest),
             Stream::Unix(s) => self.poll.registry().register(s, Token(cid), interest),
@@ -52,6 +66,7 @@ impl Epoll {
     }
 
     pub fn deregister(&mut self, conn: &mut Conn) {
+        self.calls.one(Sys::EpollCtl);
         let _ = match &mut conn.stream {
             Stream::Tcp(s) => self.poll.registry().deregister(s),
             Stream::Unix(s) => self.poll.registry().deregister(s),
@@ -59,6 +74,7 @@ impl Epoll {
     }
 
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Ev>) -> io::Result<()> {
+        self.calls.one(Sys::EpollWait);
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
@@ -72,6 +88,7 @@ impl Epoll {
                     cid: ev.token().0,
                     readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
                     writable: ev.is_writable() || ev.is_error(),
+                    closed: ev.is_read_closed() || ev.is_error(),
                 });
             }
         }
@@ -81,11 +98,13 @@ impl Epoll {
 
 /// Writes as much of the connection's queue as the socket takes now.
 /// Returns the bytes written; `WouldBlock` ends the attempt without error.
-pub(crate) fn flush(conn: &mut Conn) -> io::Result<usize> {
+pub(crate) fn flush(conn: &mut Conn, calls: &SyscallCounters) -> io::Result<usize> {
     let mut total = 0;
     while conn.out_len() > 0 {
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_IOV);
+        // Grows to the frame's segment count (at most MAX_IOV); most frames have few.
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(64);
         conn.send_slices(&mut slices);
+        calls.one(Sys::SockWrite);
         let r = crate::sys::send_vectored(conn.stream.fd(), &slices);
         drop(slices);
         match r {
@@ -108,11 +127,19 @@ pub(crate) fn flush(conn: &mut Conn) -> io::Result<usize> {
 }
 
 /// Reads once into the connection's receive target. `Ok(None)` means nothing to read now;
-/// `Ok(Some((0, _)))` is end of stream; the flag tells whether the bytes went straight
-/// into a value's destination.
-pub(crate) fn read_once(conn: &mut Conn) -> io::Result<Option<(usize, bool)>> {
+/// `Ok(Some((0, ..)))` is end of stream. The first flag tells whether the bytes went
+/// straight into a value's destination; the second says the read filled its target, so
+/// the socket may hold more: a shorter read emptied the stream socket's queue, and bytes
+/// arriving later raise a new edge, so reading again until EAGAIN would only cost a
+/// failing read(2).
+pub(crate) fn read_once(
+    conn: &mut Conn,
+    calls: &SyscallCounters,
+) -> io::Result<Option<(usize, bool, bool)>> {
     loop {
+        calls.one(Sys::SockRead);
         let (buf, direct) = conn.rx.recv_target();
+        let room = buf.len();
         let r = match &conn.stream {
             Stream::Tcp(s) => (&*s).read(buf),
             Stream::Unix(s) => (&*s).read(buf),
@@ -120,7 +147,7 @@ pub(crate) fn read_once(conn: &mut Conn) -> io::Result<Option<(usize, bool)>> {
         return match r {
             Ok(n) => {
                 conn.rx.on_recv(n, direct);
-                Ok(Some((n, direct)))
+                Ok(Some((n, direct, n == room)))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

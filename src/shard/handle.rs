@@ -9,6 +9,7 @@ use crate::config::{Config, IoBackend};
 use crate::error::{Error, Result};
 use crate::lanes::Lanes;
 use crate::metrics::Metrics;
+use crate::syscalls::SyscallCounters;
 
 use super::{epoll, uring, BackendKind, Shard, SubmitPart};
 
@@ -84,7 +85,10 @@ pub(crate) fn start(
                     tracing::warn!(shard = id, core, "could not pin shard thread to core");
                 }
             }
-            let backend = match Backend::new(cfg.io_backend, &l2) {
+            let calls = Arc::new(SyscallCounters::default());
+            metrics.add_syscall_source(calls.clone());
+            metrics.add_syscall_source(l2.syscalls().clone());
+            let backend = match Backend::new(cfg.io_backend, &l2, calls) {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -115,16 +119,20 @@ pub(super) enum Backend {
 }
 
 impl Backend {
-    fn new(want: IoBackend, lanes: &Lanes<SubmitPart>) -> Result<Backend> {
+    fn new(
+        want: IoBackend,
+        lanes: &Lanes<SubmitPart>,
+        calls: Arc<SyscallCounters>,
+    ) -> Result<Backend> {
         let io_err = |e| Error::Io {
             node: "local".into(),
             source: e,
         };
         match want {
             IoBackend::Epoll => Ok(Backend::Epoll(
-                epoll::Epoll::new(lanes.doorbell()).map_err(io_err)?,
+                epoll::Epoll::new(lanes.doorbell(), calls.clone()).map_err(io_err)?,
             )),
-            IoBackend::IoUring => match uring::Uring::new(lanes.doorbell()) {
+            IoBackend::IoUring => match uring::Uring::new(lanes.doorbell(), calls.clone()) {
                 Ok(u) => Ok(Backend::Uring(Box::new(u))),
                 Err(e) => Err(Error::config(
                     "io_backend",
@@ -132,15 +140,23 @@ impl Backend {
                     format!("io_uring is not available here ({e}); use io_backend: auto or epoll"),
                 )),
             },
-            IoBackend::Auto => match uring::Uring::new(lanes.doorbell()) {
+            IoBackend::Auto => match uring::Uring::new(lanes.doorbell(), calls.clone()) {
                 Ok(u) => Ok(Backend::Uring(Box::new(u))),
                 Err(e) => {
                     tracing::warn!(error = %e, "io_uring unavailable (blocked by seccomp or an old kernel?); using the epoll fallback");
                     Ok(Backend::Epoll(
-                        epoll::Epoll::new(lanes.doorbell()).map_err(io_err)?,
+                        epoll::Epoll::new(lanes.doorbell(), calls.clone()).map_err(io_err)?,
                     ))
                 }
             },
+        }
+    }
+
+    /// The shard's syscall counters, kept by the backend.
+    pub(super) fn calls(&self) -> Arc<SyscallCounters> {
+        match self {
+            Backend::Uring(u) => u.calls(),
+            Backend::Epoll(e) => e.calls(),
         }
     }
 

@@ -36,6 +36,7 @@ use crate::error::{show_key, Error};
 use crate::lanes::Lanes;
 use crate::metrics::Metrics;
 use crate::priority::{Picker, Priority};
+use crate::syscalls::SyscallCounters;
 
 use cmd::recv_cap;
 use conn::{Conn, ConnState, PartRef};
@@ -123,6 +124,8 @@ struct Shard {
     avg_value: f64,
     conns_per_node: usize,
     last_tick: Instant,
+    /// This shard's syscall counters (the backend's).
+    calls: Arc<SyscallCounters>,
 }
 
 impl Shard {
@@ -143,6 +146,7 @@ impl Shard {
         // more connections with large replies in flight slow Redis down.
         let conns_per_node = (cfg.max_connections / nshards.max(1)).clamp(1, MAX_CONNS_PER_NODE);
         let weights = cfg.priority_weights;
+        let calls = backend.calls();
         Shard {
             id,
             cfg,
@@ -168,6 +172,7 @@ impl Shard {
             avg_value: 0.0,
             conns_per_node,
             last_tick: Instant::now(),
+            calls,
         }
     }
 
@@ -215,7 +220,10 @@ impl Shard {
                 self.on_cqe(ev);
             }
             for ev in epoll_events.drain(..) {
-                self.on_ready(ev);
+                match ev {
+                    epoll::Ev::Doorbell => self.lanes.drain_doorbell(),
+                    ev => self.on_ready(ev),
+                }
             }
             let now = Instant::now();
             if now.duration_since(self.last_tick) >= TICK {
@@ -476,7 +484,7 @@ impl Shard {
                     u.send(cid, conn)
                         .and_then(|_| if owed { u.recv(cid, conn) } else { Ok(()) })
                 }
-                Backend::Epoll(_) => epoll::flush(conn).map(|_| ()),
+                Backend::Epoll(_) => epoll::flush(conn, &self.calls).map(|_| ()),
             };
             if let Err(e) = r {
                 let node = self.nodes[conn.node].addr.to_string();
@@ -565,6 +573,7 @@ impl Shard {
             cid,
             readable,
             writable,
+            closed,
         } = ev
         else {
             return;
@@ -588,8 +597,8 @@ impl Shard {
                     return;
                 }
                 conn.rx.cap = recv_cap(conn, &self.parts);
-                match epoll::read_once(conn) {
-                    Ok(Some((0, _))) => {
+                match epoll::read_once(conn, &self.calls) {
+                    Ok(Some((0, _, _))) => {
                         return self.io_failed(
                             cid,
                             io::Error::new(
@@ -598,12 +607,15 @@ impl Shard {
                             ),
                         )
                     }
-                    Ok(Some((n, direct))) => {
+                    Ok(Some((n, direct, more))) => {
                         self.metrics.received(n);
                         if direct {
                             self.metrics.recv_direct(n);
                         }
                         self.process(cid);
+                        if !more && !closed {
+                            break;
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => return self.io_failed(cid, e),

@@ -23,12 +23,14 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::conn::{Conn, RecvBuf, MAX_IOV, RBUF_SIZE};
+use crate::syscalls::{Sys, SyscallCounters};
 
 const OP_SEND: u64 = 1;
 const OP_RECV: u64 = 2;
@@ -55,6 +57,11 @@ struct SendMsg {
 struct SendLoan {
     msg: Box<SendMsg>,
     segs: Vec<Bytes>,
+    /// Bytes the send carries.
+    len: usize,
+    /// The send carries everything queued on its connection, so its completion alone
+    /// lets the shard do nothing new: the reply's receive is what matters.
+    quiet: bool,
 }
 
 /// What the kernel holds for one connection: the in-flight owner of each operation.
@@ -101,11 +108,22 @@ pub(crate) struct Uring {
     registered: Vec<usize>,
     /// Shutting down: the doorbell is not re-armed.
     closing: bool,
+    /// DEFER_TASKRUN with TASKRUN_FLAG: completions are posted only inside an enter
+    /// with GETEVENTS, and the SQ flags say when work for one is pending.
+    deferred: bool,
+    /// Connections whose quiet send was queued since the last enter (see `wait`).
+    fresh_quiet: Vec<usize>,
+    /// This shard's syscall counters (io_uring_enter).
+    calls: Arc<SyscallCounters>,
 }
 
 /// Registered receive buffers per shard: 16 x 128 KiB = 2 MiB of locked memory, well
 /// under the 8 MiB an unprivileged user may lock, leaving room for the ring itself.
 const FIXED_BUFFERS: usize = 16;
+
+/// Largest send counted as quiet (see `Uring::wait`): small enough that the socket
+/// takes it at once and its completion is posted inside the enter that submits it.
+const QUIET_SEND_MAX: usize = 512 << 10;
 
 /// How long a torn-down ring waits for the kernel to return cancelled operations.
 pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -117,18 +135,33 @@ fn ud(cid: usize, op: u64) -> u64 {
 impl Uring {
     /// Sets up a ring for the calling thread (SINGLE_ISSUER: the shard thread alone
     /// submits), falling back to plain flags on older kernels.
-    pub fn new(doorbell: &impl AsRawFd) -> io::Result<Uring> {
+    pub fn new(doorbell: &impl AsRawFd, calls: Arc<SyscallCounters>) -> io::Result<Uring> {
         let entries = 512;
         let plain = std::env::var_os("SLOTLINE_URING_SETUP").is_some_and(|v| v == "plain");
-        let ring = if plain {
-            IoUring::new(entries)?
+        // SUBMIT_ALL: one bad entry does not stop the entries queued behind it.
+        // TASKRUN_FLAG: the kernel flags pending deferred work, so `wait` can skip an
+        // enter that would find nothing.
+        let (ring, deferred) = if plain {
+            (IoUring::new(entries)?, false)
         } else {
-            IoUring::builder()
+            match IoUring::builder()
                 .setup_single_issuer()
                 .setup_defer_taskrun()
+                .setup_taskrun_flag()
+                .setup_submit_all()
                 .build(entries)
-                .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries))
-                .or_else(|_| IoUring::new(entries))?
+            {
+                Ok(r) => (r, true),
+                Err(_) => (
+                    IoUring::builder()
+                        .setup_single_issuer()
+                        .setup_defer_taskrun()
+                        .build(entries)
+                        .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries))
+                        .or_else(|_| IoUring::new(entries))?,
+                    false,
+                ),
+            }
         };
         let mut u = Uring {
             ring,
@@ -142,10 +175,14 @@ impl Uring {
             pool: Vec::new(),
             registered: Vec::new(),
             closing: false,
+            deferred,
+            fresh_quiet: Vec::new(),
+            calls,
         };
         u.register_pool();
         u.arm_doorbell()?;
         // Surface a seccomp block now (EPERM/ENOSYS), not at the first request.
+        u.calls.one(Sys::Enter);
         if let Err(e) = u.ring.submit() {
             // The kernel took nothing: the doorbell read is not in flight, and the
             // ring can go without a drain (or a misleading leak report).
@@ -154,6 +191,11 @@ impl Uring {
             return Err(e);
         }
         Ok(u)
+    }
+
+    /// This shard's syscall counters.
+    pub fn calls(&self) -> Arc<SyscallCounters> {
+        self.calls.clone()
     }
 
     /// Registers the receive-buffer pool; without it (locked-memory limit, old kernel)
@@ -225,6 +267,7 @@ impl Uring {
             if pushed {
                 return Ok(());
             }
+            self.calls.one(Sys::Enter);
             self.ring.submit()?;
         }
     }
@@ -264,7 +307,14 @@ impl Uring {
 
     /// Starts a send of the queued segments if none is in flight.
     pub fn send(&mut self, cid: usize, conn: &Conn) -> io::Result<()> {
-        if conn.out_len() == 0 || self.loans(cid).send.is_some() {
+        if conn.out_len() == 0 {
+            return Ok(());
+        }
+        if let Some(l) = self.loans(cid).send.as_mut() {
+            // More was queued behind the send in flight: its completion matters now.
+            if conn.out_len() > l.len {
+                l.quiet = false;
+            }
             return Ok(());
         }
         let mut segs = self.spare_segs.pop().unwrap_or_default();
@@ -292,11 +342,23 @@ impl Uring {
         msg.msg.msg_iov = msg.iov.as_mut_ptr();
         msg.msg.msg_iovlen = segs.len() as _;
         let hdr: *const libc::msghdr = &msg.msg;
+        // MSG_WAITALL: the kernel keeps sending until every byte is out (or an error),
+        // so a send completes once, not once per socket-buffer's worth.
         let e = opcode::SendMsg::new(types::Fd(conn.stream.fd()), hdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
+            .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
             .build()
             .user_data(ud(cid, OP_SEND));
-        self.loans(cid).send = Some(SendLoan { msg, segs });
+        let len: usize = segs.iter().map(|s| s.len()).sum();
+        let quiet = self.deferred && len == conn.out_len() && len <= QUIET_SEND_MAX;
+        if quiet {
+            self.fresh_quiet.push(cid);
+        }
+        self.loans(cid).send = Some(SendLoan {
+            msg,
+            segs,
+            len,
+            quiet,
+        });
         if let Err(err) = self.push(&e) {
             if let Some(l) = self.loans(cid).send.take() {
                 self.recycle(l);
@@ -388,21 +450,48 @@ impl Uring {
 
     /// Submits what is queued and waits up to `timeout` (None: forever) for at least one
     /// completion, then drains the completion queue into `out`.
+    ///
+    /// One io_uring_enter both submits and waits, and none is made when nothing is
+    /// queued and there is nothing to wait for: completions already posted, or a zero
+    /// timeout on a DEFER_TASKRUN ring with no deferred work flagged.
+    ///
+    /// A quiet send (it carries all its connection had queued, and the reply's receive
+    /// is armed) completes inside the enter that submits it, and its completion alone
+    /// gives the shard nothing to do; waking for it would cost a second enter per
+    /// request. So the enter waits for one completion more per quiet send it submits:
+    /// it returns with the reply (or a doorbell, or an error, or at `timeout`).
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Cqe>) -> io::Result<()> {
-        let r = match timeout {
-            None => self.ring.submit_and_wait(1),
-            Some(t) => {
-                let ts = types::Timespec::new()
-                    .sec(t.as_secs())
-                    .nsec(t.subsec_nanos());
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+        let sq_empty = self.ring.submission().is_empty();
+        let idle = sq_empty
+            && (!self.ring.completion().is_empty()
+                || (timeout == Some(Duration::ZERO)
+                    && self.deferred
+                    && !self.ring.submission().taskrun()));
+        let mut want = 1;
+        for cid in self.fresh_quiet.drain(..) {
+            if let Some(l) = self.loans.get(cid) {
+                if l.recv.is_some() && l.send.as_ref().is_some_and(|s| s.quiet) {
+                    want += 1;
+                }
             }
-        };
-        if let Err(e) = r {
-            match e.raw_os_error() {
-                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
-                _ => return Err(e),
+        }
+        if !idle {
+            self.calls.one(Sys::Enter);
+            let r = match timeout {
+                None => self.ring.submit_and_wait(want),
+                Some(t) => {
+                    let ts = types::Timespec::new()
+                        .sec(t.as_secs())
+                        .nsec(t.subsec_nanos());
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(want, &args)
+                }
+            };
+            if let Err(e) = r {
+                match e.raw_os_error() {
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
+                    _ => return Err(e),
+                }
             }
         }
         let mut rearm = false;
@@ -517,7 +606,7 @@ mod tests {
     #[test]
     fn registered_pool_takes_back_only_its_own_buffers() {
         let bell = EventFd::new().unwrap();
-        let Ok(mut u) = Uring::new(&bell) else {
+        let Ok(mut u) = Uring::new(&bell, Arc::default()) else {
             eprintln!("io_uring unavailable here; nothing to test");
             return;
         };
@@ -540,7 +629,9 @@ mod tests {
     #[test]
     fn doorbell_completes_through_the_ring() {
         let bell = EventFd::new().unwrap();
-        let Ok(mut u) = Uring::new(&bell) else { return };
+        let Ok(mut u) = Uring::new(&bell, Arc::default()) else {
+            return;
+        };
         bell.ring();
         let mut out = Vec::new();
         for _ in 0..10 {
@@ -567,7 +658,9 @@ mod tests {
     fn send_and_receive_own_their_memory_until_completion() {
         use std::io::{Read, Write};
         let bell = EventFd::new().unwrap();
-        let Ok(mut u) = Uring::new(&bell) else { return };
+        let Ok(mut u) = Uring::new(&bell, Arc::default()) else {
+            return;
+        };
         let (mut conn, mut peer) = unix_conn();
         conn.hdr().extend_from_slice(b"hello");
         conn.end_frame();
@@ -609,10 +702,83 @@ mod tests {
         assert_eq!(conn.out_len(), 0);
     }
 
+    fn enters(c: &SyscallCounters) -> u64 {
+        let mut s = crate::syscalls::SyscallStats::default();
+        c.add_to(&mut s);
+        s.enter
+    }
+
+    #[test]
+    fn a_request_and_its_reply_take_one_enter() {
+        use std::io::{Read, Write};
+        let bell = EventFd::new().unwrap();
+        let calls = Arc::new(SyscallCounters::default());
+        let Ok(mut u) = Uring::new(&bell, calls.clone()) else {
+            return;
+        };
+        if !u.deferred {
+            eprintln!("no DEFER_TASKRUN ring here; one enter per completion is expected");
+            return;
+        }
+        let (mut conn, mut peer) = unix_conn();
+        let server = std::thread::spawn(move || {
+            let mut got = [0u8; 14];
+            peer.read_exact(&mut got).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            peer.write_all(b"+PONG\r\n").unwrap();
+            peer
+        });
+        conn.hdr().extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        conn.end_frame();
+        u.send(0, &conn).unwrap();
+        u.recv(0, &mut conn).unwrap();
+        let before = enters(&calls);
+        let mut out = Vec::new();
+        u.wait(Some(Duration::from_secs(5)), &mut out).unwrap();
+        assert_eq!(enters(&calls), before + 1);
+        assert!(out.iter().any(|c| matches!(c, Cqe::Sent { .. })), "{out:?}");
+        assert!(out.iter().any(|c| matches!(c, Cqe::Recv { .. })), "{out:?}");
+        for c in out {
+            if let Cqe::Recv { res, buf, .. } = c {
+                conn.rx.restore(buf, res as usize);
+            }
+        }
+        assert_eq!(conn.unread(), b"+PONG\r\n");
+        drop(server.join().unwrap());
+    }
+
+    #[test]
+    fn nothing_queued_and_no_wait_makes_no_enter() {
+        let bell = EventFd::new().unwrap();
+        let calls = Arc::new(SyscallCounters::default());
+        let Ok(mut u) = Uring::new(&bell, calls.clone()) else {
+            return;
+        };
+        let mut out = Vec::new();
+        // The first wait may still have to post the doorbell read's arming.
+        u.wait(Some(Duration::ZERO), &mut out).unwrap();
+        let before = enters(&calls);
+        u.wait(Some(Duration::ZERO), &mut out).unwrap();
+        if u.deferred {
+            assert_eq!(enters(&calls), before, "an idle zero-timeout wait entered");
+        }
+        // A doorbell still wakes the ring through its read, with no read(2).
+        bell.ring();
+        for _ in 0..10 {
+            u.wait(Some(Duration::from_millis(100)), &mut out).unwrap();
+            if !out.is_empty() {
+                break;
+            }
+        }
+        assert!(matches!(out.first(), Some(Cqe::Doorbell)));
+    }
+
     #[test]
     fn shutdown_cancels_and_reaps_an_armed_receive() {
         let bell = EventFd::new().unwrap();
-        let Ok(mut u) = Uring::new(&bell) else { return };
+        let Ok(mut u) = Uring::new(&bell, Arc::default()) else {
+            return;
+        };
         let (mut conn, _peer) = unix_conn();
         u.recv(0, &mut conn).unwrap();
         assert_eq!(u.outstanding, 2, "doorbell and receive");

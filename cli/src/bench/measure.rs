@@ -63,6 +63,8 @@ pub struct Sample {
     pub cpu_us_per_key: f64,
     /// Requests (frames, round trips) per batch, where known.
     pub frames_per_batch: Option<f64>,
+    /// Syscalls the client counted per batch (slotline's own counters), where known.
+    pub syscalls_per_batch: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -83,6 +85,10 @@ impl Sample {
     pub fn median_of(samples: &[Sample]) -> Sample {
         let m = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
         let frames: Vec<f64> = samples.iter().filter_map(|s| s.frames_per_batch).collect();
+        let sys: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.syscalls_per_batch)
+            .collect();
         Sample {
             keys_per_s: m(|s| s.keys_per_s),
             mb_per_s: m(|s| s.mb_per_s),
@@ -91,6 +97,7 @@ impl Sample {
             p99_ms: m(|s| s.p99_ms),
             cpu_us_per_key: m(|s| s.cpu_us_per_key),
             frames_per_batch: (!frames.is_empty()).then(|| median(frames)),
+            syscalls_per_batch: (!sys.is_empty()).then(|| median(sys)),
         }
     }
 }
@@ -154,6 +161,7 @@ pub fn run_phase(
         ws.iter().map(|w| w.round_trips()).sum::<Option<u64>>()
     };
     let frames0 = peer.frames().or_else(|| rt(workers));
+    let sys0 = peer.syscalls();
     let cpu0 = process_cpu();
     let t0 = Instant::now();
     let outcomes: Vec<ThreadOutcome> = if workers.len() == 1 {
@@ -184,6 +192,7 @@ pub fn run_phase(
     let wall = t0.elapsed();
     let cpu = process_cpu().saturating_sub(cpu0);
     let frames1 = peer.frames().or_else(|| rt(workers));
+    let sys1 = peer.syscalls();
     let name = peer.name();
     let mut lat = Vec::with_capacity(wl.batches);
     let (mut misses, mut mismatches, mut first) = (0, 0, None);
@@ -216,6 +225,10 @@ pub fn run_phase(
         p99_ms: ms(percentile(&lat, 99.0)),
         cpu_us_per_key: cpu.as_secs_f64() * 1e6 / keys,
         frames_per_batch: match (frames0, frames1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wl.batches as f64),
+            _ => None,
+        },
+        syscalls_per_batch: match (sys0, sys1) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wl.batches as f64),
             _ => None,
         },

@@ -454,13 +454,18 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
     let results = run_plan(&plan, &mut peers, &mut cleanup)?;
     drop(cleanup_engine.take());
     let naive = results.iter().position(|r| r.name == "naive");
-    let ratios: Vec<(usize, usize)> = match naive {
+    let mut ratios: Vec<(usize, usize)> = match naive {
         Some(n) => (0..results.len())
             .filter(|&i| i != n)
             .map(|i| (i, n))
             .collect(),
         None => Vec::new(),
     };
+    // Both backends measured: io_uring / epoll as well.
+    let row = |name: &str| results.iter().position(|r| r.name == name);
+    if let (Some(u), Some(e)) = (row("slotline[io_uring]"), row("slotline[epoll]")) {
+        ratios.push((u, e));
+    }
     for note in peers.iter().filter_map(|p| p.note()) {
         println!("{note}");
     }

@@ -29,6 +29,10 @@ pub trait Peer {
     fn frames(&self) -> Option<u64> {
         None
     }
+    /// Syscalls made so far by a client-wide counter (slotline's), where known.
+    fn syscalls(&self) -> Option<u64> {
+        None
+    }
     /// Skipped with a warning (instead of failing the bench) if it cannot open.
     fn optional(&self) -> bool {
         false
@@ -208,13 +212,24 @@ impl Peer for SlotlinePeer {
 
     fn close(&mut self) {
         if let Some(e) = self.engine.take() {
-            tracing::debug!("engine stats after the run:\n{}", e.stats());
+            let stats = e.stats();
+            tracing::debug!(
+                "engine stats after the run:\n{stats}\nsyscalls: {:?} (total {})",
+                stats.metrics.syscalls,
+                stats.metrics.syscalls.total()
+            );
             drop(e);
         }
     }
 
     fn frames(&self) -> Option<u64> {
         self.engine.as_ref().map(|e| e.stats().metrics.frames_sent)
+    }
+
+    fn syscalls(&self) -> Option<u64> {
+        self.engine
+            .as_ref()
+            .map(|e| e.stats().metrics.syscalls.total())
     }
 
     fn optional(&self) -> bool {

@@ -61,7 +61,7 @@ pub fn json_line(plan: &Plan, peer: &str, phase: Phase, run: Option<usize>, s: &
         "{{\"bench\":\"slotline\",\"kind\":\"{}\",\"run\":{},\"peer\":\"{}\",\"phase\":\"{}\",\
 \"value_size\":{},\"batch\":{},\"batches\":{},\"runs\":{},\"concurrency\":{},\"layout\":\"{}\",\
 \"mode\":\"{}\",\"keys_per_s\":{},\"mb_per_s\":{},\"p50_ms\":{},\"p95_ms\":{},\"p99_ms\":{},\
-\"cpu_us_per_key\":{},\"frames_per_batch\":{}}}",
+\"cpu_us_per_key\":{},\"frames_per_batch\":{},\"syscalls_per_batch\":{}}}",
         if run.is_some() { "run" } else { "median" },
         run.map_or("null".to_string(), |r| r.to_string()),
         json_escape(peer),
@@ -80,6 +80,7 @@ pub fn json_line(plan: &Plan, peer: &str, phase: Phase, run: Option<usize>, s: &
         json_num(s.p99_ms),
         json_num(s.cpu_us_per_key),
         s.frames_per_batch.map_or("null".to_string(), json_num),
+        s.syscalls_per_batch.map_or("null".to_string(), json_num),
     )
 }
 
@@ -106,7 +107,7 @@ pub fn print_report(plan: &Plan, results: &[PeerResult], ratios: &[(usize, usize
             .collect();
         println!();
         println!(
-            "{:<width$} {:>10} {:>10} {:>9} {:>9} {:>9} {:>11} {:>14}",
+            "{:<width$} {:>10} {:>10} {:>9} {:>9} {:>9} {:>11} {:>14} {:>14}",
             phase.name().to_uppercase(),
             "keys/s",
             "MB/s",
@@ -114,11 +115,12 @@ pub fn print_report(plan: &Plan, results: &[PeerResult], ratios: &[(usize, usize
             "p95 ms",
             "p99 ms",
             "CPU us/key",
-            "requests/batch"
+            "requests/batch",
+            "syscalls/batch"
         );
         for (r, s) in results.iter().zip(&med) {
             println!(
-                "{:<width$} {:>10} {:>10.1} {:>9.3} {:>9.3} {:>9.3} {:>11.2} {:>14}",
+                "{:<width$} {:>10} {:>10.1} {:>9.3} {:>9.3} {:>9.3} {:>11.2} {:>14} {:>14}",
                 r.name,
                 fmt_rate(s.keys_per_s),
                 s.mb_per_s,
@@ -126,14 +128,16 @@ pub fn print_report(plan: &Plan, results: &[PeerResult], ratios: &[(usize, usize
                 s.p95_ms,
                 s.p99_ms,
                 s.cpu_us_per_key,
-                s.frames_per_batch.map_or("-".into(), |f| format!("{f:.1}"))
+                s.frames_per_batch.map_or("-".into(), |f| format!("{f:.1}")),
+                s.syscalls_per_batch
+                    .map_or("-".into(), |f| format!("{f:.1}"))
             );
         }
         for &(a, b) in ratios {
             let (x, y) = (&med[a], &med[b]);
             let q = |p: f64, q: f64| fmt_ratio(p / q);
             println!(
-                "{:<width$} {:>10} {:>10} {:>9} {:>9} {:>9} {:>11} {:>14}",
+                "{:<width$} {:>10} {:>10} {:>9} {:>9} {:>9} {:>11} {:>14} {:>14}",
                 format!("  {}", ratio_label(a, b)),
                 q(x.keys_per_s, y.keys_per_s),
                 q(x.mb_per_s, y.mb_per_s),
@@ -142,6 +146,10 @@ pub fn print_report(plan: &Plan, results: &[PeerResult], ratios: &[(usize, usize
                 q(x.p99_ms, y.p99_ms),
                 q(x.cpu_us_per_key, y.cpu_us_per_key),
                 match (x.frames_per_batch, y.frames_per_batch) {
+                    (Some(f), Some(g)) => q(f, g),
+                    _ => "-".into(),
+                },
+                match (x.syscalls_per_batch, y.syscalls_per_batch) {
                     (Some(f), Some(g)) => q(f, g),
                     _ => "-".into(),
                 }
