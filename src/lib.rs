@@ -17,6 +17,7 @@ pub(crate) mod lanes;
 pub mod layout;
 pub mod metrics;
 pub(crate) mod priority;
+pub mod prometheus;
 pub(crate) mod resp;
 pub(crate) mod shard;
 pub(crate) mod sys;

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use crate::priority::Priority;
 
 /// Error kinds counted separately (see [`crate::Error::kind`]), plus read-rule outcomes.
-const ERROR_KINDS: &[&str] = &[
+pub(crate) const ERROR_KINDS: &[&str] = &[
     "config",
     "url",
     "io",
@@ -148,6 +148,15 @@ impl Metrics {
     pub fn kernel_teardown(&self, drained: usize, leaked: usize) {
         self.kernel_drained.fetch_add(drained as u64, Relaxed);
         self.kernel_leaks.fetch_add(leaked as u64, Relaxed);
+    }
+
+    /// Copies of the per-class latency histograms (microseconds), indexed by
+    /// `Priority::index`, for the Prometheus exposition.
+    pub fn latency_histograms(&self) -> Vec<Histogram<u64>> {
+        self.latency
+            .iter()
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
     }
 
     /// A copy of everything, for reporting.

@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod chunks;
+pub mod metrics;
 pub mod naive;
 
 use std::fmt;
@@ -66,6 +67,9 @@ enum Command {
     /// Both write LMCache's byte format to the same server: the bench's own temporary
     /// redis-server unless --url is given.
     Bench(bench::BenchArgs),
+    /// Print the engine's Prometheus metrics, or serve them on a loopback /metrics
+    /// endpoint (--serve 127.0.0.1:9464), optionally under a light load (--load SECS).
+    Metrics(metrics::MetricsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +237,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Del(a) => chunks::del(a),
         Command::Topology(a) => chunks::topology(a),
         Command::Bench(a) => Ok(bench::run_cli(a)?),
+        Command::Metrics(a) => metrics::run(a),
     }
 }
 
