@@ -16,6 +16,7 @@ pub mod fuzz;
 pub(crate) mod lanes;
 pub mod layout;
 pub mod metrics;
+pub mod numa;
 pub(crate) mod priority;
 pub mod prometheus;
 pub(crate) mod resp;

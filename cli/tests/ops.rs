@@ -98,3 +98,19 @@ fn metrics_refuses_non_loopback() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only loopback"));
 }
+
+#[test]
+fn tune_prints_a_plan_and_json() {
+    let out = slotline().arg("tune").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("shard 0 -> cpu "), "{text}");
+    assert!(text.contains("because "), "{text}");
+    let out = slotline().args(["tune", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        json.trim_start().starts_with('{') && json.contains("\"shard_cores\":["),
+        "{json}"
+    );
+}

@@ -25,7 +25,7 @@ mod redact;
 mod secret_props;
 mod settings;
 mod url;
-mod yaml;
+pub(crate) mod yaml;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

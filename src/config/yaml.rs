@@ -286,7 +286,7 @@ fn parse_priority_weights(v: &Value) -> Result<PriorityWeights> {
 }
 
 /// Parses "0-3,6" into [0, 1, 2, 3, 6].
-fn parse_cpu_list(s: &str) -> std::result::Result<Vec<usize>, String> {
+pub(crate) fn parse_cpu_list(s: &str) -> std::result::Result<Vec<usize>, String> {
     let num = |t: &str| -> std::result::Result<usize, String> {
         let t = t.trim();
         if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
