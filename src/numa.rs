@@ -42,6 +42,17 @@ pub fn node_cpus(root: &Path, node: usize) -> Result<Vec<usize>, String> {
     Ok(cpus)
 }
 
+/// Makes the calling shard thread prefer `node` for its memory; logs the outcome and
+/// goes on without it on failure (the shard works, only less locally).
+pub(crate) fn prefer_node_for_shard(shard: usize, node: usize) {
+    match crate::sys::prefer_numa_node(node) {
+        Ok(()) => tracing::info!(shard, node, "shard memory prefers NUMA node {node}"),
+        Err(e) => {
+            tracing::warn!(shard, node, error = %e, "could not set the shard's NUMA memory policy; allocating anywhere")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +73,25 @@ mod tests {
         let e = node_cpus(&dir, 2).unwrap_err();
         assert!(e.contains("NUMA node 2 not found"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn config_numa_cores() {
+        let yaml = |cores: &str| {
+            crate::Config::from_yaml_str(&format!(
+                "remote_url: \"redis://127.0.0.1:6379\"\nextra_config:\n  cores: \"{cores}\"\n"
+            ))
+        };
+        if Path::new("/sys/devices/system/node/node0/cpulist").exists() {
+            let c = yaml("numa:0").unwrap();
+            assert_eq!(c.numa_node, Some(0));
+            assert_eq!(c.cores, Some(node_cpus(Path::new("/"), 0).unwrap()));
+        }
+        for bad in ["numa:999", "numa:x", "numa:"] {
+            let e = yaml(bad).unwrap_err().to_string();
+            assert!(e.contains("extra_config.cores") && e.contains(bad), "{e}");
+        }
+        assert_eq!(yaml("0-1").unwrap().numa_node, None);
     }
 
     #[test]

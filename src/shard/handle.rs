@@ -84,6 +84,9 @@ pub(crate) fn start(
                     tracing::warn!(shard = id, core, "could not pin shard thread to core");
                 }
             }
+            if let Some(node) = cfg.numa_node {
+                crate::numa::prefer_node_for_shard(id, node);
+            }
             let backend = match Backend::new(cfg.io_backend, &l2) {
                 Ok(b) => b,
                 Err(e) => {
