@@ -263,6 +263,13 @@ impl Engine {
         }
     }
 
+    /// [`Engine::stats`] and the per-class latency histograms as Prometheus text
+    /// exposition (format 0.0.4, content type [`crate::prometheus::CONTENT_TYPE`]), for
+    /// a `/metrics` endpoint.
+    pub fn prometheus_text(&self) -> String {
+        crate::prometheus::render(&self.stats(), &self.inner.metrics.latency_histograms())
+    }
+
     /// A handle to the live counters that stays readable after the engine is dropped:
     /// what the shards did while stopping (`kernel_drained`, `kernel_leaks`) is only
     /// known once the engine is gone.

@@ -12,7 +12,7 @@ use crate::syscalls::SyscallCounters;
 pub use crate::syscalls::SyscallStats;
 
 /// Error kinds counted separately (see [`crate::Error::kind`]), plus read-rule outcomes.
-const ERROR_KINDS: &[&str] = &[
+pub(crate) const ERROR_KINDS: &[&str] = &[
     "config",
     "url",
     "io",
@@ -189,6 +189,15 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(c);
+    }
+
+    /// Copies of the per-class latency histograms (microseconds), indexed by
+    /// `Priority::index`, for the Prometheus exposition.
+    pub fn latency_histograms(&self) -> Vec<Histogram<u64>> {
+        self.latency
+            .iter()
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
     }
 
     /// A copy of everything, for reporting.

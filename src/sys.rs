@@ -83,6 +83,40 @@ pub fn send_vectored(fd: RawFd, slices: &[std::io::IoSlice<'_>]) -> io::Result<u
     Ok(n as usize)
 }
 
+/// Highest NUMA node id [`prefer_numa_node`] accepts (the mask below has 1024 bits).
+pub const MAX_NUMA_NODE: usize = 1022;
+
+/// `set_mempolicy(MPOL_PREFERRED, {node})` for the calling thread: its later page
+/// allocations come from `node` while it has free memory, then from any node. Used by
+/// shard threads configured with `cores: "numa:N"`.
+pub fn prefer_numa_node(node: usize) -> io::Result<()> {
+    if node > MAX_NUMA_NODE {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    const MPOL_PREFERRED: libc::c_long = 1;
+    let mut mask = [0 as libc::c_ulong; 16];
+    let bits = libc::c_ulong::BITS as usize;
+    mask[node / bits] |= 1 << (node % bits);
+    // The kernel reads `maxnode - 1` bits; 1024 bits fit in 16 longs of 64 bits (the
+    // array is only larger on 32-bit targets, where fewer bits are read).
+    let maxnode = (mask.len() * bits).min(1024) as libc::c_ulong;
+    // SAFETY: set_mempolicy reads at most `maxnode - 1` bits from `mask`, a live local
+    // of `mask.len() * bits >= maxnode` bits, and writes nothing; it only changes the
+    // calling thread's allocation policy.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_set_mempolicy,
+            MPOL_PREFERRED,
+            mask.as_ptr(),
+            maxnode,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// CPU ids this process may run on (its affinity mask), in order.
 pub fn allowed_cores() -> Vec<usize> {
     match core_affinity::get_core_ids() {
@@ -118,6 +152,26 @@ mod tests {
         drop(b);
         let e = send_vectored(a.as_raw_fd(), &[IoSlice::new(b"x")]).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
+    }
+
+    #[test]
+    fn prefer_numa_node_on_node0_and_rejects_bad_nodes() {
+        // In a thread of its own: the policy is per thread and must not leak into
+        // other tests.
+        std::thread::spawn(|| {
+            let has_numa = std::path::Path::new("/sys/devices/system/node/node0").exists();
+            match prefer_numa_node(0) {
+                Ok(()) => {}
+                // Kernels without CONFIG_NUMA, or seccomp filters, refuse it.
+                Err(e) => assert!(!has_numa || e.raw_os_error() == Some(libc::EPERM), "{e}"),
+            }
+            let e = prefer_numa_node(MAX_NUMA_NODE + 1).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+            // A node that does not exist: the kernel refuses it (EINVAL).
+            assert!(prefer_numa_node(MAX_NUMA_NODE).is_err());
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

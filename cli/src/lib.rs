@@ -10,7 +10,10 @@
 
 pub mod bench;
 pub mod chunks;
+pub mod host;
+pub mod metrics;
 pub mod naive;
+pub mod tune;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -66,6 +69,12 @@ enum Command {
     /// Both write LMCache's byte format to the same server: the bench's own temporary
     /// redis-server unless --url is given.
     Bench(bench::BenchArgs),
+    /// Print the engine's Prometheus metrics, or serve them on a loopback /metrics
+    /// endpoint (--serve 127.0.0.1:9464), optionally under a light load (--load SECS).
+    Metrics(metrics::MetricsArgs),
+    /// Read this host (NUMA, cores, NIC IRQs, memlock, io_uring, socket buffers, THP)
+    /// and recommend a shard-to-core map and settings, each with its reason.
+    Tune(tune::TuneArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +242,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Del(a) => chunks::del(a),
         Command::Topology(a) => chunks::topology(a),
         Command::Bench(a) => Ok(bench::run_cli(a)?),
+        Command::Metrics(a) => metrics::run(a),
+        Command::Tune(a) => tune::run(a),
     }
 }
 

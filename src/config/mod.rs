@@ -25,7 +25,7 @@ mod redact;
 mod secret_props;
 mod settings;
 mod url;
-mod yaml;
+pub(crate) mod yaml;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -210,6 +210,9 @@ pub struct Config {
     pub cores: Option<Vec<usize>>,
     /// Number of shards, unpinned (`extra_config.cores` as a single integer).
     pub shards: Option<usize>,
+    /// NUMA node whose CPUs `cores` came from (`extra_config.cores: "numa:N"`): each
+    /// shard thread then prefers that node for its memory (`set_mempolicy`).
+    pub numa_node: Option<usize>,
     /// I/O driver (`extra_config.io_backend`, default auto).
     pub io_backend: IoBackend,
     /// How chunk keys map to Redis keys (`extra_config.key_layout`).
@@ -251,6 +254,7 @@ impl fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("cores", &self.cores)
             .field("shards", &self.shards)
+            .field("numa_node", &self.numa_node)
             .field("io_backend", &self.io_backend)
             .field("key_layout", &self.key_layout)
             .field("ttl", &self.ttl)
@@ -285,6 +289,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             cores: None,
             shards: None,
+            numa_node: None,
             io_backend: IoBackend::Auto,
             key_layout: KeyLayout::Lmcache,
             ttl: None,

@@ -84,9 +84,16 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
         },
     };
 
-    let (cores, shards) = match extra.get("cores") {
-        None => (None, None),
-        Some(v) => parse_cores(v)?,
+    let (cores, shards, numa_node) = match extra.get("cores") {
+        Some(Value::String(s)) if s.trim().starts_with("numa:") => {
+            let (cores, node) = parse_numa_cores(s.trim(), std::path::Path::new("/"))?;
+            (Some(cores), None, Some(node))
+        }
+        None => (None, None, None),
+        Some(v) => {
+            let (c, s) = parse_cores(v)?;
+            (c, s, None)
+        }
     };
 
     let settings = Settings {
@@ -108,6 +115,7 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
         max_connections: extra.int("max_connections")?,
         cores,
         shards,
+        numa_node,
         io_backend: extra.parsed("io_backend")?,
         key_layout: extra.parsed("key_layout")?,
         ttl,
@@ -189,6 +197,20 @@ fn warn_unknown_plugin_keys(extra: &Mapping) {
             }
         }
     }
+}
+
+/// `extra_config.cores: "numa:N"`: the CPUs of NUMA node N as read under `root`
+/// (`/sys/devices/system/node/nodeN/cpulist`), and N.
+pub(crate) fn parse_numa_cores(s: &str, root: &std::path::Path) -> Result<(Vec<usize>, usize)> {
+    const KEY: &str = "extra_config.cores";
+    let node = s
+        .strip_prefix("numa:")
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse::<usize>().ok())
+        .ok_or_else(|| Error::config(KEY, s, "expected \"numa:N\" with N a NUMA node number"))?;
+    let cpus = crate::numa::node_cpus(root, node).map_err(|r| Error::config(KEY, s, r))?;
+    Ok((cpus, node))
 }
 
 /// `extra_config.cores`: a shard count, a CPU list, or a range string such as "0-3,6".
@@ -286,7 +308,7 @@ fn parse_priority_weights(v: &Value) -> Result<PriorityWeights> {
 }
 
 /// Parses "0-3,6" into [0, 1, 2, 3, 6].
-fn parse_cpu_list(s: &str) -> std::result::Result<Vec<usize>, String> {
+pub(crate) fn parse_cpu_list(s: &str) -> std::result::Result<Vec<usize>, String> {
     let num = |t: &str| -> std::result::Result<usize, String> {
         let t = t.trim();
         if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {

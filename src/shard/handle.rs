@@ -85,6 +85,9 @@ pub(crate) fn start(
                     tracing::warn!(shard = id, core, "could not pin shard thread to core");
                 }
             }
+            if let Some(node) = cfg.numa_node {
+                crate::numa::prefer_node_for_shard(id, node);
+            }
             let calls = Arc::new(SyscallCounters::default());
             metrics.add_syscall_source(calls.clone());
             metrics.add_syscall_source(l2.syscalls().clone());
