@@ -413,6 +413,18 @@ unsafe impl CallerBuf for LentRef {
     }
 }
 
+/// Aborts the process if dropped while armed: a loan of a borrowed slice must not end by
+/// unwinding (a panic inside `start` or `wait`) while the engine, or the kernel, may
+/// still hold an owner pointing into the slice.
+struct NoUnwind;
+
+impl Drop for NoUnwind {
+    fn drop(&mut self) {
+        tracing::error!("panic while caller memory was lent to the engine: aborting");
+        std::process::abort();
+    }
+}
+
 /// Runs a request on borrowed destination slices: `start` gets owners of the slices
 /// and returns the request's ticket; this returns only once every owner is back, so no
 /// write into `slices` can happen after it returns.
@@ -430,7 +442,9 @@ pub(crate) fn with_lent_mut<T>(
         })
         .collect();
     // `wait` returns the owners only when all are back; dropping them ends the loan.
+    let armed = NoUnwind;
     let r = start(owners).wait();
+    std::mem::forget(armed);
     drop(r.bufs);
     r.result
 }
@@ -450,7 +464,9 @@ pub(crate) fn with_lent_ref<T>(
             }) as Box<dyn CallerBuf>
         })
         .collect();
+    let armed = NoUnwind;
     let r = start(owners).wait();
+    std::mem::forget(armed);
     drop(r.bufs);
     r.result
 }
