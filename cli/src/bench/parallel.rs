@@ -35,7 +35,6 @@ pub struct ParallelPeer {
     url: String,
     mode: Mode,
     conns: usize,
-    commands: Arc<AtomicU64>,
 }
 
 impl ParallelPeer {
@@ -45,7 +44,6 @@ impl ParallelPeer {
             url: url.to_string(),
             mode,
             conns: conns.max(1),
-            commands: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -517,6 +515,8 @@ impl Peer for ParallelPeer {
         let mut workers: Vec<Box<dyn Worker>> = Vec::with_capacity(n);
         for _ in 0..n {
             let (done_tx, done_rx) = mpsc::channel();
+            // Per caller thread: the bench sums its workers' counts.
+            let counter = Arc::new(AtomicU64::new(0));
             let mut w = ParallelWorker {
                 jobs: Vec::new(),
                 done: done_rx,
@@ -524,7 +524,7 @@ impl Peer for ParallelPeer {
                 bufs: Vec::new(),
                 found: Vec::new(),
                 batch: wl.batch,
-                commands: self.commands.clone(),
+                commands: counter.clone(),
             };
             for t in 0..self.conns {
                 let conn = Conn::open(
@@ -535,7 +535,7 @@ impl Peer for ParallelPeer {
                 )
                 .map_err(|e| format!("{addr}: {e}"))?;
                 let (tx, rx) = mpsc::channel();
-                let (sh, done, commands) = (shared.clone(), done_tx.clone(), self.commands.clone());
+                let (sh, done, commands) = (shared.clone(), done_tx.clone(), counter.clone());
                 let h = std::thread::Builder::new()
                     .name(format!("bench-parallel-{t}"))
                     .spawn(move || serve(t, conn, sh, rx, done, commands))
