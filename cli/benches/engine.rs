@@ -2,14 +2,18 @@
 //! one server, with the same keys, values and LMCache byte format:
 //!
 //! - `naive`: the seed's baseline, one blocking GET/SET round trip per Redis key;
-//! - `redis-rs`: the `redis` crate's sync connection, pipelined SETs and one MGET per batch;
-//! - `fred`: async, one current-thread tokio runtime per caller thread, pipelined SETs and
-//!   one MGET per batch;
+//! - `parallel`: LMCache's native client modelled, 8 blocking connections, one GET/SET
+//!   per Redis key, reads into preallocated buffers;
+//! - `redis-rs`: the `redis` crate's sync connection; puts are MSETs (as slotline's,
+//!   without a TTL) and gets MGETs, at most `chunk_size` chunks / keys each, pipelined in
+//!   one write per batch;
+//! - `fred`: async, one current-thread tokio runtime per caller thread, the same MSET /
+//!   MGET pipelines;
 //! - `slotline[io_uring]`, `slotline[epoll]`.
 //!
 //! Two regimes: 2 KiB values in batches of 128 chunks (the seed's benchmark) and 4 MiB
-//! values in batches of 8 (LMCache's large chunks). Each table cell is the median over
-//! runs; ratio rows are slotline / peer.
+//! values in batches of 8 (LMCache's large chunks), PUTs on fresh keys and overwriting.
+//! Each table cell is the median over runs; ratio rows are slotline / peer.
 //!
 //! ```text
 //! cargo bench --bench engine                 # both regimes
@@ -25,13 +29,36 @@
 //! module), so both report the same numbers the same way.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use fred::prelude::{ClientLike, KeysInterface};
 use slotline::config::{IoBackend, Mode};
 use slotline::{Config, KeyLayout, RemoteMetadata};
 use slotline_cli::bench::{
-    self, BenchError, NaivePeer, OwnedServer, Peer, Plan, SlotlinePeer, Verifier, Worker, Workload,
+    self, BenchError, Keys, NaivePeer, OwnedServer, ParallelPeer, Peer, Plan, SlotlinePeer,
+    Verifier, Worker, Workload,
 };
+
+/// Chunks per MSET and keys per MGET of the redis-rs and fred peers: slotline's default
+/// `chunk_size`, so that all three send commands of the same size.
+fn group() -> usize {
+    Config::default().chunk_size.max(1)
+}
+
+/// Frames and commands one worker sent (a pipeline is one frame).
+#[derive(Default)]
+struct Counts {
+    frames: AtomicU64,
+    commands: AtomicU64,
+}
+
+impl Counts {
+    fn add(&self, frames: u64, commands: u64) {
+        self.frames.fetch_add(frames, Ordering::Relaxed);
+        self.commands.fetch_add(commands, Ordering::Relaxed);
+    }
+}
 
 /// Redis keys of one batch in MGET order: per chunk metadata then payload (two-key
 /// layouts) or the payload alone.
@@ -75,6 +102,7 @@ struct RedisRsPeer {
 
 struct RedisRsWorker {
     con: redis::Connection,
+    counts: Arc<Counts>,
 }
 
 impl Peer for RedisRsPeer {
@@ -92,7 +120,12 @@ impl Peer for RedisRsPeer {
             .map(|_| {
                 client
                     .get_connection()
-                    .map(|con| Box::new(RedisRsWorker { con }) as Box<dyn Worker>)
+                    .map(|con| {
+                        Box::new(RedisRsWorker {
+                            con,
+                            counts: Arc::default(),
+                        }) as Box<dyn Worker>
+                    })
                     .map_err(|e| e.to_string())
             })
             .collect()
@@ -102,22 +135,34 @@ impl Peer for RedisRsPeer {
 impl Worker for RedisRsWorker {
     fn put(&mut self, wl: &Workload<'_>, b: usize) -> Result<(), String> {
         let mut pipe = redis::pipe();
-        for (i, k) in wl.batch_keys(b).iter().enumerate() {
-            pipe.set(wl.layout.payload_key(k), wl.value(b, i).as_ref())
-                .ignore();
-            if let Some(m) = wl.layout.metadata_key(k) {
-                pipe.set(m, wl.data.meta_bytes.as_slice()).ignore();
+        let keys = wl.batch_keys(b);
+        let mut commands = 0;
+        for (g, ks) in keys.chunks(group()).enumerate() {
+            let mset = pipe.cmd("MSET");
+            for (j, k) in ks.iter().enumerate() {
+                mset.arg(wl.layout.payload_key(k))
+                    .arg(wl.value(b, g * group() + j).as_ref());
+                if let Some(m) = wl.layout.metadata_key(k) {
+                    mset.arg(m).arg(wl.data.meta_bytes.as_slice());
+                }
             }
+            mset.ignore();
+            commands += 1;
         }
+        self.counts.add(1, commands);
         pipe.exec(&mut self.con).map_err(|e| e.to_string())
     }
 
     fn get(&mut self, wl: &Workload<'_>, b: usize, v: &mut Verifier<'_, '_>) -> Result<(), String> {
         let keys = read_keys(wl, b);
-        let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query(&mut self.con)
-            .map_err(|e| e.to_string())?;
+        let mut pipe = redis::pipe();
+        for ks in keys.chunks(group()) {
+            pipe.cmd("MGET").arg(ks);
+        }
+        let groups: Vec<Vec<Option<Vec<u8>>>> =
+            pipe.query(&mut self.con).map_err(|e| e.to_string())?;
+        self.counts.add(1, groups.len() as u64);
+        let vals: Vec<Option<Vec<u8>>> = groups.into_iter().flatten().collect();
         let per = wl.layout.keys_per_chunk();
         if vals.len() != wl.batch * per {
             return Err(format!(
@@ -132,6 +177,14 @@ impl Worker for RedisRsWorker {
             check_chunk(v, i, meta, payload);
         }
         Ok(())
+    }
+
+    fn round_trips(&self) -> Option<u64> {
+        Some(self.counts.frames.load(Ordering::Relaxed))
+    }
+
+    fn commands(&self) -> Option<u64> {
+        Some(self.counts.commands.load(Ordering::Relaxed))
     }
 }
 
@@ -150,6 +203,7 @@ struct FredPeer {
 struct FredWorker {
     rt: tokio::runtime::Runtime,
     client: fred::prelude::Client,
+    counts: Arc<Counts>,
 }
 
 impl Peer for FredPeer {
@@ -175,7 +229,11 @@ impl Peer for FredPeer {
                     .build()
                     .map_err(|e| e.to_string())?;
                 rt.block_on(client.init()).map_err(|e| e.to_string())?;
-                Ok(Box::new(FredWorker { rt, client }) as Box<dyn Worker>)
+                Ok(Box::new(FredWorker {
+                    rt,
+                    client,
+                    counts: Arc::default(),
+                }) as Box<dyn Worker>)
             })
             .collect()
     }
@@ -192,18 +250,26 @@ impl Drop for FredWorker {
 impl Worker for FredWorker {
     fn put(&mut self, wl: &Workload<'_>, b: usize) -> Result<(), String> {
         let client = &self.client;
+        let keys = wl.batch_keys(b);
+        let meta = bytes::Bytes::from(wl.data.meta_bytes.clone());
+        let commands = keys.chunks(group()).len() as u64;
+        self.counts.add(1, commands);
         self.rt
             .block_on(async {
                 let p = client.pipeline();
-                for (i, k) in wl.batch_keys(b).iter().enumerate() {
-                    let value = fred::types::Value::Bytes(wl.value(b, i).clone());
-                    let () = p
-                        .set(key(wl.layout.payload_key(k)), value, None, None, false)
-                        .await?;
-                    if let Some(m) = wl.layout.metadata_key(k) {
-                        let meta = fred::types::Value::Bytes(wl.data.meta_bytes.clone().into());
-                        let () = p.set(key(m), meta, None, None, false).await?;
+                for (g, ks) in keys.chunks(group()).enumerate() {
+                    let mut pairs = Vec::with_capacity(ks.len() * wl.layout.keys_per_chunk());
+                    for (j, k) in ks.iter().enumerate() {
+                        let value = wl.value(b, g * group() + j).clone();
+                        pairs.push((
+                            key(wl.layout.payload_key(k)),
+                            fred::types::Value::Bytes(value),
+                        ));
+                        if let Some(m) = wl.layout.metadata_key(k) {
+                            pairs.push((key(m), fred::types::Value::Bytes(meta.clone())));
+                        }
                     }
+                    let () = p.mset(pairs).await?;
                 }
                 p.all::<fred::types::Value>().await.map(|_| ())
             })
@@ -214,10 +280,25 @@ impl Worker for FredWorker {
         let keys: Vec<fred::types::Key> = read_keys(wl, b).into_iter().map(key).collect();
         let n = keys.len();
         let client = &self.client;
-        let vals: Vec<fred::types::Value> = self
+        let groups: Vec<Vec<fred::types::Key>> = keys.chunks(group()).map(|c| c.to_vec()).collect();
+        self.counts.add(1, groups.len() as u64);
+        let replies: Vec<fred::types::Value> = self
             .rt
-            .block_on(client.mget(keys))
+            .block_on(async {
+                let p = client.pipeline();
+                for ks in groups {
+                    let () = p.mget(ks).await?;
+                }
+                p.all::<Vec<fred::types::Value>>().await
+            })
             .map_err(|e| e.to_string())?;
+        let mut vals: Vec<fred::types::Value> = Vec::with_capacity(n);
+        for r in replies {
+            match r {
+                fred::types::Value::Array(a) => vals.extend(a),
+                other => vals.push(other),
+            }
+        }
         let per = wl.layout.keys_per_chunk();
         if vals.len() != n {
             return Err(format!("MGET returned {} values for {n} keys", vals.len()));
@@ -228,6 +309,14 @@ impl Worker for FredWorker {
             check_chunk(v, i, meta, payload);
         }
         Ok(())
+    }
+
+    fn round_trips(&self) -> Option<u64> {
+        Some(self.counts.frames.load(Ordering::Relaxed))
+    }
+
+    fn commands(&self) -> Option<u64> {
+        Some(self.counts.commands.load(Ordering::Relaxed))
     }
 }
 
@@ -255,6 +344,7 @@ fn regime(
         runs,
         concurrency: 1,
         layout,
+        keys: Keys::Both,
         mode: Mode::Standalone,
         json: env_flag("SLOTLINE_BENCH_JSON"),
     };
@@ -266,6 +356,7 @@ fn regime(
     let base = Config::from_url(url)?;
     let mut peers: Vec<Box<dyn Peer>> = vec![
         Box::new(NaivePeer::new(url, Mode::Standalone, layout)),
+        Box::new(ParallelPeer::new(url, Mode::Standalone, 8)),
         Box::new(RedisRsPeer { url: url.into() }),
         Box::new(FredPeer { url: url.into() }),
     ];
@@ -273,7 +364,9 @@ fn regime(
         let mut cfg = base.clone();
         cfg.io_backend = backend;
         cfg.key_layout = layout;
-        peers.push(Box::new(SlotlinePeer::new(cfg, false, optional)));
+        peers.push(Box::new(
+            SlotlinePeer::new(cfg, false, optional).count_commands_at(url, Mode::Standalone),
+        ));
     }
     let mut cleanup = |_: &[Vec<u8>]| -> Result<(), BenchError> {
         slotline_cli::naive::NaiveClient::connect(url, Mode::Standalone, layout)?.flush_all()?;

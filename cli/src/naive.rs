@@ -411,10 +411,32 @@ impl NaiveClient {
         }))
     }
 
-    /// Empties every database of the server, or of every master in cluster mode (found
-    /// with CLUSTER NODES).
-    pub fn flush_all(&mut self) -> Result<()> {
-        let targets = if self.cluster {
+    /// Data commands (GET, SET, MGET, MSET, EXISTS, DEL, ...) the server executed so
+    /// far, summed over every master in cluster mode, from INFO commandstats.
+    pub fn data_commands(&mut self) -> Result<u64> {
+        let mut total = 0;
+        for addr in self.masters()? {
+            let r = self.conn(&addr).and_then(|c| {
+                c.exchange(&[b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n"], "INFO")
+                    .map_err(kit)
+            })?;
+            self.round_trips += 1;
+            match r {
+                BytesFrame::BulkString(b) => total += data_calls(&String::from_utf8_lossy(&b)),
+                v => {
+                    return Err(proto(
+                        &addr,
+                        format!("unexpected reply to INFO: {}", show(&v)),
+                    ))
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// The seed, or the healthy masters in cluster mode (CLUSTER NODES).
+    fn masters(&mut self) -> Result<Vec<String>> {
+        Ok(if self.cluster {
             let seed = self.seed.clone();
             let text = match self.command(&[b"CLUSTER", b"NODES"])? {
                 BytesFrame::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
@@ -428,7 +450,13 @@ impl NaiveClient {
             masters_from_nodes(&text, &seed)
         } else {
             vec![self.seed.clone()]
-        };
+        })
+    }
+
+    /// Empties every database of the server, or of every master in cluster mode (found
+    /// with CLUSTER NODES).
+    pub fn flush_all(&mut self) -> Result<()> {
+        let targets = self.masters()?;
         for addr in targets {
             let r = self.conn(&addr).and_then(|c| {
                 c.exchange(&[b"*1\r\n$8\r\nFLUSHALL\r\n"], "FLUSHALL")
@@ -444,6 +472,27 @@ impl NaiveClient {
         }
         Ok(())
     }
+}
+
+/// Commands that read or write keys, as INFO commandstats names them.
+const DATA_COMMANDS: &[&str] = &[
+    "get", "set", "mget", "mset", "exists", "del", "unlink", "setex", "psetex", "getex", "expire",
+    "pexpire",
+];
+
+/// Sum of `calls=` over the data commands of INFO commandstats output
+/// (`cmdstat_get:calls=12,usec=...`).
+fn data_calls(info: &str) -> u64 {
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| DATA_COMMANDS.contains(name))
+        .filter_map(|(_, rest)| {
+            rest.split(',')
+                .find_map(|f| f.strip_prefix("calls="))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// Addresses of the masters in CLUSTER NODES output that are not failing. The node that
@@ -464,6 +513,13 @@ fn masters_from_nodes(text: &str, seed: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_calls_from_commandstats() {
+        let info = "# Commandstats\r\ncmdstat_mset:calls=3,usec=10,usec_per_call=3.3\r\n\
+                    cmdstat_info:calls=9,usec=1\r\ncmdstat_get:calls=4,usec=2\r\n";
+        assert_eq!(data_calls(info), 7);
+    }
 
     #[test]
     fn masters_parsed_from_cluster_nodes() {

@@ -256,6 +256,47 @@ fn bench_starts_and_stops_its_own_server() {
 }
 
 #[test]
+fn bench_parallel_peer_reports_both_key_patterns() {
+    let srv = TestServer::start();
+    let out = ok(&[
+        "bench",
+        "--url",
+        &srv.url(),
+        "--peers",
+        "parallel",
+        "--batches",
+        "2",
+        "--runs",
+        "1",
+        "--batch",
+        "5",
+        "--parallel-conns",
+        "3",
+        "--json",
+    ]);
+    for row in ["parallel", "fresh", "overwrite", "cmds/b", "frames/b"] {
+        assert!(out.contains(row), "no {row:?} in\n{out}");
+    }
+    let json: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+    // (put fresh + put overwrite + get) x (1 run + median).
+    assert_eq!(json.len(), 6, "{json:?}");
+    let put_fresh = json
+        .iter()
+        .find(|l| l.contains("\"kind\":\"median\"") && l.contains("\"keys\":\"fresh\""))
+        .expect("a median fresh PUT row");
+    // lmcache layout: payload and metadata SET per chunk, one command and frame each.
+    assert!(
+        put_fresh.contains("\"commands_per_batch\":10.0"),
+        "{put_fresh}"
+    );
+    assert!(
+        put_fresh.contains("\"frames_per_batch\":10.0"),
+        "{put_fresh}"
+    );
+    assert_eq!(srv.cmd(&["DBSIZE"]), "0");
+}
+
+#[test]
 fn bench_against_a_given_server_leaves_no_keys() {
     let srv = TestServer::start();
     ok(&[

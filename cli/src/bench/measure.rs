@@ -61,7 +61,10 @@ pub struct Sample {
     pub p99_ms: f64,
     /// Process CPU time per chunk, microseconds.
     pub cpu_us_per_key: f64,
-    /// Requests (frames, round trips) per batch, where known.
+    /// Redis commands per batch, where known.
+    pub commands_per_batch: Option<f64>,
+    /// Frames (writes of one or more pipelined commands, round trips) per batch, where
+    /// known.
     pub frames_per_batch: Option<f64>,
     /// Syscalls the client counted per batch (slotline's own counters), where known.
     pub syscalls_per_batch: Option<f64>,
@@ -85,6 +88,10 @@ impl Sample {
     pub fn median_of(samples: &[Sample]) -> Sample {
         let m = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
         let frames: Vec<f64> = samples.iter().filter_map(|s| s.frames_per_batch).collect();
+        let cmds: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.commands_per_batch)
+            .collect();
         let sys: Vec<f64> = samples
             .iter()
             .filter_map(|s| s.syscalls_per_batch)
@@ -96,6 +103,7 @@ impl Sample {
             p95_ms: m(|s| s.p95_ms),
             p99_ms: m(|s| s.p99_ms),
             cpu_us_per_key: m(|s| s.cpu_us_per_key),
+            commands_per_batch: (!cmds.is_empty()).then(|| median(cmds)),
             frames_per_batch: (!frames.is_empty()).then(|| median(frames)),
             syscalls_per_batch: (!sys.is_empty()).then(|| median(sys)),
         }
@@ -160,6 +168,10 @@ pub fn run_phase(
     let rt = |ws: &[Box<dyn Worker>]| -> Option<u64> {
         ws.iter().map(|w| w.round_trips()).sum::<Option<u64>>()
     };
+    let cm = |ws: &[Box<dyn Worker>]| -> Option<u64> {
+        ws.iter().map(|w| w.commands()).sum::<Option<u64>>()
+    };
+    let cmds0 = peer.commands().or_else(|| cm(workers));
     let frames0 = peer.frames().or_else(|| rt(workers));
     let sys0 = peer.syscalls();
     let cpu0 = process_cpu();
@@ -192,6 +204,7 @@ pub fn run_phase(
     let wall = t0.elapsed();
     let cpu = process_cpu().saturating_sub(cpu0);
     let frames1 = peer.frames().or_else(|| rt(workers));
+    let cmds1 = peer.commands().or_else(|| cm(workers));
     let sys1 = peer.syscalls();
     let name = peer.name();
     let mut lat = Vec::with_capacity(wl.batches);
@@ -224,6 +237,10 @@ pub fn run_phase(
         p95_ms: ms(percentile(&lat, 95.0)),
         p99_ms: ms(percentile(&lat, 99.0)),
         cpu_us_per_key: cpu.as_secs_f64() * 1e6 / keys,
+        commands_per_batch: match (cmds0, cmds1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wl.batches as f64),
+            _ => None,
+        },
         frames_per_batch: match (frames0, frames1) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wl.batches as f64),
             _ => None,
@@ -250,6 +267,8 @@ pub struct Plan {
     pub concurrency: usize,
     /// Key layout.
     pub layout: KeyLayout,
+    /// Which PUTs are timed.
+    pub keys: Keys,
     /// Topology, for the report.
     pub mode: Mode,
     /// Print JSON lines.
@@ -260,10 +279,29 @@ pub struct Plan {
 pub struct PeerResult {
     /// Row label.
     pub name: String,
-    /// PUT phase, one per run.
-    pub put: Vec<Sample>,
+    /// PUT phase on fresh keys, one per run (empty unless measured).
+    pub put_fresh: Vec<Sample>,
+    /// PUT phase overwriting keys, one per run (empty unless measured).
+    pub put_overwrite: Vec<Sample>,
     /// GET phase, one per run.
     pub get: Vec<Sample>,
+}
+
+impl PeerResult {
+    /// The PUT samples of one key pattern.
+    pub fn put(&self, p: KeyPattern) -> &[Sample] {
+        match p {
+            KeyPattern::Fresh => &self.put_fresh,
+            KeyPattern::Overwrite => &self.put_overwrite,
+        }
+    }
+
+    fn put_mut(&mut self, p: KeyPattern) -> &mut Vec<Sample> {
+        match p {
+            KeyPattern::Fresh => &mut self.put_fresh,
+            KeyPattern::Overwrite => &mut self.put_overwrite,
+        }
+    }
 }
 
 /// Removes one run's keys from the server (or empties it) between clients.
@@ -282,7 +320,8 @@ pub fn run_plan(
         .map(|p| {
             Some(PeerResult {
                 name: p.name(),
-                put: Vec::new(),
+                put_fresh: Vec::new(),
+                put_overwrite: Vec::new(),
                 get: Vec::new(),
             })
         })
@@ -310,38 +349,59 @@ pub fn run_plan(
                 }
                 Err(e) => return Err(BenchError::failed(format!("{}: {e}", peer.name()))),
             };
-            let measured =
-                run_phase(peer.as_ref(), &mut workers, &wl, Phase::Put).and_then(|put| {
-                    run_phase(peer.as_ref(), &mut workers, &wl, Phase::Get).map(|get| (put, get))
-                });
+            let measured = (|| {
+                let mut puts = Vec::new();
+                for pass in plan.keys.put_passes() {
+                    // An untimed pass (pre-population) is measured all the same and
+                    // its numbers dropped.
+                    let s = run_phase(peer.as_ref(), &mut workers, &wl, Phase::Put)?;
+                    if let Some(p) = pass {
+                        puts.push((*p, s));
+                    }
+                }
+                let get = run_phase(peer.as_ref(), &mut workers, &wl, Phase::Get)?;
+                Ok::<_, BenchError>((puts, get))
+            })();
             drop(workers);
             peer.close();
             let cleaned = cleanup(&wl.keys);
-            let (put, get) = measured?;
+            let (puts, get) = measured?;
             cleaned?;
             let name = peer.name();
-            eprintln!(
-                "run {}/{} {name:<20} put {:>9} keys/s {:>9.1} MB/s | get {:>9} keys/s {:>9.1} MB/s",
-                run + 1,
-                plan.runs,
-                fmt_rate(put.keys_per_s),
-                put.mb_per_s,
+            let mut line = format!("run {}/{} {name:<20}", run + 1, plan.runs);
+            for (p, s) in &puts {
+                let _ = write!(
+                    line,
+                    " put[{}] {:>9} keys/s {:>9.1} MB/s |",
+                    p.name(),
+                    fmt_rate(s.keys_per_s),
+                    s.mb_per_s
+                );
+            }
+            let _ = write!(
+                line,
+                " get {:>9} keys/s {:>9.1} MB/s",
                 fmt_rate(get.keys_per_s),
                 get.mb_per_s
             );
+            eprintln!("{line}");
             if plan.json {
+                for (p, s) in &puts {
+                    println!(
+                        "{}",
+                        json_line(plan, &name, Phase::Put, Some(*p), Some(run + 1), s)
+                    );
+                }
                 println!(
                     "{}",
-                    json_line(plan, &name, Phase::Put, Some(run + 1), &put)
-                );
-                println!(
-                    "{}",
-                    json_line(plan, &name, Phase::Get, Some(run + 1), &get)
+                    json_line(plan, &name, Phase::Get, None, Some(run + 1), &get)
                 );
             }
             if let Some(r) = results[pi].as_mut() {
                 r.name = name;
-                r.put.push(put);
+                for (p, s) in puts {
+                    r.put_mut(p).push(s);
+                }
                 r.get.push(get);
             }
         }

@@ -1,10 +1,12 @@
 //! `slotline bench`: slotline against the seed's naive baseline (one GET/SET round trip
-//! per Redis key), on the same server, in the same process, with the same keys, values
-//! and LMCache byte format.
+//! per Redis key) and a model of LMCache's native client (`parallel`: N blocking
+//! connections, one GET/SET per key), on the same server, in the same process, with the
+//! same keys, values and LMCache byte format.
 //!
-//! Each run writes `batches x batch` chunks (PUT phase, timed) and reads them back (GET
-//! phase, timed, every value's presence, length and metadata checked, every 16th value
-//! compared byte for byte). A miss or a mismatch fails the bench. Runs interleave the
+//! Each run writes `batches x batch` chunks (PUT phase, timed: on fresh keys, over
+//! existing keys, or both, see [`Keys`]) and reads them back (GET phase, timed, every
+//! value's presence, length and metadata checked, every 16th value compared byte for
+//! byte). A miss or a mismatch fails the bench. Runs interleave the
 //! clients (run 1: naive, slotline..., run 2: ...) so that drifting machine load hits all
 //! of them alike, and each table cell is the median over runs.
 //!
@@ -12,6 +14,7 @@
 //! [`Worker`] traits.
 
 mod measure;
+mod parallel;
 mod peers;
 mod report;
 mod server;
@@ -33,6 +36,7 @@ use crate::naive::NaiveClient;
 use slotline_testkit::Resp2Frame;
 
 pub use measure::*;
+pub use parallel::*;
 pub use peers::*;
 pub use report::*;
 pub use server::*;
@@ -61,12 +65,27 @@ stops it at the end, also on error or Ctrl-C. With --url it deletes only its own
 Reported per client and phase (median over runs): keys/s (LMCache chunks per second), \
 MB/s (payload, 10^6 bytes), p50/p95/p99 latency of one batch, CPU time of this whole \
 process per chunk (client threads and slotline's shard threads; the server runs in \
-another process and is not included), and requests sent per batch (frames for \
-slotline, round trips for the naive client). Ratios are slotline / naive.
+another process and is not included), Redis commands per batch (slotline's counted by \
+the server, INFO commandstats), frames per batch (writes of one or more pipelined \
+commands: slotline's frames_sent; one per command for naive and parallel) and \
+slotline's syscalls per batch. Ratios are slotline / naive and slotline / parallel.
+
+Peers: naive = one blocking round trip per Redis key; parallel = LMCache's native \
+client modelled: --parallel-conns threads, each with one blocking connection, one \
+GET/SET per Redis key, the keys of a batch split across the threads, reads into \
+preallocated buffers (standalone servers only; skipped in cluster mode).
+
+Key patterns (--keys): fresh = every timed PUT writes a key never written before in the \
+run (the server pays first-touch page faults, about half the speed of overwrites for \
+large values); overwrite = the keys are written once untimed, then the timed PUTs \
+overwrite them. The default, both, times a fresh pass and then an overwrite pass over \
+the same keys (the fresh pass is the pre-population), so it costs one PUT phase more \
+per run than either alone; GET reads what the PUTs wrote.
 
 Examples:
   slotline bench --batches 50 --runs 3
-  slotline bench --value-size 4m --batch 8 --batches 40
+  slotline bench --value-size 4m --batch 8 --batches 40 --peers parallel,slotline
+  slotline bench --value-size 1m --batch 16 --keys overwrite --get-into
   slotline bench --mode cluster --layout hashtag --peers slotline
   slotline bench --url redis://127.0.0.1:6400 --backend io_uring --json")]
 pub struct BenchArgs {
@@ -100,16 +119,24 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "naive,slotline"
+        default_value = "naive,parallel,slotline"
     )]
     peers: Vec<PeerKind>,
+    /// Connections (threads) of the parallel peer per caller thread.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    parallel_conns: u32,
+    /// Key pattern of the timed PUTs: fresh, overwrite, or both (default; one PUT
+    /// phase more per run, see below).
+    #[arg(long, value_enum, default_value_t = Keys::Both)]
+    keys: Keys,
     /// Server topology.
     #[arg(long, value_enum, default_value_t = ModeArg::Standalone)]
     mode: ModeArg,
     /// slotline shard threads [default: one per allowed core].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     shards: Option<u32>,
-    /// Read with slotline's get_into (caller-owned, reused buffers) instead of get.
+    /// Read with slotline's get_into_slices (caller-owned buffers allocated once per run)
+    /// instead of get. The parallel peer always reads into preallocated buffers.
     #[arg(long)]
     get_into: bool,
     /// With --url: FLUSHALL between clients instead of deleting the bench's own keys.
@@ -143,6 +170,8 @@ pub enum BackendChoice {
 pub enum PeerKind {
     /// One blocking round trip per Redis key.
     Naive,
+    /// LMCache's native client modelled: N blocking connections, one GET/SET per key.
+    Parallel,
     /// The engine.
     Slotline,
 }
@@ -377,6 +406,14 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         seen.push(*p);
         match p {
             PeerKind::Naive => peers.push(Box::new(NaivePeer::new(&url, mode, a.layout))),
+            PeerKind::Parallel if mode == Mode::Cluster => {
+                eprintln!("warning: the parallel peer talks to one standalone server; skipped");
+            }
+            PeerKind::Parallel => peers.push(Box::new(ParallelPeer::new(
+                &url,
+                mode,
+                a.parallel_conns as usize,
+            ))),
             PeerKind::Slotline => {
                 let backends: &[(IoBackend, bool)] = match a.backend {
                     BackendChoice::Auto => &[(IoBackend::Auto, false)],
@@ -387,7 +424,9 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
                 for &(b, optional) in backends {
                     let mut cfg = base.clone();
                     cfg.io_backend = b;
-                    peers.push(Box::new(SlotlinePeer::new(cfg, a.get_into, optional)));
+                    peers.push(Box::new(
+                        SlotlinePeer::new(cfg, a.get_into, optional).count_commands_at(&url, mode),
+                    ));
                 }
             }
         }
@@ -400,6 +439,7 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         runs: a.runs as usize,
         concurrency: a.concurrency as usize,
         layout: a.layout,
+        keys: a.keys,
         mode,
         json: a.json,
     };
@@ -429,12 +469,17 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
 
     println!(
         "slotline bench: {value_size}-byte values, {batch} keys/batch, {batches} batches, \
-         {} in flight, layout {}, {mode}, {} run(s){}",
+         {} in flight, layout {}, {mode}, {} run(s), PUT keys {}{}",
         plan.concurrency,
         plan.layout,
         plan.runs,
+        match plan.keys {
+            Keys::Fresh => "fresh",
+            Keys::Overwrite => "overwrite",
+            Keys::Both => "fresh and overwrite",
+        },
         if a.get_into {
-            ", slotline reads with get_into"
+            ", slotline reads with get_into_slices"
         } else {
             ""
         }
@@ -453,16 +498,20 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
 
     let results = run_plan(&plan, &mut peers, &mut cleanup)?;
     drop(cleanup_engine.take());
-    let naive = results.iter().position(|r| r.name == "naive");
-    let mut ratios: Vec<(usize, usize)> = match naive {
-        Some(n) => (0..results.len())
-            .filter(|&i| i != n)
-            .map(|i| (i, n))
-            .collect(),
-        None => Vec::new(),
-    };
-    // Both backends measured: io_uring / epoll as well.
     let row = |name: &str| results.iter().position(|r| r.name == name);
+    let mut ratios: Vec<(usize, usize)> = Vec::new();
+    // Every other row / naive, then every slotline row / parallel.
+    if let Some(n) = row("naive") {
+        ratios.extend((0..results.len()).filter(|&i| i != n).map(|i| (i, n)));
+    }
+    if let Some(p) = row("parallel") {
+        ratios.extend(
+            (0..results.len())
+                .filter(|&i| results[i].name.starts_with("slotline"))
+                .map(|i| (i, p)),
+        );
+    }
+    // Both backends measured: io_uring / epoll as well.
     if let (Some(u), Some(e)) = (row("slotline[io_uring]"), row("slotline[epoll]")) {
         ratios.push((u, e));
     }

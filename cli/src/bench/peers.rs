@@ -9,9 +9,15 @@ pub trait Worker: Send {
     fn put(&mut self, wl: &Workload<'_>, b: usize) -> Result<(), String>;
     /// Reads batch `b`, reporting every chunk to `v` (see [`Verifier::check`]).
     fn get(&mut self, wl: &Workload<'_>, b: usize, v: &mut Verifier<'_, '_>) -> Result<(), String>;
-    /// Requests sent so far, for clients that count them per worker.
+    /// Frames (round trips, writes of pipelined commands) sent so far, for clients that
+    /// count them per worker.
     fn round_trips(&self) -> Option<u64> {
         None
+    }
+    /// Redis commands sent so far, for clients that count them per worker; by default
+    /// one per frame.
+    fn commands(&self) -> Option<u64> {
+        self.round_trips()
     }
 }
 
@@ -25,8 +31,12 @@ pub trait Peer {
     fn open(&mut self, n: usize, wl: &Workload<'_>) -> Result<Vec<Box<dyn Worker>>, String>;
     /// Ends the run: everything opened is dropped.
     fn close(&mut self) {}
-    /// Requests sent so far by a client-wide counter (slotline's frames).
+    /// Frames sent so far by a client-wide counter (slotline's frames).
     fn frames(&self) -> Option<u64> {
+        None
+    }
+    /// Redis commands sent so far by a client-wide counter, where known.
+    fn commands(&self) -> Option<u64> {
         None
     }
     /// Syscalls made so far by a client-wide counter (slotline's), where known.
@@ -114,6 +124,10 @@ impl Peer for NaivePeer {
 /// slotline on one I/O backend as a [`Peer`]; a fresh engine per run.
 pub struct SlotlinePeer {
     cfg: Config,
+    /// Counts the data commands the server executed (INFO commandstats), since the
+    /// engine counts frames, not commands.
+    counter: Option<(String, Mode)>,
+    counter_conn: std::cell::RefCell<Option<NaiveClient>>,
     get_into: bool,
     optional: bool,
     actual: Option<slotline::BackendKind>,
@@ -126,12 +140,24 @@ impl SlotlinePeer {
     pub fn new(cfg: Config, get_into: bool, optional: bool) -> SlotlinePeer {
         SlotlinePeer {
             cfg,
+            counter: None,
+            counter_conn: std::cell::RefCell::new(None),
             get_into,
             optional,
             actual: None,
             shards: 0,
             engine: None,
         }
+    }
+}
+
+impl SlotlinePeer {
+    /// Reports commands per batch as counted by the server at `url` (its data commands
+    /// in INFO commandstats, every master in a cluster): nothing else may write to it
+    /// during the bench.
+    pub fn count_commands_at(mut self, url: &str, mode: Mode) -> SlotlinePeer {
+        self.counter = Some((url.to_string(), mode));
+        self
     }
 }
 
@@ -159,15 +185,19 @@ impl Worker for SlotlineWorker {
 
     fn get(&mut self, wl: &Workload<'_>, b: usize, v: &mut Verifier<'_, '_>) -> Result<(), String> {
         let keys = wl.batch_keys(b);
-        if let Some(bufs) = self.into.take() {
-            let (bufs, infos) = self.e.get_into(keys, bufs).map_err(|e| e.to_string())?;
+        if let Some(bufs) = self.into.as_mut() {
+            // Caller memory: the values land in buffers allocated once per run.
+            let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+            let infos = self
+                .e
+                .get_into_slices(keys, &mut slices)
+                .map_err(|e| e.to_string())?;
             for (i, (buf, info)) in bufs.iter().zip(&infos).enumerate() {
                 match info {
                     Some(info) => v.check(i, buf.get(..info.len), info.meta.as_ref()),
                     None => v.check(i, None, None),
                 }
             }
-            self.into = Some(bufs);
             return Ok(());
         }
         let got = self.e.get(keys).map_err(|e| e.to_string())?;
@@ -195,6 +225,10 @@ impl Peer for SlotlinePeer {
 
     fn open(&mut self, n: usize, wl: &Workload<'_>) -> Result<Vec<Box<dyn Worker>>, String> {
         let e = Engine::new(self.cfg.clone()).map_err(|e| e.to_string())?;
+        if let Some((url, mode)) = &self.counter {
+            let c = NaiveClient::connect(url, *mode, KeyLayout::Raw).map_err(|e| e.to_string())?;
+            *self.counter_conn.borrow_mut() = Some(c);
+        }
         self.actual = Some(e.backend());
         self.shards = e.stats().shards;
         let into = self.get_into;
@@ -211,6 +245,7 @@ impl Peer for SlotlinePeer {
     }
 
     fn close(&mut self) {
+        self.counter_conn.borrow_mut().take();
         if let Some(e) = self.engine.take() {
             let stats = e.stats();
             tracing::debug!(
@@ -226,6 +261,15 @@ impl Peer for SlotlinePeer {
         self.engine.as_ref().map(|e| e.stats().metrics.frames_sent)
     }
 
+    fn commands(&self) -> Option<u64> {
+        let mut c = self.counter_conn.borrow_mut();
+        let n = c.as_mut()?.data_commands();
+        if let Err(e) = &n {
+            tracing::warn!("counting commands with INFO commandstats: {e}");
+        }
+        n.ok()
+    }
+
     fn syscalls(&self) -> Option<u64> {
         self.engine
             .as_ref()
@@ -239,10 +283,19 @@ impl Peer for SlotlinePeer {
     fn note(&self) -> Option<String> {
         self.actual.map(|_| {
             format!(
-                "{}: {} shard thread(s), reads with {}",
+                "{}: {} shard thread(s), reads with {}{}",
                 self.name(),
                 self.shards,
-                if self.get_into { "get_into" } else { "get" }
+                if self.get_into {
+                    "get_into_slices (caller buffers)"
+                } else {
+                    "get"
+                },
+                if self.counter.is_some() {
+                    "; commands counted by the server (INFO commandstats)"
+                } else {
+                    ""
+                }
             )
         })
     }

@@ -57,6 +57,55 @@ impl Data {
     }
 }
 
+/// `--keys`: which writes the PUT phase times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Keys {
+    /// Every timed PUT writes a key never written before in this run (the server pays
+    /// first-touch page faults).
+    Fresh,
+    /// The keys are written once untimed, then the timed PUTs overwrite them.
+    Overwrite,
+    /// Both: a fresh PUT pass, then an overwrite pass over the same keys (the fresh
+    /// pass is the overwrite's pre-population), so a run costs one PUT phase more.
+    Both,
+}
+
+/// The key pattern of one timed PUT pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPattern {
+    /// Keys never written before in this run.
+    Fresh,
+    /// Keys that exist, with values of the same size.
+    Overwrite,
+}
+
+impl KeyPattern {
+    /// `fresh` or `overwrite`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyPattern::Fresh => "fresh",
+            KeyPattern::Overwrite => "overwrite",
+        }
+    }
+}
+
+impl Keys {
+    /// The PUT passes of one run over the run's keys, in order: `Some(p)` is timed and
+    /// reported under `p`, `None` is an untimed pre-population.
+    pub fn put_passes(self) -> &'static [Option<KeyPattern>] {
+        match self {
+            Keys::Fresh => &[Some(KeyPattern::Fresh)],
+            Keys::Overwrite => &[None, Some(KeyPattern::Overwrite)],
+            Keys::Both => &[Some(KeyPattern::Fresh), Some(KeyPattern::Overwrite)],
+        }
+    }
+
+    /// The patterns reported, in order.
+    pub fn patterns(self) -> Vec<KeyPattern> {
+        self.put_passes().iter().flatten().copied().collect()
+    }
+}
+
 /// One client's run: its keys, cut into batches.
 pub struct Workload<'a> {
     /// Values and metadata.
@@ -205,5 +254,44 @@ mod tests {
         v.check(1, None, None);
         assert_eq!(v.misses, 1);
         assert!(v.first.unwrap().contains("mismatch"));
+    }
+
+    /// Fresh passes write only keys not yet written in the run (nor by another client
+    /// or run: prefixes differ); overwrite passes only keys that exist.
+    #[test]
+    fn key_patterns() {
+        use std::collections::HashSet;
+        let data = Data::new(64, 8).unwrap();
+        let mut seen_runs: HashSet<Vec<u8>> = HashSet::new();
+        for keys in [Keys::Fresh, Keys::Overwrite, Keys::Both] {
+            for (run, tag) in [(0, "naive"), (0, "parallel"), (1, "naive")] {
+                let wl = Workload::new(&data, tag, run, 4, 2, KeyLayout::Raw);
+                let mut written: HashSet<&[u8]> = HashSet::new();
+                let mut timed = Vec::new();
+                for pass in keys.put_passes() {
+                    for k in &wl.keys {
+                        let existed = !written.insert(&k[..]);
+                        match pass {
+                            Some(KeyPattern::Fresh) => assert!(!existed, "{keys:?}"),
+                            Some(KeyPattern::Overwrite) => assert!(existed, "{keys:?}"),
+                            None => {}
+                        }
+                    }
+                    timed.extend(*pass);
+                }
+                assert_eq!(timed, keys.patterns());
+                assert_eq!(written.len(), 8, "distinct keys per run");
+                if keys == Keys::Fresh {
+                    for k in &wl.keys {
+                        assert!(seen_runs.insert(k.clone()), "key reused across runs");
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            Keys::Both.patterns(),
+            [KeyPattern::Fresh, KeyPattern::Overwrite]
+        );
+        assert_eq!(Keys::Overwrite.patterns(), [KeyPattern::Overwrite]);
     }
 }
