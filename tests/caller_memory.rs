@@ -399,6 +399,38 @@ fn try_forms(b: IoBackend) {
 }
 both_backends!(try_forms_answer, try_forms);
 
+/// Metadata first, then the payload into a buffer sized from it: the metadata read
+/// returns what was stored, `None` for a missing chunk, and refuses the raw layout.
+fn metadata_first(b: IoBackend) {
+    let srv = TestServer::start();
+    let e = engine_at(&srv.url(), b, KeyLayout::Lmcache, Duration::from_secs(10));
+    let size = 64 * KIB;
+    let meta = RemoteMetadata::new(size, 1, 3, &[1, 2, 16, size / 64]).unwrap();
+    let data = pattern(5, size);
+    e.put_slices(&[PutRef {
+        key: b"m-a",
+        data: &data,
+        meta: Some(&meta),
+    }])
+    .unwrap();
+    let metas = e
+        .get_metadata_async(&["m-a", "m-missing"], slotline::Priority::Prefetch)
+        .wait()
+        .unwrap();
+    assert_eq!(metas, vec![Some(meta.clone()), None]);
+    let len = metas[0].as_ref().unwrap().payload_len();
+    let bufs: Vec<Box<dyn CallerBufMut>> = vec![Box::new(vec![0u8; len])];
+    let r = e.get_into_bufs_async(&["m-a"], bufs).wait();
+    assert_eq!(r.result.unwrap()[0].as_ref().unwrap().meta, Some(meta));
+    assert_eq!(r.bufs[0].as_slice(), &data[..]);
+    let raw = engine_at(&srv.url(), b, KeyLayout::Raw, Duration::from_secs(10));
+    let r = raw
+        .get_metadata_async(&["m-a"], slotline::Priority::Get)
+        .wait();
+    assert!(matches!(r, Err(Error::Invalid(_))), "{r:?}");
+}
+both_backends!(metadata_read_sizes_the_payload_read, metadata_first);
+
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     use std::task::{Context, Poll, Wake, Waker};
     struct T(thread::Thread);

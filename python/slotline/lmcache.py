@@ -45,6 +45,8 @@ PLUGIN = "slotline"
 _LOADER_KEYS = ("module_path", "class_name")
 # A full lane answers at once; a put retries this many times before giving up.
 _PUT_RETRIES = 8
+# Stands for "no metadata, a full chunk" in the raw layout.
+_FULL_CHUNK = b""
 
 
 def plugin_params(extra_config: Optional[dict], plugin_name: str = PLUGIN) -> dict:
@@ -57,6 +59,41 @@ def plugin_params(extra_config: Optional[dict], plugin_name: str = PLUGIN) -> di
             if name not in _LOADER_KEYS:
                 out[name] = v
     return out
+
+
+class _Loan:
+    """MemoryObjs lent to a native read: an extra reference each until the read's
+    completion is drained. If the awaiting coroutine was cancelled, nobody will take
+    the objects, so their owner's reference goes too, but only once the engine has
+    handed the buffers back."""
+
+    def __init__(self, objs: List[Any]) -> None:
+        self.objs = objs
+        self.drained = False
+        self.abandoned = False
+        for o in objs:
+            o.ref_count_up()
+
+    def returned(self, _ok: bool, _result: Any) -> None:
+        """Runs when the completion is drained: the engine no longer holds them."""
+        self.drained = True
+        for o in self.objs:
+            o.ref_count_down()
+        if self.abandoned:
+            self._release_owner()
+
+    def abandon(self) -> None:
+        """The reader was cancelled: release the owner's references now if the
+        engine is done with the buffers, else when it is."""
+        if self.abandoned:
+            return
+        self.abandoned = True
+        if self.drained:
+            self._release_owner()
+
+    def _release_owner(self) -> None:
+        for o in self.objs:
+            o.ref_count_down()
 
 
 class SlotlineConnectorAdapter(ConnectorAdapter):
@@ -105,6 +142,9 @@ class SlotlineConnector(RemoteConnector):
         self._reader_loop: Optional[asyncio.AbstractEventLoop] = None
         self.failed_puts = 0
         self._closed = False
+        # RemoteMetadata bytes -> (length, shapes, dtypes, fmt): a model's chunks share
+        # a handful of shapes, so each is decoded once.
+        self._meta_cache: dict[bytes, tuple] = {}
 
     # ----- completion plumbing (runs on the event loop thread) -----
 
@@ -139,48 +179,84 @@ class SlotlineConnector(RemoteConnector):
 
     # ----- reads -----
 
-    def _materialize(self, fetched: Any, n: int, prefix: bool) -> List[Optional[Any]]:
-        """Allocates each hit from its stored metadata and copies it in."""
-        out: List[Optional[Any]] = []
-        for i in range(n):
-            meta = fetched.meta(i)
-            obj = None
-            if meta is not None:
-                obj = self._allocate(meta, fetched.length(i))
-                if obj is not None and not fetched.copy_into(i, obj.byte_array):
-                    obj.ref_count_down()
-                    obj = None
-            if obj is None and prefix:
-                break
-            out.append(obj)
-        fetched.release()
-        return out
-
-    def _allocate(self, meta: bytes, length: int) -> Optional[Any]:
-        if meta:
+    def _allocate(self, meta: bytes) -> Optional[Any]:
+        """A MemoryObj from LMCache's CPU allocator, shaped by the stored metadata, and
+        the writable view of exactly the stored payload length (``None`` if the
+        allocator is out of memory or the object is smaller than the payload)."""
+        shape = self._meta_cache.get(meta)
+        if meta is _FULL_CHUNK:
+            shape = (self.full_chunk_size_bytes, self.meta_shapes, self.meta_dtypes,
+                     self.meta_fmt)
+        elif shape is None:
             md = RemoteMetadata.deserialize(memoryview(meta))
-            shapes, dtypes, fmt = md.shapes, md.dtypes, md.fmt
-        else:  # raw layout: no metadata, a full chunk is expected
-            if length != self.full_chunk_size_bytes:
-                return None
-            shapes, dtypes, fmt = self.meta_shapes, self.meta_dtypes, self.meta_fmt
+            shape = (md.length, md.shapes, md.dtypes, md.fmt)
+            if len(self._meta_cache) < 64:
+                self._meta_cache[meta] = shape
+        length, shapes, dtypes, fmt = shape
         obj = self.local_cpu_backend.allocate(shapes, dtypes, fmt)
         if obj is None:
             logger.warning("slotline: local CPU backend out of memory during a read")
             return None
-        if len(obj.byte_array) < length:
+        view = obj.byte_array
+        if len(view) < length:
             obj.ref_count_down()
             return None
-        return obj
+        return obj, view[:length] if len(view) != length else view
 
     async def _fetch(self, keys: List[Any], prefix: bool) -> List[Optional[Any]]:
+        """Metadata first (one batched read of the metadata keys), then MemoryObjs
+        allocated from it, then the payloads read straight into them (no copy)."""
+        miss: List[Optional[Any]] = [] if prefix else [None] * len(keys)
         key_strs = [k.to_string() for k in keys]
-        fid = self._client.submit_fetch(key_strs, prefix)
-        ok, err, fetched = await self._wait(fid)
+        if self._client.layout == "raw":
+            # No metadata stored: a full chunk is expected (a shorter one is a miss).
+            ok, err, metas = True, "", [_FULL_CHUNK] * len(keys)
+        else:
+            fid = self._client.submit_fetch_meta(key_strs, prefix)
+            ok, err, metas = await self._wait(fid)
         if not ok:
             logger.warning("slotline: read of %d keys failed: %s", len(keys), err)
-            return [] if prefix else [None] * len(keys)
-        return self._materialize(fetched, len(fetched) if prefix else len(keys), prefix)
+            return miss
+        objs: List[Optional[Any]] = []
+        sub_keys, sub_objs, views = [], [], []
+        for k, m in zip(key_strs, metas):
+            got = self._allocate(m) if m is not None else None
+            if got is None:
+                if prefix:
+                    break
+                objs.append(None)
+                continue
+            objs.append(got[0])
+            sub_keys.append(k)
+            sub_objs.append(got[0])
+            views.append(got[1])
+        if not sub_objs:
+            return [] if prefix else objs
+        loan = _Loan(sub_objs)
+        fid = self._client.submit_get_into(sub_keys, views)
+        del views
+        try:
+            ok, err, flags = await self._wait(fid, loan.returned)
+        except asyncio.CancelledError:
+            loan.abandon()
+            raise
+        if not ok:
+            logger.warning("slotline: read of %d keys failed: %s", len(sub_keys), err)
+            flags = [False] * len(sub_objs)
+        out: List[Optional[Any]] = []
+        it = iter(flags)
+        stopped = False
+        for o in objs:
+            if o is not None and next(it) and not stopped:
+                out.append(o)
+                continue
+            if o is not None:
+                o.ref_count_down()  # a miss (gone, or a length mismatch), or past a gap
+            if prefix:
+                stopped = True
+                continue
+            out.append(None)
+        return out
 
     async def get(self, key: Any) -> Optional[Any]:
         return (await self._fetch([key], prefix=False))[0]

@@ -206,6 +206,36 @@ impl Client {
         Ok(self.submit_with(py, move |e| io::fetch(e, keys, prefix)))
     }
 
+    /// Reads only the stored `RemoteMetadata` of each chunk; the completion's fourth
+    /// field is a list of `bytes` (or `None` for a missing chunk). `prefix`: class
+    /// PREFETCH, else GET. The `raw` layout has no metadata: a failed completion.
+    #[pyo3(signature = (keys, prefix=false))]
+    fn submit_fetch_meta(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        prefix: bool,
+    ) -> PyResult<u64> {
+        let keys = key_bytes(keys)?;
+        Ok(self.submit_with(py, move |e| io::fetch_meta(e, keys, prefix)))
+    }
+
+    /// Like `submit_batch_get` (reads land in the caller's writable buffers, per-key
+    /// "loaded" flags, a length mismatch is a miss), but waits for lane space instead
+    /// of failing on a full lane.
+    fn submit_get_into(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        memoryviews: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let keys = key_bytes(keys)?;
+        match acquire_all(memoryviews, true) {
+            Ok(views) => Ok(self.submit_with(py, move |e| io::get_into_views_wait(e, keys, views))),
+            Err(msg) => Ok(self.fail_now(msg)),
+        }
+    }
+
     /// Takes every finished request: `(future id, ok, error text, result)` with result
     /// a list of per-key flags (GET, EXISTS, DELETE), an int (prefix count), a
     /// `Fetched`, or `None`. Resets the eventfd. Buffers of the drained requests are
@@ -224,6 +254,16 @@ impl Client {
                 Payload::None => py.None().into_bound(py),
                 Payload::Flags(f) => f.into_pyobject(py)?.into_any(),
                 Payload::Count(n) => n.into_pyobject(py)?.into_any(),
+                Payload::Metas(m) => {
+                    let l = PyList::empty(py);
+                    for x in m {
+                        match x {
+                            Some(b) => l.append(PyBytes::new(py, &b))?,
+                            None => l.append(py.None())?,
+                        }
+                    }
+                    l.into_any()
+                }
                 Payload::Chunks(c) => Bound::new(
                     py,
                     Fetched {

@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use slotline::{CallerBuf, CallerBufMut, Chunk, Engine, Error, PutOwned, RemoteMetadata};
+use slotline::{CallerBuf, CallerBufMut, Chunk, Engine, Error, Priority, PutOwned, RemoteMetadata};
 
 use crate::views::View;
 
@@ -63,6 +63,8 @@ pub enum Payload {
     Count(usize),
     /// Chunks held by the engine side until Python copies them out.
     Chunks(Vec<Option<Chunk>>),
+    /// Stored `RemoteMetadata` bytes per key (`None`: missing or undecodable).
+    Metas(Vec<Option<Vec<u8>>>),
 }
 
 impl Outcome {
@@ -100,11 +102,32 @@ pub fn get_into_views(engine: &Engine, keys: &[Vec<u8>], views: Vec<View>) -> Jo
         let e = format!("{} keys but {} buffers", keys.len(), views.len());
         return ready(Outcome::failed(e, held_views(views)));
     }
-    let bufs: Vec<Box<dyn CallerBufMut>> = views
+    let ticket = engine.try_get_into_bufs(keys, caller_bufs(views));
+    get_into_job(ticket)
+}
+
+/// Like [`get_into_views`], but waits for lane space (on the completion thread): the
+/// remote connector's reads, which await their completion anyway.
+pub fn get_into_views_wait(engine: &Engine, keys: Vec<Vec<u8>>, views: Vec<View>) -> Job {
+    if keys.len() != views.len() {
+        let e = format!("{} keys but {} buffers", keys.len(), views.len());
+        return ready(Outcome::failed(e, held_views(views)));
+    }
+    let engine = engine.clone();
+    Box::pin(async move {
+        let ticket = engine.get_into_bufs_async(&keys, caller_bufs(views));
+        get_into_job(ticket).await
+    })
+}
+
+fn caller_bufs(views: Vec<View>) -> Vec<Box<dyn CallerBufMut>> {
+    views
         .into_iter()
         .map(|v| Box::new(v) as Box<dyn CallerBufMut>)
-        .collect();
-    let ticket = engine.try_get_into_bufs(keys, bufs);
+        .collect()
+}
+
+fn get_into_job(ticket: slotline::GetIntoTicket) -> Job {
     Box::pin(async move {
         let r = ticket.await;
         let views = held(r.bufs);
@@ -231,6 +254,27 @@ pub fn fetch(engine: &Engine, keys: Vec<Vec<u8>>, prefix: bool) -> Job {
         };
         match r {
             Ok(chunks) => Outcome::ok(Payload::Chunks(chunks), Vec::new()),
+            Err(e) => Outcome::failed(e, Vec::new()),
+        }
+    })
+}
+
+/// Reads only the stored metadata of each chunk (class PREFETCH for `prefix`, else
+/// GET), so that Python can allocate the destinations and read the payloads straight
+/// into them.
+pub fn fetch_meta(engine: &Engine, keys: Vec<Vec<u8>>, prefix: bool) -> Job {
+    let engine = engine.clone();
+    let class = if prefix {
+        Priority::Prefetch
+    } else {
+        Priority::Get
+    };
+    Box::pin(async move {
+        match engine.get_metadata_async(&keys, class).await {
+            Ok(metas) => Outcome::ok(
+                Payload::Metas(metas.into_iter().map(|m| m.map(|m| m.encode())).collect()),
+                Vec::new(),
+            ),
             Err(e) => Outcome::failed(e, Vec::new()),
         }
     })

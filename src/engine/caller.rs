@@ -8,13 +8,13 @@
 //! [`CallerBufMut`]) and hand them back with the completion ([`CallerTicket`]), which
 //! is delivered only once every buffer is back. See [`crate::cmem`].
 
-use crate::batch::{ChunkInfo, GetMode, Op, PutChunk, Ticket};
+use crate::batch::{ChunkInfo, GetMode, Op, Output, PutChunk, Ticket};
 use crate::cmem::{
     self, with_lent_mut, with_lent_ref, CallerBuf, CallerBufMut, CallerTicket, Mem, Tracked,
     TrackedRead,
 };
 use crate::error::{Error, Result};
-use crate::layout::RemoteMetadata;
+use crate::layout::{KeyLayout, RemoteMetadata};
 use crate::priority::Priority;
 
 use super::submit::{Req, Submit};
@@ -186,6 +186,55 @@ impl Engine {
             Err(e) => Ticket::ready(Err(e)),
         };
         CallerTicket::new(ticket, home)
+    }
+}
+
+impl Engine {
+    /// Reads only the stored metadata of each chunk (its metadata key, not the
+    /// payload), at `class`: what a caller needs to allocate the destination before
+    /// reading the payload into it with [`get_into_bufs_async`](Self::get_into_bufs_async).
+    /// A missing or undecodable metadata value is `None`. The `raw` layout stores no
+    /// metadata: [`Error::Invalid`].
+    pub fn get_metadata_async<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        class: Priority,
+    ) -> Ticket<Vec<Option<RemoteMetadata>>> {
+        let layout = self.inner.cfg.key_layout;
+        let meta_keys: Option<Vec<Vec<u8>>> = keys
+            .iter()
+            .map(|k| layout.metadata_key(k.as_ref()))
+            .collect();
+        let Some(meta_keys) = meta_keys else {
+            let e = "the raw layout stores no metadata".to_string();
+            return Ticket::ready(Err(Error::Invalid(e)));
+        };
+        // The metadata keys as plain keys: routed by their own slot, which is the
+        // chunk's (same key string, or the same hash tag).
+        match self.submit_keys(
+            Req {
+                op: Op::Get(GetMode::All),
+                class,
+                layout: KeyLayout::Raw,
+                mode: Submit::Wait,
+                target: None,
+            },
+            &meta_keys,
+            Vec::new(),
+        ) {
+            Ok(b) => Ticket::new(b, decoded_metas),
+            Err(e) => Ticket::ready(Err(e)),
+        }
+    }
+}
+
+fn decoded_metas(o: Output) -> Result<Vec<Option<RemoteMetadata>>> {
+    match o {
+        Output::Chunks(c) => Ok(c
+            .into_iter()
+            .map(|c| c.and_then(|c| RemoteMetadata::decode(&c.data).ok()))
+            .collect()),
+        _ => Err(Error::Closed),
     }
 }
 
