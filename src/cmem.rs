@@ -441,12 +441,7 @@ pub(crate) fn with_lent_mut<T>(
             }) as Box<dyn CallerBufMut>
         })
         .collect();
-    // `wait` returns the owners only when all are back; dropping them ends the loan.
-    let armed = NoUnwind;
-    let r = start(owners).wait();
-    std::mem::forget(armed);
-    drop(r.bufs);
-    r.result
+    lend(owners, start)
 }
 
 /// Runs a request on borrowed source slices; returns only once every owner is back, so
@@ -464,6 +459,16 @@ pub(crate) fn with_lent_ref<T>(
             }) as Box<dyn CallerBuf>
         })
         .collect();
+    lend(owners, start)
+}
+
+/// Hands the owners of lent slices to `start` and waits for the request: `wait`
+/// returns the owners only when all are back, and dropping them ends the loan. A panic
+/// in between aborts (see `NoUnwind`).
+fn lend<T, B: ?Sized>(
+    owners: Vec<Box<B>>,
+    start: impl FnOnce(Vec<Box<B>>) -> CallerTicket<T, B>,
+) -> Result<T> {
     let armed = NoUnwind;
     let r = start(owners).wait();
     std::mem::forget(armed);

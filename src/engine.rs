@@ -285,23 +285,6 @@ impl Engine {
         self.get_async(keys).wait()
     }
 
-    /// Like [`get_async`](Self::get_async), but fails at once with [`Error::Busy`]
-    /// instead of waiting when the GET lane of a shard is full.
-    pub fn try_get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Ticket<Vec<Option<Chunk>>>> {
-        let b = self.submit_keys(
-            Req {
-                op: Op::Get(GetMode::All),
-                class: Priority::Get,
-                layout: self.inner.cfg.key_layout,
-                mode: Submit::Try,
-                target: None,
-            },
-            keys,
-            Vec::new(),
-        )?;
-        Ok(Ticket::new(b, chunks))
-    }
-
     /// [`get`](Self::get) as a future (or call `.wait()` on the ticket).
     pub fn get_async<K: AsRef<[u8]>>(&self, keys: &[K]) -> Ticket<Vec<Option<Chunk>>> {
         self.ticket(

@@ -5,13 +5,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use common::fake::{parse_command, read_more, FakeServer};
 use common::TestServer;
 use slotline::config::IoBackend;
 use slotline::{
@@ -168,53 +169,20 @@ enum Mode {
     Stall,
 }
 
+/// The fake server and what it received once a put's send stalled (`Mode::Stall`).
 struct Fake {
-    addr: String,
-    stop: Arc<AtomicBool>,
+    srv: FakeServer,
     got: Arc<Mutex<Vec<u8>>>,
-    thread: Option<thread::JoinHandle<()>>,
 }
 
 const FAKE_VALUE: usize = 64 * KIB;
 
 impl Fake {
     fn start(mode: Mode) -> Fake {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
         let got = Arc::new(Mutex::new(Vec::new()));
-        let (s, g) = (stop.clone(), got.clone());
-        let thread = thread::spawn(move || {
-            let mut conns = Vec::new();
-            while !s.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((sock, _)) => {
-                        let (s, g) = (s.clone(), g.clone());
-                        conns.push(thread::spawn(move || fake_serve(sock, mode, &s, &g)));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            for c in conns {
-                let _ = c.join();
-            }
-        });
-        Fake {
-            addr,
-            stop,
-            got,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let g = got.clone();
+        let srv = FakeServer::start(move |sock, stop| fake_serve(sock, mode, stop, &g));
+        Fake { srv, got }
     }
 }
 
@@ -222,7 +190,6 @@ fn fake_serve(mut sock: TcpStream, mode: Mode, stop: &AtomicBool, got: &Mutex<Ve
     let _ = sock.set_read_timeout(Some(Duration::from_millis(20)));
     let _ = sock.set_nodelay(true);
     let mut buf = Vec::new();
-    let mut tmp = vec![0u8; 64 * KIB];
     let mut stalled = false;
     while !stop.load(Ordering::SeqCst) {
         while let Some((args, used)) = parse_command(&buf) {
@@ -258,42 +225,16 @@ fn fake_serve(mut sock: TcpStream, mode: Mode, stop: &AtomicBool, got: &Mutex<Ve
             stalled = true;
             thread::sleep(Duration::from_millis(800));
         }
-        match sock.read(&mut tmp) {
-            Ok(0) => return,
-            Ok(n) => {
-                if stalled {
-                    got.lock().unwrap().extend_from_slice(&tmp[..n]);
-                } else {
-                    buf.extend_from_slice(&tmp[..n]);
-                }
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => return,
+        let mut fresh = Vec::new();
+        if !read_more(&mut sock, &mut fresh) {
+            return;
+        }
+        if stalled {
+            got.lock().unwrap().extend_from_slice(&fresh);
+        } else {
+            buf.extend_from_slice(&fresh);
         }
     }
-}
-
-fn parse_command(b: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
-    fn line(b: &[u8], at: usize) -> Option<(usize, usize)> {
-        let end = b.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
-        let n = std::str::from_utf8(&b[at + 1..end]).ok()?.parse().ok()?;
-        Some((n, end + 2))
-    }
-    if b.first() != Some(&b'*') {
-        return None;
-    }
-    let (n, mut at) = line(b, 0)?;
-    let mut args = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (len, start) = line(b, at)?;
-        let end = start + len;
-        b.get(end..end + 2)?;
-        args.push(b[start..end].to_vec());
-        at = end + 2;
-    }
-    Some((args, at))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -305,7 +246,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 fn poisoned_after_return(b: IoBackend, mode: Mode) {
     let srv = Fake::start(mode);
     let e = engine_at(
-        &format!("redis://{}", srv.addr),
+        &srv.srv.url(),
         b,
         KeyLayout::Raw,
         Duration::from_millis(200),
@@ -342,7 +283,7 @@ both_backends!(
 fn stalled_put(b: IoBackend) {
     let srv = Fake::start(Mode::Stall);
     let e = engine_at(
-        &format!("redis://{}", srv.addr),
+        &srv.srv.url(),
         b,
         KeyLayout::Raw,
         Duration::from_millis(200),

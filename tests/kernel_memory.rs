@@ -10,13 +10,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::fake::{parse_command, read_more, FakeServer};
 use common::wait_until;
 use slotline::config::IoBackend;
 use slotline::{Config, Engine, KeyLayout};
@@ -41,60 +42,30 @@ enum Reply {
     Full,
 }
 
-struct FakeServer {
-    addr: String,
-    stop: Arc<AtomicBool>,
+/// The fake server and its counters.
+struct Fake {
+    srv: FakeServer,
     mgets: Arc<AtomicUsize>,
     /// Bytes of values written while the client was still reading.
     trickled: Arc<AtomicUsize>,
-    thread: Option<thread::JoinHandle<()>>,
 }
 
-impl FakeServer {
+impl Fake {
     /// Answers MGET number i with `script[i]` (the last entry for later ones).
-    fn start(script: Vec<Reply>) -> FakeServer {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
+    fn start(script: Vec<Reply>) -> Fake {
         let mgets = Arc::new(AtomicUsize::new(0));
         let trickled = Arc::new(AtomicUsize::new(0));
-        let (s, m, t) = (stop.clone(), mgets.clone(), trickled.clone());
-        let thread = thread::spawn(move || {
-            let mut conns = Vec::new();
-            while !s.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((sock, _)) => {
-                        let (s, m, t, script) = (s.clone(), m.clone(), t.clone(), script.clone());
-                        conns.push(thread::spawn(move || serve(sock, &s, &m, &t, &script)));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            for c in conns {
-                let _ = c.join();
-            }
-        });
-        FakeServer {
-            addr,
-            stop,
+        let (m, t) = (mgets.clone(), trickled.clone());
+        let srv = FakeServer::start(move |sock, stop| serve(sock, stop, &m, &t, &script));
+        Fake {
+            srv,
             mgets,
             trickled,
-            thread: Some(thread),
         }
     }
 
     fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.srv.url()
     }
 }
 
@@ -109,42 +80,10 @@ fn read_command(
             buf.drain(..used);
             return Some(args);
         }
-        let mut tmp = [0u8; 4096];
-        match sock.read(&mut tmp) {
-            Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                if stop.load(Ordering::SeqCst) {
-                    return None;
-                }
-            }
-            Err(_) => return None,
+        if !read_more(sock, buf) || stop.load(Ordering::SeqCst) {
+            return None;
         }
     }
-}
-
-fn parse_command(b: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
-    fn line(b: &[u8], at: usize) -> Option<(usize, usize)> {
-        let end = b.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
-        let n = std::str::from_utf8(&b[at + 1..end]).ok()?.parse().ok()?;
-        Some((n, end + 2))
-    }
-    if b.first() != Some(&b'*') {
-        return None;
-    }
-    let (n, mut at) = line(b, 0)?;
-    let mut args = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (len, start) = line(b, at)?;
-        let end = start + len;
-        b.get(end..end + 2)?;
-        args.push(b[start..end].to_vec());
-        at = end + 2;
-    }
-    Some((args, at))
 }
 
 fn serve(
@@ -209,7 +148,7 @@ fn serve(
     }
 }
 
-fn engine(srv: &FakeServer, b: IoBackend) -> Engine {
+fn engine(srv: &Fake, b: IoBackend) -> Engine {
     plain_ring();
     let mut cfg = Config::from_url(&srv.url()).unwrap();
     cfg.io_backend = b;
@@ -223,7 +162,7 @@ fn engine(srv: &FakeServer, b: IoBackend) -> Engine {
 /// io_uring) the destination the receive writes into is released only when the kernel
 /// returned that receive, counted as a late release; nothing is leaked.
 fn slow_value_past_timeout(b: IoBackend, into: bool) {
-    let srv = FakeServer::start(vec![Reply::Trickle]);
+    let srv = Fake::start(vec![Reply::Trickle]);
     let e = engine(&srv, b);
     let t0 = Instant::now();
     let r = if into {
@@ -274,7 +213,7 @@ both_backends!(
 /// A connection closing mid-value: the unit is retried on a new connection and the
 /// caller's own buffer (not a copy, not a fresh one) comes back with the value.
 fn caller_buffer_survives_reconnect(b: IoBackend) {
-    let srv = FakeServer::start(vec![Reply::CloseMidway, Reply::Full]);
+    let srv = Fake::start(vec![Reply::CloseMidway, Reply::Full]);
     let e = engine(&srv, b);
     let buf = vec![0u8; VALUE];
     let ptr = buf.as_ptr();
@@ -302,7 +241,7 @@ both_backends!(
 /// Dropping the engine while a receive writes into a value's destination: drop returns
 /// only after the kernel gave every operation back (cancelled or completed).
 fn drop_with_receive_armed(b: IoBackend) {
-    let srv = FakeServer::start(vec![Reply::Trickle]);
+    let srv = Fake::start(vec![Reply::Trickle]);
     let e = engine(&srv, b);
     let m = e.metrics_handle();
     let ticket = e.get_async(&["k"]);
@@ -328,7 +267,7 @@ both_backends!(engine_drop_waits_for_receives, drop_with_receive_armed);
 /// Dropping an idle engine: whatever the ring holds (the doorbell read; an idle
 /// connection has no receive armed) comes back.
 fn drop_idle(b: IoBackend) {
-    let srv = FakeServer::start(vec![Reply::Full]);
+    let srv = Fake::start(vec![Reply::Full]);
     let e = engine(&srv, b);
     let (bufs, _) = e.get_into(&["k"], vec![vec![0u8; VALUE]]).unwrap();
     assert_eq!(bufs[0].len(), VALUE);

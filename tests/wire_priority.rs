@@ -6,43 +6,23 @@
 //! soon as a SET or MSET arrives on it, so PUT bytes back up for good. A PEEK sent on
 //! any of those connections would never be answered; it must be answered at once.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
 
+use common::fake::{parse_command, read_more, FakeServer};
 use slotline::config::IoBackend;
 use slotline::{Config, Engine, KeyLayout, PutChunk};
 
 const MIB: usize = 1 << 20;
 
-/// Reads one RESP command (an array of bulk strings) from `buf`.
-fn parse_command(b: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
-    fn line(b: &[u8], at: usize) -> Option<(usize, usize)> {
-        let end = b.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
-        let n = std::str::from_utf8(&b[at + 1..end]).ok()?.parse().ok()?;
-        Some((n, end + 2))
-    }
-    let (n, mut at) = line(b, 0)?;
-    let mut args = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (len, start) = line(b, at)?;
-        let end = start + len;
-        b.get(end..end + 2)?;
-        args.push(b[start..end].to_vec());
-        at = end + 2;
-    }
-    Some((args, at))
-}
-
 fn serve(mut sock: TcpStream, stop: &AtomicBool) {
     let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
     let mut buf = Vec::new();
-    let mut tmp = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::SeqCst) {
         while let Some((args, used)) = parse_command(&buf) {
             buf.drain(..used);
@@ -71,42 +51,15 @@ fn serve(mut sock: TcpStream, stop: &AtomicBool) {
             }
             return;
         }
-        match sock.read(&mut tmp) {
-            Ok(0) => return,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return,
+        if !read_more(&mut sock, &mut buf) {
+            return;
         }
     }
 }
 
 fn peek_under_put_backlog(b: IoBackend) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    let url = format!("redis://{}", l.local_addr().unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let acceptor = thread::spawn(move || {
-        let mut conns = Vec::new();
-        while !s2.load(Ordering::SeqCst) {
-            match l.accept() {
-                Ok((sock, _)) => {
-                    sock.set_nonblocking(false).unwrap();
-                    let s3 = s2.clone();
-                    conns.push(thread::spawn(move || serve(sock, &s3)));
-                }
-                Err(_) => thread::sleep(Duration::from_millis(5)),
-            }
-        }
-        for c in conns {
-            let _ = c.join();
-        }
-    });
-    let mut cfg = Config::from_url(&url).unwrap();
+    let srv = FakeServer::start(serve);
+    let mut cfg = Config::from_url(&srv.url()).unwrap();
     cfg.io_backend = b;
     // One shard: the PUTs and the PEEK share its connections to the server.
     cfg.shards = Some(1);
@@ -125,11 +78,11 @@ fn peek_under_put_backlog(b: IoBackend) {
     println!("{b:?}: PEEK answered in {took:?} behind a stalled 32 MiB PUT backlog");
     assert_eq!(r.unwrap(), vec![true], "the PEEK queued behind the PUTs");
     assert!(took < Duration::from_secs(2), "PEEK took {took:?}");
-    stop.store(true, Ordering::SeqCst);
+    srv.stop();
     for t in puts {
         assert!(t.wait().is_err(), "the server never took the PUTs");
     }
     drop(e);
-    acceptor.join().unwrap();
+    drop(srv);
 }
 both_backends!(peek_does_not_queue_behind_puts, peek_under_put_backlog);

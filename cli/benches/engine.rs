@@ -73,6 +73,30 @@ fn read_keys(wl: &Workload<'_>, b: usize) -> Vec<Vec<u8>> {
     keys
 }
 
+/// Checks one batch's MGET values (in [`read_keys`] order, `keys` of them expected)
+/// chunk by chunk; `bytes` reads a value (`None`: nil).
+fn check_values<T>(
+    v: &mut Verifier<'_, '_>,
+    wl: &Workload<'_>,
+    keys: usize,
+    vals: &[T],
+    bytes: impl Fn(&T) -> Option<&[u8]>,
+) -> Result<(), String> {
+    if vals.len() != keys {
+        return Err(format!(
+            "MGET returned {} values for {keys} keys",
+            vals.len()
+        ));
+    }
+    let per = wl.layout.keys_per_chunk();
+    for (i, c) in vals.chunks(per).enumerate() {
+        let payload = bytes(&c[per - 1]);
+        let meta = (per == 2).then(|| bytes(&c[0]));
+        check_chunk(v, i, meta, payload);
+    }
+    Ok(())
+}
+
 /// Applies LMCache's read rules to one chunk's MGET values and reports it.
 fn check_chunk(
     v: &mut Verifier<'_, '_>,
@@ -163,20 +187,7 @@ impl Worker for RedisRsWorker {
             pipe.query(&mut self.con).map_err(|e| e.to_string())?;
         self.counts.add(1, groups.len() as u64);
         let vals: Vec<Option<Vec<u8>>> = groups.into_iter().flatten().collect();
-        let per = wl.layout.keys_per_chunk();
-        if vals.len() != wl.batch * per {
-            return Err(format!(
-                "MGET returned {} values for {} keys",
-                vals.len(),
-                keys.len()
-            ));
-        }
-        for (i, c) in vals.chunks(per).enumerate() {
-            let payload = c[per - 1].as_deref();
-            let meta = (per == 2).then(|| c[0].as_deref());
-            check_chunk(v, i, meta, payload);
-        }
-        Ok(())
+        check_values(v, wl, keys.len(), &vals, |x| x.as_deref())
     }
 
     fn round_trips(&self) -> Option<u64> {
@@ -299,16 +310,7 @@ impl Worker for FredWorker {
                 other => vals.push(other),
             }
         }
-        let per = wl.layout.keys_per_chunk();
-        if vals.len() != n {
-            return Err(format!("MGET returned {} values for {n} keys", vals.len()));
-        }
-        for (i, c) in vals.chunks(per).enumerate() {
-            let payload = c[per - 1].as_bytes();
-            let meta = (per == 2).then(|| c[0].as_bytes());
-            check_chunk(v, i, meta, payload);
-        }
-        Ok(())
+        check_values(v, wl, n, &vals, |x| x.as_bytes())
     }
 
     fn round_trips(&self) -> Option<u64> {

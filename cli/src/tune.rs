@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::bench::json_escape;
 use crate::host::{probe, Host};
 use crate::CliError;
 
@@ -253,19 +254,7 @@ fn list(v: &[usize]) -> String {
 }
 
 fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
+    format!("\"{}\"", json_escape(s))
 }
 
 /// The plan (and the host facts it came from) as one JSON object.

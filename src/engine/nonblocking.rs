@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::priority::Priority;
 
 use super::submit::{Req, Submit};
-use super::{bools, count, Engine};
+use super::{bools, chunks, count, Engine};
 
 impl Engine {
     fn try_submit<K: AsRef<[u8]>, T>(
@@ -29,6 +29,12 @@ impl Engine {
             Vec::new(),
         )?;
         Ok(Ticket::new(b, convert))
+    }
+
+    /// Like [`get_async`](Self::get_async), but fails at once with [`Error::Busy`]
+    /// instead of waiting when the GET lane of a shard is full.
+    pub fn try_get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Ticket<Vec<Option<Chunk>>>> {
+        self.try_submit(Op::Get(GetMode::All), Priority::Get, keys, chunks)
     }
 
     /// [`exists_async`](Self::exists_async), or [`Error::Busy`] at once when the PEEK

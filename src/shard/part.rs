@@ -56,6 +56,15 @@ pub(super) struct ActivePart {
 }
 
 impl ActivePart {
+    /// What a retry decision about unit `u` needs: the unit, whether the batch is
+    /// still within its deadline, and whether it is a raw command.
+    fn for_retry(&mut self, u: u32) -> Option<(&mut PUnit, bool, bool)> {
+        let in_time = Instant::now() < self.batch.deadline;
+        let is_command = matches!(self.batch.op, Op::Command { .. });
+        let unit = self.units.get_mut(u as usize)?;
+        Some((unit, in_time, is_command))
+    }
+
     pub(super) fn resolve(&mut self, u: u32, slot: Slot) {
         if let Some(unit) = self.units.get_mut(u as usize) {
             if matches!(unit.slot, Slot::Pending) {
@@ -69,12 +78,8 @@ impl ActivePart {
 impl Shard {
     pub(super) fn retry_or_fail(&mut self, pr: PartRef, u: u32, err: &Error, retryable: bool) {
         let cluster = self.router.is_cluster();
-        let Some(part) = self.part_mut(pr) else {
-            return;
-        };
-        let in_time = Instant::now() < part.batch.deadline;
-        let is_command = matches!(part.batch.op, Op::Command { .. });
-        let Some(unit) = part.units.get_mut(u as usize) else {
+        let Some((unit, in_time, is_command)) = self.part_mut(pr).and_then(|p| p.for_retry(u))
+        else {
             return;
         };
         if !matches!(unit.slot, Slot::Pending) {
@@ -252,12 +257,8 @@ impl Shard {
             .map(|c| self.nodes[c.node].addr.to_string())
             .unwrap_or_default();
         let message = String::from_utf8_lossy(msg).into_owned();
-        let Some(part) = self.part_mut(pr) else {
-            return;
-        };
-        let in_time = Instant::now() < part.batch.deadline;
-        let is_command = matches!(part.batch.op, Op::Command { .. });
-        let Some(unit) = part.units.get_mut(u as usize) else {
+        let Some((unit, in_time, is_command)) = self.part_mut(pr).and_then(|p| p.for_retry(u))
+        else {
             return;
         };
         let hslot = unit.hslot;

@@ -12,6 +12,8 @@
 
 pub use slotline_testkit::harness::*;
 
+pub mod fake;
+
 /// Runs one test body on both backends: `both_backends!(name)` for a body fn `name`, or
 /// `both_backends!(name, body)`; generates `mod name { fn io_uring(); fn epoll(); }`.
 #[macro_export]

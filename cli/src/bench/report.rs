@@ -32,7 +32,8 @@ pub fn fmt_ratio(r: f64) -> String {
     }
 }
 
-fn json_escape(s: &str) -> String {
+/// Escapes `s` for a JSON string literal (without the quotes).
+pub(crate) fn json_escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     for c in s.chars() {
         match c {
