@@ -156,7 +156,11 @@ class SlotlineConnector(RemoteConnector):
         return loop
 
     def _on_ready(self) -> None:
-        for fid, ok, err, result in self._client.drain_completions():
+        self._deliver(self._client.drain_completions())
+
+    def _deliver(self, completions) -> None:
+        """Releases each drained request's buffers, then resolves its future."""
+        for fid, ok, err, result in completions:
             entry = self._pending.pop(fid, None)
             if entry is None:
                 continue
@@ -366,15 +370,7 @@ class SlotlineConnector(RemoteConnector):
             self._reader_loop.remove_reader(self._fd)
         # Waits for running requests, then delivers what is left (buffers released).
         self._client.close()
-        for fid, ok, err, result in self._client.drain_completions():
-            entry = self._pending.pop(fid, None)
-            if entry is None:
-                continue
-            fut, after = entry
-            if after is not None:
-                after(ok, result)
-            if not fut.done():
-                fut.set_result((ok, err, result))
+        self._deliver(self._client.drain_completions())
 
     def stats(self) -> str:
         """The engine's counters, as text."""

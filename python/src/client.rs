@@ -146,13 +146,8 @@ impl Client {
         memoryviews: &Bound<'_, PyAny>,
     ) -> PyResult<u64> {
         let keys = key_bytes(keys)?;
-        match acquire_all(memoryviews, false) {
-            Ok(views) => {
-                let metas = vec![None; keys.len()];
-                Ok(self.submit_with(py, move |e| io::put_from_views(e, keys, views, metas)))
-            }
-            Err(msg) => Ok(self.fail_now(msg)),
-        }
+        let metas = vec![None; keys.len()];
+        Ok(self.put_views(py, keys, memoryviews, metas))
     }
 
     /// Like `submit_batch_set`, with LMCache `RemoteMetadata` bytes per key (`None`:
@@ -170,12 +165,7 @@ impl Client {
             .map(|m| m.as_deref().map(RemoteMetadata::decode).transpose())
             .collect();
         let metas = metas.map_err(|e| PyValueError::new_err(e.to_string()))?;
-        match acquire_all(memoryviews, false) {
-            Ok(views) => {
-                Ok(self.submit_with(py, move |e| io::put_from_views(e, keys, views, metas)))
-            }
-            Err(msg) => Ok(self.fail_now(msg)),
-        }
+        Ok(self.put_views(py, keys, memoryviews, metas))
     }
 
     /// Per key "found" (class PEEK).
@@ -336,6 +326,21 @@ impl Client {
         let id = self.new_id();
         self.done.finish_now(id, Outcome::failed(msg, Vec::new()));
         id
+    }
+
+    /// Stores each readable buffer under its key with its metadata (class PUT); a
+    /// buffer that cannot be acquired fails the request at once.
+    fn put_views(
+        &self,
+        py: Python<'_>,
+        keys: Vec<Vec<u8>>,
+        memoryviews: &Bound<'_, PyAny>,
+        metas: Vec<Option<RemoteMetadata>>,
+    ) -> u64 {
+        match acquire_all(memoryviews, false) {
+            Ok(views) => self.submit_with(py, move |e| io::put_from_views(e, keys, views, metas)),
+            Err(msg) => self.fail_now(msg),
+        }
     }
 }
 
