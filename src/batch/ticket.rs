@@ -18,11 +18,7 @@ pub struct Ticket<T> {
     batch: Option<Arc<Batch>>,
     convert: fn(Output) -> Result<T>,
     ready: Option<Result<T>>,
-    /// A second request to start once this one succeeds (two-phase cluster puts).
-    then: Option<Continuation<T>>,
 }
-
-type Continuation<T> = Box<dyn FnOnce(T) -> Ticket<T> + Send>;
 
 impl<T> std::fmt::Debug for Ticket<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,7 +36,6 @@ impl<T> Ticket<T> {
             batch: Some(batch),
             convert,
             ready: None,
-            then: None,
         }
     }
 
@@ -49,28 +44,11 @@ impl<T> Ticket<T> {
             batch: None,
             convert: |_| Err(Error::Closed),
             ready: Some(r),
-            then: None,
         }
-    }
-
-    /// After this request succeeds, starts `next` with its result; the ticket then
-    /// completes with `next`'s outcome.
-    pub(crate) fn then(mut self, next: impl FnOnce(T) -> Ticket<T> + Send + 'static) -> Ticket<T> {
-        self.then = Some(Box::new(next));
-        self
     }
 
     /// Blocks the calling thread until the request completes.
     pub fn wait(mut self) -> Result<T> {
-        let then = self.then.take();
-        let r = self.wait_one();
-        match (r, then) {
-            (Ok(v), Some(next)) => next(v).wait(),
-            (r, _) => r,
-        }
-    }
-
-    fn wait_one(mut self) -> Result<T> {
         if let Some(r) = self.ready.take() {
             return r;
         }
@@ -110,8 +88,7 @@ impl<T> Ticket<T> {
 
     /// `true` once the result is available (wait() will not block).
     pub fn is_done(&self) -> bool {
-        self.then.is_none()
-            && (self.ready.is_some() || self.batch.as_ref().is_none_or(|b| b.is_finished()))
+        self.ready.is_some() || self.batch.as_ref().is_none_or(|b| b.is_finished())
     }
 }
 
@@ -121,21 +98,6 @@ impl<T> Future for Ticket<T> {
     type Output = Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            let r = match self.poll_one(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(r) => r,
-            };
-            match (r, self.then.take()) {
-                (Ok(v), Some(next)) => *self = next(v),
-                (r, _) => return Poll::Ready(r),
-            }
-        }
-    }
-}
-
-impl<T> Ticket<T> {
-    fn poll_one(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
         if let Some(r) = self.ready.take() {
             return Poll::Ready(r);
         }
