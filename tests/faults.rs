@@ -1,15 +1,20 @@
-//! Fault paths (issue 9): a dropped two-phase put still writes its metadata.
+//! Fault paths (issue 9): a dropped two-phase put still writes its metadata; a write
+//! whose connection drops after it was sent is never resent.
 //!
 //! Every test runs on both backends against real redis-server processes started by the
 //! harness; nothing is mocked.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestCluster;
+use common::{TestCluster, TestServer};
 use slotline::config::{IoBackend, Mode};
-use slotline::{Config, Engine, KeyLayout, PutChunk, RemoteMetadata, Value};
+use slotline::{Config, Engine, Error, KeyLayout, PutChunk, RemoteMetadata, Value};
 
 /// A cluster `put_async` in the `lmcache` layout whose ticket is dropped at once: the
 /// engine drives the metadata phase itself, so both keys of every chunk appear.
@@ -68,3 +73,135 @@ fn dropped_two_phase_put_completes(backend: IoBackend) {
     assert!(exists(&layout.metadata_key(&k).unwrap()) && exists(&layout.payload_key(&k)));
 }
 both_backends!(dropped_two_phase_put_completes);
+
+/// A TCP relay in front of a real redis-server that, once, forwards a command starting
+/// with `trigger` and then closes the client's connection before the reply: the server
+/// applied the command and the client never learns it (what a dropped connection does
+/// to a sent request). Everything else is relayed untouched.
+struct CuttingRelay {
+    port: u16,
+    /// Commands seen carrying the trigger (the first one was cut).
+    cuts: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CuttingRelay {
+    fn start(upstream: String, trigger: &'static [u8]) -> CuttingRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c2, s2) = (cuts.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let server = TcpStream::connect(&upstream).unwrap();
+                let (mut c_rd, mut s_wr) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_rd, mut c_wr) = (server, client);
+                let cuts = c2.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match c_rd.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let cut = contains(&buf[..n], trigger)
+                            && cuts.fetch_add(1, Ordering::SeqCst) == 0;
+                        if cut {
+                            // Close the client's side first, so no reply can reach it,
+                            // then let the server run the command.
+                            let _ = c_rd.shutdown(Shutdown::Both);
+                        }
+                        if s_wr.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if cut {
+                            std::thread::sleep(Duration::from_millis(100));
+                            let _ = s_wr.shutdown(Shutdown::Both);
+                            break;
+                        }
+                    }
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_rd, &mut c_wr);
+                    let _ = c_wr.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        CuttingRelay { port, cuts, stop }
+    }
+}
+
+impl Drop for CuttingRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn engine_via(relay: &CuttingRelay, backend: IoBackend) -> Engine {
+    let mut cfg = Config::from_url(&format!("redis://127.0.0.1:{}", relay.port)).unwrap();
+    cfg.io_backend = backend;
+    cfg.shards = Some(1);
+    // Raw keys: the test reads and writes them under these names on the server.
+    cfg.key_layout = KeyLayout::Raw;
+    cfg.request_timeout = Duration::from_secs(5);
+    Engine::new(cfg).expect("engine through the relay")
+}
+
+/// A write whose connection drops after it was sent is never resent: INCR is applied
+/// at most once and fails with the unknown-outcome error; a DEL is not resent either
+/// (a resent DEL would report 0 deleted). Reads are still retried.
+fn sent_writes_are_not_resent(backend: IoBackend) {
+    let s = TestServer::start();
+    // INCR through Engine::command.
+    let relay = CuttingRelay::start(s.addr(), b"INCR");
+    let e = engine_via(&relay, backend);
+    let r = e.command(&[b"INCR", b"counter"]);
+    // `cuts` counts commands carrying the trigger: the INCR went through once.
+    assert_eq!(relay.cuts.load(Ordering::SeqCst), 1, "INCR sent once");
+    assert!(
+        matches!(r, Err(Error::OutcomeUnknown { .. })),
+        "INCR after a cut connection: {r:?}"
+    );
+    assert_eq!(s.cmd(&["GET", "counter"]), "1", "INCR applied exactly once");
+    drop(e);
+    drop(relay);
+
+    // DEL of three keys: applied once, never resent.
+    for k in ["d1", "d2", "d3"] {
+        s.cmd(&["SET", k, "v"]);
+    }
+    let relay = CuttingRelay::start(s.addr(), b"DEL");
+    let e = engine_via(&relay, backend);
+    let r = e.delete(&["d1", "d2", "d3"]);
+    assert!(
+        matches!(r, Err(Error::OutcomeUnknown { .. })),
+        "DEL after a cut connection: {r:?}"
+    );
+    assert_eq!(s.cmd(&["EXISTS", "d1", "d2", "d3"]), "0");
+    drop(e);
+    drop(relay);
+
+    // A read (EXISTS) whose connection is cut is retried and answers right.
+    s.cmd(&["SET", "present", "v"]);
+    let relay = CuttingRelay::start(s.addr(), b"EXISTS");
+    let e = engine_via(&relay, backend);
+    let found = e.exists(&["present", "absent"]).expect("EXISTS is retried");
+    assert!(
+        relay.cuts.load(Ordering::SeqCst) >= 2,
+        "EXISTS was sent again"
+    );
+    assert_eq!(found, vec![true, false]);
+}
+both_backends!(sent_writes_are_not_resent);

@@ -67,13 +67,23 @@ impl ActivePart {
 }
 
 impl Shard {
-    pub(super) fn retry_or_fail(&mut self, pr: PartRef, u: u32, err: &Error, retryable: bool) {
+    /// A unit's connection failed before its reply; `sent`: its command reached the
+    /// kernel whole, so the server may have run it.
+    pub(super) fn retry_or_fail(
+        &mut self,
+        pr: PartRef,
+        u: u32,
+        err: &Error,
+        retryable: bool,
+        sent: bool,
+    ) {
         let cluster = self.router.is_cluster();
         let Some(part) = self.part_mut(pr) else {
             return;
         };
         let in_time = Instant::now() < part.batch.deadline;
         let is_command = matches!(part.batch.op, Op::Command { .. });
+        let idempotent = matches!(part.batch.op, Op::Get(_) | Op::Exists { .. });
         let Some(unit) = part.units.get_mut(u as usize) else {
             return;
         };
@@ -82,11 +92,22 @@ impl Shard {
         }
         unit.attempts += 1;
         let (hslot, node) = (unit.hslot, unit.node);
-        if classify(Failure::Conn { retryable }, unit.attempts, in_time) == RetryMethod::Reconnect {
+        let failure = Failure::Conn {
+            retryable,
+            sent,
+            idempotent,
+        };
+        let method = classify(failure, unit.attempts, in_time);
+        if method == RetryMethod::Reconnect {
             self.reroute(pr, u);
             return;
         }
-        let e = if cluster {
+        let e = if method == RetryMethod::OutcomeUnknown {
+            Error::OutcomeUnknown {
+                node: self.nodes[node].addr.to_string(),
+                reason: err.to_string(),
+            }
+        } else if cluster {
             located(
                 is_command,
                 hslot,
@@ -298,7 +319,8 @@ impl Shard {
             RetryMethod::Fail { auth: false } if self.router.is_cluster() => {
                 located(is_command, hslot, &node_name, &message)
             }
-            RetryMethod::Fail { auth: false } => Error::Server {
+            // A reply is an answer: its outcome is known.
+            RetryMethod::Fail { auth: false } | RetryMethod::OutcomeUnknown => Error::Server {
                 node: node_name,
                 message,
             },
@@ -341,6 +363,10 @@ pub(crate) fn clone_err(e: &Error) -> Error {
         Error::Timeout { after, what } => Error::Timeout {
             after: *after,
             what: what.clone(),
+        },
+        Error::OutcomeUnknown { node, reason } => Error::OutcomeUnknown {
+            node: node.clone(),
+            reason: reason.clone(),
         },
         Error::Closed => Error::Closed,
         Error::Busy { class } => Error::Busy { class },
