@@ -21,6 +21,7 @@ use crate::resp::Value;
 
 mod ticket;
 pub use ticket::Ticket;
+pub(crate) use ticket::Unpushed;
 
 /// One chunk read back from Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -454,7 +454,7 @@ impl Engine {
     pub fn put_async(&self, chunks: Vec<PutChunk>) -> Ticket<()> {
         match self
             .put_op(chunks)
-            .and_then(|plan| self.start_put(plan, Submit::Wait))
+            .and_then(|plan| self.start_put(plan, Submit::Defer))
         {
             Ok(t) => t,
             Err(e) => Ticket::ready(Err(e)),
@@ -469,19 +469,24 @@ impl Engine {
         let split =
             self.inner.router.is_cluster() && self.inner.cfg.key_layout == KeyLayout::Lmcache;
         if !split {
-            let b = self.submit_put(&plan, None, mode)?;
-            return Ok(Ticket::new(b, unit));
+            let (b, unpushed) = self.submit_put(&plan, None, mode)?;
+            return Ok(Ticket::new(b, unit).with_unpushed(unpushed));
         }
         self.start_two_phase_put(plan, &self.inner.meta_phase, mode)
     }
 
-    fn submit_put(&self, plan: &PutPlan, only: Option<Role>, mode: Submit) -> Result<Arc<Batch>> {
+    fn submit_put(
+        &self,
+        plan: &PutPlan,
+        only: Option<Role>,
+        mode: Submit,
+    ) -> Result<(Arc<Batch>, Vec<crate::batch::Unpushed>)> {
         let op = Op::Put {
             data: plan.data.clone(),
             metas: plan.metas.clone(),
             only,
         };
-        self.submit_keys(
+        self.submit_parts(
             Req {
                 op,
                 class: Priority::Put,

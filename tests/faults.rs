@@ -145,6 +145,15 @@ impl Drop for CuttingRelay {
     }
 }
 
+/// Waits (at most 2 s) for `done`, then gives the server 100 ms more.
+fn settle(done: impl Fn() -> bool) {
+    let limit = Instant::now() + Duration::from_secs(2);
+    while !done() && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -174,6 +183,9 @@ fn sent_writes_are_not_resent(backend: IoBackend) {
         matches!(r, Err(Error::OutcomeUnknown { .. })),
         "INCR after a cut connection: {r:?}"
     );
+    // The relay hands the INCR to the server just after cutting the client: give the
+    // server a moment, then the count must be exactly one.
+    settle(|| s.cmd(&["GET", "counter"]) == "1");
     assert_eq!(s.cmd(&["GET", "counter"]), "1", "INCR applied exactly once");
     drop(e);
     drop(relay);
@@ -189,6 +201,7 @@ fn sent_writes_are_not_resent(backend: IoBackend) {
         matches!(r, Err(Error::OutcomeUnknown { .. })),
         "DEL after a cut connection: {r:?}"
     );
+    settle(|| s.cmd(&["EXISTS", "d1", "d2", "d3"]) == "0");
     assert_eq!(s.cmd(&["EXISTS", "d1", "d2", "d3"]), "0");
     drop(e);
     drop(relay);
@@ -205,3 +218,67 @@ fn sent_writes_are_not_resent(backend: IoBackend) {
     assert_eq!(found, vec![true, false]);
 }
 both_backends!(sent_writes_are_not_resent);
+
+/// `*_async` never waits for lane space: with a 1-slot lane and a stalled server, far
+/// more calls than the shard takes in (512 active parts + the lane) all return at once
+/// and complete once the server answers again, as futures and as waits.
+fn async_calls_never_block(backend: IoBackend) {
+    let s = TestServer::start();
+    s.cmd(&["SET", "k", "v"]);
+    let mut cfg = Config::from_url(&s.url()).unwrap();
+    cfg.io_backend = backend;
+    cfg.shards = Some(1);
+    cfg.lane_capacity = 1;
+    cfg.key_layout = KeyLayout::Raw;
+    cfg.request_timeout = Duration::from_secs(20);
+    let e = Engine::new(cfg).unwrap();
+    let addr = s.addr();
+    let stall = std::thread::spawn(move || {
+        slotline_testkit::command_str(&addr, None, &["DEBUG", "SLEEP", "1.5"]).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut slowest = Duration::ZERO;
+    let mut tickets = Vec::new();
+    for _ in 0..700 {
+        let t0 = Instant::now();
+        tickets.push(e.get_async(&["k"]));
+        slowest = slowest.max(t0.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(50),
+        "an async call blocked for {slowest:?} on a full lane"
+    );
+    // Half as futures (polled by a minimal executor), half by wait().
+    let futures = tickets.split_off(350);
+    for t in tickets {
+        let got = t.wait().expect("get after the stall");
+        assert_eq!(got[0].as_ref().map(|c| c.data.clone()), Some(b"v".to_vec()));
+    }
+    for t in futures {
+        let got = block_on(t).expect("get future after the stall");
+        assert_eq!(got[0].as_ref().map(|c| c.data.clone()), Some(b"v".to_vec()));
+    }
+    stall.join().unwrap();
+}
+both_backends!(async_calls_never_block);
+
+/// Polls a future to completion on this thread, parking between wakes.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    let limit = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        assert!(Instant::now() < limit, "future never completed");
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}

@@ -7,8 +7,19 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::lanes::Lanes;
+use crate::priority::Priority;
+use crate::shard::SubmitPart;
 
 use super::{Batch, Output};
+
+/// A part whose shard's lane was full at submission: the ticket pushes it when space
+/// frees, so an `*_async` call never waits for a lane.
+pub(crate) struct Unpushed {
+    pub lanes: Arc<Lanes<SubmitPart>>,
+    pub class: Priority,
+    pub part: SubmitPart,
+}
 
 /// A caller's handle on a submitted request: wait for it, or `.await` it.
 ///
@@ -18,6 +29,8 @@ pub struct Ticket<T> {
     batch: Option<Arc<Batch>>,
     convert: fn(Output) -> Result<T>,
     ready: Option<Result<T>>,
+    /// Parts still to be pushed, in submission order.
+    unpushed: Vec<Unpushed>,
 }
 
 impl<T> std::fmt::Debug for Ticket<T> {
@@ -36,6 +49,7 @@ impl<T> Ticket<T> {
             batch: Some(batch),
             convert,
             ready: None,
+            unpushed: Vec::new(),
         }
     }
 
@@ -44,11 +58,59 @@ impl<T> Ticket<T> {
             batch: None,
             convert: |_| Err(Error::Closed),
             ready: Some(r),
+            unpushed: Vec::new(),
         }
+    }
+
+    /// A ticket on `batch` that still has to push `unpushed` (lanes that were full).
+    pub(crate) fn with_unpushed(mut self, unpushed: Vec<Unpushed>) -> Ticket<T> {
+        self.unpushed = unpushed;
+        self
+    }
+
+    /// Pushes the parts still waiting for lane space, blocking until there is space
+    /// or the deadline passes (then the part's batch fails with a time-out).
+    fn push_blocking(&mut self) {
+        for Unpushed { lanes, class, part } in std::mem::take(&mut self.unpushed) {
+            let batch = part.batch.clone();
+            if batch.is_finished() {
+                continue;
+            }
+            if lanes.push_wait(class, part, batch.deadline).is_err() {
+                batch.fail(lane_timeout(&batch, class));
+            }
+        }
+    }
+
+    /// Pushes what fits now; `false` (with the waker registered on the full lane) when
+    /// a part must wait for space.
+    fn push_ready(&mut self, cx: &Context<'_>) -> bool {
+        while !self.unpushed.is_empty() {
+            let Unpushed { lanes, class, part } = self.unpushed.remove(0);
+            let batch = part.batch.clone();
+            if batch.is_finished() {
+                continue;
+            }
+            if Instant::now() >= batch.deadline {
+                batch.fail(lane_timeout(&batch, class));
+                continue;
+            }
+            let part = match lanes.try_push(class, part) {
+                Ok(()) => continue,
+                Err(part) => part,
+            };
+            lanes.wake_on_space(cx.waker());
+            if let Err(part) = lanes.try_push(class, part) {
+                self.unpushed.insert(0, Unpushed { lanes, class, part });
+                return false;
+            }
+        }
+        true
     }
 
     /// Blocks the calling thread until the request completes.
     pub fn wait(mut self) -> Result<T> {
+        self.push_blocking();
         if let Some(r) = self.ready.take() {
             return r;
         }
@@ -98,6 +160,9 @@ impl<T> Future for Ticket<T> {
     type Output = Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if !self.unpushed.is_empty() && !self.push_ready(cx) {
+            return Poll::Pending;
+        }
         if let Some(r) = self.ready.take() {
             return Poll::Ready(r);
         }
@@ -116,5 +181,22 @@ impl<T> Future for Ticket<T> {
             Some(r) => Poll::Ready(r.and_then(self.convert)),
             None => Poll::Ready(Err(Error::Closed)),
         }
+    }
+}
+
+impl<T> Drop for Ticket<T> {
+    /// A ticket dropped with parts still waiting for lane space pushes them (waiting
+    /// for space up to the deadline): the request is carried out as if it were kept.
+    fn drop(&mut self) {
+        if !self.unpushed.is_empty() {
+            self.push_blocking();
+        }
+    }
+}
+
+fn lane_timeout(batch: &Batch, class: Priority) -> Error {
+    Error::Timeout {
+        after: batch.started.elapsed(),
+        what: format!("waiting for space in the {class} lane"),
     }
 }

@@ -50,7 +50,8 @@ impl MetaPhase {
     fn run(self, engine: &Engine) {
         let MetaPhase { plan, relay } = self;
         match engine.submit_put(&plan, Some(Role::Meta), Submit::Wait) {
-            Ok(b) => b.on_done(Box::new(move |r| relay.settle(r))),
+            // `Wait` leaves nothing unpushed.
+            Ok((b, _)) => b.on_done(Box::new(move |r| relay.settle(r))),
             Err(e) => relay.settle(Err(e)),
         }
     }
@@ -74,7 +75,7 @@ impl Engine {
         tx: &Sender<MetaPhase>,
         mode: Submit,
     ) -> Result<Ticket<()>> {
-        let first = self.submit_put(&plan, Some(Role::Payload), mode)?;
+        let (first, unpushed) = self.submit_put(&plan, Some(Role::Payload), mode)?;
         let cfg = &self.inner.cfg;
         let relay = Arc::new(Batch::new(BatchInit {
             op: Op::Put {
@@ -102,6 +103,7 @@ impl Engine {
             Ok(()) => drop(tx.send(job)),
             Err(e) => job.relay.settle(Err(e)),
         }));
-        Ok(Ticket::new(relay, unit))
+        // Phase-1 parts that found a full lane are pushed by the caller's ticket.
+        Ok(Ticket::new(relay, unit).with_unpushed(unpushed))
     }
 }
