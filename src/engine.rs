@@ -256,6 +256,15 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Test hook: makes shard `shard`'s thread panic at its next turn, as a bug would,
+    /// to check that callers get errors rather than hang. Not for production use.
+    #[doc(hidden)]
+    pub fn debug_crash_shard(&self, shard: usize) {
+        if let Some(s) = self.inner.shards.get(shard) {
+            s.lanes.request_crash();
+        }
+    }
+
     /// Shortcut for `Engine::new(Config::from_url(url)?)`.
     pub fn from_url(url: &str) -> Result<Engine> {
         Engine::new(Config::from_url(url)?)

@@ -37,6 +37,10 @@ pub struct Lanes<T> {
     space_wakers: Mutex<Vec<Waker>>,
     /// Doorbell syscalls, callers' and the shard's (several writers).
     calls: Arc<SyscallCounters>,
+    /// The shard is gone: nothing pushed here will be served.
+    closed: AtomicBool,
+    /// Test hook: the shard panics at its next turn (see `Engine::debug_crash_shard`).
+    crash: AtomicBool,
 }
 
 impl<T> Lanes<T> {
@@ -58,6 +62,8 @@ impl<T> Lanes<T> {
             space: Condvar::new(),
             space_wakers: Mutex::new(Vec::new()),
             calls: Arc::default(),
+            closed: AtomicBool::new(false),
+            crash: AtomicBool::new(false),
         })
     }
 
@@ -78,9 +84,13 @@ impl<T> Lanes<T> {
         Ok(())
     }
 
-    /// Pushes, waiting for space until `deadline`; gives the item back on time-out.
+    /// Pushes, waiting for space until `deadline`; gives the item back on time-out or
+    /// when the lanes are closed.
     pub fn push_wait(&self, class: Priority, mut item: T, deadline: Instant) -> Result<(), T> {
         loop {
+            if self.is_closed() {
+                return Err(item);
+            }
             item = match self.try_push(class, item) {
                 Ok(()) => return Ok(()),
                 Err(item) => item,
@@ -101,6 +111,37 @@ impl<T> Lanes<T> {
             let _unused = self.space.wait_timeout(guard, wait);
             self.waiting.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// The shard died: marks the lanes closed and wakes every caller waiting for space
+    /// (they then see [`Self::is_closed`]). The shard drains what is queued after this;
+    /// a caller that pushed checks `is_closed` afterwards, so no part is left unserved.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.notify_space();
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// `true` once the shard behind these lanes is gone.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Test hook: asks the shard to panic at its next turn.
+    pub fn request_crash(&self) {
+        self.crash.store(true, Ordering::SeqCst);
+        self.ring();
+    }
+
+    /// Shard side: `true` once when a crash was requested.
+    pub fn crash_requested(&self) -> bool {
+        self.crash.load(Ordering::Relaxed) && self.crash.swap(false, Ordering::SeqCst)
+    }
+
+    /// Pops from any lane, ignoring weights (draining a dead shard's lanes).
+    pub fn pop_any(&self) -> Option<T> {
+        self.lanes.iter().find_map(|l| l.pop())
     }
 
     /// `true` if every lane is empty.

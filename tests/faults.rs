@@ -282,3 +282,40 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         std::thread::park_timeout(Duration::from_millis(100));
     }
 }
+
+/// A shard thread that dies (test hook: it panics) fails the requests it held, active
+/// or still waiting for its lane, instead of leaving awaited tickets hanging; new calls
+/// routed to it fail at once.
+fn dead_shard_fails_awaited_tickets(backend: IoBackend) {
+    let s = TestServer::start();
+    s.cmd(&["SET", "k", "v"]);
+    let mut cfg = Config::from_url(&s.url()).unwrap();
+    cfg.io_backend = backend;
+    cfg.shards = Some(1);
+    cfg.lane_capacity = 1;
+    cfg.key_layout = KeyLayout::Raw;
+    cfg.request_timeout = Duration::from_secs(20);
+    let e = Engine::new(cfg).unwrap();
+    let addr = s.addr();
+    let stall = std::thread::spawn(move || {
+        slotline_testkit::command_str(&addr, None, &["DEBUG", "SLEEP", "3"]).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // Active parts (512) and parts the tickets still hold (the lane is full).
+    let tickets: Vec<_> = (0..600).map(|_| e.get_async(&["k"])).collect();
+    let t0 = Instant::now();
+    e.debug_crash_shard(0);
+    for t in tickets {
+        let r = block_on(t);
+        assert!(r.is_err(), "a ticket of a dead shard succeeded: {r:?}");
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(2500),
+        "awaited tickets took {:?} to fail",
+        t0.elapsed()
+    );
+    let r = e.get(&["k"]);
+    assert!(r.is_err(), "a call routed to a dead shard: {r:?}");
+    stall.join().unwrap();
+}
+both_backends!(dead_shard_fails_awaited_tickets);

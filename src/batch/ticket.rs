@@ -76,7 +76,10 @@ impl<T> Ticket<T> {
             if batch.is_finished() {
                 continue;
             }
-            if lanes.push_wait(class, part, batch.deadline).is_err() {
+            let pushed = lanes.push_wait(class, part, batch.deadline).is_ok();
+            if lanes.is_closed() {
+                batch.fail(shard_gone());
+            } else if !pushed {
                 batch.fail(lane_timeout(&batch, class));
             }
         }
@@ -96,11 +99,18 @@ impl<T> Ticket<T> {
                 continue;
             }
             let part = match lanes.try_push(class, part) {
-                Ok(()) => continue,
-                Err(part) => part,
+                Ok(()) => None,
+                Err(part) => {
+                    lanes.wake_on_space(cx.waker());
+                    lanes.try_push(class, part).err()
+                }
             };
-            lanes.wake_on_space(cx.waker());
-            if let Err(part) = lanes.try_push(class, part) {
+            if lanes.is_closed() {
+                // Pushed or not, a dead shard serves nothing (see `Lanes::close`).
+                batch.fail(shard_gone());
+                continue;
+            }
+            if let Some(part) = part {
                 self.unpushed.insert(0, Unpushed { lanes, class, part });
                 return false;
             }
@@ -198,5 +208,12 @@ fn lane_timeout(batch: &Batch, class: Priority) -> Error {
     Error::Timeout {
         after: batch.started.elapsed(),
         what: format!("waiting for space in the {class} lane"),
+    }
+}
+
+fn shard_gone() -> Error {
+    Error::Io {
+        node: "shard".into(),
+        source: std::io::Error::other("the shard thread has stopped (see the log)"),
     }
 }

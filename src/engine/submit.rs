@@ -214,6 +214,16 @@ impl Engine {
                     }
                 },
             };
+            if lanes.is_closed() {
+                // The shard died; it drains what it finds after closing, and a part
+                // pushed after that is failed here (see `Lanes::close`).
+                let err = Error::Io {
+                    node: format!("shard {i}"),
+                    source: std::io::Error::other("the shard thread has stopped (see the log)"),
+                };
+                batch.fail(shard::clone_err(&err));
+                return Err(err);
+            }
             if pushed.is_err() {
                 let err = match mode {
                     Submit::Try => Error::Busy {
