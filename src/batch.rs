@@ -461,11 +461,13 @@ impl Batch {
         // is logged so none is lost silently.
         let mut first_err: Option<Error> = None;
         let mut failed = vec![false; n];
+        let mut unknown = vec![false; n];
         for (i, pair) in slots.iter_mut().enumerate() {
             for s in pair.iter_mut().filter(|s| matches!(s, Slot::Err(_))) {
                 if let Slot::Err(e) = std::mem::take(s) {
                     tracing::warn!(key = %key(i), op = self.op_name(), error = %e, "key failed");
                     failed[i] = true;
+                    unknown[i] |= matches!(e, Error::OutcomeUnknown { .. });
                     first_err.get_or_insert(e);
                 }
             }
@@ -482,6 +484,7 @@ impl Batch {
                     let first_key = failed.iter().position(|&f| f).map(key).unwrap_or_default();
                     return Err(Error::PutFailed {
                         failed: nfailed,
+                        outcome_unknown: unknown.iter().filter(|&&u| u).count(),
                         total: n,
                         first_key,
                         first_error: e.to_string(),

@@ -63,6 +63,9 @@ pub enum Error {
     #[error("{failed} of {total} writes failed; first: key {first_key}: {first_error}")]
     PutFailed {
         failed: usize,
+        /// How many of the failed chunks had a write sent and left unanswered
+        /// ([`Error::OutcomeUnknown`]): they may or may not have been written.
+        outcome_unknown: usize,
         total: usize,
         first_key: String,
         first_error: String,

@@ -206,6 +206,30 @@ fn sent_writes_are_not_resent(backend: IoBackend) {
     drop(e);
     drop(relay);
 
+    // A put (one MSET): never resent; the error says how many chunks are in doubt.
+    let relay = CuttingRelay::start(s.addr(), b"MSET");
+    let e = engine_via(&relay, backend);
+    let r = e.put(vec![
+        PutChunk::new("p1", b"one".to_vec(), None),
+        PutChunk::new("p2", b"two".to_vec(), None),
+    ]);
+    assert!(
+        matches!(
+            r,
+            Err(Error::PutFailed {
+                failed: 2,
+                outcome_unknown: 2,
+                ..
+            })
+        ),
+        "put after a cut connection: {r:?}"
+    );
+    assert_eq!(relay.cuts.load(Ordering::SeqCst), 1, "MSET sent once");
+    settle(|| s.cmd(&["GET", "p2"]) == "two");
+    assert_eq!(s.cmd(&["GET", "p1"]), "one", "the MSET itself was applied");
+    drop(e);
+    drop(relay);
+
     // A read (EXISTS) whose connection is cut is retried and answers right.
     s.cmd(&["SET", "present", "v"]);
     let relay = CuttingRelay::start(s.addr(), b"EXISTS");
