@@ -21,6 +21,7 @@ use crate::resp::Value;
 
 mod ticket;
 pub use ticket::Ticket;
+pub(crate) use ticket::Unpushed;
 
 /// One chunk read back from Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +195,12 @@ struct State {
     parts_left: usize,
     output: Option<Result<Output>>,
     waker: Option<Waker>,
+    /// Runs once when the batch completes, on the completing thread, without the lock.
+    on_done: Option<OnDone>,
 }
+
+/// A completion hook: told whether the batch succeeded (the output stays for the ticket).
+pub(crate) type OnDone = Box<dyn FnOnce(Result<()>) + Send>;
 
 /// Something the batch asks the engine to do after it finished (never blocking).
 pub(crate) trait FollowUp: Send + Sync {
@@ -282,6 +288,7 @@ impl Batch {
                 parts_left: 0,
                 output: None,
                 waker: None,
+                on_done: None,
             }),
             cv: Condvar::new(),
         }
@@ -392,12 +399,50 @@ impl Batch {
                 .op_done(self.class, self.keys.len(), self.started.elapsed()),
             Err(e) => self.metrics.error(e.kind()),
         }
+        let hook = st.on_done.take().map(|h| (h, outcome(&out)));
         st.output = Some(out);
         let waker = st.waker.take();
         drop(st);
         self.cv.notify_all();
         if let Some(w) = waker {
             w.wake();
+        }
+        if let Some((h, r)) = hook {
+            h(r);
+        }
+    }
+
+    /// Runs `hook` when the batch completes (at once, here, if it already has). The
+    /// hook runs on whichever thread completes the batch — usually a shard thread — so
+    /// it must not block.
+    pub fn on_done(&self, hook: OnDone) {
+        let mut st = self.lock();
+        match st.output.as_ref().map(outcome) {
+            Some(r) => {
+                drop(st);
+                hook(r);
+            }
+            None => st.on_done = Some(hook),
+        }
+    }
+
+    /// Completes a batch that has no units of its own (a relay for a request made of
+    /// several batches) with `r`. Counts nothing: the batches that did the work did.
+    pub fn settle(&self, r: Result<Output>) {
+        let mut st = self.lock();
+        if st.output.is_some() {
+            return;
+        }
+        let hook = st.on_done.take().map(|h| (h, outcome(&r)));
+        st.output = Some(r);
+        let waker = st.waker.take();
+        drop(st);
+        self.cv.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+        if let Some((h, r)) = hook {
+            h(r);
         }
     }
 
@@ -416,11 +461,13 @@ impl Batch {
         // is logged so none is lost silently.
         let mut first_err: Option<Error> = None;
         let mut failed = vec![false; n];
+        let mut unknown = vec![false; n];
         for (i, pair) in slots.iter_mut().enumerate() {
             for s in pair.iter_mut().filter(|s| matches!(s, Slot::Err(_))) {
                 if let Slot::Err(e) = std::mem::take(s) {
                     tracing::warn!(key = %key(i), op = self.op_name(), error = %e, "key failed");
                     failed[i] = true;
+                    unknown[i] |= matches!(e, Error::OutcomeUnknown { .. });
                     first_err.get_or_insert(e);
                 }
             }
@@ -437,6 +484,7 @@ impl Batch {
                     let first_key = failed.iter().position(|&f| f).map(key).unwrap_or_default();
                     return Err(Error::PutFailed {
                         failed: nfailed,
+                        outcome_unknown: unknown.iter().filter(|&&u| u).count(),
                         total: n,
                         first_key,
                         first_error: e.to_string(),
@@ -611,5 +659,13 @@ impl Batch {
 
     fn take_output(&self) -> Option<Result<Output>> {
         self.lock().output.take()
+    }
+}
+
+/// Success or a copy of the error, for a completion hook.
+fn outcome(out: &Result<Output>) -> Result<()> {
+    match out {
+        Ok(_) => Ok(()),
+        Err(e) => Err(crate::shard::clone_err(e)),
     }
 }

@@ -36,6 +36,7 @@ mod janitor;
 mod nonblocking;
 mod submit;
 mod topo;
+mod twophase;
 
 pub use caller::{GetIntoTicket, PutOwned, PutRef, PutTicket};
 
@@ -57,6 +58,8 @@ struct Inner {
     me: Weak<Inner>,
     /// Stale-metadata deletions, checked and carried out off the shard threads.
     janitor: Mutex<Option<std::sync::mpsc::Sender<StaleJob>>>,
+    /// Metadata phases of two-phase puts, submitted off the shard threads.
+    meta_phase: std::sync::mpsc::Sender<twophase::MetaPhase>,
 }
 
 /// The engine: shards, their connections, and the API LMCache's connector calls.
@@ -210,6 +213,7 @@ impl Engine {
             backend
         );
         let (janitor_tx, janitor_rx) = std::sync::mpsc::channel();
+        let (meta_tx, meta_rx) = std::sync::mpsc::channel();
         let inner = Arc::new_cyclic(|me| Inner {
             cfg,
             shards,
@@ -220,8 +224,22 @@ impl Engine {
             backend,
             me: me.clone(),
             janitor: Mutex::new(Some(janitor_tx)),
+            meta_phase: meta_tx,
         });
         let weak = Arc::downgrade(&inner);
+        if let Err(e) = std::thread::Builder::new()
+            .name("slotline-put-meta".into())
+            .spawn({
+                let weak = weak.clone();
+                move || twophase::run_meta_phases(weak, meta_rx)
+            })
+        {
+            // Without it two-phase puts end with Error::Closed: refuse to start.
+            return Err(Error::Io {
+                node: "engine".into(),
+                source: e,
+            });
+        }
         if let Err(e) = std::thread::Builder::new()
             .name("slotline-janitor".into())
             .spawn(move || run_janitor(weak, janitor_rx))
@@ -236,6 +254,15 @@ impl Engine {
             engine.command(&[b"PING"])?;
         }
         Ok(engine)
+    }
+
+    /// Test hook: makes shard `shard`'s thread panic at its next turn, as a bug would,
+    /// to check that callers get errors rather than hang. Not for production use.
+    #[doc(hidden)]
+    pub fn debug_crash_shard(&self, shard: usize) {
+        if let Some(s) = self.inner.shards.get(shard) {
+            s.lanes.request_crash();
+        }
     }
 
     /// Shortcut for `Engine::new(Config::from_url(url)?)`.
@@ -419,7 +446,7 @@ impl Engine {
     pub fn put_async(&self, chunks: Vec<PutChunk>) -> Ticket<()> {
         match self
             .put_op(chunks)
-            .and_then(|plan| self.start_put(plan, Submit::Wait))
+            .and_then(|plan| self.start_put(plan, Submit::Defer))
         {
             Ok(t) => t,
             Err(e) => Ticket::ready(Err(e)),
@@ -434,26 +461,24 @@ impl Engine {
         let split =
             self.inner.router.is_cluster() && self.inner.cfg.key_layout == KeyLayout::Lmcache;
         if !split {
-            let b = self.submit_put(&plan, None, mode)?;
-            return Ok(Ticket::new(b, unit));
+            let (b, unpushed) = self.submit_put(&plan, None, mode)?;
+            return Ok(Ticket::new(b, unit).with_unpushed(unpushed));
         }
-        let first = self.submit_put(&plan, Some(Role::Payload), mode)?;
-        let engine = self.clone();
-        Ok(Ticket::new(first, unit).then(move |()| {
-            match engine.submit_put(&plan, Some(Role::Meta), Submit::Wait) {
-                Ok(b) => Ticket::new(b, unit),
-                Err(e) => Ticket::ready(Err(e)),
-            }
-        }))
+        self.start_two_phase_put(plan, &self.inner.meta_phase, mode)
     }
 
-    fn submit_put(&self, plan: &PutPlan, only: Option<Role>, mode: Submit) -> Result<Arc<Batch>> {
+    fn submit_put(
+        &self,
+        plan: &PutPlan,
+        only: Option<Role>,
+        mode: Submit,
+    ) -> Result<(Arc<Batch>, Vec<crate::batch::Unpushed>)> {
         let op = Op::Put {
             data: plan.data.clone(),
             metas: plan.metas.clone(),
             only,
         };
-        self.submit_keys(
+        self.submit_parts(
             Req {
                 op,
                 class: Priority::Put,

@@ -35,6 +35,11 @@ pub enum Error {
     /// The server sent bytes that are not valid RESP, or not the reply we expected.
     #[error("protocol error from {node}: {reason}")]
     Protocol { node: String, reason: String },
+    /// A write or raw command was sent whole and the connection failed before its
+    /// reply: the server may or may not have applied it. slotline does not resend it
+    /// (that could apply it twice); the caller decides.
+    #[error("outcome unknown at {node}: the request was sent but the connection failed before the reply ({reason}); it may or may not have been applied")]
+    OutcomeUnknown { node: String, reason: String },
     /// The request did not complete in time.
     #[error("request timed out after {after:?}: {what}")]
     Timeout { after: Duration, what: String },
@@ -58,6 +63,9 @@ pub enum Error {
     #[error("{failed} of {total} writes failed; first: key {first_key}: {first_error}")]
     PutFailed {
         failed: usize,
+        /// How many of the failed chunks had a write sent and left unanswered
+        /// ([`Error::OutcomeUnknown`]): they may or may not have been written.
+        outcome_unknown: usize,
         total: usize,
         first_key: String,
         first_error: String,
@@ -74,6 +82,7 @@ impl Error {
             Error::Config { .. } => "config",
             Error::Url { .. } => "url",
             Error::Io { .. } => "io",
+            Error::OutcomeUnknown { .. } => "outcome_unknown",
             Error::Auth { .. } => "auth",
             Error::Server { .. } => "server",
             Error::Protocol { .. } => "protocol",

@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
@@ -32,8 +33,14 @@ pub struct Lanes<T> {
     /// Callers blocked in `push_wait` (they count themselves in and out).
     space_lock: Mutex<()>,
     space: Condvar,
+    /// Futures waiting for space (counted in `waiting` too), woken by the shard's pop.
+    space_wakers: Mutex<Vec<Waker>>,
     /// Doorbell syscalls, callers' and the shard's (several writers).
     calls: Arc<SyscallCounters>,
+    /// The shard is gone: nothing pushed here will be served.
+    closed: AtomicBool,
+    /// Test hook: the shard panics at its next turn (see `Engine::debug_crash_shard`).
+    crash: AtomicBool,
 }
 
 impl<T> Lanes<T> {
@@ -53,7 +60,10 @@ impl<T> Lanes<T> {
             waiting: AtomicUsize::new(0),
             space_lock: Mutex::new(()),
             space: Condvar::new(),
+            space_wakers: Mutex::new(Vec::new()),
             calls: Arc::default(),
+            closed: AtomicBool::new(false),
+            crash: AtomicBool::new(false),
         })
     }
 
@@ -74,9 +84,13 @@ impl<T> Lanes<T> {
         Ok(())
     }
 
-    /// Pushes, waiting for space until `deadline`; gives the item back on time-out.
+    /// Pushes, waiting for space until `deadline`; gives the item back on time-out or
+    /// when the lanes are closed.
     pub fn push_wait(&self, class: Priority, mut item: T, deadline: Instant) -> Result<(), T> {
         loop {
+            if self.is_closed() {
+                return Err(item);
+            }
             item = match self.try_push(class, item) {
                 Ok(()) => return Ok(()),
                 Err(item) => item,
@@ -97,6 +111,37 @@ impl<T> Lanes<T> {
             let _unused = self.space.wait_timeout(guard, wait);
             self.waiting.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// The shard died: marks the lanes closed and wakes every caller waiting for space
+    /// (they then see [`Self::is_closed`]). The shard drains what is queued after this;
+    /// a caller that pushed checks `is_closed` afterwards, so no part is left unserved.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.notify_space();
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// `true` once the shard behind these lanes is gone.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Test hook: asks the shard to panic at its next turn.
+    pub fn request_crash(&self) {
+        self.crash.store(true, Ordering::SeqCst);
+        self.ring();
+    }
+
+    /// Shard side: `true` once when a crash was requested.
+    pub fn crash_requested(&self) -> bool {
+        self.crash.load(Ordering::Relaxed) && self.crash.swap(false, Ordering::SeqCst)
+    }
+
+    /// Pops from any lane, ignoring weights (draining a dead shard's lanes).
+    pub fn pop_any(&self) -> Option<T> {
+        self.lanes.iter().find_map(|l| l.pop())
     }
 
     /// `true` if every lane is empty.
@@ -128,6 +173,26 @@ impl<T> Lanes<T> {
         let guard = self.space_lock.lock().unwrap_or_else(|e| e.into_inner());
         drop(guard);
         self.space.notify_all();
+        let wakers = std::mem::take(&mut *self.lock_wakers());
+        self.waiting.fetch_sub(wakers.len(), Ordering::SeqCst);
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// A future found its lane full: `waker` is woken at the next pop. The caller
+    /// tries again after registering, so a pop in between is not missed.
+    pub fn wake_on_space(&self, waker: &Waker) {
+        let mut ws = self.lock_wakers();
+        if ws.iter().any(|w| w.will_wake(waker)) {
+            return;
+        }
+        ws.push(waker.clone());
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn lock_wakers(&self) -> std::sync::MutexGuard<'_, Vec<Waker>> {
+        self.space_wakers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Shard side: announce the intent to sleep. Returns `false` if work arrived in the
@@ -228,6 +293,30 @@ mod tests {
         assert_eq!(lanes.pop(&mut p), Some((Priority::Get, 1)));
         lanes.notify_space();
         assert_eq!(t.join().unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn waiting_future_is_woken_when_shard_pops() {
+        struct Flag(AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let lanes = Lanes::<u32>::new(1).unwrap();
+        lanes.try_push(Priority::Get, 1).unwrap();
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        lanes.wake_on_space(&waker);
+        lanes.wake_on_space(&waker);
+        assert_eq!(
+            lanes.waiting.load(Ordering::SeqCst),
+            1,
+            "one entry per waker"
+        );
+        lanes.notify_space();
+        assert!(flag.0.load(Ordering::SeqCst));
+        assert_eq!(lanes.waiting.load(Ordering::SeqCst), 0);
     }
 
     #[test]

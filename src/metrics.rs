@@ -16,6 +16,7 @@ pub(crate) const ERROR_KINDS: &[&str] = &[
     "config",
     "url",
     "io",
+    "outcome_unknown",
     "auth",
     "server",
     "protocol",

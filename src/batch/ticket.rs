@@ -7,8 +7,19 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::lanes::Lanes;
+use crate::priority::Priority;
+use crate::shard::SubmitPart;
 
 use super::{Batch, Output};
+
+/// A part whose shard's lane was full at submission: the ticket pushes it when space
+/// frees, so an `*_async` call never waits for a lane.
+pub(crate) struct Unpushed {
+    pub lanes: Arc<Lanes<SubmitPart>>,
+    pub class: Priority,
+    pub part: SubmitPart,
+}
 
 /// A caller's handle on a submitted request: wait for it, or `.await` it.
 ///
@@ -18,11 +29,9 @@ pub struct Ticket<T> {
     batch: Option<Arc<Batch>>,
     convert: fn(Output) -> Result<T>,
     ready: Option<Result<T>>,
-    /// A second request to start once this one succeeds (two-phase cluster puts).
-    then: Option<Continuation<T>>,
+    /// Parts still to be pushed, in submission order.
+    unpushed: Vec<Unpushed>,
 }
-
-type Continuation<T> = Box<dyn FnOnce(T) -> Ticket<T> + Send>;
 
 impl<T> std::fmt::Debug for Ticket<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,7 +49,7 @@ impl<T> Ticket<T> {
             batch: Some(batch),
             convert,
             ready: None,
-            then: None,
+            unpushed: Vec::new(),
         }
     }
 
@@ -49,28 +58,69 @@ impl<T> Ticket<T> {
             batch: None,
             convert: |_| Err(Error::Closed),
             ready: Some(r),
-            then: None,
+            unpushed: Vec::new(),
         }
     }
 
-    /// After this request succeeds, starts `next` with its result; the ticket then
-    /// completes with `next`'s outcome.
-    pub(crate) fn then(mut self, next: impl FnOnce(T) -> Ticket<T> + Send + 'static) -> Ticket<T> {
-        self.then = Some(Box::new(next));
+    /// A ticket on `batch` that still has to push `unpushed` (lanes that were full).
+    pub(crate) fn with_unpushed(mut self, unpushed: Vec<Unpushed>) -> Ticket<T> {
+        self.unpushed = unpushed;
         self
+    }
+
+    /// Pushes the parts still waiting for lane space, blocking until there is space
+    /// or the deadline passes (then the part's batch fails with a time-out).
+    fn push_blocking(&mut self) {
+        for Unpushed { lanes, class, part } in std::mem::take(&mut self.unpushed) {
+            let batch = part.batch.clone();
+            if batch.is_finished() {
+                continue;
+            }
+            let pushed = lanes.push_wait(class, part, batch.deadline).is_ok();
+            if lanes.is_closed() {
+                batch.fail(shard_gone());
+            } else if !pushed {
+                batch.fail(lane_timeout(&batch, class));
+            }
+        }
+    }
+
+    /// Pushes what fits now; `false` (with the waker registered on the full lane) when
+    /// a part must wait for space.
+    fn push_ready(&mut self, cx: &Context<'_>) -> bool {
+        while !self.unpushed.is_empty() {
+            let Unpushed { lanes, class, part } = self.unpushed.remove(0);
+            let batch = part.batch.clone();
+            if batch.is_finished() {
+                continue;
+            }
+            if Instant::now() >= batch.deadline {
+                batch.fail(lane_timeout(&batch, class));
+                continue;
+            }
+            let part = match lanes.try_push(class, part) {
+                Ok(()) => None,
+                Err(part) => {
+                    lanes.wake_on_space(cx.waker());
+                    lanes.try_push(class, part).err()
+                }
+            };
+            if lanes.is_closed() {
+                // Pushed or not, a dead shard serves nothing (see `Lanes::close`).
+                batch.fail(shard_gone());
+                continue;
+            }
+            if let Some(part) = part {
+                self.unpushed.insert(0, Unpushed { lanes, class, part });
+                return false;
+            }
+        }
+        true
     }
 
     /// Blocks the calling thread until the request completes.
     pub fn wait(mut self) -> Result<T> {
-        let then = self.then.take();
-        let r = self.wait_one();
-        match (r, then) {
-            (Ok(v), Some(next)) => next(v).wait(),
-            (r, _) => r,
-        }
-    }
-
-    fn wait_one(mut self) -> Result<T> {
+        self.push_blocking();
         if let Some(r) = self.ready.take() {
             return r;
         }
@@ -110,8 +160,7 @@ impl<T> Ticket<T> {
 
     /// `true` once the result is available (wait() will not block).
     pub fn is_done(&self) -> bool {
-        self.then.is_none()
-            && (self.ready.is_some() || self.batch.as_ref().is_none_or(|b| b.is_finished()))
+        self.ready.is_some() || self.batch.as_ref().is_none_or(|b| b.is_finished())
     }
 }
 
@@ -121,21 +170,9 @@ impl<T> Future for Ticket<T> {
     type Output = Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            let r = match self.poll_one(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(r) => r,
-            };
-            match (r, self.then.take()) {
-                (Ok(v), Some(next)) => *self = next(v),
-                (r, _) => return Poll::Ready(r),
-            }
+        if !self.unpushed.is_empty() && !self.push_ready(cx) {
+            return Poll::Pending;
         }
-    }
-}
-
-impl<T> Ticket<T> {
-    fn poll_one(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
         if let Some(r) = self.ready.take() {
             return Poll::Ready(r);
         }
@@ -154,5 +191,29 @@ impl<T> Ticket<T> {
             Some(r) => Poll::Ready(r.and_then(self.convert)),
             None => Poll::Ready(Err(Error::Closed)),
         }
+    }
+}
+
+impl<T> Drop for Ticket<T> {
+    /// A ticket dropped with parts still waiting for lane space pushes them (waiting
+    /// for space up to the deadline): the request is carried out as if it were kept.
+    fn drop(&mut self) {
+        if !self.unpushed.is_empty() {
+            self.push_blocking();
+        }
+    }
+}
+
+fn lane_timeout(batch: &Batch, class: Priority) -> Error {
+    Error::Timeout {
+        after: batch.started.elapsed(),
+        what: format!("waiting for space in the {class} lane"),
+    }
+}
+
+fn shard_gone() -> Error {
+    Error::Io {
+        node: "shard".into(),
+        source: std::io::Error::other("the shard thread has stopped (see the log)"),
     }
 }

@@ -19,8 +19,14 @@ pub(crate) enum Failure<'a> {
     /// The server answered with this error reply.
     Reply(&'a str),
     /// The connection failed before the reply; `retryable` for I/O and protocol
-    /// errors (not for authentication or a closing engine).
-    Conn { retryable: bool },
+    /// errors (not for authentication or a closing engine). `sent`: the command's
+    /// bytes all reached the kernel, so the server may have run it; `idempotent`:
+    /// running it twice does no harm (MGET, EXISTS).
+    Conn {
+        retryable: bool,
+        sent: bool,
+        idempotent: bool,
+    },
 }
 
 /// The decision.
@@ -36,14 +42,24 @@ pub(crate) enum RetryMethod {
     Reconnect,
     /// Give the error to the caller; `auth` when it is an authentication error.
     Fail { auth: bool },
+    /// A write (or raw command) was sent and never answered: it may or may not have
+    /// been applied, and sending it again could apply it twice. Fail it with an
+    /// "outcome unknown" error.
+    OutcomeUnknown,
 }
 
 /// Decides for a unit that has now spent `attempts` tries (this one included), with
 /// `in_time` telling whether its deadline is still ahead.
 pub(crate) fn classify(failure: Failure<'_>, attempts: u8, in_time: bool) -> RetryMethod {
     match failure {
-        Failure::Conn { retryable } => {
-            if retryable && attempts < MAX_ATTEMPTS && in_time {
+        Failure::Conn {
+            retryable,
+            sent,
+            idempotent,
+        } => {
+            if retryable && sent && !idempotent {
+                RetryMethod::OutcomeUnknown
+            } else if retryable && attempts < MAX_ATTEMPTS && in_time {
                 RetryMethod::Reconnect
             } else {
                 RetryMethod::Fail { auth: false }
@@ -145,7 +161,11 @@ mod tests {
 
     #[test]
     fn connection_failures_retry_a_few_times() {
-        let f = Failure::Conn { retryable: true };
+        let f = Failure::Conn {
+            retryable: true,
+            sent: true,
+            idempotent: true,
+        };
         assert_eq!(classify(f, 1, true), RetryMethod::Reconnect);
         assert_eq!(classify(f, 2, true), RetryMethod::Reconnect);
         assert_eq!(
@@ -154,8 +174,44 @@ mod tests {
         );
         assert_eq!(classify(f, 1, false), RetryMethod::Fail { auth: false });
         assert_eq!(
-            classify(Failure::Conn { retryable: false }, 1, true),
+            classify(
+                Failure::Conn {
+                    retryable: false,
+                    sent: false,
+                    idempotent: true
+                },
+                1,
+                true
+            ),
             RetryMethod::Fail { auth: false }
         );
+    }
+
+    #[test]
+    fn sent_unanswered_writes_are_never_resent() {
+        let conn = |sent, idempotent| Failure::Conn {
+            retryable: true,
+            sent,
+            idempotent,
+        };
+        // Sent and not idempotent (SET, MSET, DEL, a raw command): outcome unknown,
+        // whatever the budget and deadline say.
+        for (attempts, in_time) in [(1, true), (MAX_ATTEMPTS, true), (1, false)] {
+            assert_eq!(
+                classify(conn(true, false), attempts, in_time),
+                RetryMethod::OutcomeUnknown
+            );
+        }
+        // Never wholly sent: the server cannot have run it, so it is resent.
+        assert_eq!(
+            classify(conn(false, false), 1, true),
+            RetryMethod::Reconnect
+        );
+        assert_eq!(
+            classify(conn(false, false), MAX_ATTEMPTS, true),
+            RetryMethod::Fail { auth: false }
+        );
+        // Reads are resent even when sent.
+        assert_eq!(classify(conn(true, true), 1, true), RetryMethod::Reconnect);
     }
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use crate::batch::{Batch, BatchInit, FollowUp, GetMode, KeyArena, Op, Output, Role, Ticket};
+use crate::batch::{
+    Batch, BatchInit, FollowUp, GetMode, KeyArena, Op, Output, Role, Ticket, Unpushed,
+};
 use crate::cluster::NodeId;
 use crate::cmem::Mem;
 use crate::error::{Error, Result};
@@ -33,6 +35,9 @@ pub(super) struct Req {
 pub(super) enum Submit {
     Wait,
     Try,
+    /// Never wait: parts that find their lane full go back to the caller, for the
+    /// ticket to push when space frees (`*_async` calls).
+    Defer,
 }
 
 impl Engine {
@@ -44,29 +49,44 @@ impl Engine {
         bufs: Vec<Mem>,
         convert: fn(Output) -> Result<T>,
     ) -> Ticket<T> {
-        match self.submit_keys(
+        match self.submit_parts(
             Req {
                 op,
                 class,
                 layout: self.inner.cfg.key_layout,
-                mode: Submit::Wait,
+                mode: Submit::Defer,
                 target: None,
             },
             keys,
             bufs,
         ) {
-            Ok(b) => Ticket::new(b, convert),
+            Ok((b, unpushed)) => Ticket::new(b, convert).with_unpushed(unpushed),
             Err(e) => Ticket::ready(Err(e)),
         }
     }
 
-    /// Builds the batch, splits its units over the owning shards and queues the parts.
+    /// Builds the batch, splits its units over the owning shards and queues the parts
+    /// (`Submit::Defer` is for [`Self::submit_parts`]; here it waits like `Wait`).
     pub(super) fn submit_keys<K: AsRef<[u8]>>(
+        &self,
+        mut req: Req,
+        keys: &[K],
+        bufs: Vec<Mem>,
+    ) -> Result<Arc<Batch>> {
+        if matches!(req.mode, Submit::Defer) {
+            req.mode = Submit::Wait;
+        }
+        self.submit_parts(req, keys, bufs).map(|(b, _)| b)
+    }
+
+    /// [`Self::submit_keys`], also returning the parts that found their lane full
+    /// under `Submit::Defer` (none under the other modes).
+    pub(super) fn submit_parts<K: AsRef<[u8]>>(
         &self,
         req: Req,
         keys: &[K],
         bufs: Vec<Mem>,
-    ) -> Result<Arc<Batch>> {
+    ) -> Result<(Arc<Batch>, Vec<Unpushed>)> {
         let Req {
             op,
             class,
@@ -158,9 +178,10 @@ impl Engine {
         if live.is_empty() {
             batch.set_parts(1);
             batch.part_done(Vec::new(), Vec::new());
-            return Ok(batch);
+            return Ok((batch, Vec::new()));
         }
         batch.set_parts(live.len());
+        let mut unpushed = Vec::new();
         let deadline = Instant::now() + inner.cfg.request_timeout;
         for i in live {
             let (u, b) = std::mem::take(&mut parts[i]);
@@ -181,13 +202,34 @@ impl Engine {
             let pushed = match mode {
                 Submit::Try => lanes.try_push(class, sp),
                 Submit::Wait => lanes.push_wait(class, sp, deadline),
+                Submit::Defer => match lanes.try_push(class, sp) {
+                    Ok(()) => Ok(()),
+                    Err(part) => {
+                        unpushed.push(Unpushed {
+                            lanes: lanes.clone(),
+                            class,
+                            part,
+                        });
+                        Ok(())
+                    }
+                },
             };
+            if lanes.is_closed() {
+                // The shard died; it drains what it finds after closing, and a part
+                // pushed after that is failed here (see `Lanes::close`).
+                let err = Error::Io {
+                    node: format!("shard {i}"),
+                    source: std::io::Error::other("the shard thread has stopped (see the log)"),
+                };
+                batch.fail(shard::clone_err(&err));
+                return Err(err);
+            }
             if pushed.is_err() {
                 let err = match mode {
                     Submit::Try => Error::Busy {
                         class: class.name(),
                     },
-                    Submit::Wait => Error::Timeout {
+                    Submit::Wait | Submit::Defer => Error::Timeout {
                         after: inner.cfg.request_timeout,
                         what: format!("waiting for space in the {class} lane"),
                     },
@@ -198,6 +240,6 @@ impl Engine {
                 return Err(err);
             }
         }
-        Ok(batch)
+        Ok((batch, unpushed))
     }
 }

@@ -111,6 +111,9 @@ pub(crate) struct Pending {
     /// Request bytes plus the expected reply bytes, released when the reply is read.
     pub weight: usize,
     pub sent_at: Instant,
+    /// Where the command's bytes end in the connection's output stream: it reached
+    /// the kernel whole once [`Conn::written`] is at least this.
+    pub end: u64,
 }
 
 /// One connection.
@@ -123,6 +126,8 @@ pub(crate) struct Conn {
     out: VecDeque<Bytes>,
     out_off: usize,
     out_bytes: usize,
+    /// Bytes handed to the kernel over the connection's life.
+    written: u64,
     /// Headers of the frame being built, split off into `out` as segments.
     hdr: BytesMut,
     pub rx: Rx,
@@ -147,6 +152,7 @@ impl Conn {
             out: VecDeque::new(),
             out_off: 0,
             out_bytes: 0,
+            written: 0,
             hdr: BytesMut::with_capacity(16 * 1024),
             rx: Rx::new(fixed),
             pending: VecDeque::new(),
@@ -200,6 +206,18 @@ impl Conn {
         self.out_bytes
     }
 
+    /// The output-stream position after everything queued so far (the frame being
+    /// built included): a command's [`Pending::end`].
+    pub fn queued_end(&self) -> u64 {
+        self.written + (self.out_bytes + self.hdr.len()) as u64
+    }
+
+    /// Bytes the kernel has taken so far. A command whose `end` is beyond this was not
+    /// (or not wholly) sent, so the server cannot have run it.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
     // ----- sending -----
 
     /// Clones (reference counts, no copy) of up to `MAX_IOV` unsent segments into
@@ -236,6 +254,7 @@ impl Conn {
 
     /// `n` bytes were written.
     pub fn on_sent(&mut self, mut n: usize) {
+        self.written += n as u64;
         self.out_bytes = self.out_bytes.saturating_sub(n);
         while n > 0 {
             let Some(front) = self.out.front() else { break };

@@ -21,21 +21,6 @@ pub(crate) struct ShardHandle {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Logs a shard thread that ends by panicking: its callers then get errors from
-/// `Engine` (via `ShardHandle::is_alive`) instead of waiting for their deadlines.
-struct PanicReport(usize);
-
-impl Drop for PanicReport {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            tracing::error!(
-                shard = self.0,
-                "shard thread panicked; requests routed to it now fail"
-            );
-        }
-    }
-}
-
 impl ShardHandle {
     /// `false` once the shard thread has ended (a panic, or shutdown).
     pub fn is_alive(&self) -> bool {
@@ -99,9 +84,11 @@ pub(crate) fn start(
                 }
             };
             let _ = tx.send(Ok(backend.kind()));
-            let _report = PanicReport(id);
             let mut shard = Shard::new(id, cfg, router, metrics, all_lanes, s2, backend, nshards);
-            shard.run();
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
+            if run.is_err() {
+                abandon(id, &mut shard, &l2);
+            }
         })
         .map_err(|e| Error::Io {
             node: "local".into(),
@@ -114,6 +101,25 @@ pub(crate) fn start(
         stop,
         thread: Some(thread),
     })
+}
+
+/// A shard thread panicked: its callers get errors now instead of waiting for their
+/// deadlines (or forever, for a polled future). Batches with active parts fail, the
+/// lanes close (waking callers waiting for space) and what was queued fails too.
+fn abandon(id: usize, shard: &mut Shard, lanes: &Lanes<SubmitPart>) {
+    tracing::error!(
+        shard = id,
+        "shard thread panicked; its requests fail and requests routed to it are refused"
+    );
+    let err = || Error::Io {
+        node: format!("shard {id}"),
+        source: std::io::Error::other("the shard thread has stopped (see the log)"),
+    };
+    shard.abandon(&err());
+    lanes.close();
+    while let Some(sp) = lanes.pop_any() {
+        sp.batch.fail(err());
+    }
 }
 
 pub(super) enum Backend {

@@ -176,6 +176,14 @@ impl Shard {
         }
     }
 
+    /// After the loop panicked: every batch with an active part here fails with `err`
+    /// (the parts themselves are dropped with the shard).
+    pub(super) fn abandon(&mut self, err: &Error) {
+        for p in self.parts.iter().flatten() {
+            p.batch.fail(clone_err(err));
+        }
+    }
+
     fn active_parts(&self) -> usize {
         self.parts.len() - self.free_parts.len()
     }
@@ -186,6 +194,10 @@ impl Shard {
         let mut epoll_events = Vec::new();
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
+            if self.lanes.crash_requested() {
+                // Test hook (Engine::debug_crash_shard): what a bug in the shard does.
+                panic!("shard {} crashed on request (test hook)", self.id);
+            }
             if stopping && self.lanes.is_empty() && self.active_parts() == 0 {
                 break;
             }

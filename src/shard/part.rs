@@ -55,14 +55,31 @@ pub(super) struct ActivePart {
     pub(super) queued: bool,
 }
 
+/// What a retry decision needs to know of a unit and its request.
+struct RetryContext<'a> {
+    unit: &'a mut PUnit,
+    /// The request's deadline is still ahead.
+    in_time: bool,
+    /// A raw `Engine::command`.
+    is_command: bool,
+    /// Safe to run twice (MGET, EXISTS).
+    idempotent: bool,
+}
+
 impl ActivePart {
     /// What a retry decision about unit `u` needs: the unit, whether the batch is
     /// still within its deadline, and whether it is a raw command.
-    fn for_retry(&mut self, u: u32) -> Option<(&mut PUnit, bool, bool)> {
+    fn for_retry(&mut self, u: u32) -> Option<RetryContext<'_>> {
         let in_time = Instant::now() < self.batch.deadline;
         let is_command = matches!(self.batch.op, Op::Command { .. });
+        let idempotent = matches!(self.batch.op, Op::Get(_) | Op::Exists { .. });
         let unit = self.units.get_mut(u as usize)?;
-        Some((unit, in_time, is_command))
+        Some(RetryContext {
+            unit,
+            in_time,
+            is_command,
+            idempotent,
+        })
     }
 
     pub(super) fn resolve(&mut self, u: u32, slot: Slot) {
@@ -76,9 +93,23 @@ impl ActivePart {
 }
 
 impl Shard {
-    pub(super) fn retry_or_fail(&mut self, pr: PartRef, u: u32, err: &Error, retryable: bool) {
+    /// A unit's connection failed before its reply; `sent`: its command reached the
+    /// kernel whole, so the server may have run it.
+    pub(super) fn retry_or_fail(
+        &mut self,
+        pr: PartRef,
+        u: u32,
+        err: &Error,
+        retryable: bool,
+        sent: bool,
+    ) {
         let cluster = self.router.is_cluster();
-        let Some((unit, in_time, is_command)) = self.part_mut(pr).and_then(|p| p.for_retry(u))
+        let Some(RetryContext {
+            unit,
+            in_time,
+            is_command,
+            idempotent,
+        }) = self.part_mut(pr).and_then(|p| p.for_retry(u))
         else {
             return;
         };
@@ -87,11 +118,22 @@ impl Shard {
         }
         unit.attempts += 1;
         let (hslot, node) = (unit.hslot, unit.node);
-        if classify(Failure::Conn { retryable }, unit.attempts, in_time) == RetryMethod::Reconnect {
+        let failure = Failure::Conn {
+            retryable,
+            sent,
+            idempotent,
+        };
+        let method = classify(failure, unit.attempts, in_time);
+        if method == RetryMethod::Reconnect {
             self.reroute(pr, u);
             return;
         }
-        let e = if cluster {
+        let e = if method == RetryMethod::OutcomeUnknown {
+            Error::OutcomeUnknown {
+                node: self.nodes[node].addr.to_string(),
+                reason: err.to_string(),
+            }
+        } else if cluster {
             located(
                 is_command,
                 hslot,
@@ -257,7 +299,12 @@ impl Shard {
             .map(|c| self.nodes[c.node].addr.to_string())
             .unwrap_or_default();
         let message = String::from_utf8_lossy(msg).into_owned();
-        let Some((unit, in_time, is_command)) = self.part_mut(pr).and_then(|p| p.for_retry(u))
+        let Some(RetryContext {
+            unit,
+            in_time,
+            is_command,
+            ..
+        }) = self.part_mut(pr).and_then(|p| p.for_retry(u))
         else {
             return;
         };
@@ -299,7 +346,8 @@ impl Shard {
             RetryMethod::Fail { auth: false } if self.router.is_cluster() => {
                 located(is_command, hslot, &node_name, &message)
             }
-            RetryMethod::Fail { auth: false } => Error::Server {
+            // A reply is an answer: its outcome is known.
+            RetryMethod::Fail { auth: false } | RetryMethod::OutcomeUnknown => Error::Server {
                 node: node_name,
                 message,
             },
@@ -342,6 +390,10 @@ pub(crate) fn clone_err(e: &Error) -> Error {
         Error::Timeout { after, what } => Error::Timeout {
             after: *after,
             what: what.clone(),
+        },
+        Error::OutcomeUnknown { node, reason } => Error::OutcomeUnknown {
+            node: node.clone(),
+            reason: reason.clone(),
         },
         Error::Closed => Error::Closed,
         Error::Busy { class } => Error::Busy { class },

@@ -157,6 +157,7 @@ impl Shard {
         }
         conn.hdr().extend_from_slice(&tmp);
         conn.end_frame();
+        let end = conn.queued_end();
         for auth in steps {
             conn.pending.push_back(Pending {
                 part: None,
@@ -164,6 +165,7 @@ impl Shard {
                 units: Vec::new(),
                 weight: 0,
                 sent_at: Instant::now(),
+                end,
             });
         }
     }
@@ -222,6 +224,7 @@ impl Shard {
             None
         };
         let pending: Vec<Pending> = conn.pending.drain(..).collect();
+        let written = conn.written();
         let returned = match held {
             Some(p) => {
                 conn.pending.push_back(p);
@@ -241,7 +244,7 @@ impl Shard {
         if let (Some((i, dest)), Some(p)) = (returned, pending.first()) {
             self.return_dest(p, i, dest);
         }
-        self.fail_pending(pending, &err);
+        self.fail_pending(pending, &err, written);
         // Release the socket: now for epoll, after the kernel returns buffers for io_uring.
         match &mut self.backend {
             Backend::Epoll(e) => {
@@ -280,8 +283,10 @@ impl Shard {
         }
     }
 
-    /// Retries or fails the unanswered units of replies a failed connection owed.
-    pub(super) fn fail_pending(&mut self, pending: Vec<Pending>, err: &Error) {
+    /// Retries or fails the unanswered units of replies a failed connection owed;
+    /// `written` is how far the connection's output reached the kernel, which tells the
+    /// commands the server may have run (sent) from those it cannot have (unsent).
+    pub(super) fn fail_pending(&mut self, pending: Vec<Pending>, err: &Error, written: u64) {
         let retryable = matches!(err, Error::Io { .. } | Error::Protocol { .. });
         for p in pending {
             let Some(pr) = p.part else { continue };
@@ -289,8 +294,9 @@ impl Shard {
                 PendKind::PerUnit { next } => next,
                 _ => 0,
             };
+            let sent = p.end <= written;
             for &u in &p.units[done.min(p.units.len())..] {
-                self.retry_or_fail(pr, u, err, retryable);
+                self.retry_or_fail(pr, u, err, retryable, sent);
             }
             self.maybe_complete(pr.idx as usize);
         }
@@ -306,6 +312,7 @@ impl Shard {
         let returned = conn.rx.reader.reset();
         let held: Vec<Pending> = conn.pending.drain(..).collect();
         let err = conn.failure.take();
+        let written = conn.written();
         if direct {
             self.metrics.kernel_late_release();
         }
@@ -313,7 +320,7 @@ impl Shard {
             self.return_dest(p, i, dest);
         }
         if let Some(err) = err {
-            self.fail_pending(held, &err);
+            self.fail_pending(held, &err, written);
         }
         self.reap(cid);
     }

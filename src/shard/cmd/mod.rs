@@ -81,6 +81,7 @@ impl Shard {
                     units: Vec::new(),
                     weight: 0,
                     sent_at: Instant::now(),
+                    end: conn.queued_end(),
                 });
             }
             let room = if asking { 1 } else { key_budget - used_keys };
@@ -144,6 +145,7 @@ impl Shard {
                 units,
                 weight,
                 sent_at: Instant::now(),
+                end: conn.queued_end(),
             });
         }
         if asking && part.groups.get(gi).is_some_and(|g| g.queue.is_empty()) {
