@@ -392,13 +392,19 @@ impl Batch {
         }
     }
 
-    fn complete_locked(&self, mut st: std::sync::MutexGuard<'_, State>, out: Result<Output>) {
+    fn complete_locked(&self, st: std::sync::MutexGuard<'_, State>, out: Result<Output>) {
         match &out {
             Ok(_) => self
                 .metrics
                 .op_done(self.class, self.keys.len(), self.started.elapsed()),
             Err(e) => self.metrics.error(e.kind()),
         }
+        self.publish(st, out);
+    }
+
+    /// Stores the batch's answer, then (outside the lock) wakes waiters and pollers and
+    /// runs the completion hook.
+    fn publish(&self, mut st: std::sync::MutexGuard<'_, State>, out: Result<Output>) {
         let hook = st.on_done.take().map(|h| (h, outcome(&out)));
         st.output = Some(out);
         let waker = st.waker.take();
@@ -429,21 +435,11 @@ impl Batch {
     /// Completes a batch that has no units of its own (a relay for a request made of
     /// several batches) with `r`. Counts nothing: the batches that did the work did.
     pub fn settle(&self, r: Result<Output>) {
-        let mut st = self.lock();
+        let st = self.lock();
         if st.output.is_some() {
             return;
         }
-        let hook = st.on_done.take().map(|h| (h, outcome(&r)));
-        st.output = Some(r);
-        let waker = st.waker.take();
-        drop(st);
-        self.cv.notify_all();
-        if let Some(w) = waker {
-            w.wake();
-        }
-        if let Some((h, r)) = hook {
-            h(r);
-        }
+        self.publish(st, r);
     }
 
     /// Applies LMCache's read rules and builds the caller's answer.

@@ -243,10 +243,12 @@ fn sent_writes_are_not_resent(backend: IoBackend) {
 }
 both_backends!(sent_writes_are_not_resent);
 
-/// `*_async` never waits for lane space: with a 1-slot lane and a stalled server, far
-/// more calls than the shard takes in (512 active parts + the lane) all return at once
-/// and complete once the server answers again, as futures and as waits.
-fn async_calls_never_block(backend: IoBackend) {
+/// One shard with a 1-slot lane over a server holding `k`, stalled by `DEBUG SLEEP
+/// secs` (started 200 ms before this returns); join the handle once done.
+fn stalled_single_lane_engine(
+    backend: IoBackend,
+    secs: &'static str,
+) -> (TestServer, Engine, std::thread::JoinHandle<String>) {
     let s = TestServer::start();
     s.cmd(&["SET", "k", "v"]);
     let mut cfg = Config::from_url(&s.url()).unwrap();
@@ -258,9 +260,17 @@ fn async_calls_never_block(backend: IoBackend) {
     let e = Engine::new(cfg).unwrap();
     let addr = s.addr();
     let stall = std::thread::spawn(move || {
-        slotline_testkit::command_str(&addr, None, &["DEBUG", "SLEEP", "1.5"]).unwrap()
+        slotline_testkit::command_str(&addr, None, &["DEBUG", "SLEEP", secs]).unwrap()
     });
     std::thread::sleep(Duration::from_millis(200));
+    (s, e, stall)
+}
+
+/// `*_async` never waits for lane space: with a 1-slot lane and a stalled server, far
+/// more calls than the shard takes in (512 active parts + the lane) all return at once
+/// and complete once the server answers again, as futures and as waits.
+fn async_calls_never_block(backend: IoBackend) {
+    let (_s, e, stall) = stalled_single_lane_engine(backend, "1.5");
     let mut slowest = Duration::ZERO;
     let mut tickets = Vec::new();
     for _ in 0..700 {
@@ -311,20 +321,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// or still waiting for its lane, instead of leaving awaited tickets hanging; new calls
 /// routed to it fail at once.
 fn dead_shard_fails_awaited_tickets(backend: IoBackend) {
-    let s = TestServer::start();
-    s.cmd(&["SET", "k", "v"]);
-    let mut cfg = Config::from_url(&s.url()).unwrap();
-    cfg.io_backend = backend;
-    cfg.shards = Some(1);
-    cfg.lane_capacity = 1;
-    cfg.key_layout = KeyLayout::Raw;
-    cfg.request_timeout = Duration::from_secs(20);
-    let e = Engine::new(cfg).unwrap();
-    let addr = s.addr();
-    let stall = std::thread::spawn(move || {
-        slotline_testkit::command_str(&addr, None, &["DEBUG", "SLEEP", "3"]).unwrap()
-    });
-    std::thread::sleep(Duration::from_millis(200));
+    let (_s, e, stall) = stalled_single_lane_engine(backend, "3");
     // Active parts (512) and parts the tickets still hold (the lane is full).
     let tickets: Vec<_> = (0..600).map(|_| e.get_async(&["k"])).collect();
     let t0 = Instant::now();
