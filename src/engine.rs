@@ -177,6 +177,13 @@ impl Engine {
             .first()
             .cloned()
             .ok_or_else(|| Error::config("remote_url", "", "no server address given"))?;
+        // Names are resolved here, on the caller's thread, never on a shard's: the
+        // shards find the answers cached (see `crate::resolver`).
+        for a in &cfg.seeds {
+            if let crate::config::ServerAddr::Tcp { host, port } = a {
+                crate::resolver::resolve_now(host, *port);
+            }
+        }
         let router = Arc::new(match cfg.mode {
             Mode::Standalone => Router::standalone(seed, cores.len()),
             Mode::Cluster => Router::cluster(&cfg.seeds, cores.len()),
