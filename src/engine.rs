@@ -13,7 +13,7 @@
 //! ```
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
@@ -40,7 +40,7 @@ mod twophase;
 
 pub use caller::{GetIntoTicket, PutOwned, PutRef, PutTicket};
 
-use janitor::{run_janitor, StaleJob};
+use janitor::{run_janitor, JanitorQueue};
 use submit::{Req, Submit};
 
 /// MemoryFormat BINARY and dtype uint8: what a chunk stored without metadata is labelled.
@@ -57,7 +57,7 @@ struct Inner {
     backend: BackendKind,
     me: Weak<Inner>,
     /// Stale-metadata deletions, checked and carried out off the shard threads.
-    janitor: Mutex<Option<std::sync::mpsc::Sender<StaleJob>>>,
+    janitor: Arc<JanitorQueue>,
     /// Metadata phases of two-phase puts, submitted off the shard threads.
     meta_phase: std::sync::mpsc::Sender<twophase::MetaPhase>,
 }
@@ -177,6 +177,13 @@ impl Engine {
             .first()
             .cloned()
             .ok_or_else(|| Error::config("remote_url", "", "no server address given"))?;
+        // Names are resolved here, on the caller's thread, never on a shard's: the
+        // shards find the answers cached (see `crate::resolver`).
+        for a in &cfg.seeds {
+            if let crate::config::ServerAddr::Tcp { host, port } = a {
+                crate::resolver::resolve_now(host, *port);
+            }
+        }
         let router = Arc::new(match cfg.mode {
             Mode::Standalone => Router::standalone(seed, cores.len()),
             Mode::Cluster => Router::cluster(&cfg.seeds, cores.len()),
@@ -212,7 +219,7 @@ impl Engine {
             "slotline engine started on the {} backend",
             backend
         );
-        let (janitor_tx, janitor_rx) = std::sync::mpsc::channel();
+        let janitor = Arc::new(JanitorQueue::new(cfg.janitor_queue));
         let (meta_tx, meta_rx) = std::sync::mpsc::channel();
         let inner = Arc::new_cyclic(|me| Inner {
             cfg,
@@ -223,7 +230,7 @@ impl Engine {
             rr: AtomicUsize::new(0),
             backend,
             me: me.clone(),
-            janitor: Mutex::new(Some(janitor_tx)),
+            janitor: janitor.clone(),
             meta_phase: meta_tx,
         });
         let weak = Arc::downgrade(&inner);
@@ -242,7 +249,7 @@ impl Engine {
         }
         if let Err(e) = std::thread::Builder::new()
             .name("slotline-janitor".into())
-            .spawn(move || run_janitor(weak, janitor_rx))
+            .spawn(move || run_janitor(weak, janitor))
         {
             tracing::warn!(error = %e, "could not start the stale-metadata thread; stale metadata will be kept");
         }
@@ -603,6 +610,7 @@ fn unit(o: Output) -> Result<()> {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.janitor.close();
         self.router.shutdown();
         for s in &mut self.shards {
             s.shutdown();

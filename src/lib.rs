@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod numa;
 pub(crate) mod priority;
 pub mod prometheus;
+pub(crate) mod resolver;
 pub(crate) mod resp;
 pub(crate) mod shard;
 pub(crate) mod sys;

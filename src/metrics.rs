@@ -31,6 +31,8 @@ pub(crate) const ERROR_KINDS: &[&str] = &[
     "stale_metadata",
     "redirect",
     "reconnect",
+    "janitor_overflow",
+    "host_down",
 ];
 
 #[derive(Default)]
@@ -255,6 +257,16 @@ impl Metrics {
             sent_copied_bytes: self.sent_copied_bytes.load(Relaxed),
             syscalls,
         }
+    }
+
+    /// Bytes received per read hit so far (0 before the first): what a read is
+    /// expected to move per key, for its size-scaled deadline.
+    pub fn mean_hit_bytes(&self) -> u64 {
+        let hits = self.hits.load(Relaxed);
+        self.bytes_received
+            .load(Relaxed)
+            .checked_div(hits)
+            .unwrap_or(0)
     }
 }
 

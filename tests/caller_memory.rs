@@ -27,6 +27,7 @@ fn engine_at(url: &str, b: IoBackend, layout: KeyLayout, timeout: Duration) -> E
     cfg.shards = Some(1);
     cfg.key_layout = layout;
     cfg.request_timeout = timeout;
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
 }
 

@@ -89,6 +89,7 @@ fn cluster_cfg(c: &TestCluster, backend: IoBackend, layout: KeyLayout) -> Config
     cfg.io_backend = backend;
     cfg.key_layout = layout;
     cfg.request_timeout = Duration::from_secs(15);
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     cfg
 }
 
@@ -1119,6 +1120,7 @@ fn failover(backend: IoBackend) {
     let node_timeout = Duration::from_millis(c.cluster.nodes[0].options().cluster_node_timeout_ms);
     let mut cfg = cluster_cfg(&c, backend, KeyLayout::Lmcache);
     cfg.request_timeout = Duration::from_secs(5);
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     check_topology(&c, &e, 3);
     let victim = 0usize;

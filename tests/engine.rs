@@ -40,6 +40,7 @@ fn cfg_for(url: &str, backend: IoBackend) -> Config {
     let mut cfg = Config::from_url(url).unwrap_or_else(|e| panic!("Config::from_url({url}): {e}"));
     cfg.io_backend = backend;
     cfg.request_timeout = Duration::from_secs(20);
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     cfg
 }
 
@@ -1157,6 +1158,7 @@ fn server_outage_and_restart(b: IoBackend) {
     let addr = srv.addr();
     let e = engine_with(&srv, b, |c| {
         c.request_timeout = Duration::from_secs(3);
+        c.deadlines = slotline::config::Deadlines::uniform(c.request_timeout);
         c.connect_timeout = Duration::from_secs(1);
     });
     e.put(vec![PutChunk::new("before", vec![1u8; 100], None)])

@@ -25,6 +25,7 @@ fn dropped_two_phase_put_completes(backend: IoBackend) {
     cfg.io_backend = backend;
     cfg.key_layout = KeyLayout::Lmcache;
     cfg.request_timeout = Duration::from_secs(10);
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).expect("engine");
     let layout = KeyLayout::Lmcache;
     let keys: Vec<Vec<u8>> = (0..64)
@@ -165,6 +166,7 @@ fn engine_via(relay: &CuttingRelay, backend: IoBackend) -> Engine {
     // Raw keys: the test reads and writes them under these names on the server.
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(5);
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine through the relay")
 }
 
@@ -257,6 +259,7 @@ fn stalled_single_lane_engine(
     cfg.lane_capacity = 1;
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(20);
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     let addr = s.addr();
     let stall = std::thread::spawn(move || {

@@ -155,6 +155,7 @@ fn engine(srv: &Fake, b: IoBackend) -> Engine {
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_millis(200);
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
 }
 

@@ -85,6 +85,7 @@ fn weighted_shares(b: IoBackend, weights: PriorityWeights) {
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(30);
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     cfg.priority_weights = weights;
     let e = Engine::new(cfg).unwrap();
     // Connected and warm before the pause.

@@ -21,6 +21,7 @@ fn counters_move(backend: IoBackend) {
     cfg.io_backend = backend;
     cfg.shards = Some(1);
     cfg.request_timeout = Duration::from_secs(20);
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     let before = e.prometheus_text();
     assert_eq!(

@@ -65,6 +65,7 @@ fn peek_under_put_backlog(b: IoBackend) {
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(3);
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     let value = bytes::Bytes::from(vec![7u8; MIB]);
     // 32 MiB of PUT, each chunk its own request; none can finish.

@@ -20,6 +20,7 @@
 //! assert_eq!(cfg.chunk_size, 128);
 //! ```
 
+mod deadlines;
 mod redact;
 #[cfg(test)]
 mod secret_props;
@@ -36,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::layout::KeyLayout;
 use crate::priority::{Priority, PriorityWeights, MAX_PRIORITY_WEIGHT};
 
+pub use deadlines::Deadlines;
 pub use redact::mask_url;
 use settings::{build, Settings};
 pub use url::{parse_url, ParsedUrl};
@@ -48,6 +50,10 @@ const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Adding a larger timeout to `Instant::now()` risks overflow panics downstream; no
 /// Redis request legitimately needs more than a day.
+/// Default bound of the janitor's queue (keys).
+const DEFAULT_JANITOR_QUEUE: usize = 4096;
+/// Largest janitor queue accepted (keys).
+const MAX_JANITOR_QUEUE: usize = 1 << 24;
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_LANE_CAPACITY: usize = 1024;
 /// Lanes preallocate every slot; the lanes own the bound.
@@ -237,6 +243,13 @@ pub struct Config {
     /// Shares of the request classes while several wait
     /// (`extra_config.priority_weights`, default peek 8, prefetch 4, get 2, put 1).
     pub priority_weights: PriorityWeights,
+    /// Per-class deadlines scaled by payload size (`extra_config.deadlines`), each at
+    /// most `request_timeout`.
+    pub deadlines: Deadlines,
+    /// Most stale-metadata checks waiting for the janitor
+    /// (`extra_config.janitor_queue`, default 4096); beyond, they are counted and
+    /// skipped (the next read finds the key again).
+    pub janitor_queue: usize,
 }
 
 impl fmt::Debug for Config {
@@ -266,6 +279,8 @@ impl fmt::Debug for Config {
             .field("read_from_replicas", &self.read_from_replicas)
             .field("client_name", &self.client_name)
             .field("priority_weights", &self.priority_weights)
+            .field("deadlines", &self.deadlines)
+            .field("janitor_queue", &self.janitor_queue)
             .finish()
     }
 }
@@ -301,11 +316,19 @@ impl Default for Config {
             read_from_replicas: false,
             client_name: DEFAULT_CLIENT_NAME.to_string(),
             priority_weights: PriorityWeights::default(),
+            deadlines: Deadlines::default(),
+            janitor_queue: DEFAULT_JANITOR_QUEUE,
         }
     }
 }
 
 impl Config {
+    /// The deadline of a request of `class` moving `bytes` of payload: the class's
+    /// [`Deadlines`] budget, at most `request_timeout`.
+    pub fn deadline(&self, class: Priority, bytes: u64) -> Duration {
+        self.deadlines.budget(class, bytes, self.request_timeout)
+    }
+
     /// A configuration for `url` with every other setting at its default.
     ///
     /// Several seeds without a `redis-cluster://` scheme mean cluster mode. The
@@ -450,6 +473,14 @@ impl Config {
                     ),
                 ));
             }
+        }
+        self.deadlines.validate()?;
+        if !(1..=MAX_JANITOR_QUEUE).contains(&self.janitor_queue) {
+            return Err(Error::config(
+                "extra_config.janitor_queue",
+                self.janitor_queue,
+                format!("must be between 1 and {MAX_JANITOR_QUEUE}"),
+            ));
         }
         if !(1..=MAX_LANE_CAPACITY).contains(&self.lane_capacity) {
             return Err(Error::config(

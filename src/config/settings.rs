@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Config, IoBackend, Mode, ParsedUrl, ServerAddr, MASK};
+use super::{Config, Deadlines, IoBackend, Mode, ParsedUrl, ServerAddr, MASK};
 use crate::error::{Error, Result};
 use crate::layout::KeyLayout;
 use crate::priority::PriorityWeights;
@@ -34,6 +34,8 @@ pub(super) struct Settings {
     pub(super) read_from_replicas: Option<bool>,
     pub(super) client_name: Option<String>,
     pub(super) priority_weights: Option<PriorityWeights>,
+    pub(super) deadlines: Option<Deadlines>,
+    pub(super) janitor_queue: Option<usize>,
 }
 
 /// Merges a parsed URL with explicit settings and validates the result.
@@ -126,6 +128,8 @@ pub(super) fn build(url: ParsedUrl, s: Settings) -> Result<Config> {
         read_from_replicas: s.read_from_replicas.unwrap_or(d.read_from_replicas),
         client_name: s.client_name.unwrap_or(d.client_name),
         priority_weights: s.priority_weights.unwrap_or(d.priority_weights),
+        deadlines: s.deadlines.unwrap_or(d.deadlines),
+        janitor_queue: s.janitor_queue.unwrap_or(d.janitor_queue),
     };
     cfg.validate()?;
     Ok(cfg)

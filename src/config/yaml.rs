@@ -8,8 +8,9 @@ use std::str::FromStr;
 use yaml_rust2::yaml::{Hash as Mapping, Yaml as Value};
 use yaml_rust2::YamlLoader;
 
+use super::deadlines::DEADLINES_KEY;
 use super::settings::{build, Settings};
-use super::{mask_url, parse_url, Config, MASK, MAX_CPU, PRIORITY_WEIGHTS_KEY, TTL_ENV};
+use super::{mask_url, parse_url, Config, Deadlines, MASK, MAX_CPU, PRIORITY_WEIGHTS_KEY, TTL_ENV};
 use crate::error::{Error, Result};
 use crate::priority::{Priority, PriorityWeights};
 
@@ -130,6 +131,8 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
             .get("priority_weights")
             .map(parse_priority_weights)
             .transpose()?,
+        deadlines: extra.get("deadlines").map(parse_deadlines).transpose()?,
+        janitor_queue: extra.int("janitor_queue")?,
     };
     build(parsed, settings)
 }
@@ -305,6 +308,52 @@ fn parse_priority_weights(v: &Value) -> Result<PriorityWeights> {
         }
     }
     Ok(weights)
+}
+
+/// `extra_config.deadlines`: a mapping such as `{get_ms: 900, per_mib_ms: 100}`;
+/// fields not named keep their default (bounds are checked by `Config::validate`).
+fn parse_deadlines(v: &Value) -> Result<Deadlines> {
+    let Value::Hash(map) = v else {
+        return Err(Error::config(
+            DEADLINES_KEY,
+            render(v),
+            format!(
+                "expected a mapping such as {:?}, found {}",
+                Deadlines::default(),
+                kind(v)
+            ),
+        ));
+    };
+    let section = Section {
+        map,
+        prefix: "extra_config.deadlines.",
+    };
+    let mut d = Deadlines::default();
+    for (key, value) in map {
+        let name = key.as_str().unwrap_or_default();
+        // Probing with 0 tells a known field from an unknown one before parsing.
+        if !d.set(name, 0) {
+            return Err(Error::config(
+                &format!("{DEADLINES_KEY}.{}", render(key)),
+                render(value),
+                "unknown field (expected peek_ms, prefetch_ms, get_ms, put_ms or per_mib_ms)",
+            ));
+        }
+        let default = Deadlines::default();
+        let ms = match section.int::<u64>(name)? {
+            Some(ms) => ms,
+            None => match name {
+                "peek_ms" => default.peek,
+                "prefetch_ms" => default.prefetch,
+                "get_ms" => default.get,
+                "put_ms" => default.put,
+                _ => default.per_mib,
+            }
+            .as_millis() as u64,
+        };
+        d.set(name, ms);
+    }
+    Ok(d)
 }
 
 /// Parses "0-3,6" into [0, 1, 2, 3, 6].

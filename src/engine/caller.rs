@@ -80,10 +80,12 @@ impl Engine {
         })
     }
 
-    /// Writes chunks from owned buffers (class PUT), waiting for lane space. The ticket
-    /// completes once the writes are acknowledged (or failed) and every buffer is back.
+    /// Writes chunks from owned buffers (class PUT) without ever waiting for lane
+    /// space: a part whose lane is full stays with the ticket, which pushes it when
+    /// polled or waited on (like the other `*_async` calls). The ticket completes once
+    /// the writes are acknowledged (or failed) and every buffer is back.
     pub fn put_from_async(&self, chunks: Vec<PutOwned>) -> PutTicket {
-        self.start_put_from(chunks, Submit::Wait)
+        self.start_put_from(chunks, Submit::Defer)
     }
 
     /// Like [`put_from_async`](Self::put_from_async), but a full PUT lane fails the
@@ -137,15 +139,17 @@ impl Engine {
         })
     }
 
-    /// Reads each key's payload straight into its owned buffer (class GET), waiting
-    /// for lane space; the rules of [`get_into_slices`](Self::get_into_slices). The
-    /// ticket completes once the answer is in and every buffer is back.
+    /// Reads each key's payload straight into its owned buffer (class GET) without
+    /// ever waiting for lane space (a part whose lane is full stays with the ticket,
+    /// which pushes it when polled or waited on); the rules of
+    /// [`get_into_slices`](Self::get_into_slices). The ticket completes once the answer
+    /// is in and every buffer is back.
     pub fn get_into_bufs_async<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
         bufs: Vec<Box<dyn CallerBufMut>>,
     ) -> GetIntoTicket {
-        self.start_get_into_bufs(keys, bufs, Submit::Wait)
+        self.start_get_into_bufs(keys, bufs, Submit::Defer)
     }
 
     /// Like [`get_into_bufs_async`](Self::get_into_bufs_async), but a full GET lane
@@ -171,7 +175,9 @@ impl Engine {
             return CallerTicket::new(Ticket::ready(Err(mismatch(keys.len(), n))), home);
         }
         let mem: Vec<Mem> = tracked.into_iter().map(Mem::Caller).collect();
-        let ticket = match self.submit_keys(
+        // `submit_parts` keeps `Submit::Defer` (never waits); `submit_keys` would
+        // turn it into a wait.
+        let ticket = match self.submit_parts(
             Req {
                 op: Op::Get(GetMode::Into),
                 class: Priority::Get,
@@ -182,7 +188,7 @@ impl Engine {
             keys,
             mem,
         ) {
-            Ok(b) => Ticket::new(b, cmem::infos),
+            Ok((b, unpushed)) => Ticket::new(b, cmem::infos).with_unpushed(unpushed),
             Err(e) => Ticket::ready(Err(e)),
         };
         CallerTicket::new(ticket, home)

@@ -4,7 +4,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Instant;
 
 use crate::batch::{
     Batch, BatchInit, FollowUp, GetMode, KeyArena, Op, Output, Role, Ticket, Unpushed,
@@ -65,6 +64,32 @@ impl Engine {
         }
     }
 
+    /// The deadline of a request: its class's budget for the payload it sends (puts),
+    /// fills (caller buffers) or is expected to read (keys times the bytes per hit
+    /// seen so far), at most `request_timeout`. A raw command gets `request_timeout`.
+    pub(super) fn budget(
+        &self,
+        op: &Op,
+        class: Priority,
+        nkeys: usize,
+        bufs: &[Mem],
+    ) -> std::time::Duration {
+        let cfg = &self.inner.cfg;
+        let bytes: u64 = match op {
+            // The metadata phase of a two-phase put sends no payload.
+            Op::Put {
+                only: Some(Role::Meta),
+                ..
+            } => 0,
+            Op::Put { data, .. } => data.iter().map(|d| d.len() as u64).sum(),
+            Op::Get(GetMode::Into) => bufs.iter().map(|b| b.len() as u64).sum(),
+            Op::Get(_) => (nkeys as u64).saturating_mul(self.inner.metrics.mean_hit_bytes()),
+            Op::Exists { .. } | Op::Delete => 0,
+            Op::Command { .. } => return cfg.request_timeout,
+        };
+        cfg.deadline(class, bytes)
+    }
+
     /// Builds the batch, splits its units over the owning shards and queues the parts
     /// (`Submit::Defer` is for [`Self::submit_parts`]; here it waits like `Wait`).
     pub(super) fn submit_keys<K: AsRef<[u8]>>(
@@ -96,6 +121,7 @@ impl Engine {
         } = req;
         let inner = &self.inner;
         let into = matches!(op, Op::Get(GetMode::Into));
+        let timeout = self.budget(&op, class, keys.len(), &bufs);
         let follow_up: Weak<dyn FollowUp> = inner.me.clone();
         let batch = Arc::new(Batch::new(BatchInit {
             op,
@@ -103,7 +129,7 @@ impl Engine {
             layout,
             keys: KeyArena::from_keys(keys),
             ttl: inner.cfg.ttl,
-            timeout: inner.cfg.request_timeout,
+            timeout,
             metrics: inner.metrics.clone(),
             follow_up: Some(follow_up),
         }));
@@ -182,7 +208,7 @@ impl Engine {
         }
         batch.set_parts(live.len());
         let mut unpushed = Vec::new();
-        let deadline = Instant::now() + inner.cfg.request_timeout;
+        let deadline = batch.deadline;
         for i in live {
             let (u, b) = std::mem::take(&mut parts[i]);
             let sp = SubmitPart {
@@ -230,7 +256,7 @@ impl Engine {
                         class: class.name(),
                     },
                     Submit::Wait | Submit::Defer => Error::Timeout {
-                        after: inner.cfg.request_timeout,
+                        after: timeout,
                         what: format!("waiting for space in the {class} lane"),
                     },
                 };

@@ -87,8 +87,9 @@ impl Engine {
             layout: cfg.key_layout,
             keys: KeyArena::default(),
             ttl: None,
-            // Both phases, each with its own deadline.
-            timeout: cfg.request_timeout * 2,
+            // Both phases, each with its own deadline (the metadata phase moves no
+            // payload).
+            timeout: (first.deadline - first.started) + cfg.deadline(Priority::Put, 0),
             // The phases' own batches count the work; the relay counts nothing.
             metrics: Arc::new(Metrics::new()),
             follow_up: None,

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use crate::batch::{Batch, Op, Role, Slot};
 use crate::cluster::{NodeId, Router};
 use crate::config::Config;
-use crate::error::{show_key, Error};
+use crate::error::Error;
 use crate::lanes::Lanes;
 use crate::metrics::Metrics;
 use crate::priority::{Picker, Priority};
@@ -205,7 +205,10 @@ impl Shard {
             self.dispatch();
             self.flush_dirty();
 
-            let busy = self.active_parts() > 0 || !self.zombies.is_empty();
+            // A server known down is probed on the timer, so it keeps the loop ticking.
+            let busy = self.active_parts() > 0
+                || !self.zombies.is_empty()
+                || self.nodes.iter().any(|n| n.down);
             let mut timeout = if busy {
                 Some(TICK)
             } else {
@@ -364,15 +367,8 @@ impl Shard {
             self.node_ids.resize(id + 1, usize::MAX);
         }
         self.node_ids[id] = self.nodes.len();
-        self.nodes.push(Node {
-            id: id as NodeId,
-            addr: self.router.addr(id as NodeId),
-            conns: Vec::new(),
-            express: None,
-            retry_at: None,
-            failures: 0,
-            last_error: None,
-        });
+        self.nodes
+            .push(Node::new(id as NodeId, self.router.addr(id as NodeId)));
         self.nodes.len() - 1
     }
 
@@ -406,6 +402,8 @@ impl Shard {
                         if let Some(p) = self.parts[pidx as usize].as_mut() {
                             p.queued = false;
                         }
+                        // Units failed without a send (a server known down).
+                        self.maybe_complete(pidx as usize);
                         // Progress was made; look again from the front.
                         sent = true;
                         break;
@@ -440,6 +438,14 @@ impl Shard {
                 continue;
             }
             let node = g.node;
+            // A server known down fails new calls at once (standalone; in a cluster a
+            // down master's slots are expected to move, so units wait for the
+            // topology within their deadline).
+            if self.nodes[node].down && !self.router.is_cluster() {
+                let err = self.nodes[node].down_error(now);
+                self.fail_group(pidx, gi, &err);
+                continue;
+            }
             if let Some(at) = self.nodes[node].retry_at {
                 if at > now {
                     any_blocked = true;
@@ -659,33 +665,12 @@ impl Shard {
         }
         // Parts past their deadline: unresolved units time out.
         for idx in 0..self.parts.len() {
-            let Some(part) = self.parts[idx].as_mut() else {
-                continue;
-            };
-            if now < part.batch.deadline {
-                continue;
+            if self.parts[idx]
+                .as_ref()
+                .is_some_and(|p| now >= p.batch.deadline)
+            {
+                self.expire(idx, now);
             }
-            let after = now - part.batch.started;
-            for u in 0..part.units.len() as u32 {
-                if matches!(part.units[u as usize].slot, Slot::Pending) {
-                    let key = show_key(
-                        part.batch
-                            .key(part.units[u as usize].chunk, part.units[u as usize].role),
-                    );
-                    part.resolve(
-                        u,
-                        Slot::Err(Error::Timeout {
-                            after,
-                            what: format!("key {key}"),
-                        }),
-                    );
-                }
-            }
-            for g in part.groups.iter_mut() {
-                g.queue.clear();
-            }
-            part.unsent = 0;
-            self.maybe_complete(idx);
         }
         // Connections that stopped answering or never connected.
         let request_timeout = self.cfg.request_timeout;
@@ -716,6 +701,7 @@ impl Shard {
                 self.fail_conn(cid, err, true);
             }
         }
+        self.probe_down_nodes(now);
         // Nodes whose backoff expired: their waiting parts can go again.
         if self
             .nodes
@@ -723,7 +709,7 @@ impl Shard {
             .any(|n| n.retry_at.is_some_and(|t| t <= now))
         {
             for n in &mut self.nodes {
-                if n.retry_at.is_some_and(|t| t <= now) {
+                if n.retry_at.is_some_and(|t| t <= now) && !n.down {
                     n.retry_at = None;
                 }
             }

@@ -12,10 +12,10 @@ use crate::batch::{Batch, Op, Role, Slot};
 use crate::cluster::retry::{classify, Failure, RetryMethod};
 use crate::cluster::NodeId;
 use crate::cmem::Mem;
-use crate::error::Error;
+use crate::error::{show_key, Error};
 use crate::priority::Priority;
 
-use super::conn::PartRef;
+use super::conn::{PartRef, PendKind};
 use super::{Shard, SubmitPart, UnitSpec};
 
 /// One unit of a part inside the shard.
@@ -262,6 +262,86 @@ impl Shard {
             .get_mut(pr.idx as usize)
             .and_then(|p| p.as_mut())
             .filter(|p| p.gen == pr.gen)
+    }
+
+    /// Fails every unit still queued in group `gi` of part `pidx` with `err`, unsent
+    /// (the caller completes the part, see `dispatch`).
+    pub(super) fn fail_group(&mut self, pidx: usize, gi: usize, err: &Error) {
+        let Some(part) = self.parts[pidx].as_mut() else {
+            return;
+        };
+        let Some(g) = part.groups.get_mut(gi) else {
+            return;
+        };
+        let queued: Vec<u32> = g.queue.drain(..).collect();
+        part.unsent = part.unsent.saturating_sub(queued.len());
+        for u in queued {
+            part.resolve(u, Slot::Err(clone_err(err)));
+        }
+        self.metrics.error("host_down");
+    }
+
+    /// Part `idx` is past its deadline: its unresolved units fail, with
+    /// [`Error::Timeout`], or [`Error::OutcomeUnknown`] for a write (or raw command)
+    /// whose command reached the socket (the server may have run it), and the part
+    /// goes back to its batch.
+    pub(super) fn expire(&mut self, idx: usize, now: Instant) {
+        let Some(part) = self.parts[idx].as_ref() else {
+            return;
+        };
+        let idempotent = matches!(part.batch.op, Op::Get(_) | Op::Exists { .. });
+        let gen = part.gen;
+        // Units of this part whose command is wholly in the kernel: only these may have
+        // been applied. Looked up only for writes, and only when a deadline passes.
+        let mut sent: Vec<u32> = Vec::new();
+        if !idempotent {
+            for c in self.conns.iter().flatten() {
+                let written = c.written();
+                for p in &c.pending {
+                    let mine = p
+                        .part
+                        .is_some_and(|pr| pr.idx as usize == idx && pr.gen == gen);
+                    if mine && p.end <= written {
+                        let done = match p.kind {
+                            PendKind::PerUnit { next } => next,
+                            _ => 0,
+                        };
+                        sent.extend_from_slice(&p.units[done.min(p.units.len())..]);
+                    }
+                }
+            }
+        }
+        let Some(part) = self.parts[idx].as_mut() else {
+            return;
+        };
+        let after = now - part.batch.started;
+        for u in 0..part.units.len() as u32 {
+            let unit = &part.units[u as usize];
+            if !matches!(unit.slot, Slot::Pending) {
+                continue;
+            }
+            let key = show_key(part.batch.key(unit.chunk, unit.role));
+            let err = if sent.contains(&u) {
+                Error::OutcomeUnknown {
+                    node: self.nodes[unit.node].addr.to_string(),
+                    reason: format!(
+                        "key {key}: sent, no reply within the deadline ({} ms)",
+                        after.as_millis()
+                    ),
+                }
+            } else {
+                Error::Timeout {
+                    after,
+                    what: format!("key {key}"),
+                }
+            };
+            part.resolve(u, Slot::Err(err));
+        }
+        for g in part.groups.iter_mut() {
+            g.queue.clear();
+        }
+        part.unsent = 0;
+        self.maybe_complete(idx);
     }
 
     /// Hands a part back to its batch once every unit is resolved.

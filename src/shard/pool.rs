@@ -3,16 +3,23 @@
 //! freed once the kernel holds nothing of them.
 
 use std::io;
-use std::net::ToSocketAddrs;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::NodeId;
 use crate::config::ServerAddr;
 use crate::error::Error;
+use crate::resolver::{self, Lookup};
 use crate::resp::{self, Dest};
 
 use super::conn::{Conn, ConnState, PendKind, Pending, Stream};
 use super::{clone_err, uring, Backend, Shard, MAX_FRAMES_PER_CONN};
+
+/// Longest wait between probes of a server known to be down.
+const MAX_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How soon a shard asks again for a name being resolved.
+const RESOLVE_POLL: Duration = Duration::from_millis(2);
 
 /// A connection with at most this many bytes in flight takes a small frame at once;
 /// beyond, a small frame goes to the express connection rather than wait behind them.
@@ -30,6 +37,50 @@ pub(super) struct Node {
     pub(super) retry_at: Option<Instant>,
     pub(super) failures: u32,
     pub(super) last_error: Option<String>,
+    /// A connect to it failed: new calls fail at once (standalone) until a probe, a
+    /// connect attempt the shard's timer makes at `retry_at`, succeeds.
+    pub(super) down: bool,
+    /// Its addresses as last resolved (off this thread, see `crate::resolver`), and
+    /// the one the next connect tries: a failed connect moves on to the next one
+    /// before the node counts as failed.
+    pub(super) addrs: Option<Arc<[SocketAddr]>>,
+    pub(super) addr_idx: usize,
+}
+
+impl Node {
+    /// Fresh state for server `addr` (router id `id`).
+    pub(super) fn new(id: NodeId, addr: ServerAddr) -> Node {
+        Node {
+            id,
+            addr,
+            conns: Vec::new(),
+            express: None,
+            retry_at: None,
+            failures: 0,
+            last_error: None,
+            down: false,
+            addrs: None,
+            addr_idx: 0,
+        }
+    }
+
+    /// The error new calls get while the node is down.
+    pub(super) fn down_error(&self, now: Instant) -> Error {
+        let next = self
+            .retry_at
+            .map_or(0, |t| t.saturating_duration_since(now).as_millis());
+        let why = self.last_error.as_deref().unwrap_or("connect failed");
+        Error::Io {
+            node: self.addr.to_string(),
+            source: io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!(
+                    "server {} is down ({why}), next probe in {next} ms",
+                    self.addr
+                ),
+            ),
+        }
+    }
 }
 
 impl Shard {
@@ -64,7 +115,7 @@ impl Shard {
             _ if pool < self.conns_per_node => match self.open_conn(node) {
                 Ok(cid) => Some((cid, 0)),
                 Err(e) => {
-                    self.node_failed(node, &e);
+                    self.open_failed(node, e);
                     best
                 }
             },
@@ -80,26 +131,111 @@ impl Shard {
                     }
                     return Some(cid);
                 }
-                Err(e) => self.node_failed(node, &e),
+                Err(e) => self.open_failed(node, e),
             }
         }
         pick.map(|p| p.0)
     }
 
+    /// A connection could not even be started: a name still being resolved is
+    /// asked for again shortly; anything else is a failed connect.
+    fn open_failed(&mut self, node: usize, e: io::Error) {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            self.nodes[node].retry_at = Some(Instant::now() + RESOLVE_POLL);
+        } else {
+            self.nodes[node].down = true;
+            self.node_failed(node, &e);
+        }
+    }
+
+    /// The TCP addresses of `node` (from the resolver's cache), or `WouldBlock`
+    /// while its name is still being resolved.
+    fn node_addrs(&mut self, node: usize) -> io::Result<Arc<[SocketAddr]>> {
+        let ServerAddr::Tcp { host, port } = &self.nodes[node].addr else {
+            return Err(io::Error::other("not a TCP address"));
+        };
+        match resolver::lookup(host, *port) {
+            Lookup::Ready(a) => {
+                let n = &mut self.nodes[node];
+                if n.addrs.as_ref() != Some(&a) {
+                    n.addr_idx = 0;
+                    n.addrs = Some(a.clone());
+                }
+                Ok(a)
+            }
+            // A failed refresh keeps the last good answer.
+            Lookup::Failed(_) | Lookup::Pending if self.nodes[node].addrs.is_some() => Ok(self
+                .nodes[node]
+                .addrs
+                .clone()
+                .unwrap_or_else(|| Arc::from(Vec::new()))),
+            Lookup::Pending => Err(io::Error::new(io::ErrorKind::WouldBlock, "resolving")),
+            Lookup::Failed(why) => Err(io::Error::new(io::ErrorKind::NotFound, why)),
+        }
+    }
+
+    /// Starts a TCP connect to `node`, trying its addresses in order from the current
+    /// one until one starts (an immediate failure, such as an unreachable network,
+    /// moves on at once).
+    fn connect_tcp(&mut self, node: usize) -> io::Result<Stream> {
+        let addrs = self.node_addrs(node)?;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        let start = self.nodes[node].addr_idx;
+        for i in start..addrs.len() {
+            self.nodes[node].addr_idx = i;
+            match mio::net::TcpStream::connect(addrs[i]) {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(Stream::Tcp(s));
+                }
+                Err(e) => last = e,
+            }
+        }
+        self.nodes[node].addr_idx = 0;
+        Err(last)
+    }
+
+    /// A connect in progress to `node` failed: `true` when another of its addresses
+    /// is left to try (the node does not count as failed yet).
+    fn next_address(&mut self, node: usize) -> bool {
+        let n = &mut self.nodes[node];
+        let count = n.addrs.as_ref().map_or(0, |a| a.len());
+        if n.addr_idx + 1 < count {
+            n.addr_idx += 1;
+            true
+        } else {
+            n.addr_idx = 0;
+            false
+        }
+    }
+
+    /// The shard's timer: a node known down whose probe time has come gets a connect
+    /// attempt (once connected, calls flow again; see `on_connected`).
+    pub(super) fn probe_down_nodes(&mut self, now: Instant) {
+        for node in 0..self.nodes.len() {
+            let n = &self.nodes[node];
+            if !n.down || n.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            let connecting = n.conns.iter().any(|&c| {
+                self.conns[c]
+                    .as_ref()
+                    .is_some_and(|c| c.state == ConnState::Connecting)
+            });
+            if connecting {
+                continue;
+            }
+            tracing::debug!(shard = self.id, node = %n.addr, "probing a server known down");
+            if let Err(e) = self.open_conn(node) {
+                self.open_failed(node, e);
+            }
+        }
+    }
+
     pub(super) fn open_conn(&mut self, node: usize) -> io::Result<usize> {
         let addr = self.nodes[node].addr.clone();
         let stream = match &addr {
-            ServerAddr::Tcp { host, port } => {
-                let sa = (host.as_str(), *port)
-                    .to_socket_addrs()?
-                    .next()
-                    .ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::NotFound, format!("{host} did not resolve"))
-                    })?;
-                let s = mio::net::TcpStream::connect(sa)?;
-                let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
-            }
+            ServerAddr::Tcp { .. } => self.connect_tcp(node)?,
             ServerAddr::Unix { path } => Stream::Unix(mio::net::UnixStream::connect(path)?),
         };
         let fixed = match &mut self.backend {
@@ -184,16 +320,27 @@ impl Shard {
             ConnState::Ready
         };
         let node = conn.node;
-        self.nodes[node].failures = 0;
-        self.nodes[node].retry_at = None;
+        let n = &mut self.nodes[node];
+        if n.down {
+            tracing::info!(shard = self.id, node = %n.addr, "server is reachable again");
+        }
+        n.failures = 0;
+        n.retry_at = None;
+        n.down = false;
         self.dirty.push(cid);
     }
 
     pub(super) fn node_failed(&mut self, node: usize, e: &dyn std::fmt::Display) {
         let n = &mut self.nodes[node];
         n.failures += 1;
-        // Short, capped backoff: a restarted server is picked up within ~100 ms.
-        let backoff = Duration::from_millis((10u64 << n.failures.min(4)).min(100));
+        // Short, capped backoff: a restarted server is picked up within ~100 ms; a
+        // server known down is probed at most `MAX_PROBE_INTERVAL` apart.
+        let cap = if n.down {
+            MAX_PROBE_INTERVAL
+        } else {
+            Duration::from_millis(100)
+        };
+        let backoff = Duration::from_millis(10u64 << n.failures.min(6)).min(cap);
         n.retry_at = Some(Instant::now() + backoff);
         n.last_error = Some(e.to_string());
         self.metrics.error("reconnect");
@@ -238,7 +385,13 @@ impl Shard {
         if self.nodes[node].express == Some(cid) {
             self.nodes[node].express = None;
         }
-        if count_node_failure || was_connecting {
+        if was_connecting && self.next_address(node) {
+            // Another address of the server is left: the next connect tries it at
+            // once (e.g. `localhost` as ::1 then 127.0.0.1).
+        } else if count_node_failure || was_connecting {
+            // A connect that failed (refused, or no answer within connect_timeout):
+            // the server is down until a probe connects.
+            self.nodes[node].down |= was_connecting;
             self.node_failed(node, &err);
         }
         if let (Some((i, dest)), Some(p)) = (returned, pending.first()) {
