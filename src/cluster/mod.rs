@@ -119,6 +119,13 @@ impl SlotTable {
 struct NodeEntry {
     addr: ServerAddr,
     readonly: bool,
+    /// Given by the caller's URL: always worth asking for the topology again.
+    seed: bool,
+    /// Named by the topology last applied (master or healthy replica). A node that a
+    /// reshard or failover removed is forgotten: refreshes stop asking it. Its id stays
+    /// allocated (shards may still hold connections keyed by it), so the registry is
+    /// bounded by the distinct addresses ever seen, not by churn of live ones.
+    in_topology: bool,
 }
 
 /// Maps keys to servers and servers to shards.
@@ -168,6 +175,14 @@ impl Router {
         for s in seeds.iter().skip(1) {
             r.intern(s);
         }
+        for n in r
+            .nodes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+        {
+            n.seed = true;
+        }
         r
     }
 
@@ -178,6 +193,8 @@ impl Router {
             nodes: RwLock::new(vec![NodeEntry {
                 addr: seed,
                 readonly: false,
+                seed: true,
+                in_topology: false,
             }]),
             table: ArcSwap::from_pointee(SlotTable {
                 epoch: 1,
@@ -248,6 +265,8 @@ impl Router {
         nodes.push(NodeEntry {
             addr: addr.clone(),
             readonly: false,
+            seed: false,
+            in_topology: false,
         });
         (nodes.len() - 1) as NodeId
     }
@@ -350,6 +369,7 @@ impl Router {
             next.replicas[m as usize] = reps;
             mapping.push((shard.master.addr.clone(), o as usize));
         }
+        self.mark_members(&next);
         self.table.store(Arc::new(next));
         *self.topology.lock().unwrap_or_else(|e| e.into_inner()) = topo.clone();
         mapping
@@ -363,8 +383,32 @@ impl Router {
             .clone()
     }
 
-    /// Every master address currently in the table, then the other known nodes: where
-    /// a refresh should ask.
+    /// Records which nodes `table` names (slot owners and their replicas); the others
+    /// are forgotten by [`refresh_candidates`](Self::refresh_candidates).
+    fn mark_members(&self, table: &SlotTable) {
+        let mut member = vec![false; self.nodes.read().unwrap_or_else(|e| e.into_inner()).len()];
+        let mut mark = |id: NodeId| {
+            if let Some(m) = member.get_mut(id as usize) {
+                *m = true;
+            }
+        };
+        for &n in table.slots.iter() {
+            mark(n);
+        }
+        for reps in &table.replicas {
+            for &r in reps {
+                mark(r);
+            }
+        }
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        for (n, m) in nodes.iter_mut().zip(member) {
+            n.in_topology = m;
+        }
+    }
+
+    /// Where a refresh should ask: every master currently in the table, then the
+    /// other nodes the last topology named, then the seeds. Nodes that a reshard or
+    /// failover removed are not asked again (each would cost a connect timeout).
     pub fn refresh_candidates(&self) -> Vec<ServerAddr> {
         let table = self.table.load();
         let mut ids: Vec<NodeId> = Vec::new();
@@ -374,9 +418,13 @@ impl Router {
             }
         }
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
-        for i in 0..nodes.len() as NodeId {
-            if !ids.contains(&i) {
-                ids.push(i);
+        for pass_seeds in [false, true] {
+            for (i, n) in nodes.iter().enumerate() {
+                let i = i as NodeId;
+                let wanted = if pass_seeds { n.seed } else { n.in_topology };
+                if wanted && !ids.contains(&i) {
+                    ids.push(i);
+                }
             }
         }
         ids.into_iter()
@@ -549,5 +597,38 @@ mod tests {
         // A refresh keeps owners.
         let again = r.apply(&topo);
         assert_eq!(map, again);
+    }
+
+    #[test]
+    fn forgotten_nodes_are_not_asked() {
+        let r = Router::cluster(&[tcp("seed", 1)], 2);
+        let node = |p| NodeInfo {
+            addr: tcp("h", p),
+            id: String::new(),
+            healthy: true,
+        };
+        let topo = |ports: &[u16]| Topology {
+            shards: ports
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| ShardInfo {
+                    master: node(p),
+                    slots: vec![(i as u16 * 8192, i as u16 * 8192 + 8191)],
+                    replicas: vec![node(p + 100)],
+                })
+                .collect(),
+        };
+        r.apply(&topo(&[7000, 7001]));
+        let c = r.refresh_candidates();
+        assert_eq!(c[..2], [tcp("h", 7000), tcp("h", 7001)]);
+        assert!(c.contains(&tcp("h", 7100)) && c.contains(&tcp("seed", 1)));
+        // 7001 and its replica leave; 7002 takes over. The seed stays, as it came
+        // from the caller.
+        r.apply(&topo(&[7000, 7002]));
+        let c = r.refresh_candidates();
+        assert!(!c.contains(&tcp("h", 7001)), "{c:?}");
+        assert!(!c.contains(&tcp("h", 7101)), "{c:?}");
+        assert_eq!(c[..2], [tcp("h", 7000), tcp("h", 7002)]);
+        assert_eq!(c.last(), Some(&tcp("seed", 1)));
     }
 }
