@@ -372,6 +372,7 @@ impl Shard {
             retry_at: None,
             failures: 0,
             last_error: None,
+            refused_steps: Vec::new(),
         });
         self.nodes.len() - 1
     }

@@ -11,7 +11,7 @@ use crate::config::ServerAddr;
 use crate::error::Error;
 use crate::resp::{self, Dest};
 
-use super::conn::{Conn, ConnState, PendKind, Pending, Stream};
+use super::conn::{Conn, ConnState, HandshakeStep, PendKind, Pending, Stream};
 use super::{clone_err, uring, Backend, Shard, MAX_FRAMES_PER_CONN};
 
 /// A connection with at most this many bytes in flight takes a small frame at once;
@@ -30,6 +30,8 @@ pub(super) struct Node {
     pub(super) retry_at: Option<Instant>,
     pub(super) failures: u32,
     pub(super) last_error: Option<String>,
+    /// Optional handshake steps this server refused, each logged once.
+    pub(super) refused_steps: Vec<HandshakeStep>,
 }
 
 impl Shard {
@@ -136,32 +138,32 @@ impl Shard {
                 }
                 None => resp::write_command(&mut tmp, &[b"AUTH", pass.as_bytes()]),
             }
-            steps.push(true);
+            steps.push(HandshakeStep::Auth);
         }
         if self.cfg.database != 0 {
             let db = self.cfg.database.to_string();
             resp::write_command(&mut tmp, &[b"SELECT", db.as_bytes()]);
-            steps.push(false);
+            steps.push(HandshakeStep::Select);
         }
         if !self.cfg.client_name.is_empty() {
             resp::write_command(
                 &mut tmp,
                 &[b"CLIENT", b"SETNAME", self.cfg.client_name.as_bytes()],
             );
-            steps.push(false);
+            steps.push(HandshakeStep::SetName);
         }
         if readonly {
             // A replica serves reads of its master's slots only after READONLY.
             resp::write_command(&mut tmp, &[b"READONLY"]);
-            steps.push(false);
+            steps.push(HandshakeStep::ReadOnly);
         }
         conn.hdr().extend_from_slice(&tmp);
         conn.end_frame();
         let end = conn.queued_end();
-        for auth in steps {
+        for step in steps {
             conn.pending.push_back(Pending {
                 part: None,
-                kind: PendKind::Handshake { auth },
+                kind: PendKind::Handshake { step },
                 units: Vec::new(),
                 weight: 0,
                 sent_at: Instant::now(),
