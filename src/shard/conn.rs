@@ -395,7 +395,8 @@ impl Rx {
                 self.rstart = 0;
             }
             if self.rbuf.len() - self.rend < RECV_CHUNK {
-                // A large control-plane reply (CLUSTER SHARDS) is parsed whole: grow.
+                // Both readers consume all they are given, so only a header line
+                // longer than the free space is left here; make room for it.
                 let want = (self.rend + RECV_CHUNK).max(self.rbuf.len() * 2);
                 match self.fixed.take() {
                     // A registered buffer must keep its address: copy out of it instead.
