@@ -71,6 +71,32 @@ impl ReplyReader {
         Ok(())
     }
 
+    /// The common case, kept short: a whole status, error or integer line (the reply
+    /// to a SET, an EXISTS, a handshake step). `None` for anything else, left to the
+    /// general path.
+    #[inline]
+    fn simple(buf: &[u8], lim: &ReplyLimits) -> Result<Option<(usize, Option<Value>)>, ProtoError> {
+        let Some(&kind) = buf.first() else {
+            return Ok(None);
+        };
+        if !matches!(kind, b'+' | b'-' | b':') {
+            return Ok(None);
+        }
+        let Some(end) = find_line(buf, 1)? else {
+            return Ok(None);
+        };
+        let line = &buf[1..end];
+        if size_of::<Value>() + line.len() > lim.max_bytes {
+            return Ok(None);
+        }
+        let v = match kind {
+            b'+' => Value::Simple(line.to_vec()),
+            b'-' => Value::Error(line.to_vec()),
+            _ => Value::Int(parse_int(line)?),
+        };
+        Ok(Some((end + 2, Some(v))))
+    }
+
     /// Consumes what it can of `buf` (all of it, unless a reply completes first).
     /// Returns the bytes consumed and, when a reply is complete, the reply; the reader
     /// is then ready for the next one. After an error the reader must be reset.
@@ -79,6 +105,11 @@ impl ReplyReader {
         buf: &[u8],
         lim: ReplyLimits,
     ) -> Result<(usize, Option<Value>), ProtoError> {
+        if self.is_idle() {
+            if let Some(done) = Self::simple(buf, &lim)? {
+                return Ok(done);
+            }
+        }
         let mut pos = 0;
         if self.is_idle() && !buf.is_empty() {
             // The top-level value itself; elements are charged by their array.
@@ -353,6 +384,27 @@ mod tests {
                 bad.escape_ascii().to_string()
             );
         }
+    }
+
+    #[test]
+    fn long_status_and_error_lines_count_too() {
+        let lim = ReplyLimits {
+            max_bytes: 64,
+            max_depth: 16,
+            what: "EXISTS",
+        };
+        let mut line = b"-ERR ".to_vec();
+        line.extend_from_slice(&[b'x'; 100]);
+        line.extend_from_slice(b"\r\n");
+        let e = ReplyReader::new().feed(&line, lim).unwrap_err();
+        assert!(e.0.contains("EXISTS reply larger"), "{e}");
+        line[0] = b'+';
+        assert!(ReplyReader::new().feed(&line, lim).is_err());
+        // Short ones pass, whole or split.
+        assert_eq!(
+            feed_split(b"-ERR x\r\n", 3, lim).unwrap(),
+            vec![Value::Error(b"ERR x".to_vec())]
+        );
     }
 
     #[test]
