@@ -5,16 +5,13 @@
 //! as many; a log that floods hides the first line that matters. The counters in
 //! `metrics` still count every key.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 /// Keys named in one line.
 const KEYS_SHOWN: usize = 2;
 /// Least time between two lines of the same kind.
 const GAP_MS: u64 = 1000;
-/// Rate-limit buckets (kinds are hashed onto them).
-const BUCKETS: usize = 32;
 
 struct Entry {
     what: &'static str,
@@ -59,8 +56,7 @@ impl KeyWarnings {
     /// second ago; the next line says how many keys the skipped ones covered.
     pub fn emit(self, op: &'static str) {
         for e in self.entries {
-            let limiter = &limiters()[bucket(e.what)];
-            let Some(suppressed) = limiter.admit(e.count) else {
+            let Some(suppressed) = admit(e.what, e.count, now_ms()) else {
                 continue;
             };
             let keys = e.keys.join(", ");
@@ -77,53 +73,33 @@ impl KeyWarnings {
     }
 }
 
-struct Limiter {
-    /// Milliseconds since `epoch()` before which no line is logged.
-    next_ms: AtomicU64,
-    /// Keys of lines not logged since the last line.
-    suppressed: AtomicU64,
-}
+/// Per kind: no line before this time (ms since `epoch`), and the keys of lines not
+/// logged since the last one. Touched only when a batch has failed keys.
+static LIMITS: Mutex<Vec<(&'static str, u64, u64)>> = Mutex::new(Vec::new());
 
-impl Limiter {
-    /// `Some(keys suppressed since the last line)` when a line may be logged now.
-    fn admit(&self, count: usize) -> Option<u64> {
-        let now = epoch().elapsed().as_millis() as u64;
-        let next = self.next_ms.load(Relaxed);
-        if now < next
-            || self
-                .next_ms
-                .compare_exchange(next, now + GAP_MS, Relaxed, Relaxed)
-                .is_err()
-        {
-            self.suppressed.fetch_add(count as u64, Relaxed);
-            return None;
+/// `Some(keys suppressed since the last line)` when a line of kind `what` may be
+/// logged at `now` (ms); otherwise counts `count` keys as suppressed.
+fn admit(what: &'static str, count: usize, now: u64) -> Option<u64> {
+    let mut l = LIMITS.lock().unwrap_or_else(|e| e.into_inner());
+    let i = match l.iter().position(|(w, ..)| *w == what) {
+        Some(i) => i,
+        None => {
+            l.push((what, 0, 0));
+            l.len() - 1
         }
-        Some(self.suppressed.swap(0, Relaxed))
+    };
+    let (_, next, suppressed) = &mut l[i];
+    if now < *next {
+        *suppressed += count as u64;
+        return None;
     }
+    *next = now + GAP_MS;
+    Some(std::mem::take(suppressed))
 }
 
-fn epoch() -> Instant {
+fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn limiters() -> &'static [Limiter] {
-    static L: OnceLock<Vec<Limiter>> = OnceLock::new();
-    L.get_or_init(|| {
-        (0..BUCKETS)
-            .map(|_| Limiter {
-                next_ms: AtomicU64::new(0),
-                suppressed: AtomicU64::new(0),
-            })
-            .collect()
-    })
-}
-
-fn bucket(what: &str) -> usize {
-    let h = what
-        .bytes()
-        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
-    h % BUCKETS
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 #[cfg(test)]
@@ -154,16 +130,51 @@ mod tests {
 
     #[test]
     fn limiter_admits_once_per_gap_and_counts_the_rest() {
-        let l = Limiter {
-            next_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
+        // Kinds of this test only: the limiter is shared by the process.
+        assert_eq!(admit("test-gap", 3, 10_000), Some(0));
+        assert_eq!(admit("test-gap", 5, 10_500), None);
+        assert_eq!(admit("test-other", 1, 10_500), Some(0), "kinds are apart");
+        assert_eq!(admit("test-gap", 7, 10_999), None);
+        assert_eq!(admit("test-gap", 1, 11_000), Some(12));
+        assert_eq!(admit("test-gap", 1, 11_001), None);
+    }
+
+    /// Counts events: the lines `emit` logs.
+    struct Lines(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl tracing::Subscriber for Lines {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn a_batch_of_failures_is_one_line_per_kind() {
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let batch = || {
+            let mut w = KeyWarnings::default();
+            for i in 0..256 {
+                w.add("test-emit-timeout", || format!("k{i}"), || "slow".into());
+            }
+            w.add("test-emit-corrupt", || "c".into(), || "bad".into());
+            w
         };
-        assert_eq!(l.admit(3), Some(0));
-        assert_eq!(l.admit(5), None);
-        assert_eq!(l.admit(7), None);
-        assert_eq!(l.suppressed.load(Relaxed), 12);
-        // Open the gate again, as a second later.
-        l.next_ms.store(0, Relaxed);
-        assert_eq!(l.admit(1), Some(12));
+        tracing::subscriber::with_default(Lines(n.clone()), || {
+            batch().emit("get");
+            assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 2);
+            // The next batch within the second: nothing logged, counted for later.
+            batch().emit("get");
+            assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 2);
+        });
     }
 }
