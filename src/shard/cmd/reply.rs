@@ -142,7 +142,7 @@ impl Shard {
     /// The reply to a handshake step. An error fails the connection when the step is
     /// required (AUTH, SELECT) or the server asks for authentication; an optional
     /// step's error (CLIENT SETNAME refused by a proxy) is logged once per server and
-    /// ignored. Returns `false` when the connection failed.
+    /// shard, and ignored. Returns `false` when the connection failed.
     fn handshake_reply(&mut self, cid: usize, step: HandshakeStep, v: Value) -> bool {
         let Some(conn) = self.conns[cid].as_ref() else {
             return false;
@@ -173,7 +173,7 @@ impl Shard {
                 tracing::debug!(shard = self.id, node = %addr, step = step.name(), reply = %message, "optional handshake step refused again");
             } else {
                 self.nodes[node].refused_steps.push(step);
-                tracing::warn!(shard = self.id, node = %addr, step = step.name(), reply = %message, "server refused an optional handshake step; continuing without it (logged once per server)");
+                tracing::warn!(shard = self.id, node = %addr, step = step.name(), reply = %message, "server refused an optional handshake step; continuing without it (logged once per server and shard)");
             }
         }
         let Some(conn) = self.conns[cid].as_mut() else {
