@@ -20,8 +20,10 @@ use crate::priority::Priority;
 use crate::resp::Value;
 
 mod ticket;
+mod warnings;
 pub use ticket::Ticket;
 pub(crate) use ticket::Unpushed;
+use warnings::KeyWarnings;
 
 /// One chunk read back from Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -453,21 +455,24 @@ impl Batch {
                 .collect()
         };
         let key = |i: usize| show_key(self.keys.get(i));
-        // The first error decides the answer of all-or-nothing calls; every failed key
-        // is logged so none is lost silently.
+        // The first error decides the answer of all-or-nothing calls; failed keys are
+        // logged per kind of error (a count and the first keys, one line per batch)
+        // so none is lost silently and a flood of them does not flood the log.
         let mut first_err: Option<Error> = None;
         let mut failed = vec![false; n];
         let mut unknown = vec![false; n];
+        let mut warns = KeyWarnings::default();
         for (i, pair) in slots.iter_mut().enumerate() {
             for s in pair.iter_mut().filter(|s| matches!(s, Slot::Err(_))) {
                 if let Slot::Err(e) = std::mem::take(s) {
-                    tracing::warn!(key = %key(i), op = self.op_name(), error = %e, "key failed");
+                    warns.add(e.kind(), || key(i), || e.to_string());
                     failed[i] = true;
                     unknown[i] |= matches!(e, Error::OutcomeUnknown { .. });
                     first_err.get_or_insert(e);
                 }
             }
         }
+        warns.emit(self.op_name());
         let nfailed = failed.iter().filter(|&&f| f).count();
         match &self.op {
             Op::Command { .. } => match (first_err, slots.pop()) {
@@ -526,15 +531,17 @@ impl Batch {
                 let mut stale = Vec::new();
                 let mut hits = 0;
                 let mut results: Vec<Option<Hit>> = Vec::with_capacity(n);
+                let mut misses = KeyWarnings::default();
                 for (i, pair) in slots.into_iter().enumerate() {
                     let r = if failed[i] {
                         None
                     } else {
-                        self.read_rule(i, pair, &mut stale)
+                        self.read_rule(i, pair, &mut stale, &mut misses)
                     };
                     hits += r.is_some() as usize;
                     results.push(r);
                 }
+                misses.emit(self.op_name());
                 if !stale.is_empty() {
                     self.metrics.error("stale_metadata");
                     if let Some(f) = self.follow_up.as_ref().and_then(|f| f.upgrade()) {
@@ -601,7 +608,13 @@ impl Batch {
     }
 
     /// LMCache's rules for one chunk: returns (metadata, buffer, payload length) on a hit.
-    fn read_rule(&self, i: usize, pair: [Slot; 2], stale: &mut Vec<Vec<u8>>) -> Option<Hit> {
+    fn read_rule(
+        &self,
+        i: usize,
+        pair: [Slot; 2],
+        stale: &mut Vec<Vec<u8>>,
+        warns: &mut KeyWarnings,
+    ) -> Option<Hit> {
         let [meta, payload] = pair;
         let into = matches!(self.op, Op::Get(GetMode::Into));
         let k = || show_key(self.keys.get(i));
@@ -609,7 +622,7 @@ impl Batch {
             Slot::Data { buf, len } => (buf, len),
             Slot::TooLarge(len) => {
                 self.metrics.error("too_large");
-                tracing::warn!(key = %k(), len, "value does not fit the destination buffer (larger, or of another length than a caller's exact buffer); treated as a miss");
+                warns.add("too_large", k, || format!("value of {len} bytes does not fit the destination buffer (larger, or of another length than a caller's exact buffer); treated as a miss"));
                 return None;
             }
             _ => {
@@ -625,7 +638,12 @@ impl Batch {
             // which get_into's caller states as the buffer size.
             if into && len != buf.len() {
                 self.metrics.error("corrupt");
-                tracing::warn!(key = %k(), len, expected = buf.len(), "raw value length differs from the buffer size; treated as a miss");
+                warns.add("corrupt_length", k, || {
+                    format!(
+                        "raw value of {len} bytes, buffer of {}; treated as a miss",
+                        buf.len()
+                    )
+                });
                 return None;
             }
             return Some((None, buf, len));
@@ -641,13 +659,20 @@ impl Batch {
             Ok(m) => m,
             Err(e) => {
                 self.metrics.error("corrupt");
-                tracing::warn!(key = %k(), error = %e, "undecodable metadata; treated as a miss");
+                warns.add("corrupt_metadata", k, || {
+                    format!("undecodable metadata ({e}); treated as a miss")
+                });
                 return None;
             }
         };
         if md.payload_len() != len {
             self.metrics.error("corrupt");
-            tracing::warn!(key = %k(), len, expected = md.payload_len(), "payload length differs from metadata; treated as a miss");
+            warns.add("corrupt_length", k, || {
+                format!(
+                    "payload of {len} bytes, metadata says {}; treated as a miss",
+                    md.payload_len()
+                )
+            });
             return None;
         }
         Some((Some(md), buf, len))

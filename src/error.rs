@@ -35,10 +35,11 @@ pub enum Error {
     /// The server sent bytes that are not valid RESP, or not the reply we expected.
     #[error("protocol error from {node}: {reason}")]
     Protocol { node: String, reason: String },
-    /// A write or raw command was sent whole and the connection failed before its
-    /// reply: the server may or may not have applied it. slotline does not resend it
+    /// A write or raw command was sent whole and no valid reply came back (the
+    /// connection failed first, or the reply was not one the command can give): the
+    /// server may or may not have applied it. slotline does not resend it
     /// (that could apply it twice); the caller decides.
-    #[error("outcome unknown at {node}: the request was sent but the connection failed before the reply ({reason}); it may or may not have been applied")]
+    #[error("outcome unknown at {node}: the request was sent but no valid reply came back ({reason}); it may or may not have been applied")]
     OutcomeUnknown { node: String, reason: String },
     /// The request did not complete in time.
     #[error("request timed out after {after:?}: {what}")]

@@ -7,7 +7,8 @@
 
 use crate::layout::RemoteMetadata;
 use crate::resp::{
-    parse_value, write_array_header, write_bulk, ArrayOutcome, ArrayReader, BulkSink, Dest, Value,
+    parse_value, write_array_header, write_bulk, ArrayOutcome, ArrayReader, BulkSink, Dest,
+    ReplyLimits, ReplyReader, Value, MAX_DEPTH,
 };
 
 /// Largest bulk the MGET sink allocates for; longer ones are discarded, as the engine
@@ -22,7 +23,9 @@ const ALL_SPLITS_MAX: usize = 96;
 /// frame asks for more bytes rather than failing (the engine re-parses as bytes
 /// arrive, so a prefix error would kill a healthy connection).
 pub fn resp(data: &[u8]) {
-    let Ok(Some((value, used))) = parse_value(data) else {
+    let parsed = parse_value(data);
+    reply_reader(data, parsed.as_ref().ok().and_then(|p| p.as_ref()));
+    let Ok(Some((value, used))) = parsed else {
         return;
     };
     assert!(
@@ -50,6 +53,46 @@ pub fn resp(data: &[u8]) {
         match parse_value(&frame[..cut]) {
             Ok(None) => {}
             other => panic!("prefix of {cut} bytes of a {used}-byte frame gave {other:?}"),
+        }
+    }
+}
+
+/// The engine's bounded, resumable reader of control-plane replies: no panic on any
+/// input, and whatever [`parse_value`] accepts it reads the same (the same value, the
+/// same bytes consumed), fed whole or split in two anywhere, unless the value is over
+/// its memory limit.
+fn reply_reader(data: &[u8], want: Option<&(Value, usize)>) {
+    let lim = ReplyLimits {
+        max_bytes: 1 << 20,
+        max_depth: MAX_DEPTH,
+        what: "fuzz",
+    };
+    let cuts: Vec<usize> = if data.len() <= ALL_SPLITS_MAX {
+        (0..=data.len()).collect()
+    } else {
+        vec![0, 1, data.len() / 3, data.len() / 2, data.len()]
+    };
+    for cut in cuts {
+        let mut r = ReplyReader::new();
+        let got = match r.feed(&data[..cut], lim) {
+            Ok((used, Some(v))) => Ok(Some((v, used))),
+            Ok((used, None)) => {
+                assert!(used <= cut, "consumed {used} of {cut}");
+                // The engine keeps what was not consumed and appends the next receive.
+                let mut pending = data[used..cut].to_vec();
+                pending.extend_from_slice(&data[cut..]);
+                r.feed(&pending, lim)
+                    .map(|(u2, v)| v.map(|v| (v, used + u2)))
+            }
+            Err(e) => Err(e),
+        };
+        match (want, got) {
+            (None, _) => {}
+            (Some(w), Ok(Some(g))) => assert_eq!(&g, w, "reply reader differs (cut {cut})"),
+            (Some(_), Err(e)) if e.0.contains("larger than its limit") => {}
+            (Some(w), other) => {
+                panic!("parse_value read {w:?}, the reply reader (cut {cut}) {other:?}")
+            }
         }
     }
 }

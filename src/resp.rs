@@ -6,11 +6,16 @@
 //! buffered twice: once the `$<len>\r\n` header of an element is seen, the reader asks a
 //! [`BulkSink`] for the destination and copies (or lets the socket read) the payload
 //! bytes directly there. Everything else (status, integers, errors, control-plane
-//! arrays) is small and parsed whole by [`parse_value`].
+//! arrays) is small and read by the bounded, resumable [`ReplyReader`] ([`parse_value`]
+//! parses one whole frame, for tests and the fuzzer).
 
 use std::fmt;
 
 use crate::cmem::Mem;
+
+mod reply;
+
+pub use reply::{ReplyLimits, ReplyReader};
 
 /// Largest bulk string slotline accepts; Redis's own `proto-max-bulk-len` maximum.
 pub const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
@@ -19,7 +24,7 @@ pub const MAX_ARRAY_LEN: usize = 1 << 24;
 /// Longest header or status line before the stream is declared garbage.
 pub const MAX_LINE: usize = 64 * 1024;
 /// Deepest nesting accepted in control-plane replies (CLUSTER SHARDS nests 4 levels).
-const MAX_DEPTH: usize = 16;
+pub const MAX_DEPTH: usize = 16;
 
 /// A bad byte stream. The connection that produced it cannot be trusted any more.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,11 +231,14 @@ fn parse_len(line: &[u8], max: usize, what: &str) -> Result<Option<usize>, Proto
 }
 
 /// Parses one complete reply at the start of `buf`. Returns the value and the number of
-/// bytes it took, `Ok(None)` if `buf` holds only part of it.
+/// bytes it took, `Ok(None)` if `buf` holds only part of it. The reference the
+/// engine's [`ReplyReader`] is tested against (the engine itself uses the reader).
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn parse_value(buf: &[u8]) -> Result<Option<(Value, usize)>, ProtoError> {
     parse_at(buf, 0, 0)
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 fn parse_at(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Value, usize)>, ProtoError> {
     if depth > MAX_DEPTH {
         return Err(perr("reply nested too deeply"));
@@ -333,6 +341,13 @@ pub trait BulkSink {
     fn finish(&mut self, index: usize, dest: Dest);
     /// Element `index` is nil (a miss).
     fn nil(&mut self, index: usize);
+    /// The reply announced `n` elements; called before any element is delivered, so
+    /// a sink expecting another count can refuse the whole reply (an error here ends
+    /// the read with that error and nothing delivered).
+    fn array_len(&mut self, n: usize) -> Result<(), ProtoError> {
+        let _ = n;
+        Ok(())
+    }
 }
 
 /// What the reader found at the end of a reply.
@@ -421,8 +436,13 @@ impl ArrayReader {
                     match kind {
                         b'*' => match parse_len(line, MAX_ARRAY_LEN, "array")? {
                             None => return Ok((pos, Some(ArrayOutcome::Nil))),
-                            Some(0) => return Ok((pos, Some(ArrayOutcome::Done(0)))),
-                            Some(n) => self.st = St::Elem { i: 0, n },
+                            Some(n) => {
+                                sink.array_len(n)?;
+                                if n == 0 {
+                                    return Ok((pos, Some(ArrayOutcome::Done(0))));
+                                }
+                                self.st = St::Elem { i: 0, n };
+                            }
                         },
                         b'-' => return Ok((pos, Some(ArrayOutcome::Error(line.to_vec())))),
                         b => {
@@ -783,6 +803,44 @@ mod tests {
         let (i, dest) = r.reset().unwrap();
         assert_eq!((i, dest.len), (0, 3));
         assert!(r.is_idle());
+    }
+
+    /// A sink that expects `n` elements refuses a reply of another length before any
+    /// element reaches it.
+    #[test]
+    fn array_reader_refuses_a_wrong_count_before_delivering() {
+        struct Expect(usize, Collect);
+        impl BulkSink for Expect {
+            fn begin(&mut self, i: usize, len: usize) -> Dest {
+                self.1.begin(i, len)
+            }
+            fn finish(&mut self, i: usize, dest: Dest) {
+                self.1.finish(i, dest)
+            }
+            fn nil(&mut self, i: usize) {
+                self.1.nil(i)
+            }
+            fn array_len(&mut self, n: usize) -> Result<(), ProtoError> {
+                if n == self.0 {
+                    Ok(())
+                } else {
+                    Err(perr(format!("expected {} got {n}", self.0)))
+                }
+            }
+        }
+        for (stream, ok) in [
+            (&b"*2\r\n$1\r\na\r\n$-1\r\n"[..], true),
+            (b"*3\r\n$1\r\na\r\n$-1\r\n$1\r\nb\r\n", false),
+            (b"*1\r\n$1\r\na\r\n", false),
+            (b"*0\r\n", false),
+        ] {
+            let mut sink = Expect(2, Collect::default());
+            let r = ArrayReader::new().feed(stream, &mut sink);
+            assert_eq!(r.is_ok(), ok, "{}", stream.escape_ascii());
+            if !ok {
+                assert!(sink.1.items.is_empty(), "nothing delivered");
+            }
+        }
     }
 
     #[test]

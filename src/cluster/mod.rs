@@ -486,7 +486,10 @@ pub(crate) enum Redirect {
 }
 
 /// Parses `MOVED 3999 127.0.0.1:6381`, `ASK ...` and `TRYAGAIN ...` error replies.
-pub(crate) fn parse_redirect(msg: &str) -> Option<Redirect> {
+/// An empty host (`MOVED 3999 :6381`, a node whose endpoint is unknown) means the
+/// host of `from`, the node that sent the reply (Redis Cluster specification); with
+/// no such host (unknown sender, unix socket) the redirect cannot be followed.
+pub(crate) fn parse_redirect(msg: &str, from: Option<&ServerAddr>) -> Option<Redirect> {
     let mut it = msg.split_ascii_whitespace();
     let kind = it.next()?;
     if kind == "TRYAGAIN" {
@@ -499,10 +502,12 @@ pub(crate) fn parse_redirect(msg: &str) -> Option<Redirect> {
     let target = it.next()?;
     let (host, port) = target.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = match (host.is_empty(), from) {
+        (false, _) => host.to_string(),
+        (true, Some(ServerAddr::Tcp { host, .. })) => host.clone(),
+        (true, _) => return None,
+    };
     let addr = ServerAddr::Tcp { host, port };
     Some(if kind == "MOVED" {
         Redirect::Moved { slot, addr }
@@ -525,25 +530,60 @@ mod tests {
     #[test]
     fn parses_redirects() {
         assert_eq!(
-            parse_redirect("MOVED 3999 127.0.0.1:6381"),
+            parse_redirect("MOVED 3999 127.0.0.1:6381", None),
             Some(Redirect::Moved {
                 slot: 3999,
                 addr: tcp("127.0.0.1", 6381)
             })
         );
         assert_eq!(
-            parse_redirect("ASK 1 [::1]:7000"),
+            parse_redirect("ASK 1 [::1]:7000", None),
             Some(Redirect::Ask {
                 slot: 1,
                 addr: tcp("::1", 7000)
             })
         );
         assert_eq!(
-            parse_redirect("TRYAGAIN Multiple keys request during rehashing of slot"),
+            parse_redirect(
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+                None
+            ),
             Some(Redirect::TryAgain)
         );
-        assert_eq!(parse_redirect("ERR wrong"), None);
-        assert_eq!(parse_redirect("MOVED x y"), None);
+        assert_eq!(parse_redirect("ERR wrong", None), None);
+        assert_eq!(parse_redirect("MOVED x y", None), None);
+    }
+
+    #[test]
+    fn empty_redirect_host_means_the_sender() {
+        let from = tcp("10.1.2.3", 7000);
+        assert_eq!(
+            parse_redirect("MOVED 3999 :6381", Some(&from)),
+            Some(Redirect::Moved {
+                slot: 3999,
+                addr: tcp("10.1.2.3", 6381)
+            })
+        );
+        assert_eq!(
+            parse_redirect("ASK 12 :7002", Some(&from)),
+            Some(Redirect::Ask {
+                slot: 12,
+                addr: tcp("10.1.2.3", 7002)
+            })
+        );
+        // A named host is kept; no sender or a unix socket: nowhere to go.
+        assert_eq!(
+            parse_redirect("MOVED 1 h:1", Some(&from)),
+            Some(Redirect::Moved {
+                slot: 1,
+                addr: tcp("h", 1)
+            })
+        );
+        assert_eq!(parse_redirect("MOVED 3999 :6381", None), None);
+        let unix = ServerAddr::Unix {
+            path: "/tmp/r.sock".into(),
+        };
+        assert_eq!(parse_redirect("MOVED 3999 :6381", Some(&unix)), None);
     }
 
     #[test]

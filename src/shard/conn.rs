@@ -20,7 +20,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::cmem::Mem;
-use crate::resp::ArrayReader;
+use crate::resp::{ArrayReader, ReplyReader};
 
 /// Payloads at least this large are received straight into their destination.
 pub(crate) const DIRECT_MIN: usize = 32 * 1024;
@@ -96,10 +96,40 @@ pub(crate) enum PendKind {
     AllUnits,
     /// One generic reply for the single unit.
     Command,
-    /// A handshake step; an error reply fails the connection.
-    Handshake { auth: bool },
+    /// A handshake step; an error reply fails the connection when the step is
+    /// required, and is logged and ignored when it is optional.
+    Handshake { step: HandshakeStep },
     /// `+OK` of an ASKING sent before a redirected command.
     Asking,
+}
+
+/// The commands a new connection sends before serving requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandshakeStep {
+    Auth,
+    Select,
+    /// CLIENT SETNAME: optional (proxies such as twemproxy or envoy refuse it).
+    SetName,
+    /// READONLY on a replica: optional (without it the replica redirects reads to
+    /// its master, which still answers them).
+    ReadOnly,
+}
+
+impl HandshakeStep {
+    /// The command, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            HandshakeStep::Auth => "AUTH",
+            HandshakeStep::Select => "SELECT",
+            HandshakeStep::SetName => "CLIENT SETNAME",
+            HandshakeStep::ReadOnly => "READONLY",
+        }
+    }
+
+    /// `true` when an error reply must fail the connection.
+    pub fn required(self) -> bool {
+        matches!(self, HandshakeStep::Auth | HandshakeStep::Select)
+    }
 }
 
 /// A reply the connection waits for.
@@ -318,6 +348,8 @@ pub(crate) struct Rx {
     rstart: usize,
     rend: usize,
     pub reader: ArrayReader,
+    /// Reader of every reply but MGET's (bounded, resumable).
+    pub replies: ReplyReader,
     /// Most bytes the next receive into the receive buffer may take: set when the
     /// reply's next element is a large value of known length, so the receive stops at
     /// the end of its header and the value itself lands straight in its destination.
@@ -337,6 +369,7 @@ impl Rx {
             rstart: 0,
             rend: 0,
             reader: ArrayReader::new(),
+            replies: ReplyReader::new(),
             cap: None,
         }
     }
@@ -362,7 +395,8 @@ impl Rx {
                 self.rstart = 0;
             }
             if self.rbuf.len() - self.rend < RECV_CHUNK {
-                // A large control-plane reply (CLUSTER SHARDS) is parsed whole: grow.
+                // Both readers consume all they are given, so only a header line
+                // longer than the free space is left here; make room for it.
                 let want = (self.rend + RECV_CHUNK).max(self.rbuf.len() * 2);
                 match self.fixed.take() {
                     // A registered buffer must keep its address: copy out of it instead.
@@ -450,6 +484,13 @@ impl Rx {
     pub fn reader_and_unread(&mut self) -> (&mut ArrayReader, &[u8]) {
         let unread = self.rbuf.get(self.rstart..self.rend).unwrap_or(&[]);
         (&mut self.reader, unread)
+    }
+
+    /// The reply reader and the unread bytes together (split borrow for the other
+    /// replies).
+    pub fn replies_and_unread(&mut self) -> (&mut ReplyReader, &[u8]) {
+        let unread = self.rbuf.get(self.rstart..self.rend).unwrap_or(&[]);
+        (&mut self.replies, unread)
     }
 
     /// Shrinks the receive buffer back after a large control-plane reply.

@@ -374,10 +374,10 @@ impl Shard {
     /// rest reach the caller.
     pub(super) fn unit_error(&mut self, cid: usize, pr: Option<PartRef>, u: u32, msg: &[u8]) {
         let Some(pr) = pr else { return };
-        let node_name = self.conns[cid]
+        let from = self.conns[cid]
             .as_ref()
-            .map(|c| self.nodes[c.node].addr.to_string())
-            .unwrap_or_default();
+            .map(|c| self.nodes[c.node].addr.clone());
+        let node_name = from.as_ref().map(|a| a.to_string()).unwrap_or_default();
         let message = String::from_utf8_lossy(msg).into_owned();
         let Some(RetryContext {
             unit,
@@ -389,7 +389,11 @@ impl Shard {
             return;
         };
         let hslot = unit.hslot;
-        let method = classify(Failure::Reply(&message), unit.attempts + 1, in_time);
+        let method = classify(
+            Failure::Reply(&message, from.as_ref()),
+            unit.attempts + 1,
+            in_time,
+        );
         if !matches!(method, RetryMethod::Fail { .. }) {
             unit.attempts += 1;
             self.metrics.error("redirect");

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::resolver::{self, Lookup};
 use crate::resp::{self, Dest};
 
-use super::conn::{Conn, ConnState, PendKind, Pending, Stream};
+use super::conn::{Conn, ConnState, HandshakeStep, PendKind, Pending, Stream};
 use super::{clone_err, uring, Backend, Shard, MAX_FRAMES_PER_CONN};
 
 /// Longest wait between probes of a server known to be down.
@@ -45,6 +45,8 @@ pub(super) struct Node {
     /// before the node counts as failed.
     pub(super) addrs: Option<Arc<[SocketAddr]>>,
     pub(super) addr_idx: usize,
+    /// Optional handshake steps this server refused, each logged once.
+    pub(super) refused_steps: Vec<HandshakeStep>,
 }
 
 impl Node {
@@ -61,6 +63,7 @@ impl Node {
             down: false,
             addrs: None,
             addr_idx: 0,
+            refused_steps: Vec::new(),
         }
     }
 
@@ -272,32 +275,32 @@ impl Shard {
                 }
                 None => resp::write_command(&mut tmp, &[b"AUTH", pass.as_bytes()]),
             }
-            steps.push(true);
+            steps.push(HandshakeStep::Auth);
         }
         if self.cfg.database != 0 {
             let db = self.cfg.database.to_string();
             resp::write_command(&mut tmp, &[b"SELECT", db.as_bytes()]);
-            steps.push(false);
+            steps.push(HandshakeStep::Select);
         }
         if !self.cfg.client_name.is_empty() {
             resp::write_command(
                 &mut tmp,
                 &[b"CLIENT", b"SETNAME", self.cfg.client_name.as_bytes()],
             );
-            steps.push(false);
+            steps.push(HandshakeStep::SetName);
         }
         if readonly {
             // A replica serves reads of its master's slots only after READONLY.
             resp::write_command(&mut tmp, &[b"READONLY"]);
-            steps.push(false);
+            steps.push(HandshakeStep::ReadOnly);
         }
         conn.hdr().extend_from_slice(&tmp);
         conn.end_frame();
         let end = conn.queued_end();
-        for auth in steps {
+        for step in steps {
             conn.pending.push_back(Pending {
                 part: None,
-                kind: PendKind::Handshake { auth },
+                kind: PendKind::Handshake { step },
                 units: Vec::new(),
                 weight: 0,
                 sent_at: Instant::now(),

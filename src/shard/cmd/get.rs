@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use crate::batch::{Batch, Slot};
 use crate::error::{show_key, Error};
-use crate::resp::{self, BulkSink, Dest};
+use crate::resp::{self, BulkSink, Dest, ProtoError};
 
 use super::super::conn::{Conn, PendKind, DIRECT_MIN};
 use super::super::part::{ActivePart, PUnit};
@@ -112,6 +112,18 @@ impl BulkSink for UnitSink<'_> {
         if let (Some(part), Some(&u)) = (self.part.as_deref_mut(), self.units.get(i)) {
             part.resolve(u, Slot::Nil);
         }
+    }
+
+    /// A reply of another length than the request cannot be matched to its keys:
+    /// refused before any value lands in a unit.
+    fn array_len(&mut self, n: usize) -> Result<(), ProtoError> {
+        if n == self.units.len() {
+            return Ok(());
+        }
+        Err(ProtoError(format!(
+            "MGET of {} keys answered with {n} values",
+            self.units.len()
+        )))
     }
 }
 

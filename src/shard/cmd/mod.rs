@@ -6,14 +6,14 @@ mod get;
 mod keys;
 mod put;
 mod raw;
+mod reply;
 
 pub(in crate::shard) use get::recv_cap;
 
 use std::time::Instant;
 
 use crate::batch::{Op, Slot};
-use crate::error::Error;
-use crate::resp::{self, ArrayOutcome, Value};
+use crate::resp::{self, ArrayOutcome};
 
 use super::conn::{ConnState, PartRef, PendKind, Pending};
 use super::Shard;
@@ -166,7 +166,7 @@ impl Shard {
             if conn.state == ConnState::Dead {
                 return;
             }
-            let Some(mut p) = conn.pending.pop_front() else {
+            let Some(p) = conn.pending.pop_front() else {
                 if !conn.unread().is_empty() {
                     let n = conn.unread().len();
                     self.protocol_error(cid, format!("{n} bytes arrived with no request waiting"));
@@ -235,109 +235,28 @@ impl Shard {
                     }
                 }
                 _ => {
-                    let parsed = resp::parse_value(conn.unread());
-                    let (v, used) = match parsed {
+                    let lim = self.reply_limits(&p);
+                    let Some(conn) = self.conns[cid].as_mut() else {
+                        return;
+                    };
+                    let (replies, data) = conn.rx.replies_and_unread();
+                    let (v, used) = match replies.feed(data, lim) {
                         Err(e) => {
                             conn.pending.push_front(p);
                             return self.protocol_error(cid, e.0);
                         }
-                        Ok(None) => {
+                        Ok((used, None)) => {
+                            // Partial reply: its bytes are in the reader now.
+                            conn.consume(used);
                             conn.pending.push_front(p);
                             return;
                         }
-                        Ok(Some(x)) => x,
+                        Ok((used, Some(v))) => (v, used),
                     };
                     conn.consume(used);
-                    match p.kind {
-                        PendKind::Handshake { auth } => {
-                            if let Value::Error(msg) = &v {
-                                let node = self.nodes[conn.node].addr.to_string();
-                                let message = String::from_utf8_lossy(msg).into_owned();
-                                let err = if auth
-                                    || message.starts_with("WRONGPASS")
-                                    || message.starts_with("NOAUTH")
-                                {
-                                    Error::Auth { node, message }
-                                } else {
-                                    Error::Server { node, message }
-                                };
-                                tracing::error!(shard = self.id, error = %err, "connection handshake failed");
-                                return self.fail_conn(cid, err, true);
-                            }
-                            if !conn
-                                .pending
-                                .iter()
-                                .any(|q| matches!(q.kind, PendKind::Handshake { .. }))
-                            {
-                                conn.state = ConnState::Ready;
-                            }
-                        }
-                        PendKind::Asking => {}
-                        PendKind::Command => {
-                            conn.inflight = conn.inflight.saturating_sub(p.weight);
-                            if let (Some(pr), Some(&u)) = (p.part, p.units.first()) {
-                                self.settle(cid, pr, u, v, Slot::Value);
-                                self.maybe_complete(pr.idx as usize);
-                            }
-                        }
-                        PendKind::AllUnits => {
-                            conn.inflight = conn.inflight.saturating_sub(p.weight);
-                            if let Some(pr) = p.part {
-                                for &u in &p.units {
-                                    self.settle(cid, pr, u, v.clone(), |_| Slot::Ok);
-                                }
-                                self.maybe_complete(pr.idx as usize);
-                            }
-                        }
-                        PendKind::PerUnit { next } => {
-                            let u = p.units.get(next).copied();
-                            if let (Some(pr), Some(u)) = (p.part, u) {
-                                self.settle(cid, pr, u, v, |v| match v {
-                                    Value::Int(i) => Slot::Int(i),
-                                    Value::Simple(_) => Slot::Ok,
-                                    other => Slot::Value(other),
-                                });
-                            }
-                            let Some(conn) = self.conns[cid].as_mut() else {
-                                return;
-                            };
-                            if next + 1 < p.units.len() {
-                                p.kind = PendKind::PerUnit { next: next + 1 };
-                                conn.pending.push_front(p);
-                            } else {
-                                conn.inflight = conn.inflight.saturating_sub(p.weight);
-                                if let Some(pr) = p.part {
-                                    self.maybe_complete(pr.idx as usize);
-                                }
-                            }
-                        }
-                        PendKind::Mget => {
-                            // MGET replies are read by the array reader above and never
-                            // reach here; if one did, the stream is out of step.
-                            self.protocol_error(cid, "MGET reply in the per-reply path".into());
-                            return;
-                        }
+                    if !self.on_reply(cid, p, v) {
+                        return;
                     }
-                }
-            }
-        }
-    }
-
-    /// Resolves a unit with its reply: an error reply goes through [`Self::unit_error`]
-    /// (redirects, retries), anything else becomes the slot `ok` makes of it.
-    fn settle(
-        &mut self,
-        cid: usize,
-        pr: PartRef,
-        u: u32,
-        v: Value,
-        ok: impl FnOnce(Value) -> Slot,
-    ) {
-        match v {
-            Value::Error(msg) => self.unit_error(cid, Some(pr), u, &msg),
-            v => {
-                if let Some(part) = self.part_mut(pr) {
-                    part.resolve(u, ok(v));
                 }
             }
         }
