@@ -16,10 +16,14 @@
 mod measure;
 mod parallel;
 mod peers;
+mod plot;
+mod progress;
+mod record;
 mod report;
 mod server;
 mod workload;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +42,8 @@ use slotline_testkit::Resp2Frame;
 pub use measure::*;
 pub use parallel::*;
 pub use peers::*;
+pub use plot::*;
+pub use record::*;
 pub use report::*;
 pub use server::*;
 pub use workload::*;
@@ -49,6 +55,9 @@ const SAMPLE_EVERY: usize = 16;
 const POOL_BYTES: usize = 64 << 20;
 /// Keys per DEL batch when cleaning up a server the bench does not own.
 const CLEANUP_BATCH: usize = 1024;
+/// Batches per phase unless `--batches` says otherwise: enough for a p99 that is not
+/// the slowest batch.
+const DEFAULT_BATCHES: usize = 200;
 
 // ---------------------------------------------------------------------------------------
 // Command line
@@ -82,8 +91,24 @@ overwrite them. The default, both, times a fresh pass and then an overwrite pass
 the same keys (the fresh pass is the pre-population), so it costs one PUT phase more \
 per run than either alone; GET reads what the PUTs wrote.
 
+Output: --format table (default) prints the tables; --format json or csv prints one \
+record per (run, peer, phase, key pattern, size) and the medians on stdout, the tables \
+on stderr. Every result names the git commit of the binary and its build profile. \
+--plot DIR also writes DIR/bench.jsonl, DIR/throughput.svg (GB/s against value size, \
+every row) and DIR/latency.svg (batch latency percentiles, every row); `slotline plot \
+FILE.jsonl... --out DIR` draws the same from saved JSON. A progress bar is drawn on \
+stderr when it is a terminal (SLOTLINE_NO_PROGRESS=1 turns it off).
+
+Sizes: --sizes 1m,4m,32m runs each size in turn, each against a fresh server of its own \
+(or, with --url, after deleting the previous size's keys). Without --batch, the batch is \
+16 chunks of 1 MiB, 8 of 4 MiB, 4 of 32 MiB or more, 128 below 1 MiB. Without \
+--batches, 200 batches per phase, fewer when one run would store more than --max-data \
+(a note says so; p99 is then marked where it equals the slowest batch).
+
 Examples:
   slotline bench --batches 50 --runs 3
+  slotline bench --mode cluster --sizes 1m,4m,32m --peers slotline --plot plots/
+  slotline bench --format csv > results.csv
   slotline bench --value-size 4m --batch 8 --batches 40 --peers parallel,slotline
   slotline bench --value-size 1m --batch 16 --keys overwrite --get-into
   slotline bench --mode cluster --layout hashtag --peers slotline
@@ -95,12 +120,16 @@ pub struct BenchArgs {
     /// Bytes per chunk payload; suffixes k, m, g (powers of 1024), e.g. 2k, 4m, 32m.
     #[arg(long, value_name = "SIZE", default_value = "2048", value_parser = parse_size)]
     value_size: usize,
-    /// Chunks (LMCache keys) per batch.
-    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    batch: u32,
-    /// Batches per phase and run.
-    #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
-    batches: u32,
+    /// Several payload sizes, comma-separated, run one after the other (e.g.
+    /// 1m,4m,32m); replaces --value-size.
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size, conflicts_with = "value_size")]
+    sizes: Option<Vec<usize>>,
+    /// Chunks (LMCache keys) per batch [default: by size, see below].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    batch: Option<u32>,
+    /// Batches per phase and run [default: 200, see below].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    batches: Option<u32>,
     /// Runs; each number reported is the median over runs.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
@@ -146,9 +175,31 @@ pub struct BenchArgs {
     /// value size) in Redis.
     #[arg(long, value_name = "SIZE", default_value = "4g", value_parser = parse_size)]
     max_data: usize,
-    /// Also print one JSON object per line for each result (per run and medians).
+    /// Same as --format json.
     #[arg(long)]
     json: bool,
+    /// Output: table, json (one object per line) or csv.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Write bench.jsonl, throughput.svg and latency.svg into this directory.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
+}
+
+/// Arguments of `slotline plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// JSON-lines files written by `slotline bench --format json` (or `--plot`).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Directory for throughput.svg and latency.svg.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+}
+
+/// `slotline plot`.
+pub fn plot_cli(a: PlotArgs) -> Result<(), BenchError> {
+    plot_files(&a.files, &a.out)
 }
 
 /// `--backend` of the bench.
@@ -216,6 +267,27 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .map_err(|_| format!("size {s:?} does not start with a number; use e.g. 2048, 2k, 4m"))?;
     n.checked_mul(1usize << shift)
         .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// `2048`, `4k`, `1m`, `32m`: the shortest exact form in powers of 1024.
+pub fn fmt_size(n: usize) -> String {
+    for (shift, unit) in [(30, "g"), (20, "m"), (10, "k")] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// The batch (chunks) for `size` without --batch: LMCache-like batches of large
+/// chunks (16 x 1 MiB, 8 x 4 MiB, 4 x 32 MiB), 128 small ones.
+pub fn default_batch(size: usize) -> usize {
+    match size {
+        s if s >= 32 << 20 => 4,
+        s if s >= 4 << 20 => 8,
+        s if s >= 1 << 20 => 16,
+        _ => 128,
+    }
 }
 
 fn parse_layout(s: &str) -> Result<KeyLayout, String> {
@@ -326,9 +398,17 @@ pub fn server_version(url: &str, mode: Mode) -> String {
     }
 }
 
-/// `slotline bench`.
-pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
-    let value_size = a.value_size;
+/// What one size of an invocation runs.
+struct SizeJob {
+    value_size: usize,
+    batch: usize,
+    batches: usize,
+    /// Why `batches` is below the default, if it is.
+    note: Option<String>,
+}
+
+/// Checks one size against the limits and picks its batch and batch count.
+fn size_job(a: &BenchArgs, value_size: usize) -> Result<SizeJob, BenchError> {
     if value_size == 0 {
         return Err(BenchError::usage("--value-size must be at least 1 byte"));
     }
@@ -340,7 +420,23 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
             "--value-size {value_size} exceeds slotline's max_value_size ({max_value} bytes)"
         )));
     }
-    let (batch, batches) = (a.batch as usize, a.batches as usize);
+    let batch = a.batch.map_or(default_batch(value_size), |b| b as usize);
+    let mut note = None;
+    let batches = match a.batches {
+        Some(n) => n as usize,
+        None => {
+            let fit = (a.max_data / (batch * value_size).max(1)).max(1);
+            if fit < DEFAULT_BATCHES {
+                note = Some(format!(
+                    "note: {} x {batch}: {fit} batches per phase instead of {DEFAULT_BATCHES}, so \
+                     that one run stores at most --max-data ({:.2} GiB)",
+                    fmt_size(value_size),
+                    a.max_data as f64 / (1u64 << 30) as f64
+                ));
+            }
+            fit.min(DEFAULT_BATCHES)
+        }
+    };
     let total = (batch * batches) as u128 * value_size as u128;
     if total > a.max_data as u128 {
         return Err(BenchError::usage(format!(
@@ -351,15 +447,73 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
             a.max_data as f64 / (1u64 << 30) as f64
         )));
     }
+    Ok(SizeJob {
+        value_size,
+        batch,
+        batches,
+        note,
+    })
+}
+
+/// `slotline bench`.
+pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
     if a.peers.is_empty() {
         return Err(BenchError::usage("--peers lists no client"));
     }
-    let mode: Mode = a.mode.into();
+    let sizes = a.sizes.clone().unwrap_or_else(|| vec![a.value_size]);
+    if sizes.is_empty() {
+        return Err(BenchError::usage("--sizes lists no size"));
+    }
+    // Every size is checked before any server starts.
+    let jobs = sizes
+        .iter()
+        .map(|&s| size_job(&a, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Output::new(if a.json { Format::Json } else { a.format });
+    let mut rows = 0;
+    let mut seen = Vec::new();
+    for p in a.peers.iter().filter(|p| {
+        let new = !seen.contains(*p);
+        seen.push(**p);
+        new
+    }) {
+        rows += match (p, a.mode, a.backend) {
+            (PeerKind::Parallel, ModeArg::Cluster, _) => 0,
+            (PeerKind::Slotline, _, BackendChoice::Both) => 2,
+            _ => 1,
+        };
+    }
+    for j in &jobs {
+        let plan_batches = (a.keys.put_passes().len() + 1) * j.batches;
+        progress::add_total(rows * a.runs as usize * plan_batches);
+    }
     install_signal_handlers();
+    for job in &jobs {
+        run_size(&a, job, &mut out)?;
+    }
+    if let Some(dir) = &a.plot {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BenchError::failed(format!("creating {}: {e}", dir.display())))?;
+        let jsonl = dir.join("bench.jsonl");
+        out.write_jsonl(&jsonl)?;
+        let mut files = vec![jsonl];
+        files.extend(write_plots(&out.records, dir)?);
+        for f in files {
+            out.say(&format!("wrote {}", f.display()));
+        }
+    }
+    Ok(())
+}
+
+/// One size: its own server (unless --url), every peer and run, the report.
+fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchError> {
+    let (value_size, batch, batches) = (job.value_size, job.batch, job.batches);
+    let mode: Mode = a.mode.into();
 
     let owned = match &a.url {
         Some(_) => None,
         None => {
+            progress::clear();
             eprintln!(
                 "starting a {} redis-server for the bench...",
                 if mode == Mode::Cluster {
@@ -441,7 +595,7 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         layout: a.layout,
         keys: a.keys,
         mode,
-        json: a.json,
+        format: out.format(),
     };
     let flush = owned.is_some() || a.flush;
     let cleanup_cfg = base.clone();
@@ -467,7 +621,7 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         Ok(())
     };
 
-    println!(
+    out.say(&format!(
         "slotline bench: {value_size}-byte values, {batch} keys/batch, {batches} batches, \
          {} in flight, layout {}, {mode}, {} run(s), PUT keys {}{}",
         plan.concurrency,
@@ -483,8 +637,15 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         } else {
             ""
         }
-    );
-    println!(
+    ));
+    out.say(&format!(
+        "build: commit {GIT_COMMIT}, profile {BUILD_PROFILE}; runs rotate the peer order \
+         (run i starts with peer i mod n)"
+    ));
+    if let Some(n) = &job.note {
+        out.say(n);
+    }
+    out.say(&format!(
         "server: {} at {}{}; client machine: {} CPUs",
         server_version(&url, mode),
         slotline::config::mask_url(&url),
@@ -494,9 +655,9 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
             ""
         },
         std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
+    ));
 
-    let results = run_plan(&plan, &mut peers, &mut cleanup)?;
+    let results = run_plan(&plan, &mut peers, &mut cleanup, out)?;
     drop(cleanup_engine.take());
     let row = |name: &str| results.iter().position(|r| r.name == name);
     let mut ratios: Vec<(usize, usize)> = Vec::new();
@@ -516,9 +677,9 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         ratios.push((u, e));
     }
     for note in peers.iter().filter_map(|p| p.note()) {
-        println!("{note}");
+        out.say(&note);
     }
-    print_report(&plan, &results, &ratios);
+    print_report(&plan, &results, &ratios, out);
     drop(owned);
     Ok(())
 }
