@@ -13,6 +13,8 @@
 //! `benches/engine.rs` adds more peers (redis-rs, fred) through the [`Peer`] and
 //! [`Worker`] traits.
 
+mod error;
+mod interrupt;
 mod measure;
 mod parallel;
 mod peers;
@@ -21,6 +23,7 @@ mod progress;
 mod record;
 mod report;
 mod server;
+mod sizes;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -39,6 +42,9 @@ use slotline_testkit::{LocalCluster, RedisProcess, ServerOptions};
 use crate::naive::NaiveClient;
 use slotline_testkit::Resp2Frame;
 
+pub use error::*;
+pub use interrupt::install_signal_handlers;
+use interrupt::{check_interrupted, INTERRUPTED};
 pub use measure::*;
 pub use parallel::*;
 pub use peers::*;
@@ -46,6 +52,7 @@ pub use plot::*;
 pub use record::*;
 pub use report::*;
 pub use server::*;
+pub use sizes::*;
 pub use workload::*;
 
 /// Every `SAMPLE_EVERY`-th chunk is compared byte for byte; the others have their
@@ -175,8 +182,9 @@ pub struct BenchArgs {
     /// value size) in Redis.
     #[arg(long, value_name = "SIZE", default_value = "4g", value_parser = parse_size)]
     max_data: usize,
-    /// Same as --format json.
-    #[arg(long)]
+    /// The tables and, on stdout with them, the JSON lines of --format json (what
+    /// scripts/ab_bench.py reads).
+    #[arg(long, conflicts_with = "format")]
     json: bool,
     /// Output: table, json (one object per line) or csv.
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -245,134 +253,9 @@ impl From<ModeArg> for Mode {
     }
 }
 
-/// Parses a byte size: digits with an optional suffix b, k/kb/kib, m/mb/mib, g/gb/gib
-/// (all powers of 1024, case-insensitive).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let shift = match unit.trim() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => {
-            return Err(format!(
-                "size {s:?}: unknown unit; use e.g. 2048, 2k, 4m, 1g"
-            ))
-        }
-    };
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("size {s:?} does not start with a number; use e.g. 2048, 2k, 4m"))?;
-    n.checked_mul(1usize << shift)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
-/// `2048`, `4k`, `1m`, `32m`: the shortest exact form in powers of 1024.
-pub fn fmt_size(n: usize) -> String {
-    for (shift, unit) in [(30, "g"), (20, "m"), (10, "k")] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
-            return format!("{}{unit}", n >> shift);
-        }
-    }
-    n.to_string()
-}
-
-/// The batch (chunks) for `size` without --batch: LMCache-like batches of large
-/// chunks (16 x 1 MiB, 8 x 4 MiB, 4 x 32 MiB), 128 small ones.
-pub fn default_batch(size: usize) -> usize {
-    match size {
-        s if s >= 32 << 20 => 4,
-        s if s >= 4 << 20 => 8,
-        s if s >= 1 << 20 => 16,
-        _ => 128,
-    }
-}
-
 fn parse_layout(s: &str) -> Result<KeyLayout, String> {
     s.parse::<KeyLayout>()
         .map_err(|_| format!("unknown layout {s:?}: expected lmcache, hashtag or raw"))
-}
-
-/// A bench failure: message and exit code (1 runtime, 2 usage).
-#[derive(Debug)]
-pub struct BenchError {
-    /// Process exit code.
-    pub code: u8,
-    /// What went wrong.
-    pub msg: String,
-}
-
-impl BenchError {
-    /// Exit code 1.
-    pub fn failed(msg: impl Into<String>) -> BenchError {
-        BenchError {
-            code: 1,
-            msg: msg.into(),
-        }
-    }
-
-    /// Exit code 2.
-    pub fn usage(msg: impl Into<String>) -> BenchError {
-        BenchError {
-            code: 2,
-            msg: msg.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for BenchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.msg)
-    }
-}
-
-impl From<slotline::Error> for BenchError {
-    fn from(e: slotline::Error) -> Self {
-        BenchError::failed(e.to_string())
-    }
-}
-
-impl From<slotline_testkit::Error> for BenchError {
-    fn from(e: slotline_testkit::Error) -> Self {
-        BenchError::failed(e.to_string())
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Interruption
-// ---------------------------------------------------------------------------------------
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-    // A second Ctrl-C kills at once.
-    // SAFETY: signal() is async-signal-safe; SIG_DFL is a valid disposition.
-    unsafe {
-        libc::signal(sig, libc::SIG_DFL);
-    }
-}
-
-/// Turns SIGINT/SIGTERM into a flag checked between batches, so the bench unwinds
-/// normally and the servers it started are stopped by their Drop.
-pub fn install_signal_handlers() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic and calls signal(), both
-        // async-signal-safe.
-        unsafe {
-            libc::signal(sig, handler as libc::sighandler_t);
-        }
-    }
-}
-
-fn check_interrupted() -> Result<(), BenchError> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        return Err(BenchError::failed("interrupted"));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -469,7 +352,11 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         .iter()
         .map(|&s| size_job(&a, s))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut out = Output::new(if a.json { Format::Json } else { a.format });
+    let mut out = if a.json {
+        Output::mixed_json()
+    } else {
+        Output::new(a.format)
+    };
     let mut rows = 0;
     let mut seen = Vec::new();
     for p in a.peers.iter().filter(|p| {
@@ -682,21 +569,4 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
     print_report(&plan, &results, &ratios, out);
     drop(owned);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("2048"), Ok(2048));
-        assert_eq!(parse_size("2k"), Ok(2048));
-        assert_eq!(parse_size("4M"), Ok(4 << 20));
-        assert_eq!(parse_size("32mib"), Ok(32 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert!(parse_size("k").is_err());
-        assert!(parse_size("2x").is_err());
-        assert!(parse_size("-1").is_err());
-    }
 }

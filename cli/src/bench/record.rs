@@ -29,7 +29,9 @@ pub enum Format {
 pub enum Value {
     /// Text.
     Str(String),
-    /// A number.
+    /// A count.
+    Int(u64),
+    /// A measurement.
     Num(f64),
     /// A flag.
     Bool(bool),
@@ -41,13 +43,8 @@ impl Value {
     fn json(&self) -> String {
         match self {
             Value::Str(s) => format!("\"{}\"", json_escape(s)),
-            Value::Num(x) if x.is_finite() => {
-                if x.fract() == 0.0 && x.abs() < 1e15 {
-                    format!("{x:.0}")
-                } else {
-                    format!("{x:.6}")
-                }
-            }
+            Value::Int(n) => n.to_string(),
+            Value::Num(x) if x.is_finite() => format!("{x:.6}"),
             Value::Bool(b) => b.to_string(),
             Value::Num(_) | Value::Null => "null".into(),
         }
@@ -68,6 +65,7 @@ impl Value {
     fn num(&self) -> Option<f64> {
         match self {
             Value::Num(x) => Some(*x),
+            Value::Int(n) => Some(*n as f64),
             _ => None,
         }
     }
@@ -149,7 +147,7 @@ impl Record {
     /// Every column, in order: the JSON keys and the CSV header.
     pub fn columns(&self) -> Vec<(&'static str, Value)> {
         let n = |x: f64| Value::Num(x);
-        let u = |x: usize| Value::Num(x as f64);
+        let u = |x: usize| Value::Int(x as u64);
         let o = |x: Option<f64>| x.map_or(Value::Null, Value::Num);
         let s = |x: &str| Value::Str(x.to_string());
         vec![
@@ -383,7 +381,10 @@ impl Parser<'_> {
                     "null" => Some(Value::Null),
                     "true" => Some(Value::Bool(true)),
                     "false" => Some(Value::Bool(false)),
-                    t => t.parse().ok().map(Value::Num),
+                    t => match t.parse::<u64>() {
+                        Ok(n) => Some(Value::Int(n)),
+                        Err(_) => t.parse().ok().map(Value::Num),
+                    },
                 }
             }
         }
@@ -395,6 +396,8 @@ impl Parser<'_> {
 /// for `--plot`.
 pub struct Output {
     format: Format,
+    /// `--json`: JSON lines and the tables both on stdout (as before --format).
+    mixed: bool,
     header_done: bool,
     /// Every record so far.
     pub records: Vec<Record>,
@@ -405,8 +408,18 @@ impl Output {
     pub fn new(format: Format) -> Output {
         Output {
             format,
+            mixed: false,
             header_done: false,
             records: Vec::new(),
+        }
+    }
+
+    /// `--json`: JSON lines on stdout with the tables, as the bench printed before
+    /// `--format` (scripts filter the lines starting with `{`).
+    pub fn mixed_json() -> Output {
+        Output {
+            mixed: true,
+            ..Output::new(Format::Json)
         }
     }
 
@@ -434,6 +447,7 @@ impl Output {
     pub fn say(&self, text: &str) {
         progress::clear();
         match self.format {
+            _ if self.mixed => println!("{text}"),
             Format::Table => println!("{text}"),
             Format::Json | Format::Csv => eprintln!("{text}"),
         }
