@@ -527,7 +527,8 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
     ));
     out.say(&format!(
         "build: commit {GIT_COMMIT}, profile {BUILD_PROFILE}; runs rotate the peer order \
-         (run i starts with peer i mod n)"
+         (run i starts with peer i mod n); ratios are taken within each run, then the \
+         median over runs"
     ));
     if let Some(n) = &job.note {
         out.say(n);

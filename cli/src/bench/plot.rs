@@ -71,6 +71,27 @@ fn series(records: &[Record]) -> Vec<Series> {
     out
 }
 
+/// Strong, distinguishable line colors (matplotlib's tab10 and two more), cycled.
+const COLORS: [(u8, u8, u8); 12] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (0, 0, 0),
+    (0, 90, 50),
+];
+
+fn color(i: usize) -> RGBAColor {
+    let (r, g, b) = COLORS[i % COLORS.len()];
+    RGBColor(r, g, b).to_rgba()
+}
+
 fn plot_err(e: impl std::fmt::Display) -> BenchError {
     BenchError::failed(format!("plot: {e}"))
 }
@@ -90,7 +111,14 @@ pub fn write_plots(records: &[Record], dir: &Path) -> Result<Vec<PathBuf>, Bench
         c.dedup();
         c
     };
-    let subtitle = format!("commit {}", commits.join(", "));
+    let mut subtitle = format!("commit {}", commits.join(", "));
+    let first = &records[0];
+    if records
+        .iter()
+        .all(|r| r.mode == first.mode && r.layout == first.layout)
+    {
+        let _ = write!(subtitle, "; {}, layout {}", first.mode, first.layout);
+    }
     let t = dir.join("throughput.svg");
     throughput(&rows, &t, &subtitle).map_err(plot_err)?;
     let l = dir.join("latency.svg");
@@ -105,7 +133,9 @@ fn throughput(rows: &[Series], path: &Path, subtitle: &str) -> PlotResult {
     let x_of = |size: usize| (size.max(1) as f64).log2();
     let xs = rows.iter().flat_map(|r| r.points.iter().map(|p| x_of(p.0)));
     let (lo, hi) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-    let (lo, hi) = (lo.floor() - 0.5, hi.ceil() + 0.5);
+    let (lo, last) = (lo.floor() - 0.5, hi.ceil());
+    // Room on the right for the legend, clear of the lines.
+    let hi = last + 0.5 + (last - lo).max(2.0) * 0.6;
     let gbs = |s: &Sample| s.mb_per_s / 1e3;
     let top = rows
         .iter()
@@ -126,10 +156,11 @@ fn throughput(rows: &[Series], path: &Path, subtitle: &str) -> PlotResult {
     chart
         .configure_mesh()
         .x_labels((hi - lo) as usize + 1)
+        .x_max_light_lines(1)
         .x_desc("value size (log scale)")
         .y_desc("GB/s (10^9 payload bytes)")
         .x_label_formatter(&|x| {
-            if (x - x.round()).abs() < 1e-6 && (0.0..63.0).contains(x) {
+            if (x - x.round()).abs() < 1e-6 && (0.0..=last).contains(x) {
                 fmt_size(1usize << x.round() as u32)
             } else {
                 String::new()
@@ -137,7 +168,7 @@ fn throughput(rows: &[Series], path: &Path, subtitle: &str) -> PlotResult {
         })
         .draw()?;
     for (i, r) in rows.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = color(i);
         let pts: Vec<(f64, f64)> = r
             .points
             .iter()
@@ -151,7 +182,7 @@ fn throughput(rows: &[Series], path: &Path, subtitle: &str) -> PlotResult {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
@@ -180,24 +211,33 @@ fn latency(rows: &[Series], path: &Path, subtitle: &str) -> PlotResult {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d(0i32..3i32, ((lo / 1.5)..(hi * 1.5)).log_scale())?;
+        // x: the percentiles at 0..=3, then room on the right for the legend.
+        .build_cartesian_2d(-0.3f64..5.2f64, ((lo / 1.5)..(hi * 1.5)).log_scale())?;
     chart
         .configure_mesh()
-        .x_labels(4)
-        .x_label_formatter(&|x| PERCENTILES.get(*x as usize).unwrap_or(&"").to_string())
+        .x_labels(7)
+        .x_max_light_lines(1)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && (0.0..=3.0).contains(&i) {
+                PERCENTILES[i as usize].to_string()
+            } else {
+                String::new()
+            }
+        })
         .x_desc("percentile of the batches of a phase")
         .y_desc("ms per batch (log scale)")
         .draw()?;
     let mut i = 0;
     for r in rows {
         for (size, s) in &r.points {
-            let color = Palette99::pick(i).to_rgba();
+            let color = color(i);
             i += 1;
-            let pts: Vec<(i32, f64)> = pick(s)
+            let pts: Vec<(f64, f64)> = pick(s)
                 .into_iter()
                 .enumerate()
                 .filter(|(_, v)| v.is_finite() && *v > 0.0)
-                .map(|(k, v)| (k as i32, v))
+                .map(|(k, v)| (k as f64, v))
                 .collect();
             chart
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)).point_size(3))?
@@ -207,7 +247,7 @@ fn latency(rows: &[Series], path: &Path, subtitle: &str) -> PlotResult {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
