@@ -9,8 +9,9 @@
 //!   one write per batch;
 //! - `fred`: async, one current-thread tokio runtime per caller thread, the same MSET /
 //!   MGET pipelines;
-//! - `slotline[io_uring]`, `slotline[epoll]` (reading with `get_into_slices`, caller
-//!   buffers allocated once per run, when `SLOTLINE_BENCH_GET_INTO=1`).
+//! - `slotline[io_uring]`, `slotline[epoll]`, reading with `get_into_slices` into caller
+//!   buffers allocated once per run, as the parallel peer does (`SLOTLINE_BENCH_GET_INTO=0`
+//!   reads with `get`).
 //!
 //! Two regimes: 2 KiB values in batches of 128 chunks (the seed's benchmark) and 4 MiB
 //! values in batches of 8 (LMCache's large chunks), PUTs on fresh keys and overwriting.
@@ -364,8 +365,10 @@ fn regime(
          layout {layout}, {runs} runs, server {url}"
     );
     let base = Config::from_url(url)?;
-    // Caller buffers, as the parallel peer reads (redis-rs and fred have none).
-    let get_into = env_flag("SLOTLINE_BENCH_GET_INTO");
+    // Caller buffers, as the parallel peer reads (redis-rs and fred have none): every
+    // peer that can read into preallocated memory does. SLOTLINE_BENCH_GET_INTO=0 reads
+    // with `get` (a fresh allocation per value) instead.
+    let get_into = std::env::var("SLOTLINE_BENCH_GET_INTO").map_or(true, |v| v != "0");
     let mut peers: Vec<Box<dyn Peer>> = vec![
         Box::new(NaivePeer::new(url, Mode::Standalone, layout)),
         Box::new(ParallelPeer::new(url, Mode::Standalone, 8)),

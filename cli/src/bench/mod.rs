@@ -567,6 +567,13 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
     for note in peers.iter().filter_map(|p| p.note()) {
         out.say(&note);
     }
+    let has = |prefix: &str| peers.iter().any(|p| p.name().starts_with(prefix));
+    if !a.get_into && has("parallel") && has("slotline") {
+        out.say(
+            "note: parallel reads into preallocated buffers, slotline with get (an allocation \
+             per value); --get-into gives slotline caller buffers too",
+        );
+    }
     print_report(&plan, &results, &ratios, out);
     drop(owned);
     Ok(())
