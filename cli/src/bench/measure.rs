@@ -499,6 +499,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ratios_are_taken_within_runs_then_the_median() {
+        let s = |keys_per_s: f64, frames: Option<f64>| Sample {
+            keys_per_s,
+            frames_per_batch: frames,
+            ..Sample::default()
+        };
+        // Run 1: x is twice y; runs 2 and 3: equal, at another level of load.
+        let xs = [s(2.0, Some(1.0)), s(10.0, Some(1.0)), s(30.0, None)];
+        let ys = [s(1.0, Some(4.0)), s(10.0, Some(2.0)), s(30.0, Some(2.0))];
+        let r = Sample::ratios_within_runs(&xs, &ys);
+        assert_eq!(r.keys_per_s, 1.0); // the median of [2, 1, 1]
+        let xs = [s(2.0, None), s(10.0, None)];
+        let ys = [s(1.0, None), s(20.0, None)];
+        // [2, 0.5] -> 1.25, where the ratio of the medians is 6 / 10.5.
+        assert_eq!(Sample::ratios_within_runs(&xs, &ys).keys_per_s, 1.25);
+        // Only runs where both peers have the column count.
+        let xs = [s(1.0, Some(1.0)), s(1.0, Some(1.0)), s(1.0, None)];
+        let ys = [s(1.0, Some(4.0)), s(1.0, Some(2.0)), s(1.0, Some(2.0))];
+        assert_eq!(
+            Sample::ratios_within_runs(&xs, &ys).frames_per_batch,
+            Some(0.375)
+        );
+        assert!(Sample::ratios_within_runs(&[s(1.0, None)], &[s(0.0, None)])
+            .keys_per_s
+            .is_nan());
+    }
+
+    #[test]
+    fn p99_is_max_only_when_they_meet() {
+        let s = Sample {
+            p99_ms: 3.0,
+            max_ms: 3.0,
+            ..Sample::default()
+        };
+        assert!(s.p99_is_max());
+        assert!(!Sample { max_ms: 4.0, ..s }.p99_is_max());
+        assert!(!Sample {
+            max_ms: f64::NAN,
+            ..s
+        }
+        .p99_is_max());
+    }
+
+    #[test]
     fn percentiles() {
         let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(percentile(&v, 50.0), Duration::from_millis(50));

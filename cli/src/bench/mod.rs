@@ -578,3 +578,49 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
     drop(owned);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        a: BenchArgs,
+    }
+
+    fn jobs(args: &[&str]) -> Result<Vec<(usize, usize, usize, bool)>, BenchError> {
+        let a = Cmd::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .map_err(|e| BenchError::usage(e.to_string()))?
+            .a;
+        let sizes = a.sizes.clone().unwrap_or(vec![a.value_size]);
+        sizes
+            .iter()
+            .map(|&s| size_job(&a, s).map(|j| (j.value_size, j.batch, j.batches, j.note.is_some())))
+            .collect()
+    }
+
+    #[test]
+    fn sizes_pick_their_batch_and_fit_max_data() {
+        assert_eq!(jobs(&[]).unwrap(), vec![(2048, 128, 200, false)]);
+        assert_eq!(
+            jobs(&["--sizes", "1m,4m,32m"]).unwrap(),
+            vec![
+                (1 << 20, 16, 200, false),
+                (4 << 20, 8, 128, true),
+                (32 << 20, 4, 32, true),
+            ]
+        );
+        assert_eq!(
+            jobs(&["--sizes", "32m", "--batch", "2", "--max-data", "64m"]).unwrap(),
+            vec![(32 << 20, 2, 1, true)]
+        );
+        // An explicit --batches over --max-data is refused, not lowered.
+        let e = jobs(&["--value-size", "32m", "--batches", "200"]).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert!(e.msg.contains("--max-data"), "{}", e.msg);
+        assert!(jobs(&["--sizes", "1m", "--value-size", "2k"]).is_err());
+        assert!(jobs(&["--format", "csv", "--json"]).is_err());
+    }
+}
