@@ -404,7 +404,11 @@ pub fn run_plan(
             let mut workers = match peer.open(plan.concurrency, &wl) {
                 Ok(w) => w,
                 Err(e) if peer.optional() && run == 0 => {
+                    progress::clear();
                     eprintln!("warning: {} unavailable, skipped: {e}", peer.name());
+                    progress::remove_total(
+                        plan.runs * (plan.keys.put_passes().len() + 1) * plan.batches,
+                    );
                     results[pi] = None;
                     continue;
                 }

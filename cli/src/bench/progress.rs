@@ -40,6 +40,12 @@ pub fn add_total(batches: usize) {
     state().total.fetch_add(batches, Relaxed);
 }
 
+/// Takes back `batches` from the total (a peer skipped for the whole bench).
+pub fn remove_total(batches: usize) {
+    let t = &state().total;
+    let _ = t.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(batches)));
+}
+
 /// A phase of `batches` batches starts, described by `label`.
 pub fn phase(label: String, batches: usize) {
     let s = state();
