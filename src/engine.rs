@@ -109,6 +109,9 @@ pub struct Stats {
     pub cores: Vec<Option<usize>>,
     /// Counters and latency histograms.
     pub metrics: MetricsSnapshot,
+    /// Submissions queued in each shard's lanes (by shard, then `Priority::index`) at
+    /// the moment of the snapshot.
+    pub lane_depth: Vec<[usize; 4]>,
 }
 
 impl std::fmt::Display for Stats {
@@ -188,7 +191,7 @@ impl Engine {
             Mode::Standalone => Router::standalone(seed, cores.len()),
             Mode::Cluster => Router::cluster(&cfg.seeds, cores.len()),
         });
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_shards(cores.len()));
         // All lanes exist before any shard starts: a shard hands redirected units to
         // the shard that owns their node.
         let all_lanes: Arc<[Arc<Lanes<SubmitPart>>]> = (0..cores.len())
@@ -294,6 +297,7 @@ impl Engine {
             shards: self.inner.shards.len(),
             cores: self.inner.cores.clone(),
             metrics: self.inner.metrics.snapshot(),
+            lane_depth: self.inner.shards.iter().map(|s| s.lanes.depth()).collect(),
         }
     }
 

@@ -149,6 +149,11 @@ impl<T> Lanes<T> {
         self.lanes.iter().all(|l| l.is_empty())
     }
 
+    /// Entries queued in each lane (by `Priority::index`), for the stats; racy by nature.
+    pub fn depth(&self) -> [usize; 4] {
+        std::array::from_fn(|i| self.lanes[i].len())
+    }
+
     /// Which lanes hold work.
     pub fn nonempty(&self) -> [bool; 4] {
         std::array::from_fn(|i| !self.lanes[i].is_empty())

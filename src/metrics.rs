@@ -1,11 +1,15 @@
-//! Counters and latency histograms, shared by all shards and read by `Engine::stats()`.
+//! Counters and latency histograms, kept per shard and summed by `Engine::stats()`.
 
+mod histogram;
+
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
+use histogram::AtomicHistogram;
+pub use histogram::LatencyHistogram;
 
 use crate::priority::Priority;
 use crate::syscalls::SyscallCounters;
@@ -35,12 +39,6 @@ pub(crate) const ERROR_KINDS: &[&str] = &[
     "host_down",
 ];
 
-#[derive(Default)]
-struct ClassCounters {
-    ops: AtomicU64,
-    keys: AtomicU64,
-}
-
 /// A shared handle to an engine's counters (see `Engine::metrics_handle`).
 #[derive(Clone)]
 pub struct MetricsHandle(pub(crate) std::sync::Arc<Metrics>);
@@ -58,16 +56,31 @@ impl std::fmt::Debug for MetricsHandle {
     }
 }
 
-/// Live counters. Cheap to update from any thread.
-pub(crate) struct Metrics {
-    classes: [ClassCounters; 4],
-    latency: [Mutex<Histogram<u64>>; 4],
+thread_local! {
+    /// The shard this thread runs (`usize::MAX` for any other thread): which stripe
+    /// of the counters it records into.
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Marks the calling thread as shard `id`'s: from now on it records into that shard's
+/// stripe, which no other thread writes.
+pub(crate) fn set_current_shard(id: usize) {
+    SHARD.with(|s| s.set(id));
+}
+
+/// One writer's share of the counters. Aligned to two cache lines so that shards
+/// never write to a line another shard writes (adjacent-line prefetch included).
+#[repr(align(128))]
+struct Stripe {
+    ops: [AtomicU64; 4],
+    keys: [AtomicU64; 4],
+    latency: [AtomicHistogram; 4],
     frames_sent: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
-    errors: Vec<AtomicU64>,
+    errors: [AtomicU64; ERROR_KINDS.len()],
     kernel_late_releases: AtomicU64,
     kernel_drained: AtomicU64,
     kernel_leaks: AtomicU64,
@@ -75,7 +88,52 @@ pub(crate) struct Metrics {
     recv_staged_bytes: AtomicU64,
     sent_by_reference_bytes: AtomicU64,
     sent_copied_bytes: AtomicU64,
-    /// Every shard's and every lane's syscall counters, summed by `snapshot`.
+}
+
+impl Stripe {
+    fn new() -> Stripe {
+        Stripe {
+            ops: Default::default(),
+            keys: Default::default(),
+            latency: std::array::from_fn(|_| AtomicHistogram::new()),
+            frames_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            kernel_late_releases: AtomicU64::new(0),
+            kernel_drained: AtomicU64::new(0),
+            kernel_leaks: AtomicU64::new(0),
+            recv_direct_bytes: AtomicU64::new(0),
+            recv_staged_bytes: AtomicU64::new(0),
+            sent_by_reference_bytes: AtomicU64::new(0),
+            sent_copied_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// This stripe's I/O counters.
+    fn io(&self) -> ShardIoStats {
+        ShardIoStats {
+            frames_sent: self.frames_sent.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            bytes_received: self.bytes_received.load(Relaxed),
+            recv_direct_bytes: self.recv_direct_bytes.load(Relaxed),
+            recv_staged_bytes: self.recv_staged_bytes.load(Relaxed),
+            sent_by_reference_bytes: self.sent_by_reference_bytes.load(Relaxed),
+            sent_copied_bytes: self.sent_copied_bytes.load(Relaxed),
+        }
+    }
+}
+
+/// Live counters, one [`Stripe`] per shard plus one for every other thread (callers),
+/// summed only when read. Recording is a few relaxed atomic adds on the recording
+/// thread's own stripe: no lock, and no cache line shared between shards.
+pub(crate) struct Metrics {
+    /// `shards` stripes, then the callers' stripe.
+    stripes: Box<[Stripe]>,
+    /// Every shard's and every lane's syscall counters, summed by `snapshot` (the
+    /// lock is taken at shard start and when reading, never on the hot path).
     syscall_sources: Mutex<Vec<std::sync::Arc<SyscallCounters>>>,
 }
 
@@ -85,105 +143,101 @@ impl Default for Metrics {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
-    // 1 us .. 10 min at 3 significant digits; construction cannot fail with these bounds,
-    // but fall back to an auto-resizing histogram rather than panic.
-    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
-        let mut h = Histogram::new(3).unwrap_or_else(|_| Histogram::new(2).expect("sigfig 2"));
-        h.auto(true);
-        h
-    })
-}
-
 impl Metrics {
-    /// Zeroed counters.
+    /// Zeroed counters with only the callers' stripe (for tests and helpers that run
+    /// no shards).
     pub fn new() -> Metrics {
+        Metrics::with_shards(0)
+    }
+
+    /// Zeroed counters for an engine of `shards` shards.
+    pub fn with_shards(shards: usize) -> Metrics {
         Metrics {
-            classes: Default::default(),
-            latency: std::array::from_fn(|_| Mutex::new(new_histogram())),
-            frames_sent: AtomicU64::new(0),
-            bytes_sent: AtomicU64::new(0),
-            bytes_received: AtomicU64::new(0),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            errors: ERROR_KINDS.iter().map(|_| AtomicU64::new(0)).collect(),
-            kernel_late_releases: AtomicU64::new(0),
-            kernel_drained: AtomicU64::new(0),
-            kernel_leaks: AtomicU64::new(0),
-            recv_direct_bytes: AtomicU64::new(0),
-            recv_staged_bytes: AtomicU64::new(0),
-            sent_by_reference_bytes: AtomicU64::new(0),
-            sent_copied_bytes: AtomicU64::new(0),
+            stripes: (0..=shards).map(|_| Stripe::new()).collect(),
             syscall_sources: Mutex::new(Vec::new()),
         }
     }
 
+    /// The calling thread's stripe: its shard's, or the callers' one.
+    fn stripe(&self) -> &Stripe {
+        let callers = self.stripes.len() - 1;
+        let i = SHARD.with(Cell::get);
+        &self.stripes[if i < callers { i } else { callers }]
+    }
+
     /// One completed operation of `keys` chunks in `class`, taking `latency`.
     pub fn op_done(&self, class: Priority, keys: usize, latency: Duration) {
-        let c = &self.classes[class.index()];
-        c.ops.fetch_add(1, Relaxed);
-        c.keys.fetch_add(keys as u64, Relaxed);
-        let us = (latency.as_micros() as u64).clamp(1, 600_000_000);
-        let mut h = self.latency[class.index()]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let _ = h.record(us);
+        let s = self.stripe();
+        let c = class.index();
+        s.ops[c].fetch_add(1, Relaxed);
+        s.keys[c].fetch_add(keys as u64, Relaxed);
+        s.latency[c].record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
     }
 
     /// A frame (one write of one or more commands) went out.
     pub fn frame_sent(&self, bytes: usize) {
-        self.frames_sent.fetch_add(1, Relaxed);
-        self.bytes_sent.fetch_add(bytes as u64, Relaxed);
+        let s = self.stripe();
+        s.frames_sent.fetch_add(1, Relaxed);
+        s.bytes_sent.fetch_add(bytes as u64, Relaxed);
     }
 
     /// Bytes arrived from a server.
     pub fn received(&self, bytes: usize) {
-        self.bytes_received.fetch_add(bytes as u64, Relaxed);
+        self.stripe()
+            .bytes_received
+            .fetch_add(bytes as u64, Relaxed);
     }
 
     /// Read outcomes.
     pub fn hits_misses(&self, hits: usize, misses: usize) {
-        self.hits.fetch_add(hits as u64, Relaxed);
-        self.misses.fetch_add(misses as u64, Relaxed);
+        let s = self.stripe();
+        s.hits.fetch_add(hits as u64, Relaxed);
+        s.misses.fetch_add(misses as u64, Relaxed);
     }
 
     /// Counts an error (or read-rule event) by kind name.
     pub fn error(&self, kind: &str) {
         let i = ERROR_KINDS.iter().position(|k| *k == kind).unwrap_or(0);
-        self.errors[i].fetch_add(1, Relaxed);
+        self.stripe().errors[i].fetch_add(1, Relaxed);
     }
 
     /// Value bytes received straight into their destination (no copy).
     pub fn recv_direct(&self, bytes: usize) {
-        self.recv_direct_bytes.fetch_add(bytes as u64, Relaxed);
+        self.stripe()
+            .recv_direct_bytes
+            .fetch_add(bytes as u64, Relaxed);
     }
 
     /// Value bytes copied out of a connection's receive buffer into their destination.
     pub fn recv_staged(&self, bytes: usize) {
         if bytes > 0 {
-            self.recv_staged_bytes.fetch_add(bytes as u64, Relaxed);
+            self.stripe()
+                .recv_staged_bytes
+                .fetch_add(bytes as u64, Relaxed);
         }
     }
 
     /// Payload bytes queued for sending: `by_reference` from the caller's buffer
     /// itself, `copied` into the frame's header block (small payloads).
     pub fn payload_queued(&self, by_reference: usize, copied: usize) {
-        self.sent_by_reference_bytes
+        let s = self.stripe();
+        s.sent_by_reference_bytes
             .fetch_add(by_reference as u64, Relaxed);
-        self.sent_copied_bytes.fetch_add(copied as u64, Relaxed);
+        s.sent_copied_bytes.fetch_add(copied as u64, Relaxed);
     }
 
     /// A payload destination came back from a receive the kernel completed after its
     /// connection had been closed (it was held, not freed, until then).
     pub fn kernel_late_release(&self) {
-        self.kernel_late_releases.fetch_add(1, Relaxed);
+        self.stripe().kernel_late_releases.fetch_add(1, Relaxed);
     }
 
     /// A shard's ring was torn down: `drained` operations came back after being
     /// cancelled, `leaked` never did (their memory is leaked on purpose).
     pub fn kernel_teardown(&self, drained: usize, leaked: usize) {
-        self.kernel_drained.fetch_add(drained as u64, Relaxed);
-        self.kernel_leaks.fetch_add(leaked as u64, Relaxed);
+        let s = self.stripe();
+        s.kernel_drained.fetch_add(drained as u64, Relaxed);
+        s.kernel_leaks.fetch_add(leaked as u64, Relaxed);
     }
 
     /// Adds a set of syscall counters (a shard's, or its lanes') to the snapshot's sum.
@@ -194,16 +248,21 @@ impl Metrics {
             .push(c);
     }
 
-    /// Copies of the per-class latency histograms (microseconds), indexed by
-    /// `Priority::index`, for the Prometheus exposition.
-    pub fn latency_histograms(&self) -> Vec<Histogram<u64>> {
-        self.latency
-            .iter()
-            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    /// The per-class latency histograms (microseconds) merged over every stripe,
+    /// indexed by `Priority::index`.
+    pub fn latency_histograms(&self) -> Vec<LatencyHistogram> {
+        (0..4)
+            .map(|c| {
+                let mut h = LatencyHistogram::default();
+                for s in self.stripes.iter() {
+                    s.latency[c].add_to(&mut h);
+                }
+                h
+            })
             .collect()
     }
 
-    /// A copy of everything, for reporting.
+    /// A copy of everything, for reporting: the stripes summed.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let mut syscalls = SyscallStats::default();
         for c in self
@@ -214,48 +273,56 @@ impl Metrics {
         {
             c.add_to(&mut syscalls);
         }
+        let sum = |f: fn(&Stripe) -> &AtomicU64| -> u64 {
+            self.stripes
+                .iter()
+                .map(|s| f(s).load(Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        };
+        let lat = self.latency_histograms();
         let classes = Priority::ALL
             .iter()
             .map(|&p| {
-                let h = self.latency[p.index()]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let q = |x: f64| Duration::from_micros(h.value_at_quantile(x));
+                let i = p.index();
+                let h = &lat[i];
+                let q = |x: f64| Duration::from_micros(h.quantile_us(x));
                 ClassStats {
                     class: p,
-                    ops: self.classes[p.index()].ops.load(Relaxed),
-                    keys: self.classes[p.index()].keys.load(Relaxed),
+                    ops: self.stripes.iter().map(|s| s.ops[i].load(Relaxed)).sum(),
+                    keys: self.stripes.iter().map(|s| s.keys[i].load(Relaxed)).sum(),
                     p50: q(0.50),
                     p95: q(0.95),
                     p99: q(0.99),
-                    max: Duration::from_micros(h.max()),
+                    max: Duration::from_micros(h.max_us()),
                 }
             })
             .collect();
         let errors = ERROR_KINDS
             .iter()
-            .zip(&self.errors)
-            .filter_map(|(k, v)| {
-                let v = v.load(Relaxed);
+            .enumerate()
+            .filter_map(|(i, k)| {
+                let v: u64 = self.stripes.iter().map(|s| s.errors[i].load(Relaxed)).sum();
                 (v > 0).then(|| (k.to_string(), v))
             })
             .collect();
+        let shards = self.stripes.len() - 1;
         MetricsSnapshot {
             classes,
-            frames_sent: self.frames_sent.load(Relaxed),
-            bytes_sent: self.bytes_sent.load(Relaxed),
-            bytes_received: self.bytes_received.load(Relaxed),
-            hits: self.hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
+            frames_sent: sum(|s| &s.frames_sent),
+            bytes_sent: sum(|s| &s.bytes_sent),
+            bytes_received: sum(|s| &s.bytes_received),
+            hits: sum(|s| &s.hits),
+            misses: sum(|s| &s.misses),
             errors,
-            kernel_late_releases: self.kernel_late_releases.load(Relaxed),
-            kernel_drained: self.kernel_drained.load(Relaxed),
-            kernel_leaks: self.kernel_leaks.load(Relaxed),
-            recv_direct_bytes: self.recv_direct_bytes.load(Relaxed),
-            recv_staged_bytes: self.recv_staged_bytes.load(Relaxed),
-            sent_by_reference_bytes: self.sent_by_reference_bytes.load(Relaxed),
-            sent_copied_bytes: self.sent_copied_bytes.load(Relaxed),
+            kernel_late_releases: sum(|s| &s.kernel_late_releases),
+            kernel_drained: sum(|s| &s.kernel_drained),
+            kernel_leaks: sum(|s| &s.kernel_leaks),
+            recv_direct_bytes: sum(|s| &s.recv_direct_bytes),
+            recv_staged_bytes: sum(|s| &s.recv_staged_bytes),
+            sent_by_reference_bytes: sum(|s| &s.sent_by_reference_bytes),
+            sent_copied_bytes: sum(|s| &s.sent_copied_bytes),
             syscalls,
+            per_shard: self.stripes[..shards].iter().map(Stripe::io).collect(),
         }
     }
 
@@ -268,6 +335,25 @@ impl Metrics {
             .checked_div(hits)
             .unwrap_or(0)
     }
+}
+
+/// One shard's I/O counters (the same meanings as [`MetricsSnapshot`]'s fields).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardIoStats {
+    /// Frames written.
+    pub frames_sent: u64,
+    /// Request bytes written.
+    pub bytes_sent: u64,
+    /// Reply bytes read.
+    pub bytes_received: u64,
+    /// Value bytes received straight into their destination.
+    pub recv_direct_bytes: u64,
+    /// Value bytes copied out of a connection's receive buffer.
+    pub recv_staged_bytes: u64,
+    /// Payload bytes sent from the caller's buffer itself.
+    pub sent_by_reference_bytes: u64,
+    /// Payload bytes copied into a frame's header block.
+    pub sent_copied_bytes: u64,
 }
 
 /// Per-class numbers.
@@ -329,6 +415,9 @@ pub struct MetricsSnapshot {
     /// Syscalls the engine made on its hot path (shard event loops, socket I/O,
     /// doorbells), by kind; connection setup is not counted.
     pub syscalls: SyscallStats,
+    /// The I/O counters above, shard by shard (index = shard id). What other threads
+    /// recorded (none of these today: sockets belong to shards) is in the totals only.
+    pub per_shard: Vec<ShardIoStats>,
 }
 
 impl MetricsSnapshot {

@@ -4,13 +4,15 @@
 //! Every family carries `# HELP` and `# TYPE` lines and the `slotline_` prefix; units are
 //! in the names (`_bytes`, `_seconds`). Plain counters come from one table
 //! ([`COUNTERS`]), so a new field of `MetricsSnapshot` is one line there.
+//!
+//! Per-shard families (`slotline_shard_*`, label `shard`) carry what tells an operator
+//! that one shard is the bottleneck: its lane depth and its bytes per I/O path. Their
+//! cardinality is bounded by the shard count (one per core), times 4 at most.
 
 use std::fmt::Write as _;
 
-use hdrhistogram::Histogram;
-
 use crate::engine::Stats;
-use crate::metrics::{MetricsSnapshot, ERROR_KINDS};
+use crate::metrics::{LatencyHistogram, MetricsSnapshot, ShardIoStats, ERROR_KINDS};
 use crate::priority::Priority;
 
 /// The content type a scrape response carries.
@@ -125,6 +127,39 @@ const COUNTERS: &[Counter] = &[
     ),
 ];
 
+/// Per-shard counters: name, help, accessor.
+type ShardCounter = (&'static str, &'static str, ShardField);
+
+/// Per-shard I/O counters, one family each.
+const SHARD_COUNTERS: &[ShardCounter] = &[
+    (
+        "slotline_shard_frames_sent_total",
+        "Frames written, by shard.",
+        |s| s.frames_sent,
+    ),
+    (
+        "slotline_shard_sent_bytes_total",
+        "Request bytes written to servers, by shard.",
+        |s| s.bytes_sent,
+    ),
+    (
+        "slotline_shard_received_bytes_total",
+        "Reply bytes read from servers, by shard.",
+        |s| s.bytes_received,
+    ),
+];
+
+/// A per-shard accessor.
+type ShardField = fn(&ShardIoStats) -> u64;
+
+/// Payload bytes per I/O path: the `path` label's value and the accessor.
+const IO_PATHS: &[(&str, ShardField)] = &[
+    ("received_direct", |s| s.recv_direct_bytes),
+    ("received_staged", |s| s.recv_staged_bytes),
+    ("sent_by_reference", |s| s.sent_by_reference_bytes),
+    ("sent_copied", |s| s.sent_copied_bytes),
+];
+
 /// Upper bounds (seconds) of the latency histogram buckets: 50 us .. 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -168,7 +203,7 @@ fn escape_label(s: &str) -> String {
 
 /// Renders `stats` and the per-class latency histograms (microseconds, indexed by
 /// [`Priority::index`]) as Prometheus text.
-pub(crate) fn render(stats: &Stats, latency_us: &[Histogram<u64>]) -> String {
+pub(crate) fn render(stats: &Stats, latency_us: &[LatencyHistogram]) -> String {
     let mut o = Out(String::with_capacity(8 * 1024));
     let m = &stats.metrics;
 
@@ -244,6 +279,43 @@ pub(crate) fn render(stats: &Stats, latency_us: &[Histogram<u64>]) -> String {
     }
 
     o.family(
+        "slotline_shard_lane_depth",
+        "gauge",
+        "Submissions queued in a shard's lanes, by shard and priority class.",
+    );
+    for (i, depth) in stats.lane_depth.iter().enumerate() {
+        let shard = i.to_string();
+        for p in Priority::ALL {
+            o.sample(
+                "slotline_shard_lane_depth",
+                &[("shard", &shard), ("class", p.name())],
+                depth[p.index()],
+            );
+        }
+    }
+    for (name, help, get) in SHARD_COUNTERS {
+        o.family(name, "counter", help);
+        for (i, s) in m.per_shard.iter().enumerate() {
+            o.sample(name, &[("shard", &i.to_string())], get(s));
+        }
+    }
+    o.family(
+        "slotline_shard_payload_bytes_total",
+        "counter",
+        "Payload bytes by shard and I/O path (received direct or staged, sent by reference or copied).",
+    );
+    for (i, s) in m.per_shard.iter().enumerate() {
+        let shard = i.to_string();
+        for (path, get) in IO_PATHS {
+            o.sample(
+                "slotline_shard_payload_bytes_total",
+                &[("shard", &shard), ("path", path)],
+                get(s),
+            );
+        }
+    }
+
+    o.family(
         "slotline_operation_duration_seconds",
         "histogram",
         "Latency of whole operations, submission to completion, by priority class.",
@@ -257,16 +329,14 @@ pub(crate) fn render(stats: &Stats, latency_us: &[Histogram<u64>]) -> String {
 }
 
 /// One class's histogram: cumulative buckets, `+Inf`, `_sum` and `_count`.
-fn histogram(o: &mut Out, name: &str, class: &str, h: &Histogram<u64>) {
+fn histogram(o: &mut Out, name: &str, class: &str, h: &LatencyHistogram) {
     let mut counts = vec![0u64; LATENCY_BUCKETS.len()];
-    let mut sum_us = 0f64;
-    for v in h.iter_recorded() {
+    let mut total = 0u64;
+    for (low_us, n) in h.buckets() {
         // Bucket by the lowest value the recorded bin holds (a value recorded as exactly
-        // 50 ms is `le="0.05"`); sum by its midpoint.
-        let bin = v.value_iterated_to();
-        let n = v.count_at_value();
-        sum_us += h.median_equivalent(bin) as f64 * n as f64;
-        let secs = h.lowest_equivalent(bin) as f64 / 1e6;
+        // 50 ms is `le="0.05"`); values above the last bound only reach `+Inf`.
+        total += n;
+        let secs = low_us as f64 / 1e6;
         if let Some(i) = LATENCY_BUCKETS.iter().position(|&le| secs <= le) {
             counts[i] += n;
         }
@@ -277,9 +347,15 @@ fn histogram(o: &mut Out, name: &str, class: &str, h: &Histogram<u64>) {
         cum += n;
         o.sample(&bucket, &[("class", class), ("le", &le.to_string())], cum);
     }
-    o.sample(&bucket, &[("class", class), ("le", "+Inf")], h.len());
-    o.sample(&format!("{name}_sum"), &[("class", class)], sum_us / 1e6);
-    o.sample(&format!("{name}_count"), &[("class", class)], h.len());
+    // `+Inf` and `_count` from the same walk, so they agree with the buckets even
+    // while shards keep recording.
+    o.sample(&bucket, &[("class", class), ("le", "+Inf")], total);
+    o.sample(
+        &format!("{name}_sum"),
+        &[("class", class)],
+        h.sum_us() as f64 / 1e6,
+    );
+    o.sample(&format!("{name}_count"), &[("class", class)], total);
 }
 
 #[cfg(test)]
@@ -416,18 +492,26 @@ mod tests {
             shards: 2,
             cores: vec![Some(0), None],
             metrics: m.snapshot(),
+            lane_depth: vec![[0, 0, 0, 1], [0; 4]],
         }
     }
 
     #[test]
     fn output_is_valid_exposition_with_every_field() {
-        let m = Metrics::new();
+        let m = Metrics::with_shards(2);
         for ms in 1..=100 {
             m.op_done(Priority::Get, 3, Duration::from_millis(ms));
         }
         m.op_done(Priority::Peek, 1, Duration::from_micros(20));
-        m.frame_sent(100);
-        m.received(40);
+        // Socket I/O is recorded by shard threads, into their own stripes.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                crate::metrics::set_current_shard(1);
+                m.frame_sent(100);
+                m.received(40);
+                m.recv_direct(30);
+            });
+        });
         m.hits_misses(5, 2);
         m.error("timeout");
         m.error("redirect");
@@ -450,6 +534,18 @@ mod tests {
             1.0
         );
         assert_eq!(s["slotline_shard_core{shard=\"1\"}"], -1.0);
+        assert_eq!(s["slotline_shard_sent_bytes_total{shard=\"1\"}"], 100.0);
+        assert_eq!(s["slotline_shard_sent_bytes_total{shard=\"0\"}"], 0.0);
+        assert_eq!(s["slotline_shard_frames_sent_total{shard=\"1\"}"], 1.0);
+        assert_eq!(s["slotline_shard_received_bytes_total{shard=\"1\"}"], 40.0);
+        assert_eq!(
+            s["slotline_shard_payload_bytes_total{shard=\"1\",path=\"received_direct\"}"],
+            30.0
+        );
+        assert_eq!(
+            s["slotline_shard_lane_depth{shard=\"0\",class=\"put\"}"],
+            1.0
+        );
         // Histogram: cumulative, +Inf = count = ops, the 50 ms bucket holds about half.
         let b = |le: &str| {
             s[&format!("slotline_operation_duration_seconds_bucket{{class=\"get\",le=\"{le}\"}}")]

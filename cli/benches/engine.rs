@@ -9,11 +9,15 @@
 //!   one write per batch;
 //! - `fred`: async, one current-thread tokio runtime per caller thread, the same MSET /
 //!   MGET pipelines;
-//! - `slotline[io_uring]`, `slotline[epoll]`.
+//! - `slotline[io_uring]`, `slotline[epoll]`, reading with `get_into_slices` into caller
+//!   buffers allocated once per run, as the parallel peer does (`SLOTLINE_BENCH_GET_INTO=0`
+//!   reads with `get`).
 //!
 //! Two regimes: 2 KiB values in batches of 128 chunks (the seed's benchmark) and 4 MiB
 //! values in batches of 8 (LMCache's large chunks), PUTs on fresh keys and overwriting.
-//! Each table cell is the median over runs; ratio rows are slotline / peer.
+//! Each table cell is the median over runs; ratio rows are slotline / peer, computed
+//! within each run and then the median. `SLOTLINE_BENCH_JSON=1` prints JSON lines on
+//! stdout (the tables on stderr).
 //!
 //! ```text
 //! cargo bench --bench engine                 # both regimes
@@ -36,8 +40,8 @@ use fred::prelude::{ClientLike, KeysInterface};
 use slotline::config::{IoBackend, Mode};
 use slotline::{Config, KeyLayout, RemoteMetadata};
 use slotline_cli::bench::{
-    self, BenchError, Keys, NaivePeer, OwnedServer, ParallelPeer, Peer, Plan, SlotlinePeer,
-    Verifier, Worker, Workload,
+    self, BenchError, Format, Keys, NaivePeer, Output, OwnedServer, ParallelPeer, Peer, Plan,
+    SlotlinePeer, Verifier, Worker, Workload,
 };
 
 /// Chunks per MSET and keys per MGET of the redis-rs and fred peers: slotline's default
@@ -348,14 +352,23 @@ fn regime(
         layout,
         keys: Keys::Both,
         mode: Mode::Standalone,
-        json: env_flag("SLOTLINE_BENCH_JSON"),
+        format: if env_flag("SLOTLINE_BENCH_JSON") {
+            Format::Json
+        } else {
+            Format::Table
+        },
     };
+    let mut out = Output::new(plan.format);
     println!();
     println!(
         "== {name}: {value_size}-byte values, {batch} chunks/batch, {batches} batches, \
          layout {layout}, {runs} runs, server {url}"
     );
     let base = Config::from_url(url)?;
+    // Caller buffers, as the parallel peer reads (redis-rs and fred have none): every
+    // peer that can read into preallocated memory does. SLOTLINE_BENCH_GET_INTO=0 reads
+    // with `get` (a fresh allocation per value) instead.
+    let get_into = std::env::var("SLOTLINE_BENCH_GET_INTO").map_or(true, |v| v != "0");
     let mut peers: Vec<Box<dyn Peer>> = vec![
         Box::new(NaivePeer::new(url, Mode::Standalone, layout)),
         Box::new(ParallelPeer::new(url, Mode::Standalone, 8)),
@@ -367,14 +380,14 @@ fn regime(
         cfg.io_backend = backend;
         cfg.key_layout = layout;
         peers.push(Box::new(
-            SlotlinePeer::new(cfg, false, optional).count_commands_at(url, Mode::Standalone),
+            SlotlinePeer::new(cfg, get_into, optional).count_commands_at(url, Mode::Standalone),
         ));
     }
     let mut cleanup = |_: &[Vec<u8>]| -> Result<(), BenchError> {
         slotline_cli::naive::NaiveClient::connect(url, Mode::Standalone, layout)?.flush_all()?;
         Ok(())
     };
-    let results = bench::run_plan(&plan, &mut peers, &mut cleanup)?;
+    let results = bench::run_plan(&plan, &mut peers, &mut cleanup, &mut out)?;
     let ratios: Vec<(usize, usize)> = results
         .iter()
         .enumerate()
@@ -388,9 +401,9 @@ fn regime(
         })
         .collect();
     for note in peers.iter().filter_map(|p| p.note()) {
-        println!("{note}");
+        out.say(&note);
     }
-    bench::print_report(&plan, &results, &ratios);
+    bench::print_report(&plan, &results, &ratios, &mut out);
     Ok(())
 }
 

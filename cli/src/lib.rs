@@ -69,6 +69,9 @@ enum Command {
     /// Both write LMCache's byte format to the same server: the bench's own temporary
     /// redis-server unless --url is given.
     Bench(bench::BenchArgs),
+    /// Draw throughput.svg (GB/s by value size) and latency.svg (batch latency
+    /// percentiles) from saved `slotline bench --format json` output.
+    Plot(bench::PlotArgs),
     /// Print the engine's Prometheus metrics, or serve them on a loopback /metrics
     /// endpoint (--serve 127.0.0.1:9464), optionally under a light load (--load SECS).
     Metrics(metrics::MetricsArgs),
@@ -242,6 +245,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Del(a) => chunks::del(a),
         Command::Topology(a) => chunks::topology(a),
         Command::Bench(a) => Ok(bench::run_cli(a)?),
+        Command::Plot(a) => Ok(bench::plot_cli(a)?),
         Command::Metrics(a) => metrics::run(a),
         Command::Tune(a) => tune::run(a),
     }

@@ -320,6 +320,112 @@ fn bench_against_a_given_server_leaves_no_keys() {
 }
 
 #[test]
+fn bench_csv_has_one_row_per_run_peer_phase_and_size_and_names_the_build() {
+    let srv = TestServer::start();
+    let out = slotline(&[
+        "bench",
+        "--url",
+        &srv.url(),
+        "--peers",
+        "naive,slotline",
+        "--backend",
+        "epoll",
+        "--sizes",
+        "1k,4k",
+        "--batches",
+        "3",
+        "--batch",
+        "4",
+        "--runs",
+        "2",
+        "--keys",
+        "fresh",
+        "--format",
+        "csv",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let mut lines = stdout.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    // 2 sizes x 2 peers x 2 phases x (2 runs + median).
+    assert_eq!(rows.len(), 24, "{stdout}");
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for r in &rows {
+        assert_eq!(r.len(), header.len(), "{r:?}");
+        assert!(!r[col("commit")].is_empty(), "{r:?}");
+        assert!(["release", "debug"].contains(&r[col("profile")]), "{r:?}");
+    }
+    for size in ["1024", "4096"] {
+        assert_eq!(
+            rows.iter().filter(|r| r[col("value_size")] == size).count(),
+            12
+        );
+    }
+    // The tables and the build line went to stderr, clear of the CSV.
+    assert!(stderr.contains("build: commit"), "{stderr}");
+    assert!(stderr.contains("ratio rows are computed within each run"));
+    // Run 2 starts with the second peer.
+    let firsts: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("run "))
+        .map(|l| l.split_whitespace().nth(2).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        &firsts[..4],
+        &["naive", "slotline[epoll]", "slotline[epoll]", "naive"],
+        "{stderr}"
+    );
+    assert_eq!(srv.cmd(&["DBSIZE"]), "0");
+}
+
+#[test]
+fn bench_plot_and_plot_command_write_svgs() {
+    let srv = TestServer::start();
+    let dir = TestDir::new();
+    let plots = dir.join("plots");
+    let plots = plots.to_str().unwrap();
+    let out = ok(&[
+        "bench",
+        "--url",
+        &srv.url(),
+        "--peers",
+        "slotline",
+        "--backend",
+        "epoll",
+        "--sizes",
+        "2k,8k",
+        "--batches",
+        "2",
+        "--batch",
+        "2",
+        "--runs",
+        "1",
+        "--plot",
+        plots,
+    ]);
+    assert!(out.contains("throughput.svg"), "{out}");
+    let jsonl = std::fs::read_to_string(dir.join("plots/bench.jsonl")).unwrap();
+    assert!(jsonl.lines().all(|l| l.contains("\"commit\":")));
+    for f in ["throughput.svg", "latency.svg"] {
+        let svg = std::fs::read_to_string(dir.join("plots").join(f)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("slotline[epoll]"),
+            "{f}"
+        );
+    }
+    let again = dir.join("again");
+    let again = again.to_str().unwrap();
+    let out = ok(&["plot", &format!("{plots}/bench.jsonl"), "--out", again]);
+    assert!(out.contains("latency.svg"), "{out}");
+    let svg = std::fs::read_to_string(dir.join("again/throughput.svg")).unwrap();
+    assert!(svg.contains("8k"), "x axis labelled by size");
+    let (code, err) = fails(&["plot", "/nonexistent/x.jsonl"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/x.jsonl"), "{err}");
+}
+
+#[test]
 fn help_is_available_for_every_command() {
     for args in [
         vec!["--help"],
@@ -330,6 +436,7 @@ fn help_is_available_for_every_command() {
         vec!["exists", "--help"],
         vec!["del", "--help"],
         vec!["bench", "--help"],
+        vec!["plot", "--help"],
     ] {
         let out = ok(&args);
         assert!(out.contains("Usage: slotline"), "{args:?}: {out}");

@@ -65,6 +65,7 @@ pub(crate) fn start(
     let thread = std::thread::Builder::new()
         .name(format!("slotline-shard-{id}"))
         .spawn(move || {
+            crate::metrics::set_current_shard(id);
             if let Some(core) = core {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                     tracing::warn!(shard = id, core, "could not pin shard thread to core");

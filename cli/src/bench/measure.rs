@@ -59,6 +59,8 @@ pub struct Sample {
     pub p95_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
+    /// The slowest batch.
+    pub max_ms: f64,
     /// Process CPU time per chunk, microseconds.
     pub cpu_us_per_key: f64,
     /// Redis commands per batch, where known.
@@ -84,6 +86,39 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 impl Sample {
+    /// `true` if the p99 is the slowest batch: too few batches to tell them apart.
+    pub fn p99_is_max(&self) -> bool {
+        self.max_ms.is_finite() && self.p99_ms >= self.max_ms
+    }
+
+    /// Ratios `self / other` computed run by run (`xs[i] / ys[i]`, runs paired by
+    /// index), then the median of each field over runs: a slow run of one peer is
+    /// compared with the same moment of the other, not with the other's median.
+    pub fn ratios_within_runs(xs: &[Sample], ys: &[Sample]) -> Sample {
+        let r = |a: f64, b: f64| if b != 0.0 { a / b } else { f64::NAN };
+        let o = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(r(a, b)),
+            _ => None,
+        };
+        let per_run: Vec<Sample> = xs
+            .iter()
+            .zip(ys)
+            .map(|(x, y)| Sample {
+                keys_per_s: r(x.keys_per_s, y.keys_per_s),
+                mb_per_s: r(x.mb_per_s, y.mb_per_s),
+                p50_ms: r(x.p50_ms, y.p50_ms),
+                p95_ms: r(x.p95_ms, y.p95_ms),
+                p99_ms: r(x.p99_ms, y.p99_ms),
+                max_ms: r(x.max_ms, y.max_ms),
+                cpu_us_per_key: r(x.cpu_us_per_key, y.cpu_us_per_key),
+                commands_per_batch: o(x.commands_per_batch, y.commands_per_batch),
+                frames_per_batch: o(x.frames_per_batch, y.frames_per_batch),
+                syscalls_per_batch: o(x.syscalls_per_batch, y.syscalls_per_batch),
+            })
+            .collect();
+        Sample::median_of(&per_run)
+    }
+
     /// Field-by-field medians.
     pub fn median_of(samples: &[Sample]) -> Sample {
         let m = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
@@ -102,6 +137,7 @@ impl Sample {
             p50_ms: m(|s| s.p50_ms),
             p95_ms: m(|s| s.p95_ms),
             p99_ms: m(|s| s.p99_ms),
+            max_ms: m(|s| s.max_ms),
             cpu_us_per_key: m(|s| s.cpu_us_per_key),
             commands_per_batch: (!cmds.is_empty()).then(|| median(cmds)),
             frames_per_batch: (!frames.is_empty()).then(|| median(frames)),
@@ -146,6 +182,7 @@ fn drive(
             }
         };
         out.lat.push(t.elapsed());
+        progress::tick();
         if let Err(e) = r {
             out.err = Some(format!("batch {b}: {e}"));
             break;
@@ -236,6 +273,7 @@ pub fn run_phase(
         p50_ms: ms(percentile(&lat, 50.0)),
         p95_ms: ms(percentile(&lat, 95.0)),
         p99_ms: ms(percentile(&lat, 99.0)),
+        max_ms: ms(percentile(&lat, 100.0)),
         cpu_us_per_key: cpu.as_secs_f64() * 1e6 / keys,
         commands_per_batch: match (cmds0, cmds1) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wl.batches as f64),
@@ -271,8 +309,25 @@ pub struct Plan {
     pub keys: Keys,
     /// Topology, for the report.
     pub mode: Mode,
-    /// Print JSON lines.
-    pub json: bool,
+    /// How results are printed.
+    pub format: Format,
+}
+
+impl Plan {
+    /// A plan with the default sizes (for tests and the CSV header).
+    pub fn example() -> Plan {
+        Plan {
+            value_size: 2048,
+            batch: 128,
+            batches: 200,
+            runs: 3,
+            concurrency: 1,
+            layout: KeyLayout::Lmcache,
+            keys: Keys::Both,
+            mode: Mode::Standalone,
+            format: Format::Table,
+        }
+    }
 }
 
 /// Per peer: name and the samples of each run.
@@ -307,12 +362,15 @@ impl PeerResult {
 /// Removes one run's keys from the server (or empties it) between clients.
 pub type Cleanup<'a> = dyn FnMut(&[Vec<u8>]) -> Result<(), BenchError> + 'a;
 
-/// Runs every peer `plan.runs` times, interleaved; `cleanup` gets each run's keys after
-/// the run (untimed) and must leave the server empty of them.
+/// Runs every peer `plan.runs` times, interleaved, run `i` starting at peer `i mod n`
+/// (so that no peer always runs first, on the coldest server, or last); `cleanup` gets
+/// each run's keys after the run (untimed) and must leave the server empty of them.
+/// Every run's records go to `out` as they are measured.
 pub fn run_plan(
     plan: &Plan,
     peers: &mut [Box<dyn Peer>],
     cleanup: &mut Cleanup<'_>,
+    out: &mut Output,
 ) -> Result<Vec<PeerResult>, BenchError> {
     let data = Data::new(plan.value_size, plan.batch * plan.batches)?;
     let mut results: Vec<Option<PeerResult>> = peers
@@ -326,8 +384,11 @@ pub fn run_plan(
             })
         })
         .collect();
+    let n = peers.len();
     for run in 0..plan.runs {
-        for (pi, peer) in peers.iter_mut().enumerate() {
+        for k in 0..n {
+            let pi = (run + k) % n;
+            let peer = &mut peers[pi];
             if results[pi].is_none() {
                 continue;
             }
@@ -343,15 +404,35 @@ pub fn run_plan(
             let mut workers = match peer.open(plan.concurrency, &wl) {
                 Ok(w) => w,
                 Err(e) if peer.optional() && run == 0 => {
+                    progress::clear();
                     eprintln!("warning: {} unavailable, skipped: {e}", peer.name());
+                    progress::remove_total(
+                        plan.runs * (plan.keys.put_passes().len() + 1) * plan.batches,
+                    );
                     results[pi] = None;
                     continue;
                 }
                 Err(e) => return Err(BenchError::failed(format!("{}: {e}", peer.name()))),
             };
+            let label = |what: &str| {
+                format!(
+                    "{} run {}/{} {} {what}",
+                    super::fmt_size(plan.value_size),
+                    run + 1,
+                    plan.runs,
+                    peer.name()
+                )
+            };
             let measured = (|| {
                 let mut puts = Vec::new();
                 for pass in plan.keys.put_passes() {
+                    progress::phase(
+                        label(&match pass {
+                            Some(p) => format!("put[{}]", p.name()),
+                            None => "put[untimed]".into(),
+                        }),
+                        plan.batches,
+                    );
                     // An untimed pass (pre-population) is measured all the same and
                     // its numbers dropped.
                     let s = run_phase(peer.as_ref(), &mut workers, &wl, Phase::Put)?;
@@ -359,6 +440,7 @@ pub fn run_plan(
                         puts.push((*p, s));
                     }
                 }
+                progress::phase(label("get"), plan.batches);
                 let get = run_phase(peer.as_ref(), &mut workers, &wl, Phase::Get)?;
                 Ok::<_, BenchError>((puts, get))
             })();
@@ -384,19 +466,26 @@ pub fn run_plan(
                 fmt_rate(get.keys_per_s),
                 get.mb_per_s
             );
+            progress::clear();
             eprintln!("{line}");
-            if plan.json {
-                for (p, s) in &puts {
-                    println!(
-                        "{}",
-                        json_line(plan, &name, Phase::Put, Some(*p), Some(run + 1), s)
-                    );
-                }
-                println!(
-                    "{}",
-                    json_line(plan, &name, Phase::Get, None, Some(run + 1), &get)
-                );
+            for (p, s) in &puts {
+                out.push(Record::new(
+                    plan,
+                    &name,
+                    Phase::Put,
+                    Some(*p),
+                    Some(run + 1),
+                    s,
+                ));
             }
+            out.push(Record::new(
+                plan,
+                &name,
+                Phase::Get,
+                None,
+                Some(run + 1),
+                &get,
+            ));
             if let Some(r) = results[pi].as_mut() {
                 r.name = name;
                 for (p, s) in puts {
@@ -412,6 +501,50 @@ pub fn run_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratios_are_taken_within_runs_then_the_median() {
+        let s = |keys_per_s: f64, frames: Option<f64>| Sample {
+            keys_per_s,
+            frames_per_batch: frames,
+            ..Sample::default()
+        };
+        // Run 1: x is twice y; runs 2 and 3: equal, at another level of load.
+        let xs = [s(2.0, Some(1.0)), s(10.0, Some(1.0)), s(30.0, None)];
+        let ys = [s(1.0, Some(4.0)), s(10.0, Some(2.0)), s(30.0, Some(2.0))];
+        let r = Sample::ratios_within_runs(&xs, &ys);
+        assert_eq!(r.keys_per_s, 1.0); // the median of [2, 1, 1]
+        let xs = [s(2.0, None), s(10.0, None)];
+        let ys = [s(1.0, None), s(20.0, None)];
+        // [2, 0.5] -> 1.25, where the ratio of the medians is 6 / 10.5.
+        assert_eq!(Sample::ratios_within_runs(&xs, &ys).keys_per_s, 1.25);
+        // Only runs where both peers have the column count.
+        let xs = [s(1.0, Some(1.0)), s(1.0, Some(1.0)), s(1.0, None)];
+        let ys = [s(1.0, Some(4.0)), s(1.0, Some(2.0)), s(1.0, Some(2.0))];
+        assert_eq!(
+            Sample::ratios_within_runs(&xs, &ys).frames_per_batch,
+            Some(0.375)
+        );
+        assert!(Sample::ratios_within_runs(&[s(1.0, None)], &[s(0.0, None)])
+            .keys_per_s
+            .is_nan());
+    }
+
+    #[test]
+    fn p99_is_max_only_when_they_meet() {
+        let s = Sample {
+            p99_ms: 3.0,
+            max_ms: 3.0,
+            ..Sample::default()
+        };
+        assert!(s.p99_is_max());
+        assert!(!Sample { max_ms: 4.0, ..s }.p99_is_max());
+        assert!(!Sample {
+            max_ms: f64::NAN,
+            ..s
+        }
+        .p99_is_max());
+    }
 
     #[test]
     fn percentiles() {

@@ -13,13 +13,20 @@
 //! `benches/engine.rs` adds more peers (redis-rs, fred) through the [`Peer`] and
 //! [`Worker`] traits.
 
+mod error;
+mod interrupt;
 mod measure;
 mod parallel;
 mod peers;
+mod plot;
+mod progress;
+mod record;
 mod report;
 mod server;
+mod sizes;
 mod workload;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,11 +42,17 @@ use slotline_testkit::{LocalCluster, RedisProcess, ServerOptions};
 use crate::naive::NaiveClient;
 use slotline_testkit::Resp2Frame;
 
+pub use error::*;
+pub use interrupt::install_signal_handlers;
+use interrupt::{check_interrupted, INTERRUPTED};
 pub use measure::*;
 pub use parallel::*;
 pub use peers::*;
+pub use plot::*;
+pub use record::*;
 pub use report::*;
 pub use server::*;
+pub use sizes::*;
 pub use workload::*;
 
 /// Every `SAMPLE_EVERY`-th chunk is compared byte for byte; the others have their
@@ -49,6 +62,9 @@ const SAMPLE_EVERY: usize = 16;
 const POOL_BYTES: usize = 64 << 20;
 /// Keys per DEL batch when cleaning up a server the bench does not own.
 const CLEANUP_BATCH: usize = 1024;
+/// Batches per phase unless `--batches` says otherwise: enough for a p99 that is not
+/// the slowest batch.
+const DEFAULT_BATCHES: usize = 200;
 
 // ---------------------------------------------------------------------------------------
 // Command line
@@ -82,8 +98,24 @@ overwrite them. The default, both, times a fresh pass and then an overwrite pass
 the same keys (the fresh pass is the pre-population), so it costs one PUT phase more \
 per run than either alone; GET reads what the PUTs wrote.
 
+Output: --format table (default) prints the tables; --format json or csv prints one \
+record per (run, peer, phase, key pattern, size) and the medians on stdout, the tables \
+on stderr. Every result names the git commit of the binary and its build profile. \
+--plot DIR also writes DIR/bench.jsonl, DIR/throughput.svg (GB/s against value size, \
+every row) and DIR/latency.svg (batch latency percentiles, every row); `slotline plot \
+FILE.jsonl... --out DIR` draws the same from saved JSON. A progress bar is drawn on \
+stderr when it is a terminal (SLOTLINE_NO_PROGRESS=1 turns it off).
+
+Sizes: --sizes 1m,4m,32m runs each size in turn, each against a fresh server of its own \
+(or, with --url, after deleting the previous size's keys). Without --batch, the batch is \
+16 chunks of 1 MiB, 8 of 4 MiB, 4 of 32 MiB or more, 128 below 1 MiB. Without \
+--batches, 200 batches per phase, fewer when one run would store more than --max-data \
+(a note says so; p99 is then marked where it equals the slowest batch).
+
 Examples:
   slotline bench --batches 50 --runs 3
+  slotline bench --mode cluster --sizes 1m,4m,32m --peers slotline --plot plots/
+  slotline bench --format csv > results.csv
   slotline bench --value-size 4m --batch 8 --batches 40 --peers parallel,slotline
   slotline bench --value-size 1m --batch 16 --keys overwrite --get-into
   slotline bench --mode cluster --layout hashtag --peers slotline
@@ -95,12 +127,16 @@ pub struct BenchArgs {
     /// Bytes per chunk payload; suffixes k, m, g (powers of 1024), e.g. 2k, 4m, 32m.
     #[arg(long, value_name = "SIZE", default_value = "2048", value_parser = parse_size)]
     value_size: usize,
-    /// Chunks (LMCache keys) per batch.
-    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    batch: u32,
-    /// Batches per phase and run.
-    #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
-    batches: u32,
+    /// Several payload sizes, comma-separated, run one after the other (e.g.
+    /// 1m,4m,32m); replaces --value-size.
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size, conflicts_with = "value_size")]
+    sizes: Option<Vec<usize>>,
+    /// Chunks (LMCache keys) per batch [default: by size, see below].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    batch: Option<u32>,
+    /// Batches per phase and run [default: 200, see below].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    batches: Option<u32>,
     /// Runs; each number reported is the median over runs.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
@@ -146,9 +182,32 @@ pub struct BenchArgs {
     /// value size) in Redis.
     #[arg(long, value_name = "SIZE", default_value = "4g", value_parser = parse_size)]
     max_data: usize,
-    /// Also print one JSON object per line for each result (per run and medians).
-    #[arg(long)]
+    /// The tables and, on stdout with them, the JSON lines of --format json (what
+    /// scripts/ab_bench.py reads).
+    #[arg(long, conflicts_with = "format")]
     json: bool,
+    /// Output: table, json (one object per line) or csv.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Write bench.jsonl, throughput.svg and latency.svg into this directory.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
+}
+
+/// Arguments of `slotline plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// JSON-lines files written by `slotline bench --format json` (or `--plot`).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Directory for throughput.svg and latency.svg.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+}
+
+/// `slotline plot`.
+pub fn plot_cli(a: PlotArgs) -> Result<(), BenchError> {
+    plot_files(&a.files, &a.out)
 }
 
 /// `--backend` of the bench.
@@ -194,113 +253,9 @@ impl From<ModeArg> for Mode {
     }
 }
 
-/// Parses a byte size: digits with an optional suffix b, k/kb/kib, m/mb/mib, g/gb/gib
-/// (all powers of 1024, case-insensitive).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let shift = match unit.trim() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => {
-            return Err(format!(
-                "size {s:?}: unknown unit; use e.g. 2048, 2k, 4m, 1g"
-            ))
-        }
-    };
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("size {s:?} does not start with a number; use e.g. 2048, 2k, 4m"))?;
-    n.checked_mul(1usize << shift)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
 fn parse_layout(s: &str) -> Result<KeyLayout, String> {
     s.parse::<KeyLayout>()
         .map_err(|_| format!("unknown layout {s:?}: expected lmcache, hashtag or raw"))
-}
-
-/// A bench failure: message and exit code (1 runtime, 2 usage).
-#[derive(Debug)]
-pub struct BenchError {
-    /// Process exit code.
-    pub code: u8,
-    /// What went wrong.
-    pub msg: String,
-}
-
-impl BenchError {
-    /// Exit code 1.
-    pub fn failed(msg: impl Into<String>) -> BenchError {
-        BenchError {
-            code: 1,
-            msg: msg.into(),
-        }
-    }
-
-    /// Exit code 2.
-    pub fn usage(msg: impl Into<String>) -> BenchError {
-        BenchError {
-            code: 2,
-            msg: msg.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for BenchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.msg)
-    }
-}
-
-impl From<slotline::Error> for BenchError {
-    fn from(e: slotline::Error) -> Self {
-        BenchError::failed(e.to_string())
-    }
-}
-
-impl From<slotline_testkit::Error> for BenchError {
-    fn from(e: slotline_testkit::Error) -> Self {
-        BenchError::failed(e.to_string())
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Interruption
-// ---------------------------------------------------------------------------------------
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-    // A second Ctrl-C kills at once.
-    // SAFETY: signal() is async-signal-safe; SIG_DFL is a valid disposition.
-    unsafe {
-        libc::signal(sig, libc::SIG_DFL);
-    }
-}
-
-/// Turns SIGINT/SIGTERM into a flag checked between batches, so the bench unwinds
-/// normally and the servers it started are stopped by their Drop.
-pub fn install_signal_handlers() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic and calls signal(), both
-        // async-signal-safe.
-        unsafe {
-            libc::signal(sig, handler as libc::sighandler_t);
-        }
-    }
-}
-
-fn check_interrupted() -> Result<(), BenchError> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        return Err(BenchError::failed("interrupted"));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -326,9 +281,17 @@ pub fn server_version(url: &str, mode: Mode) -> String {
     }
 }
 
-/// `slotline bench`.
-pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
-    let value_size = a.value_size;
+/// What one size of an invocation runs.
+struct SizeJob {
+    value_size: usize,
+    batch: usize,
+    batches: usize,
+    /// Why `batches` is below the default, if it is.
+    note: Option<String>,
+}
+
+/// Checks one size against the limits and picks its batch and batch count.
+fn size_job(a: &BenchArgs, value_size: usize) -> Result<SizeJob, BenchError> {
     if value_size == 0 {
         return Err(BenchError::usage("--value-size must be at least 1 byte"));
     }
@@ -340,7 +303,23 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
             "--value-size {value_size} exceeds slotline's max_value_size ({max_value} bytes)"
         )));
     }
-    let (batch, batches) = (a.batch as usize, a.batches as usize);
+    let batch = a.batch.map_or(default_batch(value_size), |b| b as usize);
+    let mut note = None;
+    let batches = match a.batches {
+        Some(n) => n as usize,
+        None => {
+            let fit = (a.max_data / (batch * value_size).max(1)).max(1);
+            if fit < DEFAULT_BATCHES {
+                note = Some(format!(
+                    "note: {} x {batch}: {fit} batches per phase instead of {DEFAULT_BATCHES}, so \
+                     that one run stores at most --max-data ({:.2} GiB)",
+                    fmt_size(value_size),
+                    a.max_data as f64 / (1u64 << 30) as f64
+                ));
+            }
+            fit.min(DEFAULT_BATCHES)
+        }
+    };
     let total = (batch * batches) as u128 * value_size as u128;
     if total > a.max_data as u128 {
         return Err(BenchError::usage(format!(
@@ -351,15 +330,77 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
             a.max_data as f64 / (1u64 << 30) as f64
         )));
     }
+    Ok(SizeJob {
+        value_size,
+        batch,
+        batches,
+        note,
+    })
+}
+
+/// `slotline bench`.
+pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
     if a.peers.is_empty() {
         return Err(BenchError::usage("--peers lists no client"));
     }
-    let mode: Mode = a.mode.into();
+    let sizes = a.sizes.clone().unwrap_or_else(|| vec![a.value_size]);
+    if sizes.is_empty() {
+        return Err(BenchError::usage("--sizes lists no size"));
+    }
+    // Every size is checked before any server starts.
+    let jobs = sizes
+        .iter()
+        .map(|&s| size_job(&a, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = if a.json {
+        Output::mixed_json()
+    } else {
+        Output::new(a.format)
+    };
+    let mut rows = 0;
+    let mut seen = Vec::new();
+    for p in a.peers.iter().filter(|p| {
+        let new = !seen.contains(*p);
+        seen.push(**p);
+        new
+    }) {
+        rows += match (p, a.mode, a.backend) {
+            (PeerKind::Parallel, ModeArg::Cluster, _) => 0,
+            (PeerKind::Slotline, _, BackendChoice::Both) => 2,
+            _ => 1,
+        };
+    }
+    for j in &jobs {
+        let plan_batches = (a.keys.put_passes().len() + 1) * j.batches;
+        progress::add_total(rows * a.runs as usize * plan_batches);
+    }
     install_signal_handlers();
+    for job in &jobs {
+        run_size(&a, job, &mut out)?;
+    }
+    if let Some(dir) = &a.plot {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BenchError::failed(format!("creating {}: {e}", dir.display())))?;
+        let jsonl = dir.join("bench.jsonl");
+        out.write_jsonl(&jsonl)?;
+        let mut files = vec![jsonl];
+        files.extend(write_plots(&out.records, dir)?);
+        for f in files {
+            out.say(&format!("wrote {}", f.display()));
+        }
+    }
+    Ok(())
+}
+
+/// One size: its own server (unless --url), every peer and run, the report.
+fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchError> {
+    let (value_size, batch, batches) = (job.value_size, job.batch, job.batches);
+    let mode: Mode = a.mode.into();
 
     let owned = match &a.url {
         Some(_) => None,
         None => {
+            progress::clear();
             eprintln!(
                 "starting a {} redis-server for the bench...",
                 if mode == Mode::Cluster {
@@ -441,7 +482,7 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         layout: a.layout,
         keys: a.keys,
         mode,
-        json: a.json,
+        format: out.format(),
     };
     let flush = owned.is_some() || a.flush;
     let cleanup_cfg = base.clone();
@@ -467,7 +508,7 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         Ok(())
     };
 
-    println!(
+    out.say(&format!(
         "slotline bench: {value_size}-byte values, {batch} keys/batch, {batches} batches, \
          {} in flight, layout {}, {mode}, {} run(s), PUT keys {}{}",
         plan.concurrency,
@@ -483,8 +524,16 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         } else {
             ""
         }
-    );
-    println!(
+    ));
+    out.say(&format!(
+        "build: commit {GIT_COMMIT}, profile {BUILD_PROFILE}; runs rotate the peer order \
+         (run i starts with peer i mod n); ratios are taken within each run, then the \
+         median over runs"
+    ));
+    if let Some(n) = &job.note {
+        out.say(n);
+    }
+    out.say(&format!(
         "server: {} at {}{}; client machine: {} CPUs",
         server_version(&url, mode),
         slotline::config::mask_url(&url),
@@ -494,9 +543,9 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
             ""
         },
         std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
+    ));
 
-    let results = run_plan(&plan, &mut peers, &mut cleanup)?;
+    let results = run_plan(&plan, &mut peers, &mut cleanup, out)?;
     drop(cleanup_engine.take());
     let row = |name: &str| results.iter().position(|r| r.name == name);
     let mut ratios: Vec<(usize, usize)> = Vec::new();
@@ -516,9 +565,16 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         ratios.push((u, e));
     }
     for note in peers.iter().filter_map(|p| p.note()) {
-        println!("{note}");
+        out.say(&note);
     }
-    print_report(&plan, &results, &ratios);
+    let has = |prefix: &str| peers.iter().any(|p| p.name().starts_with(prefix));
+    if !a.get_into && has("parallel") && has("slotline") {
+        out.say(
+            "note: parallel reads into preallocated buffers, slotline with get (an allocation \
+             per value); --get-into gives slotline caller buffers too",
+        );
+    }
+    print_report(&plan, &results, &ratios, out);
     drop(owned);
     Ok(())
 }
@@ -526,16 +582,45 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        a: BenchArgs,
+    }
+
+    fn jobs(args: &[&str]) -> Result<Vec<(usize, usize, usize, bool)>, BenchError> {
+        let a = Cmd::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .map_err(|e| BenchError::usage(e.to_string()))?
+            .a;
+        let sizes = a.sizes.clone().unwrap_or(vec![a.value_size]);
+        sizes
+            .iter()
+            .map(|&s| size_job(&a, s).map(|j| (j.value_size, j.batch, j.batches, j.note.is_some())))
+            .collect()
+    }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("2048"), Ok(2048));
-        assert_eq!(parse_size("2k"), Ok(2048));
-        assert_eq!(parse_size("4M"), Ok(4 << 20));
-        assert_eq!(parse_size("32mib"), Ok(32 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert!(parse_size("k").is_err());
-        assert!(parse_size("2x").is_err());
-        assert!(parse_size("-1").is_err());
+    fn sizes_pick_their_batch_and_fit_max_data() {
+        assert_eq!(jobs(&[]).unwrap(), vec![(2048, 128, 200, false)]);
+        assert_eq!(
+            jobs(&["--sizes", "1m,4m,32m"]).unwrap(),
+            vec![
+                (1 << 20, 16, 200, false),
+                (4 << 20, 8, 128, true),
+                (32 << 20, 4, 32, true),
+            ]
+        );
+        assert_eq!(
+            jobs(&["--sizes", "32m", "--batch", "2", "--max-data", "64m"]).unwrap(),
+            vec![(32 << 20, 2, 1, true)]
+        );
+        // An explicit --batches over --max-data is refused, not lowered.
+        let e = jobs(&["--value-size", "32m", "--batches", "200"]).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert!(e.msg.contains("--max-data"), "{}", e.msg);
+        assert!(jobs(&["--sizes", "1m", "--value-size", "2k"]).is_err());
+        assert!(jobs(&["--format", "csv", "--json"]).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! Reporting: the table, ratios and JSON lines.
+//! Reporting: the median tables and the ratio rows.
 
 use super::*;
 
@@ -48,62 +48,14 @@ pub(crate) fn json_escape(s: &str) -> String {
     o
 }
 
-fn json_num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.6}")
-    } else {
-        "null".into()
-    }
-}
-
-/// One result as a JSON object on one line (`run` None = median over runs; `keys` the
-/// key pattern of a PUT, None for a GET).
-pub fn json_line(
-    plan: &Plan,
-    peer: &str,
-    phase: Phase,
-    keys: Option<KeyPattern>,
-    run: Option<usize>,
-    s: &Sample,
-) -> String {
-    let opt = |x: Option<f64>| x.map_or("null".to_string(), json_num);
-    format!(
-        "{{\"bench\":\"slotline\",\"kind\":\"{}\",\"run\":{},\"peer\":\"{}\",\"phase\":\"{}\",\
-\"keys\":{},\"value_size\":{},\"batch\":{},\"batches\":{},\"runs\":{},\"concurrency\":{},\
-\"layout\":\"{}\",\"mode\":\"{}\",\"keys_per_s\":{},\"mb_per_s\":{},\"p50_ms\":{},\"p95_ms\":{},\
-\"p99_ms\":{},\"cpu_us_per_key\":{},\"commands_per_batch\":{},\"frames_per_batch\":{},\
-\"syscalls_per_batch\":{}}}",
-        if run.is_some() { "run" } else { "median" },
-        run.map_or("null".to_string(), |r| r.to_string()),
-        json_escape(peer),
-        phase.name(),
-        keys.map_or("null".to_string(), |k| format!("\"{}\"", k.name())),
-        plan.value_size,
-        plan.batch,
-        plan.batches,
-        plan.runs,
-        plan.concurrency,
-        plan.layout,
-        plan.mode,
-        json_num(s.keys_per_s),
-        json_num(s.mb_per_s),
-        json_num(s.p50_ms),
-        json_num(s.p95_ms),
-        json_num(s.p99_ms),
-        json_num(s.cpu_us_per_key),
-        opt(s.commands_per_batch),
-        opt(s.frames_per_batch),
-        opt(s.syscalls_per_batch),
-    )
-}
-
 fn opt_cell(x: Option<f64>) -> String {
     x.map_or("-".into(), |f| format!("{f:.1}"))
 }
 
-fn print_header(width: usize, phase: Phase) {
-    println!(
-        "{:<width$} {:>9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9}",
+fn header(t: &mut String, width: usize, phase: Phase) {
+    let _ = writeln!(
+        t,
+        "{:<width$} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>11} {:>9} {:>9} {:>9}",
         phase.name().to_uppercase(),
         "keys",
         "keys/s",
@@ -118,16 +70,19 @@ fn print_header(width: usize, phase: Phase) {
     );
 }
 
-fn print_row(width: usize, name: &str, keys: Option<KeyPattern>, s: &Sample) {
-    println!(
-        "{:<width$} {:>9} {:>10} {:>10.1} {:>9.3} {:>9.3} {:>9.3} {:>11.2} {:>9} {:>9} {:>9}",
+/// A median row; p99 is marked `*` when it equals the slowest batch.
+fn row(t: &mut String, width: usize, name: &str, keys: Option<KeyPattern>, s: &Sample) {
+    let p99 = format!("{:.3}{}", s.p99_ms, if s.p99_is_max() { "*" } else { " " });
+    let _ = writeln!(
+        t,
+        "{:<width$} {:>9} {:>10} {:>10.1} {:>9.3} {:>9.3} {:>10} {:>11.2} {:>9} {:>9} {:>9}",
         name,
         keys.map_or("-", |k| k.name()),
         fmt_rate(s.keys_per_s),
         s.mb_per_s,
         s.p50_ms,
         s.p95_ms,
-        s.p99_ms,
+        p99,
         s.cpu_us_per_key,
         opt_cell(s.commands_per_batch),
         opt_cell(s.frames_per_batch),
@@ -135,32 +90,36 @@ fn print_row(width: usize, name: &str, keys: Option<KeyPattern>, s: &Sample) {
     );
 }
 
-fn print_ratio(width: usize, label: &str, keys: Option<KeyPattern>, x: &Sample, y: &Sample) {
-    let q = |p: f64, q: f64| fmt_ratio(p / q);
-    let o = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(f), Some(g)) => q(f, g),
-        _ => "-".into(),
-    };
-    println!(
-        "{:<width$} {:>9} {:>10} {:>10} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9}",
+/// A ratio row from [`Sample::ratios_within_runs`].
+fn ratio_row(t: &mut String, width: usize, label: &str, keys: Option<KeyPattern>, r: &Sample) {
+    let o = |a: Option<f64>| a.map_or("-".into(), fmt_ratio);
+    let _ = writeln!(
+        t,
+        "{:<width$} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>11} {:>9} {:>9} {:>9}",
         format!("  {label}"),
         keys.map_or("-", |k| k.name()),
-        q(x.keys_per_s, y.keys_per_s),
-        q(x.mb_per_s, y.mb_per_s),
-        q(x.p50_ms, y.p50_ms),
-        q(x.p95_ms, y.p95_ms),
-        q(x.p99_ms, y.p99_ms),
-        q(x.cpu_us_per_key, y.cpu_us_per_key),
-        o(x.commands_per_batch, y.commands_per_batch),
-        o(x.frames_per_batch, y.frames_per_batch),
-        o(x.syscalls_per_batch, y.syscalls_per_batch),
+        fmt_ratio(r.keys_per_s),
+        fmt_ratio(r.mb_per_s),
+        fmt_ratio(r.p50_ms),
+        fmt_ratio(r.p95_ms),
+        fmt_ratio(r.p99_ms),
+        fmt_ratio(r.cpu_us_per_key),
+        o(r.commands_per_batch),
+        o(r.frames_per_batch),
+        o(r.syscalls_per_batch),
     );
 }
 
 /// Prints the median tables: PUT one row per client and key pattern, GET one row per
 /// client; `ratios` lists (numerator, denominator) result indices to print as ratio
-/// rows below each phase (per key pattern for PUT).
-pub fn print_report(plan: &Plan, results: &[PeerResult], ratios: &[(usize, usize)]) {
+/// rows below each phase (per key pattern for PUT), each the median of the ratios
+/// taken within each run. The median records go to `out` too.
+pub fn print_report(
+    plan: &Plan,
+    results: &[PeerResult],
+    ratios: &[(usize, usize)],
+    out: &mut Output,
+) {
     let ratio_label = |a: usize, b: usize| format!("{} / {}", results[a].name, results[b].name);
     let width = results
         .iter()
@@ -170,56 +129,60 @@ pub fn print_report(plan: &Plan, results: &[PeerResult], ratios: &[(usize, usize
         .unwrap_or(8)
         .max(8);
     let patterns = plan.keys.patterns();
+    let mut t = String::new();
+    let mut few = false;
     // PUT
-    println!();
-    print_header(width, Phase::Put);
+    t.push('\n');
+    header(&mut t, width, Phase::Put);
     let put_med = |r: &PeerResult, p: KeyPattern| Sample::median_of(r.put(p));
     for r in results {
         for &p in &patterns {
-            print_row(width, &r.name, Some(p), &put_med(r, p));
+            let m = put_med(r, p);
+            few |= m.p99_is_max();
+            row(&mut t, width, &r.name, Some(p), &m);
+            out.push(Record::new(plan, &r.name, Phase::Put, Some(p), None, &m));
         }
     }
     for &(a, b) in ratios {
         for &p in &patterns {
-            let (x, y) = (put_med(&results[a], p), put_med(&results[b], p));
-            print_ratio(width, &ratio_label(a, b), Some(p), &x, &y);
-        }
-    }
-    if plan.json {
-        for r in results {
-            for &p in &patterns {
-                println!(
-                    "{}",
-                    json_line(plan, &r.name, Phase::Put, Some(p), None, &put_med(r, p))
-                );
-            }
+            let q = Sample::ratios_within_runs(results[a].put(p), results[b].put(p));
+            ratio_row(&mut t, width, &ratio_label(a, b), Some(p), &q);
         }
     }
     // GET
-    println!();
-    print_header(width, Phase::Get);
-    let get_med: Vec<Sample> = results.iter().map(|r| Sample::median_of(&r.get)).collect();
-    for (r, s) in results.iter().zip(&get_med) {
-        print_row(width, &r.name, None, s);
+    t.push('\n');
+    header(&mut t, width, Phase::Get);
+    for r in results {
+        let m = Sample::median_of(&r.get);
+        few |= m.p99_is_max();
+        row(&mut t, width, &r.name, None, &m);
+        out.push(Record::new(plan, &r.name, Phase::Get, None, None, &m));
     }
     for &(a, b) in ratios {
-        print_ratio(width, &ratio_label(a, b), None, &get_med[a], &get_med[b]);
+        let q = Sample::ratios_within_runs(&results[a].get, &results[b].get);
+        ratio_row(&mut t, width, &ratio_label(a, b), None, &q);
     }
-    if plan.json {
-        for (r, s) in results.iter().zip(&get_med) {
-            println!("{}", json_line(plan, &r.name, Phase::Get, None, None, s));
-        }
+    t.push('\n');
+    if few {
+        let _ = writeln!(
+            t,
+            "* p99 equals the slowest batch: {} batches are too few for a p99 (raise --batches).",
+            plan.batches
+        );
     }
-    println!();
-    println!(
-        "Medians over {} runs. keys = LMCache chunks; MB = 10^6 payload bytes; latency per \
-         batch of {}; CPU = this process (callers + slotline shard threads), server excluded. \
-         PUT keys: fresh = keys never written before in the run (the server pays first-touch \
-         page faults), overwrite = keys that exist. GET reads what the PUTs wrote. cmds/b = \
-         Redis commands per batch, frames/b = writes of one or more pipelined commands per \
-         batch (one per command for naive and parallel), sys/b = slotline's syscalls per batch.",
+    let _ = write!(
+        t,
+        "Medians over {} runs; ratio rows are computed within each run (peers of one run \
+         side by side), then the median over runs. keys = LMCache chunks; MB = 10^6 payload \
+         bytes; latency per batch of {}; CPU = this process (callers + slotline shard \
+         threads), server excluded. PUT keys: fresh = keys never written before in the run \
+         (the server pays first-touch page faults), overwrite = keys that exist. GET reads \
+         what the PUTs wrote. cmds/b = Redis commands per batch, frames/b = writes of one \
+         or more pipelined commands per batch (one per command for naive and parallel), \
+         sys/b = slotline's syscalls per batch. Build: {GIT_COMMIT} ({BUILD_PROFILE}).",
         plan.runs, plan.batch
     );
+    out.say(&t);
 }
 
 #[cfg(test)]
