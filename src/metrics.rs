@@ -329,11 +329,13 @@ impl Metrics {
     /// Bytes received per read hit so far (0 before the first): what a read is
     /// expected to move per key, for its size-scaled deadline.
     pub fn mean_hit_bytes(&self) -> u64 {
-        let hits = self.hits.load(Relaxed);
-        self.bytes_received
-            .load(Relaxed)
-            .checked_div(hits)
-            .unwrap_or(0)
+        // A few relaxed loads per stripe: cheap enough per read submission.
+        let (mut hits, mut bytes) = (0u64, 0u64);
+        for s in self.stripes.iter() {
+            hits += s.hits.load(Relaxed);
+            bytes += s.bytes_received.load(Relaxed);
+        }
+        bytes.checked_div(hits).unwrap_or(0)
     }
 }
 
