@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -23,7 +24,7 @@ from slotline.bench.via_lmcache import (
 
 def peer_factories(args, server: Server, notes: list[str]) -> dict[str, Callable]:
     """name -> factory(size, count) for every requested peer that can run here."""
-    settings = json.loads(args.settings) if args.settings else {}
+    settings = settings_of(args)
     url = server.url
     via = args.via
     lm_why = lmcache_available() if via != "direct" else "--via direct"
@@ -77,6 +78,10 @@ def measure(peer: Peer, server: Server, batches: int) -> dict[str, float]:
     return out
 
 
+def settings_of(args) -> dict:
+    return json.loads(args.settings) if args.settings else {}
+
+
 def run(args) -> dict:
     notes: list[str] = []
     server = Server(args.url)
@@ -91,10 +96,18 @@ def run(args) -> dict:
             try:
                 for name, make in factories.items():
                     peers[name] = make(size, count)
-                    # Untimed: connections opened, pools and allocators warm.
+                    # Untimed: connections opened, pools and allocators warm, keys built.
                     for b in range(args.warmup):
                         for op in OPS:
                             getattr(peers[name], op)(b)
+                    peers[name].prepare(batches)
+                if args.gc != "on":
+                    # Setup garbage (LMCache's and torch's imports, the peers) out of the
+                    # collector's way; "off" also stops collections while timing.
+                    gc.collect()
+                    gc.freeze()
+                    if args.gc == "off":
+                        gc.disable()
                 per_run: list[dict[str, dict[str, float]]] = []
                 for r in range(args.runs):
                     # Peers take turns; the order rotates from run to run.
@@ -108,6 +121,9 @@ def run(args) -> dict:
                                                                    s["exists"])
                             for n, s in secs.items())), file=sys.stderr)
             finally:
+                if args.gc != "on":
+                    gc.enable()
+                    gc.unfreeze()
                 for p in peers.values():
                     p.close()
             for name in peers:
@@ -132,17 +148,18 @@ def run(args) -> dict:
                         ratios.append({"size": size, "count": count, "op": op,
                                        "slotline": ours, "peer": other, "ratio_runs": rs,
                                        "ratio": statistics.median(rs)})
-        return {"server": server.url, "runs": args.runs, "notes": notes,
+        return {"server": server.url, "runs": args.runs, "notes": notes, "gc": args.gc,
+                "settings": settings_of(args),
                 "key_pattern": "FLUSHALL before each peer's run; every PUT to a fresh key; "
-                               "peer order rotates between runs",
+                               "peer order rotates between runs; keys built before timing",
                 "results": results, "ratios": ratios}
     finally:
         server.stop()
 
 
 def report(out: dict) -> str:
-    lines = ["slotline bench against %s, medians of %d runs (%s)"
-             % (out["server"], out["runs"], out["key_pattern"])]
+    lines = ["slotline bench against %s, medians of %d runs (%s; gc %s)"
+             % (out["server"], out["runs"], out["key_pattern"], out.get("gc", "on"))]
     lines += ["note: " + n for n in out["notes"]]
     lines.append("%-14s %-10s %-26s %-7s %10s %12s" % (
         "chunks", "peer", "via", "op", "GB/s", "keys/s"))
@@ -181,6 +198,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help='slotline settings as JSON, e.g. \'{"cores": 2}\'')
     ap.add_argument("--resp-workers", type=int, default=8,
                     help="num_workers of LMCache's resp adapter (its default 8)")
+    ap.add_argument("--gc", choices=("on", "freeze", "off"), default="on",
+                    help="Python's garbage collector while timing: on (default), freeze "
+                         "(gc.freeze() of everything built before timing), off (also "
+                         "gc.disable()); the same for every peer")
     ap.add_argument("--json", metavar="PATH",
                     help="also write the results as JSON ('-': only JSON, to stdout)")
     ap.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")

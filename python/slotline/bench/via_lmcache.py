@@ -41,7 +41,7 @@ class AdapterPeer(Peer):
         self.dst = [mobj(b) for b in self._bufs[count:]]
         self.a = make()
 
-    def keys(self, batch):
+    def make_keys(self, batch):
         return [self.ObjectKey(chunk_hash=(batch * self.count + i).to_bytes(8, "big"),
                                model_name="bench/" + self.name, kv_rank=0)
                 for i in range(self.count)]
@@ -148,7 +148,7 @@ class BackendPeer(Peer):
             view.cast("B")[:] = os.urandom(size)
             self.src.append(o)
 
-    def keys(self, batch):
+    def make_keys(self, batch):
         return [self.Key(model_name="bench/" + self.name, world_size=1, worker_id=0,
                          chunk_hash=batch * self.count + i, dtype=self.torch.bfloat16)
                 for i in range(self.count)]
