@@ -17,8 +17,11 @@ from typing import Any, Callable, Optional
 
 OPS = ("put", "get", "exists")
 ALL_PEERS = ("native", "resp", "connector", "redis")
-# Which peers each slotline peer is compared with.
-COMPARE = {"native": ("resp", "redis"), "connector": ("redis",)}
+# Only on request: LMCache's adapter over a plug-in without I/O (the harness's floor).
+EXTRA_PEERS = ("null",)
+# Which peers each slotline peer is compared with. null / resp is the largest
+# native / resp ratio the adapter and harness leave room for.
+COMPARE = {"native": ("resp", "redis"), "connector": ("redis",), "null": ("resp",)}
 
 
 def parse_size(text: str) -> int:

@@ -11,12 +11,22 @@ import time
 from typing import Callable, Optional
 
 import slotline.bench as _pkg
-from slotline.bench.common import ALL_PEERS, COMPARE, OPS, Peer, Server, human, parse_configs
+from slotline.bench.common import (
+    ALL_PEERS,
+    COMPARE,
+    EXTRA_PEERS,
+    OPS,
+    Peer,
+    Server,
+    human,
+    parse_configs,
+)
 from slotline.bench.direct import ConnectorDirect, NativeDirect, RedisPyDirect
 from slotline.bench.via_lmcache import (
     BackendPeer,
     lmcache_available,
     native_adapter,
+    null_adapter,
     resp_adapter,
     resp_available,
 )
@@ -60,8 +70,14 @@ def peer_factories(args, server: Server, notes: list[str]) -> dict[str, Callable
                 continue
             out[name] = lambda s, c: resp_adapter(url, s, c, {}, server.host, server.port,
                                                   args.resp_workers)
+        elif name == "null":
+            if not use_lm:
+                notes.append("peer null skipped: it runs inside LMCache's adapter (%s)" % lm_why)
+                continue
+            out[name] = lambda s, c: null_adapter(url, s, c, {})
         else:
-            raise SystemExit("unknown peer %r (known: %s)" % (name, ", ".join(ALL_PEERS)))
+            raise SystemExit("unknown peer %r (known: %s)"
+                             % (name, ", ".join(ALL_PEERS + EXTRA_PEERS)))
     return out
 
 
@@ -191,7 +207,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--warmup", type=int, default=2,
                     help="untimed batches per operation after each peer is built")
     ap.add_argument("--peers", default=",".join(ALL_PEERS),
-                    help="comma separated, from: %s" % ", ".join(ALL_PEERS))
+                    help="comma separated, from: %s (null: LMCache's adapter over a "
+                         "plug-in without I/O, the harness's floor; only on request)"
+                         % ", ".join(ALL_PEERS + EXTRA_PEERS))
     ap.add_argument("--via", choices=("auto", "lmcache", "direct"), default="auto",
                     help="drive the plug-ins through LMCache's classes (auto: if importable)")
     ap.add_argument("--settings", default="",

@@ -81,6 +81,60 @@ def native_adapter(url, size, count, settings):
                        lambda: _create_native_plugin_l2_adapter(cfg))
 
 
+class NullPlugin:
+    """A native plug-in that does no I/O: every request completes at once, all found.
+    Through NativeConnectorL2Adapter it measures the harness's and the adapter's own
+    Python cost per batch, a floor no plug-in goes under (peer ``null``)."""
+
+    def __init__(self) -> None:
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._next = 0
+        self._done: list = []
+        self._lock = threading.Lock()
+
+    def event_fd(self) -> int:
+        return self._fd
+
+    def _finish(self, flags) -> int:
+        with self._lock:
+            self._next += 1
+            self._done.append((self._next, True, "", flags))
+            os.eventfd_write(self._fd, 1)
+            return self._next
+
+    def submit_batch_get(self, keys, _views) -> int:
+        return self._finish([True] * len(keys))
+
+    def submit_batch_set(self, _keys, _views) -> int:
+        return self._finish(None)
+
+    def submit_batch_exists(self, keys) -> int:
+        return self._finish([True] * len(keys))
+
+    def submit_batch_delete(self, keys) -> int:
+        return self._finish([True] * len(keys))
+
+    def drain_completions(self) -> list:
+        with self._lock:
+            try:
+                os.eventfd_read(self._fd)
+            except BlockingIOError:
+                pass
+            done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def null_adapter(url, size, count, settings):
+    from lmcache.v1.distributed.l2_adapters.native_connector_l2_adapter import (
+        NativeConnectorL2Adapter)
+
+    return AdapterPeer(url, size, count, settings, "null",
+                       lambda: NativeConnectorL2Adapter(NullPlugin()))
+
+
 def resp_adapter(url, size, count, settings, host: str, port: int, workers: int):
     from lmcache.lmcache_redis import LMCacheRedisClient  # noqa: F401  (availability)
     from lmcache.v1.distributed.l2_adapters.resp_l2_adapter import (
