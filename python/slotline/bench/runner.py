@@ -81,15 +81,20 @@ def peer_factories(args, server: Server, notes: list[str]) -> dict[str, Callable
     return out
 
 
-def measure(peer: Peer, server: Server, batches: int) -> dict[str, float]:
-    """Seconds per operation over `batches` batches (FLUSHALL first: fresh keys)."""
+def measure(peer: Peer, server: Server, batches: int, inflight: int = 1) -> dict[str, float]:
+    """Seconds per operation over `batches` batches (FLUSHALL first: fresh keys), one
+    batch at a time, or up to `inflight` at once for peers that can (`run_many`)."""
     server.flush()
     out = {}
+    many = getattr(peer, "run_many", None) if inflight > 1 else None
     for op in OPS:
         fn = getattr(peer, op)
         t0 = time.perf_counter()
-        for b in range(batches):
-            fn(b)
+        if many is not None:
+            many(op, batches, inflight)
+        else:
+            for b in range(batches):
+                fn(b)
         out[op] = time.perf_counter() - t0
     return out
 
@@ -129,7 +134,7 @@ def run(args) -> dict:
                     # Peers take turns; the order rotates from run to run.
                     names = list(peers)
                     names = names[r % len(names):] + names[:r % len(names)]
-                    secs = {n: measure(peers[n], server, batches) for n in names}
+                    secs = {n: measure(peers[n], server, batches, args.inflight) for n in names}
                     per_run.append(secs)
                     if not args.quiet:
                         print("# %s x %d, run %d: %s" % (human(size), count, r + 1, " ".join(
@@ -164,7 +169,11 @@ def run(args) -> dict:
                         ratios.append({"size": size, "count": count, "op": op,
                                        "slotline": ours, "peer": other, "ratio_runs": rs,
                                        "ratio": statistics.median(rs)})
+        if args.inflight > 1:
+            notes.append("up to %d batches in flight for the NativeConnectorL2Adapter peers "
+                         "(native, resp, null); the others one at a time" % args.inflight)
         return {"server": server.url, "runs": args.runs, "notes": notes, "gc": args.gc,
+                "inflight": args.inflight,
                 "settings": settings_of(args),
                 "key_pattern": "FLUSHALL before each peer's run; every PUT to a fresh key; "
                                "peer order rotates between runs; keys built before timing",
@@ -220,12 +229,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="Python's garbage collector while timing: on (default), freeze "
                          "(gc.freeze() of everything built before timing), off (also "
                          "gc.disable()); the same for every peer")
+    ap.add_argument("--inflight", type=int, default=1,
+                    help="batches in flight at once through NativeConnectorL2Adapter "
+                         "(native, resp, null; default 1: one at a time)")
     ap.add_argument("--json", metavar="PATH",
                     help="also write the results as JSON ('-': only JSON, to stdout)")
     ap.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error("--runs must be at least 1")
+    if args.inflight < 1:
+        ap.error("--inflight must be at least 1")
     out = run(args)
     if args.json == "-":
         print(json.dumps(out, indent=1))

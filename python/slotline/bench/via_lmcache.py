@@ -6,8 +6,10 @@ and LMCache's redis:// connector). lmcache is imported only when a peer is built
 from __future__ import annotations
 
 import os
+import select
 import sys
 import threading
+import time
 from typing import Any, Callable, Optional
 
 from slotline.bench.common import LoopThread, Peer, check, random_chunks, wait_fd
@@ -36,9 +38,12 @@ class AdapterPeer(Peer):
 
         self.consume = consume_fd
         self.ObjectKey = ObjectKey
+        self._mobj = mobj
         self._bufs = random_chunks(size, count) + [bytearray(size) for _ in range(count)]
         self.src = [mobj(b) for b in self._bufs[:count]]
         self.dst = [mobj(b) for b in self._bufs[count:]]
+        # Destinations of concurrent loads (run_many): one set per request in flight.
+        self._dst_sets = [self.dst]
         self.a = make()
 
     def make_keys(self, batch):
@@ -65,6 +70,56 @@ class AdapterPeer(Peer):
                      lambda: self.a.query_lookup_and_lock_result(tid), self.consume)
         self.a.submit_unlock(keys)
         check(bm.popcount() == self.count, "%s lookup: %d hits" % (self.name, bm.popcount()))
+
+    def run_many(self, op: str, batches: int, depth: int, timeout: float = 300.0) -> None:
+        """`batches` batches of `op` with up to `depth` tasks in flight at once (as
+        LMCache's server has when several workers store and load), each checked as in
+        the one-at-a-time methods."""
+        while len(self._dst_sets) < depth:
+            self._dst_sets.append([self._mobj(bytearray(self.size))
+                                   for _ in range(self.count)])
+        free = list(range(depth))
+        a = self.a
+        fd = {"put": a.get_store_event_fd, "get": a.get_load_event_fd,
+              "exists": a.get_lookup_and_lock_event_fd}[op]()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        pending: dict[int, tuple[int, int]] = {}  # task id -> (batch, destination set)
+        nxt = 0
+        deadline = time.monotonic() + timeout
+        while nxt < batches or pending:
+            while nxt < batches and len(pending) < depth:
+                slot = free.pop()
+                keys = self.keys(nxt)
+                if op == "put":
+                    tid = a.submit_store_task(keys, self.src)
+                elif op == "get":
+                    tid = a.submit_load_task(keys, self._dst_sets[slot])
+                else:
+                    tid = a.submit_lookup_and_lock_task(keys, {})
+                pending[tid] = (nxt, slot)
+                nxt += 1
+            done = []
+            if op == "put":
+                for tid, res in a.pop_completed_store_tasks().items():
+                    check(int(res) >= 0, "%s store failed" % self.name)
+                    done.append(tid)
+            else:
+                query = a.query_load_result if op == "get" else a.query_lookup_and_lock_result
+                for tid in list(pending):
+                    bm = query(tid)
+                    if bm is not None:
+                        check(bm.popcount() == self.count,
+                              "%s %s: %d hits" % (self.name, op, bm.popcount()))
+                        if op == "exists":
+                            a.submit_unlock(self.keys(pending[tid][0]))
+                        done.append(tid)
+            for tid in done:
+                free.append(pending.pop(tid)[1])
+            if not done:
+                check(time.monotonic() < deadline, "%s %s: no completion" % (self.name, op))
+                if poller.poll(1000):
+                    self.consume(fd)
 
     def close(self):
         self.a.close()
