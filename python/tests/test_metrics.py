@@ -119,3 +119,22 @@ def test_prometheus_client_collector(plugin):
     out = prom.generate_latest(reg).decode()
     assert "slotline_operations_total" in out
     assert reg.get_sample_value("slotline_operations_total", {"class": "peek"}) >= 1
+
+
+def test_plugin_default_shards_and_explicit_cores(redis_server):
+    """Inside LMCache a plug-in takes a few shards (default_cores), not one per core;
+    an explicit `cores` wins."""
+    import json
+
+    from slotline.config import default_cores
+
+    assert 1 <= default_cores() <= 4
+    extra = json.loads(config_text({"url": redis_server.url}, "raw"))["extra_config"]
+    assert extra["cores"] == default_cores()
+    extra = json.loads(config_text({"url": redis_server.url, "cores": "0"}, "raw"))
+    assert extra["extra_config"]["cores"] == "0"
+    p = SlotlineNativePlugin(url=redis_server.url)
+    try:
+        assert p.stats()["shards"] == default_cores()
+    finally:
+        p.close()
