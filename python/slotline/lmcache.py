@@ -372,6 +372,12 @@ class SlotlineConnector(RemoteConnector):
         self._client.close()
         self._deliver(self._client.drain_completions())
 
-    def stats(self) -> str:
-        """The engine's counters, as text."""
-        return self._client.stats()
+    def stats(self) -> dict:
+        """The engine's counters as a dict (``Client.stats``), plus ``failed_puts``."""
+        d = self._client.stats()
+        d["failed_puts"] = self.failed_puts
+        return d
+
+    def metrics_text(self) -> str:
+        """The engine's counters in the Prometheus text format (``Client.metrics_text``)."""
+        return self._client.metrics_text()

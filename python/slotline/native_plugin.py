@@ -43,9 +43,14 @@ class SlotlineNativePlugin:
         """Waits for running requests (bounded by the request timeout) and stops."""
         self._client.close()
 
-    def stats(self) -> str:
-        """The engine's counters, as text."""
+    def stats(self) -> dict:
+        """The engine's counters as a dict (``Client.stats``)."""
         return self._client.stats()
+
+    def metrics_text(self) -> str:
+        """The engine's counters in the Prometheus text format (``Client.metrics_text``):
+        serve it with ``slotline.metrics.serve`` or a ``prometheus_client`` collector."""
+        return self._client.metrics_text()
 
     def pending(self) -> int:
         """Requests submitted and not yet finished."""

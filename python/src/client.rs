@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use slotline::{Chunk, Config, Engine, RemoteMetadata};
 
 use crate::completion::Completions;
@@ -281,9 +281,7 @@ impl Client {
     /// synchronous calls (`exists_sync`, `batched_contains`).
     fn exists_now(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<Vec<bool>> {
         let keys = key_bytes(keys)?;
-        let engine = self
-            .engine()
-            .ok_or_else(|| PyRuntimeError::new_err("plug-in is closed"))?;
+        let engine = self.open_engine()?;
         py.detach(|| engine.exists(&keys))
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
@@ -291,9 +289,7 @@ impl Client {
     /// Blocking: the hit-prefix count (class PEEK), GIL released.
     fn contains_prefix_now(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<usize> {
         let keys = key_bytes(keys)?;
-        let engine = self
-            .engine()
-            .ok_or_else(|| PyRuntimeError::new_err("plug-in is closed"))?;
+        let engine = self.open_engine()?;
         py.detach(|| engine.contains_prefix(&keys))
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
@@ -303,11 +299,26 @@ impl Client {
         self.done.running()
     }
 
-    /// Counters and latency histograms, as text.
-    fn stats(&self) -> String {
-        self.engine()
-            .map(|e| e.stats().to_string())
-            .unwrap_or_default()
+    /// The engine's counters as a dict (see `slotline_native::stats::to_dict`), plus
+    /// `pending`: requests accepted and not yet finished. Raises once closed.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.open_engine()?.stats();
+        let d = crate::stats::to_dict(py, &stats)?;
+        d.set_item("pending", self.done.running())?;
+        Ok(d)
+    }
+
+    /// The same counters and latency quantiles as human-readable text.
+    fn stats_text(&self) -> PyResult<String> {
+        Ok(self.open_engine()?.stats().to_string())
+    }
+
+    /// Counters and per-class latency histograms in the Prometheus text format
+    /// (0.0.4), rendered by the engine: what a `/metrics` endpoint serves. Raises once
+    /// closed.
+    fn metrics_text(&self, py: Python<'_>) -> PyResult<String> {
+        let engine = self.open_engine()?;
+        Ok(py.detach(|| engine.prometheus_text()))
     }
 
     /// Refuses new requests, waits for running ones (bounded by the request timeout),
@@ -322,6 +333,11 @@ impl Client {
 }
 
 impl Client {
+    fn open_engine(&self) -> PyResult<Engine> {
+        self.engine()
+            .ok_or_else(|| PyRuntimeError::new_err("plug-in is closed"))
+    }
+
     fn fail_now(&self, msg: String) -> u64 {
         let id = self.new_id();
         self.done.finish_now(id, Outcome::failed(msg, Vec::new()));

@@ -8,6 +8,7 @@ pub mod client;
 pub mod completion;
 pub mod efd;
 pub mod io;
+pub mod stats;
 pub mod views;
 
 use pyo3::prelude::*;

@@ -47,3 +47,18 @@ def test_bench_through_lmcache(redis_server, tmp_path):
     via = {r["peer"]: r["via"] for r in res["results"]}
     assert via["native"] == "NativeConnectorL2Adapter"
     assert via["connector"] == "RemoteBackend" and via["redis"] == "RemoteBackend"
+
+
+def test_bench_null_peer_is_the_adapter_floor(redis_server, tmp_path):
+    """Peer null: LMCache's adapter over a plug-in without I/O; ratios null / resp.
+    With several batches in flight (run_many), every batch is still checked."""
+    pytest.importorskip("torch")
+    pytest.importorskip("lmcache")
+    out = tmp_path / "b.json"
+    assert main(["--url", redis_server.url, "--via", "lmcache", "--peers", "null,native",
+                 "--sizes", "2k:16", "--runs", "1", "--batches", "7", "--warmup", "1",
+                 "--quiet", "--gc", "freeze", "--inflight", "3", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["gc"] == "freeze" and res["inflight"] == 3
+    assert {r["peer"] for r in res["results"]} == {"null", "native"}
+    assert all(r["keys_per_s"] > 0 for r in res["results"])

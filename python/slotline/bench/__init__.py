@@ -20,9 +20,16 @@ Peers (``--peers``, default all that can run here):
 
 Each configuration ``SIZE:COUNT`` (``--sizes 2k:128,4m:8``) moves about
 ``--target-mb`` per peer and operation in batches of COUNT chunks of SIZE bytes. Each
-peer is warmed up once (``--warmup`` untimed batches). For each run, peers take turns
-(interleaved): FLUSHALL, PUT every batch (fresh keys), GET every batch, EXISTS every
-batch (keys/s only). Results are medians over ``--runs`` runs; ratios of
-slotline's peers to the others are computed within each run, then their median.
+peer is warmed up once (``--warmup`` untimed batches) and its keys (LMCache's key
+objects) are built before timing. ``--gc freeze`` / ``off`` keep Python's collector
+from scanning the setup's objects (LMCache and torch) while timing, for every peer.
+For each run, peers take turns (interleaved): FLUSHALL, PUT every batch (fresh keys),
+GET every batch, EXISTS every batch (keys/s only; repeated until at least 256 batches
+are timed). ``--inflight K`` keeps up to K batches in flight through LMCache's
+adapter (peers native, resp, null), as its server does with several workers; the
+peer ``null`` (LMCache's adapter over a plug-in without I/O, only on request) shows
+the harness's own cost: ``null / resp`` is the largest ratio any plug-in can reach.
+Results are medians over ``--runs`` runs; ratios of slotline's peers to the others
+are computed within each run, then their median.
 Without ``--url`` a redis-server is started on a free loopback port and stopped after.
 """

@@ -17,8 +17,11 @@ from typing import Any, Callable, Optional
 
 OPS = ("put", "get", "exists")
 ALL_PEERS = ("native", "resp", "connector", "redis")
-# Which peers each slotline peer is compared with.
-COMPARE = {"native": ("resp", "redis"), "connector": ("redis",)}
+# Only on request: LMCache's adapter over a plug-in without I/O (the harness's floor).
+EXTRA_PEERS = ("null",)
+# Which peers each slotline peer is compared with. null / resp is the largest
+# native / resp ratio the adapter and harness leave room for.
+COMPARE = {"native": ("resp", "redis"), "connector": ("redis",), "null": ("resp",)}
 
 
 def parse_size(text: str) -> int:
@@ -152,9 +155,25 @@ class Peer:
 
     def __init__(self, url: str, size: int, count: int, settings: dict) -> None:
         self.size, self.count = size, count
+        self._keys: dict[int, list[Any]] = {}
+
+    def make_keys(self, batch: int) -> list[Any]:
+        """Batch `batch`'s keys, in the form the peer's client takes."""
+        raise NotImplementedError
 
     def keys(self, batch: int) -> list[Any]:
-        raise NotImplementedError
+        """Batch `batch`'s keys, built once (see `prepare`)."""
+        k = self._keys.get(batch)
+        if k is None:
+            k = self._keys[batch] = self.make_keys(batch)
+        return k
+
+    def prepare(self, batches: int) -> None:
+        """Builds the keys of `batches` batches ahead, untimed: an application has its
+        keys (LMCache's ObjectKey / CacheEngineKey objects) before it calls the client,
+        so building them is not the client's cost."""
+        for b in range(batches):
+            self.keys(b)
 
     def put(self, batch: int) -> None:
         raise NotImplementedError

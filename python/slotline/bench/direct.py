@@ -28,7 +28,7 @@ class NativeDirect(Peer):
         self.src = [memoryview(b) for b in random_chunks(size, count)]
         self.dst = [memoryview(bytearray(size)) for _ in range(count)]
 
-    def keys(self, batch):
+    def make_keys(self, batch):
         return ["bench/native@00000000@0@%x" % (batch * self.count + i)
                 for i in range(self.count)]
 
@@ -62,7 +62,7 @@ class ConnectorDirect(Peer):
         self.dst = [memoryview(bytearray(size)) for _ in range(count)]
         self.metas = [lmcache_meta(size)] * count
 
-    def keys(self, batch):
+    def make_keys(self, batch):
         return ["bench/connector@1@0@%x@bfloat16" % (batch * self.count + i)
                 for i in range(self.count)]
 
@@ -102,7 +102,7 @@ class RedisPyDirect(Peer):
         self.dst = [memoryview(bytearray(size)) for _ in range(count)]
         self.meta = lmcache_meta(size)
 
-    def keys(self, batch):
+    def make_keys(self, batch):
         return ["bench/redis@1@0@%x@bfloat16" % (batch * self.count + i)
                 for i in range(self.count)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -10,12 +11,22 @@ import time
 from typing import Callable, Optional
 
 import slotline.bench as _pkg
-from slotline.bench.common import ALL_PEERS, COMPARE, OPS, Peer, Server, human, parse_configs
+from slotline.bench.common import (
+    ALL_PEERS,
+    COMPARE,
+    EXTRA_PEERS,
+    OPS,
+    Peer,
+    Server,
+    human,
+    parse_configs,
+)
 from slotline.bench.direct import ConnectorDirect, NativeDirect, RedisPyDirect
 from slotline.bench.via_lmcache import (
     BackendPeer,
     lmcache_available,
     native_adapter,
+    null_adapter,
     resp_adapter,
     resp_available,
 )
@@ -23,7 +34,7 @@ from slotline.bench.via_lmcache import (
 
 def peer_factories(args, server: Server, notes: list[str]) -> dict[str, Callable]:
     """name -> factory(size, count) for every requested peer that can run here."""
-    settings = json.loads(args.settings) if args.settings else {}
+    settings = settings_of(args)
     url = server.url
     via = args.via
     lm_why = lmcache_available() if via != "direct" else "--via direct"
@@ -59,22 +70,46 @@ def peer_factories(args, server: Server, notes: list[str]) -> dict[str, Callable
                 continue
             out[name] = lambda s, c: resp_adapter(url, s, c, {}, server.host, server.port,
                                                   args.resp_workers)
+        elif name == "null":
+            if not use_lm:
+                notes.append("peer null skipped: it runs inside LMCache's adapter (%s)" % lm_why)
+                continue
+            out[name] = lambda s, c: null_adapter(url, s, c, {})
         else:
-            raise SystemExit("unknown peer %r (known: %s)" % (name, ", ".join(ALL_PEERS)))
+            raise SystemExit("unknown peer %r (known: %s)"
+                             % (name, ", ".join(ALL_PEERS + EXTRA_PEERS)))
     return out
 
 
-def measure(peer: Peer, server: Server, batches: int) -> dict[str, float]:
-    """Seconds per operation over `batches` batches (FLUSHALL first: fresh keys)."""
+# Fewest EXISTS batches timed per peer and run.
+MIN_EXISTS_BATCHES = 256
+
+
+def measure(peer: Peer, server: Server, batches: int, inflight: int = 1) -> dict[str, float]:
+    """Seconds per operation over `batches` batches (FLUSHALL first: fresh keys), one
+    batch at a time, or up to `inflight` at once for peers that can (`run_many`)."""
     server.flush()
     out = {}
+    many = getattr(peer, "run_many", None) if inflight > 1 else None
     for op in OPS:
         fn = getattr(peer, op)
+        # EXISTS moves no payload: with large chunks the batches that move the target
+        # bytes are too few to time, so it goes over them several times (reported
+        # per pass).
+        passes = -(-MIN_EXISTS_BATCHES // batches) if op == "exists" else 1
         t0 = time.perf_counter()
-        for b in range(batches):
-            fn(b)
-        out[op] = time.perf_counter() - t0
+        for _ in range(passes):
+            if many is not None:
+                many(op, batches, inflight)
+            else:
+                for b in range(batches):
+                    fn(b)
+        out[op] = (time.perf_counter() - t0) / passes
     return out
+
+
+def settings_of(args) -> dict:
+    return json.loads(args.settings) if args.settings else {}
 
 
 def run(args) -> dict:
@@ -91,16 +126,24 @@ def run(args) -> dict:
             try:
                 for name, make in factories.items():
                     peers[name] = make(size, count)
-                    # Untimed: connections opened, pools and allocators warm.
+                    # Untimed: connections opened, pools and allocators warm, keys built.
                     for b in range(args.warmup):
                         for op in OPS:
                             getattr(peers[name], op)(b)
+                    peers[name].prepare(batches)
+                if args.gc != "on":
+                    # Setup garbage (LMCache's and torch's imports, the peers) out of the
+                    # collector's way; "off" also stops collections while timing.
+                    gc.collect()
+                    gc.freeze()
+                    if args.gc == "off":
+                        gc.disable()
                 per_run: list[dict[str, dict[str, float]]] = []
                 for r in range(args.runs):
                     # Peers take turns; the order rotates from run to run.
                     names = list(peers)
                     names = names[r % len(names):] + names[:r % len(names)]
-                    secs = {n: measure(peers[n], server, batches) for n in names}
+                    secs = {n: measure(peers[n], server, batches, args.inflight) for n in names}
                     per_run.append(secs)
                     if not args.quiet:
                         print("# %s x %d, run %d: %s" % (human(size), count, r + 1, " ".join(
@@ -108,6 +151,9 @@ def run(args) -> dict:
                                                                    s["exists"])
                             for n, s in secs.items())), file=sys.stderr)
             finally:
+                if args.gc != "on":
+                    gc.enable()
+                    gc.unfreeze()
                 for p in peers.values():
                     p.close()
             for name in peers:
@@ -132,17 +178,22 @@ def run(args) -> dict:
                         ratios.append({"size": size, "count": count, "op": op,
                                        "slotline": ours, "peer": other, "ratio_runs": rs,
                                        "ratio": statistics.median(rs)})
-        return {"server": server.url, "runs": args.runs, "notes": notes,
+        if args.inflight > 1:
+            notes.append("up to %d batches in flight for the NativeConnectorL2Adapter peers "
+                         "(native, resp, null); the others one at a time" % args.inflight)
+        return {"server": server.url, "runs": args.runs, "notes": notes, "gc": args.gc,
+                "inflight": args.inflight,
+                "settings": settings_of(args),
                 "key_pattern": "FLUSHALL before each peer's run; every PUT to a fresh key; "
-                               "peer order rotates between runs",
+                               "peer order rotates between runs; keys built before timing",
                 "results": results, "ratios": ratios}
     finally:
         server.stop()
 
 
 def report(out: dict) -> str:
-    lines = ["slotline bench against %s, medians of %d runs (%s)"
-             % (out["server"], out["runs"], out["key_pattern"])]
+    lines = ["slotline bench against %s, medians of %d runs (%s; gc %s)"
+             % (out["server"], out["runs"], out["key_pattern"], out.get("gc", "on"))]
     lines += ["note: " + n for n in out["notes"]]
     lines.append("%-14s %-10s %-26s %-7s %10s %12s" % (
         "chunks", "peer", "via", "op", "GB/s", "keys/s"))
@@ -174,19 +225,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--warmup", type=int, default=2,
                     help="untimed batches per operation after each peer is built")
     ap.add_argument("--peers", default=",".join(ALL_PEERS),
-                    help="comma separated, from: %s" % ", ".join(ALL_PEERS))
+                    help="comma separated, from: %s (null: LMCache's adapter over a "
+                         "plug-in without I/O, the harness's floor; only on request)"
+                         % ", ".join(ALL_PEERS + EXTRA_PEERS))
     ap.add_argument("--via", choices=("auto", "lmcache", "direct"), default="auto",
                     help="drive the plug-ins through LMCache's classes (auto: if importable)")
     ap.add_argument("--settings", default="",
                     help='slotline settings as JSON, e.g. \'{"cores": 2}\'')
     ap.add_argument("--resp-workers", type=int, default=8,
                     help="num_workers of LMCache's resp adapter (its default 8)")
+    ap.add_argument("--gc", choices=("on", "freeze", "off"), default="on",
+                    help="Python's garbage collector while timing: on (default), freeze "
+                         "(gc.freeze() of everything built before timing), off (also "
+                         "gc.disable()); the same for every peer")
+    ap.add_argument("--inflight", type=int, default=1,
+                    help="batches in flight at once through NativeConnectorL2Adapter "
+                         "(native, resp, null; default 1: one at a time)")
     ap.add_argument("--json", metavar="PATH",
                     help="also write the results as JSON ('-': only JSON, to stdout)")
     ap.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error("--runs must be at least 1")
+    if args.inflight < 1:
+        ap.error("--inflight must be at least 1")
     out = run(args)
     if args.json == "-":
         print(json.dumps(out, indent=1))

@@ -6,8 +6,10 @@ and LMCache's redis:// connector). lmcache is imported only when a peer is built
 from __future__ import annotations
 
 import os
+import select
 import sys
 import threading
+import time
 from typing import Any, Callable, Optional
 
 from slotline.bench.common import LoopThread, Peer, check, random_chunks, wait_fd
@@ -36,12 +38,15 @@ class AdapterPeer(Peer):
 
         self.consume = consume_fd
         self.ObjectKey = ObjectKey
+        self._mobj = mobj
         self._bufs = random_chunks(size, count) + [bytearray(size) for _ in range(count)]
         self.src = [mobj(b) for b in self._bufs[:count]]
         self.dst = [mobj(b) for b in self._bufs[count:]]
+        # Destinations of concurrent loads (run_many): one set per request in flight.
+        self._dst_sets = [self.dst]
         self.a = make()
 
-    def keys(self, batch):
+    def make_keys(self, batch):
         return [self.ObjectKey(chunk_hash=(batch * self.count + i).to_bytes(8, "big"),
                                model_name="bench/" + self.name, kv_rank=0)
                 for i in range(self.count)]
@@ -66,6 +71,56 @@ class AdapterPeer(Peer):
         self.a.submit_unlock(keys)
         check(bm.popcount() == self.count, "%s lookup: %d hits" % (self.name, bm.popcount()))
 
+    def run_many(self, op: str, batches: int, depth: int, timeout: float = 300.0) -> None:
+        """`batches` batches of `op` with up to `depth` tasks in flight at once (as
+        LMCache's server has when several workers store and load), each checked as in
+        the one-at-a-time methods."""
+        while len(self._dst_sets) < depth:
+            self._dst_sets.append([self._mobj(bytearray(self.size))
+                                   for _ in range(self.count)])
+        free = list(range(depth))
+        a = self.a
+        fd = {"put": a.get_store_event_fd, "get": a.get_load_event_fd,
+              "exists": a.get_lookup_and_lock_event_fd}[op]()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        pending: dict[int, tuple[int, int]] = {}  # task id -> (batch, destination set)
+        nxt = 0
+        deadline = time.monotonic() + timeout
+        while nxt < batches or pending:
+            while nxt < batches and len(pending) < depth:
+                slot = free.pop()
+                keys = self.keys(nxt)
+                if op == "put":
+                    tid = a.submit_store_task(keys, self.src)
+                elif op == "get":
+                    tid = a.submit_load_task(keys, self._dst_sets[slot])
+                else:
+                    tid = a.submit_lookup_and_lock_task(keys, {})
+                pending[tid] = (nxt, slot)
+                nxt += 1
+            done = []
+            if op == "put":
+                for tid, res in a.pop_completed_store_tasks().items():
+                    check(int(res) >= 0, "%s store failed" % self.name)
+                    done.append(tid)
+            else:
+                query = a.query_load_result if op == "get" else a.query_lookup_and_lock_result
+                for tid in list(pending):
+                    bm = query(tid)
+                    if bm is not None:
+                        check(bm.popcount() == self.count,
+                              "%s %s: %d hits" % (self.name, op, bm.popcount()))
+                        if op == "exists":
+                            a.submit_unlock(self.keys(pending[tid][0]))
+                        done.append(tid)
+            for tid in done:
+                free.append(pending.pop(tid)[1])
+            if not done:
+                check(time.monotonic() < deadline, "%s %s: no completion" % (self.name, op))
+                if poller.poll(1000):
+                    self.consume(fd)
+
     def close(self):
         self.a.close()
 
@@ -79,6 +134,60 @@ def native_adapter(url, size, count, settings):
         "class_name": "SlotlineNativePlugin", "adapter_params": {"url": url, **settings}})
     return AdapterPeer(url, size, count, settings, "native",
                        lambda: _create_native_plugin_l2_adapter(cfg))
+
+
+class NullPlugin:
+    """A native plug-in that does no I/O: every request completes at once, all found.
+    Through NativeConnectorL2Adapter it measures the harness's and the adapter's own
+    Python cost per batch, a floor no plug-in goes under (peer ``null``)."""
+
+    def __init__(self) -> None:
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._next = 0
+        self._done: list = []
+        self._lock = threading.Lock()
+
+    def event_fd(self) -> int:
+        return self._fd
+
+    def _finish(self, flags) -> int:
+        with self._lock:
+            self._next += 1
+            self._done.append((self._next, True, "", flags))
+            os.eventfd_write(self._fd, 1)
+            return self._next
+
+    def submit_batch_get(self, keys, _views) -> int:
+        return self._finish([True] * len(keys))
+
+    def submit_batch_set(self, _keys, _views) -> int:
+        return self._finish(None)
+
+    def submit_batch_exists(self, keys) -> int:
+        return self._finish([True] * len(keys))
+
+    def submit_batch_delete(self, keys) -> int:
+        return self._finish([True] * len(keys))
+
+    def drain_completions(self) -> list:
+        with self._lock:
+            try:
+                os.eventfd_read(self._fd)
+            except BlockingIOError:
+                pass
+            done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def null_adapter(url, size, count, settings):
+    from lmcache.v1.distributed.l2_adapters.native_connector_l2_adapter import (
+        NativeConnectorL2Adapter)
+
+    return AdapterPeer(url, size, count, settings, "null",
+                       lambda: NativeConnectorL2Adapter(NullPlugin()))
 
 
 def resp_adapter(url, size, count, settings, host: str, port: int, workers: int):
@@ -148,7 +257,7 @@ class BackendPeer(Peer):
             view.cast("B")[:] = os.urandom(size)
             self.src.append(o)
 
-    def keys(self, batch):
+    def make_keys(self, batch):
         return [self.Key(model_name="bench/" + self.name, world_size=1, worker_id=0,
                          chunk_hash=batch * self.count + i, dtype=self.torch.bfloat16)
                 for i in range(self.count)]
