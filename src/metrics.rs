@@ -31,6 +31,7 @@ pub(crate) const ERROR_KINDS: &[&str] = &[
     "stale_metadata",
     "redirect",
     "reconnect",
+    "tls",
 ];
 
 #[derive(Default)]
@@ -73,6 +74,8 @@ pub(crate) struct Metrics {
     recv_staged_bytes: AtomicU64,
     sent_by_reference_bytes: AtomicU64,
     sent_copied_bytes: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_handshake_failures: AtomicU64,
     /// Every shard's and every lane's syscall counters, summed by `snapshot`.
     syscall_sources: Mutex<Vec<std::sync::Arc<SyscallCounters>>>,
 }
@@ -112,6 +115,8 @@ impl Metrics {
             recv_staged_bytes: AtomicU64::new(0),
             sent_by_reference_bytes: AtomicU64::new(0),
             sent_copied_bytes: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
             syscall_sources: Mutex::new(Vec::new()),
         }
     }
@@ -169,6 +174,15 @@ impl Metrics {
         self.sent_by_reference_bytes
             .fetch_add(by_reference as u64, Relaxed);
         self.sent_copied_bytes.fetch_add(copied as u64, Relaxed);
+    }
+
+    /// A TLS handshake completed (`ok`) or failed.
+    pub fn tls_handshake(&self, ok: bool) {
+        if ok {
+            self.tls_handshakes.fetch_add(1, Relaxed);
+        } else {
+            self.tls_handshake_failures.fetch_add(1, Relaxed);
+        }
     }
 
     /// A payload destination came back from a receive the kernel completed after its
@@ -253,6 +267,8 @@ impl Metrics {
             recv_staged_bytes: self.recv_staged_bytes.load(Relaxed),
             sent_by_reference_bytes: self.sent_by_reference_bytes.load(Relaxed),
             sent_copied_bytes: self.sent_copied_bytes.load(Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Relaxed),
+            tls_handshake_failures: self.tls_handshake_failures.load(Relaxed),
             syscalls,
         }
     }
@@ -317,6 +333,11 @@ pub struct MetricsSnapshot {
     /// Syscalls the engine made on its hot path (shard event loops, socket I/O,
     /// doorbells), by kind; connection setup is not counted.
     pub syscalls: SyscallStats,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed (bad certificate, refused client certificate,
+    /// timeout).
+    pub tls_handshake_failures: u64,
 }
 
 impl MetricsSnapshot {

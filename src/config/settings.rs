@@ -34,6 +34,8 @@ pub(super) struct Settings {
     pub(super) read_from_replicas: Option<bool>,
     pub(super) client_name: Option<String>,
     pub(super) priority_weights: Option<PriorityWeights>,
+    pub(super) tls_cert_file: Option<PathBuf>,
+    pub(super) tls_key_file: Option<PathBuf>,
 }
 
 /// Merges a parsed URL with explicit settings and validates the result.
@@ -126,6 +128,8 @@ pub(super) fn build(url: ParsedUrl, s: Settings) -> Result<Config> {
         read_from_replicas: s.read_from_replicas.unwrap_or(d.read_from_replicas),
         client_name: s.client_name.unwrap_or(d.client_name),
         priority_weights: s.priority_weights.unwrap_or(d.priority_weights),
+        tls_cert_file: s.tls_cert_file,
+        tls_key_file: s.tls_key_file,
     };
     cfg.validate()?;
     Ok(cfg)

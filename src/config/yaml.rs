@@ -106,11 +106,8 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
             .text("redis_password", Shown::Secret)?
             .filter(|s| !s.is_empty()),
         use_tls: extra.boolean("use_tls")?,
-        tls_insecure: extra.boolean("tls_insecure")?,
-        tls_ca_file: extra
-            .text("tls_ca_file", Shown::Plain)?
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from),
+        tls_insecure: tls_insecure(&extra)?,
+        tls_ca_file: extra.path("tls_ca_file")?,
         chunk_size: extra.int("chunk_size")?,
         max_connections: extra.int("max_connections")?,
         cores,
@@ -130,8 +127,25 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
             .get("priority_weights")
             .map(parse_priority_weights)
             .transpose()?,
+        tls_cert_file: extra.path("tls_cert_file")?,
+        tls_key_file: extra.path("tls_key_file")?,
     };
     build(parsed, settings)
+}
+
+/// `tls_insecure_skip_verify`, or its older name `tls_insecure`; both given must agree.
+fn tls_insecure(extra: &Section<'_>) -> Result<Option<bool>> {
+    match (
+        extra.boolean("tls_insecure_skip_verify")?,
+        extra.boolean("tls_insecure")?,
+    ) {
+        (Some(a), Some(b)) if a != b => Err(Error::config(
+            "extra_config.tls_insecure_skip_verify",
+            a,
+            format!("differs from extra_config.tls_insecure = {b}; give it once"),
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
 }
 
 fn choose_url(top: &Section<'_>, extra: &Section<'_>) -> Result<String> {
@@ -424,6 +438,14 @@ impl<'a> Section<'a> {
                 format!("expected a string, found {}", kind(other)),
             )),
         }
+    }
+
+    /// A file path; an empty string means not given.
+    fn path(&self, key: &str) -> Result<Option<PathBuf>> {
+        Ok(self
+            .text(key, Shown::Plain)?
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from))
     }
 
     /// `true`/`false`, also as strings in any ASCII case. `yes`/`no`/`on`/`off` are

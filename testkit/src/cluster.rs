@@ -254,6 +254,23 @@ impl LocalCluster {
         format!("redis://{}", addrs.join(","))
     }
 
+    /// `rediss://h:p,...` of the current masters' TLS ports, for nodes started with
+    /// `ServerOptions::tls`; `None` otherwise.
+    pub fn tls_seed_url(&self) -> Option<String> {
+        let mut nodes: Vec<&RedisProcess> = self.masters();
+        if nodes.is_empty() {
+            nodes = self.running().map(|(_, n)| n).collect();
+        }
+        let addrs: Option<Vec<String>> = nodes
+            .iter()
+            .map(|n| {
+                n.tls_url()
+                    .map(|u| u.trim_start_matches("rediss://").to_string())
+            })
+            .collect();
+        Some(format!("rediss://{}", addrs?.join(",")))
+    }
+
     fn role(&self, idx: usize) -> Option<String> {
         let frame = command(&self.nodes[idx].addr(), self.password(), &[b"ROLE"]).ok()?;
         match frame {
