@@ -667,6 +667,93 @@ extra_config:
     }
 
     #[test]
+    fn tls_keys() {
+        let tls = |extra: &str| {
+            yaml(&SECTION8_STANDALONE.replace("use_tls: false", &format!("use_tls: true\n{extra}")))
+        };
+        let c = tls(
+            "  tls_ca_file: /etc/ca.pem\n  tls_cert_file: /etc/c.pem\n  tls_key_file: /etc/c.key",
+        )
+        .unwrap();
+        assert!(c.tls && !c.tls_insecure);
+        assert_eq!(
+            c.tls_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(
+            c.tls_cert_file.as_deref(),
+            Some(std::path::Path::new("/etc/c.pem"))
+        );
+        assert_eq!(
+            c.tls_key_file.as_deref(),
+            Some(std::path::Path::new("/etc/c.key"))
+        );
+        // The explicit name and the older one.
+        assert!(
+            tls("  tls_insecure_skip_verify: true")
+                .unwrap()
+                .tls_insecure
+        );
+        assert!(tls("  tls_insecure: yes").unwrap().tls_insecure);
+        assert!(
+            !tls("  tls_insecure_skip_verify: false")
+                .unwrap()
+                .tls_insecure
+        );
+        assert!(
+            tls("  tls_insecure_skip_verify: true\n  tls_insecure: true")
+                .unwrap()
+                .tls_insecure
+        );
+        // Empty strings are "not given".
+        let c = tls("  tls_cert_file: \"\"\n  tls_key_file: \"\"").unwrap();
+        assert_eq!((c.tls_cert_file, c.tls_key_file), (None, None));
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "  tls_insecure_skip_verify: true\n  tls_insecure: false",
+                &[
+                    "extra_config.tls_insecure_skip_verify",
+                    "tls_insecure = false",
+                ],
+            ),
+            (
+                "  tls_insecure_skip_verify: perhaps",
+                &["extra_config.tls_insecure_skip_verify", "perhaps"],
+            ),
+            (
+                "  tls_cert_file: /etc/c.pem",
+                &["extra_config.tls_cert_file", "/etc/c.pem", "tls_key_file"],
+            ),
+            (
+                "  tls_key_file: /etc/c.key",
+                &["extra_config.tls_key_file", "/etc/c.key", "tls_cert_file"],
+            ),
+            ("  tls_key_file: [a]", &["extra_config.tls_key_file", "[a]"]),
+        ];
+        for (extra, want) in cases {
+            let e = tls(extra).unwrap_err().to_string();
+            for w in *want {
+                assert!(e.contains(w), "{extra}: {e} lacks {w}");
+            }
+        }
+        // Client certificates without TLS are a mistake, not silently ignored.
+        let e = yaml(&SECTION8_STANDALONE.replace(
+            "use_tls: false",
+            "use_tls: false\n  tls_cert_file: /c.pem\n  tls_key_file: /c.key",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TLS is off") && e.contains("/c.pem"), "{e}");
+        let e = yaml(&SECTION8_STANDALONE.replace(
+            "use_tls: false",
+            "use_tls: false\n  tls_insecure_skip_verify: true",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TLS is off"), "{e}");
+    }
+
+    #[test]
     fn section8_variants() {
         let c =
             yaml(&SECTION8_STANDALONE.replace("redis://localhost", "rediss://localhost")).unwrap();

@@ -73,6 +73,10 @@ impl LocalCluster {
             } else {
                 opts.port + i as u16
             };
+            // A fixed TLS port is the first of a block, like the ports.
+            if let Some(t) = o.tls.as_mut().filter(|t| t.port != 0) {
+                t.port += i as u16;
+            }
             cluster.nodes.push(RedisProcess::start(dir, &o)?);
         }
         let pw = cluster.opts.password.clone();
