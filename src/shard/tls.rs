@@ -26,7 +26,7 @@ use crate::resp::ArrayReader;
 
 /// Ciphertext queued ahead of the socket before more plaintext is encrypted: bounds
 /// the copy a large write makes at once.
-const SEAL_AHEAD: usize = 256 * 1024;
+const SEAL_AHEAD: usize = 1024 * 1024;
 /// Free space kept at the end of the plaintext buffer for one read from rustls.
 const PLAIN_CHUNK: usize = 32 * 1024;
 

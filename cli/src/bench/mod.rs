@@ -149,6 +149,10 @@ pub struct BenchArgs {
     /// Also print one JSON object per line for each result (per run and medians).
     #[arg(long)]
     json: bool,
+    /// Start the bench's server with TLS too and add a slotline row over TLS beside
+    /// each plain one (same workload, same server): the cost of TLS.
+    #[arg(long, conflicts_with = "url")]
+    tls: bool,
 }
 
 /// `--backend` of the bench.
@@ -327,6 +331,17 @@ pub fn server_version(url: &str, mode: Mode) -> String {
 }
 
 /// `slotline bench`.
+/// `cfg` pointed at the TLS side of the bench's own server.
+fn tls_config(cfg: &Config, url: &str, ca: &Path) -> Result<Config, BenchError> {
+    let t = Config::from_url(url).map_err(|e| BenchError::usage(e.to_string()))?;
+    Ok(Config {
+        seeds: t.seeds,
+        tls: true,
+        tls_ca_file: Some(ca.to_path_buf()),
+        ..cfg.clone()
+    })
+}
+
 pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
     let value_size = a.value_size;
     if value_size == 0 {
@@ -368,7 +383,7 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
                     "local"
                 }
             );
-            let s = OwnedServer::start(mode)?;
+            let s = OwnedServer::start(mode, a.tls)?;
             eprintln!(
                 "  {} (pids {:?}, dir {})",
                 s.url(),
@@ -424,9 +439,20 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
                 for &(b, optional) in backends {
                     let mut cfg = base.clone();
                     cfg.io_backend = b;
+                    let tls_cfg = owned
+                        .as_ref()
+                        .and_then(|s| s.tls())
+                        .map(|(u, ca)| tls_config(&cfg, u, ca))
+                        .transpose()?;
                     peers.push(Box::new(
                         SlotlinePeer::new(cfg, a.get_into, optional).count_commands_at(&url, mode),
                     ));
+                    if let Some(t) = tls_cfg {
+                        peers.push(Box::new(
+                            SlotlinePeer::new(t, a.get_into, optional)
+                                .count_commands_at(&url, mode),
+                        ));
+                    }
                 }
             }
         }
