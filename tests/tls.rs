@@ -223,3 +223,47 @@ fn cluster(backend: IoBackend) {
     assert!(e.stats().metrics.tls_handshakes >= 3);
 }
 both_backends!(cluster);
+
+fn silent_server_times_out(backend: IoBackend) {
+    // Accepts TCP (the kernel does, from the backlog) and never answers the
+    // ClientHello: the handshake must end at connect_timeout, not hang.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let mut cfg = tls_cfg(&format!("rediss://127.0.0.1:{port}"), backend, None);
+    cfg.tls_insecure = true;
+    cfg.connect_timeout = Duration::from_millis(300);
+    cfg.request_timeout = Duration::from_secs(5);
+    let t0 = Instant::now();
+    let err = refused(cfg, "a server that never answers the handshake");
+    eprintln!("{err}");
+    assert!(err.contains("tls handshake timed out"), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "{:?}: {err}",
+        t0.elapsed()
+    );
+}
+both_backends!(silent_server_times_out);
+
+fn plain_port_is_a_clear_error(backend: IoBackend) {
+    // rediss:// pointed at the server's plain port.
+    let dir = TestDir::new();
+    let certs = TlsCerts::generate(&dir.join("tls")).unwrap();
+    let srv = tls_server(&certs, false);
+    let plain = format!("rediss://127.0.0.1:{}", srv.proc.port());
+    let mut cfg = tls_cfg(&plain, backend, Some(&certs));
+    cfg.connect_timeout = Duration::from_millis(500);
+    let t0 = Instant::now();
+    let err = refused(cfg, "TLS to a plain port");
+    eprintln!("{err}");
+    // Redis reads the ClientHello as the start of an inline command and waits for its
+    // end: the handshake times out.
+    assert!(err.contains("tls handshake"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{}", srv.proc.port())),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "no hang: {err}");
+}
+both_backends!(plain_port_is_a_clear_error);

@@ -715,15 +715,15 @@ impl Shard {
                     .front()
                     .is_some_and(|p| now.duration_since(p.sent_at) > request_timeout),
             };
-            if stalled && c.tls_handshaking() && c.state != ConnState::Connecting {
-                let reason = format!("no handshake within {connect_timeout:?}");
-                self.tls_failed(cid, &reason);
-                continue;
-            }
             if stalled {
                 let node = self.nodes[c.node].addr.to_string();
+                // A slow handshake is a timeout like a slow connect (retried), not a
+                // certificate problem; it still counts as a failed handshake.
                 let what = if c.state == ConnState::Connecting {
                     "connect"
+                } else if c.tls_handshaking() {
+                    self.metrics.tls_handshake(false);
+                    "tls handshake"
                 } else {
                     "reply"
                 };
