@@ -202,7 +202,9 @@ fn cluster(backend: IoBackend) {
         },
     );
     let seeds = c.cluster.tls_seed_url().unwrap();
-    let e = Engine::new(tls_cfg(&seeds, backend, Some(&certs))).unwrap();
+    let mut cfg = tls_cfg(&seeds, backend, Some(&certs));
+    cfg.key_layout = slotline::KeyLayout::Hashtag;
+    let e = Engine::new(cfg).unwrap();
     // Keys over every master, the 4 MiB value included.
     round_trip(&e, "{a}x");
     round_trip(&e, "{b}y");
@@ -221,6 +223,25 @@ fn cluster(backend: IoBackend) {
         );
     }
     assert!(e.stats().metrics.tls_handshakes >= 3);
+
+    // A reshard under TLS: MOVED names the TLS port (tls-cluster yes), and the engine
+    // follows it with a TLS connection of its own.
+    let big = value(4 * MIB, 3);
+    e.put(vec![PutChunk::new("moving", big.clone(), None)])
+        .unwrap();
+    let slot = c.keyslot("{moving}:kv_bytes");
+    let from = c.owner_of("{moving}:kv_bytes");
+    let to = (from + 1) % 3;
+    c.cluster.move_slots(from, to, slot..slot + 1).unwrap();
+    let got = e.get(&["moving"]).unwrap();
+    assert!(
+        got[0].as_ref().is_some_and(|ch| ch.data == big),
+        "read after the move"
+    );
+    e.put(vec![PutChunk::new("moving", value(MIB, 9), None)])
+        .unwrap();
+    let got = e.get(&["moving"]).unwrap();
+    assert!(got[0].as_ref().is_some_and(|ch| ch.data == value(MIB, 9)));
 }
 both_backends!(cluster);
 

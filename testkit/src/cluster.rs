@@ -485,7 +485,8 @@ impl LocalCluster {
         let mut src_conn = Client::open(&src.addr(), pw)?;
         let mut dst_conn = Client::open(&dst.addr(), pw)?;
         let dst_host = connect_host(&dst.options().bind);
-        let dst_port = dst.port().to_string();
+        // With tls-cluster the source migrates over TLS, to the TLS port.
+        let dst_port = dst.tls_port().unwrap_or_else(|| dst.port()).to_string();
         let stuck = |slot: u16| {
             format!(
                 "slot {slot} may be left IMPORTING/MIGRATING: repair it with \
