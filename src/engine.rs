@@ -161,13 +161,7 @@ impl Engine {
     /// credentials). Fails with a clear error otherwise.
     pub fn new(cfg: Config) -> Result<Engine> {
         cfg.validate()?;
-        if cfg.tls {
-            return Err(Error::config(
-                "remote_url",
-                "rediss://",
-                "TLS is not supported by this slotline build yet; use redis:// or unix://",
-            ));
-        }
+        let tls = crate::tls::for_engine(&cfg)?;
         let cfg = Arc::new(cfg);
         let allowed = crate::sys::allowed_cores();
         let cores: Vec<Option<usize>> = match (&cfg.cores, cfg.shards) {
@@ -211,6 +205,7 @@ impl Engine {
                 metrics.clone(),
                 *core,
                 all_lanes.clone(),
+                tls.clone(),
             )?);
         }
         let backend = shards[0].backend;

@@ -26,6 +26,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A TLS handshake or session failed: `reason` is rustls's (for instance
+    /// `invalid peer certificate: UnknownIssuer`). Not retried: a certificate problem
+    /// does not go away by itself.
+    #[error("tls {stage} with {node} failed: {reason}")]
+    Tls {
+        node: String,
+        /// `handshake` (TLS or the connection's own handshake) or `session`.
+        stage: &'static str,
+        reason: String,
+    },
     /// The server refused our credentials.
     #[error("authentication failed at {node}: {message}")]
     Auth { node: String, message: String },
@@ -94,6 +104,7 @@ impl Error {
             Error::Invalid(_) => "invalid",
             Error::PutFailed { .. } => "put_failed",
             Error::Cluster(_) => "cluster",
+            Error::Tls { .. } => "tls",
         }
     }
 

@@ -27,6 +27,7 @@ pub(crate) mod sys;
 pub(crate) mod syscalls;
 #[cfg(test)]
 mod tests;
+pub(crate) mod tls;
 
 pub use batch::{Chunk, ChunkInfo, GetInto, PutChunk, Ticket};
 pub use cmem::{CallerBuf, CallerBufMut, CallerTicket, Returned};

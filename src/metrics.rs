@@ -37,6 +37,7 @@ pub(crate) const ERROR_KINDS: &[&str] = &[
     "reconnect",
     "janitor_overflow",
     "host_down",
+    "tls",
 ];
 
 /// A shared handle to an engine's counters (see `Engine::metrics_handle`).
@@ -88,6 +89,8 @@ struct Stripe {
     recv_staged_bytes: AtomicU64,
     sent_by_reference_bytes: AtomicU64,
     sent_copied_bytes: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_handshake_failures: AtomicU64,
 }
 
 impl Stripe {
@@ -109,6 +112,8 @@ impl Stripe {
             recv_staged_bytes: AtomicU64::new(0),
             sent_by_reference_bytes: AtomicU64::new(0),
             sent_copied_bytes: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
         }
     }
 
@@ -226,6 +231,15 @@ impl Metrics {
         s.sent_copied_bytes.fetch_add(copied as u64, Relaxed);
     }
 
+    /// A TLS handshake completed (`ok`) or failed.
+    pub fn tls_handshake(&self, ok: bool) {
+        if ok {
+            self.stripe().tls_handshakes.fetch_add(1, Relaxed);
+        } else {
+            self.stripe().tls_handshake_failures.fetch_add(1, Relaxed);
+        }
+    }
+
     /// A payload destination came back from a receive the kernel completed after its
     /// connection had been closed (it was held, not freed, until then).
     pub fn kernel_late_release(&self) {
@@ -321,6 +335,8 @@ impl Metrics {
             recv_staged_bytes: sum(|s| &s.recv_staged_bytes),
             sent_by_reference_bytes: sum(|s| &s.sent_by_reference_bytes),
             sent_copied_bytes: sum(|s| &s.sent_copied_bytes),
+            tls_handshakes: sum(|s| &s.tls_handshakes),
+            tls_handshake_failures: sum(|s| &s.tls_handshake_failures),
             syscalls,
             per_shard: self.stripes[..shards].iter().map(Stripe::io).collect(),
         }
@@ -420,6 +436,11 @@ pub struct MetricsSnapshot {
     /// The I/O counters above, shard by shard (index = shard id). What other threads
     /// recorded (none of these today: sockets belong to shards) is in the totals only.
     pub per_shard: Vec<ShardIoStats>,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed (bad certificate, refused client certificate,
+    /// timeout).
+    pub tls_handshake_failures: u64,
 }
 
 impl MetricsSnapshot {

@@ -125,6 +125,16 @@ const COUNTERS: &[Counter] = &[
         "Doorbell eventfd writes by callers waking a shard.",
         |m| m.syscalls.doorbell_write,
     ),
+    (
+        "slotline_tls_handshakes_total",
+        "TLS handshakes completed.",
+        |m| m.tls_handshakes,
+    ),
+    (
+        "slotline_tls_handshake_failures_total",
+        "TLS handshakes that failed (certificate refused either way, timeout).",
+        |m| m.tls_handshake_failures,
+    ),
 ];
 
 /// Per-shard counters: name, help, accessor.

@@ -422,7 +422,7 @@ fn run() -> Result<(), BenchError> {
             eprintln!("using SLOTLINE_BENCH_URL={u} (it is flushed between clients)");
             None
         }
-        _ => Some(OwnedServer::start(Mode::Standalone)?),
+        _ => Some(OwnedServer::start(Mode::Standalone, false)?),
     };
     let url = match (&owned, std::env::var("SLOTLINE_BENCH_URL")) {
         (Some(s), _) => s.url().to_string(),

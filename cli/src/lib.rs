@@ -90,8 +90,20 @@ enum ServersCmd {
         /// First port (default 6379 standalone, 7000 cluster; a cluster uses 6 ports).
         #[arg(long, value_name = "N")]
         port: Option<u16>,
+        /// Also serve TLS: on port + 1 (standalone) or + 100 (cluster nodes, whose bus
+        /// and replication use TLS too), with certificates made in <state-dir>/tls/.
+        /// Prints the rediss:// URL and the CA file to trust.
+        #[arg(long)]
+        tls: bool,
         #[command(flatten)]
         state: StateDirArg,
+    },
+    /// Write a test CA, a server certificate (127.0.0.1, ::1, localhost) and a client
+    /// certificate into DIR, as PEM: ca.pem, server.pem/.key, client.pem/.key (for
+    /// docker-compose's TLS node, or any redis-server --tls-port).
+    Certs {
+        /// Where to write them (created if missing; existing files are replaced).
+        dir: PathBuf,
     },
     /// Stop the servers recorded in the state directory (by pid).
     Down {
@@ -256,8 +268,25 @@ fn servers(cmd: ServersCmd) -> Result<(), CliError> {
         ServersCmd::Up {
             cluster,
             port,
+            tls,
             state,
-        } => slotline_testkit::up(&state.resolve(), cluster, port)?,
+        } => slotline_testkit::up_with(&state.resolve(), cluster, port, tls)?,
+        ServersCmd::Certs { dir } => {
+            let c = slotline_testkit::TlsCerts::generate(&dir)?;
+            vec![
+                format!("CA certificate:     {}", c.ca.display()),
+                format!(
+                    "server certificate: {} (key {})",
+                    c.server_cert.display(),
+                    c.server_key.display()
+                ),
+                format!(
+                    "client certificate: {} (key {})",
+                    c.client_cert.display(),
+                    c.client_key.display()
+                ),
+            ]
+        }
         ServersCmd::Down { state } => slotline_testkit::down(&state.resolve())?,
         ServersCmd::Status { state } => slotline_testkit::status(&state.resolve())?,
     };

@@ -221,6 +221,74 @@ fn servers_up_status_down() {
 }
 
 #[test]
+fn servers_up_tls_prints_rediss_url_and_ca() {
+    let dir = TestDir::new();
+    let state = dir.join("state");
+    let state = state.to_str().unwrap();
+    let port = slotline_testkit::free_port_block(2, false).unwrap();
+    let up = ok(&[
+        "servers",
+        "up",
+        "--tls",
+        "--port",
+        &port.to_string(),
+        "--state-dir",
+        state,
+    ]);
+    struct Down<'a>(&'a str);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = slotline(&["servers", "down", "--state-dir", self.0]);
+        }
+    }
+    let _down = Down(state);
+    let url = format!("rediss://127.0.0.1:{}", port + 1);
+    assert!(up.contains(&format!("TLS URL: {url}")), "{up}");
+    let ca = up
+        .lines()
+        .find_map(|l| l.strip_prefix("TLS CA file: "))
+        .unwrap_or_else(|| panic!("no CA file in\n{up}"));
+    assert!(std::path::Path::new(ca).exists(), "{ca}");
+    let cfg = dir.join("tls.yaml");
+    std::fs::write(
+        &cfg,
+        format!("remote_url: {url}\nextra_config:\n  tls_ca_file: {ca}\n"),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    assert_eq!(
+        ok(&["exists", "nothing", "--config", cfg]).trim(),
+        "nothing false"
+    );
+    let down = ok(&["servers", "down", "--state-dir", state]);
+    assert!(down.contains("stopped"), "{down}");
+}
+
+#[test]
+fn bench_tls_adds_a_tls_row() {
+    let out = slotline(&[
+        "bench",
+        "--tls",
+        "--batches",
+        "3",
+        "--runs",
+        "1",
+        "--peers",
+        "slotline",
+        "--backend",
+        "epoll",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for row in ["slotline[epoll]", "slotline[epoll+tls]"] {
+        assert!(stdout.contains(row), "no {row:?} in\n{stdout}");
+    }
+}
+
+#[test]
 fn bench_starts_and_stops_its_own_server() {
     let out = slotline(&["bench", "--batches", "5", "--runs", "1", "--json"]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
@@ -431,6 +499,7 @@ fn help_is_available_for_every_command() {
         vec!["--help"],
         vec!["servers", "--help"],
         vec!["servers", "up", "--help"],
+        vec!["servers", "certs", "--help"],
         vec!["put", "--help"],
         vec!["get", "--help"],
         vec!["exists", "--help"],

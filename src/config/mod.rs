@@ -201,7 +201,8 @@ pub struct Config {
     pub seeds: Vec<ServerAddr>,
     /// Connect with TLS (`rediss://` or `use_tls: true`).
     pub tls: bool,
-    /// Skip certificate verification (`extra_config.tls_insecure`, default false).
+    /// Skip server certificate verification (`extra_config.tls_insecure_skip_verify`,
+    /// or its older name `tls_insecure`; default false). Logged as a warning.
     pub tls_insecure: bool,
     /// Extra CA bundle for verification (`extra_config.tls_ca_file`).
     pub tls_ca_file: Option<PathBuf>,
@@ -262,6 +263,11 @@ pub struct Config {
     /// (`extra_config.max_reply_size`, default 8 MiB). A larger reply fails its
     /// connection with a protocol error instead of being buffered.
     pub max_reply_size: usize,
+    /// Client certificate chain (PEM) for servers that require one (mTLS;
+    /// `extra_config.tls_cert_file`, with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert_file` (`extra_config.tls_key_file`).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -294,6 +300,8 @@ impl fmt::Debug for Config {
             .field("deadlines", &self.deadlines)
             .field("janitor_queue", &self.janitor_queue)
             .field("max_reply_size", &self.max_reply_size)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
 }
@@ -332,6 +340,8 @@ impl Default for Config {
             deadlines: Deadlines::default(),
             janitor_queue: DEFAULT_JANITOR_QUEUE,
             max_reply_size: DEFAULT_MAX_REPLY_SIZE,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -536,6 +546,42 @@ impl Config {
                     "set, but TLS is off (use rediss:// or use_tls: true)",
                 ));
             }
+            if let Some(f) = self.tls_cert_file.as_ref().or(self.tls_key_file.as_ref()) {
+                return Err(Error::config(
+                    "extra_config.tls_cert_file",
+                    f.display(),
+                    "set, but TLS is off (use rediss:// or use_tls: true)",
+                ));
+            }
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(c), None) => {
+                return Err(Error::config(
+                    "extra_config.tls_cert_file",
+                    c.display(),
+                    "a client certificate needs its key (tls_key_file)",
+                ))
+            }
+            (None, Some(k)) => {
+                return Err(Error::config(
+                    "extra_config.tls_key_file",
+                    k.display(),
+                    "a client key needs its certificate (tls_cert_file)",
+                ))
+            }
+            _ => {}
+        }
+        if self.tls
+            && self
+                .seeds
+                .iter()
+                .any(|s| matches!(s, ServerAddr::Unix { .. }))
+        {
+            return Err(Error::config(
+                "remote_url",
+                "unix://",
+                "TLS needs a TCP address (Redis serves no TLS on a unix socket)",
+            ));
         }
         if let (Some(user), None) = (&self.username, &self.password) {
             return Err(Error::config(

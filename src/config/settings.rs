@@ -37,6 +37,8 @@ pub(super) struct Settings {
     pub(super) deadlines: Option<Deadlines>,
     pub(super) janitor_queue: Option<usize>,
     pub(super) max_reply_size: Option<usize>,
+    pub(super) tls_cert_file: Option<PathBuf>,
+    pub(super) tls_key_file: Option<PathBuf>,
 }
 
 /// Merges a parsed URL with explicit settings and validates the result.
@@ -132,6 +134,8 @@ pub(super) fn build(url: ParsedUrl, s: Settings) -> Result<Config> {
         deadlines: s.deadlines.unwrap_or(d.deadlines),
         janitor_queue: s.janitor_queue.unwrap_or(d.janitor_queue),
         max_reply_size: s.max_reply_size.unwrap_or(d.max_reply_size),
+        tls_cert_file: s.tls_cert_file,
+        tls_key_file: s.tls_key_file,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -350,6 +350,27 @@ mod tests {
     // --- URLs ---
 
     #[test]
+    fn rediss_turns_tls_on_for_every_seed() {
+        let p = parse_url("rediss://h1:7000,h2:7001").unwrap();
+        assert!(p.tls);
+        assert_eq!(p.seeds, vec![tcp("h1", 7000), tcp("h2", 7001)]);
+        assert!(parse_url("REDISS://[::1]:6390").unwrap().tls);
+        let c = crate::Config::from_url("rediss://127.0.0.1:6390").unwrap();
+        assert!(c.tls && !c.tls_insecure);
+        assert_eq!(
+            (c.tls_ca_file, c.tls_cert_file, c.tls_key_file),
+            (None, None, None)
+        );
+        // Redis serves no TLS on a unix socket.
+        let c = crate::Config {
+            tls: true,
+            ..crate::Config::from_url("unix:///tmp/r.sock").unwrap()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("TLS needs a TCP address"), "{e}");
+    }
+
+    #[test]
     fn url_forms() {
         let p = parse_url("redis://localhost:6379").unwrap();
         assert_eq!(p.seeds, vec![tcp("localhost", 6379)]);

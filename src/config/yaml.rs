@@ -107,11 +107,8 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
             .text("redis_password", Shown::Secret)?
             .filter(|s| !s.is_empty()),
         use_tls: extra.boolean("use_tls")?,
-        tls_insecure: extra.boolean("tls_insecure")?,
-        tls_ca_file: extra
-            .text("tls_ca_file", Shown::Plain)?
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from),
+        tls_insecure: tls_insecure(&extra)?,
+        tls_ca_file: extra.path("tls_ca_file")?,
         chunk_size: extra.int("chunk_size")?,
         max_connections: extra.int("max_connections")?,
         cores,
@@ -134,8 +131,25 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
         deadlines: extra.get("deadlines").map(parse_deadlines).transpose()?,
         janitor_queue: extra.int("janitor_queue")?,
         max_reply_size: extra.int("max_reply_size")?,
+        tls_cert_file: extra.path("tls_cert_file")?,
+        tls_key_file: extra.path("tls_key_file")?,
     };
     build(parsed, settings)
+}
+
+/// `tls_insecure_skip_verify`, or its older name `tls_insecure`; both given must agree.
+fn tls_insecure(extra: &Section<'_>) -> Result<Option<bool>> {
+    match (
+        extra.boolean("tls_insecure_skip_verify")?,
+        extra.boolean("tls_insecure")?,
+    ) {
+        (Some(a), Some(b)) if a != b => Err(Error::config(
+            "extra_config.tls_insecure_skip_verify",
+            a,
+            format!("differs from extra_config.tls_insecure = {b}; give it once"),
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
 }
 
 fn choose_url(top: &Section<'_>, extra: &Section<'_>) -> Result<String> {
@@ -476,6 +490,14 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A file path; an empty string means not given.
+    fn path(&self, key: &str) -> Result<Option<PathBuf>> {
+        Ok(self
+            .text(key, Shown::Plain)?
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from))
+    }
+
     /// `true`/`false`, also as strings in any ASCII case. `yes`/`no`/`on`/`off` are
     /// accepted too because LMCache loads its YAML with PyYAML (YAML 1.1), where they
     /// are booleans, while a YAML 1.2 parser hands them over as strings.
@@ -692,6 +714,93 @@ extra_config:
             ]
         );
         assert_eq!(c.key_layout, KeyLayout::Hashtag);
+    }
+
+    #[test]
+    fn tls_keys() {
+        let tls = |extra: &str| {
+            yaml(&SECTION8_STANDALONE.replace("use_tls: false", &format!("use_tls: true\n{extra}")))
+        };
+        let c = tls(
+            "  tls_ca_file: /etc/ca.pem\n  tls_cert_file: /etc/c.pem\n  tls_key_file: /etc/c.key",
+        )
+        .unwrap();
+        assert!(c.tls && !c.tls_insecure);
+        assert_eq!(
+            c.tls_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(
+            c.tls_cert_file.as_deref(),
+            Some(std::path::Path::new("/etc/c.pem"))
+        );
+        assert_eq!(
+            c.tls_key_file.as_deref(),
+            Some(std::path::Path::new("/etc/c.key"))
+        );
+        // The explicit name and the older one.
+        assert!(
+            tls("  tls_insecure_skip_verify: true")
+                .unwrap()
+                .tls_insecure
+        );
+        assert!(tls("  tls_insecure: yes").unwrap().tls_insecure);
+        assert!(
+            !tls("  tls_insecure_skip_verify: false")
+                .unwrap()
+                .tls_insecure
+        );
+        assert!(
+            tls("  tls_insecure_skip_verify: true\n  tls_insecure: true")
+                .unwrap()
+                .tls_insecure
+        );
+        // Empty strings are "not given".
+        let c = tls("  tls_cert_file: \"\"\n  tls_key_file: \"\"").unwrap();
+        assert_eq!((c.tls_cert_file, c.tls_key_file), (None, None));
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "  tls_insecure_skip_verify: true\n  tls_insecure: false",
+                &[
+                    "extra_config.tls_insecure_skip_verify",
+                    "tls_insecure = false",
+                ],
+            ),
+            (
+                "  tls_insecure_skip_verify: perhaps",
+                &["extra_config.tls_insecure_skip_verify", "perhaps"],
+            ),
+            (
+                "  tls_cert_file: /etc/c.pem",
+                &["extra_config.tls_cert_file", "/etc/c.pem", "tls_key_file"],
+            ),
+            (
+                "  tls_key_file: /etc/c.key",
+                &["extra_config.tls_key_file", "/etc/c.key", "tls_cert_file"],
+            ),
+            ("  tls_key_file: [a]", &["extra_config.tls_key_file", "[a]"]),
+        ];
+        for (extra, want) in cases {
+            let e = tls(extra).unwrap_err().to_string();
+            for w in *want {
+                assert!(e.contains(w), "{extra}: {e} lacks {w}");
+            }
+        }
+        // Client certificates without TLS are a mistake, not silently ignored.
+        let e = yaml(&SECTION8_STANDALONE.replace(
+            "use_tls: false",
+            "use_tls: false\n  tls_cert_file: /c.pem\n  tls_key_file: /c.key",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TLS is off") && e.contains("/c.pem"), "{e}");
+        let e = yaml(&SECTION8_STANDALONE.replace(
+            "use_tls: false",
+            "use_tls: false\n  tls_insecure_skip_verify: true",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TLS is off"), "{e}");
     }
 
     #[test]

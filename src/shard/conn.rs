@@ -11,6 +11,10 @@
 //! a [`RecvBuf`] ([`Rx::lend`]) and gives it back with the completion ([`Rx::restore`]).
 //! So nothing the connection does meanwhile (failing, resetting its reader, being
 //! dropped) can free memory the kernel may still write.
+//!
+//! With TLS ([`super::tls`]) the same segments and receive buffer carry ciphertext:
+//! [`Conn::seal`] turns queued plaintext into records before a send, [`Conn::open`]
+//! decrypts what a receive brought, and the reply reader reads the decrypted bytes.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,6 +23,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::tls::{Opened, TlsLayer};
 use crate::cmem::Mem;
 use crate::resp::{ArrayReader, ReplyReader};
 
@@ -31,6 +36,8 @@ pub(crate) const RBUF_SIZE: usize = 2 * RECV_CHUNK;
 /// Payloads this small are copied into the frame's header block instead of being sent
 /// from their own buffer.
 const COPY_MAX: usize = 512;
+/// Most plaintext bytes encrypted in one step (TLS).
+const SEAL_STEP: usize = 64 * 1024;
 /// Most iovecs passed to one send.
 pub(crate) const MAX_IOV: usize = 1024;
 
@@ -156,8 +163,10 @@ pub(crate) struct Conn {
     out: VecDeque<Bytes>,
     out_off: usize,
     out_bytes: usize,
-    /// Bytes handed to the kernel over the connection's life.
+    /// Plaintext bytes known to have reached the kernel over the connection's life.
     written: u64,
+    /// Plaintext bytes taken out of `out` (by the kernel, or by TLS to encrypt).
+    taken: u64,
     /// Headers of the frame being built, split off into `out` as segments.
     hdr: BytesMut,
     pub rx: Rx,
@@ -168,6 +177,8 @@ pub(crate) struct Conn {
     /// Why a closed connection failed, kept while a reply's units wait for the kernel
     /// to return their destination (see `Shard::fail_conn`).
     pub failure: Option<crate::error::Error>,
+    /// The TLS session, on a `rediss://` connection.
+    pub tls: Option<Box<TlsLayer>>,
 }
 
 impl Conn {
@@ -183,13 +194,26 @@ impl Conn {
             out_off: 0,
             out_bytes: 0,
             written: 0,
+            taken: 0,
             hdr: BytesMut::with_capacity(16 * 1024),
             rx: Rx::new(fixed),
             pending: VecDeque::new(),
             inflight: 0,
             express: false,
             failure: None,
+            tls: None,
         }
+    }
+
+    /// Puts the connection's bytes through `tls` from now on (before anything is sent).
+    pub fn use_tls(&mut self, tls: TlsLayer) {
+        self.rx.ciphertext = true;
+        self.tls = Some(Box::new(tls));
+    }
+
+    /// `true` while a TLS handshake is still under way.
+    pub fn tls_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.handshaking())
     }
 
     // ----- building frames -----
@@ -231,15 +255,20 @@ impl Conn {
         self.cut_hdr();
     }
 
-    /// Unsent bytes.
+    /// Unsent bytes: with TLS, the records waiting plus the plaintext that can be
+    /// encrypted now (none before the handshake ends).
     pub fn out_len(&self) -> usize {
-        self.out_bytes
+        match &self.tls {
+            None => self.out_bytes,
+            Some(t) if t.handshaking() => t.out_len(),
+            Some(t) => t.out_len() + self.out_bytes,
+        }
     }
 
     /// The output-stream position after everything queued so far (the frame being
     /// built included): a command's [`Pending::end`].
     pub fn queued_end(&self) -> u64 {
-        self.written + (self.out_bytes + self.hdr.len()) as u64
+        self.taken + (self.out_bytes + self.hdr.len()) as u64
     }
 
     /// Bytes the kernel has taken so far. A command whose `end` is beyond this was not
@@ -250,16 +279,78 @@ impl Conn {
 
     // ----- sending -----
 
+    /// What goes to the socket: the plaintext segments, or the TLS records.
+    fn wire(&self) -> (&VecDeque<Bytes>, usize) {
+        match &self.tls {
+            Some(t) => t.segments(),
+            None => (&self.out, self.out_off),
+        }
+    }
+
+    /// Bytes a send may take now ([`Conn::seal`] first on a TLS connection).
+    pub fn sendable(&self) -> usize {
+        match &self.tls {
+            Some(t) => t.out_len(),
+            None => self.out_bytes,
+        }
+    }
+
+    /// TLS: encrypts queued plaintext (once the handshake is done, up to a bound of
+    /// records waiting) into records ready to send. No-op on a plain connection.
+    pub fn seal(&mut self) -> io::Result<()> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        while tls.has_room() && !self.out.is_empty() {
+            // Many small segments (headers, small values) go in as one write, so they
+            // share records; at most one bound's worth, since rustls copies it whole.
+            let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(16);
+            let mut len = 0;
+            for (i, seg) in self.out.iter().enumerate() {
+                let s: &[u8] = if i == 0 { &seg[self.out_off..] } else { seg };
+                let s = &s[..s.len().min(SEAL_STEP - len)];
+                len += s.len();
+                slices.push(io::IoSlice::new(s));
+                if len == SEAL_STEP || slices.len() == 64 {
+                    break;
+                }
+            }
+            let n = tls.encrypt(&slices)?;
+            drop(slices);
+            self.taken += n as u64;
+            Self::advance(&mut self.out, &mut self.out_off, &mut self.out_bytes, n);
+            let before = tls.out_len();
+            tls.collect().map_err(io::Error::other)?;
+            if n == 0 && tls.out_len() == before {
+                break;
+            }
+        }
+        tls.collect().map_err(io::Error::other)
+    }
+
+    /// TLS: feeds the ciphertext a receive brought to the session; the plaintext goes
+    /// to the reply reader's input (or straight into a large value's destination).
+    /// `None` on a plain connection.
+    pub fn open(&mut self) -> Option<Result<Opened, rustls::Error>> {
+        let tls = self.tls.as_mut()?;
+        let (reader, cipher) = self.rx.reader_and_unread();
+        let n = cipher.len();
+        let r = tls.open(cipher, reader, DIRECT_MIN);
+        self.rx.consume(n);
+        Some(r)
+    }
+
     /// Clones (reference counts, no copy) of up to `MAX_IOV` unsent segments into
     /// `segs`, the first one cut at the part already written: what a send may hold
     /// while the kernel reads it.
     pub fn lend_segments(&self, segs: &mut Vec<Bytes>) {
-        for (i, seg) in self.out.iter().enumerate() {
+        let (out, off) = self.wire();
+        for (i, seg) in out.iter().enumerate() {
             if segs.len() == MAX_IOV {
                 break;
             }
             let s = if i == 0 {
-                seg.slice(self.out_off.min(seg.len())..)
+                seg.slice(off.min(seg.len())..)
             } else {
                 seg.clone()
             };
@@ -271,11 +362,12 @@ impl Conn {
 
     /// The unsent segments as slices, for a vectored write.
     pub fn send_slices<'a>(&'a self, out: &mut Vec<std::io::IoSlice<'a>>) {
-        for (i, seg) in self.out.iter().enumerate() {
+        let (segs, off) = self.wire();
+        for (i, seg) in segs.iter().enumerate() {
             if out.len() == MAX_IOV {
                 break;
             }
-            let s: &[u8] = if i == 0 { &seg[self.out_off..] } else { seg };
+            let s: &[u8] = if i == 0 { &seg[off..] } else { seg };
             if !s.is_empty() {
                 out.push(std::io::IoSlice::new(s));
             }
@@ -283,44 +375,75 @@ impl Conn {
     }
 
     /// `n` bytes were written.
-    pub fn on_sent(&mut self, mut n: usize) {
+    pub fn on_sent(&mut self, n: usize) {
+        if let Some(tls) = self.tls.as_mut() {
+            self.written = tls.on_sent(n);
+            return;
+        }
         self.written += n as u64;
-        self.out_bytes = self.out_bytes.saturating_sub(n);
+        self.taken += n as u64;
+        Self::advance(&mut self.out, &mut self.out_off, &mut self.out_bytes, n);
+    }
+
+    /// Drops `n` bytes from the front of a segment queue.
+    fn advance(
+        out: &mut VecDeque<Bytes>,
+        out_off: &mut usize,
+        out_bytes: &mut usize,
+        mut n: usize,
+    ) {
+        *out_bytes = out_bytes.saturating_sub(n);
         while n > 0 {
-            let Some(front) = self.out.front() else { break };
-            let left = front.len() - self.out_off;
+            let Some(front) = out.front() else { break };
+            let left = front.len() - *out_off;
             if n >= left {
                 n -= left;
-                self.out.pop_front();
-                self.out_off = 0;
+                out.pop_front();
+                *out_off = 0;
             } else {
-                self.out_off += n;
+                *out_off += n;
                 n = 0;
             }
         }
-        while self.out.front().is_some_and(|f| f.len() == self.out_off) {
-            self.out.pop_front();
-            self.out_off = 0;
+        while out.front().is_some_and(|f| f.len() == *out_off) {
+            out.pop_front();
+            *out_off = 0;
         }
     }
 
     // ----- receiving (delegated to `rx`, a separate field so the stream can be
     // borrowed beside it) -----
 
+    /// Received bytes not yet read (decrypted ones on a TLS connection).
     pub fn unread(&self) -> &[u8] {
-        self.rx.unread()
+        match &self.tls {
+            Some(t) => t.unread(),
+            None => self.rx.unread(),
+        }
     }
 
+    /// Marks `n` bytes of [`Conn::unread`] as read.
     pub fn consume(&mut self, n: usize) {
-        self.rx.consume(n)
+        match &mut self.tls {
+            Some(t) => t.consume(n),
+            None => self.rx.consume(n),
+        }
     }
 
+    /// The reply reader and [`Conn::unread`] together.
     pub fn reader_and_unread(&mut self) -> (&mut ArrayReader, &[u8]) {
-        self.rx.reader_and_unread()
+        match &self.tls {
+            Some(t) => (&mut self.rx.reader, t.unread()),
+            None => self.rx.reader_and_unread(),
+        }
     }
 
+    /// Shrinks the buffers back after a large control-plane reply.
     pub fn trim(&mut self) {
         self.rx.trim();
+        if let Some(t) = self.tls.as_mut() {
+            t.trim();
+        }
     }
 }
 
@@ -354,6 +477,8 @@ pub(crate) struct Rx {
     /// reply's next element is a large value of known length, so the receive stops at
     /// the end of its header and the value itself lands straight in its destination.
     pub cap: Option<usize>,
+    /// TLS: the receive buffer takes ciphertext, never capped, never bypassed.
+    pub ciphertext: bool,
 }
 
 impl Rx {
@@ -371,6 +496,7 @@ impl Rx {
             reader: ArrayReader::new(),
             replies: ReplyReader::new(),
             cap: None,
+            ciphertext: false,
         }
     }
 
@@ -382,7 +508,10 @@ impl Rx {
             self.rend = 0;
             // A large value is received straight into its destination to its end,
             // also when the part still missing has become small.
-            if self.reader.payload_len() >= DIRECT_MIN && self.reader.payload_remaining() > 0 {
+            if !self.ciphertext
+                && self.reader.payload_len() >= DIRECT_MIN
+                && self.reader.payload_remaining() > 0
+            {
                 if let Some(w) = self.reader.direct_window() {
                     return (w, true);
                 }
@@ -409,7 +538,7 @@ impl Rx {
                 }
             }
         }
-        let end = match self.cap {
+        let end = match self.cap.filter(|_| !self.ciphertext) {
             Some(c) => (self.rend + c.max(1)).min(self.rbuf.len()),
             None => self.rbuf.len(),
         };
@@ -436,7 +565,10 @@ impl Rx {
         let room = buf.len().saturating_sub(self.rend);
         RecvBuf {
             at: self.rend,
-            len: self.cap.map_or(room, |c| c.max(1).min(room)),
+            len: self
+                .cap
+                .filter(|_| !self.ciphertext)
+                .map_or(room, |c| c.max(1).min(room)),
             buf: Mem::Own(buf),
             direct: false,
             fixed: self.fixed,

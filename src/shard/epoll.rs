@@ -100,7 +100,12 @@ impl Epoll {
 /// Returns the bytes written; `WouldBlock` ends the attempt without error.
 pub(crate) fn flush(conn: &mut Conn, calls: &SyscallCounters) -> io::Result<usize> {
     let mut total = 0;
-    while conn.out_len() > 0 {
+    loop {
+        // TLS: more plaintext becomes records as the earlier ones leave.
+        conn.seal()?;
+        if conn.sendable() == 0 {
+            break;
+        }
         // Grows to the frame's segment count (at most MAX_IOV); most frames have few.
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(64);
         conn.send_slices(&mut slices);

@@ -55,6 +55,7 @@ pub(crate) fn start(
     metrics: Arc<Metrics>,
     core: Option<usize>,
     all_lanes: Arc<[Arc<Lanes<SubmitPart>>]>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<ShardHandle> {
     let nshards = all_lanes.len();
     let lanes = all_lanes[id].clone();
@@ -85,7 +86,9 @@ pub(crate) fn start(
                 }
             };
             let _ = tx.send(Ok(backend.kind()));
-            let mut shard = Shard::new(id, cfg, router, metrics, all_lanes, s2, backend, nshards);
+            let mut shard = Shard::new(
+                id, cfg, router, metrics, all_lanes, s2, backend, nshards, tls,
+            );
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
             if run.is_err() {
                 abandon(id, &mut shard, &l2);

@@ -20,6 +20,7 @@ mod epoll;
 mod handle;
 mod part;
 mod pool;
+mod tls;
 mod uring;
 
 use std::collections::VecDeque;
@@ -126,6 +127,8 @@ struct Shard {
     last_tick: Instant,
     /// This shard's syscall counters (the backend's).
     calls: Arc<SyscallCounters>,
+    /// TLS client configuration, when the engine connects with TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Shard {
@@ -139,6 +142,7 @@ impl Shard {
         stop: Arc<AtomicBool>,
         backend: Backend,
         nshards: usize,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Shard {
         let lanes = all_lanes[id % all_lanes.len()].clone();
         // LMCache's max_connections (150 by default) sizes a pool of blocking callers;
@@ -173,6 +177,7 @@ impl Shard {
             conns_per_node,
             last_tick: Instant::now(),
             calls,
+            tls,
         }
     }
 
@@ -496,14 +501,14 @@ impl Shard {
             // connection would take the next reply's first bytes whatever their size,
             // before the cap above can keep a large value's bytes out of the receive
             // buffer. A server closing an idle connection shows at its next use.
-            let owed = !conn.pending.is_empty();
-            let r = match &mut self.backend {
+            let owed = !conn.pending.is_empty() || conn.tls_handshaking();
+            let r = conn.seal().and_then(|_| match &mut self.backend {
                 Backend::Uring(u) => {
                     u.send(cid, conn)
                         .and_then(|_| if owed { u.recv(cid, conn) } else { Ok(()) })
                 }
                 Backend::Epoll(_) => epoll::flush(conn, &self.calls).map(|_| ()),
-            };
+            });
             if let Err(e) = r {
                 let node = self.nodes[conn.node].addr.to_string();
                 self.fail_conn(cid, Error::Io { node, source: e }, true);
@@ -575,6 +580,9 @@ impl Shard {
                 if direct {
                     self.metrics.recv_direct(n);
                 }
+                if !self.tls_received(cid) {
+                    return;
+                }
                 self.process(cid);
                 if let Some(conn) = self.conns[cid].as_mut() {
                     if conn.state != ConnState::Dead {
@@ -630,6 +638,9 @@ impl Shard {
                         if direct {
                             self.metrics.recv_direct(n);
                         }
+                        if !self.tls_received(cid) {
+                            return;
+                        }
                         self.process(cid);
                         if !more && !closed {
                             break;
@@ -681,6 +692,8 @@ impl Shard {
             };
             let stalled = match c.state {
                 ConnState::Connecting => now.duration_since(c.since) > connect_timeout,
+                // TCP connect and TLS handshake together get the connect timeout.
+                _ if c.tls_handshaking() => now.duration_since(c.since) > connect_timeout,
                 ConnState::Dead => false,
                 _ => c
                     .pending
@@ -689,8 +702,13 @@ impl Shard {
             };
             if stalled {
                 let node = self.nodes[c.node].addr.to_string();
+                // A slow handshake is a timeout like a slow connect (retried), not a
+                // certificate problem; it still counts as a failed handshake.
                 let what = if c.state == ConnState::Connecting {
                     "connect"
+                } else if c.tls_handshaking() {
+                    self.metrics.tls_handshake(false);
+                    "tls handshake"
                 } else {
                     "reply"
                 };

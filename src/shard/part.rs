@@ -481,6 +481,15 @@ pub(crate) fn clone_err(e: &Error) -> Error {
         },
         Error::Closed => Error::Closed,
         Error::Busy { class } => Error::Busy { class },
+        Error::Tls {
+            node,
+            stage,
+            reason,
+        } => Error::Tls {
+            node: node.clone(),
+            stage,
+            reason: reason.clone(),
+        },
         other => Error::Cluster(other.to_string()),
     }
 }

@@ -246,6 +246,7 @@ impl Shard {
             Backend::Epoll(_) => None,
         };
         let mut conn = Conn::new(node, stream, fixed);
+        self.attach_tls(&mut conn, &addr)?;
         let readonly = self.router.is_cluster() && self.router.is_readonly(self.nodes[node].id);
         self.queue_handshake(&mut conn, readonly);
         let cid = match self.free_conns.pop() {
@@ -313,10 +314,11 @@ impl Shard {
         let Some(conn) = self.conns[cid].as_mut() else {
             return;
         };
-        conn.state = if conn
-            .pending
-            .iter()
-            .any(|p| matches!(p.kind, PendKind::Handshake { .. }))
+        conn.state = if conn.tls_handshaking()
+            || conn
+                .pending
+                .iter()
+                .any(|p| matches!(p.kind, PendKind::Handshake { .. }))
         {
             ConnState::Handshaking
         } else {

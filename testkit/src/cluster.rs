@@ -73,6 +73,10 @@ impl LocalCluster {
             } else {
                 opts.port + i as u16
             };
+            // A fixed TLS port is the first of a block, like the ports.
+            if let Some(t) = o.tls.as_mut().filter(|t| t.port != 0) {
+                t.port += i as u16;
+            }
             cluster.nodes.push(RedisProcess::start(dir, &o)?);
         }
         let pw = cluster.opts.password.clone();
@@ -252,6 +256,23 @@ impl LocalCluster {
             addrs = self.running().map(|(_, n)| n.addr()).collect();
         }
         format!("redis://{}", addrs.join(","))
+    }
+
+    /// `rediss://h:p,...` of the current masters' TLS ports, for nodes started with
+    /// `ServerOptions::tls`; `None` otherwise.
+    pub fn tls_seed_url(&self) -> Option<String> {
+        let mut nodes: Vec<&RedisProcess> = self.masters();
+        if nodes.is_empty() {
+            nodes = self.running().map(|(_, n)| n).collect();
+        }
+        let addrs: Option<Vec<String>> = nodes
+            .iter()
+            .map(|n| {
+                n.tls_url()
+                    .map(|u| u.trim_start_matches("rediss://").to_string())
+            })
+            .collect();
+        Some(format!("rediss://{}", addrs?.join(",")))
     }
 
     fn role(&self, idx: usize) -> Option<String> {
@@ -464,7 +485,8 @@ impl LocalCluster {
         let mut src_conn = Client::open(&src.addr(), pw)?;
         let mut dst_conn = Client::open(&dst.addr(), pw)?;
         let dst_host = connect_host(&dst.options().bind);
-        let dst_port = dst.port().to_string();
+        // With tls-cluster the source migrates over TLS, to the TLS port.
+        let dst_port = dst.tls_port().unwrap_or_else(|| dst.port()).to_string();
         let stuck = |slot: u16| {
             format!(
                 "slot {slot} may be left IMPORTING/MIGRATING: repair it with \

@@ -22,6 +22,7 @@ pub mod ports;
 pub mod process;
 mod redact;
 pub mod state;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -31,7 +32,10 @@ pub use error::{Error, Result};
 pub use nodes::{parse_cluster_nodes, ClusterNode};
 pub use ports::{free_cluster_port, free_port, free_port_block, port_is_free, redis_server_binary};
 pub use process::{RedisProcess, ServerOptions};
-pub use state::{default_state_dir, down, status, up, ServerKind, ServerRecord, ServerSet};
+pub use state::{
+    default_state_dir, down, status, up, up_with, ServerKind, ServerRecord, ServerSet,
+};
+pub use tls::{ServerCertValidity, TlsCerts, TlsServer};
 
 /// How long a freshly spawned server may take to answer PING.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

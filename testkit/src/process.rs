@@ -13,6 +13,7 @@ use crate::client::{Client, OwnedFrame};
 use crate::os::{log_since, log_tail, process_alive, read_pidfile, remove_if_exists, send_signal};
 use crate::ports::{free_cluster_port, free_port, redis_server_binary};
 use crate::redact::redact_args;
+use crate::tls::TlsServer;
 use crate::{local_err, BUS_PORT_OFFSET, MAX_CLUSTER_PORT, POLL, START_TIMEOUT, STOP_GRACE};
 
 /// How to start one `redis-server`. `Debug` masks the passwords.
@@ -41,6 +42,8 @@ pub struct ServerOptions {
     /// `--daemonize yes`: the server outlives this process (the CLI). Otherwise it runs
     /// as a child process (tests).
     pub daemonize: bool,
+    /// Also serve TLS (`--tls-port` and the certificate files).
+    pub tls: Option<TlsServer>,
 }
 
 impl Default for ServerOptions {
@@ -56,6 +59,7 @@ impl Default for ServerOptions {
             maxmemory: None,
             extra_args: Vec::new(),
             daemonize: false,
+            tls: None,
         }
     }
 }
@@ -224,6 +228,18 @@ impl RedisProcess {
                 "allkeys-lru".into(),
             ]);
         }
+        // The TLS port is chosen once and kept across restarts (it is in `opts`).
+        let tls = match &opts.tls {
+            Some(t) if t.port == 0 => Some(TlsServer {
+                port: free_port().map_err(|e| fail(e.to_string()))?,
+                ..t.clone()
+            }),
+            other => other.clone(),
+        };
+        if let Some(t) = &tls {
+            let bus = opts.cluster.then(|| port + BUS_PORT_OFFSET);
+            args.extend(t.args(bus));
+        }
         args.extend(opts.extra_args.iter().cloned());
 
         // Errors printed before logging is set up (bad arguments) go to stderr; sending it
@@ -300,6 +316,7 @@ impl RedisProcess {
             dir: node_dir,
             opts: ServerOptions {
                 port,
+                tls,
                 ..opts.clone()
             },
             binary: binary.to_path_buf(),
@@ -332,6 +349,17 @@ impl RedisProcess {
     /// TCP port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TLS port, when the server serves TLS.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.opts.tls.as_ref().map(|t| t.port)
+    }
+
+    /// `rediss://HOST:TLS_PORT`, when the server serves TLS.
+    pub fn tls_url(&self) -> Option<String> {
+        let port = self.tls_port()?;
+        Some(format!("rediss://{}", connect_addr(&self.opts.bind, port)))
     }
 
     /// Process id of the server (of the daemon, when daemonized).

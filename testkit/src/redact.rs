@@ -46,6 +46,7 @@ impl fmt::Debug for ServerOptions {
             .field("maxmemory", &self.maxmemory)
             .field("extra_args", &redact_args(&self.extra_args))
             .field("daemonize", &self.daemonize)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -12,6 +12,7 @@ use crate::client::{command, OwnedFrame};
 use crate::cluster::LocalCluster;
 use crate::os::{is_our_server, process_alive, send_signal};
 use crate::process::{RedisProcess, ServerOptions};
+use crate::tls::{TlsCerts, TlsServer};
 use crate::{local_err, STOP_GRACE};
 
 // ---------------------------------------------------------------------------------------
@@ -160,6 +161,19 @@ pub fn default_state_dir() -> PathBuf {
 /// (default 7000). Fails if servers recorded there still run or a port is taken. Returns
 /// lines describing what runs.
 pub fn up(state_dir: &Path, cluster: bool, base_port: Option<u16>) -> Result<Vec<String>> {
+    up_with(state_dir, cluster, base_port, false)
+}
+
+/// [`up`], with `tls`: every server also serves TLS, on its port plus 1 (standalone) or
+/// plus 100 (cluster nodes, whose bus and replication use TLS too), with certificates
+/// from `<state_dir>/tls/` (made there if missing, see [`TlsCerts::generate`]). The
+/// lines name the `rediss://` URL and the CA file clients must trust.
+pub fn up_with(
+    state_dir: &Path,
+    cluster: bool,
+    base_port: Option<u16>,
+    tls: bool,
+) -> Result<Vec<String>> {
     if let Some(set) = ServerSet::load(state_dir)? {
         let alive: Vec<String> = set
             .servers
@@ -191,9 +205,32 @@ pub fn up(state_dir: &Path, cluster: bool, base_port: Option<u16>) -> Result<Vec
             "base port 0 is not a port: pass a real port or none for the default",
         ));
     }
+    let certs = if tls {
+        let dir = state_dir.join("tls");
+        let found = TlsCerts::in_dir(&dir);
+        Some(
+            if found.ca.exists() && found.server_cert.exists() && found.server_key.exists() {
+                found
+            } else {
+                TlsCerts::generate(&dir)?
+            },
+        )
+    } else {
+        None
+    };
+    let tls_offset = if cluster { 100 } else { 1 };
     let opts = ServerOptions {
         port: base,
         daemonize: true,
+        tls: match &certs {
+            Some(c) => Some(TlsServer {
+                port: base.checked_add(tls_offset).ok_or_else(|| {
+                    local_err(format!("base port {base} leaves no room for the TLS ports"))
+                })?,
+                ..TlsServer::new(c.clone())
+            }),
+            None => None,
+        },
         ..ServerOptions::default()
     };
     let mut lines = Vec::new();
@@ -223,6 +260,10 @@ pub fn up(state_dir: &Path, cluster: bool, base_port: Option<u16>) -> Result<Vec
             ));
         }
         lines.push(format!("cluster URL: {}", c.seed_url()));
+        if let (Some(url), Some(certs)) = (c.tls_seed_url(), &certs) {
+            lines.push(format!("cluster TLS URL: {url}"));
+            lines.push(format!("TLS CA file: {}", certs.ca.display()));
+        }
         c.detach();
     } else {
         let mut p = RedisProcess::start(&state_dir, &opts)?;
@@ -241,6 +282,10 @@ pub fn up(state_dir: &Path, cluster: bool, base_port: Option<u16>) -> Result<Vec
             p.pid(),
             p.dir().display()
         ));
+        if let (Some(url), Some(certs)) = (p.tls_url(), &certs) {
+            lines.push(format!("TLS URL: {url}"));
+            lines.push(format!("TLS CA file: {}", certs.ca.display()));
+        }
         p.detach();
     }
     lines.push(format!(

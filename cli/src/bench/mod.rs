@@ -186,6 +186,10 @@ pub struct BenchArgs {
     /// scripts/ab_bench.py reads).
     #[arg(long, conflicts_with = "format")]
     json: bool,
+    /// Start the bench's server with TLS too and add a slotline row over TLS beside
+    /// each plain one (same workload, same server): the cost of TLS.
+    #[arg(long, conflicts_with = "url")]
+    tls: bool,
     /// Output: table, json (one object per line) or csv.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -279,6 +283,17 @@ pub fn server_version(url: &str, mode: Mode) -> String {
             .unwrap_or_else(|| "unknown server".into()),
         Err(_) => "unknown server".into(),
     }
+}
+
+/// `cfg` pointed at the TLS side of the bench's own server.
+fn tls_config(cfg: &Config, url: &str, ca: &Path) -> Result<Config, BenchError> {
+    let t = Config::from_url(url).map_err(|e| BenchError::usage(e.to_string()))?;
+    Ok(Config {
+        seeds: t.seeds,
+        tls: true,
+        tls_ca_file: Some(ca.to_path_buf()),
+        ..cfg.clone()
+    })
 }
 
 /// What one size of an invocation runs.
@@ -409,7 +424,7 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
                     "local"
                 }
             );
-            let s = OwnedServer::start(mode)?;
+            let s = OwnedServer::start(mode, a.tls)?;
             eprintln!(
                 "  {} (pids {:?}, dir {})",
                 s.url(),
@@ -465,9 +480,20 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
                 for &(b, optional) in backends {
                     let mut cfg = base.clone();
                     cfg.io_backend = b;
+                    let tls_cfg = owned
+                        .as_ref()
+                        .and_then(|s| s.tls())
+                        .map(|(u, ca)| tls_config(&cfg, u, ca))
+                        .transpose()?;
                     peers.push(Box::new(
                         SlotlinePeer::new(cfg, a.get_into, optional).count_commands_at(&url, mode),
                     ));
+                    if let Some(t) = tls_cfg {
+                        peers.push(Box::new(
+                            SlotlinePeer::new(t, a.get_into, optional)
+                                .count_commands_at(&url, mode),
+                        ));
+                    }
                 }
             }
         }

@@ -213,14 +213,16 @@ impl Worker for SlotlineWorker {
 
 impl Peer for SlotlinePeer {
     fn name(&self) -> String {
+        let tls = if self.cfg.tls { "+tls" } else { "" };
         match self.actual {
-            Some(b) => format!("slotline[{b}]"),
-            None => format!("slotline[{}]", self.cfg.io_backend),
+            Some(b) => format!("slotline[{b}{tls}]"),
+            None => format!("slotline[{}{tls}]", self.cfg.io_backend),
         }
     }
 
     fn tag(&self) -> String {
-        format!("slotline-{}", self.cfg.io_backend)
+        let tls = if self.cfg.tls { "-tls" } else { "" };
+        format!("slotline-{}{tls}", self.cfg.io_backend)
     }
 
     fn open(&mut self, n: usize, wl: &Workload<'_>) -> Result<Vec<Box<dyn Worker>>, String> {

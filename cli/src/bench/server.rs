@@ -9,32 +9,45 @@ pub struct OwnedServer {
     cluster: Option<LocalCluster>,
     dir: PathBuf,
     url: String,
+    /// With TLS: the `rediss://` URL and the CA file to trust.
+    tls: Option<(String, PathBuf)>,
 }
 
 impl OwnedServer {
-    /// Starts one server, or 3 masters + 3 replicas in cluster mode, on free ports.
-    pub fn start(mode: Mode) -> Result<OwnedServer, BenchError> {
+    /// Starts one server, or 3 masters + 3 replicas in cluster mode, on free ports;
+    /// with `tls` they serve TLS too (certificates made in the temporary directory).
+    pub fn start(mode: Mode, tls: bool) -> Result<OwnedServer, BenchError> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let dir =
             std::env::temp_dir().join(format!("slotline-bench-{}-{nanos:x}", std::process::id()));
-        let opts = ServerOptions::default();
+        let mut opts = ServerOptions::default();
+        let certs = if tls {
+            let c = slotline_testkit::TlsCerts::generate(&dir.join("tls"))?;
+            opts.tls = Some(slotline_testkit::TlsServer::new(c.clone()));
+            Some(c)
+        } else {
+            None
+        };
         let mut s = OwnedServer {
             proc: None,
             cluster: None,
             dir: dir.clone(),
             url: String::new(),
+            tls: None,
         };
         match mode {
             Mode::Standalone => {
                 let p = RedisProcess::start(&dir, &opts)?;
                 s.url = p.url();
+                s.tls = p.tls_url().zip(certs.map(|c| c.ca));
                 s.proc = Some(p);
             }
             Mode::Cluster => {
                 let c = LocalCluster::start(&dir, 3, 1, &opts)?;
                 s.url = c.seed_url();
+                s.tls = c.tls_seed_url().zip(certs.map(|c| c.ca));
                 s.cluster = Some(c);
             }
         }
@@ -44,6 +57,11 @@ impl OwnedServer {
     /// Where clients connect.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The `rediss://` URL and CA file, when started with TLS.
+    pub fn tls(&self) -> Option<&(String, PathBuf)> {
+        self.tls.as_ref()
     }
 
     /// Process ids of the servers.
