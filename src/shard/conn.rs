@@ -438,6 +438,15 @@ impl Conn {
         }
     }
 
+    /// The reader of non-MGET replies and [`Conn::unread`] together (decrypted bytes
+    /// on a TLS connection).
+    pub fn replies_and_unread(&mut self) -> (&mut ReplyReader, &[u8]) {
+        match &self.tls {
+            Some(t) => (&mut self.rx.replies, t.unread()),
+            None => self.rx.replies_and_unread(),
+        }
+    }
+
     /// Shrinks the buffers back after a large control-plane reply.
     pub fn trim(&mut self) {
         self.rx.trim();

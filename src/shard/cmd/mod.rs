@@ -239,7 +239,7 @@ impl Shard {
                     let Some(conn) = self.conns[cid].as_mut() else {
                         return;
                     };
-                    let (replies, data) = conn.rx.replies_and_unread();
+                    let (replies, data) = conn.replies_and_unread();
                     let (v, used) = match replies.feed(data, lim) {
                         Err(e) => {
                             conn.pending.push_front(p);
