@@ -60,6 +60,8 @@ struct Inner {
     janitor: Mutex<Option<std::sync::mpsc::Sender<StaleJob>>>,
     /// Metadata phases of two-phase puts, submitted off the shard threads.
     meta_phase: std::sync::mpsc::Sender<twophase::MetaPhase>,
+    /// Registered regions (see [`crate::region`]).
+    regions: Arc<crate::region::Regions>,
 }
 
 /// The engine: shards, their connections, and the API LMCache's connector calls.
@@ -192,6 +194,8 @@ impl Engine {
                 source: e,
             })?
             .into();
+        let regions = Arc::new(crate::region::Regions::default());
+        regions.set_bells(all_lanes.clone());
         let mut shards = Vec::with_capacity(cores.len());
         for (i, core) in cores.iter().enumerate() {
             shards.push(shard::start(
@@ -201,6 +205,7 @@ impl Engine {
                 metrics.clone(),
                 *core,
                 all_lanes.clone(),
+                regions.clone(),
             )?);
         }
         let backend = shards[0].backend;
@@ -225,6 +230,7 @@ impl Engine {
             me: me.clone(),
             janitor: Mutex::new(Some(janitor_tx)),
             meta_phase: meta_tx,
+            regions,
         });
         let weak = Arc::downgrade(&inner);
         if let Err(e) = std::thread::Builder::new()
@@ -286,7 +292,15 @@ impl Engine {
             backend: self.inner.backend,
             shards: self.inner.shards.len(),
             cores: self.inner.cores.clone(),
-            metrics: self.inner.metrics.snapshot(),
+            metrics: {
+                use std::sync::atomic::Ordering::Relaxed;
+                let r = &self.inner.regions;
+                let mut m = self.inner.metrics.snapshot();
+                m.regions = r.handles.load(Relaxed);
+                m.regions_registered = r.registered.load(Relaxed);
+                m.region_fallbacks = r.fallbacks.load(Relaxed);
+                m
+            },
         }
     }
 

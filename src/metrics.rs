@@ -73,6 +73,8 @@ pub(crate) struct Metrics {
     recv_staged_bytes: AtomicU64,
     sent_by_reference_bytes: AtomicU64,
     sent_copied_bytes: AtomicU64,
+    sent_fixed_bytes: AtomicU64,
+    recv_fixed_bytes: AtomicU64,
     /// Every shard's and every lane's syscall counters, summed by `snapshot`.
     syscall_sources: Mutex<Vec<std::sync::Arc<SyscallCounters>>>,
 }
@@ -112,6 +114,8 @@ impl Metrics {
             recv_staged_bytes: AtomicU64::new(0),
             sent_by_reference_bytes: AtomicU64::new(0),
             sent_copied_bytes: AtomicU64::new(0),
+            sent_fixed_bytes: AtomicU64::new(0),
+            recv_fixed_bytes: AtomicU64::new(0),
             syscall_sources: Mutex::new(Vec::new()),
         }
     }
@@ -169,6 +173,16 @@ impl Metrics {
         self.sent_by_reference_bytes
             .fetch_add(by_reference as u64, Relaxed);
         self.sent_copied_bytes.fetch_add(copied as u64, Relaxed);
+    }
+
+    /// Payload bytes sent from a registered region's fixed buffer (io_uring).
+    pub fn sent_fixed(&self, bytes: usize) {
+        self.sent_fixed_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Value bytes received into a registered region's fixed buffer (io_uring).
+    pub fn recv_fixed(&self, bytes: usize) {
+        self.recv_fixed_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
     /// A payload destination came back from a receive the kernel completed after its
@@ -254,6 +268,11 @@ impl Metrics {
             sent_by_reference_bytes: self.sent_by_reference_bytes.load(Relaxed),
             sent_copied_bytes: self.sent_copied_bytes.load(Relaxed),
             syscalls,
+            sent_fixed_bytes: self.sent_fixed_bytes.load(Relaxed),
+            recv_fixed_bytes: self.recv_fixed_bytes.load(Relaxed),
+            regions: 0,
+            regions_registered: 0,
+            region_fallbacks: 0,
         }
     }
 }
@@ -317,6 +336,19 @@ pub struct MetricsSnapshot {
     /// Syscalls the engine made on its hot path (shard event loops, socket I/O,
     /// doorbells), by kind; connection setup is not counted.
     pub syscalls: SyscallStats,
+    /// Of `sent_by_reference_bytes`, those sent from a registered region's fixed
+    /// buffer (io_uring WRITE_FIXED or SEND_ZC; see `Engine::register_region`).
+    pub sent_fixed_bytes: u64,
+    /// Of `recv_direct_bytes`, those received through a registered region's fixed
+    /// buffer (io_uring READ_FIXED).
+    pub recv_fixed_bytes: u64,
+    /// Registered regions alive (handles; on epoll they are markers only).
+    pub regions: u64,
+    /// Region registrations active on shard rings (one per region and io_uring shard).
+    pub regions_registered: u64,
+    /// Region registrations a ring refused (locked-memory limit, full table, old
+    /// kernel); those regions' payloads take the unregistered path on that shard.
+    pub region_fallbacks: u64,
 }
 
 impl MetricsSnapshot {

@@ -17,6 +17,7 @@
 mod cmd;
 pub(crate) mod conn;
 mod epoll;
+mod fixed;
 mod handle;
 mod part;
 mod pool;
@@ -533,12 +534,15 @@ impl Shard {
                     Err(e) => self.io_failed(cid, e),
                 }
             }
-            uring::Cqe::Sent { cid, res } => {
+            uring::Cqe::Sent { cid, res, fixed } => {
                 if !self.live_or_reap(cid) {
                     return;
                 }
                 if res < 0 {
                     return self.io_failed(cid, io::Error::from_raw_os_error(-res));
+                }
+                if fixed {
+                    self.metrics.sent_fixed(res as usize);
                 }
                 if let Some(conn) = self.conns[cid].as_mut() {
                     conn.on_sent(res as usize);
@@ -551,7 +555,7 @@ impl Shard {
                 let Some(conn) = self.conns[cid].as_mut() else {
                     return;
                 };
-                let direct = buf.direct;
+                let (direct, region) = (buf.direct, buf.region);
                 let n = usize::try_from(res).unwrap_or(0);
                 let _orphan = conn.rx.restore(buf, n);
                 if conn.state == ConnState::Dead {
@@ -568,6 +572,9 @@ impl Shard {
                 self.metrics.received(n);
                 if direct {
                     self.metrics.recv_direct(n);
+                }
+                if region {
+                    self.metrics.recv_fixed(n);
                 }
                 self.process(cid);
                 if let Some(conn) = self.conns[cid].as_mut() {
