@@ -139,6 +139,10 @@ pub struct BenchArgs {
     /// instead of get. The parallel peer always reads into preallocated buffers.
     #[arg(long)]
     get_into: bool,
+    /// slotline puts from and (with --get-into) reads into registered regions
+    /// (`Engine::register_region`): io_uring's fixed buffers.
+    #[arg(long)]
+    region: bool,
     /// With --url: FLUSHALL between clients instead of deleting the bench's own keys.
     #[arg(long)]
     flush: bool,
@@ -425,7 +429,9 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
                     let mut cfg = base.clone();
                     cfg.io_backend = b;
                     peers.push(Box::new(
-                        SlotlinePeer::new(cfg, a.get_into, optional).count_commands_at(&url, mode),
+                        SlotlinePeer::new(cfg, a.get_into, optional)
+                            .with_regions(a.region)
+                            .count_commands_at(&url, mode),
                     ));
                 }
             }
