@@ -34,6 +34,8 @@ pub(super) struct Settings {
     pub(super) read_from_replicas: Option<bool>,
     pub(super) client_name: Option<String>,
     pub(super) priority_weights: Option<PriorityWeights>,
+    pub(super) max_node_inflight_bytes: Option<usize>,
+    pub(super) large_value_connections: Option<usize>,
 }
 
 /// Merges a parsed URL with explicit settings and validates the result.
@@ -126,6 +128,10 @@ pub(super) fn build(url: ParsedUrl, s: Settings) -> Result<Config> {
         read_from_replicas: s.read_from_replicas.unwrap_or(d.read_from_replicas),
         client_name: s.client_name.unwrap_or(d.client_name),
         priority_weights: s.priority_weights.unwrap_or(d.priority_weights),
+        max_node_inflight_bytes: s
+            .max_node_inflight_bytes
+            .unwrap_or(d.max_node_inflight_bytes),
+        large_value_connections: s.large_value_connections,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -130,6 +130,8 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
             .get("priority_weights")
             .map(parse_priority_weights)
             .transpose()?,
+        max_node_inflight_bytes: extra.int("max_node_inflight_bytes")?,
+        large_value_connections: extra.int("large_value_connections")?,
     };
     build(parsed, settings)
 }

@@ -49,6 +49,9 @@ use pool::Node;
 
 /// Most connections one shard opens to one server.
 const MAX_CONNS_PER_NODE: usize = 4;
+/// Running average value size from which values count as large (connection fan-out
+/// `large_value_connections`, GETs under the per-server byte budget).
+const LARGE_VALUE: f64 = (1 << 20) as f64;
 /// Most frames queued on one connection before another connection is used.
 const MAX_FRAMES_PER_CONN: usize = 16;
 /// Most parts a shard works on at once; beyond that, parts wait in the lanes.
@@ -124,6 +127,12 @@ struct Shard {
     delayed: Vec<(Instant, PartRef, u32)>,
     avg_value: f64,
     conns_per_node: usize,
+    /// Connections per server and shard once values are large.
+    large_conns: usize,
+    /// An MGET reply came back (value sizes are known, or were absent).
+    probed: bool,
+    /// Bytes in flight per server from this shard (`max_node_inflight_bytes`).
+    node_limit: usize,
     last_tick: Instant,
     /// This shard's syscall counters (the backend's).
     calls: Arc<SyscallCounters>,
@@ -146,6 +155,12 @@ impl Shard {
         // here a few pipelined connections per server and shard carry everything, and
         // more connections with large replies in flight slow Redis down.
         let conns_per_node = (cfg.max_connections / nshards.max(1)).clamp(1, MAX_CONNS_PER_NODE);
+        let n = nshards.max(1);
+        let large = cfg.large_value_connections.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, |c| c.get().clamp(2, 8))
+        });
+        let large_conns = large.div_ceil(n).clamp(1, MAX_CONNS_PER_NODE);
+        let node_limit = cfg.max_node_inflight_bytes;
         let weights = cfg.priority_weights;
         let calls = backend.calls();
         Shard {
@@ -172,6 +187,9 @@ impl Shard {
             delayed: Vec::new(),
             avg_value: 0.0,
             conns_per_node,
+            large_conns,
+            probed: false,
+            node_limit,
             last_tick: Instant::now(),
             calls,
         }
@@ -430,6 +448,9 @@ impl Shard {
             return Emit::Exhausted;
         }
         let bulk = matches!(part.batch.op, Op::Put { .. });
+        // Frames of large values wait while their server has `max_node_inflight_bytes`
+        // in flight from this shard; small ones (PEEK, EXISTS) never do.
+        let heavy = bulk || (matches!(part.batch.op, Op::Get(_)) && self.avg_value >= LARGE_VALUE);
         let now = Instant::now();
         let mut any_blocked = false;
         for gi in 0..part.groups.len() {
@@ -446,6 +467,14 @@ impl Shard {
                     any_blocked = true;
                     continue;
                 }
+            }
+            // Before any value size is known one MGET (of one value) goes first.
+            let probing = matches!(part.batch.op, Op::Get(_)) && !self.probed;
+            if (heavy && self.node_inflight(node) >= self.node_limit)
+                || (probing && self.mget_outstanding(node))
+            {
+                any_blocked = true;
+                continue;
             }
             match self.pick_conn(node, bulk) {
                 Some(cid) => {

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::resp::{self, Dest};
 
 use super::conn::{Conn, ConnState, PendKind, Pending, Stream};
-use super::{clone_err, uring, Backend, Shard, MAX_FRAMES_PER_CONN};
+use super::{clone_err, uring, Backend, Shard, LARGE_VALUE, MAX_FRAMES_PER_CONN};
 
 /// A connection with at most this many bytes in flight takes a small frame at once;
 /// beyond, a small frame goes to the express connection rather than wait behind them.
@@ -58,10 +58,16 @@ impl Shard {
         }
         // An idle connection is best; otherwise grow the pool while allowed, so large
         // values spread over several sockets. The express connection does not count.
+        // Large values: fewer connections per server, measured faster on small hosts.
+        let target = if self.avg_value >= LARGE_VALUE {
+            self.large_conns
+        } else {
+            self.conns_per_node
+        };
         let pool = self.nodes[node].conns.len() - usize::from(express.is_some());
         let pick = match best {
-            Some((cid, w)) if w == 0 || pool >= self.conns_per_node => Some((cid, w)),
-            _ if pool < self.conns_per_node => match self.open_conn(node) {
+            Some((cid, w)) if w == 0 || pool >= target => Some((cid, w)),
+            _ if pool < target => match self.open_conn(node) {
                 Ok(cid) => Some((cid, 0)),
                 Err(e) => {
                     self.node_failed(node, &e);
@@ -84,6 +90,25 @@ impl Shard {
             }
         }
         pick.map(|p| p.0)
+    }
+
+    /// Bytes in flight to `node` over this shard's connections.
+    pub(super) fn node_inflight(&self, node: usize) -> usize {
+        self.nodes[node]
+            .conns
+            .iter()
+            .filter_map(|&cid| self.conns[cid].as_ref())
+            .map(|c| c.inflight)
+            .sum()
+    }
+
+    /// `true` while an MGET reply is owed by `node` on any of this shard's connections.
+    pub(super) fn mget_outstanding(&self, node: usize) -> bool {
+        self.nodes[node]
+            .conns
+            .iter()
+            .filter_map(|&cid| self.conns[cid].as_ref())
+            .any(|c| c.pending.iter().any(|p| p.kind == PendKind::Mget))
     }
 
     pub(super) fn open_conn(&mut self, node: usize) -> io::Result<usize> {
