@@ -124,6 +124,21 @@ fn payloads_in_a_region_take_the_fixed_path() {
 }
 
 #[test]
+fn regions_work_over_a_unix_socket() {
+    let srv = TestServer::start_with(slotline_testkit::ServerOptions {
+        unix_socket: Some("redis.sock".into()),
+        ..test_options()
+    });
+    let path = srv.proc.unix_socket().expect("socket path");
+    let e = engine(&format!("unix://{}", path.display()), IoBackend::IoUring, 1);
+    let (sent, recv, _) = round_trip_through_region(&e, "unix", 2, MIB);
+    if e.stats().metrics.region_fallbacks == 0 {
+        // No zero copy on a unix socket: WRITE_FIXED there.
+        assert_eq!((sent, recv), (2 * MIB as u64, 2 * MIB as u64));
+    }
+}
+
+#[test]
 fn region_gauges_follow_the_handles_and_bad_regions_are_refused() {
     let srv = TestServer::start();
     let e = engine(&srv.url(), IoBackend::IoUring, 2);

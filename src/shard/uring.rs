@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::conn::{Conn, RecvBuf, MAX_IOV, RBUF_SIZE};
+use super::conn::{Conn, RecvBuf, Stream, MAX_IOV, RBUF_SIZE};
 use super::fixed::FixedSlots;
 use crate::region::Regions;
 use crate::syscalls::{Sys, SyscallCounters};
@@ -301,9 +301,14 @@ impl Uring {
     /// Makes this ring follow the engine's region table (see `crate::region`) as
     /// shard `shard`. Without a sparse buffer table every region falls back.
     pub fn attach_regions(&mut self, table: Arc<Regions>, shard: usize) {
+        // SEND_ZC by default: measured at 4 and 32 MiB it took 15-40% less client CPU
+        // per chunk than WRITE_FIXED at the same throughput (within noise), completes
+        // once per payload (MSG_WAITALL; a socket write returns short), and carries
+        // MSG_NOSIGNAL (a write(2) to a reset socket raises SIGPIPE).
+        // `SLOTLINE_REGION_SEND=write` selects WRITE_FIXED, for comparison.
         let send = match std::env::var("SLOTLINE_REGION_SEND").as_deref() {
-            Ok("zc") => FixedSend::ZeroCopy,
-            _ => FixedSend::Write,
+            Ok("write") => FixedSend::Write,
+            _ => FixedSend::ZeroCopy,
         };
         table.attach(shard);
         self.regions = Some(RingRegions {
@@ -614,7 +619,11 @@ impl Uring {
         let Some(rr) = self.regions.as_mut() else {
             return Err(io::Error::other("no regions on this ring"));
         };
-        let send = rr.send;
+        // Zero copy is for TCP; a unix socket refuses SEND_ZC.
+        let send = match conn.stream {
+            Stream::Unix(_) => FixedSend::Write,
+            Stream::Tcp(_) => rr.send,
+        };
         rr.seq = (rr.seq + 1) & 0xff_ffff;
         let data = (rr.seq << 40) | ud(cid, OP_SEND);
         let e = match send {
