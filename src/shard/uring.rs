@@ -301,11 +301,11 @@ impl Uring {
     /// Makes this ring follow the engine's region table (see `crate::region`) as
     /// shard `shard`. Without a sparse buffer table every region falls back.
     pub fn attach_regions(&mut self, table: Arc<Regions>, shard: usize) {
-        // SEND_ZC by default: measured at 4 and 32 MiB it took 15-40% less client CPU
-        // per chunk than WRITE_FIXED at the same throughput (within noise), completes
-        // once per payload (MSG_WAITALL; a socket write returns short), and carries
-        // MSG_NOSIGNAL (a write(2) to a reset socket raises SIGPIPE).
-        // `SLOTLINE_REGION_SEND=write` selects WRITE_FIXED, for comparison.
+        // SEND_ZC by default: at 4 and 32 MiB (loopback, 2-core VM) the two measured
+        // the same throughput and CPU within run-to-run noise; SEND_ZC carries
+        // MSG_NOSIGNAL (a write to a reset socket raises SIGPIPE, fatal where the
+        // host process has not ignored it) and MSG_WAITALL (a socket write may return
+        // short). `SLOTLINE_REGION_SEND=write` selects WRITE_FIXED, for comparison.
         let send = match std::env::var("SLOTLINE_REGION_SEND").as_deref() {
             Ok("write") => FixedSend::Write,
             _ => FixedSend::ZeroCopy,
