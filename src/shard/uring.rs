@@ -30,7 +30,7 @@ use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::conn::{Conn, RecvBuf, Stream, MAX_IOV, RBUF_SIZE};
-use super::fixed::FixedSlots;
+use super::fixed::{FixedSend, FixedSlots, RingRegions};
 use crate::region::Regions;
 use crate::syscalls::{Sys, SyscallCounters};
 
@@ -99,27 +99,6 @@ impl Loans {
     fn any(&self) -> bool {
         self.send.is_some() || self.recv.is_some() || self.poll || !self.zc.is_empty()
     }
-}
-
-/// How payloads inside a registered region are sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FixedSend {
-    /// WRITE_FIXED: copied by the kernel from the fixed buffer (no page pinning).
-    Write,
-    /// SEND_ZC from the fixed buffer: no copy, a notification when the kernel is done.
-    ZeroCopy,
-}
-
-/// This ring's part in the engine's region table.
-struct RingRegions {
-    table: Arc<Regions>,
-    shard: usize,
-    slots: FixedSlots,
-    send: FixedSend,
-    /// Sequence number for zero-copy sends' user_data.
-    seq: u64,
-    /// A removed region waits for operations in flight before it is unregistered.
-    pending: bool,
 }
 
 /// What [`Uring::shutdown`] found.
@@ -301,113 +280,44 @@ impl Uring {
     /// Makes this ring follow the engine's region table (see `crate::region`) as
     /// shard `shard`. Without a sparse buffer table every region falls back.
     pub fn attach_regions(&mut self, table: Arc<Regions>, shard: usize) {
-        // SEND_ZC by default: at 4 and 32 MiB (loopback, 2-core VM) the two measured
-        // the same throughput and CPU within run-to-run noise; SEND_ZC carries
-        // MSG_NOSIGNAL (a write to a reset socket raises SIGPIPE, fatal where the
-        // host process has not ignored it) and MSG_WAITALL (a socket write may return
-        // short). `SLOTLINE_REGION_SEND=write` selects WRITE_FIXED, for comparison.
-        let send = match std::env::var("SLOTLINE_REGION_SEND").as_deref() {
-            Ok("write") => FixedSend::Write,
-            _ => FixedSend::ZeroCopy,
-        };
-        table.attach(shard);
-        self.regions = Some(RingRegions {
+        self.regions = Some(RingRegions::new(
             table,
             shard,
-            slots: FixedSlots::new(FIXED_BUFFERS as u16, REGION_SLOTS),
-            send,
-            seq: 0,
-            pending: false,
-        });
+            FixedSlots::new(FIXED_BUFFERS as u16, REGION_SLOTS),
+        ));
         self.sync_regions();
     }
 
-    /// Brings the ring's registrations in line with the region table: registers new
-    /// regions, unregisters removed ones once no operation in flight uses them, and
-    /// reports what the ring holds.
+    /// Brings the ring's registrations in line with the region table (see
+    /// [`RingRegions::sync`]); the registration calls themselves are made here.
     fn sync_regions(&mut self) {
-        let Some(rr) = self.regions.as_mut() else {
+        let Some(rr) = self.regions.as_mut().filter(|r| r.due()) else {
             return;
         };
-        if rr.table.gen() == rr.slots.seen && !rr.pending {
-            return;
+        let ring = &self.ring;
+        rr.sync(
+            self.sparse,
+            |idx, start, len| Self::register_slot(ring, idx, start, len),
+            |idx| Self::clear_slot(ring, idx),
+        );
+    }
+
+    /// Registers `len` bytes at `start` as fixed-buffer slot `idx`.
+    fn register_slot(ring: &IoUring, idx: u16, start: usize, len: usize) -> io::Result<()> {
+        let iov = [libc::iovec {
+            iov_base: start as *mut libc::c_void,
+            iov_len: len,
+        }];
+        // SAFETY: registering pins the pages of this range (or fails); the kernel
+        // accesses them only through READ_FIXED / WRITE_FIXED / SEND_ZC operations this
+        // module issues for memory that is itself held in the in-flight table (a caller
+        // buffer inside the region). The region's memory stays valid while it is in the
+        // table: `Region`'s drop waits until `sync_regions` has unregistered it here
+        // (see crate::region), which happens only once no operation uses the slot.
+        unsafe {
+            ring.submitter()
+                .register_buffers_update(idx as u32, &iov, None)
         }
-        let held = rr.slots.regions();
-        let (gen, live) = rr.table.snapshot();
-        for id in held {
-            if live.iter().any(|r| r.id == id) || rr.slots.in_use(id) {
-                continue;
-            }
-            for idx in rr.slots.remove(id) {
-                Self::clear_slot(&self.ring, idx);
-            }
-            rr.table
-                .registered
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        rr.slots
-            .failed
-            .retain(|id| live.iter().any(|r| r.id == *id));
-        for spec in &live {
-            if rr.slots.regions().contains(&spec.id) || rr.slots.failed.contains(&spec.id) {
-                continue;
-            }
-            let res = if !self.sparse {
-                Err(io::Error::other("this ring has no sparse buffer table"))
-            } else {
-                match rr.slots.plan(spec.base, spec.len) {
-                    None => Err(io::Error::other(
-                        "too many regions for the fixed-buffer table",
-                    )),
-                    Some(plan) => {
-                        let mut r = Ok(());
-                        for &(idx, start, len) in &plan {
-                            let iov = [libc::iovec {
-                                iov_base: start as *mut libc::c_void,
-                                iov_len: len,
-                            }];
-                            // SAFETY: registering pins the pages of this range (or fails);
-                            // the kernel accesses them only through READ_FIXED / WRITE_FIXED
-                            // / SEND_ZC operations this module issues for memory that is
-                            // itself held in the in-flight table (a caller buffer inside
-                            // the region). The region's memory stays valid while it is in
-                            // the table: `Region`'s drop waits until `sync_regions` has
-                            // unregistered it here (see crate::region).
-                            let one = unsafe {
-                                self.ring
-                                    .submitter()
-                                    .register_buffers_update(idx as u32, &iov, None)
-                            };
-                            if let Err(e) = one {
-                                r = Err(e);
-                                break;
-                            }
-                            rr.slots.add(spec.id, idx, start, len);
-                        }
-                        r
-                    }
-                }
-            };
-            match res {
-                Ok(()) => {
-                    rr.table
-                        .registered
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(e) => {
-                    for idx in rr.slots.remove(spec.id) {
-                        Self::clear_slot(&self.ring, idx);
-                    }
-                    rr.slots.failed.push(spec.id);
-                    rr.table.fallback(&e, spec.len);
-                }
-            }
-        }
-        rr.slots.seen = gen;
-        let held = rr.slots.regions();
-        // A removed region still in use: look again at the next turns.
-        rr.pending = held.iter().any(|id| !live.iter().any(|r| r.id == *id));
-        rr.table.report(rr.shard, gen, held);
     }
 
     /// Empties fixed-buffer slot `idx` (the kernel unpins its pages once no
@@ -428,11 +338,7 @@ impl Uring {
 
     /// The region slot holding all of `[ptr, ptr + len)`, if any.
     fn region_slot(&self, ptr: *const u8, len: usize) -> Option<u16> {
-        let rr = self.regions.as_ref()?;
-        if rr.slots.is_empty() {
-            return None;
-        }
-        rr.slots.lookup(ptr as usize, len)
+        self.regions.as_ref()?.slots.lookup(ptr as usize, len)
     }
 
     fn slot_taken(&mut self, idx: Option<u16>) {
@@ -557,16 +463,7 @@ impl Uring {
         if let Some(idx) = slot {
             return self.send_fixed(cid, conn, segs, idx);
         }
-        let mut msg = self.spare_msgs.pop().unwrap_or_else(|| {
-            Box::new(SendMsg {
-                iov: [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; MAX_IOV],
-                // SAFETY: msghdr is a plain C struct for which all-zero is valid.
-                msg: unsafe { std::mem::zeroed() },
-            })
-        });
+        let mut msg = self.spare_msg();
         for (v, s) in msg.iov.iter_mut().zip(&segs) {
             *v = libc::iovec {
                 iov_base: s.as_ptr() as *mut libc::c_void,
@@ -624,8 +521,7 @@ impl Uring {
             Stream::Unix(_) => FixedSend::Write,
             Stream::Tcp(_) => rr.send,
         };
-        rr.seq = (rr.seq + 1) & 0xff_ffff;
-        let data = (rr.seq << 40) | ud(cid, OP_SEND);
+        let data = (rr.next_seq() << 40) | ud(cid, OP_SEND);
         let e = match send {
             FixedSend::Write => opcode::WriteFixed::new(fd, ptr, len as u32, idx)
                 .build()
@@ -637,16 +533,7 @@ impl Uring {
                 .build()
                 .user_data(data),
         };
-        let msg = self.spare_msgs.pop().unwrap_or_else(|| {
-            Box::new(SendMsg {
-                iov: [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; MAX_IOV],
-                // SAFETY: msghdr is a plain C struct for which all-zero is valid.
-                msg: unsafe { std::mem::zeroed() },
-            })
-        });
+        let msg = self.spare_msg();
         self.loans(cid).send = Some(SendLoan {
             msg,
             segs,
@@ -664,6 +551,20 @@ impl Uring {
         self.slot_taken(Some(idx));
         self.outstanding += 1;
         Ok(())
+    }
+
+    /// A header block for a send, reused when one is spare.
+    fn spare_msg(&mut self) -> Box<SendMsg> {
+        self.spare_msgs.pop().unwrap_or_else(|| {
+            Box::new(SendMsg {
+                iov: [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_IOV],
+                // SAFETY: msghdr is a plain C struct for which all-zero is valid.
+                msg: unsafe { std::mem::zeroed() },
+            })
+        })
     }
 
     fn recycle(&mut self, mut l: SendLoan) {
