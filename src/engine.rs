@@ -60,6 +60,8 @@ struct Inner {
     janitor: Arc<JanitorQueue>,
     /// Metadata phases of two-phase puts, submitted off the shard threads.
     meta_phase: std::sync::mpsc::Sender<twophase::MetaPhase>,
+    /// Registered regions (see [`crate::region`]).
+    regions: Arc<crate::region::Regions>,
 }
 
 /// The engine: shards, their connections, and the API LMCache's connector calls.
@@ -196,6 +198,8 @@ impl Engine {
                 source: e,
             })?
             .into();
+        let regions = Arc::new(crate::region::Regions::default());
+        regions.set_bells(all_lanes.clone());
         let mut shards = Vec::with_capacity(cores.len());
         for (i, core) in cores.iter().enumerate() {
             shards.push(shard::start(
@@ -206,6 +210,7 @@ impl Engine {
                 *core,
                 all_lanes.clone(),
                 tls.clone(),
+                regions.clone(),
             )?);
         }
         let backend = shards[0].backend;
@@ -230,6 +235,7 @@ impl Engine {
             me: me.clone(),
             janitor: janitor.clone(),
             meta_phase: meta_tx,
+            regions,
         });
         let weak = Arc::downgrade(&inner);
         if let Err(e) = std::thread::Builder::new()
@@ -291,7 +297,15 @@ impl Engine {
             backend: self.inner.backend,
             shards: self.inner.shards.len(),
             cores: self.inner.cores.clone(),
-            metrics: self.inner.metrics.snapshot(),
+            metrics: {
+                use std::sync::atomic::Ordering::Relaxed;
+                let r = &self.inner.regions;
+                let mut m = self.inner.metrics.snapshot();
+                m.regions = r.handles.load(Relaxed);
+                m.regions_registered = r.registered.load(Relaxed);
+                m.region_fallbacks = r.fallbacks.load(Relaxed);
+                m
+            },
             lane_depth: self.inner.shards.iter().map(|s| s.lanes.depth()).collect(),
         }
     }

@@ -91,6 +91,8 @@ struct Stripe {
     sent_copied_bytes: AtomicU64,
     tls_handshakes: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    sent_fixed_bytes: AtomicU64,
+    recv_fixed_bytes: AtomicU64,
 }
 
 impl Stripe {
@@ -114,6 +116,8 @@ impl Stripe {
             sent_copied_bytes: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
+            sent_fixed_bytes: AtomicU64::new(0),
+            recv_fixed_bytes: AtomicU64::new(0),
         }
     }
 
@@ -240,6 +244,20 @@ impl Metrics {
         }
     }
 
+    /// Payload bytes sent from a registered region's fixed buffer (io_uring).
+    pub fn sent_fixed(&self, bytes: usize) {
+        self.stripe()
+            .sent_fixed_bytes
+            .fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Value bytes received into a registered region's fixed buffer (io_uring).
+    pub fn recv_fixed(&self, bytes: usize) {
+        self.stripe()
+            .recv_fixed_bytes
+            .fetch_add(bytes as u64, Relaxed);
+    }
+
     /// A payload destination came back from a receive the kernel completed after its
     /// connection had been closed (it was held, not freed, until then).
     pub fn kernel_late_release(&self) {
@@ -339,6 +357,11 @@ impl Metrics {
             tls_handshake_failures: sum(|s| &s.tls_handshake_failures),
             syscalls,
             per_shard: self.stripes[..shards].iter().map(Stripe::io).collect(),
+            sent_fixed_bytes: sum(|s| &s.sent_fixed_bytes),
+            recv_fixed_bytes: sum(|s| &s.recv_fixed_bytes),
+            regions: 0,
+            regions_registered: 0,
+            region_fallbacks: 0,
         }
     }
 
@@ -441,6 +464,19 @@ pub struct MetricsSnapshot {
     /// TLS handshakes that failed (bad certificate, refused client certificate,
     /// timeout).
     pub tls_handshake_failures: u64,
+    /// Of `sent_by_reference_bytes`, those sent from a registered region's fixed
+    /// buffer (io_uring WRITE_FIXED or SEND_ZC; see `Engine::register_region`).
+    pub sent_fixed_bytes: u64,
+    /// Of `recv_direct_bytes`, those received through a registered region's fixed
+    /// buffer (io_uring READ_FIXED).
+    pub recv_fixed_bytes: u64,
+    /// Registered regions alive (handles; on epoll they are markers only).
+    pub regions: u64,
+    /// Region registrations active on shard rings (one per region and io_uring shard).
+    pub regions_registered: u64,
+    /// Region registrations a ring refused (locked-memory limit, full table, old
+    /// kernel); those regions' payloads take the unregistered path on that shard.
+    pub region_fallbacks: u64,
 }
 
 impl MetricsSnapshot {

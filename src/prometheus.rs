@@ -135,6 +135,21 @@ const COUNTERS: &[Counter] = &[
         "TLS handshakes that failed (certificate refused either way, timeout).",
         |m| m.tls_handshake_failures,
     ),
+    (
+        "slotline_sent_fixed_bytes_total",
+        "Of the by-reference payload bytes, those sent from a registered region (io_uring fixed buffer).",
+        |m| m.sent_fixed_bytes,
+    ),
+    (
+        "slotline_received_fixed_bytes_total",
+        "Of the directly received bytes, those received into a registered region (READ_FIXED).",
+        |m| m.recv_fixed_bytes,
+    ),
+    (
+        "slotline_region_fallbacks_total",
+        "Region registrations a shard ring refused (locked-memory limit); those payloads take the plain path.",
+        |m| m.region_fallbacks,
+    ),
 ];
 
 /// Per-shard counters: name, help, accessor.
@@ -231,6 +246,14 @@ pub(crate) fn render(stats: &Stats, latency_us: &[LatencyHistogram]) -> String {
     );
     o.family("slotline_shards", "gauge", "Shard threads running.");
     o.sample("slotline_shards", &[], stats.shards);
+    o.family("slotline_regions", "gauge", "Registered regions alive.");
+    o.sample("slotline_regions", &[], m.regions);
+    o.family(
+        "slotline_regions_registered",
+        "gauge",
+        "Region registrations active on shard rings (one per region and io_uring shard).",
+    );
+    o.sample("slotline_regions_registered", &[], m.regions_registered);
     o.family(
         "slotline_shard_core",
         "gauge",

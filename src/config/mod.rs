@@ -59,6 +59,7 @@ const DEFAULT_LANE_CAPACITY: usize = 1024;
 /// Lanes preallocate every slot; the lanes own the bound.
 const MAX_LANE_CAPACITY: usize = crate::lanes::MAX_LANE_CAPACITY;
 const DEFAULT_MAX_INFLIGHT_BYTES: usize = 4 << 20;
+const DEFAULT_MAX_NODE_INFLIGHT_BYTES: usize = 64 << 20;
 const DEFAULT_MAX_VALUE_SIZE: usize = 512 << 20;
 /// The largest bulk string the RESP reader accepts (Redis's own `proto-max-bulk-len`
 /// ceiling). RemoteMetadata's `i32` length would allow more, but a larger value could
@@ -268,6 +269,16 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     /// Private key (PEM) of `tls_cert_file` (`extra_config.tls_key_file`).
     pub tls_key_file: Option<PathBuf>,
+    /// Bytes in flight per server and shard over all the shard's connections to it
+    /// (`extra_config.max_node_inflight_bytes`, default 64 MiB; at least one value
+    /// always goes): with large values this, not the connection count, bounds the
+    /// memory both ends hold for replies and requests in flight.
+    pub max_node_inflight_bytes: usize,
+    /// Connections per server once values are large (running average of at least
+    /// 1 MiB), over all shards (`extra_config.large_value_connections`; default
+    /// `None`: twice the CPU count, between 2 and 8). Small values keep
+    /// `max_connections`' pool of up to 4 per shard.
+    pub large_value_connections: Option<usize>,
 }
 
 impl fmt::Debug for Config {
@@ -302,6 +313,8 @@ impl fmt::Debug for Config {
             .field("max_reply_size", &self.max_reply_size)
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
+            .field("max_node_inflight_bytes", &self.max_node_inflight_bytes)
+            .field("large_value_connections", &self.large_value_connections)
             .finish()
     }
 }
@@ -342,6 +355,8 @@ impl Default for Config {
             max_reply_size: DEFAULT_MAX_REPLY_SIZE,
             tls_cert_file: None,
             tls_key_file: None,
+            max_node_inflight_bytes: DEFAULT_MAX_NODE_INFLIGHT_BYTES,
+            large_value_connections: None,
         }
     }
 }
@@ -513,6 +528,20 @@ impl Config {
                 format!(
                     "must be between 1 and {MAX_LANE_CAPACITY} (every slot of the four lanes of each shard is allocated up front)"
                 ),
+            ));
+        }
+        if self.max_node_inflight_bytes == 0 {
+            return Err(Error::config(
+                "extra_config.max_node_inflight_bytes",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if self.large_value_connections == Some(0) {
+            return Err(Error::config(
+                "extra_config.large_value_connections",
+                0,
+                "must be at least 1",
             ));
         }
         if self.max_inflight_bytes == 0 {

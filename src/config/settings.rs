@@ -39,6 +39,8 @@ pub(super) struct Settings {
     pub(super) max_reply_size: Option<usize>,
     pub(super) tls_cert_file: Option<PathBuf>,
     pub(super) tls_key_file: Option<PathBuf>,
+    pub(super) max_node_inflight_bytes: Option<usize>,
+    pub(super) large_value_connections: Option<usize>,
 }
 
 /// Merges a parsed URL with explicit settings and validates the result.
@@ -136,6 +138,10 @@ pub(super) fn build(url: ParsedUrl, s: Settings) -> Result<Config> {
         max_reply_size: s.max_reply_size.unwrap_or(d.max_reply_size),
         tls_cert_file: s.tls_cert_file,
         tls_key_file: s.tls_key_file,
+        max_node_inflight_bytes: s
+            .max_node_inflight_bytes
+            .unwrap_or(d.max_node_inflight_bytes),
+        large_value_connections: s.large_value_connections,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -133,6 +133,8 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
         max_reply_size: extra.int("max_reply_size")?,
         tls_cert_file: extra.path("tls_cert_file")?,
         tls_key_file: extra.path("tls_key_file")?,
+        max_node_inflight_bytes: extra.int("max_node_inflight_bytes")?,
+        large_value_connections: extra.int("large_value_connections")?,
     };
     build(parsed, settings)
 }

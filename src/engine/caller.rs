@@ -16,6 +16,7 @@ use crate::cmem::{
 use crate::error::{Error, Result};
 use crate::layout::{KeyLayout, RemoteMetadata};
 use crate::priority::Priority;
+use crate::region::{OwnedRegion, Region};
 
 use super::submit::{Req, Submit};
 use super::Engine;
@@ -60,6 +61,36 @@ pub type PutTicket = CallerTicket<(), dyn CallerBuf>;
 pub type GetIntoTicket = CallerTicket<Vec<Option<ChunkInfo>>, dyn CallerBufMut>;
 
 impl Engine {
+    /// Registers a caller buffer as a region (e.g. LMCache's pinned CPU pool), once
+    /// with every shard's io_uring: payloads sent from or read into slices of it
+    /// ([`put_slices`](Self::put_slices), [`get_into_slices`](Self::get_into_slices),
+    /// the owned-buffer calls with owners pointing into it) then go through the ring's
+    /// fixed buffers (stats: `sent_fixed_bytes`, `recv_fixed_bytes`). The region owns
+    /// the buffer until [`OwnedRegion::into_inner`] or its drop, which wait until no
+    /// operation in flight uses it.
+    ///
+    /// Where the kernel refuses to pin the memory (RLIMIT_MEMLOCK) the region works
+    /// as plain memory (counted in `region_fallbacks`); on the epoll backend it is a
+    /// marker only. Fails only on an empty buffer or one overlapping another region.
+    pub fn register_region<B: CallerBufMut>(&self, buf: B) -> Result<OwnedRegion<B>> {
+        crate::region::register_owned(&self.inner.regions, buf)
+    }
+
+    /// Registers `len` bytes at `ptr` as a region, like
+    /// [`register_region`](Self::register_region) for memory the caller manages
+    /// itself (a pool allocated outside Rust).
+    ///
+    /// # Safety
+    ///
+    /// The memory must stay allocated, mapped to the same pages and not be moved
+    /// (`mremap`, `munmap`, `madvise(MADV_DONTNEED)`, freeing) until the returned
+    /// [`Region`] is dropped; the drop returns once no ring holds the region. Reads and
+    /// writes of the memory through the engine still go through slices or
+    /// [`CallerBuf`]/[`CallerBufMut`] owners, under their own rules.
+    pub unsafe fn register_region_raw(&self, ptr: *mut u8, len: usize) -> Result<Region> {
+        crate::region::register_raw(&self.inner.regions, ptr as usize, len)
+    }
+
     /// Writes chunks straight from borrowed memory (class PUT); returns once every
     /// write is acknowledged and no part of the engine or the kernel references
     /// `chunks` any more (after a failure too: it then waits for the in-flight send to

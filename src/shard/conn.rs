@@ -467,6 +467,8 @@ pub(crate) struct RecvBuf {
     pub direct: bool,
     /// Registered-buffer index when `buf` is a registered buffer.
     pub fixed: Option<u16>,
+    /// Set by the ring: the receive wrote through a registered region's fixed buffer.
+    pub region: bool,
 }
 
 /// The receive side: buffer, read cursor and reply reader.
@@ -567,6 +569,7 @@ impl Rx {
                     len: end - at,
                     direct: true,
                     fixed: None,
+                    region: false,
                 };
             }
         }
@@ -581,6 +584,7 @@ impl Rx {
             buf: Mem::Own(buf),
             direct: false,
             fixed: self.fixed,
+            region: false,
         }
     }
 

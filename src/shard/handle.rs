@@ -56,6 +56,7 @@ pub(crate) fn start(
     core: Option<usize>,
     all_lanes: Arc<[Arc<Lanes<SubmitPart>>]>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    regions: Arc<crate::region::Regions>,
 ) -> Result<ShardHandle> {
     let nshards = all_lanes.len();
     let lanes = all_lanes[id].clone();
@@ -79,6 +80,10 @@ pub(crate) fn start(
             metrics.add_syscall_source(calls.clone());
             metrics.add_syscall_source(l2.syscalls().clone());
             let backend = match Backend::new(cfg.io_backend, &l2, calls) {
+                Ok(Backend::Uring(mut u)) => {
+                    u.attach_regions(regions, id);
+                    Backend::Uring(u)
+                }
                 Ok(b) => b,
                 Err(e) => {
                     let _ = tx.send(Err(e));

@@ -14,7 +14,7 @@ use crate::resolver::{self, Lookup};
 use crate::resp::{self, Dest};
 
 use super::conn::{Conn, ConnState, HandshakeStep, PendKind, Pending, Stream};
-use super::{clone_err, uring, Backend, Shard, MAX_FRAMES_PER_CONN};
+use super::{clone_err, uring, Backend, Shard, LARGE_VALUE, MAX_FRAMES_PER_CONN};
 
 /// Longest wait between probes of a server known to be down.
 const MAX_PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -112,10 +112,16 @@ impl Shard {
         }
         // An idle connection is best; otherwise grow the pool while allowed, so large
         // values spread over several sockets. The express connection does not count.
+        // Large values: fewer connections per server, measured faster on small hosts.
+        let target = if self.avg_value >= LARGE_VALUE {
+            self.large_conns
+        } else {
+            self.conns_per_node
+        };
         let pool = self.nodes[node].conns.len() - usize::from(express.is_some());
         let pick = match best {
-            Some((cid, w)) if w == 0 || pool >= self.conns_per_node => Some((cid, w)),
-            _ if pool < self.conns_per_node => match self.open_conn(node) {
+            Some((cid, w)) if w == 0 || pool >= target => Some((cid, w)),
+            _ if pool < target => match self.open_conn(node) {
                 Ok(cid) => Some((cid, 0)),
                 Err(e) => {
                     self.open_failed(node, e);
@@ -233,6 +239,25 @@ impl Shard {
                 self.open_failed(node, e);
             }
         }
+    }
+
+    /// Bytes in flight to `node` over this shard's connections.
+    pub(super) fn node_inflight(&self, node: usize) -> usize {
+        self.nodes[node]
+            .conns
+            .iter()
+            .filter_map(|&cid| self.conns[cid].as_ref())
+            .map(|c| c.inflight)
+            .sum()
+    }
+
+    /// `true` while an MGET reply is owed by `node` on any of this shard's connections.
+    pub(super) fn mget_outstanding(&self, node: usize) -> bool {
+        self.nodes[node]
+            .conns
+            .iter()
+            .filter_map(|&cid| self.conns[cid].as_ref())
+            .any(|c| c.pending.iter().any(|p| p.kind == PendKind::Mget))
     }
 
     pub(super) fn open_conn(&mut self, node: usize) -> io::Result<usize> {

@@ -27,9 +27,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::conn::{Conn, RecvBuf, MAX_IOV, RBUF_SIZE};
+use super::conn::{Conn, RecvBuf, Stream, MAX_IOV, RBUF_SIZE};
+use super::fixed::{FixedSend, FixedSlots, RingRegions};
+use crate::region::Regions;
 use crate::syscalls::{Sys, SyscallCounters};
 
 const OP_SEND: u64 = 1;
@@ -42,9 +44,21 @@ const OP_CANCEL: u64 = 5;
 #[derive(Debug)]
 pub(crate) enum Cqe {
     Doorbell,
-    Sent { cid: usize, res: i32 },
-    Recv { cid: usize, res: i32, buf: RecvBuf },
-    Connect { cid: usize, res: i32 },
+    /// `fixed`: the bytes went out from a registered region's fixed buffer.
+    Sent {
+        cid: usize,
+        res: i32,
+        fixed: bool,
+    },
+    Recv {
+        cid: usize,
+        res: i32,
+        buf: RecvBuf,
+    },
+    Connect {
+        cid: usize,
+        res: i32,
+    },
 }
 
 /// The msghdr and iovec array the kernel reads during a SENDMSG.
@@ -62,6 +76,10 @@ struct SendLoan {
     /// The send carries everything queued on its connection, so its completion alone
     /// lets the shard do nothing new: the reply's receive is what matters.
     quiet: bool,
+    /// Its user_data (a sequence number in the high bits tells zero-copy sends apart).
+    ud: u64,
+    /// The region slot it reads from (WRITE_FIXED / SEND_ZC from a fixed buffer).
+    slot: Option<u16>,
 }
 
 /// What the kernel holds for one connection: the in-flight owner of each operation.
@@ -69,12 +87,17 @@ struct SendLoan {
 struct Loans {
     send: Option<SendLoan>,
     recv: Option<RecvBuf>,
+    /// The region slot the receive writes into (READ_FIXED).
+    recv_slot: Option<u16>,
     poll: bool,
+    /// Zero-copy sends whose result arrived but whose notification (the kernel is
+    /// done reading the memory) has not.
+    zc: Vec<SendLoan>,
 }
 
 impl Loans {
     fn any(&self) -> bool {
-        self.send.is_some() || self.recv.is_some() || self.poll
+        self.send.is_some() || self.recv.is_some() || self.poll || !self.zc.is_empty()
     }
 }
 
@@ -115,11 +138,19 @@ pub(crate) struct Uring {
     fresh_quiet: Vec<usize>,
     /// This shard's syscall counters (io_uring_enter).
     calls: Arc<SyscallCounters>,
+    /// The buffer table is sparse (room for regions after the receive pool).
+    sparse: bool,
+    /// `shutdown` leaked operations the kernel never returned.
+    leaked: bool,
+    /// Registered regions (None until attached, and on rings without a sparse table).
+    regions: Option<RingRegions>,
 }
 
 /// Registered receive buffers per shard: 16 x 128 KiB = 2 MiB of locked memory, well
 /// under the 8 MiB an unprivileged user may lock, leaving room for the ring itself.
 const FIXED_BUFFERS: usize = 16;
+/// Fixed-buffer slots for regions after the receive pool: one per GiB of region.
+const REGION_SLOTS: u16 = 240;
 
 /// Largest send counted as quiet (see `Uring::wait`): small enough that the socket
 /// takes it at once and its completion is posted inside the enter that submits it.
@@ -129,7 +160,11 @@ const QUIET_SEND_MAX: usize = 512 << 10;
 pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 fn ud(cid: usize, op: u64) -> u64 {
-    ((cid as u64) << 8) | op
+    ((cid as u64 & 0xffff_ffff) << 8) | op
+}
+
+fn ud_cid(data: u64) -> usize {
+    ((data >> 8) & 0xffff_ffff) as usize
 }
 
 impl Uring {
@@ -178,6 +213,9 @@ impl Uring {
             deferred,
             fresh_quiet: Vec::new(),
             calls,
+            sparse: false,
+            leaked: false,
+            regions: None,
         };
         u.register_pool();
         u.arm_doorbell()?;
@@ -209,12 +247,21 @@ impl Uring {
                 iov_len: b.len(),
             })
             .collect();
+        // A sparse table leaves room for regions behind the pool.
+        let total = FIXED_BUFFERS as u32 + REGION_SLOTS as u32;
+        self.sparse = self.ring.submitter().register_buffers_sparse(total).is_ok();
         // SAFETY: registration itself only records the iovecs (the kernel pins the
         // pages); the kernel writes a registered buffer only through a READ_FIXED, which
         // `recv` issues only with the buffer moved into the in-flight table. The blocks
         // move into `self.pool` (moving a Vec does not move its heap block); `give_back`
         // accepts only these exact blocks back under their index.
-        match unsafe { self.ring.submitter().register_buffers(&iov) } {
+        let r = if self.sparse {
+            unsafe { self.ring.submitter().register_buffers_update(0, &iov, None) }
+        } else {
+            // SAFETY: as above.
+            unsafe { self.ring.submitter().register_buffers(&iov) }
+        };
+        match r {
             Ok(()) => {
                 self.registered = bufs.iter().map(|b| b.as_ptr() as usize).collect();
                 self.pool = bufs
@@ -227,6 +274,82 @@ impl Uring {
             Err(e) => {
                 tracing::info!(error = %e, "io_uring buffer registration failed (locked-memory limit?); receiving into unregistered buffers");
             }
+        }
+    }
+
+    /// Makes this ring follow the engine's region table (see `crate::region`) as
+    /// shard `shard`. Without a sparse buffer table every region falls back.
+    pub fn attach_regions(&mut self, table: Arc<Regions>, shard: usize) {
+        self.regions = Some(RingRegions::new(
+            table,
+            shard,
+            FixedSlots::new(FIXED_BUFFERS as u16, REGION_SLOTS),
+        ));
+        self.sync_regions();
+    }
+
+    /// Brings the ring's registrations in line with the region table (see
+    /// [`RingRegions::sync`]); the registration calls themselves are made here.
+    fn sync_regions(&mut self) {
+        let Some(rr) = self.regions.as_mut().filter(|r| r.due()) else {
+            return;
+        };
+        let ring = &self.ring;
+        rr.sync(
+            self.sparse,
+            |idx, start, len| Self::register_slot(ring, idx, start, len),
+            |idx| Self::clear_slot(ring, idx),
+        );
+    }
+
+    /// Registers `len` bytes at `start` as fixed-buffer slot `idx`.
+    fn register_slot(ring: &IoUring, idx: u16, start: usize, len: usize) -> io::Result<()> {
+        let iov = [libc::iovec {
+            iov_base: start as *mut libc::c_void,
+            iov_len: len,
+        }];
+        // SAFETY: registering pins the pages of this range (or fails); the kernel
+        // accesses them only through READ_FIXED / WRITE_FIXED / SEND_ZC operations this
+        // module issues for memory that is itself held in the in-flight table (a caller
+        // buffer inside the region). The region's memory stays valid while it is in the
+        // table: `Region`'s drop waits until `sync_regions` has unregistered it here
+        // (see crate::region), which happens only once no operation uses the slot.
+        unsafe {
+            ring.submitter()
+                .register_buffers_update(idx as u32, &iov, None)
+        }
+    }
+
+    /// Empties fixed-buffer slot `idx` (the kernel unpins its pages once no
+    /// operation uses them).
+    fn clear_slot(ring: &IoUring, idx: u16) {
+        let iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }];
+        // SAFETY: an empty entry references no memory.
+        if let Err(e) = unsafe {
+            ring.submitter()
+                .register_buffers_update(idx as u32, &iov, None)
+        } {
+            tracing::warn!(error = %e, "could not clear a fixed-buffer slot");
+        }
+    }
+
+    /// The region slot holding all of `[ptr, ptr + len)`, if any.
+    fn region_slot(&self, ptr: *const u8, len: usize) -> Option<u16> {
+        self.regions.as_ref()?.slots.lookup(ptr as usize, len)
+    }
+
+    fn slot_taken(&mut self, idx: Option<u16>) {
+        if let (Some(i), Some(rr)) = (idx, self.regions.as_mut()) {
+            rr.slots.take(i);
+        }
+    }
+
+    fn slot_released(&mut self, idx: Option<u16>) {
+        if let (Some(i), Some(rr)) = (idx, self.regions.as_mut()) {
+            rr.slots.release(i);
         }
     }
 
@@ -323,16 +446,24 @@ impl Uring {
             self.spare_segs.push(segs);
             return Ok(());
         }
-        let mut msg = self.spare_msgs.pop().unwrap_or_else(|| {
-            Box::new(SendMsg {
-                iov: [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; MAX_IOV],
-                // SAFETY: msghdr is a plain C struct for which all-zero is valid.
-                msg: unsafe { std::mem::zeroed() },
-            })
-        });
+        // A payload inside a registered region goes out alone from its fixed buffer;
+        // the segments before it go out first, in one SENDMSG.
+        let mut slot = None;
+        if self.regions.as_ref().is_some_and(|r| !r.slots.is_empty()) {
+            if let Some(i) = self.region_slot(segs[0].as_ptr(), segs[0].len()) {
+                segs.truncate(1);
+                slot = Some(i);
+            } else if let Some(k) = segs
+                .iter()
+                .position(|s| self.region_slot(s.as_ptr(), s.len()).is_some())
+            {
+                segs.truncate(k);
+            }
+        }
+        if let Some(idx) = slot {
+            return self.send_fixed(cid, conn, segs, idx);
+        }
+        let mut msg = self.spare_msg();
         for (v, s) in msg.iov.iter_mut().zip(&segs) {
             *v = libc::iovec {
                 iov_base: s.as_ptr() as *mut libc::c_void,
@@ -358,6 +489,8 @@ impl Uring {
             segs,
             len,
             quiet,
+            ud: ud(cid, OP_SEND),
+            slot: None,
         });
         if let Err(err) = self.push(&e) {
             if let Some(l) = self.loans(cid).send.take() {
@@ -367,6 +500,71 @@ impl Uring {
         }
         self.outstanding += 1;
         Ok(())
+    }
+
+    /// Sends `segs[0]`, which lies in fixed-buffer slot `idx`, with WRITE_FIXED or
+    /// SEND_ZC (see [`FixedSend`]).
+    fn send_fixed(
+        &mut self,
+        cid: usize,
+        conn: &Conn,
+        segs: Vec<Bytes>,
+        idx: u16,
+    ) -> io::Result<()> {
+        let fd = types::Fd(conn.stream.fd());
+        let (ptr, len) = (segs[0].as_ptr(), segs[0].len());
+        let Some(rr) = self.regions.as_mut() else {
+            return Err(io::Error::other("no regions on this ring"));
+        };
+        // Zero copy is for TCP; a unix socket refuses SEND_ZC.
+        let send = match conn.stream {
+            Stream::Unix(_) => FixedSend::Write,
+            Stream::Tcp(_) => rr.send,
+        };
+        let data = (rr.next_seq() << 40) | ud(cid, OP_SEND);
+        let e = match send {
+            FixedSend::Write => opcode::WriteFixed::new(fd, ptr, len as u32, idx)
+                .build()
+                .user_data(data),
+            // MSG_WAITALL: one completion for the whole payload, as for SENDMSG.
+            FixedSend::ZeroCopy => opcode::SendZc::new(fd, ptr, len as u32)
+                .buf_index(Some(idx))
+                .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+                .build()
+                .user_data(data),
+        };
+        let msg = self.spare_msg();
+        self.loans(cid).send = Some(SendLoan {
+            msg,
+            segs,
+            len,
+            quiet: false,
+            ud: data,
+            slot: Some(idx),
+        });
+        if let Err(err) = self.push(&e) {
+            if let Some(l) = self.loans(cid).send.take() {
+                self.recycle(l);
+            }
+            return Err(err);
+        }
+        self.slot_taken(Some(idx));
+        self.outstanding += 1;
+        Ok(())
+    }
+
+    /// A header block for a send, reused when one is spare.
+    fn spare_msg(&mut self) -> Box<SendMsg> {
+        self.spare_msgs.pop().unwrap_or_else(|| {
+            Box::new(SendMsg {
+                iov: [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_IOV],
+                // SAFETY: msghdr is a plain C struct for which all-zero is valid.
+                msg: unsafe { std::mem::zeroed() },
+            })
+        })
     }
 
     fn recycle(&mut self, mut l: SendLoan) {
@@ -394,7 +592,19 @@ impl Uring {
                 return Err(io::Error::other("receive window outside its buffer"));
             }
         };
+        // A destination inside a registered region: READ_FIXED into its fixed buffer.
+        let slot = if rb.direct {
+            self.region_slot(ptr, len as usize)
+        } else {
+            None
+        };
+        rb.region = slot.is_some();
         let e = match rb.fixed {
+            _ if slot.is_some() => {
+                opcode::ReadFixed::new(types::Fd(fd), ptr, len, slot.unwrap_or_default())
+                    .build()
+                    .user_data(ud(cid, OP_RECV))
+            }
             // Into the registered buffer: the kernel skips pinning the pages per call.
             Some(idx) if !rb.direct => opcode::ReadFixed::new(types::Fd(fd), ptr, len, idx)
                 .build()
@@ -418,6 +628,8 @@ impl Uring {
             }
             return Err(err);
         }
+        self.loans(cid).recv_slot = slot;
+        self.slot_taken(slot);
         self.outstanding += 1;
         Ok(())
     }
@@ -428,14 +640,12 @@ impl Uring {
             return;
         };
         let ops = [
-            (l.send.is_some(), OP_SEND),
-            (l.recv.is_some(), OP_RECV),
-            (l.poll, OP_POLL),
+            l.send.as_ref().map(|s| s.ud),
+            l.recv.is_some().then(|| ud(cid, OP_RECV)),
+            l.poll.then(|| ud(cid, OP_POLL)),
         ];
-        for (busy, op) in ops {
-            if busy {
-                self.cancel_op(ud(cid, op));
-            }
+        for target in ops.into_iter().flatten() {
+            self.cancel_op(target);
         }
     }
 
@@ -461,6 +671,9 @@ impl Uring {
     /// request. So the enter waits for one completion more per quiet send it submits:
     /// it returns with the reply (or a doorbell, or an error, or at `timeout`).
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Cqe>) -> io::Result<()> {
+        if self.regions.is_some() {
+            self.sync_regions();
+        }
         let sq_empty = self.ring.submission().is_empty();
         let idle = sq_empty
             && (!self.ring.completion().is_empty()
@@ -495,13 +708,13 @@ impl Uring {
             }
         }
         let mut rearm = false;
-        let done: Vec<(u64, i32)> = self
+        let done: Vec<(u64, i32, u32)> = self
             .ring
             .completion()
-            .map(|c| (c.user_data(), c.result()))
+            .map(|c| (c.user_data(), c.result(), c.flags()))
             .collect();
-        for (data, res) in done {
-            let cid = (data >> 8) as usize;
+        for (data, res, flags) in done {
+            let cid = ud_cid(data);
             match data & 0xff {
                 OP_DOORBELL => {
                     if let Some(b) = self.doorbell.take() {
@@ -511,17 +724,44 @@ impl Uring {
                     rearm = !self.closing;
                     out.push(Cqe::Doorbell);
                 }
-                OP_SEND => {
-                    if let Some(l) = self.loans.get_mut(cid).and_then(|l| l.send.take()) {
+                OP_SEND if cqueue::notif(flags) => {
+                    // A zero-copy send's notification: the kernel is done reading.
+                    let Some(loans) = self.loans.get_mut(cid) else {
+                        continue;
+                    };
+                    if let Some(k) = loans.zc.iter().position(|l| l.ud == data) {
+                        let l = loans.zc.swap_remove(k);
                         self.outstanding -= 1;
+                        self.slot_released(l.slot);
                         self.recycle(l);
-                        out.push(Cqe::Sent { cid, res });
+                    }
+                }
+                OP_SEND => {
+                    let Some(loans) = self.loans.get_mut(cid) else {
+                        continue;
+                    };
+                    if loans.send.as_ref().is_some_and(|l| l.ud == data) {
+                        let Some(l) = loans.send.take() else { continue };
+                        let fixed = l.slot.is_some();
+                        if cqueue::more(flags) {
+                            // Zero copy: the memory stays lent until the notification.
+                            loans.zc.push(l);
+                        } else {
+                            self.outstanding -= 1;
+                            self.slot_released(l.slot);
+                            self.recycle(l);
+                        }
+                        out.push(Cqe::Sent { cid, res, fixed });
                     }
                 }
                 OP_RECV => {
-                    if let Some(buf) = self.loans.get_mut(cid).and_then(|l| l.recv.take()) {
-                        self.outstanding -= 1;
-                        out.push(Cqe::Recv { cid, res, buf });
+                    if let Some(loans) = self.loans.get_mut(cid) {
+                        if let Some(buf) = loans.recv.take() {
+                            let slot = loans.recv_slot.take();
+                            self.outstanding -= 1;
+                            self.slot_released(slot);
+                            out.push(Cqe::Recv { cid, res, buf });
+                        }
                     }
                 }
                 OP_POLL => {
@@ -575,6 +815,7 @@ impl Uring {
         }
         t.leaked = self.outstanding;
         if t.leaked > 0 {
+            self.leaked = true;
             tracing::error!(
                 operations = t.leaked,
                 "io_uring operations not returned by the kernel in time; leaking their buffers so they are never reused"
@@ -595,6 +836,13 @@ impl Drop for Uring {
     fn drop(&mut self) {
         // Normally the shard has shut down already; this covers an unwinding shard.
         self.shutdown(DRAIN_LIMIT);
+        // The ring's registrations go with it. After a leak the kernel may still use
+        // a region: its handle then keeps waiting rather than let the memory go.
+        if let Some(rr) = &self.regions {
+            if !self.leaked {
+                rr.table.detach(rr.shard);
+            }
+        }
     }
 }
 

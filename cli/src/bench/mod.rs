@@ -175,6 +175,15 @@ pub struct BenchArgs {
     /// instead of get. The parallel peer always reads into preallocated buffers.
     #[arg(long)]
     get_into: bool,
+    /// slotline puts from and (with --get-into) reads into registered regions
+    /// (`Engine::register_region`): io_uring's fixed buffers (SEND_ZC / READ_FIXED;
+    /// `SLOTLINE_REGION_SEND=write` in the environment: WRITE_FIXED).
+    #[arg(long)]
+    region: bool,
+    /// slotline's connections per server once values are >= 1 MiB
+    /// (`large_value_connections`) [default: the engine's].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    large_value_connections: Option<u32>,
     /// With --url: FLUSHALL between clients instead of deleting the bench's own keys.
     #[arg(long)]
     flush: bool,
@@ -446,6 +455,7 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
     }
     let mode = base.mode;
     base.key_layout = a.layout;
+    base.large_value_connections = a.large_value_connections.map(|n| n as usize);
     if let Some(n) = a.shards {
         base.cores = None;
         base.shards = Some(n as usize);
@@ -486,7 +496,9 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
                         .map(|(u, ca)| tls_config(&cfg, u, ca))
                         .transpose()?;
                     peers.push(Box::new(
-                        SlotlinePeer::new(cfg, a.get_into, optional).count_commands_at(&url, mode),
+                        SlotlinePeer::new(cfg, a.get_into, optional)
+                            .with_regions(a.region)
+                            .count_commands_at(&url, mode),
                     ));
                     if let Some(t) = tls_cfg {
                         peers.push(Box::new(

@@ -2,6 +2,8 @@
 //! slotline.
 
 use super::*;
+use slotline::PutRef;
+use std::sync::Arc;
 
 /// One caller thread's handle on a client: one batch at a time.
 pub trait Worker: Send {
@@ -133,6 +135,14 @@ pub struct SlotlinePeer {
     actual: Option<slotline::BackendKind>,
     shards: usize,
     engine: Option<Engine>,
+    /// Put from and read into registered regions.
+    regions: bool,
+}
+
+/// The value pool copied into a registered region, and where each value starts in it.
+struct PoolRegion {
+    region: slotline::OwnedRegion<Vec<u8>>,
+    at: std::collections::HashMap<usize, usize>,
 }
 
 impl SlotlinePeer {
@@ -147,7 +157,15 @@ impl SlotlinePeer {
             actual: None,
             shards: 0,
             engine: None,
+            regions: false,
         }
+    }
+
+    /// Puts send from a registered copy of the value pool, and `get_into` reads into
+    /// registered buffers.
+    pub fn with_regions(mut self, on: bool) -> SlotlinePeer {
+        self.regions = on;
+        self
     }
 }
 
@@ -164,10 +182,30 @@ impl SlotlinePeer {
 struct SlotlineWorker {
     e: Engine,
     into: Option<Vec<Vec<u8>>>,
+    pool: Option<Arc<PoolRegion>>,
+    into_region: Option<slotline::OwnedRegion<Vec<u8>>>,
 }
 
 impl Worker for SlotlineWorker {
     fn put(&mut self, wl: &Workload<'_>, b: usize) -> Result<(), String> {
+        if let Some(p) = &self.pool {
+            let size = wl.data.value_size;
+            let src = p.region.as_slice();
+            let keys = wl.batch_keys(b);
+            let chunks: Vec<PutRef<'_>> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let at = p.at[&(wl.value(b, i).as_ptr() as usize)];
+                    PutRef {
+                        key: k,
+                        data: &src[at..at + size],
+                        meta: Some(&wl.data.meta),
+                    }
+                })
+                .collect();
+            return self.e.put_slices(&chunks).map_err(|e| e.to_string());
+        }
         let chunks = wl
             .batch_keys(b)
             .iter()
@@ -185,6 +223,21 @@ impl Worker for SlotlineWorker {
 
     fn get(&mut self, wl: &Workload<'_>, b: usize, v: &mut Verifier<'_, '_>) -> Result<(), String> {
         let keys = wl.batch_keys(b);
+        if let Some(r) = self.into_region.as_mut() {
+            let size = wl.data.value_size;
+            let mut slices: Vec<&mut [u8]> = r.as_mut_slice().chunks_mut(size).collect();
+            let infos = self
+                .e
+                .get_into_slices(keys, &mut slices)
+                .map_err(|e| e.to_string())?;
+            for (i, (buf, info)) in r.as_slice().chunks(size).zip(&infos).enumerate() {
+                match info {
+                    Some(info) => v.check(i, buf.get(..info.len), info.meta.as_ref()),
+                    None => v.check(i, None, None),
+                }
+            }
+            return Ok(());
+        }
         if let Some(bufs) = self.into.as_mut() {
             // Caller memory: the values land in buffers allocated once per run.
             let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
@@ -234,14 +287,37 @@ impl Peer for SlotlinePeer {
         self.actual = Some(e.backend());
         self.shards = e.stats().shards;
         let into = self.get_into;
-        let workers = (0..n)
-            .map(|_| {
-                Box::new(SlotlineWorker {
-                    e: e.clone(),
-                    into: into.then(|| vec![vec![0u8; wl.data.value_size]; wl.batch]),
-                }) as Box<dyn Worker>
-            })
-            .collect();
+        let size = wl.data.value_size;
+        let pool = if self.regions {
+            let values = wl.data.pool();
+            let mut buf = Vec::with_capacity(values.len() * size);
+            let mut at = std::collections::HashMap::new();
+            for v in values {
+                at.insert(v.as_ptr() as usize, buf.len());
+                buf.extend_from_slice(v);
+            }
+            let region = e.register_region(buf).map_err(|e| e.to_string())?;
+            Some(Arc::new(PoolRegion { region, at }))
+        } else {
+            None
+        };
+        let mut workers: Vec<Box<dyn Worker>> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let into_region = if self.regions && into {
+                Some(
+                    e.register_region(vec![0u8; size * wl.batch])
+                        .map_err(|e| e.to_string())?,
+                )
+            } else {
+                None
+            };
+            workers.push(Box::new(SlotlineWorker {
+                e: e.clone(),
+                into: (into && into_region.is_none()).then(|| vec![vec![0u8; size]; wl.batch]),
+                pool: pool.clone(),
+                into_region,
+            }));
+        }
         self.engine = Some(e);
         Ok(workers)
     }

@@ -51,6 +51,11 @@ impl Data {
         })
     }
 
+    /// Every distinct payload of the pool, in order.
+    pub fn pool(&self) -> &[Bytes] {
+        &self.values
+    }
+
     /// The payload of chunk number `idx` of a run.
     pub fn value(&self, idx: usize) -> &Bytes {
         &self.values[idx % self.values.len()]

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::batch::{Batch, Slot};
+use crate::batch::{Batch, Role, Slot};
 use crate::error::{show_key, Error};
 use crate::resp::{self, BulkSink, Dest, ProtoError};
 
@@ -11,17 +11,67 @@ use super::super::conn::{Conn, PendKind, DIRECT_MIN};
 use super::super::part::{ActivePart, PUnit};
 use super::Encoded;
 
-/// Writes `MGET k1 .. kn` for up to `room` queued units.
+/// Expected size of a value while none was seen on this shard but the first MGET
+/// (which asks for one value, see [`expected_value`]) found only misses.
+const MISS_GUESS: usize = 1 << 20;
+
+/// The size a payload of unknown length is expected to have: the running average;
+/// before any value was seen, the whole budget (so the shard's first MGET asks for one
+/// value: no multi-GiB reply before the size is known), or [`MISS_GUESS`] once an
+/// MGET reply came back without a value.
+pub(in crate::shard) fn expected_value(avg_value: f64, probed: bool) -> usize {
+    if avg_value >= 1.0 {
+        (avg_value as usize).max(64)
+    } else if probed {
+        MISS_GUESS
+    } else {
+        usize::MAX / 4
+    }
+}
+
+/// Writes `MGET k1 .. kn` for up to `room` queued units whose expected reply fits in
+/// `bytes_left` (at least one unit). A payload's expected size is its caller buffer's
+/// length (get_into), else `guess` ([`expected_value`]); metadata counts 64 bytes.
+#[allow(clippy::too_many_arguments)]
 pub(in crate::shard) fn encode(
     conn: &mut Conn,
     batch: &Batch,
     units: &[PUnit],
     queue: &mut VecDeque<u32>,
     room: usize,
-    avg_value: f64,
+    bytes_left: usize,
+    guess: usize,
     tmp: &mut Vec<u8>,
 ) -> Encoded {
-    let picked: Vec<u32> = queue.drain(..room.min(queue.len())).collect();
+    let size = |pu: &PUnit| match (&pu.buf, pu.role) {
+        (Some(b), _) => b.len().max(64),
+        // LMCache's metadata: a few dozen bytes.
+        (None, Role::Meta) => 64,
+        (None, Role::Payload) => guess,
+    };
+    let mut expect = 0usize;
+    let mut n = 0usize;
+    let room = room.min(queue.len());
+    while n < room {
+        let pu = &units[queue[n] as usize];
+        // A chunk's metadata and payload stay in one reply: a reply ending in a small
+        // value of unknown length would let the next reply's large value be staged.
+        let pair = pu.role == Role::Meta
+            && n + 1 < room
+            && units[queue[n + 1] as usize].chunk == pu.chunk
+            && units[queue[n + 1] as usize].role == Role::Payload;
+        let (take, len) = if pair {
+            (2, size(pu) + size(&units[queue[n + 1] as usize]))
+        } else {
+            (1, size(pu))
+        };
+        if n > 0 && expect.saturating_add(len) > bytes_left {
+            break;
+        }
+        expect = expect.saturating_add(len);
+        n += take;
+    }
+    let picked: Vec<u32> = queue.drain(..n).collect();
     tmp.clear();
     resp::write_array_header(tmp, picked.len() + 1);
     tmp.extend_from_slice(b"$4\r\nMGET\r\n");
@@ -30,8 +80,7 @@ pub(in crate::shard) fn encode(
         resp::write_bulk(tmp, batch.key(pu.chunk, pu.role));
     }
     conn.hdr().extend_from_slice(tmp);
-    // Expect values of the running average size (at least 64 bytes each).
-    let weight = tmp.len() + (avg_value as usize).max(64) * picked.len();
+    let weight = tmp.len() + expect.min(bytes_left);
     Encoded {
         units: picked,
         weight,
@@ -49,11 +98,20 @@ pub(in crate::shard) struct UnitSink<'a> {
 
 impl BulkSink for UnitSink<'_> {
     fn begin(&mut self, i: usize, len: usize) -> Dest {
-        *self.avg_value = *self.avg_value * 0.9 + len as f64 * 0.1;
         let (Some(part), Some(&u)) = (self.part.as_deref_mut(), self.units.get(i)) else {
             return Dest::discard(len);
         };
         let unit = &mut part.units[u as usize];
+        // The running average of payload sizes (metadata would halve it in the
+        // lmcache layout), starting at the first one seen.
+        if unit.role == Role::Payload {
+            let avg = &mut *self.avg_value;
+            *avg = if *avg < 1.0 {
+                len as f64
+            } else {
+                *avg * 0.9 + len as f64 * 0.1
+            };
+        }
         if let Some(buf) = unit.buf.take() {
             // A caller's buffer (the slice API) takes a value of exactly its length
             // (LMCache's rule) and is left untouched otherwise; an engine buffer
@@ -132,6 +190,9 @@ impl BulkSink for UnitSink<'_> {
 /// metadata is read in two receives; never past the large value's header.
 const META_GUESS: usize = 35;
 
+/// `+OK\r\n`, a handshake step's or ASKING's reply.
+const OK_LEN: usize = 5;
+
 /// `$<len>\r\n` or `*<len>\r\n`: its length in bytes.
 fn header_len(n: usize) -> usize {
     let mut digits = 1;
@@ -149,13 +210,28 @@ fn header_len(n: usize) -> usize {
 /// being copied out of the receive buffer. `None`: no limit (no large value of known
 /// length comes next).
 pub(in crate::shard) fn recv_cap(conn: &Conn, parts: &[Option<ActivePart>]) -> Option<usize> {
-    let p = conn.pending.front().filter(|p| p.kind == PendKind::Mget)?;
+    let front = conn.pending.front()?;
+    if matches!(front.kind, PendKind::Handshake { .. } | PendKind::Asking)
+        && conn.pending.iter().any(|p| p.kind == PendKind::Mget)
+    {
+        // A new connection's `+OK`s stand before an MGET reply: read them alone, so
+        // the receive does not run into the first large value (its bytes would be
+        // staged); the next receive is capped for the MGET.
+        return OK_LEN.checked_sub(conn.unread().len()).filter(|&n| n > 0);
+    }
+    let mut p = Some(front).filter(|p| p.kind == PendKind::Mget)?;
+    let (mut i, framing, mut array_header) = conn.rx.reader.upcoming(DIRECT_MIN)?;
+    if i >= p.units.len() && !array_header {
+        // The reply ends with the last value's CRLF: the next MGET reply on this
+        // connection (pipelined) follows, and its first value may be large.
+        p = conn.pending.get(1).filter(|p| p.kind == PendKind::Mget)?;
+        (i, array_header) = (0, true);
+    }
     let pr = p.part?;
     let part = parts
         .get(pr.idx as usize)?
         .as_ref()
         .filter(|x| x.gen == pr.gen)?;
-    let (i, framing, array_header) = conn.rx.reader.upcoming(DIRECT_MIN)?;
     let mut need = framing;
     if array_header {
         need += header_len(p.units.len());

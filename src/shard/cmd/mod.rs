@@ -33,7 +33,7 @@ impl Shard {
     pub(super) fn build_frame(&mut self, pidx: usize, gi: usize, cid: usize) {
         let chunk_size = self.cfg.chunk_size;
         let inflight_limit = self.cfg.max_inflight_bytes;
-        let avg = self.avg_value;
+        let guess = get::expected_value(self.avg_value, self.probed);
         let Some(part) = self.parts[pidx].as_mut() else {
             return;
         };
@@ -53,12 +53,9 @@ impl Shard {
                 })
                 .collect()
         };
-        // Keep the expected reply under the in-flight budget once value sizes are known:
+        // A GET's expected reply stays under the in-flight budget (`get::encode`):
         // 256 keys of 32 MiB must not be one 8 GiB reply.
         let key_budget = match &batch.op {
-            Op::Get(_) if avg >= 1.0 => {
-                chunk_size.min(((inflight_limit as f64 / avg) as usize).max(1))
-            }
             Op::Put { .. } => 2 * chunk_size,
             _ => chunk_size,
         };
@@ -86,9 +83,16 @@ impl Shard {
             }
             let room = if asking { 1 } else { key_budget - used_keys };
             let enc = match &batch.op {
-                Op::Get(_) => {
-                    get::encode(conn, &batch, &part.units, &mut g.queue, room, avg, &mut tmp)
-                }
+                Op::Get(_) => get::encode(
+                    conn,
+                    &batch,
+                    &part.units,
+                    &mut g.queue,
+                    room,
+                    inflight_limit.saturating_sub(used_bytes),
+                    guess,
+                    &mut tmp,
+                ),
                 Op::Put { data, metas, .. } => put::encode(
                     conn,
                     &batch,
@@ -130,6 +134,17 @@ impl Shard {
             } = enc;
             if units.is_empty() {
                 continue;
+            }
+            if let Op::Put { data, .. } = &batch.op {
+                // Writes tell the value size too (fan-out and budgets for large values).
+                for &u in &units {
+                    let pu = &part.units[u as usize];
+                    if pu.role == crate::batch::Role::Payload {
+                        let len = data[pu.chunk as usize].len() as f64;
+                        let a = &mut self.avg_value;
+                        *a = if *a < 1.0 { len } else { *a * 0.9 + len * 0.1 };
+                    }
+                }
             }
             let weight = weight.max(1);
             used_keys += units.len();
@@ -203,6 +218,7 @@ impl Shard {
                         }
                         Ok((used, Some(outcome))) => {
                             conn.consume(used);
+                            self.probed = true;
                             conn.inflight = conn.inflight.saturating_sub(p.weight);
                             match outcome {
                                 ArrayOutcome::Done(n) if n == p.units.len() => {}
