@@ -209,8 +209,10 @@ impl Engine {
                 metrics.clone(),
                 *core,
                 all_lanes.clone(),
-                tls.clone(),
-                regions.clone(),
+                shard::Shared {
+                    tls: tls.clone(),
+                    regions: regions.clone(),
+                },
             )?);
         }
         let backend = shards[0].backend;

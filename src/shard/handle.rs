@@ -47,6 +47,14 @@ impl Drop for ShardHandle {
     }
 }
 
+/// What every shard of an engine is started with, beside its own lanes.
+pub(crate) struct Shared {
+    /// The TLS client configuration, when the engine connects with TLS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The engine's registered regions (each io_uring shard registers them).
+    pub regions: Arc<crate::region::Regions>,
+}
+
 /// Starts shard `id`, pinned to `core` if given. Returns once its event loop is set up.
 pub(crate) fn start(
     id: usize,
@@ -55,9 +63,9 @@ pub(crate) fn start(
     metrics: Arc<Metrics>,
     core: Option<usize>,
     all_lanes: Arc<[Arc<Lanes<SubmitPart>>]>,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    regions: Arc<crate::region::Regions>,
+    shared: Shared,
 ) -> Result<ShardHandle> {
+    let Shared { tls, regions } = shared;
     let nshards = all_lanes.len();
     let lanes = all_lanes[id].clone();
     let stop = Arc::new(AtomicBool::new(false));

@@ -43,7 +43,7 @@ use crate::syscalls::SyscallCounters;
 use cmd::recv_cap;
 use conn::{Conn, ConnState, PartRef};
 use handle::Backend;
-pub(crate) use handle::{start, ShardHandle};
+pub(crate) use handle::{start, ShardHandle, Shared};
 pub(crate) use part::clone_err;
 use part::{ActivePart, Group, PUnit};
 use pool::Node;
