@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fake::{parse_command, read_more, FakeServer};
+use common::fake::{serve_commands, FakeServer};
 use common::{TestCluster, TestServer};
 use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, Error, KeyLayout, PutChunk, Value};
@@ -173,23 +173,12 @@ impl Proxy {
     fn start(upstream: String, opts: ProxyOpts) -> Proxy {
         let setnames = Arc::new(AtomicUsize::new(0));
         let seen = setnames.clone();
-        let fake = FakeServer::start(move |mut client, stop| {
-            client
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .unwrap();
+        let fake = FakeServer::start(move |client, stop| {
             let Ok(mut server) = TcpStream::connect(&upstream) else {
                 return;
             };
-            let mut buf = Vec::new();
             let mut rbuf = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let Some((args, used)) = parse_command(&buf) else {
-                    if !read_more(&mut client, &mut buf) {
-                        return;
-                    }
-                    continue;
-                };
-                let raw: Vec<u8> = buf.drain(..used).collect();
+            serve_commands(client, stop, |client, args, raw| {
                 let is_setname = args.len() >= 2
                     && args[0].eq_ignore_ascii_case(b"CLIENT")
                     && args[1].eq_ignore_ascii_case(b"SETNAME");
@@ -197,7 +186,7 @@ impl Proxy {
                     seen.fetch_add(1, Ordering::SeqCst);
                     if opts.refuse_setname {
                         let _ = client.write_all(b"-ERR unknown command 'CLIENT'\r\n");
-                        continue;
+                        return true;
                     }
                 }
                 if let Some(&(_, how)) = TRIGGERS
@@ -206,15 +195,15 @@ impl Proxy {
                 {
                     let write = args[0].eq_ignore_ascii_case(b"SET")
                         || args[0].eq_ignore_ascii_case(b"MSET");
-                    answer_hostile(&mut client, how, args.len() - 1, write);
+                    answer_hostile(client, how, args.len() - 1, write);
                     if !matches!(how, Hostile::WrongShape | Hostile::WrongCount) {
                         // The engine gave up on this connection; so does the proxy.
-                        return;
+                        return false;
                     }
-                    continue;
+                    return true;
                 }
                 if server.write_all(&raw).is_err() {
-                    return;
+                    return false;
                 }
                 let n = loop {
                     if let Some(n) = reply_len(&rbuf, 0) {
@@ -222,15 +211,16 @@ impl Proxy {
                     }
                     let mut tmp = [0u8; 64 * 1024];
                     match server.read(&mut tmp) {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => return false,
                         Ok(k) => rbuf.extend_from_slice(&tmp[..k]),
                     }
                 };
                 if client.write_all(&rbuf[..n]).is_err() {
-                    return;
+                    return false;
                 }
                 rbuf.drain(..n);
-            }
+                true
+            });
         });
         Proxy { fake, setnames }
     }
@@ -464,19 +454,9 @@ fn empty_moved_host_means_the_same_host(backend: IoBackend) {
     let target_port: u16 = target.addr().rsplit(':').next().unwrap().parse().unwrap();
     let port_cell = Arc::new(std::sync::OnceLock::<u16>::new());
     let pc = port_cell.clone();
-    let fake = FakeServer::start(move |mut sock, stop| {
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
+    let fake = FakeServer::start(move |sock, stop| {
         let me = *pc.get().unwrap();
-        let mut buf = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            let Some((args, used)) = parse_command(&buf) else {
-                if !read_more(&mut sock, &mut buf) {
-                    return;
-                }
-                continue;
-            };
-            buf.drain(..used);
+        serve_commands(sock, stop, |sock, args, _| {
             let up = |a: &[u8]| a.to_ascii_uppercase();
             let reply = match (up(&args[0]).as_slice(), args.get(1).map(|a| up(a))) {
                 (b"CLUSTER", Some(sub)) if sub == b"SHARDS" => {
@@ -489,10 +469,8 @@ fn empty_moved_host_means_the_same_host(backend: IoBackend) {
                 (b"CLIENT", _) | (b"PING", _) => b"+OK\r\n".to_vec(),
                 _ => format!("-MOVED 1 :{target_port}\r\n").into_bytes(),
             };
-            if sock.write_all(&reply).is_err() {
-                return;
-            }
-        }
+            sock.write_all(&reply).is_ok()
+        });
     });
     let fake_port: u16 = fake.addr.rsplit(':').next().unwrap().parse().unwrap();
     port_cell.set(fake_port).unwrap();
@@ -518,32 +496,20 @@ fn huge_topology_replies_are_refused(backend: IoBackend) {
     let cluster = TestCluster::start();
     for slots in [false, true] {
         for how in [Hostile::Bulk, Hostile::Wide, Hostile::Deep] {
-            let fake = FakeServer::start(move |mut sock, stop| {
-                sock.set_read_timeout(Some(Duration::from_millis(50)))
-                    .unwrap();
-                let mut buf = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let Some((args, used)) = parse_command(&buf) else {
-                        if !read_more(&mut sock, &mut buf) {
-                            return;
-                        }
-                        continue;
-                    };
-                    buf.drain(..used);
+            let fake = FakeServer::start(move |sock, stop| {
+                serve_commands(sock, stop, |sock, args, _| {
                     let sub = args.get(1).map(|a| a.to_ascii_uppercase());
                     match sub.as_deref() {
-                        Some(b"SHARDS") if slots => {
-                            let _ = sock.write_all(b"-ERR unknown subcommand 'SHARDS'\r\n");
-                        }
+                        Some(b"SHARDS") if slots => sock
+                            .write_all(b"-ERR unknown subcommand 'SHARDS'\r\n")
+                            .is_ok(),
                         Some(b"SHARDS") | Some(b"SLOTS") => {
-                            answer_hostile(&mut sock, how, 0, false);
-                            return;
+                            answer_hostile(sock, how, 0, false);
+                            false
                         }
-                        _ => {
-                            let _ = sock.write_all(b"+OK\r\n");
-                        }
+                        _ => sock.write_all(b"+OK\r\n").is_ok(),
                     }
-                }
+                });
             });
             let what = format!(
                 "{how:?} to CLUSTER {}",

@@ -115,3 +115,27 @@ pub fn read_more(sock: &mut impl Read, buf: &mut Vec<u8>) -> bool {
         ),
     }
 }
+
+/// Serves `sock` one command at a time until `stop` is set, the peer closes, or
+/// `answer(sock, args, raw)` returns `false`; `raw` is the command as it came.
+#[allow(dead_code)] // not every test binary that includes this module serves commands
+pub fn serve_commands(
+    mut sock: TcpStream,
+    stop: &AtomicBool,
+    mut answer: impl FnMut(&mut TcpStream, Vec<Vec<u8>>, Vec<u8>) -> bool,
+) {
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Some((args, used)) = parse_command(&buf) else {
+            if !read_more(&mut sock, &mut buf) {
+                return;
+            }
+            continue;
+        };
+        let raw: Vec<u8> = buf.drain(..used).collect();
+        if !answer(&mut sock, args, raw) {
+            return;
+        }
+    }
+}

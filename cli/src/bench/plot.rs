@@ -175,18 +175,38 @@ fn throughput(rows: &[Series], path: &Path, subtitle: &str) -> PlotResult {
             .map(|(size, s)| (x_of(*size), gbs(s)))
             .filter(|p| p.1.is_finite())
             .collect();
-        chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)).point_size(4))?
-            .label(r.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+        line(&mut chart, pts, color, 4, r.label.clone())?;
     }
+    legend(&mut chart)?;
+    root.present()?;
+    Ok(())
+}
+
+/// One row's line, with its entry in the legend.
+fn line<X: Ranged<ValueType = f64>, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<X, Y>>,
+    pts: Vec<(f64, f64)>,
+    color: RGBAColor,
+    point_size: u32,
+    label: String,
+) -> PlotResult {
+    chart
+        .draw_series(LineSeries::new(pts, color.stroke_width(2)).point_size(point_size))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+    Ok(())
+}
+
+/// The legend, top right (the x ranges leave room for it there).
+fn legend<'a, X: Ranged<ValueType = f64>, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> PlotResult {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
@@ -239,18 +259,16 @@ fn latency(rows: &[Series], path: &Path, subtitle: &str) -> PlotResult {
                 .filter(|(_, v)| v.is_finite() && *v > 0.0)
                 .map(|(k, v)| (k as f64, v))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)).point_size(3))?
-                .label(format!("{} {}", fmt_size(*size), r.label))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+            line(
+                &mut chart,
+                pts,
+                color,
+                3,
+                format!("{} {}", fmt_size(*size), r.label),
+            )?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart)?;
     root.present()?;
     Ok(())
 }
