@@ -8,8 +8,8 @@
 //! which regions its ring still holds. A region leaves the table when its handle
 //! ([`Region`], or the [`OwnedRegion`] around it) is dropped; the drop returns only once
 //! no shard's ring holds it any more, and a ring lets go of a region only when no
-//! operation in flight uses it (the in-flight-owner rule of `shard/uring.rs`). So the
-//! memory may be freed after the drop returns, never before.
+//! operation in flight uses it (the in-flight-owner rule of `shard/uring/loans.rs`). So
+//! the memory may be freed after the drop returns, never before.
 //!
 //! When the kernel refuses to pin the memory (RLIMIT_MEMLOCK: an unprivileged user may
 //! lock 8 MiB by default), the region stays a plain one on that shard: payloads in it

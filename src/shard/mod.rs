@@ -8,24 +8,27 @@
 //! capacity (a bound on in-flight bytes and frames per connection), and while they wait
 //! they are served by the classes' weighted shares (`crate::priority`).
 //!
-//! This module keeps the event loop, intake, dispatch and timers. The rest:
-//! `cmd` encodes each command family and reads its replies, `pool` opens, picks,
-//! fails and frees connections, `part` tracks the units of a part and carries out
-//! retry decisions (`crate::cluster::retry`), `conn` is one connection (sans-I/O),
-//! `uring` / `epoll` are the two backends, `handle` starts and stops the thread.
+//! This module keeps the event loop, intake and dispatch. The rest: `events` hands
+//! connections to the backend and acts on its completions / readiness, `timers` runs
+//! the periodic tick (deadlines, stalls, retries, probes), `cmd` encodes each command
+//! family and reads its replies, `pool` opens, picks, fails and frees connections,
+//! `part` tracks the units of a part and carries out retry decisions
+//! (`crate::cluster::retry`), `conn` is one connection (sans-I/O), `uring` / `epoll`
+//! are the two backends, `handle` starts and stops the thread.
 
 mod cmd;
 pub(crate) mod conn;
 mod epoll;
+mod events;
 mod fixed;
 mod handle;
 mod part;
 mod pool;
+mod timers;
 mod tls;
 mod uring;
 
 use std::collections::VecDeque;
-use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -40,8 +43,7 @@ use crate::metrics::Metrics;
 use crate::priority::{Picker, Priority};
 use crate::syscalls::SyscallCounters;
 
-use cmd::recv_cap;
-use conn::{Conn, ConnState, PartRef};
+use conn::{Conn, PartRef};
 use handle::Backend;
 pub(crate) use handle::{start, ShardHandle, Shared};
 pub(crate) use part::clone_err;
@@ -505,270 +507,6 @@ impl Shard {
                 p.unsent = 0;
             }
             Emit::Exhausted
-        }
-    }
-
-    // ----- connections -----
-
-    // ----- I/O events -----
-
-    fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        // Express connections (small frames, see `pick_conn`) go first: a send copies
-        // its bytes into the socket before the call returns, and a PEEK must not wait
-        // for megabytes of PUT copied ahead of it.
-        let conns = &self.conns;
-        dirty.sort_by_key(|&cid| !conns[cid].as_ref().is_some_and(|c| c.express));
-        for cid in dirty.drain(..) {
-            let Some(conn) = self.conns[cid].as_mut() else {
-                continue;
-            };
-            if matches!(conn.state, ConnState::Dead | ConnState::Connecting) {
-                continue;
-            }
-            conn.rx.cap = recv_cap(conn, &self.parts);
-            // A receive is armed only while a reply is owed: one armed on an idle
-            // connection would take the next reply's first bytes whatever their size,
-            // before the cap above can keep a large value's bytes out of the receive
-            // buffer. A server closing an idle connection shows at its next use.
-            let owed = !conn.pending.is_empty() || conn.tls_handshaking();
-            let r = conn.seal().and_then(|_| match &mut self.backend {
-                Backend::Uring(u) => {
-                    u.send(cid, conn)
-                        .and_then(|_| if owed { u.recv(cid, conn) } else { Ok(()) })
-                }
-                Backend::Epoll(_) => epoll::flush(conn, &self.calls).map(|_| ()),
-            });
-            if let Err(e) = r {
-                let node = self.nodes[conn.node].addr.to_string();
-                self.fail_conn(cid, Error::Io { node, source: e }, true);
-            }
-        }
-        self.dirty = dirty;
-    }
-
-    fn on_cqe(&mut self, ev: uring::Cqe) {
-        match ev {
-            uring::Cqe::Doorbell => {}
-            uring::Cqe::Connect { cid, res } => {
-                if !self.live_or_reap(cid) {
-                    return;
-                }
-                let Some(conn) = self.conns[cid].as_mut() else {
-                    return;
-                };
-                let r = if res < 0 {
-                    Err(io::Error::from_raw_os_error(-res))
-                } else {
-                    conn.stream.connect_result()
-                };
-                match r {
-                    Ok(true) => self.on_connected(cid),
-                    Ok(false) => {
-                        if let Backend::Uring(u) = &mut self.backend {
-                            if let Err(e) = u.poll_connect(cid, conn) {
-                                self.io_failed(cid, e);
-                            }
-                        }
-                    }
-                    Err(e) => self.io_failed(cid, e),
-                }
-            }
-            uring::Cqe::Sent { cid, res, fixed } => {
-                if !self.live_or_reap(cid) {
-                    return;
-                }
-                if res < 0 {
-                    return self.io_failed(cid, io::Error::from_raw_os_error(-res));
-                }
-                if fixed {
-                    self.metrics.sent_fixed(res as usize);
-                }
-                if let Some(conn) = self.conns[cid].as_mut() {
-                    conn.on_sent(res as usize);
-                }
-                self.dirty.push(cid);
-            }
-            uring::Cqe::Recv { cid, res, buf } => {
-                // The kernel is done with `buf`: it goes back to the connection (or is
-                // freed here if the connection is gone).
-                let Some(conn) = self.conns[cid].as_mut() else {
-                    return;
-                };
-                let (direct, region) = (buf.direct, buf.region);
-                let n = usize::try_from(res).unwrap_or(0);
-                let _orphan = conn.rx.restore(buf, n);
-                if conn.state == ConnState::Dead {
-                    return self.settle_zombie(cid, direct);
-                }
-                if res <= 0 {
-                    let e = if res == 0 {
-                        io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")
-                    } else {
-                        io::Error::from_raw_os_error(-res)
-                    };
-                    return self.io_failed(cid, e);
-                }
-                self.metrics.received(n);
-                if direct {
-                    self.metrics.recv_direct(n);
-                }
-                if region {
-                    self.metrics.recv_fixed(n);
-                }
-                if !self.tls_received(cid) {
-                    return;
-                }
-                self.process(cid);
-                if let Some(conn) = self.conns[cid].as_mut() {
-                    if conn.state != ConnState::Dead {
-                        conn.trim();
-                        self.dirty.push(cid);
-                    }
-                }
-            }
-        }
-    }
-
-    fn on_ready(&mut self, ev: epoll::Ev) {
-        let epoll::Ev::Ready {
-            cid,
-            readable,
-            writable,
-            closed,
-        } = ev
-        else {
-            return;
-        };
-        let Some(conn) = self.conns[cid].as_mut() else {
-            return;
-        };
-        if conn.state == ConnState::Connecting && (writable || readable) {
-            match conn.stream.connect_result() {
-                Ok(true) => self.on_connected(cid),
-                Ok(false) => return,
-                Err(e) => return self.io_failed(cid, e),
-            }
-        }
-        if readable {
-            loop {
-                let Some(conn) = self.conns[cid].as_mut() else {
-                    return;
-                };
-                if conn.state == ConnState::Dead {
-                    return;
-                }
-                conn.rx.cap = recv_cap(conn, &self.parts);
-                match epoll::read_once(conn, &self.calls) {
-                    Ok(Some((0, _, _))) => {
-                        return self.io_failed(
-                            cid,
-                            io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "server closed the connection",
-                            ),
-                        )
-                    }
-                    Ok(Some((n, direct, more))) => {
-                        self.metrics.received(n);
-                        if direct {
-                            self.metrics.recv_direct(n);
-                        }
-                        if !self.tls_received(cid) {
-                            return;
-                        }
-                        self.process(cid);
-                        if !more && !closed {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => return self.io_failed(cid, e),
-                }
-            }
-            if let Some(c) = self.conns[cid].as_mut() {
-                c.trim();
-            }
-        }
-        if writable {
-            self.dirty.push(cid);
-        }
-    }
-
-    // ----- replies -----
-
-    // ----- timers -----
-
-    fn tick(&mut self, now: Instant) {
-        // Delayed cluster retries that are due go back to their queues, routed afresh.
-        if !self.delayed.is_empty() {
-            let due: Vec<(Instant, PartRef, u32)>;
-            (due, self.delayed) = std::mem::take(&mut self.delayed)
-                .into_iter()
-                .partition(|(t, _, _)| *t <= now);
-            for (_, pr, u) in due {
-                self.reroute(pr, u);
-            }
-        }
-        // Parts past their deadline: unresolved units time out.
-        for idx in 0..self.parts.len() {
-            if self.parts[idx]
-                .as_ref()
-                .is_some_and(|p| now >= p.batch.deadline)
-            {
-                self.expire(idx, now);
-            }
-        }
-        // Connections that stopped answering or never connected.
-        let request_timeout = self.cfg.request_timeout;
-        let connect_timeout = self.cfg.connect_timeout;
-        for cid in 0..self.conns.len() {
-            let Some(c) = self.conns[cid].as_ref() else {
-                continue;
-            };
-            let stalled = match c.state {
-                ConnState::Connecting => now.duration_since(c.since) > connect_timeout,
-                // TCP connect and TLS handshake together get the connect timeout.
-                _ if c.tls_handshaking() => now.duration_since(c.since) > connect_timeout,
-                ConnState::Dead => false,
-                _ => c
-                    .pending
-                    .front()
-                    .is_some_and(|p| now.duration_since(p.sent_at) > request_timeout),
-            };
-            if stalled {
-                let node = self.nodes[c.node].addr.to_string();
-                // A slow handshake is a timeout like a slow connect (retried), not a
-                // certificate problem; it still counts as a failed handshake.
-                let what = if c.state == ConnState::Connecting {
-                    "connect"
-                } else if c.tls_handshaking() {
-                    self.metrics.tls_handshake(false);
-                    "tls handshake"
-                } else {
-                    "reply"
-                };
-                let err = Error::Io {
-                    node,
-                    source: io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out")),
-                };
-                self.fail_conn(cid, err, true);
-            }
-        }
-        self.probe_down_nodes(now);
-        // Nodes whose backoff expired: their waiting parts can go again.
-        if self
-            .nodes
-            .iter()
-            .any(|n| n.retry_at.is_some_and(|t| t <= now))
-        {
-            for n in &mut self.nodes {
-                if n.retry_at.is_some_and(|t| t <= now) && !n.down {
-                    n.retry_at = None;
-                }
-            }
         }
     }
 }
