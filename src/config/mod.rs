@@ -276,8 +276,8 @@ pub struct Config {
     pub max_node_inflight_bytes: usize,
     /// Connections per server once values are large (running average of at least
     /// 1 MiB), over all shards (`extra_config.large_value_connections`; default
-    /// `None`: twice the CPU count, between 2 and 8). Small values keep
-    /// `max_connections`' pool of up to 4 per shard.
+    /// `None`: twice the CPU count, between 2 and 8, and 8 once values average 16 MiB
+    /// or more). Small values keep `max_connections`' pool of up to 4 per shard.
     pub large_value_connections: Option<usize>,
 }
 

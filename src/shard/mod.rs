@@ -55,6 +55,8 @@ const MAX_CONNS_PER_NODE: usize = 4;
 /// Running average value size from which values count as large (connection fan-out
 /// `large_value_connections`, GETs under the per-server byte budget).
 const LARGE_VALUE: f64 = (1 << 20) as f64;
+/// Values this large on average get the wider fan-out (`huge_conns`).
+const HUGE_VALUE: f64 = (16 << 20) as f64;
 /// Most frames queued on one connection before another connection is used.
 const MAX_FRAMES_PER_CONN: usize = 16;
 /// Most parts a shard works on at once; beyond that, parts wait in the lanes.
@@ -132,6 +134,8 @@ struct Shard {
     conns_per_node: usize,
     /// Connections per server and shard once values are large.
     large_conns: usize,
+    /// Connections per server and shard once values average 16 MiB or more.
+    huge_conns: usize,
     /// An MGET reply came back (value sizes are known, or were absent).
     probed: bool,
     /// Bytes in flight per server from this shard (`max_node_inflight_bytes`).
@@ -162,12 +166,16 @@ impl Shard {
         // more connections with large replies in flight slow Redis down.
         let conns_per_node = (cfg.max_connections / nshards.max(1)).clamp(1, MAX_CONNS_PER_NODE);
         let n = nshards.max(1);
-        // Measured on 2 cores at 4 and 32 MiB: 4 connections per server beat 2 by
-        // 5-15% and 8 did about as well as 4.
+        // Measured on 2 cores: at 4 MiB, 4 connections per server beat 2 by 5-15% and
+        // 8 did about as well as 4; at 32 MiB, 8 beat 4 (PUT 1.01x the 8-connection
+        // peer against 0.73x, RESULTS.md): each value is a long transfer, and the
+        // server overlaps more of them. Set explicitly, one count serves both.
         let large = cfg.large_value_connections.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(4, |c| (2 * c.get()).clamp(2, 8))
         });
+        let huge = cfg.large_value_connections.unwrap_or(large.max(8));
         let large_conns = large.div_ceil(n).clamp(1, MAX_CONNS_PER_NODE);
+        let huge_conns = huge.div_ceil(n).clamp(1, MAX_CONNS_PER_NODE);
         let node_limit = cfg.max_node_inflight_bytes;
         let weights = cfg.priority_weights;
         let calls = backend.calls();
@@ -196,6 +204,7 @@ impl Shard {
             avg_value: 0.0,
             conns_per_node,
             large_conns,
+            huge_conns,
             probed: false,
             node_limit,
             last_tick: Instant::now(),

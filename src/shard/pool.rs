@@ -14,7 +14,7 @@ use crate::resolver::{self, Lookup};
 use crate::resp::{self, Dest};
 
 use super::conn::{Conn, ConnState, HandshakeStep, PendKind, Pending, Stream};
-use super::{clone_err, uring, Backend, Shard, LARGE_VALUE, MAX_FRAMES_PER_CONN};
+use super::{clone_err, uring, Backend, Shard, HUGE_VALUE, LARGE_VALUE, MAX_FRAMES_PER_CONN};
 
 /// Longest wait between probes of a server known to be down.
 const MAX_PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -113,7 +113,9 @@ impl Shard {
         // An idle connection is best; otherwise grow the pool while allowed, so large
         // values spread over several sockets. The express connection does not count.
         // Large values: fewer connections per server, measured faster on small hosts.
-        let target = if self.avg_value >= LARGE_VALUE {
+        let target = if self.avg_value >= HUGE_VALUE {
+            self.huge_conns
+        } else if self.avg_value >= LARGE_VALUE {
             self.large_conns
         } else {
             self.conns_per_node
