@@ -4,8 +4,10 @@
 //! before the move, while the slot is migrating (ASK: new keys go to the importing
 //! node), and after it moved (MOVED, until the engines' slot tables catch up). A watcher
 //! reads the nodes directly (following ASK / MOVED like a reader would) and checks that
-//! the metadata of a chunk being written never exists without its payload. Afterwards
-//! every acknowledged chunk reads back intact.
+//! the metadata of a chunk being written never exists without its payload; keyspace
+//! notifications (SET events, in the order each node runs them) check that no node
+//! writes a chunk's metadata before its payload. Afterwards every acknowledged chunk
+//! reads back intact.
 //!
 //! Nothing is mocked: a real 3-master cluster (no replicas, to keep memory down).
 //! Run: `cargo test --release --test redirect_pairs -- --nocapture`.
@@ -219,6 +221,60 @@ impl Watcher {
     }
 }
 
+/// The keyspace channel of SET / MSET: the keys a node writes, in the order it runs them.
+const SET_EVENTS: &[u8] = b"__keyevent@0__:set";
+/// Published once every put is acknowledged: the listeners stop.
+const END: &[u8] = b"--end--";
+
+/// Subscribes to the SET events of node `addr` (notifications switched on there);
+/// the returned thread yields the keys written, in order, until [`END`].
+fn listen(addr: String) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let mut c = Client::connect(&addr, WAIT).expect("listener connects");
+    c.call(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"E$"])
+        .expect("notifications on");
+    c.call(&[b"SUBSCRIBE", SET_EVENTS]).expect("SUBSCRIBE");
+    std::thread::spawn(move || {
+        let mut keys = Vec::new();
+        loop {
+            let frame = c
+                .read_reply("set event")
+                .expect("set event")
+                .to_owned_frame();
+            let OwnedFrame::Array(parts) = frame else {
+                panic!("{addr}: not a pubsub message: {frame:?}");
+            };
+            match parts.last() {
+                Some(OwnedFrame::BulkString(k)) if k == END => return keys,
+                Some(OwnedFrame::BulkString(k)) => keys.push(k.clone()),
+                other => panic!("{addr}: unexpected pubsub message {other:?}"),
+            }
+        }
+    })
+}
+
+/// Chunks of `keys` whose metadata a node wrote before their payload (`events`: the
+/// keys it wrote, in order).
+fn meta_first(events: &[Vec<u8>], keys: &[Vec<u8>]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for k in keys {
+        let (pk, mk) = (
+            KeyLayout::Hashtag.payload_key(k),
+            KeyLayout::Hashtag.metadata_key(k).unwrap(),
+        );
+        let first_p = events.iter().position(|e| *e == pk);
+        let first_m = events.iter().position(|e| *e == mk);
+        if let Some(m) = first_m {
+            if first_p.is_none_or(|p| p > m) {
+                bad.push(format!(
+                    "{}: metadata written at event {m}, payload at {first_p:?}",
+                    k.escape_ascii()
+                ));
+            }
+        }
+    }
+    bad
+}
+
 /// MIGRATE one key of `slot` from `src` to `dst`; `false` when none is left.
 fn migrate_one(c: &TestCluster, src: usize, dst: usize, slot: u16) -> bool {
     let mut conn = Client::open(&c.addr(src), None).expect("source connects");
@@ -262,6 +318,7 @@ fn pairs_survive_live_reshard(backend: IoBackend) {
         c.cluster.node_id(src).unwrap(),
         c.cluster.node_id(dst).unwrap(),
     );
+    let listeners = [listen(c.addr(src)), listen(c.addr(dst))];
     let engines = [engine(&c, backend, None), engine(&c, backend, Some(600))];
     let keys: [Arc<Vec<Vec<u8>>>; 2] = [
         Arc::new(keys_in_slot(
@@ -357,6 +414,19 @@ fn pairs_survive_live_reshard(backend: IoBackend) {
         .flat_map(|h| h.join().expect("writer thread"))
         .collect();
     let (watcher, violations) = watch.join().expect("watcher thread");
+    // Every key is written once: on each node, a chunk's metadata never runs first.
+    for idx in [src, dst] {
+        c.cmd(idx, &["PUBLISH", "__keyevent@0__:set", "--end--"]);
+    }
+    let events: Vec<Vec<Vec<u8>>> = listeners
+        .into_iter()
+        .map(|h| h.join().expect("listener thread"))
+        .collect();
+    let ordering: Vec<String> = events
+        .iter()
+        .flat_map(|ev| keys.iter().flat_map(|k| meta_first(ev, k)))
+        .collect();
+    let seen: usize = events.iter().map(Vec::len).sum();
     println!(
         "{backend}: move began at {before_move:?}, slot moved at {moved_at:?}, done at {:?}; \
          {migrated} keys migrated one by one; watcher: {} EXISTS, {} ASKING",
@@ -365,9 +435,18 @@ fn pairs_survive_live_reshard(backend: IoBackend) {
         watcher.askings
     );
     assert!(errors.is_empty(), "puts failed: {errors:?}");
+    println!("{backend}: {seen} SET events on source and target");
     assert!(
         violations.is_empty(),
         "metadata before payload: {violations:?}"
+    );
+    assert!(
+        ordering.is_empty(),
+        "metadata ran before its payload: {ordering:?}"
+    );
+    assert!(
+        seen >= 2 * 2 * PUTS * CHUNKS_PER_PUT,
+        "only {seen} SET events seen"
     );
     assert!(watcher.checks > 0, "the watcher never looked");
     assert_eq!(c.cluster.slot_owner(SLOT).unwrap(), dst);
