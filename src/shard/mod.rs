@@ -13,7 +13,8 @@
 //! the periodic tick (deadlines, stalls, retries, probes), `cmd` encodes each command
 //! family and reads its replies, `pool` opens, picks, fails and frees connections,
 //! `part` tracks the units of a part and carries out retry decisions
-//! (`crate::cluster::retry`), `conn` is one connection (sans-I/O), `uring` / `epoll`
+//! (`crate::cluster::retry`), `pairs` keeps a chunk's two keys together through
+//! redirects, `conn` is one connection (sans-I/O), `uring` / `epoll`
 //! are the two backends, `handle` starts and stops the thread.
 
 mod cmd;
@@ -22,6 +23,7 @@ mod epoll;
 mod events;
 mod fixed;
 mod handle;
+mod pairs;
 mod part;
 mod pool;
 mod timers;
@@ -334,9 +336,15 @@ impl Shard {
             };
             let node = self.local_node(spec.node);
             // Units of one slot are usually adjacent (hash tags, standalone): check the
-            // last group first.
+            // last group first. An ASK group takes only a chunk's metadata right after
+            // its payload (forwarded together, see `pairs`).
             let existing = if spec.asking {
-                None
+                groups.last_mut().filter(|g| {
+                    g.asking
+                        && g.node == node
+                        && g.slot == spec.slot
+                        && part::pairs_with(&units, g.queue.back().copied(), spec.chunk, spec.role)
+                })
             } else {
                 groups
                     .iter_mut()
@@ -375,6 +383,7 @@ impl Shard {
             unsent: n,
             unresolved: n,
             queued: true,
+            held: Default::default(),
         };
         let idx = match self.free_parts.pop() {
             Some(i) => {

@@ -16,6 +16,7 @@ use crate::error::{show_key, Error};
 use crate::priority::Priority;
 
 use super::conn::{PartRef, PendKind};
+use super::pairs::{HeldRedirects, Redirect};
 use super::{Shard, SubmitPart, UnitSpec};
 
 /// One unit of a part inside the shard.
@@ -40,7 +41,8 @@ pub(super) struct Group {
     pub(super) node: usize,
     pub(super) slot: u16,
     pub(super) queue: VecDeque<u32>,
-    /// An ASK redirect: one unit, sent after ASKING.
+    /// An ASK redirect: one unit, or a chunk's payload and metadata, each sent after
+    /// its own ASKING, on one connection.
     pub(super) asking: bool,
 }
 
@@ -53,6 +55,8 @@ pub(super) struct ActivePart {
     pub(super) unsent: usize,
     pub(super) unresolved: usize,
     pub(super) queued: bool,
+    /// Payload redirects waiting for their metadata's reply (`super::pairs`).
+    pub(super) held: HeldRedirects,
 }
 
 /// What a retry decision needs to know of a unit and its request.
@@ -86,6 +90,7 @@ impl ActivePart {
         if let Some(unit) = self.units.get_mut(u as usize) {
             if matches!(unit.slot, Slot::Pending) {
                 self.unresolved -= 1;
+                self.held.on_resolved(u);
             }
             unit.slot = slot;
         }
@@ -148,10 +153,11 @@ impl Shard {
         }
     }
 
-    /// Hands a redirected unit to the shard that owns `node`, so each master's
-    /// connections stay with one shard. `false` when this shard owns the node itself,
-    /// nobody does yet, or the owner's lane is full (then the caller sends it from here).
-    pub(super) fn forward(&mut self, pr: PartRef, u: u32, node: NodeId, asking: bool) -> bool {
+    /// Hands redirected units (one, or a chunk's payload and metadata) to the shard that
+    /// owns `node`, as one part, so each master's connections stay with one shard.
+    /// `false` when this shard owns the node itself, nobody does yet, or the owner's
+    /// lane is full (then the caller sends them from here).
+    pub(super) fn forward(&mut self, pr: PartRef, us: &[u32], node: NodeId, asking: bool) -> bool {
         let Some(owner) = self.router.snapshot().owner(node) else {
             return false;
         };
@@ -162,39 +168,45 @@ impl Shard {
         let Some(part) = self.part_mut(pr) else {
             return false;
         };
-        let Some(unit) = part.units.get_mut(u as usize) else {
+        if us.iter().any(|&u| u as usize >= part.units.len()) {
             return false;
-        };
-        let spec = UnitSpec {
-            chunk: unit.chunk,
-            role: unit.role,
-            node,
-            slot: unit.hslot,
-            asking,
-            attempts: unit.attempts,
-        };
-        let bufs: Vec<(u32, Mem)> = unit
-            .buf
-            .take()
-            .map(|b| (unit.chunk, b))
-            .into_iter()
-            .collect();
+        }
+        let mut units = Vec::with_capacity(us.len());
+        let mut bufs: Vec<(u32, Mem)> = Vec::new();
+        let mut lent_by: Vec<u32> = Vec::new();
+        for &u in us {
+            let unit = &mut part.units[u as usize];
+            units.push(UnitSpec {
+                chunk: unit.chunk,
+                role: unit.role,
+                node,
+                slot: unit.hslot,
+                asking,
+                attempts: unit.attempts,
+            });
+            if let Some(b) = unit.buf.take() {
+                bufs.push((unit.chunk, b));
+                lent_by.push(u);
+            }
+        }
         let batch = part.batch.clone();
         // Counted before the push, so the batch cannot finish before the new part reports.
         batch.add_part();
         let sp = SubmitPart {
             batch: batch.clone(),
-            units: vec![spec],
+            units,
             bufs,
         };
         match lanes.try_push(part.class, sp) {
             Ok(()) => {
-                part.resolve(u, Slot::Forwarded);
+                for &u in us {
+                    part.resolve(u, Slot::Forwarded);
+                }
                 true
             }
-            Err(mut sp) => {
+            Err(sp) => {
                 batch.remove_part();
-                if let Some((_, b)) = sp.bufs.pop() {
+                for (u, (_, b)) in lent_by.into_iter().zip(sp.bufs) {
                     part.units[u as usize].buf = Some(b);
                 }
                 false
@@ -220,10 +232,14 @@ impl Shard {
             let id = self.router.route(batch.key(chunk, role)).node;
             self.local_node(id)
         };
+        // A payload held for this metadata follows its redirect first.
+        self.release_held(pr, u);
         self.requeue(pr, u, node, false);
     }
 
-    /// Puts a unit back in its part's queue for `node` (after ASKING if `asking`).
+    /// Puts a unit back in its part's queue for `node` (after ASKING if `asking`). A
+    /// chunk's metadata asked for right after its payload joins the payload's ASK group,
+    /// so both go out on one connection, payload first.
     pub(super) fn requeue(&mut self, pr: PartRef, u: u32, node: usize, asking: bool) {
         let Some(part) = self.part_mut(pr) else {
             return;
@@ -232,9 +248,15 @@ impl Shard {
             return;
         };
         unit.node = node;
-        let hslot = unit.hslot;
+        let (hslot, chunk, role) = (unit.hslot, unit.chunk, unit.role);
+        let units = &part.units;
         let existing = if asking {
-            None
+            part.groups.iter_mut().find(|g| {
+                g.asking
+                    && g.node == node
+                    && g.slot == hslot
+                    && pairs_with(units, g.queue.back().copied(), chunk, role)
+            })
         } else {
             part.groups
                 .iter_mut()
@@ -346,6 +368,8 @@ impl Shard {
 
     /// Hands a part back to its batch once every unit is resolved.
     pub(super) fn maybe_complete(&mut self, idx: usize) {
+        // Payload redirects released by their metadata's reply go first.
+        self.follow_released(idx);
         let Some(part) = self.parts[idx].as_ref() else {
             return;
         };
@@ -400,25 +424,23 @@ impl Shard {
         }
         let err = match method {
             RetryMethod::Moved { slot, addr } => {
-                let id = self.router.note_moved(slot, &addr);
-                if is_command || !self.forward(pr, u, id, false) {
-                    let node = self.local_node(id);
-                    self.requeue(pr, u, node, false);
-                }
+                let to = self.router.note_moved(slot, &addr);
+                let r = Redirect { to, asking: false };
+                self.follow_redirect(pr, u, r, is_command);
                 return;
             }
             RetryMethod::Ask { addr } => {
-                let id = self.router.intern(&addr);
-                if is_command || !self.forward(pr, u, id, true) {
-                    let node = self.local_node(id);
-                    self.requeue(pr, u, node, true);
-                }
+                let to = self.router.intern(&addr);
+                let r = Redirect { to, asking: true };
+                self.follow_redirect(pr, u, r, is_command);
                 return;
             }
             RetryMethod::WaitAndRetry { after, refresh } => {
                 if refresh {
                     self.router.request_refresh();
                 }
+                // A payload held for this metadata follows its redirect first.
+                self.release_held(pr, u);
                 self.delayed.push((Instant::now() + after, pr, u));
                 return;
             }
@@ -440,6 +462,15 @@ impl Shard {
             part.resolve(u, Slot::Err(err));
         }
     }
+}
+
+/// Unit `last` (the last one of an ASK group) is the payload of the chunk whose `role`
+/// unit is the metadata: the two keys of one chunk.
+pub(super) fn pairs_with(units: &[PUnit], last: Option<u32>, chunk: u32, role: Role) -> bool {
+    role == Role::Meta
+        && last
+            .and_then(|l| units.get(l as usize))
+            .is_some_and(|lu| lu.chunk == chunk && lu.role == Role::Payload)
 }
 
 /// A cluster error naming slot and node. A command sent to a chosen node has no slot

@@ -43,8 +43,12 @@ impl Shard {
         let batch = part.batch.clone();
         let node = part.groups[gi].node;
         let asking = part.groups[gi].asking;
+        // An ASK group (one unit, or a chunk's payload and metadata) goes out whole on
+        // this connection, one key per command, each after its own ASKING (it applies
+        // to the next command only; and an importing node answers a multi-key command
+        // with TRYAGAIN while any of its keys is missing).
         let order: Vec<usize> = if asking {
-            vec![gi]
+            vec![gi; part.groups[gi].queue.len()]
         } else {
             (gi..part.groups.len())
                 .filter(|&j| {
@@ -64,7 +68,7 @@ impl Shard {
         let mut used_bytes = 0usize;
         let mut tmp = Vec::with_capacity(256);
         for j in order {
-            if used_keys >= key_budget || used_bytes >= inflight_limit {
+            if !asking && (used_keys >= key_budget || used_bytes >= inflight_limit) {
                 break;
             }
             let g = &mut part.groups[j];
@@ -101,7 +105,8 @@ impl Shard {
                     &part.units,
                     &mut g.queue,
                     room,
-                    used_keys == 0,
+                    // An ASKING is written: a command must follow it.
+                    used_keys == 0 || asking,
                     inflight_limit.saturating_sub(used_bytes),
                     asking,
                     &mut tmp,
