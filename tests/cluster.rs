@@ -18,11 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::chunks::{chunks_for, meta_for, value_for};
 use common::{test_options, wait_until, TestCluster, TestServer};
 use slotline::cluster::slot::hash_slot;
 use slotline::config::{IoBackend, Mode, ServerAddr};
 use slotline::engine::MasterView;
-use slotline::{Config, Engine, Error, KeyLayout, PutChunk, RemoteMetadata};
+use slotline::{Config, Engine, Error, KeyLayout, PutChunk};
 use slotline_testkit as servers;
 
 // ---------------------------------------------------------------------------------------
@@ -45,32 +46,6 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
-/// The value every test writes for `key`: `len` pseudo-random bytes derived from the
-/// key, so any mix-up between keys shows as a byte mismatch.
-fn value_for(key: &[u8], len: usize) -> Vec<u8> {
-    let mut r = Rng::new(fnv(key) | 1);
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        v.extend_from_slice(&r.next().to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-/// Realistic metadata for a payload of `len` bytes: KV_2LTD, bfloat16.
-fn meta_for(len: usize) -> RemoteMetadata {
-    RemoteMetadata::new(len, 1, 3, &[2, 1, len / 2, 1]).expect("valid metadata")
 }
 
 /// An LMCache-style chunk key.
@@ -939,17 +914,7 @@ fn live_resharding(backend: IoBackend) {
                 keys.push(k);
             }
         }
-        let chunks: Vec<PutChunk> = keys
-            .iter()
-            .map(|k| {
-                PutChunk::new(
-                    k.clone(),
-                    value_for(k, VALUE_LEN),
-                    Some(meta_for(VALUE_LEN)),
-                )
-            })
-            .collect();
-        e.put(chunks).unwrap();
+        e.put(chunks_for(&keys, VALUE_LEN)).unwrap();
     }
     let in_moved: u64 = (0u16..600)
         .step_by(7)

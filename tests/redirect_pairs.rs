@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::chunks::{chunks_for, meta_for, value_for};
 use common::{test_options, wait_until, TestCluster};
 use slotline::cluster::slot::hash_slot;
 use slotline::config::{IoBackend, Mode};
-use slotline::{Config, Engine, KeyLayout, PutChunk, RemoteMetadata};
+use slotline::{Config, Engine, KeyLayout};
 use slotline_testkit::{Client, OwnedFrame};
 
 const VALUE_LEN: usize = 4 << 20;
@@ -36,26 +37,6 @@ const PUTS: usize = PUTS_BEFORE + PUTS_MIGRATING + PUTS_AFTER;
 /// The slot that moves.
 const SLOT: u16 = 0;
 const WAIT: Duration = Duration::from_secs(90);
-
-/// xorshift64*, so a value is a pure function of its key.
-fn value_for(key: &[u8], len: usize) -> Vec<u8> {
-    let mut x = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    }) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-fn meta_for(len: usize) -> RemoteMetadata {
-    RemoteMetadata::new(len, 1, 3, &[2, 1, len / 2, 1]).expect("valid metadata")
-}
 
 /// `n` LMCache-style chunk keys whose keys (both, hash-tagged) hash to `slot`.
 fn keys_in_slot(tag: &str, slot: u16, n: usize) -> Vec<Vec<u8>> {
@@ -116,16 +97,7 @@ fn writer(e: Engine, w: usize, keys: Arc<Vec<Vec<u8>>>, p: Arc<Progress>) -> Vec
             std::thread::sleep(Duration::from_millis(2));
         }
         let batch = &keys[i * CHUNKS_PER_PUT..(i + 1) * CHUNKS_PER_PUT];
-        let chunks: Vec<PutChunk> = batch
-            .iter()
-            .map(|k| {
-                PutChunk::new(
-                    k.clone(),
-                    value_for(k, VALUE_LEN),
-                    Some(meta_for(VALUE_LEN)),
-                )
-            })
-            .collect();
+        let chunks = chunks_for(batch, VALUE_LEN);
         p.started[w].store(i + 1, Ordering::SeqCst);
         if let Err(e) = e.put(chunks) {
             errors.push(format!("put {i} of writer {w}: {e}"));

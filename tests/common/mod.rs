@@ -12,6 +12,7 @@
 
 pub use slotline_testkit::harness::*;
 
+pub mod chunks;
 pub mod fake;
 
 /// Runs one test body on both backends: `both_backends!(name)` for a body fn `name`, or
