@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::chunks::{chunks_for, meta_for, value_for};
-use common::{test_options, wait_until, TestCluster, TestServer};
+use common::{cmd_calls, test_options, wait_until, TestCluster, TestServer};
 use slotline::cluster::slot::hash_slot;
 use slotline::config::{IoBackend, Mode, ServerAddr};
 use slotline::engine::MasterView;
@@ -166,17 +166,6 @@ fn check_topology(c: &TestCluster, e: &Engine, masters: usize) -> Vec<MasterView
 /// Master index (initial node index) owning `slot`, as the server says.
 fn owner(c: &TestCluster, slot: u16) -> usize {
     c.cluster.slot_owner(slot).expect("slot owner")
-}
-
-/// `calls` of `cmdstat_<cmd>` in INFO commandstats of node `idx` (0 if never called).
-fn cmd_calls(c: &TestCluster, idx: usize, cmd: &str) -> u64 {
-    let info = c.cmd(idx, &["INFO", "commandstats"]);
-    let prefix = format!("cmdstat_{cmd}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 fn info_field(text: &str, field: &str) -> Option<String> {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::chunks::{chunks_for, meta_for, value_for};
-use common::{test_options, wait_until, TestCluster};
+use common::{cmd_calls, test_options, wait_until, TestCluster};
 use slotline::cluster::slot::hash_slot;
 use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, KeyLayout};
@@ -56,17 +56,6 @@ fn engine(c: &TestCluster, backend: IoBackend, ttl: Option<u64>) -> Engine {
     cfg.request_timeout = Duration::from_secs(15);
     cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine starts")
-}
-
-/// `calls` of `cmdstat_<cmd>` in INFO commandstats of node `idx`.
-fn cmd_calls(c: &TestCluster, idx: usize, cmd: &str) -> u64 {
-    let info = c.cmd(idx, &["INFO", "commandstats"]);
-    let prefix = format!("cmdstat_{cmd}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// What the writers and the mover share.

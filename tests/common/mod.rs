@@ -15,6 +15,17 @@ pub use slotline_testkit::harness::*;
 pub mod chunks;
 pub mod fake;
 
+/// `calls` of `cmdstat_<cmd>` in INFO commandstats of node `idx` (0 if never called).
+pub fn cmd_calls(c: &TestCluster, idx: usize, cmd: &str) -> u64 {
+    let info = c.cmd(idx, &["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs one test body on both backends: `both_backends!(name)` for a body fn `name`, or
 /// `both_backends!(name, body)`; generates `mod name { fn io_uring(); fn epoll(); }`.
 #[macro_export]
