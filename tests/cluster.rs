@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::chunks::{chunks_for, meta_for, value_for};
+use common::chunks::{chunks_for, meta_for, value_for, Rng};
 use common::{cmd_calls, test_options, wait_until, TestCluster, TestServer};
 use slotline::cluster::slot::hash_slot;
 use slotline::config::{IoBackend, Mode, ServerAddr};
@@ -29,24 +29,6 @@ use slotline_testkit as servers;
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// Small deterministic PRNG (xorshift64*), so failures reproduce from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// An LMCache-style chunk key.
 fn lm_key(tag: &str, i: u64) -> Vec<u8> {

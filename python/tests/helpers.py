@@ -80,3 +80,14 @@ def wait_for(client, fid: int, timeout: float = 20.0):
             if c[0] == fid:
                 return c
     raise AssertionError("future %d never completed" % fid)
+
+
+def poll_until(fn, timeout: float = 20.0):
+    """Calls ``fn`` every 5 ms until it returns something truthy; that is returned."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = fn()
+        if r:
+            return r
+        time.sleep(0.005)
+    raise AssertionError("no result in time")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import Driver, loaded, wait_for
+from helpers import Driver, loaded, poll_until, wait_for
 from slotline import Client, config_text
 from slotline.native_plugin import SlotlineNativePlugin
 
@@ -167,15 +167,6 @@ def test_native_plugin_through_lmcache_adapter_on_cluster(redis_cluster, crpy):
                                phy_size=len(data), ref_count=1, fmt=MemoryFormat.BINARY)
         return TensorMemoryObj(torch.frombuffer(data, dtype=torch.uint8), md, None)
 
-    def until(fn, timeout: float = 20.0):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            r = fn()
-            if r:
-                return r
-            time.sleep(0.005)
-        raise AssertionError("no result in time")
-
     cfg = NativePluginL2AdapterConfig.from_dict({
         "type": "native_plugin", "module_path": "slotline.native_plugin",
         "class_name": "SlotlineNativePlugin",
@@ -187,21 +178,21 @@ def test_native_plugin_through_lmcache_adapter_on_cluster(redis_cluster, crpy):
         data = [bytearray(os.urandom(8192)) for _ in keys]
         src = [mobj(d) for d in data]  # alive until stored: the adapter keeps raw pointers
         tid = a.submit_store_task(keys, src)
-        done = until(a.pop_completed_store_tasks)
+        done = poll_until(a.pop_completed_store_tasks)
         assert tid in done and int(done[tid]) >= 0
         counts = per_master_counts(redis_cluster)
         assert all(n > 0 for n in counts.values()) and sum(counts.values()) == N_KEYS
 
         missing = ObjectKey(chunk_hash=b"\xff" * 8, model_name="org/m", kv_rank=0)
         tid = a.submit_lookup_and_lock_task(keys + [missing], {})
-        bm = until(lambda: a.query_lookup_and_lock_result(tid))
+        bm = poll_until(lambda: a.query_lookup_and_lock_result(tid))
         assert bm.count_leading_ones() == N_KEYS and not bm.test(N_KEYS)
         a.submit_unlock(keys)
 
         dst_bufs = [bytearray(8192) for _ in keys]
         dst = [mobj(b) for b in dst_bufs]
         tid = a.submit_load_task(keys, dst)
-        bm = until(lambda: a.query_load_result(tid))
+        bm = poll_until(lambda: a.query_load_result(tid))
         assert bm.popcount() == N_KEYS and dst_bufs == data
     finally:
         a.close()

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from helpers import poll_until
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("lmcache")
 
@@ -43,16 +45,6 @@ def wait_fd(fd: int, timeout: float = 20.0) -> None:
     p = select.poll()
     p.register(fd, select.POLLIN)
     assert p.poll(int(timeout * 1000)), "adapter event fd never fired"
-
-
-def poll_until(fn, timeout: float = 20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        r = fn()
-        if r:
-            return r
-        time.sleep(0.005)
-    raise AssertionError("no result in time")
 
 
 @pytest.fixture
