@@ -132,7 +132,12 @@ impl<B: ?Sized> Home<B> {
             *slot = Some(buf);
         }
         st.out = st.out.saturating_sub(1);
-        let w = if st.out == 0 { st.waker.take() } else { None };
+        if st.out > 0 {
+            // Waiters (`wait_home`) and the waker only care about the last one: no
+            // wake-up (a futex syscall) per buffer.
+            return;
+        }
+        let w = st.waker.take();
         drop(st);
         self.cv.notify_all();
         if let Some(w) = w {

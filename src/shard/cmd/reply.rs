@@ -204,11 +204,6 @@ impl Shard {
         if let Value::Error(msg) = &v {
             return self.unit_error(cid, Some(pr), u, msg);
         }
-        let node = self.conns[cid]
-            .as_ref()
-            .map(|c| self.nodes[c.node].addr.to_string())
-            .unwrap_or_default();
-        let metrics = self.metrics.clone();
         let Some(part) = self.part_mut(pr) else {
             return;
         };
@@ -221,14 +216,23 @@ impl Shard {
         if fits {
             return part.resolve(u, ok(v));
         }
-        metrics.error("protocol");
+        // The failure path only: the node's name is formatted here, not per reply.
+        let unknown = expect == Expect::Ok || matches!(part.batch.op, Op::Delete);
+        let node = self.conns[cid]
+            .as_ref()
+            .map(|c| self.nodes[c.node].addr.to_string())
+            .unwrap_or_default();
+        self.metrics.error("protocol");
         let reason = format!("unexpected reply to {what}: {}", preview(&v));
         // A write that reached the server and got a nonsense answer may or may not
         // have been applied; a read is simply failed.
-        let err = if expect == Expect::Ok || matches!(part.batch.op, Op::Delete) {
+        let err = if unknown {
             Error::OutcomeUnknown { node, reason }
         } else {
             Error::Protocol { node, reason }
+        };
+        let Some(part) = self.part_mut(pr) else {
+            return;
         };
         part.resolve(u, Slot::Err(err));
     }
