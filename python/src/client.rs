@@ -1,4 +1,5 @@
-//! `slotline._native.Client`: one engine, one eventfd, one completion thread, and
+//! `slotline._native.Client`: one engine, one eventfd, completions polled by the
+//! threads that finish them (`completion.rs`), and
 //! non-blocking `submit_*` calls returning future ids.
 //!
 //! Python's LMCache plug-ins (`slotline.native_plugin`, `slotline.lmcache`) wrap this
@@ -102,8 +103,8 @@ impl Client {
         let engine = py
             .detach(|| Engine::new(cfg))
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-        let done = Completions::start("slotline-done")
-            .map_err(|e| PyRuntimeError::new_err(format!("completion thread: {e}")))?;
+        let done =
+            Completions::new().map_err(|e| PyRuntimeError::new_err(format!("eventfd: {e}")))?;
         Ok(Client {
             engine: Mutex::new(Some(engine)),
             done,
@@ -322,13 +323,21 @@ impl Client {
     }
 
     /// Refuses new requests, waits for running ones (bounded by the request timeout),
-    /// stops the completion thread and the engine. Finished requests stay drainable.
+    /// then stops the engine. Finished requests stay drainable.
     fn close(&self, py: Python<'_>) {
         py.detach(|| {
             self.done.close();
             let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
             drop(engine);
         });
+    }
+}
+
+impl Drop for Client {
+    /// Collected without `close`: running requests finish first, so that no request
+    /// drops the last engine handle on a shard thread (the engine joins its shards).
+    fn drop(&mut self) {
+        self.done.close();
     }
 }
 

@@ -1,18 +1,26 @@
-//! Completion delivery: one thread per plug-in polls every request's future and, when
-//! one finishes, queues its [`Outcome`] and rings the eventfd.
+//! Completion delivery without a thread: each request is a future polled by whoever
+//! wakes it, and a finished one is queued and announced on the eventfd.
 //!
-//! No thread per call: each request is a future woken by the shard that completes it
-//! (the waker queues the request's id and unparks this thread). Python takes finished
-//! requests with [`Completions::drain`], which first resets the eventfd.
+//! The first poll happens on the submitting thread (GIL released); later polls run in
+//! the waker, i.e. on the shard thread that completed the request's batch or brought
+//! its last buffer home. That saves a thread hop (a futex wake and a context switch)
+//! per request against a dedicated completion thread. It is safe because every job's
+//! poll is non-blocking (the engine's `try_*` and `*_async` forms never wait for lane
+//! space) and because a job never holds the last engine handle: `close` waits for
+//! every job to finish before the client drops its engine, and a finished job is
+//! dropped before it counts as finished.
 //!
-//! Buffers ([`View`](crate::views::View)s) are never dropped on this thread: they
-//! travel inside the outcome and are released by Python's drain, with the GIL held.
+//! A job is polled by one thread at a time: the poller takes it out of the table, and
+//! a wake that finds it taken marks it `notified`, so the poller polls again before
+//! putting it back. No wake-up is lost and none waits.
+//!
+//! Buffers ([`View`](crate::views::View)s) are never released here: they travel inside
+//! the outcome and are released by Python's drain, with the GIL held.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{JoinHandle, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::efd::EventFd;
 use crate::io::{Job, Outcome};
@@ -28,36 +36,67 @@ pub struct Done {
 
 #[derive(Default)]
 struct State {
-    /// Submitted, not yet seen by the thread.
-    incoming: Vec<(u64, Job)>,
-    /// Ids whose futures were woken.
-    woken: Vec<u64>,
     /// Finished, not yet drained.
     done: Vec<Done>,
-    /// No new requests; the thread exits once everything running has finished.
+    /// The eventfd was written and not drained since: later outcomes need no write.
+    signalled: bool,
+    /// No new requests.
     closing: bool,
     /// Requests accepted and not yet finished.
     running: usize,
 }
 
+/// One running request.
+struct Entry {
+    /// `None` while a thread is polling it.
+    job: Option<Job>,
+    /// Woken while being polled: the poller polls again.
+    notified: bool,
+    waker: Waker,
+}
+
 struct Shared {
     efd: EventFd,
     st: Mutex<State>,
+    jobs: Mutex<HashMap<u64, Entry>>,
+    /// Signalled when the last running request finishes after `close` began.
+    idle: Condvar,
 }
 
+// A panic elsewhere while holding one of these locks leaves consistent data (plain
+// inserts, pushes and takes); keep going rather than poison every later call.
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere while holding the lock leaves consistent data (plain
-        // pushes and takes); keep going rather than poison every later call.
         self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn jobs(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an outcome and rings the eventfd unless it is already ringing.
+    fn push_done(&self, id: u64, outcome: Outcome, was_running: bool) {
+        let mut st = self.lock();
+        if was_running {
+            st.running -= 1;
+        }
+        st.done.push(Done { id, outcome });
+        let ring = !std::mem::replace(&mut st.signalled, true);
+        let idle = st.closing && st.running == 0;
+        drop(st);
+        if ring {
+            self.efd.notify();
+        }
+        if idle {
+            self.idle.notify_all();
+        }
     }
 }
 
-/// Wakes one request: queue its id for the completion thread.
+/// Wakes one request by polling it on the waking thread.
 struct JobWaker {
     id: u64,
-    shared: Arc<Shared>,
-    thread: Thread,
+    shared: Weak<Shared>,
 }
 
 impl Wake for JobWaker {
@@ -66,34 +105,74 @@ impl Wake for JobWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.shared.lock().woken.push(self.id);
-        self.thread.unpark();
+        if let Some(shared) = self.shared.upgrade() {
+            drive(&shared, self.id);
+        }
+    }
+}
+
+/// Polls request `id` until it is pending with nobody having woken it meanwhile, or
+/// finished. Returns at once if another thread is polling it (that thread polls again).
+fn drive(shared: &Shared, id: u64) {
+    let (mut job, waker) = {
+        let mut jobs = shared.jobs();
+        let Some(e) = jobs.get_mut(&id) else {
+            return; // finished already (a late or second wake)
+        };
+        match e.job.take() {
+            Some(j) => {
+                e.notified = false;
+                (j, e.waker.clone())
+            }
+            None => {
+                e.notified = true;
+                return;
+            }
+        }
+    };
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match job.as_mut().poll(&mut cx) {
+            Poll::Ready(outcome) => {
+                shared.jobs().remove(&id);
+                // Dropped before it counts as finished: `close` relies on no job
+                // outliving the count (a job may hold an engine handle).
+                drop(job);
+                shared.push_done(id, outcome, true);
+                return;
+            }
+            Poll::Pending => {
+                let mut jobs = shared.jobs();
+                let e = jobs.entry(id).or_insert_with(|| Entry {
+                    job: None,
+                    notified: false,
+                    waker: waker.clone(),
+                });
+                if std::mem::take(&mut e.notified) {
+                    continue; // woken while polling: look again
+                }
+                e.job = Some(job);
+                return;
+            }
+        }
     }
 }
 
 /// The completion side of one plug-in instance.
 pub struct Completions {
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// How long the completion thread sleeps without news before it looks at `closing`.
-const IDLE: Duration = Duration::from_millis(200);
-
 impl Completions {
-    /// Creates the eventfd and starts the completion thread.
-    pub fn start(name: &str) -> std::io::Result<Completions> {
-        let shared = Arc::new(Shared {
-            efd: EventFd::new()?,
-            st: Mutex::new(State::default()),
-        });
-        let s2 = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || run(s2))?;
+    /// Creates the eventfd.
+    pub fn new() -> std::io::Result<Completions> {
         Ok(Completions {
-            shared,
-            thread: Mutex::new(Some(thread)),
+            shared: Arc::new(Shared {
+                efd: EventFd::new()?,
+                st: Mutex::new(State::default()),
+                jobs: Mutex::new(HashMap::new()),
+                idle: Condvar::new(),
+            }),
         })
     }
 
@@ -102,11 +181,10 @@ impl Completions {
         self.shared.efd.raw()
     }
 
-    /// Hands a request to the completion thread. After `close`, the request is
-    /// finished at once (it was built as a failure by the caller, or is failed here
-    /// unpolled).
+    /// Takes a request and polls it once here. After `close`, the request is failed at
+    /// once, unpolled.
     pub fn submit(&self, id: u64, job: Job) {
-        let thread = {
+        {
             let mut st = self.shared.lock();
             if st.closing {
                 drop(st);
@@ -116,35 +194,37 @@ impl Completions {
                 return self.finish_now(id, Outcome::failed("plug-in is closed", Vec::new()));
             }
             st.running += 1;
-            st.incoming.push((id, job));
-            self.thread_handle()
-        };
-        if let Some(t) = thread {
-            t.unpark();
         }
+        let waker = Waker::from(Arc::new(JobWaker {
+            id,
+            shared: Arc::downgrade(&self.shared),
+        }));
+        self.shared.jobs().insert(
+            id,
+            Entry {
+                job: Some(job),
+                notified: false,
+                waker,
+            },
+        );
+        drive(&self.shared, id);
     }
 
     /// Queues an outcome that needs no polling (failed before reaching the engine).
     pub fn finish_now(&self, id: u64, outcome: Outcome) {
-        self.shared.lock().done.push(Done { id, outcome });
-        self.shared.efd.notify();
-    }
-
-    fn thread_handle(&self) -> Option<Thread> {
-        self.thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|h| h.thread().clone())
+        self.shared.push_done(id, outcome, false);
     }
 
     /// Resets the eventfd, then takes every finished request.
     ///
-    /// Reset first: an outcome queued after the reset rings the eventfd again, so none
-    /// is left behind unannounced.
+    /// Reset first: an outcome queued after the reset finds `signalled` cleared (or is
+    /// taken by this drain), so it rings the eventfd again and none is left behind
+    /// unannounced.
     pub fn drain(&self) -> Vec<Done> {
         self.shared.efd.reset();
-        std::mem::take(&mut self.shared.lock().done)
+        let mut st = self.shared.lock();
+        st.signalled = false;
+        std::mem::take(&mut st.done)
     }
 
     /// Whether `close` has been called.
@@ -152,15 +232,26 @@ impl Completions {
         self.shared.lock().closing
     }
 
-    /// Refuses new requests, waits for every running one to finish (each is bounded by
-    /// the engine's request timeout) and stops the thread. Finished requests stay
-    /// drainable. Idempotent.
+    /// Refuses new requests and waits for every running one to finish (each is bounded
+    /// by its deadline). Finished requests stay drainable. Idempotent.
     pub fn close(&self) {
-        self.shared.lock().closing = true;
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = handle {
-            h.thread().unpark();
-            let _ = h.join();
+        let mut st = self.shared.lock();
+        st.closing = true;
+        let mut warned = Instant::now();
+        while st.running > 0 {
+            st = self
+                .shared
+                .idle
+                .wait_timeout(st, Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if st.running > 0 && warned.elapsed() >= Duration::from_secs(10) {
+                warned = Instant::now();
+                tracing::warn!(
+                    running = st.running,
+                    "closing the plug-in: waiting for requests still running"
+                );
+            }
         }
     }
 
@@ -176,53 +267,186 @@ impl Drop for Completions {
     }
 }
 
-fn run(shared: Arc<Shared>) {
-    let me = std::thread::current();
-    let mut jobs: HashMap<u64, (Job, Waker)> = HashMap::new();
-    loop {
-        let (incoming, woken, closing) = {
-            let mut st = shared.lock();
-            (
-                std::mem::take(&mut st.incoming),
-                std::mem::take(&mut st.woken),
-                st.closing,
-            )
-        };
-        let mut to_poll = woken;
-        for (id, job) in incoming {
-            let waker = Waker::from(Arc::new(JobWaker {
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::Payload;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// Pending until `open`, keeping its latest waker in `wakers[id]`; counts its
+    /// polls.
+    struct Gate {
+        id: usize,
+        open: Arc<AtomicBool>,
+        wakers: Arc<Mutex<Vec<Option<Waker>>>>,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl Future for Gate {
+        type Output = Outcome;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            if self.open.load(Ordering::SeqCst) {
+                return Poll::Ready(Outcome::ok(Payload::None, Vec::new()));
+            }
+            self.wakers.lock().unwrap()[self.id] = Some(cx.waker().clone());
+            // Opened between the check and the registration: the opener's wake may
+            // have found no waker yet, so look again.
+            if self.open.load(Ordering::SeqCst) {
+                return Poll::Ready(Outcome::ok(Payload::None, Vec::new()));
+            }
+            Poll::Pending
+        }
+    }
+
+    fn drained_ids(c: &Completions) -> Vec<u64> {
+        let mut ids: Vec<u64> = c.drain().into_iter().map(|d| d.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn a_job_ready_at_once_finishes_on_submit() {
+        let c = Completions::new().unwrap();
+        c.submit(
+            7,
+            crate::io::ready(Outcome::ok(Payload::Count(3), Vec::new())),
+        );
+        assert_eq!(c.running(), 0);
+        let d = c.drain();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].id, 7);
+        assert!(matches!(d[0].outcome.payload, Payload::Count(3)));
+    }
+
+    #[test]
+    fn a_wake_during_its_own_poll_is_not_lost() {
+        // Wakes itself while being polled, then is pending: the waker finds the job
+        // taken, marks it, and the poller polls again.
+        struct SelfWake(u32);
+        impl Future for SelfWake {
+            type Output = Outcome;
+            fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+                self.0 += 1;
+                if self.0 >= 3 {
+                    return Poll::Ready(Outcome::ok(Payload::None, Vec::new()));
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+        let c = Completions::new().unwrap();
+        c.submit(1, Box::pin(SelfWake(0)));
+        assert_eq!(c.running(), 0);
+        assert_eq!(drained_ids(&c), vec![1]);
+    }
+
+    #[test]
+    fn concurrent_wakes_finish_each_job_exactly_once() {
+        const JOBS: u64 = 200;
+        let c = Arc::new(Completions::new().unwrap());
+        let open = Arc::new(AtomicBool::new(false));
+        let wakers = Arc::new(Mutex::new(vec![None; JOBS as usize]));
+        let polls = Arc::new(AtomicUsize::new(0));
+        for id in 0..JOBS {
+            c.submit(
                 id,
-                shared: shared.clone(),
-                thread: me.clone(),
-            }));
-            jobs.insert(id, (job, waker));
-            to_poll.push(id);
+                Box::pin(Gate {
+                    id: id as usize,
+                    open: open.clone(),
+                    wakers: wakers.clone(),
+                    polls: polls.clone(),
+                }),
+            );
         }
-        let mut finished = Vec::new();
-        for id in to_poll {
-            let Some((job, waker)) = jobs.get_mut(&id) else {
-                continue; // woken twice, or after it finished
-            };
-            let mut cx = Context::from_waker(waker);
-            if let Poll::Ready(outcome) = job.as_mut().poll(&mut cx) {
-                jobs.remove(&id);
-                finished.push(Done { id, outcome });
-            }
+        assert_eq!(c.running(), JOBS as usize);
+        // Four threads wake every registered waker over and over (spurious wakes,
+        // several at once for one job), and the gate opens halfway through.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (open, wakers) = (open.clone(), wakers.clone());
+                std::thread::spawn(move || {
+                    for round in 0..50 {
+                        if t == 0 && round == 25 {
+                            open.store(true, Ordering::SeqCst);
+                        }
+                        let ws: Vec<Waker> =
+                            wakers.lock().unwrap().iter().flatten().cloned().collect();
+                        for w in ws {
+                            w.wake_by_ref();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
         }
-        if !finished.is_empty() {
-            let mut st = shared.lock();
-            st.running -= finished.len();
-            st.done.append(&mut finished);
-            drop(st);
-            shared.efd.notify();
-        }
-        if closing && jobs.is_empty() {
-            let st = shared.lock();
-            if st.incoming.is_empty() {
-                return;
-            }
-            continue;
-        }
-        std::thread::park_timeout(IDLE);
+        // No sweep after the threads: thread 0 woke every job after opening the gate,
+        // so a job still running here lost a wake-up.
+        assert_eq!(c.running(), 0);
+        assert_eq!(drained_ids(&c), (0..JOBS).collect::<Vec<_>>());
+        assert!(c.drain().is_empty(), "a job finished twice");
+        assert!(polls.load(Ordering::SeqCst) >= 2 * JOBS as usize);
+    }
+
+    #[test]
+    fn close_waits_for_running_jobs_and_refuses_new_ones() {
+        let c = Arc::new(Completions::new().unwrap());
+        let open = Arc::new(AtomicBool::new(false));
+        let wakers = Arc::new(Mutex::new(vec![None]));
+        c.submit(
+            1,
+            Box::pin(Gate {
+                id: 0,
+                open: open.clone(),
+                wakers: wakers.clone(),
+                polls: Arc::new(AtomicUsize::new(0)),
+            }),
+        );
+        let opener = {
+            let (open, wakers) = (open.clone(), wakers.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                open.store(true, Ordering::SeqCst);
+                let w = wakers.lock().unwrap()[0].take();
+                if let Some(w) = w {
+                    w.wake();
+                }
+            })
+        };
+        let t0 = Instant::now();
+        c.close();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(90),
+            "close returned early"
+        );
+        assert_eq!(c.running(), 0);
+        opener.join().unwrap();
+        c.submit(2, crate::io::ready(Outcome::ok(Payload::None, Vec::new())));
+        let d = c.drain();
+        let ids: Vec<u64> = d.iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert!(d[0].outcome.ok);
+        assert!(!d[1].outcome.ok, "a submit after close must fail");
+    }
+
+    #[test]
+    fn the_eventfd_rings_once_until_drained() {
+        let c = Completions::new().unwrap();
+        let fd = c.event_fd();
+        c.submit(1, crate::io::ready(Outcome::ok(Payload::None, Vec::new())));
+        c.submit(2, crate::io::ready(Outcome::ok(Payload::None, Vec::new())));
+        assert!(crate::efd::readable(fd));
+        assert_eq!(drained_ids(&c), vec![1, 2]);
+        assert!(!crate::efd::readable(fd), "drain leaves the eventfd quiet");
+        c.finish_now(3, Outcome::failed("x", Vec::new()));
+        assert!(
+            crate::efd::readable(fd),
+            "an outcome after a drain rings again"
+        );
+        assert_eq!(drained_ids(&c), vec![3]);
     }
 }

@@ -1,7 +1,7 @@
 //! The completion doorbell: one non-blocking eventfd per plug-in.
 //!
 //! LMCache polls it (POLLIN) and never reads it; asyncio watches it with
-//! `loop.add_reader`. The completion thread writes it when a request finishes and
+//! `loop.add_reader`. A finishing request writes it (once until the next drain) and
 //! `drain_completions` reads it back to zero, so a poller does not spin.
 //!
 //! This is a syscall module: the only `unsafe` here wraps `eventfd(2)`, `write(2)`,
@@ -71,20 +71,22 @@ impl Drop for EventFd {
     }
 }
 
+/// Whether `fd` is readable right now (tests only).
+#[cfg(test)]
+pub(crate) fn readable(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd, count 1, zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & libc::POLLIN != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn readable(fd: RawFd) -> bool {
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd, count 1, zero timeout.
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
-        n == 1 && p.revents & libc::POLLIN != 0
-    }
 
     #[test]
     fn notify_then_reset() {

@@ -10,7 +10,7 @@
 //!
 //! Nothing here waits for lane space: a full lane is a failed completion (`try_*`).
 //! Only `contains_prefix` and `fetch` (the remote connector's paths, which await their
-//! completion anyway) use the waiting forms, from the completion thread.
+//! completion anyway) use the waiting forms, which wait without blocking (`*_async`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +19,8 @@ use slotline::{CallerBuf, CallerBufMut, Chunk, Engine, Error, Priority, PutOwned
 
 use crate::views::View;
 
-/// A request on its way: polled to completion by the completion thread.
+/// A request on its way: polled to completion by the threads that wake it
+/// (`completion.rs`); every poll must return without blocking.
 pub type Job = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// What a finished request reports to Python.
@@ -106,7 +107,8 @@ pub fn get_into_views(engine: &Engine, keys: &[Vec<u8>], views: Vec<View>) -> Jo
     get_into_job(ticket)
 }
 
-/// Like [`get_into_views`], but waits for lane space (on the completion thread): the
+/// Like [`get_into_views`], but waits for lane space (without blocking: the ticket
+/// keeps what found its lane full and pushes it when polled): the
 /// remote connector's reads, which await their completion anyway.
 pub fn get_into_views_wait(engine: &Engine, keys: Vec<Vec<u8>>, views: Vec<View>) -> Job {
     if keys.len() != views.len() {
