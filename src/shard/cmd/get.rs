@@ -12,8 +12,9 @@ use super::super::part::{ActivePart, PUnit};
 use super::Encoded;
 
 /// Expected size of a value while none was seen on this shard but the first MGET
-/// (which asks for one value, see [`expected_value`]) found only misses.
-const MISS_GUESS: usize = 1 << 20;
+/// (which asks for one value, see [`expected_value`]) found only misses: a quarter of
+/// the default `max_inflight_bytes`, so misses still go four keys to an MGET.
+const MISS_GUESS: usize = 256 << 10;
 
 /// The size a payload of unknown length is expected to have: the running average;
 /// before any value was seen, the whole budget (so the shard's first MGET asks for one
