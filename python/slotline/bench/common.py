@@ -92,6 +92,19 @@ class Server:
     def url(self) -> str:
         return "redis://%s:%d" % (self.host, self.port)
 
+    def cpu_seconds(self) -> Optional[float]:
+        """User + system CPU seconds the redis-server has used (/proc, clock ticks),
+        or None when the bench did not start it."""
+        if self.proc is None:
+            return None
+        try:
+            with open("/proc/%d/stat" % self.proc.pid) as f:
+                # Fields after the command name; utime and stime are fields 14 and 15.
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def flush(self) -> None:
         """Empties the server (a standalone server without AUTH)."""
         reply = redis_cmd(self.host, self.port, "FLUSHALL")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
 import statistics
 import sys
 import time
@@ -85,11 +86,16 @@ def peer_factories(args, server: Server, notes: list[str]) -> dict[str, Callable
 MIN_EXISTS_BATCHES = 256
 
 
-def measure(peer: Peer, server: Server, batches: int, inflight: int = 1) -> dict[str, float]:
+def measure(peer: Peer, server: Server, batches: int,
+            inflight: int = 1) -> tuple[dict[str, float], dict[str, tuple]]:
     """Seconds per operation over `batches` batches (FLUSHALL first: fresh keys), one
-    batch at a time, or up to `inflight` at once for peers that can (`run_many`)."""
+    batch at a time, or up to `inflight` at once for peers that can (`run_many`); and
+    per operation the CPU seconds per batch of this process (every thread: harness,
+    LMCache, the client's own threads) and of the redis-server (None when the bench
+    did not start it)."""
     server.flush()
     out = {}
+    cpu = {}
     many = getattr(peer, "run_many", None) if inflight > 1 else None
     for op in OPS:
         fn = getattr(peer, op)
@@ -97,6 +103,7 @@ def measure(peer: Peer, server: Server, batches: int, inflight: int = 1) -> dict
         # bytes are too few to time, so it goes over them several times (reported
         # per pass).
         passes = -(-MIN_EXISTS_BATCHES // batches) if op == "exists" else 1
+        c0, s0 = process_cpu(), server.cpu_seconds()
         t0 = time.perf_counter()
         for _ in range(passes):
             if many is not None:
@@ -105,7 +112,16 @@ def measure(peer: Peer, server: Server, batches: int, inflight: int = 1) -> dict
                 for b in range(batches):
                     fn(b)
         out[op] = (time.perf_counter() - t0) / passes
-    return out
+        c1, s1 = process_cpu(), server.cpu_seconds()
+        n = batches * passes
+        cpu[op] = ((c1 - c0) / n, None if s0 is None or s1 is None else (s1 - s0) / n)
+    return out, cpu
+
+
+def process_cpu() -> float:
+    """User + system CPU seconds of this process, all threads."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def settings_of(args) -> dict:
@@ -139,12 +155,16 @@ def run(args) -> dict:
                     if args.gc == "off":
                         gc.disable()
                 per_run: list[dict[str, dict[str, float]]] = []
+                cpu_runs: list[dict[str, dict[str, tuple]]] = []
                 for r in range(args.runs):
                     # Peers take turns; the order rotates from run to run.
                     names = list(peers)
                     names = names[r % len(names):] + names[:r % len(names)]
-                    secs = {n: measure(peers[n], server, batches, args.inflight) for n in names}
+                    both = {n: measure(peers[n], server, batches, args.inflight)
+                            for n in names}
+                    secs = {n: b[0] for n, b in both.items()}
                     per_run.append(secs)
+                    cpu_runs.append({n: b[1] for n, b in both.items()})
                     if not args.quiet:
                         print("# %s x %d, run %d: %s" % (human(size), count, r + 1, " ".join(
                             "%s put/get/exists %.3f/%.3f/%.3f s" % (n, s["put"], s["get"],
@@ -161,6 +181,9 @@ def run(args) -> dict:
                     # EXISTS moves no payload: keys/s only.
                     runs = [batches * batch_bytes / s[name][op] / 1e9 for s in per_run
                             if op != "exists"]
+                    client_us = [c[name][op][0] * 1e6 for c in cpu_runs]
+                    server_us = [c[name][op][1] * 1e6 for c in cpu_runs
+                                 if c[name][op][1] is not None]
                     results.append({
                         "size": size, "count": count, "batches": batches, "peer": name,
                         "via": peers[name].via, "op": op,
@@ -168,6 +191,11 @@ def run(args) -> dict:
                         "gb_per_s": statistics.median(runs) if runs else None,
                         "keys_per_s": statistics.median(
                             batches * count / s[name][op] for s in per_run),
+                        "wall_us_per_batch": statistics.median(
+                            s[name][op] * 1e6 / batches for s in per_run),
+                        "client_cpu_us_per_batch": statistics.median(client_us),
+                        "server_cpu_us_per_batch": (statistics.median(server_us)
+                                                    if server_us else None),
                     })
             for ours, theirs in COMPARE.items():
                 for other in theirs:
@@ -195,13 +223,17 @@ def report(out: dict) -> str:
     lines = ["slotline bench against %s, medians of %d runs (%s; gc %s)"
              % (out["server"], out["runs"], out["key_pattern"], out.get("gc", "on"))]
     lines += ["note: " + n for n in out["notes"]]
-    lines.append("%-14s %-10s %-26s %-7s %10s %12s" % (
-        "chunks", "peer", "via", "op", "GB/s", "keys/s"))
+    lines.append("per batch: wall time, CPU of this process (all threads) and of the "
+                 "redis-server, in microseconds")
+    lines.append("%-14s %-10s %-26s %-7s %10s %12s %9s %9s %9s" % (
+        "chunks", "peer", "via", "op", "GB/s", "keys/s", "wall", "cpu", "srv cpu"))
     for r in out["results"]:
         gbps = "-" if r["gb_per_s"] is None else "%.3f" % r["gb_per_s"]
-        lines.append("%-14s %-10s %-26s %-7s %10s %12.0f" % (
+        srv = r.get("server_cpu_us_per_batch")
+        lines.append("%-14s %-10s %-26s %-7s %10s %12.0f %9.0f %9.0f %9s" % (
             "%s x %d" % (human(r["size"]), r["count"]), r["peer"], r["via"], r["op"],
-            gbps, r["keys_per_s"]))
+            gbps, r["keys_per_s"], r["wall_us_per_batch"], r["client_cpu_us_per_batch"],
+            "-" if srv is None else "%.0f" % srv))
     if out["ratios"]:
         lines.append("ratios (slotline / peer, within each run, median):")
     for r in out["ratios"]:
