@@ -16,7 +16,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use slotline::{Chunk, Config, Engine, RemoteMetadata};
 
 use crate::completion::Completions;
-use crate::io::{self, Job, Outcome, Payload};
+use crate::io::{self, Held, Job, Outcome, Payload};
 use crate::views::View;
 
 /// A slotline engine with completion delivery through an eventfd.
@@ -85,7 +85,7 @@ impl Client {
             // Drop the caller's buffers here, with the GIL held.
             drop(make);
             self.done
-                .finish_now(id, Outcome::failed("plug-in is closed", Vec::new()));
+                .finish_now(id, Outcome::failed("plug-in is closed", Held::None));
         }
         id
     }
@@ -349,7 +349,7 @@ impl Client {
 
     fn fail_now(&self, msg: String) -> u64 {
         let id = self.new_id();
-        self.done.finish_now(id, Outcome::failed(msg, Vec::new()));
+        self.done.finish_now(id, Outcome::failed(msg, Held::None));
         id
     }
 

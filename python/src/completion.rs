@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use crate::efd::EventFd;
-use crate::io::{Job, Outcome};
+use crate::io::{Held, Job, Outcome};
 
 /// A finished request, waiting to be drained.
 #[derive(Debug)]
@@ -191,7 +191,7 @@ impl Completions {
                 // Dropping an unpolled job releases nothing the engine holds: it never
                 // reached the engine (close refuses new work before submitting).
                 drop(job);
-                return self.finish_now(id, Outcome::failed("plug-in is closed", Vec::new()));
+                return self.finish_now(id, Outcome::failed("plug-in is closed", Held::None));
             }
             st.running += 1;
         }
@@ -289,13 +289,13 @@ mod tests {
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
             self.polls.fetch_add(1, Ordering::SeqCst);
             if self.open.load(Ordering::SeqCst) {
-                return Poll::Ready(Outcome::ok(Payload::None, Vec::new()));
+                return Poll::Ready(Outcome::ok(Payload::None, Held::None));
             }
             self.wakers.lock().unwrap()[self.id] = Some(cx.waker().clone());
             // Opened between the check and the registration: the opener's wake may
             // have found no waker yet, so look again.
             if self.open.load(Ordering::SeqCst) {
-                return Poll::Ready(Outcome::ok(Payload::None, Vec::new()));
+                return Poll::Ready(Outcome::ok(Payload::None, Held::None));
             }
             Poll::Pending
         }
@@ -312,7 +312,7 @@ mod tests {
         let c = Completions::new().unwrap();
         c.submit(
             7,
-            crate::io::ready(Outcome::ok(Payload::Count(3), Vec::new())),
+            crate::io::ready(Outcome::ok(Payload::Count(3), Held::None)),
         );
         assert_eq!(c.running(), 0);
         let d = c.drain();
@@ -331,7 +331,7 @@ mod tests {
             fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
                 self.0 += 1;
                 if self.0 >= 3 {
-                    return Poll::Ready(Outcome::ok(Payload::None, Vec::new()));
+                    return Poll::Ready(Outcome::ok(Payload::None, Held::None));
                 }
                 cx.waker().wake_by_ref();
                 Poll::Pending
@@ -425,7 +425,7 @@ mod tests {
         );
         assert_eq!(c.running(), 0);
         opener.join().unwrap();
-        c.submit(2, crate::io::ready(Outcome::ok(Payload::None, Vec::new())));
+        c.submit(2, crate::io::ready(Outcome::ok(Payload::None, Held::None)));
         let d = c.drain();
         let ids: Vec<u64> = d.iter().map(|d| d.id).collect();
         assert_eq!(ids, vec![1, 2]);
@@ -437,12 +437,12 @@ mod tests {
     fn the_eventfd_rings_once_until_drained() {
         let c = Completions::new().unwrap();
         let fd = c.event_fd();
-        c.submit(1, crate::io::ready(Outcome::ok(Payload::None, Vec::new())));
-        c.submit(2, crate::io::ready(Outcome::ok(Payload::None, Vec::new())));
+        c.submit(1, crate::io::ready(Outcome::ok(Payload::None, Held::None)));
+        c.submit(2, crate::io::ready(Outcome::ok(Payload::None, Held::None)));
         assert!(crate::efd::readable(fd));
         assert_eq!(drained_ids(&c), vec![1, 2]);
         assert!(!crate::efd::readable(fd), "drain leaves the eventfd quiet");
-        c.finish_now(3, Outcome::failed("x", Vec::new()));
+        c.finish_now(3, Outcome::failed("x", Held::None));
         assert!(
             crate::efd::readable(fd),
             "an outcome after a drain rings again"

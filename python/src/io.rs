@@ -33,24 +33,32 @@ pub struct Outcome {
     /// The per-request result.
     pub payload: Payload,
     /// The caller's buffers, released when the completion is drained (not before).
-    pub views: Vec<Held>,
+    pub views: Held,
 }
 
-/// A caller buffer held by a finished request until Python drains it.
-pub struct Held(#[allow(dead_code)] Box<dyn Send>);
+/// The caller buffers of a finished request, held until Python drains it. One
+/// allocation per request, not per buffer: the engine's boxes are kept as they came.
+pub enum Held {
+    /// Buffers rejected before reaching the engine.
+    Views(Vec<View>),
+    /// Buffers a write sent from.
+    Read(Vec<Box<dyn CallerBuf>>),
+    /// Buffers a read filled.
+    Write(Vec<Box<dyn CallerBufMut>>),
+    /// No buffers.
+    None,
+}
 
 impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Held")
+        let n = match self {
+            Held::Views(v) => v.len(),
+            Held::Read(v) => v.len(),
+            Held::Write(v) => v.len(),
+            Held::None => 0,
+        };
+        write!(f, "Held({n} buffers)")
     }
-}
-
-fn held_views(views: Vec<View>) -> Vec<Held> {
-    views.into_iter().map(|v| Held(Box::new(v))).collect()
-}
-
-fn held<B: ?Sized + Send + 'static>(bufs: Vec<Box<B>>) -> Vec<Held> {
-    bufs.into_iter().map(|b| Held(Box::new(b))).collect()
 }
 
 /// The result of a request, by kind.
@@ -70,7 +78,7 @@ pub enum Payload {
 
 impl Outcome {
     /// A success.
-    pub fn ok(payload: Payload, views: Vec<Held>) -> Outcome {
+    pub fn ok(payload: Payload, views: Held) -> Outcome {
         Outcome {
             ok: true,
             error: String::new(),
@@ -80,7 +88,7 @@ impl Outcome {
     }
 
     /// A failure; the buffers are still held until drained.
-    pub fn failed(error: impl std::fmt::Display, views: Vec<Held>) -> Outcome {
+    pub fn failed(error: impl std::fmt::Display, views: Held) -> Outcome {
         Outcome {
             ok: false,
             error: error.to_string(),
@@ -101,7 +109,7 @@ pub fn ready(o: Outcome) -> Job {
 pub fn get_into_views(engine: &Engine, keys: &[Vec<u8>], views: Vec<View>) -> Job {
     if keys.len() != views.len() {
         let e = format!("{} keys but {} buffers", keys.len(), views.len());
-        return ready(Outcome::failed(e, held_views(views)));
+        return ready(Outcome::failed(e, Held::Views(views)));
     }
     let ticket = engine.try_get_into_bufs(keys, caller_bufs(views));
     get_into_job(ticket)
@@ -113,7 +121,7 @@ pub fn get_into_views(engine: &Engine, keys: &[Vec<u8>], views: Vec<View>) -> Jo
 pub fn get_into_views_wait(engine: &Engine, keys: Vec<Vec<u8>>, views: Vec<View>) -> Job {
     if keys.len() != views.len() {
         let e = format!("{} keys but {} buffers", keys.len(), views.len());
-        return ready(Outcome::failed(e, held_views(views)));
+        return ready(Outcome::failed(e, Held::Views(views)));
     }
     let engine = engine.clone();
     Box::pin(async move {
@@ -132,7 +140,7 @@ fn caller_bufs(views: Vec<View>) -> Vec<Box<dyn CallerBufMut>> {
 fn get_into_job(ticket: slotline::GetIntoTicket) -> Job {
     Box::pin(async move {
         let r = ticket.await;
-        let views = held(r.bufs);
+        let views = Held::Write(r.bufs);
         match r.result {
             Ok(infos) => Outcome::ok(
                 Payload::Flags(infos.iter().map(Option::is_some).collect()),
@@ -159,7 +167,7 @@ pub fn put_from_views(
             views.len(),
             metas.len()
         );
-        return ready(Outcome::failed(e, held_views(views)));
+        return ready(Outcome::failed(e, Held::Views(views)));
     }
     let chunks = keys
         .into_iter()
@@ -174,7 +182,7 @@ pub fn put_from_views(
     let ticket = engine.try_put_from(chunks);
     Box::pin(async move {
         let r = ticket.await;
-        let views = held(r.bufs);
+        let views = Held::Read(r.bufs);
         match r.result {
             Ok(()) => Outcome::ok(Payload::None, views),
             Err(e) => Outcome::failed(e, views),
@@ -186,12 +194,12 @@ pub fn put_from_views(
 pub fn exists(engine: &Engine, keys: Vec<Vec<u8>>) -> Job {
     let ticket = match engine.try_exists(&keys) {
         Ok(t) => t,
-        Err(e) => return ready(Outcome::failed(e, Vec::new())),
+        Err(e) => return ready(Outcome::failed(e, Held::None)),
     };
     Box::pin(async move {
         match ticket.await {
-            Ok(found) => Outcome::ok(Payload::Flags(found), Vec::new()),
-            Err(e) => Outcome::failed(e, Vec::new()),
+            Ok(found) => Outcome::ok(Payload::Flags(found), Held::None),
+            Err(e) => Outcome::failed(e, Held::None),
         }
     })
 }
@@ -201,8 +209,8 @@ pub fn contains_prefix(engine: &Engine, keys: Vec<Vec<u8>>) -> Job {
     let engine = engine.clone();
     Box::pin(async move {
         match engine.contains_prefix_async(&keys).await {
-            Ok(n) => Outcome::ok(Payload::Count(n), Vec::new()),
-            Err(e) => Outcome::failed(e, Vec::new()),
+            Ok(n) => Outcome::ok(Payload::Count(n), Held::None),
+            Err(e) => Outcome::failed(e, Held::None),
         }
     })
 }
@@ -229,12 +237,12 @@ pub fn delete(engine: &Engine, keys: Vec<Vec<u8>>) -> Job {
             }
         }
         match first_err {
-            None => Outcome::ok(Payload::Flags(flags), Vec::new()),
+            None => Outcome::ok(Payload::Flags(flags), Held::None),
             Some(e) => Outcome {
                 ok: false,
                 error: e.to_string(),
                 payload: Payload::Flags(flags),
-                views: Vec::new(),
+                views: Held::None,
             },
         }
     })
@@ -255,8 +263,8 @@ pub fn fetch(engine: &Engine, keys: Vec<Vec<u8>>, prefix: bool) -> Job {
             engine.get_async(&keys).await
         };
         match r {
-            Ok(chunks) => Outcome::ok(Payload::Chunks(chunks), Vec::new()),
-            Err(e) => Outcome::failed(e, Vec::new()),
+            Ok(chunks) => Outcome::ok(Payload::Chunks(chunks), Held::None),
+            Err(e) => Outcome::failed(e, Held::None),
         }
     })
 }
@@ -275,9 +283,9 @@ pub fn fetch_meta(engine: &Engine, keys: Vec<Vec<u8>>, prefix: bool) -> Job {
         match engine.get_metadata_async(&keys, class).await {
             Ok(metas) => Outcome::ok(
                 Payload::Metas(metas.into_iter().map(|m| m.map(|m| m.encode())).collect()),
-                Vec::new(),
+                Held::None,
             ),
-            Err(e) => Outcome::failed(e, Vec::new()),
+            Err(e) => Outcome::failed(e, Held::None),
         }
     })
 }
