@@ -30,8 +30,13 @@ run tls --tls --sizes 2k,1m --peers slotline --get-into
 "$bin" plot "$out"/main-2k.jsonl "$out"/large-raw.jsonl "$out"/large-lmcache.jsonl --out "$out/plots-standalone"
 "$bin" plot "$out"/cluster-large.jsonl --out "$out/plots-cluster"
 if [ -n "${PY:-}" ]; then
-  echo "== python: slotline.bench (native vs resp; connector vs redis://)" | tee -a "$out/commands.txt"
-  (cd /tmp && "$PY" -m slotline.bench --sizes 2k:128,4m:8 --peers native,resp,null --runs 3 --target-mb 512 --json "$OLDPWD/$out/py-mp.json" --quiet) 
-  (cd /tmp && "$PY" -m slotline.bench --sizes 1m:32,4m:8,32m:4 --peers connector,redis --runs 3 --target-mb 512 --json "$OLDPWD/$out/py-sp.json" --quiet)
+  pyrun() { # name, args... (from /tmp, so that `import slotline` is the installed wheel)
+    local name=$1; shift
+    echo "== $name: PY -m slotline.bench $* --json $name.json --quiet" | tee -a "$out/commands.txt"
+    (cd /tmp && "$PY" -m slotline.bench "$@" --json "$OLDPWD/$out/$name.json" --quiet)
+  }
+  pyrun py-mp --sizes 2k:128,4m:8 --peers native,resp,null --runs 3 --target-mb 512
+  pyrun py-sp --sizes 1m:32,4m:8,32m:4 --peers connector,redis --runs 3 --target-mb 512
+  pyrun py-mp-inflight4 --sizes 2k:128 --peers native,resp,null --runs 3 --target-mb 512 --inflight 4
 fi
 echo "done: $out"

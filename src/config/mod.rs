@@ -59,7 +59,8 @@ const DEFAULT_LANE_CAPACITY: usize = 1024;
 /// Lanes preallocate every slot; the lanes own the bound.
 const MAX_LANE_CAPACITY: usize = crate::lanes::MAX_LANE_CAPACITY;
 /// 1 MiB: a 1 MiB value goes one per command. With 4 MiB (four 1 MiB values per MGET)
-/// redis-server 7.0 spent 1.5x the CPU per GET batch here (results/issue7-*-inflight).
+/// redis-server 7.0 spent 1.5x the CPU per GET batch here (RESULTS.md A.6,
+/// results/bce584a/inflight-ab.txt).
 const DEFAULT_MAX_INFLIGHT_BYTES: usize = 1 << 20;
 const DEFAULT_MAX_NODE_INFLIGHT_BYTES: usize = 64 << 20;
 const DEFAULT_MAX_VALUE_SIZE: usize = 512 << 20;
