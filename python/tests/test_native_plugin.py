@@ -5,6 +5,7 @@ the adapter lock; submits happen under the lock, from other threads."""
 from __future__ import annotations
 
 import gc
+import json
 import os
 import select
 import threading
@@ -13,6 +14,7 @@ import time
 import pytest
 
 from helpers import Driver, loaded
+from slotline import config_text
 from slotline.native_plugin import SlotlineNativePlugin
 
 
@@ -21,6 +23,18 @@ def driver(redis_server):
     d = Driver(SlotlineNativePlugin(url=redis_server.url, cores=1, request_timeout_ms=3000))
     yield d
     d.close()
+
+
+def test_plugin_defaults_in_the_engine_config():
+    """A plug-in's engine: a few shards and 1 MiB in flight per connection, unless
+    the adapter parameters say otherwise."""
+    extra = json.loads(config_text({"url": "redis://127.0.0.1:1"}, "raw"))["extra_config"]
+    assert extra["max_inflight_bytes"] == 1 << 20
+    assert 1 <= extra["cores"] <= 4
+    assert extra["key_layout"] == "raw"
+    extra = json.loads(config_text({"url": "redis://127.0.0.1:1", "cores": 3,
+                                    "max_inflight_bytes": 4 << 20}, "raw"))["extra_config"]
+    assert (extra["cores"], extra["max_inflight_bytes"]) == (3, 4 << 20)
 
 
 def test_set_get_exists_delete(driver, rpy):

@@ -58,10 +58,11 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_LANE_CAPACITY: usize = 1024;
 /// Lanes preallocate every slot; the lanes own the bound.
 const MAX_LANE_CAPACITY: usize = crate::lanes::MAX_LANE_CAPACITY;
-/// 1 MiB: a 1 MiB value goes one per command. With 4 MiB (four 1 MiB values per MGET)
-/// redis-server 7.0 spent 1.5x the CPU per GET batch here (RESULTS.md A.6,
-/// results/bce584a/inflight-ab.txt).
-const DEFAULT_MAX_INFLIGHT_BYTES: usize = 1 << 20;
+/// 4 MiB. The Python plug-ins default to 1 MiB instead (`python/slotline/config.py`):
+/// with their single shard, four 1 MiB values per MGET cost redis-server 1.5x the CPU
+/// per GET batch (RESULTS.md A.6); with two shards and over TLS, 1 MiB cost PUTs up to
+/// 45% (tuning/README.md).
+const DEFAULT_MAX_INFLIGHT_BYTES: usize = 4 << 20;
 const DEFAULT_MAX_NODE_INFLIGHT_BYTES: usize = 64 << 20;
 const DEFAULT_MAX_VALUE_SIZE: usize = 512 << 20;
 /// The largest bulk string the RESP reader accepts (Redis's own `proto-max-bulk-len`
@@ -242,7 +243,7 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Submission lane capacity (`extra_config.lane_capacity`, default 1024).
     pub lane_capacity: usize,
-    /// Bytes in flight per connection (`extra_config.max_inflight_bytes`, default 1 MiB;
+    /// Bytes in flight per connection (`extra_config.max_inflight_bytes`, default 4 MiB;
     /// at least one value).
     pub max_inflight_bytes: usize,
     /// Largest value accepted or read (`extra_config.max_value_size`, default 512 MiB).
@@ -780,7 +781,7 @@ mod tests {
         assert_eq!(c.connect_timeout, Duration::from_millis(2000));
         assert_eq!(c.request_timeout, Duration::from_millis(30000));
         assert_eq!(c.lane_capacity, 1024);
-        assert_eq!(c.max_inflight_bytes, 1048576);
+        assert_eq!(c.max_inflight_bytes, 4194304);
         assert_eq!(c.max_value_size, 512 << 20);
         assert_eq!(c.client_name, "slotline");
         assert_eq!(c.ttl, None);

@@ -11,20 +11,16 @@ use super::super::conn::{Conn, PendKind, DIRECT_MIN};
 use super::super::part::{ActivePart, PUnit};
 use super::Encoded;
 
-/// Expected size of a value while none was seen on this shard but the first MGET
-/// (which asks for one value, see [`expected_value`]) found only misses: a quarter of
-/// the default `max_inflight_bytes`, so misses still go four keys to an MGET.
-const MISS_GUESS: usize = 256 << 10;
-
 /// The size a payload of unknown length is expected to have: the running average;
 /// before any value was seen, the whole budget (so the shard's first MGET asks for one
-/// value: no multi-GiB reply before the size is known), or [`MISS_GUESS`] once an
-/// MGET reply came back without a value.
-pub(in crate::shard) fn expected_value(avg_value: f64, probed: bool) -> usize {
+/// value: no multi-GiB reply before the size is known), or a quarter of the budget
+/// (`max_inflight_bytes`) once an MGET reply came back without a value, so that
+/// misses still go four keys to an MGET.
+pub(in crate::shard) fn expected_value(avg_value: f64, probed: bool, budget: usize) -> usize {
     if avg_value >= 1.0 {
         (avg_value as usize).max(64)
     } else if probed {
-        MISS_GUESS
+        (budget / 4).max(64)
     } else {
         usize::MAX / 4
     }

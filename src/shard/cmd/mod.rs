@@ -33,7 +33,7 @@ impl Shard {
     pub(super) fn build_frame(&mut self, pidx: usize, gi: usize, cid: usize) {
         let chunk_size = self.cfg.chunk_size;
         let inflight_limit = self.cfg.max_inflight_bytes;
-        let guess = get::expected_value(self.avg_value, self.probed);
+        let guess = get::expected_value(self.avg_value, self.probed, inflight_limit);
         let Some(part) = self.parts[pidx].as_mut() else {
             return;
         };
