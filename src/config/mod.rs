@@ -61,7 +61,7 @@ const MAX_LANE_CAPACITY: usize = crate::lanes::MAX_LANE_CAPACITY;
 /// 4 MiB. The Python plug-ins default to 1 MiB instead (`python/slotline/config.py`):
 /// with their single shard, four 1 MiB values per MGET cost redis-server 1.5x the CPU
 /// per GET batch (RESULTS.md A.6); with two shards and over TLS, 1 MiB cost PUTs up to
-/// 45% (tuning/README.md).
+/// 40% (RESULTS.md A.5, tuning/README.md).
 const DEFAULT_MAX_INFLIGHT_BYTES: usize = 4 << 20;
 const DEFAULT_MAX_NODE_INFLIGHT_BYTES: usize = 64 << 20;
 const DEFAULT_MAX_VALUE_SIZE: usize = 512 << 20;
