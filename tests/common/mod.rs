@@ -12,6 +12,7 @@
 
 pub use slotline_testkit::harness::*;
 
+pub mod canary;
 pub mod chunks;
 pub mod fake;
 
