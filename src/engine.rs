@@ -38,6 +38,7 @@ mod submit;
 mod topo;
 mod twophase;
 
+pub use crate::lanes::{DeathHold, DeathStage};
 pub use caller::{GetIntoTicket, PutOwned, PutRef, PutTicket};
 
 use janitor::{run_janitor, JanitorQueue};
@@ -276,6 +277,24 @@ impl Engine {
         if let Some(s) = self.inner.shards.get(shard) {
             s.lanes.request_crash();
         }
+    }
+
+    /// Test hook: like [`debug_crash_shard`](Self::debug_crash_shard), and the dying
+    /// shard waits at `stage` until the returned hold is released (or dropped), so a
+    /// test can act in that window deterministically. Not for production use.
+    #[doc(hidden)]
+    pub fn debug_crash_shard_held(&self, shard: usize, stage: DeathStage) -> Option<DeathHold> {
+        let s = self.inner.shards.get(shard)?;
+        let hold = s.lanes.hold_death(stage);
+        s.lanes.request_crash();
+        Some(hold)
+    }
+
+    /// Shards whose thread died (a panic): they take no new work, the others carry it.
+    pub fn dead_shards(&self) -> Vec<usize> {
+        (0..self.inner.shards.len())
+            .filter(|&i| !self.inner.shards[i].is_alive())
+            .collect()
     }
 
     /// Shortcut for `Engine::new(Config::from_url(url)?)`.

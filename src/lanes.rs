@@ -8,12 +8,13 @@
 //! [`crate::priority`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
+use crate::error::Error;
 use crate::priority::{Picker, Priority};
 use crate::sys::EventFd;
 use crate::syscalls::{Sys, SyscallCounters};
@@ -37,10 +38,98 @@ pub struct Lanes<T> {
     space_wakers: Mutex<Vec<Waker>>,
     /// Doorbell syscalls, callers' and the shard's (several writers).
     calls: Arc<SyscallCounters>,
-    /// The shard is gone: nothing pushed here will be served.
+    /// The shard is gone: every push is refused, and nothing queued is left behind
+    /// (see [`Lanes::close`]).
     closed: AtomicBool,
+    /// Pushes in progress: [`Lanes::close`] waits for them, so a push either lands
+    /// before the closing drain or is refused.
+    pushing: AtomicUsize,
+    /// Why the lanes closed: the shard's label and the panic's message (`None`: the
+    /// engine shut down).
+    gone: OnceLock<Option<(String, String)>>,
     /// Test hook: the shard panics at its next turn (see `Engine::debug_crash_shard`).
     crash: AtomicBool,
+    /// Test hook: where the dying shard waits (see `Engine::debug_crash_shard_held`).
+    hold: Mutex<Option<(DeathStage, Arc<Gate>)>>,
+}
+
+/// Where a dying shard can be held by [`crate::Engine::debug_crash_shard_held`]
+/// (test hook).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathStage {
+    /// The panic was caught; the lanes are still open (pushes land in them).
+    Panicked,
+    /// The lanes are closed and drained; the thread has not ended (`is_alive`).
+    Closed,
+}
+
+/// A reached/released pair of flags with a condvar.
+#[derive(Default)]
+pub(crate) struct Gate {
+    state: Mutex<(bool, bool)>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Shard side: announce arrival, then wait for the release (bounded: a test that
+    /// forgets the hold does not freeze the shard for ever).
+    fn pass(&self) {
+        let mut st = self.lock();
+        st.0 = true;
+        self.cv.notify_all();
+        let limit = Instant::now() + Duration::from_secs(60);
+        while !st.1 && Instant::now() < limit {
+            st = self
+                .cv
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn release(&self) {
+        self.lock().1 = true;
+        self.cv.notify_all();
+    }
+}
+
+/// A dying shard held at a [`DeathStage`] until this is released or dropped (test hook).
+#[doc(hidden)]
+pub struct DeathHold(Arc<Gate>);
+
+impl DeathHold {
+    /// Waits until the shard reached the stage; `false` if it did not within `limit`.
+    pub fn wait_reached(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        let mut st = self.0.lock();
+        while !st.0 {
+            let now = Instant::now();
+            if now >= end {
+                return false;
+            }
+            st = self
+                .0
+                .cv
+                .wait_timeout(st, end - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Lets the shard go on (also done on drop).
+    pub fn release(self) {}
+}
+
+impl Drop for DeathHold {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 impl<T> Lanes<T> {
@@ -63,7 +152,10 @@ impl<T> Lanes<T> {
             space_wakers: Mutex::new(Vec::new()),
             calls: Arc::default(),
             closed: AtomicBool::new(false),
+            pushing: AtomicUsize::new(0),
+            gone: OnceLock::new(),
             crash: AtomicBool::new(false),
+            hold: Mutex::new(None),
         })
     }
 
@@ -77,9 +169,21 @@ impl<T> Lanes<T> {
         &self.doorbell
     }
 
-    /// Pushes without waiting; gives the item back when the lane is full.
+    /// Pushes without waiting; gives the item back when the lane is full or the lanes
+    /// are closed (then [`Self::is_closed`] is `true`). An item pushed here is either
+    /// served by the shard or failed by [`Self::close`]; never left behind.
     pub fn try_push(&self, class: Priority, item: T) -> Result<(), T> {
-        self.lanes[class.index()].push(item)?;
+        // Counted in before looking at `closed`, counted out after the push: `close`
+        // sets `closed` and then waits for the count to drop to zero (SeqCst on both
+        // sides, so either the pusher sees `closed` or `close` sees the pusher).
+        self.pushing.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.pushing.fetch_sub(1, Ordering::SeqCst);
+            return Err(item);
+        }
+        let r = self.lanes[class.index()].push(item);
+        self.pushing.fetch_sub(1, Ordering::SeqCst);
+        r?;
         self.wake_shard();
         Ok(())
     }
@@ -113,19 +217,59 @@ impl<T> Lanes<T> {
         }
     }
 
-    /// The shard died: marks the lanes closed and wakes every caller waiting for space
-    /// (they then see [`Self::is_closed`]). The shard drains what is queued after this;
-    /// a caller that pushed checks `is_closed` afterwards, so no part is left unserved.
-    pub fn close(&self) {
+    /// The shard is gone (`gone`: its label and the panic's message; `None` when the
+    /// engine shut it down): refuses every later push, waits for pushes in progress,
+    /// wakes every caller waiting for space and returns everything queued, for the
+    /// shard to fail. After this the lanes stay empty. Idempotent.
+    pub fn close(&self, gone: Option<(String, String)>) -> Vec<T> {
+        let _ = self.gone.set(gone);
         self.closed.store(true, Ordering::SeqCst);
+        // A push in progress is a few atomic operations and at most a doorbell write.
+        while self.pushing.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
         self.waiting.fetch_add(1, Ordering::SeqCst);
         self.notify_space();
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let mut left = Vec::new();
+        while let Some(item) = self.lanes.iter().find_map(|l| l.pop()) {
+            left.push(item);
+        }
+        left
     }
 
     /// `true` once the shard behind these lanes is gone.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The error a part refused by closed lanes fails with: the shard's panic, or
+    /// [`Error::Closed`] when the engine shut the shard down.
+    pub fn gone_error(&self) -> Error {
+        match self.gone.get() {
+            Some(Some((node, msg))) => shard_died(node, msg),
+            _ => Error::Closed,
+        }
+    }
+
+    /// Test hook: the dying shard will wait at `stage` until the hold is released.
+    pub fn hold_death(&self, stage: DeathStage) -> DeathHold {
+        let gate = Arc::new(Gate::default());
+        *self.hold.lock().unwrap_or_else(|e| e.into_inner()) = Some((stage, gate.clone()));
+        DeathHold(gate)
+    }
+
+    /// Shard side: waits here if a test holds the dying shard at `stage`.
+    pub fn death_stage(&self, stage: DeathStage) {
+        let gate = {
+            let h = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+            h.as_ref()
+                .filter(|(s, _)| *s == stage)
+                .map(|(_, g)| g.clone())
+        };
+        if let Some(g) = gate {
+            g.pass();
+        }
     }
 
     /// Test hook: asks the shard to panic at its next turn.
@@ -137,11 +281,6 @@ impl<T> Lanes<T> {
     /// Shard side: `true` once when a crash was requested.
     pub fn crash_requested(&self) -> bool {
         self.crash.load(Ordering::Relaxed) && self.crash.swap(false, Ordering::SeqCst)
-    }
-
-    /// Pops from any lane, ignoring weights (draining a dead shard's lanes).
-    pub fn pop_any(&self) -> Option<T> {
-        self.lanes.iter().find_map(|l| l.pop())
     }
 
     /// `true` if every lane is empty.
@@ -239,6 +378,14 @@ impl<T> Lanes<T> {
     }
 }
 
+/// The error of a part a dead shard held or refused: names the shard and its panic.
+pub(crate) fn shard_died(node: &str, msg: &str) -> Error {
+    Error::Io {
+        node: node.to_string(),
+        source: std::io::Error::other(format!("the shard thread panicked: {msg}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +469,46 @@ mod tests {
         lanes.notify_space();
         assert!(flag.0.load(Ordering::SeqCst));
         assert_eq!(lanes.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn close_returns_what_was_queued_and_refuses_later_pushes() {
+        let lanes: Lanes<u32> = Lanes::new(4).unwrap();
+        lanes.try_push(Priority::Get, 1).unwrap();
+        lanes.try_push(Priority::Put, 2).unwrap();
+        let mut left = lanes.close(Some(("shard 3".into(), "boom".into())));
+        left.sort();
+        assert_eq!(left, [1, 2]);
+        assert_eq!(lanes.try_push(Priority::Get, 5), Err(5));
+        let soon = Instant::now() + Duration::from_secs(5);
+        assert_eq!(lanes.push_wait(Priority::Get, 6, soon), Err(6));
+        assert!(lanes.is_empty());
+        assert!(lanes.close(None).is_empty());
+        let msg = lanes.gone_error().to_string();
+        assert!(msg.contains("shard 3") && msg.contains("boom"), "{msg}");
+    }
+
+    #[test]
+    fn racing_pushes_land_before_the_drain_or_are_refused() {
+        let lanes = Arc::new(Lanes::<u32>::new(1 << 12).unwrap());
+        let pushers: Vec<_> = (0..2u32)
+            .map(|t| {
+                let l = lanes.clone();
+                std::thread::spawn(move || {
+                    let mut refused = 0;
+                    for i in 0..2000 {
+                        if l.try_push(Priority::Get, t * 10_000 + i).is_err() {
+                            refused += 1;
+                        }
+                    }
+                    refused
+                })
+            })
+            .collect();
+        let left = lanes.close(None).len();
+        let refused: usize = pushers.into_iter().map(|p| p.join().unwrap()).sum();
+        assert!(lanes.is_empty(), "a push landed after the drain");
+        assert_eq!(left + refused, 4000);
     }
 
     #[test]

@@ -78,7 +78,9 @@ impl<T> Ticket<T> {
             }
             let pushed = lanes.push_wait(class, part, batch.deadline).is_ok();
             if lanes.is_closed() {
-                batch.fail(shard_gone());
+                // Refused, or accepted and failed by the closing shard: either way the
+                // shard's panic is the answer.
+                batch.fail(lanes.gone_error());
             } else if !pushed {
                 batch.fail(lane_timeout(&batch, class));
             }
@@ -107,7 +109,7 @@ impl<T> Ticket<T> {
             };
             if lanes.is_closed() {
                 // Pushed or not, a dead shard serves nothing (see `Lanes::close`).
-                batch.fail(shard_gone());
+                batch.fail(lanes.gone_error());
                 continue;
             }
             if let Some(part) = part {
@@ -208,12 +210,5 @@ fn lane_timeout(batch: &Batch, class: Priority) -> Error {
     Error::Timeout {
         after: batch.started.elapsed(),
         what: format!("waiting for space in the {class} lane"),
-    }
-}
-
-fn shard_gone() -> Error {
-    Error::Io {
-        node: "shard".into(),
-        source: std::io::Error::other("the shard thread has stopped (see the log)"),
     }
 }

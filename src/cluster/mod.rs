@@ -96,8 +96,8 @@ impl SlotTable {
         self.owner[i] = shard;
     }
 
-    /// Masters per shard, to place a new master on the least loaded one.
-    fn least_loaded(&self, nshards: usize) -> u16 {
+    /// Masters per shard, to place a new master on the least loaded live one.
+    fn least_loaded(&self, nshards: usize, dead: &[bool]) -> u16 {
         let mut load = vec![0usize; nshards.max(1)];
         let masters: std::collections::BTreeSet<NodeId> = self.slots.iter().copied().collect();
         for m in masters {
@@ -109,6 +109,7 @@ impl SlotTable {
         }
         load.iter()
             .enumerate()
+            .filter(|(i, _)| !dead.get(*i).copied().unwrap_or(false))
             .min_by_key(|(_, l)| **l)
             .map_or(0, |(i, _)| i as u16)
     }
@@ -139,6 +140,8 @@ pub(crate) struct Router {
     refresh_wanted: AtomicBool,
     refresh_lock: Mutex<bool>,
     refresh_cv: Condvar,
+    /// Shards whose thread died: they own no node (changed under `write`).
+    dead: Mutex<Vec<bool>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -207,7 +210,52 @@ impl Router {
             refresh_wanted: AtomicBool::new(false),
             refresh_lock: Mutex::new(false),
             refresh_cv: Condvar::new(),
+            dead: Mutex::new(vec![false; nshards.max(1)]),
         }
+    }
+
+    fn dead_shards(&self) -> Vec<bool> {
+        self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Shard `shard` died: it owns no node from now on. Its masters (with their
+    /// replicas) go to the least loaded live shards; later topologies skip it. Nothing
+    /// changes when no shard is left alive.
+    pub fn retire_shard(&self, shard: usize) {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let dead = {
+            let mut d = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+            match d.get_mut(shard) {
+                Some(x) => *x = true,
+                None => return,
+            }
+            d.clone()
+        };
+        if dead.iter().all(|&d| d) {
+            return;
+        }
+        let cur = self.table.load();
+        let mut next = SlotTable::clone(&cur);
+        next.epoch += 1;
+        let masters: std::collections::BTreeSet<NodeId> = next.slots.iter().copied().collect();
+        for m in masters {
+            if next.owner(m) != Some(shard) {
+                continue;
+            }
+            let o = next.least_loaded(self.nshards, &dead);
+            next.set_owner(m, o);
+            let reps = next.replicas.get(m as usize).cloned().unwrap_or_default();
+            for r in reps {
+                next.set_owner(r, o);
+            }
+        }
+        // Nodes outside the slot map (a standalone server, stale replicas).
+        for i in 0..next.owner.len() {
+            if next.owner[i] as usize == shard {
+                next.owner[i] = next.least_loaded(self.nshards, &dead);
+            }
+        }
+        self.table.store(Arc::new(next));
     }
 
     /// `true` in cluster mode.
@@ -295,7 +343,7 @@ impl Router {
                     *s = id;
                 }
                 if next.owner(id).is_none() {
-                    let shard = next.least_loaded(self.nshards);
+                    let shard = next.least_loaded(self.nshards, &self.dead_shards());
                     next.set_owner(id, shard);
                 }
                 self.table.store(Arc::new(next));
@@ -317,7 +365,13 @@ impl Router {
             replicas: Vec::new(),
         };
         let nshards = self.nshards;
-        let per_shard_cap = topo.shards.len().div_ceil(nshards).max(1);
+        // Dead shards take no master (all dead: the spread stays as it was).
+        let mut dead = self.dead_shards();
+        if dead.iter().all(|&d| d) {
+            dead.iter_mut().for_each(|d| *d = false);
+        }
+        let live = dead.iter().filter(|&&d| !d).count().max(1);
+        let per_shard_cap = topo.shards.len().div_ceil(live).max(1);
         let mut load = vec![0usize; nshards];
         let masters: Vec<NodeId> = topo
             .shards
@@ -328,7 +382,7 @@ impl Router {
         let mut owner_of = vec![None; masters.len()];
         for (i, &m) in masters.iter().enumerate() {
             if let Some(o) = cur.owner(m) {
-                if o < nshards && load[o] < per_shard_cap {
+                if o < nshards && !dead[o] && load[o] < per_shard_cap {
                     load[o] += 1;
                     owner_of[i] = Some(o);
                 }
@@ -339,6 +393,7 @@ impl Router {
                 let (best, _) = load
                     .iter()
                     .enumerate()
+                    .filter(|(i, _)| !dead[*i])
                     .min_by_key(|(_, l)| **l)
                     .unwrap_or((0, &0));
                 load[best] += 1;
@@ -637,6 +692,51 @@ mod tests {
         // A refresh keeps owners.
         let again = r.apply(&topo);
         assert_eq!(map, again);
+    }
+
+    #[test]
+    fn a_retired_shard_owns_nothing() {
+        let r = Router::cluster(&[tcp("seed", 1)], 3);
+        let node = |p| NodeInfo {
+            addr: tcp("h", p),
+            id: String::new(),
+            healthy: true,
+        };
+        let topo = Topology {
+            shards: (0..4u16)
+                .map(|i| ShardInfo {
+                    master: node(7000 + i),
+                    slots: vec![(i * 4096, i * 4096 + 4095)],
+                    replicas: vec![node(7100 + i)],
+                })
+                .collect(),
+        };
+        r.apply(&topo);
+        assert!(r.snapshot().owner(r.intern(&tcp("h", 7000))) == Some(0));
+        r.retire_shard(0);
+        let owners = |r: &Router| -> Vec<usize> {
+            let snap = r.snapshot();
+            (0..4u16)
+                .flat_map(|i| {
+                    let m = r.intern(&tcp("h", 7000 + i));
+                    let rep = r.intern(&tcp("h", 7100 + i));
+                    assert_eq!(snap.owner(rep), snap.owner(m), "a replica left its master");
+                    snap.owner(m)
+                })
+                .collect()
+        };
+        let after = owners(&r);
+        assert!(!after.contains(&0), "{after:?}");
+        assert_eq!(after.iter().filter(|&&o| o == 1).count(), 2, "{after:?}");
+        // Refreshes, new masters and MOVED keep it out.
+        r.apply(&topo);
+        assert!(!owners(&r).contains(&0));
+        let id = r.note_moved(5, &tcp("h", 7999));
+        assert_ne!(r.snapshot().owner(id), Some(0));
+        // The last live shards die: nothing to hand over, nothing changes.
+        r.retire_shard(1);
+        r.retire_shard(2);
+        assert_eq!(owners(&r), vec![2; 4]);
     }
 
     #[test]

@@ -179,8 +179,9 @@ impl Engine {
                 });
             }
         } else {
-            // Standalone: every shard talks to the one server; spread whole batches.
-            let owner = spread % n;
+            // Standalone: every shard talks to the one server; spread whole batches
+            // over the live shards.
+            let owner = self.live_shard(spread);
             if into {
                 for (chunk, b) in bufs.iter_mut().enumerate() {
                     if let Some(b) = b.take() {
@@ -211,46 +212,49 @@ impl Engine {
         let deadline = batch.deadline;
         for i in live {
             let (u, b) = std::mem::take(&mut parts[i]);
-            let sp = SubmitPart {
+            let mut sp = SubmitPart {
                 batch: batch.clone(),
                 units: u,
                 bufs: b,
             };
-            if !inner.shards[i].is_alive() {
-                let err = Error::Io {
-                    node: format!("shard {i}"),
-                    source: std::io::Error::other("the shard thread has stopped (see the log)"),
+            // A shard that died refuses the part (its lanes are closed): the next live
+            // shard takes it. Parts it accepted before closing fail with its panic.
+            let mut target = i;
+            let pushed = loop {
+                let lanes = &inner.shards[target].lanes;
+                let r = match mode {
+                    Submit::Try => lanes.try_push(class, sp),
+                    Submit::Wait => lanes.push_wait(class, sp, deadline),
+                    Submit::Defer => match lanes.try_push(class, sp) {
+                        Err(part) if !lanes.is_closed() => {
+                            unpushed.push(Unpushed {
+                                lanes: lanes.clone(),
+                                class,
+                                part,
+                            });
+                            Ok(())
+                        }
+                        r => r,
+                    },
                 };
-                batch.fail(shard::clone_err(&err));
-                return Err(err);
-            }
-            let lanes = &inner.shards[i].lanes;
-            let pushed = match mode {
-                Submit::Try => lanes.try_push(class, sp),
-                Submit::Wait => lanes.push_wait(class, sp, deadline),
-                Submit::Defer => match lanes.try_push(class, sp) {
-                    Ok(()) => Ok(()),
-                    Err(part) => {
-                        unpushed.push(Unpushed {
-                            lanes: lanes.clone(),
-                            class,
-                            part,
-                        });
-                        Ok(())
-                    }
-                },
+                match r {
+                    Err(back) if lanes.is_closed() => match self.next_live(target) {
+                        Some(t) => {
+                            target = t;
+                            sp = back;
+                        }
+                        None => {
+                            let err = lanes.gone_error();
+                            batch.fail(shard::clone_err(&err));
+                            // The part's buffers go home with it.
+                            drop(back);
+                            return Err(err);
+                        }
+                    },
+                    r => break r.is_ok(),
+                }
             };
-            if lanes.is_closed() {
-                // The shard died; it drains what it finds after closing, and a part
-                // pushed after that is failed here (see `Lanes::close`).
-                let err = Error::Io {
-                    node: format!("shard {i}"),
-                    source: std::io::Error::other("the shard thread has stopped (see the log)"),
-                };
-                batch.fail(shard::clone_err(&err));
-                return Err(err);
-            }
-            if pushed.is_err() {
+            if !pushed {
                 let err = match mode {
                     Submit::Try => Error::Busy {
                         class: class.name(),
@@ -267,5 +271,31 @@ impl Engine {
             }
         }
         Ok((batch, unpushed))
+    }
+
+    /// The shard for a standalone batch: `spread`'s turn among the live shards (shard
+    /// `spread % n` while every shard lives; any shard when none does, to be refused).
+    fn live_shard(&self, spread: usize) -> usize {
+        let shards = &self.inner.shards;
+        let n = shards.len();
+        let first = spread % n;
+        if !shards[first].lanes.is_closed() {
+            return first;
+        }
+        let live: Vec<usize> = (0..n).filter(|&i| !shards[i].lanes.is_closed()).collect();
+        if live.is_empty() {
+            first
+        } else {
+            live[spread % live.len()]
+        }
+    }
+
+    /// The next shard after `from` that still takes work, if any.
+    fn next_live(&self, from: usize) -> Option<usize> {
+        let shards = &self.inner.shards;
+        let n = shards.len();
+        (1..n)
+            .map(|k| (from + k) % n)
+            .find(|&i| !shards[i].lanes.is_closed())
     }
 }

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use crate::cluster::Router;
 use crate::config::{Config, IoBackend};
 use crate::error::{Error, Result};
-use crate::lanes::Lanes;
+use crate::lanes::{DeathStage, Lanes};
 use crate::metrics::Metrics;
 use crate::syscalls::SyscallCounters;
 
@@ -22,9 +22,10 @@ pub(crate) struct ShardHandle {
 }
 
 impl ShardHandle {
-    /// `false` once the shard thread has ended (a panic, or shutdown).
+    /// `false` once the shard refuses work (it panicked, or shut down): its lanes are
+    /// closed before its thread ends.
     pub fn is_alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        !self.lanes.is_closed() && self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Asks the shard to finish and waits for it.
@@ -72,9 +73,17 @@ pub(crate) fn start(
     let (tx, rx) = std::sync::mpsc::channel();
     let (l2, s2) = (lanes.clone(), stop.clone());
     let all_lanes = all_lanes.clone();
+    let exit_router = router.clone();
     let thread = std::thread::Builder::new()
         .name(format!("slotline-shard-{id}"))
         .spawn(move || {
+            // Whatever way this thread ends, its lanes close and what they hold fails.
+            let mut exit = Exit {
+                id,
+                lanes: l2.clone(),
+                router: exit_router,
+                gone: None,
+            };
             crate::metrics::set_current_shard(id);
             if let Some(core) = core {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -103,9 +112,13 @@ pub(crate) fn start(
                 id, cfg, router, metrics, all_lanes, s2, backend, nshards, tls,
             );
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
-            if run.is_err() {
-                abandon(id, &mut shard, &l2);
+            if let Err(payload) = run {
+                exit.died(&mut shard, &panic_message(payload.as_ref()));
             }
+            exit.close();
+            // The shard (its ring, connections, active parts and their caller buffers)
+            // is dropped here, after its lanes refuse new work.
+            drop(shard);
         })
         .map_err(|e| Error::Io {
             node: "local".into(),
@@ -120,22 +133,75 @@ pub(crate) fn start(
     })
 }
 
-/// A shard thread panicked: its callers get errors now instead of waiting for their
-/// deadlines (or forever, for a polled future). Batches with active parts fail, the
-/// lanes close (waking callers waiting for space) and what was queued fails too.
-fn abandon(id: usize, shard: &mut Shard, lanes: &Lanes<SubmitPart>) {
-    tracing::error!(
-        shard = id,
-        "shard thread panicked; its requests fail and requests routed to it are refused"
-    );
-    let err = || Error::Io {
-        node: format!("shard {id}"),
-        source: std::io::Error::other("the shard thread has stopped (see the log)"),
-    };
-    shard.abandon(&err());
-    lanes.close();
-    while let Some(sp) = lanes.pop_any() {
-        sp.batch.fail(err());
+/// The end of a shard thread. A panic ([`Exit::died`]) fails the batches of the
+/// shard's active parts with the panic's message and hands the shard's masters to live
+/// shards; then (always, from `close` or from the drop if something panicked on the
+/// way) the lanes close: later pushes are refused, so callers route elsewhere, and
+/// what was queued fails with the same message, its caller buffers handed back.
+struct Exit {
+    id: usize,
+    lanes: Arc<Lanes<SubmitPart>>,
+    router: Arc<Router>,
+    /// The shard's label and its panic's message, once it panicked.
+    gone: Option<(String, String)>,
+}
+
+impl Exit {
+    fn died(&mut self, shard: &mut Shard, msg: &str) {
+        let id = self.id;
+        tracing::error!(
+            shard = id,
+            panic = msg,
+            "shard thread panicked; its requests fail and new requests go to the other shards"
+        );
+        let node = format!("shard {id}");
+        let err = crate::lanes::shard_died(&node, msg);
+        self.gone = Some((node, msg.to_string()));
+        // New work stops coming here before the lanes close (a push refused after that
+        // goes to another shard).
+        self.router.retire_shard(id);
+        self.lanes.death_stage(DeathStage::Panicked);
+        // The shard's state may be inconsistent after a panic: a second one here must
+        // not keep the lanes open.
+        let abandon = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shard.abandon(&err);
+        }));
+        if abandon.is_err() {
+            tracing::error!(shard = id, "failing the dead shard's requests panicked too");
+        }
+    }
+
+    fn close(&mut self) {
+        if self.lanes.is_closed() {
+            return;
+        }
+        let left = self.lanes.close(self.gone.clone());
+        if !left.is_empty() {
+            tracing::debug!(shard = self.id, parts = left.len(), "failing queued parts");
+        }
+        for sp in left {
+            // Failed first, so the returned buffers do not complete it as a success.
+            sp.batch.fail(self.lanes.gone_error());
+            sp.batch.part_done(Vec::new(), sp.bufs);
+        }
+        self.lanes.death_stage(DeathStage::Closed);
+    }
+}
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
     }
 }
 
