@@ -1,5 +1,6 @@
 //! Operating-system helpers for server processes: pidfiles, log files, liveness and
-//! signals. The one `unsafe` call of the test kit (`kill(2)`) lives here.
+//! signals, and the socket option behind the fault proxy's resets. The test kit's
+//! `unsafe` calls (`kill(2)`, `setsockopt(2)`) live here.
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -104,4 +105,30 @@ pub(crate) fn send_signal(pid: u32, sig: libc::c_int) -> bool {
     // SAFETY: kill(2) takes plain integers and touches no memory of ours; pid > 0 was
     // checked, so this never signals a process group.
     unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Sets `SO_LINGER` to on, 0 seconds on `sock`: its last close then sends a RST (and
+/// drops unsent data) instead of a FIN. For the fault proxy's resets.
+pub(crate) fn set_linger_zero(sock: &std::net::TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let lin = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from `&lin`, a live local
+    // of exactly that type; the fd is borrowed from a live TcpStream.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lin as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
