@@ -282,12 +282,12 @@ impl Engine {
         if !shards[first].lanes.is_closed() {
             return first;
         }
-        let live: Vec<usize> = (0..n).filter(|&i| !shards[i].lanes.is_closed()).collect();
-        if live.is_empty() {
-            first
-        } else {
-            live[spread % live.len()]
+        let alive = |i: &usize| !shards[*i].lanes.is_closed();
+        let live = (0..n).filter(alive).count();
+        if live == 0 {
+            return first;
         }
+        (0..n).filter(alive).nth(spread % live).unwrap_or(first)
     }
 
     /// The next shard after `from` that still takes work, if any.
