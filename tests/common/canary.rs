@@ -73,13 +73,13 @@ impl Canary {
         if self.sealed.swap(true, Ordering::SeqCst) {
             return;
         }
-        // The bytes are of no further use: give the pages back to the system (a stress
-        // test seals hundreds of MiB), keeping the range mapped and inaccessible.
-        // SAFETY: the range is this value's own mapping; nothing reads it after sealing.
-        unsafe { libc::madvise(self.ptr.cast(), self.map_len, libc::MADV_DONTNEED) };
         // SAFETY: the range is this value's own mapping.
         let rc = unsafe { libc::mprotect(self.ptr.cast(), self.map_len, libc::PROT_NONE) };
         assert_eq!(rc, 0, "mprotect(PROT_NONE) failed");
+        // The bytes are of no further use: give the pages back to the system (a stress
+        // test seals hundreds of MiB); the range stays mapped and inaccessible.
+        // SAFETY: the range is this value's own mapping; nothing may read it any more.
+        unsafe { libc::madvise(self.ptr.cast(), self.map_len, libc::MADV_DONTNEED) };
     }
 
     /// Whether [`seal`](Self::seal) ran.
