@@ -62,6 +62,8 @@ struct Inner {
     meta_phase: std::sync::mpsc::Sender<twophase::MetaPhase>,
     /// Registered regions (see [`crate::region`]).
     regions: Arc<crate::region::Regions>,
+    /// Each shard's pool of `get()` value buffers.
+    values: Vec<Arc<crate::shard::ValuePool>>,
 }
 
 /// The engine: shards, their connections, and the API LMCache's connector calls.
@@ -114,6 +116,8 @@ pub struct Stats {
     /// Submissions queued in each shard's lanes (by shard, then `Priority::index`) at
     /// the moment of the snapshot.
     pub lane_depth: Vec<[usize; 4]>,
+    /// The shards' pools of `get()` value buffers, summed.
+    pub value_pool: crate::shard::ValuePoolStats,
 }
 
 impl std::fmt::Display for Stats {
@@ -201,6 +205,10 @@ impl Engine {
         let regions = Arc::new(crate::region::Regions::default());
         regions.set_bells(all_lanes.clone());
         let mut shards = Vec::with_capacity(cores.len());
+        // Bounded by what one shard may have in flight per server.
+        let values: Vec<Arc<shard::ValuePool>> = (0..cores.len())
+            .map(|_| Arc::new(shard::ValuePool::new(cfg.max_node_inflight_bytes)))
+            .collect();
         for (i, core) in cores.iter().enumerate() {
             shards.push(shard::start(
                 i,
@@ -212,6 +220,7 @@ impl Engine {
                 shard::Shared {
                     tls: tls.clone(),
                     regions: regions.clone(),
+                    values: values[i].clone(),
                 },
             )?);
         }
@@ -238,6 +247,7 @@ impl Engine {
             janitor: janitor.clone(),
             meta_phase: meta_tx,
             regions,
+            values,
         });
         let weak = Arc::downgrade(&inner);
         if let Err(e) = std::thread::Builder::new()
@@ -309,6 +319,14 @@ impl Engine {
                 m
             },
             lane_depth: self.inner.shards.iter().map(|s| s.lanes.depth()).collect(),
+            value_pool: self
+                .inner
+                .values
+                .iter()
+                .fold(Default::default(), |mut a, p| {
+                    a.add(&p.stats());
+                    a
+                }),
         }
     }
 
