@@ -487,6 +487,10 @@ impl Peer for ParallelPeer {
         "parallel".into()
     }
 
+    fn read(&self) -> &'static str {
+        "get-into"
+    }
+
     fn tag(&self) -> String {
         "parallel".into()
     }
