@@ -88,7 +88,18 @@ slotline's syscalls per batch. Ratios are slotline / naive and slotline / parall
 Peers: naive = one blocking round trip per Redis key; parallel = LMCache's native \
 client modelled: --parallel-conns threads, each with one blocking connection, one \
 GET/SET per Redis key, the keys of a batch split across the threads, reads into \
-preallocated buffers (standalone servers only; skipped in cluster mode).
+preallocated buffers (against a cluster: one connection per master in each thread, \
+each key to its slot's master).
+
+Topology (issue 19): --masters 1,2,4,8 starts a cluster of each size in turn (replicas: \
+--replicas, default 0 then) and runs every size and peer against it; the JSON records \
+carry masters, replicas and io_threads, and a scaling table (GB/s and keys/s against \
+masters) ends the output. --server-cores pins node i to its own CPU of the list \
+(round-robin, masters first; --io-threads K: K CPUs each), --client-cores pins this \
+process (slotline's shards one per CPU). server_cpu_us_per_key in the records is the \
+CPU time of the bench's own servers per chunk (/proc), beside cpu_us_per_key (this \
+process). --reads get,get-into measures slotline's get and get_into_slices in one \
+invocation, interleaved, with the ratio get / get-into.
 
 Key patterns (--keys): fresh = every timed PUT writes a key never written before in the \
 run (the server pays first-touch page faults, about half the speed of overwrites for \
@@ -513,9 +524,6 @@ fn run_size(
         seen.push(*p);
         match p {
             PeerKind::Naive => peers.push(Box::new(NaivePeer::new(&url, mode, a.layout))),
-            PeerKind::Parallel if mode == Mode::Cluster => {
-                eprintln!("warning: the parallel peer talks to one standalone server; skipped");
-            }
             PeerKind::Parallel => peers.push(Box::new(ParallelPeer::new(
                 &url,
                 mode,
