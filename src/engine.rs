@@ -151,6 +151,15 @@ impl std::fmt::Display for Stats {
         if !m.errors.is_empty() {
             writeln!(f, "errors {:?}", m.errors)?;
         }
+        let v = &self.value_pool;
+        if v.reused + v.allocated > 0 {
+            writeln!(
+                f,
+                "get() value buffers: reused {}  allocated {}  returned {}  evicted {}  \
+                 held {} of {} bytes",
+                v.reused, v.allocated, v.returned, v.evicted, v.held_bytes, v.bound_bytes
+            )?;
+        }
         Ok(())
     }
 }
