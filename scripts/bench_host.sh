@@ -26,6 +26,8 @@
 #   PEERS          default naive,parallel,slotline
 #   BACKEND        slotline's backend(s): auto, io_uring, epoll, both (default auto)
 #   MAX_DATA       --max-data (default 4g)
+#   CONCURRENCY    batches in flight (default 1; small values on many masters need more
+#                  than one batch in flight to load them, see RESULTS.md "Scaling model")
 #
 # Pinning: the CPUs this process may use (from `slotline tune`) are split in two; on a
 # host with several NUMA nodes the client takes the node `slotline tune` recommends for
@@ -137,6 +139,7 @@ args=(bench
 if [ -n "${BATCH:-}" ]; then args+=(--batch "$BATCH"); fi
 if [ -n "${BATCHES:-}" ]; then args+=(--batches "$BATCHES"); fi
 if [ -n "${IO_THREADS:-}" ]; then args+=(--io-threads "$IO_THREADS"); fi
+if [ -n "${CONCURRENCY:-}" ]; then args+=(--concurrency "$CONCURRENCY"); fi
 
 {
     echo "date:          $(date -u +%Y-%m-%dT%H:%M:%SZ)"
