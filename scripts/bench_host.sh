@@ -84,7 +84,7 @@ server_cpus=()
 if [ -z "${CLIENT_CORES:-}" ] || [ -z "${SERVER_CORES:-}" ]; then
     if [ "${#nodes[@]}" -gt 1 ] && [ "${#shard[@]}" -gt 0 ]; then
         # The recommended node's CPUs for the client; every other allowed CPU serves.
-        tnode="$(grep -o '"node":[0-9]*' "$out/tune.json" | tail -n1 | tr -dc 0-9)"
+        tnode="$(grep -o '"node":[0-9][0-9]*' "$out/tune.json" | tail -n1 | tr -dc 0-9)"
         nodecpus=" "
         if [ -r "/sys/devices/system/node/node$tnode/cpulist" ]; then
             for part in $(tr ',' ' ' <"/sys/devices/system/node/node$tnode/cpulist"); do

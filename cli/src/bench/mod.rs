@@ -407,9 +407,11 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
                 Mode::Standalone
             },
             masters: m.unwrap_or(if cluster { 3 } else { 1 }),
-            replicas: a
-                .replicas
-                .map_or(usize::from(cluster && m.is_none()), |r| r as usize),
+            replicas: match (cluster, a.replicas) {
+                (false, _) => 0,
+                (true, Some(r)) => r as usize,
+                (true, None) => usize::from(m.is_none()),
+            },
             cores: match (&a.server_cores, &a.client_cores) {
                 (Some(s), _) => s.0.clone(),
                 (None, Some(_)) => all_cpus.clone(),
