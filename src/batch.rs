@@ -19,20 +19,13 @@ use crate::metrics::Metrics;
 use crate::priority::Priority;
 use crate::resp::Value;
 
+mod chunk;
 mod ticket;
 mod warnings;
+pub use chunk::Chunk;
 pub use ticket::Ticket;
 pub(crate) use ticket::Unpushed;
 use warnings::KeyWarnings;
-
-/// One chunk read back from Redis.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    /// The decoded metadata (`None` in the `raw` layout).
-    pub meta: Option<RemoteMetadata>,
-    /// The payload bytes.
-    pub data: Vec<u8>,
-}
 
 /// What `get_into` found for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -554,12 +547,7 @@ impl Batch {
                         Ok(Output::Chunks(
                             results
                                 .into_iter()
-                                .map(|r| {
-                                    r.map(|(meta, data, _)| Chunk {
-                                        meta,
-                                        data: data.into_vec(),
-                                    })
-                                })
+                                .map(|r| r.map(|(meta, data, _)| Chunk::from_hit(meta, data)))
                                 .collect(),
                         ))
                     }
@@ -570,12 +558,7 @@ impl Batch {
                             results
                                 .into_iter()
                                 .take(upto)
-                                .map(|r| {
-                                    r.map(|(meta, data, _)| Chunk {
-                                        meta,
-                                        data: data.into_vec(),
-                                    })
-                                })
+                                .map(|r| r.map(|(meta, data, _)| Chunk::from_hit(meta, data)))
                                 .collect(),
                         ))
                     }

@@ -486,6 +486,9 @@ fn lend<T, B: ?Sized>(
 pub(crate) enum Mem {
     Own(Vec<u8>),
     Caller(Tracked),
+    /// The engine's own bytes from a shard's value pool, to go back there when the
+    /// [`Chunk`](crate::Chunk) holding them drops.
+    Pooled(Vec<u8>, std::sync::Arc<crate::shard::ValuePool>),
 }
 
 impl Default for Mem {
@@ -498,8 +501,16 @@ impl Mem {
     /// The engine's own bytes (a caller buffer yields nothing: it goes home).
     pub(crate) fn into_vec(self) -> Vec<u8> {
         match self {
-            Mem::Own(v) => v,
+            Mem::Own(v) | Mem::Pooled(v, _) => v,
             Mem::Caller(_) => Vec::new(),
+        }
+    }
+
+    /// The engine's own bytes and, for a pooled buffer, the pool it goes back to.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, Option<std::sync::Arc<crate::shard::ValuePool>>) {
+        match self {
+            Mem::Pooled(v, p) => (v, Some(p)),
+            m => (m.into_vec(), None),
         }
     }
 
@@ -513,7 +524,7 @@ impl std::ops::Deref for Mem {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Mem::Own(v) => v,
+            Mem::Own(v) | Mem::Pooled(v, _) => v,
             Mem::Caller(t) => t.as_slice(),
         }
     }
@@ -522,7 +533,7 @@ impl std::ops::Deref for Mem {
 impl std::ops::DerefMut for Mem {
     fn deref_mut(&mut self) -> &mut [u8] {
         match self {
-            Mem::Own(v) => v,
+            Mem::Own(v) | Mem::Pooled(v, _) => v,
             Mem::Caller(t) => t.as_mut_slice(),
         }
     }

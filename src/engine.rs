@@ -63,6 +63,8 @@ struct Inner {
     meta_phase: std::sync::mpsc::Sender<twophase::MetaPhase>,
     /// Registered regions (see [`crate::region`]).
     regions: Arc<crate::region::Regions>,
+    /// Each shard's pool of `get()` value buffers.
+    values: Vec<Arc<crate::shard::ValuePool>>,
 }
 
 /// The engine: shards, their connections, and the API LMCache's connector calls.
@@ -115,6 +117,8 @@ pub struct Stats {
     /// Submissions queued in each shard's lanes (by shard, then `Priority::index`) at
     /// the moment of the snapshot.
     pub lane_depth: Vec<[usize; 4]>,
+    /// The shards' pools of `get()` value buffers, summed.
+    pub value_pool: crate::shard::ValuePoolStats,
 }
 
 impl std::fmt::Display for Stats {
@@ -147,6 +151,15 @@ impl std::fmt::Display for Stats {
         }
         if !m.errors.is_empty() {
             writeln!(f, "errors {:?}", m.errors)?;
+        }
+        let v = &self.value_pool;
+        if v.reused + v.allocated > 0 {
+            writeln!(
+                f,
+                "get() value buffers: reused {}  allocated {}  returned {}  evicted {}  \
+                 held {} of {} bytes",
+                v.reused, v.allocated, v.returned, v.evicted, v.held_bytes, v.bound_bytes
+            )?;
         }
         Ok(())
     }
@@ -202,6 +215,10 @@ impl Engine {
         let regions = Arc::new(crate::region::Regions::default());
         regions.set_bells(all_lanes.clone());
         let mut shards = Vec::with_capacity(cores.len());
+        // Bounded by what one shard may have in flight per server.
+        let values: Vec<Arc<shard::ValuePool>> = (0..cores.len())
+            .map(|_| Arc::new(shard::ValuePool::new(cfg.max_node_inflight_bytes)))
+            .collect();
         for (i, core) in cores.iter().enumerate() {
             shards.push(shard::start(
                 i,
@@ -213,6 +230,7 @@ impl Engine {
                 shard::Shared {
                     tls: tls.clone(),
                     regions: regions.clone(),
+                    values: values[i].clone(),
                 },
             )?);
         }
@@ -239,6 +257,7 @@ impl Engine {
             janitor: janitor.clone(),
             meta_phase: meta_tx,
             regions,
+            values,
         });
         let weak = Arc::downgrade(&inner);
         if let Err(e) = std::thread::Builder::new()
@@ -328,6 +347,14 @@ impl Engine {
                 m
             },
             lane_depth: self.inner.shards.iter().map(|s| s.lanes.depth()).collect(),
+            value_pool: self
+                .inner
+                .values
+                .iter()
+                .fold(Default::default(), |mut a, p| {
+                    a.add(&p.stats());
+                    a
+                }),
         }
     }
 

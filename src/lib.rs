@@ -39,4 +39,4 @@ pub use layout::{KeyLayout, RemoteMetadata};
 pub use priority::{Priority, PriorityWeights};
 pub use region::{OwnedRegion, Region};
 pub use resp::Value;
-pub use shard::BackendKind;
+pub use shard::{BackendKind, ValuePoolStats};

@@ -526,6 +526,7 @@ mod tests {
             cores: vec![Some(0), None],
             metrics: m.snapshot(),
             lane_depth: vec![[0, 0, 0, 1], [0; 4]],
+            value_pool: Default::default(),
         }
     }
 

@@ -1212,7 +1212,7 @@ fn server_outage_and_restart(b: IoBackend) {
             && e.get(&["after"])
                 .ok()
                 .and_then(|g| g[0].clone())
-                .map(|c| c.data)
+                .map(|c| c.into_data())
                 == Some(vec![3u8; 100]);
         if ok {
             break;

@@ -352,6 +352,7 @@ fn regime(
         layout,
         keys: Keys::Both,
         mode: Mode::Standalone,
+        server: bench::ServerInfo::default(),
         format: if env_flag("SLOTLINE_BENCH_JSON") {
             Format::Json
         } else {

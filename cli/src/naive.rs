@@ -247,6 +247,13 @@ impl NaiveClient {
             .unwrap_or_else(|| self.seed.clone())
     }
 
+    /// The cluster's masters as loaded at connect time (CLUSTER SLOTS), and per hash
+    /// slot the index of its master in that list (None: no owner known). Empty in
+    /// standalone mode.
+    pub fn slot_map(&self) -> (&[String], &[Option<u16>]) {
+        (&self.addrs, &self.slots)
+    }
+
     fn learn(&mut self, slot: u16, addr: &str) {
         let idx = match self.addrs.iter().position(|a| a == addr) {
             Some(i) => i,

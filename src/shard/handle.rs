@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The engine's registered regions (each io_uring shard registers them).
     pub regions: Arc<crate::region::Regions>,
+    /// This shard's pool of `get()` value buffers.
+    pub values: Arc<super::ValuePool>,
 }
 
 /// Starts shard `id`, pinned to `core` if given. Returns once its event loop is set up.
@@ -66,7 +68,11 @@ pub(crate) fn start(
     all_lanes: Arc<[Arc<Lanes<SubmitPart>>]>,
     shared: Shared,
 ) -> Result<ShardHandle> {
-    let Shared { tls, regions } = shared;
+    let Shared {
+        tls,
+        regions,
+        values,
+    } = shared;
     let nshards = all_lanes.len();
     let lanes = all_lanes[id].clone();
     let stop = Arc::new(AtomicBool::new(false));
@@ -109,7 +115,7 @@ pub(crate) fn start(
             };
             let _ = tx.send(Ok(backend.kind()));
             let mut shard = Shard::new(
-                id, cfg, router, metrics, all_lanes, s2, backend, nshards, tls,
+                id, cfg, router, metrics, all_lanes, s2, backend, nshards, tls, values,
             );
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
             if let Err(payload) = run {

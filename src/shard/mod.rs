@@ -29,6 +29,7 @@ mod pool;
 mod timers;
 mod tls;
 mod uring;
+mod values;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +52,8 @@ pub(crate) use handle::{start, ShardHandle, Shared};
 pub(crate) use part::clone_err;
 use part::{ActivePart, Group, PUnit};
 use pool::Node;
+pub(crate) use values::ValuePool;
+pub use values::ValuePoolStats;
 
 /// Most connections one shard opens to one server.
 const MAX_CONNS_PER_NODE: usize = 4;
@@ -147,6 +150,8 @@ struct Shard {
     calls: Arc<SyscallCounters>,
     /// TLS client configuration, when the engine connects with TLS.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Buffers of `get()` values, back from dropped chunks.
+    values: Arc<ValuePool>,
 }
 
 impl Shard {
@@ -161,6 +166,7 @@ impl Shard {
         backend: Backend,
         nshards: usize,
         tls: Option<Arc<rustls::ClientConfig>>,
+        values: Arc<ValuePool>,
     ) -> Shard {
         let lanes = all_lanes[id % all_lanes.len()].clone();
         // LMCache's max_connections (150 by default) sizes a pool of blocking callers;
@@ -212,6 +218,7 @@ impl Shard {
             last_tick: Instant::now(),
             calls,
             tls,
+            values,
         }
     }
 

@@ -44,6 +44,16 @@ pub struct ServerOptions {
     pub daemonize: bool,
     /// Also serve TLS (`--tls-port` and the certificate files).
     pub tls: Option<TlsServer>,
+    /// The server binary (`redis-server`, `valkey-server`, any build of either);
+    /// `None`: `SLOTLINE_REDIS_SERVER`, else `redis-server` on PATH
+    /// ([`redis_server_binary`]).
+    pub binary: Option<PathBuf>,
+    /// CPUs the server may run on (`--server_cpulist` for its main and I/O threads,
+    /// `--bio_cpulist` for its background threads); empty: wherever the OS puts it.
+    pub cpus: Vec<usize>,
+    /// `--io-threads` (threads that read and write client sockets); `None`: the
+    /// server's default (1).
+    pub io_threads: Option<u32>,
 }
 
 impl Default for ServerOptions {
@@ -60,6 +70,9 @@ impl Default for ServerOptions {
             extra_args: Vec::new(),
             daemonize: false,
             tls: None,
+            binary: None,
+            cpus: Vec::new(),
+            io_threads: None,
         }
     }
 }
@@ -92,7 +105,16 @@ impl RedisProcess {
     /// [`RedisProcess::restart`] to keep its cluster identity). On failure the error
     /// includes the tail of the server's log file.
     pub fn start(dir: &Path, opts: &ServerOptions) -> Result<RedisProcess> {
-        let binary = redis_server_binary()?;
+        let binary = match &opts.binary {
+            Some(b) if crate::ports::is_executable(b) => b.clone(),
+            Some(b) => {
+                return Err(local_err(format!(
+                    "server binary {} is not an executable file",
+                    b.display()
+                )))
+            }
+            None => redis_server_binary()?,
+        };
         fs::create_dir_all(dir).map_err(|e| {
             local_err(format!(
                 "cannot create server directory {}: {e}; choose a writable directory",
@@ -239,6 +261,21 @@ impl RedisProcess {
         if let Some(t) = &tls {
             let bus = opts.cluster.then(|| port + BUS_PORT_OFFSET);
             args.extend(t.args(bus));
+        }
+        if !opts.cpus.is_empty() {
+            let list = cpu_list(&opts.cpus);
+            args.extend([
+                "--server_cpulist".into(),
+                list.clone(),
+                "--bio_cpulist".into(),
+                list,
+            ]);
+        }
+        if let Some(n) = opts.io_threads {
+            args.extend(["--io-threads".into(), n.to_string()]);
+            if n > 1 {
+                args.extend(["--io-threads-do-reads".into(), "yes".into()]);
+            }
         }
         args.extend(opts.extra_args.iter().cloned());
 
@@ -574,4 +611,12 @@ fn probe(addr: &str, password: Option<&str>) -> std::result::Result<(), String> 
         OwnedFrame::Error(e) if !e.starts_with("NOAUTH") => Err(e),
         _ => Ok(()),
     }
+}
+
+/// `[0, 1, 2, 5]` as `"0,1,2,5"` (redis-server's cpulist syntax).
+pub fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -47,6 +47,9 @@ impl fmt::Debug for ServerOptions {
             .field("extra_args", &redact_args(&self.extra_args))
             .field("daemonize", &self.daemonize)
             .field("tls", &self.tls)
+            .field("binary", &self.binary)
+            .field("cpus", &self.cpus)
+            .field("io_threads", &self.io_threads)
             .finish()
     }
 }

@@ -589,3 +589,54 @@ fn down_signals_only_our_servers() {
         "down() signalled a decoy: {lines:?}"
     );
 }
+
+/// CPUs in a `Cpus_allowed_list` line of `/proc/<pid>/status` (`0-3,6`).
+fn allowed_cpus(pid: u32) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let mut out = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
+            None => out.push(part.parse().unwrap()),
+        }
+    }
+    out
+}
+
+/// Issue 19's bench topology: N masters without replicas, each pinned to its own CPU
+/// (round-robin over the CPUs this test may use), I/O threads, and the binary chosen
+/// explicitly; a binary that does not exist is refused with its path.
+#[test]
+fn cluster_nodes_pinned_with_io_threads_and_a_chosen_binary() {
+    let dir = TestDir::new();
+    let mine = allowed_cpus(std::process::id());
+    assert!(!mine.is_empty());
+    let opts = ServerOptions {
+        binary: Some(servers::redis_server_binary().unwrap()),
+        io_threads: Some(2),
+        ..test_options()
+    };
+    let want = |i: usize| vec![mine[(mine.len() - 1 - i % mine.len()) % mine.len()]];
+    let c = servers::LocalCluster::start_each(dir.path(), 2, 0, &opts, |i, o| o.cpus = want(i))
+        .unwrap();
+    assert_eq!(c.masters().len(), 2);
+    assert!(c.replicas().is_empty());
+    for (i, n) in c.nodes.iter().enumerate() {
+        assert_eq!(allowed_cpus(n.pid()), want(i), "node {i}");
+        let io = servers::command_str(&n.addr(), None, &["CONFIG", "GET", "io-threads"]).unwrap();
+        assert_eq!(io, "io-threads\n2", "node {i}");
+    }
+
+    let bad = ServerOptions {
+        binary: Some(dir.join("no-such-server")),
+        ..test_options()
+    };
+    let e = RedisProcess::start(&dir.join("bad"), &bad).unwrap_err();
+    assert!(e.to_string().contains("no-such-server"), "{e}");
+}

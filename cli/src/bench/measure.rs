@@ -37,6 +37,58 @@ pub fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// The CPUs the calling thread may run on (`Cpus_allowed_list` of /proc/self/status);
+/// empty if unknown.
+pub fn allowed_cpus() -> Vec<usize> {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .or_else(|_| std::fs::read_to_string("/proc/self/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .and_then(|l| slotline::numa::parse_cpu_list(l.trim()).ok())
+        })
+        .unwrap_or_default()
+}
+
+/// Restricts the calling thread, and every thread and process it starts from now on,
+/// to `cpus` (`sched_setaffinity`).
+pub fn pin_process(cpus: &[usize]) -> Result<(), String> {
+    if let Some(c) = cpus.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
+        return Err(format!("CPU {c} is beyond what the kernel interface takes"));
+    }
+    // SAFETY: cpu_set_t is a plain bit array (all zeroes: the empty set); CPU_SET
+    // writes bit `c` < CPU_SETSIZE (checked above) of that local; sched_setaffinity
+    // reads the set with its size; pid 0 is the calling thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok(())
+}
+
+/// CPU time (user + system) of the processes `pids` so far, every thread, from
+/// `/proc/<pid>/stat` (in clock ticks of 10 ms: Linux's USER_HZ is 100 on every
+/// architecture it reports to user space). None if one cannot be read.
+pub fn pids_cpu(pids: &[u32]) -> Option<Duration> {
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces): state is field 3,
+        // utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// The value at percentile `p` (0..=100) of sorted samples, nearest rank.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -70,6 +122,9 @@ pub struct Sample {
     pub frames_per_batch: Option<f64>,
     /// Syscalls the client counted per batch (slotline's own counters), where known.
     pub syscalls_per_batch: Option<f64>,
+    /// CPU time of the bench's own servers per chunk (every server process, from
+    /// /proc), microseconds; None with `--url`.
+    pub server_cpu_us_per_key: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -114,6 +169,7 @@ impl Sample {
                 commands_per_batch: o(x.commands_per_batch, y.commands_per_batch),
                 frames_per_batch: o(x.frames_per_batch, y.frames_per_batch),
                 syscalls_per_batch: o(x.syscalls_per_batch, y.syscalls_per_batch),
+                server_cpu_us_per_key: o(x.server_cpu_us_per_key, y.server_cpu_us_per_key),
             })
             .collect();
         Sample::median_of(&per_run)
@@ -131,6 +187,10 @@ impl Sample {
             .iter()
             .filter_map(|s| s.syscalls_per_batch)
             .collect();
+        let srv: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.server_cpu_us_per_key)
+            .collect();
         Sample {
             keys_per_s: m(|s| s.keys_per_s),
             mb_per_s: m(|s| s.mb_per_s),
@@ -142,6 +202,7 @@ impl Sample {
             commands_per_batch: (!cmds.is_empty()).then(|| median(cmds)),
             frames_per_batch: (!frames.is_empty()).then(|| median(frames)),
             syscalls_per_batch: (!sys.is_empty()).then(|| median(sys)),
+            server_cpu_us_per_key: (!srv.is_empty()).then(|| median(srv)),
         }
     }
 }
@@ -200,6 +261,7 @@ pub fn run_phase(
     workers: &mut [Box<dyn Worker>],
     wl: &Workload<'_>,
     phase: Phase,
+    servers: &[u32],
 ) -> Result<Sample, BenchError> {
     let n = workers.len().max(1);
     let rt = |ws: &[Box<dyn Worker>]| -> Option<u64> {
@@ -211,6 +273,7 @@ pub fn run_phase(
     let cmds0 = peer.commands().or_else(|| cm(workers));
     let frames0 = peer.frames().or_else(|| rt(workers));
     let sys0 = peer.syscalls();
+    let srv0 = (!servers.is_empty()).then(|| pids_cpu(servers)).flatten();
     let cpu0 = process_cpu();
     let t0 = Instant::now();
     let outcomes: Vec<ThreadOutcome> = if workers.len() == 1 {
@@ -240,6 +303,7 @@ pub fn run_phase(
     };
     let wall = t0.elapsed();
     let cpu = process_cpu().saturating_sub(cpu0);
+    let srv = srv0.and_then(|a| Some(pids_cpu(servers)?.saturating_sub(a)));
     let frames1 = peer.frames().or_else(|| rt(workers));
     let cmds1 = peer.commands().or_else(|| cm(workers));
     let sys1 = peer.syscalls();
@@ -287,6 +351,7 @@ pub fn run_phase(
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wl.batches as f64),
             _ => None,
         },
+        server_cpu_us_per_key: srv.map(|d| d.as_secs_f64() * 1e6 / keys),
     })
 }
 
@@ -311,6 +376,21 @@ pub struct Plan {
     pub mode: Mode,
     /// How results are printed.
     pub format: Format,
+    /// The servers measured, where the bench started them.
+    pub server: ServerInfo,
+}
+
+/// What the bench knows of the servers it measures.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    /// Masters (1 for a standalone server); None if unknown.
+    pub masters: Option<usize>,
+    /// Replicas per master of the bench's own cluster.
+    pub replicas: Option<usize>,
+    /// `--io-threads` of the bench's own servers.
+    pub io_threads: Option<usize>,
+    /// Process ids of the bench's own servers (their CPU time is measured).
+    pub pids: Vec<u32>,
 }
 
 impl Plan {
@@ -326,6 +406,7 @@ impl Plan {
             keys: Keys::Both,
             mode: Mode::Standalone,
             format: Format::Table,
+            server: ServerInfo::default(),
         }
     }
 }
@@ -334,6 +415,8 @@ impl Plan {
 pub struct PeerResult {
     /// Row label.
     pub name: String,
+    /// How the peer reads (`get`, `get-into`).
+    pub read: &'static str,
     /// PUT phase on fresh keys, one per run (empty unless measured).
     pub put_fresh: Vec<Sample>,
     /// PUT phase overwriting keys, one per run (empty unless measured).
@@ -378,6 +461,7 @@ pub fn run_plan(
         .map(|p| {
             Some(PeerResult {
                 name: p.name(),
+                read: p.read(),
                 put_fresh: Vec::new(),
                 put_overwrite: Vec::new(),
                 get: Vec::new(),
@@ -435,13 +519,25 @@ pub fn run_plan(
                     );
                     // An untimed pass (pre-population) is measured all the same and
                     // its numbers dropped.
-                    let s = run_phase(peer.as_ref(), &mut workers, &wl, Phase::Put)?;
+                    let s = run_phase(
+                        peer.as_ref(),
+                        &mut workers,
+                        &wl,
+                        Phase::Put,
+                        &plan.server.pids,
+                    )?;
                     if let Some(p) = pass {
                         puts.push((*p, s));
                     }
                 }
                 progress::phase(label("get"), plan.batches);
-                let get = run_phase(peer.as_ref(), &mut workers, &wl, Phase::Get)?;
+                let get = run_phase(
+                    peer.as_ref(),
+                    &mut workers,
+                    &wl,
+                    Phase::Get,
+                    &plan.server.pids,
+                )?;
                 Ok::<_, BenchError>((puts, get))
             })();
             drop(workers);
@@ -472,6 +568,7 @@ pub fn run_plan(
                 out.push(Record::new(
                     plan,
                     &name,
+                    peer.read(),
                     Phase::Put,
                     Some(*p),
                     Some(run + 1),
@@ -481,6 +578,7 @@ pub fn run_plan(
             out.push(Record::new(
                 plan,
                 &name,
+                peer.read(),
                 Phase::Get,
                 None,
                 Some(run + 1),

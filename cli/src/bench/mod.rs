@@ -24,6 +24,7 @@ mod record;
 mod report;
 mod server;
 mod sizes;
+mod topology;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -53,6 +54,7 @@ pub use record::*;
 pub use report::*;
 pub use server::*;
 pub use sizes::*;
+pub use topology::*;
 pub use workload::*;
 
 /// Every `SAMPLE_EVERY`-th chunk is compared byte for byte; the others have their
@@ -62,9 +64,6 @@ const SAMPLE_EVERY: usize = 16;
 const POOL_BYTES: usize = 64 << 20;
 /// Keys per DEL batch when cleaning up a server the bench does not own.
 const CLEANUP_BATCH: usize = 1024;
-/// Batches per phase unless `--batches` says otherwise: enough for a p99 that is not
-/// the slowest batch.
-const DEFAULT_BATCHES: usize = 200;
 
 // ---------------------------------------------------------------------------------------
 // Command line
@@ -89,7 +88,18 @@ slotline's syscalls per batch. Ratios are slotline / naive and slotline / parall
 Peers: naive = one blocking round trip per Redis key; parallel = LMCache's native \
 client modelled: --parallel-conns threads, each with one blocking connection, one \
 GET/SET per Redis key, the keys of a batch split across the threads, reads into \
-preallocated buffers (standalone servers only; skipped in cluster mode).
+preallocated buffers (against a cluster: one connection per master in each thread, \
+each key to its slot's master).
+
+Topology (issue 19): --masters 1,2,4,8 starts a cluster of each size in turn (replicas: \
+--replicas, default 0 then) and runs every size and peer against it; the JSON records \
+carry masters, replicas and io_threads, and a scaling table (GB/s and keys/s against \
+masters) ends the output. --server-cores pins node i to its own CPU of the list \
+(round-robin, masters first; --io-threads K: K CPUs each), --client-cores pins this \
+process (slotline's shards one per CPU). server_cpu_us_per_key in the records is the \
+CPU time of the bench's own servers per chunk (/proc), beside cpu_us_per_key (this \
+process). --reads get,get-into measures slotline's get and get_into_slices in one \
+invocation, interleaved, with the ratio get / get-into.
 
 Key patterns (--keys): fresh = every timed PUT writes a key never written before in the \
 run (the server pays first-touch page faults, about half the speed of overwrites for \
@@ -172,9 +182,42 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     shards: Option<u32>,
     /// Read with slotline's get_into_slices (caller-owned buffers allocated once per run)
-    /// instead of get. The parallel peer always reads into preallocated buffers.
-    #[arg(long)]
+    /// instead of get (the same as --reads get-into). The parallel peer always reads
+    /// into preallocated buffers.
+    #[arg(long, conflicts_with = "reads")]
     get_into: bool,
+    /// slotline's read modes, comma-separated: get (buffers the engine allocates, or
+    /// reuses from its pool) and get-into (caller buffers, get_into_slices); with both,
+    /// one slotline row per mode and backend (the get-into one labelled +into), in one
+    /// invocation, and the ratio get / get-into [default: get].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "MODES")]
+    reads: Option<Vec<ReadMode>>,
+    /// Cluster sizes, comma-separated (e.g. 1,2,4,8): one cluster of each size started
+    /// in turn, every size and peer run against it; a scaling series (GB/s and keys/s
+    /// against masters). Implies --mode cluster.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=512), conflicts_with = "url")]
+    masters: Option<Vec<u32>>,
+    /// Replicas per master of the bench's own cluster [default: 1 (3+3) without
+    /// --masters, 0 with it].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=4), conflicts_with = "url")]
+    replicas: Option<u32>,
+    /// CPUs of the bench's own servers (e.g. 8-15 or 8,10,12): node i gets its own
+    /// CPU (--io-threads K: K of them), round-robin over the list, masters first.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus, conflicts_with = "url")]
+    server_cores: Option<CpuList>,
+    /// CPUs of this process: slotline's shards one per CPU (--shards N: the first N),
+    /// the peers' threads anywhere in the list. The servers then run on
+    /// --server-cores or, without it, on every CPU this process was allowed at start.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    client_cores: Option<CpuList>,
+    /// --io-threads of the bench's own servers (redis-server's threads that read and
+    /// write client sockets).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=128), conflicts_with = "url")]
+    io_threads: Option<u32>,
+    /// Server binary of the bench's own servers: any redis-server build, or
+    /// valkey-server [default: $SLOTLINE_REDIS_SERVER, else redis-server on PATH].
+    #[arg(long, value_name = "PATH", conflicts_with = "url")]
+    server_bin: Option<PathBuf>,
     /// slotline puts from and (with --get-into) reads into registered regions
     /// (`Engine::register_region`): io_uring's fixed buffers (SEND_ZC / READ_FIXED;
     /// `SLOTLINE_REGION_SEND=write` in the environment: WRITE_FIXED).
@@ -305,63 +348,6 @@ fn tls_config(cfg: &Config, url: &str, ca: &Path) -> Result<Config, BenchError> 
     })
 }
 
-/// What one size of an invocation runs.
-struct SizeJob {
-    value_size: usize,
-    batch: usize,
-    batches: usize,
-    /// Why `batches` is below the default, if it is.
-    note: Option<String>,
-}
-
-/// Checks one size against the limits and picks its batch and batch count.
-fn size_job(a: &BenchArgs, value_size: usize) -> Result<SizeJob, BenchError> {
-    if value_size == 0 {
-        return Err(BenchError::usage("--value-size must be at least 1 byte"));
-    }
-    let max_value = slotline::Config::default()
-        .max_value_size
-        .min(i32::MAX as usize);
-    if value_size > max_value {
-        return Err(BenchError::usage(format!(
-            "--value-size {value_size} exceeds slotline's max_value_size ({max_value} bytes)"
-        )));
-    }
-    let batch = a.batch.map_or(default_batch(value_size), |b| b as usize);
-    let mut note = None;
-    let batches = match a.batches {
-        Some(n) => n as usize,
-        None => {
-            let fit = (a.max_data / (batch * value_size).max(1)).max(1);
-            if fit < DEFAULT_BATCHES {
-                note = Some(format!(
-                    "note: {} x {batch}: {fit} batches per phase instead of {DEFAULT_BATCHES}, so \
-                     that one run stores at most --max-data ({:.2} GiB)",
-                    fmt_size(value_size),
-                    a.max_data as f64 / (1u64 << 30) as f64
-                ));
-            }
-            fit.min(DEFAULT_BATCHES)
-        }
-    };
-    let total = (batch * batches) as u128 * value_size as u128;
-    if total > a.max_data as u128 {
-        return Err(BenchError::usage(format!(
-            "one run would store {:.2} GiB in Redis ({batches} batches x {batch} chunks x \
-             {value_size} bytes), more than --max-data {:.2} GiB; lower --batches or --batch, \
-             or raise --max-data",
-            total as f64 / (1u64 << 30) as f64,
-            a.max_data as f64 / (1u64 << 30) as f64
-        )));
-    }
-    Ok(SizeJob {
-        value_size,
-        batch,
-        batches,
-        note,
-    })
-}
-
 /// `slotline bench`.
 pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
     if a.peers.is_empty() {
@@ -376,11 +362,18 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         .iter()
         .map(|&s| size_job(&a, s))
         .collect::<Result<Vec<_>, _>>()?;
+    let masters: Vec<Option<usize>> = match &a.masters {
+        Some(m) if m.is_empty() => return Err(BenchError::usage("--masters lists no size")),
+        Some(m) => m.iter().map(|&n| Some(n as usize)).collect(),
+        None => vec![None],
+    };
     let mut out = if a.json {
         Output::mixed_json()
     } else {
         Output::new(a.format)
     };
+    let cluster = a.mode == ModeArg::Cluster || a.masters.is_some();
+    let reads = a.read_modes().len();
     let mut rows = 0;
     let mut seen = Vec::new();
     for p in a.peers.iter().filter(|p| {
@@ -388,19 +381,53 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
         seen.push(**p);
         new
     }) {
-        rows += match (p, a.mode, a.backend) {
-            (PeerKind::Parallel, ModeArg::Cluster, _) => 0,
-            (PeerKind::Slotline, _, BackendChoice::Both) => 2,
+        rows += match (p, a.backend) {
+            (PeerKind::Slotline, BackendChoice::Both) => 2 * reads,
+            (PeerKind::Slotline, _) => reads,
             _ => 1,
         };
     }
     for j in &jobs {
         let plan_batches = (a.keys.put_passes().len() + 1) * j.batches;
-        progress::add_total(rows * a.runs as usize * plan_batches);
+        progress::add_total(masters.len() * rows * a.runs as usize * plan_batches);
     }
     install_signal_handlers();
-    for job in &jobs {
-        run_size(&a, job, &mut out)?;
+    // Servers started from here on get CPUs of their own (--server-cores, else every
+    // CPU this process may use now), not the client's.
+    let all_cpus = allowed_cpus();
+    if let Some(c) = &a.client_cores {
+        pin_process(&c.0)
+            .map_err(|e| BenchError::usage(format!("--client-cores {:?}: {e}", c.0)))?;
+    }
+    for &m in &masters {
+        let topo = a.url.is_none().then(|| ServerTopology {
+            mode: if cluster {
+                Mode::Cluster
+            } else {
+                Mode::Standalone
+            },
+            masters: m.unwrap_or(if cluster { 3 } else { 1 }),
+            replicas: match (cluster, a.replicas) {
+                (false, _) => 0,
+                (true, Some(r)) => r as usize,
+                (true, None) => usize::from(m.is_none()),
+            },
+            cores: match (&a.server_cores, &a.client_cores) {
+                (Some(s), _) => s.0.clone(),
+                (None, Some(_)) => all_cpus.clone(),
+                (None, None) => Vec::new(),
+            },
+            io_threads: a.io_threads,
+            binary: a.server_bin.clone(),
+            tls: a.tls,
+        });
+        for job in &jobs {
+            run_size(&a, job, topo.as_ref(), &mut out)?;
+        }
+    }
+    let scaling = scaling_table(&out.records);
+    if !scaling.is_empty() {
+        out.say(&scaling);
     }
     if let Some(dir) = &a.plot {
         std::fs::create_dir_all(dir)
@@ -416,24 +443,42 @@ pub fn run_cli(a: BenchArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// One size: its own server (unless --url), every peer and run, the report.
-fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchError> {
-    let (value_size, batch, batches) = (job.value_size, job.batch, job.batches);
-    let mode: Mode = a.mode.into();
+impl BenchArgs {
+    /// slotline's read modes (`--reads`, `--get-into`), each once.
+    fn read_modes(&self) -> Vec<ReadMode> {
+        let mut v = match (&self.reads, self.get_into) {
+            (Some(r), _) => r.clone(),
+            (None, true) => vec![ReadMode::GetInto],
+            (None, false) => vec![ReadMode::Get],
+        };
+        v.dedup();
+        if v.len() > 1 && v[0] == v[1] {
+            v.truncate(1);
+        }
+        v
+    }
+}
 
-    let owned = match &a.url {
-        Some(_) => None,
-        None => {
+/// One size on one topology: its own servers (unless --url), every peer and run, the
+/// report.
+fn run_size(
+    a: &BenchArgs,
+    job: &SizeJob,
+    topo: Option<&ServerTopology>,
+    out: &mut Output,
+) -> Result<(), BenchError> {
+    let (value_size, batch, batches) = (job.value_size, job.batch, job.batches);
+    let mode: Mode = match topo {
+        Some(t) => t.mode,
+        None => a.mode.into(),
+    };
+
+    let owned = match topo {
+        None => None,
+        Some(t) => {
             progress::clear();
-            eprintln!(
-                "starting a {} redis-server for the bench...",
-                if mode == Mode::Cluster {
-                    "3+3 cluster of"
-                } else {
-                    "local"
-                }
-            );
-            let s = OwnedServer::start(mode, a.tls)?;
+            eprintln!("starting the bench's servers: {}...", t.describe());
+            let s = OwnedServer::start_topology(t)?;
             eprintln!(
                 "  {} (pids {:?}, dir {})",
                 s.url(),
@@ -456,9 +501,18 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
     let mode = base.mode;
     base.key_layout = a.layout;
     base.large_value_connections = a.large_value_connections.map(|n| n as usize);
-    if let Some(n) = a.shards {
-        base.cores = None;
-        base.shards = Some(n as usize);
+    match (&a.client_cores, a.shards) {
+        // One shard per client CPU (the first N with --shards N).
+        (Some(c), n) => {
+            let take = n.map_or(c.0.len(), |n| n as usize);
+            base.cores = Some(c.0.iter().copied().cycle().take(take).collect());
+            base.shards = None;
+        }
+        (None, Some(n)) => {
+            base.cores = None;
+            base.shards = Some(n as usize);
+        }
+        (None, None) => {}
     }
     base.validate()
         .map_err(|e| BenchError::usage(e.to_string()))?;
@@ -472,9 +526,6 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
         seen.push(*p);
         match p {
             PeerKind::Naive => peers.push(Box::new(NaivePeer::new(&url, mode, a.layout))),
-            PeerKind::Parallel if mode == Mode::Cluster => {
-                eprintln!("warning: the parallel peer talks to one standalone server; skipped");
-            }
             PeerKind::Parallel => peers.push(Box::new(ParallelPeer::new(
                 &url,
                 mode,
@@ -487,24 +538,32 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
                     BackendChoice::Epoll => &[(IoBackend::Epoll, false)],
                     BackendChoice::Both => &[(IoBackend::IoUring, true), (IoBackend::Epoll, false)],
                 };
+                let reads = a.read_modes();
                 for &(b, optional) in backends {
-                    let mut cfg = base.clone();
-                    cfg.io_backend = b;
-                    let tls_cfg = owned
-                        .as_ref()
-                        .and_then(|s| s.tls())
-                        .map(|(u, ca)| tls_config(&cfg, u, ca))
-                        .transpose()?;
-                    peers.push(Box::new(
-                        SlotlinePeer::new(cfg, a.get_into, optional)
-                            .with_regions(a.region)
-                            .count_commands_at(&url, mode),
-                    ));
-                    if let Some(t) = tls_cfg {
+                    for &r in &reads {
+                        let into = r == ReadMode::GetInto;
+                        // With both modes the get-into row is labelled apart.
+                        let suffix = if into && reads.len() > 1 { "+into" } else { "" };
+                        let mut cfg = base.clone();
+                        cfg.io_backend = b;
+                        let tls_cfg = owned
+                            .as_ref()
+                            .and_then(|s| s.tls())
+                            .map(|(u, ca)| tls_config(&cfg, u, ca))
+                            .transpose()?;
                         peers.push(Box::new(
-                            SlotlinePeer::new(t, a.get_into, optional)
+                            SlotlinePeer::new(cfg, into, optional)
+                                .with_regions(a.region)
+                                .with_suffix(suffix)
                                 .count_commands_at(&url, mode),
                         ));
+                        if let Some(t) = tls_cfg {
+                            peers.push(Box::new(
+                                SlotlinePeer::new(t, into, optional)
+                                    .with_suffix(suffix)
+                                    .count_commands_at(&url, mode),
+                            ));
+                        }
                     }
                 }
             }
@@ -521,6 +580,16 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
         keys: a.keys,
         mode,
         format: out.format(),
+        server: ServerInfo {
+            masters: match (topo, mode) {
+                (Some(t), _) => Some(t.masters),
+                (None, Mode::Standalone) => Some(1),
+                (None, Mode::Cluster) => None,
+            },
+            replicas: topo.map(|t| t.replicas),
+            io_threads: topo.and_then(|t| t.io_threads.map(|k| k as usize)),
+            pids: owned.as_ref().map(|s| s.pids()).unwrap_or_default(),
+        },
     };
     let flush = owned.is_some() || a.flush;
     let cleanup_cfg = base.clone();
@@ -602,63 +671,24 @@ fn run_size(a: &BenchArgs, job: &SizeJob, out: &mut Output) -> Result<(), BenchE
     if let (Some(u), Some(e)) = (row("slotline[io_uring]"), row("slotline[epoll]")) {
         ratios.push((u, e));
     }
+    // Both read modes measured: get / get-into per backend (issue 19: within 0.8x).
+    for (i, r) in results.iter().enumerate() {
+        if let Some(j) = row(&format!("{}+into", r.name)) {
+            ratios.push((i, j));
+        }
+    }
     for note in peers.iter().filter_map(|p| p.note()) {
         out.say(&note);
     }
     let has = |prefix: &str| peers.iter().any(|p| p.name().starts_with(prefix));
-    if !a.get_into && has("parallel") && has("slotline") {
+    if a.read_modes() == [ReadMode::Get] && has("parallel") && has("slotline") {
         out.say(
-            "note: parallel reads into preallocated buffers, slotline with get (an allocation \
-             per value); --get-into gives slotline caller buffers too",
+            "note: parallel reads into preallocated buffers, slotline with get (engine \
+             buffers, pooled from 64 KiB); --reads get,get-into adds slotline rows with \
+             caller buffers",
         );
     }
     print_report(&plan, &results, &ratios, out);
     drop(owned);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        a: BenchArgs,
-    }
-
-    fn jobs(args: &[&str]) -> Result<Vec<(usize, usize, usize, bool)>, BenchError> {
-        let a = Cmd::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
-            .map_err(|e| BenchError::usage(e.to_string()))?
-            .a;
-        let sizes = a.sizes.clone().unwrap_or(vec![a.value_size]);
-        sizes
-            .iter()
-            .map(|&s| size_job(&a, s).map(|j| (j.value_size, j.batch, j.batches, j.note.is_some())))
-            .collect()
-    }
-
-    #[test]
-    fn sizes_pick_their_batch_and_fit_max_data() {
-        assert_eq!(jobs(&[]).unwrap(), vec![(2048, 128, 200, false)]);
-        assert_eq!(
-            jobs(&["--sizes", "1m,4m,32m"]).unwrap(),
-            vec![
-                (1 << 20, 16, 200, false),
-                (4 << 20, 8, 128, true),
-                (32 << 20, 4, 32, true),
-            ]
-        );
-        assert_eq!(
-            jobs(&["--sizes", "32m", "--batch", "2", "--max-data", "64m"]).unwrap(),
-            vec![(32 << 20, 2, 1, true)]
-        );
-        // An explicit --batches over --max-data is refused, not lowered.
-        let e = jobs(&["--value-size", "32m", "--batches", "200"]).unwrap_err();
-        assert_eq!(e.code, 2);
-        assert!(e.msg.contains("--max-data"), "{}", e.msg);
-        assert!(jobs(&["--sizes", "1m", "--value-size", "2k"]).is_err());
-        assert!(jobs(&["--format", "csv", "--json"]).is_err());
-    }
 }

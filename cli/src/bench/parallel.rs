@@ -6,7 +6,10 @@
 //! batches: the bulk header is read, then the value is `read_exact`-ed into the buffer.
 //! Nothing proportional to the value is allocated per call.
 //!
-//! Standalone servers only (no cluster redirects), as LMCache's native client.
+//! Against a cluster (issue 19: peers run against the bench's clusters too) each thread
+//! holds one connection per master and sends each key's command to its slot's master,
+//! from the slot map loaded once per run (no redirects: the bench's clusters do not
+//! reshard). LMCache's native client itself talks to one standalone server.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
@@ -270,9 +273,33 @@ struct Shared {
     batch: usize,
 }
 
+/// A thread's connections: one per master, and per hash slot the index of its master's
+/// (empty for a standalone server: everything to the one connection).
+struct Conns {
+    conns: Vec<Conn>,
+    route: Arc<[u16]>,
+}
+
+impl Conns {
+    fn to(&mut self, key: &[u8]) -> io::Result<&mut Conn> {
+        let i = if self.route.is_empty() {
+            0
+        } else {
+            let slot = slotline::cluster::slot::hash_slot(key);
+            usize::from(self.route[usize::from(slot)])
+        };
+        self.conns.get_mut(i).ok_or_else(|| {
+            bad(&format!(
+                "no connection for {}",
+                String::from_utf8_lossy(key)
+            ))
+        })
+    }
+}
+
 fn serve(
     t: usize,
-    mut conn: Conn,
+    mut conn: Conns,
     sh: Arc<Shared>,
     jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<Done>,
@@ -290,10 +317,11 @@ fn serve(
             Job::Put { batch, range } => (|| {
                 for i in range {
                     let k = batch * sh.batch + i;
-                    conn.set(&sh.payload_keys[k], &sh.values[k])?;
+                    let pk = &sh.payload_keys[k];
+                    conn.to(pk)?.set(pk, &sh.values[k])?;
                     sent += 1;
                     if let Some(mk) = &sh.meta_keys[k] {
-                        conn.set(mk, &sh.meta_bytes)?;
+                        conn.to(mk)?.set(mk, &sh.meta_bytes)?;
                         sent += 1;
                     }
                 }
@@ -311,7 +339,7 @@ fn serve(
                         let mut meta_len = 0;
                         if let Some(mk) = &sh.meta_keys[k] {
                             // LMCache's read: metadata first; a miss ends the chunk.
-                            let got = get_meta(&mut conn, mk, &mut metas[j]);
+                            let got = get_meta(conn.to(mk)?, mk, &mut metas[j]);
                             sent += 1;
                             match got? {
                                 Some(n) => meta_len = n,
@@ -321,7 +349,8 @@ fn serve(
                                 }
                             }
                         }
-                        let hit = conn.get_into(&sh.payload_keys[k], &mut bufs[j])?;
+                        let pk = &sh.payload_keys[k];
+                        let hit = conn.to(pk)?.get_into(pk, &mut bufs[j])?;
                         sent += 1;
                         out.found.push((meta_len, hit.is_some()));
                     }
@@ -487,21 +516,36 @@ impl Peer for ParallelPeer {
         "parallel".into()
     }
 
+    fn read(&self) -> &'static str {
+        "get-into"
+    }
+
     fn tag(&self) -> String {
         "parallel".into()
     }
 
     fn open(&mut self, n: usize, wl: &Workload<'_>) -> Result<Vec<Box<dyn Worker>>, String> {
         let p = parse_url(&self.url).map_err(|e| e.to_string())?;
-        if self.mode == Mode::Cluster || p.seeds.len() > 1 || p.mode == Some(Mode::Cluster) {
-            return Err("the parallel peer talks to one standalone server (no cluster)".into());
-        }
         if p.tls {
             return Err("the parallel peer speaks plain TCP only".into());
         }
-        let addr = match p.seeds.first() {
-            Some(a @ ServerAddr::Tcp { .. }) => a.to_string(),
-            _ => return Err("the parallel peer needs a redis://host:port URL".into()),
+        let cluster =
+            self.mode == Mode::Cluster || p.seeds.len() > 1 || p.mode == Some(Mode::Cluster);
+        let (addrs, route): (Vec<String>, Arc<[u16]>) = if cluster {
+            let c = NaiveClient::connect(&self.url, Mode::Cluster, KeyLayout::Raw)
+                .map_err(|e| e.to_string())?;
+            let (addrs, slots) = c.slot_map();
+            let route = slots
+                .iter()
+                .enumerate()
+                .map(|(s, o)| o.ok_or_else(|| format!("slot {s} has no master")))
+                .collect::<Result<Vec<u16>, String>>()?;
+            (addrs.to_vec(), route.into())
+        } else {
+            match p.seeds.first() {
+                Some(a @ ServerAddr::Tcp { .. }) => (vec![a.to_string()], Arc::from(Vec::new())),
+                _ => return Err("the parallel peer needs a redis://host:port URL".into()),
+            }
         };
         let shared = Arc::new(Shared {
             payload_keys: wl.keys.iter().map(|k| wl.layout.payload_key(k)).collect(),
@@ -527,13 +571,22 @@ impl Peer for ParallelPeer {
                 commands: counter.clone(),
             };
             for t in 0..self.conns {
-                let conn = Conn::open(
-                    &addr,
-                    p.password.as_deref(),
-                    p.username.as_deref(),
-                    p.database.unwrap_or(0),
-                )
-                .map_err(|e| format!("{addr}: {e}"))?;
+                let conns = addrs
+                    .iter()
+                    .map(|addr| {
+                        Conn::open(
+                            addr,
+                            p.password.as_deref(),
+                            p.username.as_deref(),
+                            p.database.unwrap_or(0),
+                        )
+                        .map_err(|e| format!("{addr}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let conn = Conns {
+                    conns,
+                    route: route.clone(),
+                };
                 let (tx, rx) = mpsc::channel();
                 let (sh, done, commands) = (shared.clone(), done_tx.clone(), counter.clone());
                 let h = std::thread::Builder::new()
@@ -556,8 +609,8 @@ impl Peer for ParallelPeer {
 
     fn note(&self) -> Option<String> {
         Some(format!(
-            "parallel: {} blocking connection(s) per caller thread, one GET/SET per Redis key, \
-             reads into preallocated buffers",
+            "parallel: {} thread(s) per caller thread, each with one blocking connection per \
+             master, one GET/SET per Redis key, reads into preallocated buffers",
             self.conns
         ))
     }

@@ -53,6 +53,11 @@ pub trait Peer {
     fn note(&self) -> Option<String> {
         None
     }
+    /// How it reads: `get` (memory the client allocates per value) or `get-into`
+    /// (buffers allocated once per run), the `read` of its records.
+    fn read(&self) -> &'static str {
+        "get"
+    }
 }
 
 /// The naive baseline as a [`Peer`].
@@ -137,6 +142,8 @@ pub struct SlotlinePeer {
     engine: Option<Engine>,
     /// Put from and read into registered regions.
     regions: bool,
+    /// Appended to the row label (`+into` when both read modes have rows).
+    suffix: &'static str,
 }
 
 /// The value pool copied into a registered region, and where each value starts in it.
@@ -158,7 +165,14 @@ impl SlotlinePeer {
             shards: 0,
             engine: None,
             regions: false,
+            suffix: "",
         }
+    }
+
+    /// Appends `s` to the row label and key tag (`+into`: two rows of one backend).
+    pub fn with_suffix(mut self, s: &'static str) -> SlotlinePeer {
+        self.suffix = s;
+        self
     }
 
     /// Puts send from a registered copy of the value pool, and `get_into` reads into
@@ -267,15 +281,30 @@ impl Worker for SlotlineWorker {
 impl Peer for SlotlinePeer {
     fn name(&self) -> String {
         let tls = if self.cfg.tls { "+tls" } else { "" };
+        let s = self.suffix;
         match self.actual {
-            Some(b) => format!("slotline[{b}{tls}]"),
-            None => format!("slotline[{}{tls}]", self.cfg.io_backend),
+            Some(b) => format!("slotline[{b}{tls}]{s}"),
+            None => format!("slotline[{}{tls}]{s}", self.cfg.io_backend),
         }
     }
 
     fn tag(&self) -> String {
         let tls = if self.cfg.tls { "-tls" } else { "" };
-        format!("slotline-{}{tls}", self.cfg.io_backend)
+        let s = self.suffix.trim_start_matches('+');
+        let s = if s.is_empty() {
+            String::new()
+        } else {
+            format!("-{s}")
+        };
+        format!("slotline-{}{tls}{s}", self.cfg.io_backend)
+    }
+
+    fn read(&self) -> &'static str {
+        if self.get_into {
+            "get-into"
+        } else {
+            "get"
+        }
     }
 
     fn open(&mut self, n: usize, wl: &Workload<'_>) -> Result<Vec<Box<dyn Worker>>, String> {

@@ -24,6 +24,7 @@ fn series(records: &[Record]) -> Vec<Series> {
         v.dedup();
         v.len() > 1
     };
+    let masters = differ(|r| format!("{:?}", r.masters));
     let (modes, layouts, conc, commits) = (
         differ(|r| r.mode.clone()),
         differ(|r| r.layout.clone()),
@@ -37,6 +38,9 @@ fn series(records: &[Record]) -> Vec<Series> {
         }
         if modes {
             let _ = write!(l, " {}", r.mode);
+        }
+        if let Some(m) = r.masters.filter(|_| masters) {
+            let _ = write!(l, " {m}m");
         }
         if layouts {
             let _ = write!(l, " {}", r.layout);
@@ -308,7 +312,7 @@ mod tests {
                     max_ms: 12.0,
                     ..Sample::default()
                 };
-                records.push(Record::new(&plan, peer, Phase::Get, None, None, &s));
+                records.push(Record::new(&plan, peer, "get", Phase::Get, None, None, &s));
             }
         }
         let dir = std::env::temp_dir().join(format!("slotline-plot-test-{}", std::process::id()));

@@ -103,6 +103,16 @@ pub struct Record {
     pub layout: String,
     /// Topology.
     pub mode: String,
+    /// Masters of the server(s) measured (1 standalone); None when not known (`--url`
+    /// of a cluster).
+    pub masters: Option<usize>,
+    /// Replicas per master of the bench's own cluster, where it started one.
+    pub replicas: Option<usize>,
+    /// `--io-threads` of the bench's own servers, where set.
+    pub io_threads: Option<usize>,
+    /// How the peer reads: `get` (memory the client allocates) or `get-into` (the
+    /// caller's buffers, allocated once per run).
+    pub read: String,
     /// The numbers.
     pub s: Sample,
     /// Commit of the binary.
@@ -116,6 +126,7 @@ impl Record {
     pub fn new(
         plan: &Plan,
         peer: &str,
+        read: &str,
         phase: Phase,
         keys: Option<KeyPattern>,
         run: Option<usize>,
@@ -133,6 +144,10 @@ impl Record {
             concurrency: plan.concurrency,
             layout: plan.layout.to_string(),
             mode: plan.mode.to_string(),
+            masters: plan.server.masters,
+            replicas: plan.server.replicas,
+            io_threads: plan.server.io_threads,
+            read: read.to_string(),
             s: *s,
             commit: GIT_COMMIT.to_string(),
             profile: BUILD_PROFILE.to_string(),
@@ -164,6 +179,10 @@ impl Record {
             ("concurrency", u(self.concurrency)),
             ("layout", s(&self.layout)),
             ("mode", s(&self.mode)),
+            ("masters", self.masters.map_or(Value::Null, u)),
+            ("replicas", self.replicas.map_or(Value::Null, u)),
+            ("io_threads", self.io_threads.map_or(Value::Null, u)),
+            ("read", s(&self.read)),
             ("keys_per_s", n(self.s.keys_per_s)),
             ("mb_per_s", n(self.s.mb_per_s)),
             ("gb_per_s", n(self.s.mb_per_s / 1e3)),
@@ -176,6 +195,7 @@ impl Record {
             ("commands_per_batch", o(self.s.commands_per_batch)),
             ("frames_per_batch", o(self.s.frames_per_batch)),
             ("syscalls_per_batch", o(self.s.syscalls_per_batch)),
+            ("server_cpu_us_per_key", o(self.s.server_cpu_us_per_key)),
             ("commit", s(&self.commit)),
             ("profile", s(&self.profile)),
         ]
@@ -195,6 +215,7 @@ impl Record {
     pub fn csv_header() -> String {
         let r = Record::new(
             &Plan::example(),
+            "",
             "",
             Phase::Get,
             None,
@@ -245,6 +266,10 @@ impl Record {
             concurrency: z("concurrency").max(1),
             layout: t("layout").unwrap_or_default(),
             mode: t("mode").unwrap_or_default(),
+            masters: f("masters").map(|x| x as usize),
+            replicas: f("replicas").map(|x| x as usize),
+            io_threads: f("io_threads").map(|x| x as usize),
+            read: t("read").unwrap_or_default(),
             s: Sample {
                 keys_per_s: nan("keys_per_s"),
                 mb_per_s: nan("mb_per_s"),
@@ -256,6 +281,7 @@ impl Record {
                 commands_per_batch: f("commands_per_batch"),
                 frames_per_batch: f("frames_per_batch"),
                 syscalls_per_batch: f("syscalls_per_batch"),
+                server_cpu_us_per_key: f("server_cpu_us_per_key"),
             },
             commit: t("commit").unwrap_or_else(|| "unknown".into()),
             profile: t("profile").unwrap_or_else(|| "unknown".into()),
@@ -489,6 +515,7 @@ mod tests {
             commands_per_batch: Some(2.0),
             frames_per_batch: None,
             syscalls_per_batch: Some(7.5),
+            server_cpu_us_per_key: None,
         }
     }
 
@@ -498,6 +525,7 @@ mod tests {
         let r = Record::new(
             &plan,
             "slotline[epoll]",
+            "get",
             Phase::Put,
             Some(KeyPattern::Fresh),
             Some(2),

@@ -140,7 +140,15 @@ pub fn print_report(
             let m = put_med(r, p);
             few |= m.p99_is_max();
             row(&mut t, width, &r.name, Some(p), &m);
-            out.push(Record::new(plan, &r.name, Phase::Put, Some(p), None, &m));
+            out.push(Record::new(
+                plan,
+                &r.name,
+                r.read,
+                Phase::Put,
+                Some(p),
+                None,
+                &m,
+            ));
         }
     }
     for &(a, b) in ratios {
@@ -156,7 +164,15 @@ pub fn print_report(
         let m = Sample::median_of(&r.get);
         few |= m.p99_is_max();
         row(&mut t, width, &r.name, None, &m);
-        out.push(Record::new(plan, &r.name, Phase::Get, None, None, &m));
+        out.push(Record::new(
+            plan,
+            &r.name,
+            r.read,
+            Phase::Get,
+            None,
+            None,
+            &m,
+        ));
     }
     for &(a, b) in ratios {
         let q = Sample::ratios_within_runs(&results[a].get, &results[b].get);

@@ -17,12 +17,23 @@ impl OwnedServer {
     /// Starts one server, or 3 masters + 3 replicas in cluster mode, on free ports;
     /// with `tls` they serve TLS too (certificates made in the temporary directory).
     pub fn start(mode: Mode, tls: bool) -> Result<OwnedServer, BenchError> {
+        Self::start_topology(&ServerTopology::default_for(mode, tls))
+    }
+
+    /// Starts the servers `t` describes: one standalone server, or a cluster of
+    /// `t.masters` masters with `t.replicas` replicas each, every node on its CPUs.
+    pub fn start_topology(t: &ServerTopology) -> Result<OwnedServer, BenchError> {
+        let (mode, tls) = (t.mode, t.tls);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let dir =
             std::env::temp_dir().join(format!("slotline-bench-{}-{nanos:x}", std::process::id()));
-        let mut opts = ServerOptions::default();
+        let mut opts = ServerOptions {
+            binary: t.binary.clone(),
+            io_threads: t.io_threads,
+            ..ServerOptions::default()
+        };
         let certs = if tls {
             let c = slotline_testkit::TlsCerts::generate(&dir.join("tls"))?;
             opts.tls = Some(slotline_testkit::TlsServer::new(c.clone()));
@@ -39,13 +50,16 @@ impl OwnedServer {
         };
         match mode {
             Mode::Standalone => {
+                opts.cpus = t.cpus_of(0);
                 let p = RedisProcess::start(&dir, &opts)?;
                 s.url = p.url();
                 s.tls = p.tls_url().zip(certs.map(|c| c.ca));
                 s.proc = Some(p);
             }
             Mode::Cluster => {
-                let c = LocalCluster::start(&dir, 3, 1, &opts)?;
+                let c = LocalCluster::start_each(&dir, t.masters, t.replicas, &opts, |i, o| {
+                    o.cpus = t.cpus_of(i)
+                })?;
                 s.url = c.seed_url();
                 s.tls = c.tls_seed_url().zip(certs.map(|c| c.ca));
                 s.cluster = Some(c);

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use crate::batch::{Batch, Role, Slot};
+use crate::cmem::Mem;
 use crate::error::{show_key, Error};
 use crate::resp::{self, BulkSink, Dest, ProtoError};
 
@@ -91,6 +92,8 @@ pub(in crate::shard) struct UnitSink<'a> {
     pub units: &'a [u32],
     pub max_value: usize,
     pub avg_value: &'a mut f64,
+    /// The shard's pool of value buffers.
+    pub values: &'a std::sync::Arc<crate::shard::ValuePool>,
 }
 
 impl BulkSink for UnitSink<'_> {
@@ -142,7 +145,14 @@ impl BulkSink for UnitSink<'_> {
             );
             return Dest::discard(len);
         }
-        Dest::alloc(len)
+        match self.values.take(len) {
+            Some(buf) => Dest {
+                buf: Mem::Pooled(buf, self.values.clone()),
+                len,
+                keep: true,
+            },
+            None => Dest::alloc(len),
+        }
     }
 
     fn finish(&mut self, i: usize, dest: Dest) {

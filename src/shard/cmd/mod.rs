@@ -207,6 +207,7 @@ impl Shard {
                         units: &p.units,
                         max_value,
                         avg_value: &mut self.avg_value,
+                        values: &self.values,
                     };
                     let (reader, data) = conn.reader_and_unread();
                     let r = reader.feed(data, &mut sink);
