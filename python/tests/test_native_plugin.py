@@ -186,14 +186,15 @@ def rss_kib() -> int:
 def test_10000_batches_flat_memory(driver):
     keys = ["m%d" % i for i in range(4)]
     vals = [memoryview(bytes([i]) * 2048) for i in range(4)]
-    bufs = [memoryview(bytearray(2048)) for _ in keys]
+    # One set of destinations per read in flight: reads never share memory.
+    bufs = [[memoryview(bytearray(2048)) for _ in keys] for _ in range(5)]
     _, ok, err, _ = driver.run("set", keys, vals)
     assert ok, err
 
     def batches(n: int) -> None:
         # Several in flight at once, as LMCache does.
         for _ in range(n // 10):
-            fids = [driver.submit("get", keys, bufs) for _ in range(5)]
+            fids = [driver.submit("get", keys, bufs[j]) for j in range(5)]
             fids += [driver.submit("exists", keys) for _ in range(5)]
             for f in fids:
                 _, ok, err, _ = driver.wait(f)
