@@ -522,11 +522,22 @@ mod tests {
                 gate.await
             }),
         );
-        assert_eq!(c.close(Duration::from_millis(50)), 1);
+        // Under a watchdog: a close that ignored its bound would wait forever.
+        let c = Arc::new(c);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let closer = {
+            let c = c.clone();
+            std::thread::spawn(move || tx.send(c.close(Duration::from_millis(50))))
+        };
+        let running = rx.recv_timeout(Duration::from_secs(20));
+        assert_eq!(running, Ok(1), "close did not return within its bound");
+        closer.join().unwrap().ok();
+        let c = Arc::try_unwrap(c).unwrap_or_else(|_| panic!("close thread kept a handle"));
         assert!(c.drain().is_empty(), "an unfinished job was published");
         assert!(!c.register(), "a closed plug-in counted a new request");
         // A late wake polls nothing, and dropping the plug-in drops nothing.
-        if let Some(w) = wakers.lock().unwrap()[0].take() {
+        let w = wakers.lock().unwrap()[0].take();
+        if let Some(w) = w {
             w.wake();
         }
         drop(c);
@@ -547,6 +558,7 @@ mod tests {
             assert!(t0.elapsed() < Duration::from_secs(20), "close never began");
             std::thread::yield_now();
         }
+        assert_eq!(c.running(), 1, "a registered request was not counted");
         c.start(
             5,
             crate::io::ready(Outcome::ok(Payload::Count(1), Held::None)),
