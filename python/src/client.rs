@@ -106,7 +106,10 @@ impl Client {
         let id = self.new_id();
         let engine = match self.engine() {
             Some(e) if self.done.register() => e,
-            _ => {
+            unused => {
+                // Closing: this may be the last engine handle, whose drop stops the
+                // shards; never with the GIL held.
+                py.detach(move || drop(unused));
                 // Nothing reached the engine: the caller's buffers go here, GIL held.
                 drop(make);
                 self.done
@@ -448,7 +451,7 @@ impl Client {
     /// Test hook: waits (GIL released) up to `timeout` seconds for a submission to
     /// reach the pause point.
     fn _debug_wait_paused(&self, py: Python<'_>, timeout: f64) -> bool {
-        let t = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+        let t = Duration::try_from_secs_f64(timeout.clamp(0.0, 3600.0)).unwrap_or_default();
         py.detach(|| self.pause.wait_paused(t))
     }
 
