@@ -237,7 +237,15 @@ class SlotlineConnector(RemoteConnector):
         if not sub_objs:
             return [] if prefix else objs
         loan = _Loan(sub_objs)
-        fid = self._client.submit_get_into(sub_keys, views)
+        try:
+            fid = self._client.submit_get_into(sub_keys, views)
+        except ValueError as e:
+            # Refused before any I/O (memory already lent to a request in flight).
+            loan.returned(False, None)
+            for o in sub_objs:
+                o.ref_count_down()
+            logger.warning("slotline: read of %d keys refused: %s", len(sub_keys), e)
+            return miss
         del views
         try:
             ok, err, flags = await self._wait(fid, loan.returned)
@@ -344,7 +352,14 @@ class SlotlineConnector(RemoteConnector):
                 for o in objs:
                     o.ref_count_down()
 
-            fid = self._client.submit_put(key_strs, views, metas)
+            try:
+                fid = self._client.submit_put(key_strs, views, metas)
+            except ValueError as e:
+                # Refused before any I/O (memory being read into by a request in flight).
+                release(False, None)
+                self.failed_puts += len(keys)
+                logger.warning("slotline: put of %d chunks refused: %s", len(keys), e)
+                return
             ok, err, _ = await self._wait(fid, release)
             if ok:
                 return

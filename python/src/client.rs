@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -16,8 +17,15 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use slotline::{Chunk, Config, Engine, RemoteMetadata};
 
 use crate::completion::Completions;
+use crate::hooks::Pause;
 use crate::io::{self, Held, Job, Outcome, Payload};
+use crate::lent::{self, Lease};
 use crate::views::View;
+
+/// Beyond the request timeout, how long `close` waits for running requests.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long `close` waits for the engine's shards to stop (they drain for up to 2 s).
+const ENGINE_STOP: Duration = Duration::from_secs(5);
 
 /// A slotline engine with completion delivery through an eventfd.
 #[pyclass(module = "slotline._native", frozen)]
@@ -26,6 +34,10 @@ pub struct Client {
     done: Completions,
     next_id: AtomicU64,
     layout: String,
+    /// How long `close` waits for running requests: the request timeout plus 2 s.
+    bound: Duration,
+    /// The close-during-submit test hook.
+    pause: Pause,
 }
 
 /// Keys as bytes: `str` (UTF-8) or any bytes-like object.
@@ -58,6 +70,21 @@ fn acquire_all(bufs: &Bound<'_, PyAny>, writable: bool) -> Result<Vec<View>, Str
     Ok(out)
 }
 
+/// Lends the views' memory (see `lent.rs`): overlapping writable memory is a
+/// `ValueError`, raised before anything reaches the engine.
+fn lend_views(views: &[View], writable: bool) -> PyResult<Lease> {
+    let ranges: Vec<(usize, usize)> = views.iter().map(|v| (v.addr(), v.len())).collect();
+    lent::lend(&ranges, writable).map_err(PyValueError::new_err)
+}
+
+/// The job, holding `lease` until it finishes: its buffers are then all home.
+fn leased(job: Job, lease: Lease) -> Job {
+    Box::pin(async move {
+        let _lease = lease;
+        job.await
+    })
+}
+
 impl Client {
     fn engine(&self) -> Option<Engine> {
         self.engine
@@ -70,24 +97,68 @@ impl Client {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Builds the job with the engine (outside the GIL) and hands it over. A closed
-    /// client answers with a failed completion, as a full lane does.
+    /// Counts the request, then builds the job with the engine (outside the GIL) and
+    /// hands it over. Counted first: from the moment a request can reach the engine,
+    /// `close` waits for it, and its completion is published only once the engine has
+    /// handed every buffer back. A closed client answers with a failed completion, as
+    /// a full lane does.
     fn submit_with(&self, py: Python<'_>, make: impl FnOnce(&Engine) -> Job + Send) -> u64 {
         let id = self.new_id();
-        let unused = py.detach(|| match self.engine() {
-            Some(e) if !self.done.is_closing() => {
-                self.done.submit(id, make(&e));
-                None
+        let engine = match self.engine() {
+            Some(e) if self.done.register() => e,
+            unused => {
+                // Closing: this may be the last engine handle, whose drop stops the
+                // shards; never with the GIL held.
+                py.detach(move || drop(unused));
+                // Nothing reached the engine: the caller's buffers go here, GIL held.
+                drop(make);
+                self.done
+                    .finish_now(id, Outcome::failed("plug-in is closed", Held::None));
+                return id;
             }
-            _ => Some(make),
+        };
+        py.detach(move || {
+            let job = make(&engine);
+            self.pause.point();
+            // The engine handle goes before the job starts: a job that finishes at
+            // once must not leave the last handle to this thread's caller.
+            drop(engine);
+            self.done.start(id, job);
         });
-        if let Some(make) = unused {
-            // Drop the caller's buffers here, with the GIL held.
-            drop(make);
-            self.done
-                .finish_now(id, Outcome::failed("plug-in is closed", Held::None));
-        }
         id
+    }
+
+    /// Stops accepting requests, waits for running ones (at most the request timeout
+    /// plus 2 s), then stops the engine (at most 5 s more, on a thread of its own so
+    /// that a stuck shard cannot hold the caller). Returns how many requests were
+    /// still running (their buffers are leaked, never released) and whether the
+    /// engine had not stopped in time (it is left to stop by itself).
+    fn shutdown(&self) -> (usize, bool) {
+        let running = self.done.close(self.bound);
+        let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(engine) = engine else {
+            return (running, false);
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let stopper = std::thread::Builder::new()
+            .name("slotline-close".into())
+            .spawn(move || {
+                drop(engine);
+                drop(tx);
+            });
+        let stuck = match stopper {
+            // The sender goes when the engine has stopped: disconnected, not timed out.
+            Ok(_) => matches!(
+                rx.recv_timeout(ENGINE_STOP),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            ),
+            // No thread: the engine was dropped here, inside `spawn`.
+            Err(_) => false,
+        };
+        if stuck {
+            tracing::error!("closing the plug-in: the engine's shards did not stop in time");
+        }
+        (running, stuck)
     }
 }
 
@@ -100,6 +171,7 @@ impl Client {
         let cfg =
             Config::from_yaml_str(config).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let layout = cfg.key_layout.to_string();
+        let bound = cfg.request_timeout.saturating_add(CLOSE_GRACE);
         let engine = py
             .detach(|| Engine::new(cfg))
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
@@ -110,10 +182,19 @@ impl Client {
             done,
             next_id: AtomicU64::new(1),
             layout,
+            bound,
+            pause: Pause::default(),
         })
     }
 
     /// The eventfd that becomes readable when completions are waiting.
+    ///
+    /// The descriptor belongs to this client: poll it, never read, write or close it.
+    /// It stays open (the same number on every call) until the client is garbage
+    /// collected, `close()` included, so that the last completions can be awaited. It
+    /// is a duplicate of the engine's own descriptor, which is the only one the engine
+    /// writes: if the caller closes the number anyway and it is reused for another
+    /// file, the engine never writes to it, and does not close it when collected.
     fn event_fd(&self) -> i32 {
         self.done.event_fd()
     }
@@ -134,7 +215,12 @@ impl Client {
     ) -> PyResult<u64> {
         let keys = key_bytes(keys)?;
         match acquire_all(memoryviews, true) {
-            Ok(views) => Ok(self.submit_with(py, move |e| io::get_into_views(e, &keys, views))),
+            Ok(views) => {
+                let lease = lend_views(&views, true)?;
+                Ok(self.submit_with(py, move |e| {
+                    leased(io::get_into_views(e, &keys, views), lease)
+                }))
+            }
             Err(msg) => Ok(self.fail_now(msg)),
         }
     }
@@ -148,7 +234,7 @@ impl Client {
     ) -> PyResult<u64> {
         let keys = key_bytes(keys)?;
         let metas = vec![None; keys.len()];
-        Ok(self.put_views(py, keys, memoryviews, metas))
+        self.put_views(py, keys, memoryviews, metas)
     }
 
     /// Like `submit_batch_set`, with LMCache `RemoteMetadata` bytes per key (`None`:
@@ -166,7 +252,7 @@ impl Client {
             .map(|m| m.as_deref().map(RemoteMetadata::decode).transpose())
             .collect();
         let metas = metas.map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(self.put_views(py, keys, memoryviews, metas))
+        self.put_views(py, keys, memoryviews, metas)
     }
 
     /// Per key "found" (class PEEK).
@@ -222,7 +308,12 @@ impl Client {
     ) -> PyResult<u64> {
         let keys = key_bytes(keys)?;
         match acquire_all(memoryviews, true) {
-            Ok(views) => Ok(self.submit_with(py, move |e| io::get_into_views_wait(e, keys, views))),
+            Ok(views) => {
+                let lease = lend_views(&views, true)?;
+                Ok(self.submit_with(py, move |e| {
+                    leased(io::get_into_views_wait(e, keys, views), lease)
+                }))
+            }
             Err(msg) => Ok(self.fail_now(msg)),
         }
     }
@@ -322,22 +413,65 @@ impl Client {
         Ok(py.detach(|| engine.prometheus_text()))
     }
 
-    /// Refuses new requests, waits for running ones (bounded by the request timeout),
-    /// then stops the engine. Finished requests stay drainable.
-    fn close(&self, py: Python<'_>) {
-        py.detach(|| {
-            self.done.close();
-            let engine = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
-            drop(engine);
-        });
+    /// Refuses new requests, waits for running ones, then stops the engine; returns
+    /// within the request timeout plus 7 s, GIL released throughout. A request still
+    /// running at that bound is never completed and its buffers are never released
+    /// (their memory may still be written by the engine or the kernel, so it is kept
+    /// out of reach of any reuse): a `RuntimeWarning` says how many. Finished requests
+    /// stay drainable. Returns the number of requests left running.
+    fn close(&self, py: Python<'_>) -> PyResult<usize> {
+        let (running, stuck) = py.detach(|| self.shutdown());
+        if running > 0 || stuck {
+            let msg = std::ffi::CString::new(format!(
+                "slotline: closed with {running} request(s) still running past the bound \
+                 (their buffers stay lent, never released){}",
+                if stuck {
+                    "; the engine's shards had not stopped"
+                } else {
+                    ""
+                }
+            ))
+            .unwrap_or_default();
+            PyErr::warn(
+                py,
+                &py.get_type::<pyo3::exceptions::PyRuntimeWarning>(),
+                &msg,
+                1,
+            )?;
+        }
+        Ok(running)
+    }
+
+    /// Test hook: the next submission stops after reaching the engine and before its
+    /// completion side starts, until `_debug_release()` (or 30 s).
+    fn _debug_pause_next_submit(&self) {
+        self.pause.arm();
+    }
+
+    /// Test hook: waits (GIL released) up to `timeout` seconds for a submission to
+    /// reach the pause point.
+    fn _debug_wait_paused(&self, py: Python<'_>, timeout: f64) -> bool {
+        let t = Duration::try_from_secs_f64(timeout.clamp(0.0, 3600.0)).unwrap_or_default();
+        py.detach(|| self.pause.wait_paused(t))
+    }
+
+    /// Test hook: lets the paused submission go on.
+    fn _debug_release(&self) {
+        self.pause.release();
+    }
+
+    /// Test hook: whether `close()` has begun.
+    fn _debug_closing(&self) -> bool {
+        self.done.closing()
     }
 }
 
 impl Drop for Client {
-    /// Collected without `close`: running requests finish first, so that no request
-    /// drops the last engine handle on a shard thread (the engine joins its shards).
+    /// Collected without `close`: the same bounded shutdown, with the GIL released
+    /// (a shard may need it to finish a request; waiting while holding it would freeze
+    /// the interpreter).
     fn drop(&mut self) {
-        self.done.close();
+        Python::attach(|py| py.detach(|| self.shutdown()));
     }
 }
 
@@ -361,11 +495,16 @@ impl Client {
         keys: Vec<Vec<u8>>,
         memoryviews: &Bound<'_, PyAny>,
         metas: Vec<Option<RemoteMetadata>>,
-    ) -> u64 {
-        match acquire_all(memoryviews, false) {
-            Ok(views) => self.submit_with(py, move |e| io::put_from_views(e, keys, views, metas)),
+    ) -> PyResult<u64> {
+        Ok(match acquire_all(memoryviews, false) {
+            Ok(views) => {
+                let lease = lend_views(&views, false)?;
+                self.submit_with(py, move |e| {
+                    leased(io::put_from_views(e, keys, views, metas), lease)
+                })
+            }
             Err(msg) => self.fail_now(msg),
-        }
+        })
     }
 }
 
@@ -400,6 +539,8 @@ impl Fetched {
     /// False for a miss or a buffer too small.
     fn copy_into(&self, py: Python<'_>, i: usize, buf: &Bound<'_, PyAny>) -> PyResult<bool> {
         let mut view = View::acquire(buf, true).map_err(PyValueError::new_err)?;
+        // The copy writes the buffer: not while a request in flight uses it.
+        let lease = lend_views(std::slice::from_ref(&view), true)?;
         let chunks = &self.chunks;
         let v = &mut view;
         let copied = py.detach(move || {
@@ -409,6 +550,7 @@ impl Fetched {
                 _ => false,
             }
         });
+        drop(lease);
         // Released here, with the GIL held.
         drop(view);
         Ok(copied)

@@ -10,6 +10,11 @@
 //! every job to finish before the client drops its engine, and a finished job is
 //! dropped before it counts as finished.
 //!
+//! A job is counted ([`Completions::register`]) before it can reach the engine and is
+//! never dropped unfinished: its outcome, failures included, is published only once
+//! the engine handed every buffer back. `close` waits for running jobs up to a bound;
+//! a job still running then is leaked (forgotten, with its buffers), never dropped.
+//!
 //! A job is polled by one thread at a time: the poller takes it out of the table, and
 //! a wake that finds it taken marks it `notified`, so the poller polls again before
 //! putting it back. No wake-up is lost and none waits.
@@ -181,20 +186,22 @@ impl Completions {
         self.shared.efd.raw()
     }
 
-    /// Takes a request and polls it once here. After `close`, the request is failed at
-    /// once, unpolled.
-    pub fn submit(&self, id: u64, job: Job) {
-        {
-            let mut st = self.shared.lock();
-            if st.closing {
-                drop(st);
-                // Dropping an unpolled job releases nothing the engine holds: it never
-                // reached the engine (close refuses new work before submitting).
-                drop(job);
-                return self.finish_now(id, Outcome::failed("plug-in is closed", Held::None));
-            }
-            st.running += 1;
+    /// Counts a request before it may reach the engine: from here `close` waits for
+    /// it. `false` (nothing counted) once `close` began: the request must not be sent.
+    pub fn register(&self) -> bool {
+        let mut st = self.shared.lock();
+        if st.closing {
+            return false;
         }
+        st.running += 1;
+        true
+    }
+
+    /// Takes a request counted by [`register`](Self::register) and polls it once here.
+    /// It is polled to completion whatever happens meanwhile (`close` included): a job
+    /// is never dropped unfinished, since an unfinished job may have buffers lent to the
+    /// engine, and its outcome is published only once they are all home.
+    pub fn start(&self, id: u64, job: Job) {
         let waker = Waker::from(Arc::new(JobWaker {
             id,
             shared: Arc::downgrade(&self.shared),
@@ -208,6 +215,18 @@ impl Completions {
             },
         );
         drive(&self.shared, id);
+    }
+
+    /// [`register`](Self::register) and [`start`](Self::start) in one, for a job that
+    /// has not reached the engine yet: after `close` it is failed at once, unpolled.
+    pub fn submit(&self, id: u64, job: Job) {
+        if !self.register() {
+            // Dropping an unpolled job releases nothing the engine holds: it never
+            // reached the engine.
+            drop(job);
+            return self.finish_now(id, Outcome::failed("plug-in is closed", Held::None));
+        }
+        self.start(id, job);
     }
 
     /// Queues an outcome that needs no polling (failed before reaching the engine).
@@ -227,32 +246,44 @@ impl Completions {
         std::mem::take(&mut st.done)
     }
 
-    /// Whether `close` has been called.
-    pub fn is_closing(&self) -> bool {
-        self.shared.lock().closing
-    }
-
-    /// Refuses new requests and waits for every running one to finish (each is bounded
-    /// by its deadline). Finished requests stay drainable. Idempotent.
-    pub fn close(&self) {
+    /// Refuses new requests and waits for every running one to finish, at most
+    /// `bound` (each is bounded by its deadline; a request the engine cannot hand its
+    /// buffers back for is not). Returns how many were still running at the bound:
+    /// those are leaked, never dropped nor published, so that the memory the engine or
+    /// the kernel may still hold stays lent (and its Python buffer exports held) for the
+    /// life of the process. Finished requests stay drainable. Idempotent.
+    pub fn close(&self, bound: Duration) -> usize {
+        let deadline = Instant::now() + bound;
         let mut st = self.shared.lock();
         st.closing = true;
-        let mut warned = Instant::now();
         while st.running > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
             st = self
                 .shared
                 .idle
-                .wait_timeout(st, Duration::from_secs(1))
+                .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
-            if st.running > 0 && warned.elapsed() >= Duration::from_secs(10) {
-                warned = Instant::now();
-                tracing::warn!(
-                    running = st.running,
-                    "closing the plug-in: waiting for requests still running"
-                );
-            }
         }
+        let running = st.running;
+        drop(st);
+        if running > 0 {
+            tracing::error!(
+                running,
+                "closing the plug-in: requests still running past the bound; their \
+                 buffers are leaked (never released), since the engine may still hold them"
+            );
+            leak_unfinished(&mut self.shared.jobs());
+        }
+        running
+    }
+
+    /// Whether `close` has been called (tests and the debug hooks).
+    pub fn closing(&self) -> bool {
+        self.shared.lock().closing
     }
 
     /// Requests accepted and not yet finished.
@@ -261,9 +292,21 @@ impl Completions {
     }
 }
 
-impl Drop for Completions {
+/// Forgets every job not being polled right now: its buffers stay lent for good. (A
+/// job a thread is polling goes back to the table, and is leaked with it at drop.)
+fn leak_unfinished(jobs: &mut HashMap<u64, Entry>) {
+    for e in jobs.values_mut() {
+        if let Some(job) = e.job.take() {
+            std::mem::forget(job);
+        }
+    }
+}
+
+impl Drop for Shared {
+    /// The last handle went: a job still unfinished here is leaked, never dropped (see
+    /// [`Completions::close`]).
     fn drop(&mut self) {
-        self.close();
+        leak_unfinished(self.jobs.get_mut().unwrap_or_else(|e| e.into_inner()));
     }
 }
 
@@ -406,10 +449,16 @@ mod tests {
                 polls: Arc::new(AtomicUsize::new(0)),
             }),
         );
+        // Opens the gate only once close has begun: close must still be waiting then.
         let opener = {
-            let (open, wakers) = (open.clone(), wakers.clone());
+            let (c, open, wakers) = (c.clone(), open.clone(), wakers.clone());
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(100));
+                let t0 = Instant::now();
+                while !c.closing() {
+                    assert!(t0.elapsed() < Duration::from_secs(20), "close never began");
+                    std::thread::yield_now();
+                }
+                assert_eq!(c.running(), 1, "close finished a job it did not wait for");
                 open.store(true, Ordering::SeqCst);
                 let w = wakers.lock().unwrap()[0].take();
                 if let Some(w) = w {
@@ -417,12 +466,7 @@ mod tests {
                 }
             })
         };
-        let t0 = Instant::now();
-        c.close();
-        assert!(
-            t0.elapsed() >= Duration::from_millis(90),
-            "close returned early"
-        );
+        assert_eq!(c.close(Duration::from_secs(30)), 0);
         assert_eq!(c.running(), 0);
         opener.join().unwrap();
         c.submit(2, crate::io::ready(Outcome::ok(Payload::None, Held::None)));
@@ -448,5 +492,80 @@ mod tests {
             "an outcome after a drain rings again"
         );
         assert_eq!(drained_ids(&c), vec![3]);
+    }
+
+    /// Counts its drops.
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn close_past_its_bound_leaks_the_unfinished_job_and_publishes_nothing() {
+        let c = Completions::new().unwrap();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let wakers = Arc::new(Mutex::new(vec![None]));
+        let gate = Gate {
+            id: 0,
+            open: Arc::new(AtomicBool::new(false)),
+            wakers: wakers.clone(),
+            polls: Arc::new(AtomicUsize::new(0)),
+        };
+        let guard = Dropped(drops.clone());
+        assert!(c.register());
+        c.start(
+            1,
+            Box::pin(async move {
+                let _guard = guard;
+                gate.await
+            }),
+        );
+        // Under a watchdog: a close that ignored its bound would wait forever.
+        let c = Arc::new(c);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let closer = {
+            let c = c.clone();
+            std::thread::spawn(move || tx.send(c.close(Duration::from_millis(50))))
+        };
+        let running = rx.recv_timeout(Duration::from_secs(20));
+        assert_eq!(running, Ok(1), "close did not return within its bound");
+        closer.join().unwrap().ok();
+        let c = Arc::try_unwrap(c).unwrap_or_else(|_| panic!("close thread kept a handle"));
+        assert!(c.drain().is_empty(), "an unfinished job was published");
+        assert!(!c.register(), "a closed plug-in counted a new request");
+        // A late wake polls nothing, and dropping the plug-in drops nothing.
+        let w = wakers.lock().unwrap()[0].take();
+        if let Some(w) = w {
+            w.wake();
+        }
+        drop(c);
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "a lent job was dropped");
+    }
+
+    #[test]
+    fn a_job_registered_before_close_runs_to_completion() {
+        // The close-during-submit window: counted, then close begins, then started.
+        let c = Arc::new(Completions::new().unwrap());
+        assert!(c.register());
+        let closer = {
+            let c = c.clone();
+            std::thread::spawn(move || c.close(Duration::from_secs(30)))
+        };
+        let t0 = Instant::now();
+        while !c.closing() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "close never began");
+            std::thread::yield_now();
+        }
+        assert_eq!(c.running(), 1, "a registered request was not counted");
+        c.start(
+            5,
+            crate::io::ready(Outcome::ok(Payload::Count(1), Held::None)),
+        );
+        assert_eq!(closer.join().unwrap(), 0);
+        let d = c.drain();
+        assert_eq!(d.len(), 1);
+        assert!(d[0].outcome.ok, "a counted request was failed by close");
     }
 }

@@ -7,7 +7,9 @@
 pub mod client;
 pub mod completion;
 pub mod efd;
+pub mod hooks;
 pub mod io;
+pub mod lent;
 pub mod stats;
 pub mod views;
 

@@ -47,6 +47,11 @@ impl View {
         Ok(View { buf, len, ptr })
     }
 
+    /// The first byte's address (what `lent.rs` registers).
+    pub fn addr(&self) -> usize {
+        self.ptr as usize
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -96,14 +101,20 @@ impl View {
 // SAFETY: `ptr..ptr+len` is fixed at `acquire` and stays valid while `self.buf` keeps
 // the exporter's buffer acquired, i.e. until the View is dropped; moving the View moves
 // the handle, not the memory. Both methods return that same memory on every call (an
-// empty slice, always, for a read-only buffer). LMCache's contract (7b) is that the
-// caller does not touch a submitted buffer until its completion was drained.
+// empty slice, always, for a read-only buffer). Nothing else touches it meanwhile:
+// every View handed to the engine as a destination was lent writable first
+// (`lent::lend`, in `client.rs`), which refuses it if any byte of it is already lent to
+// the engine (another destination of the same request, or of any request in flight in
+// this process, or the source of a write in flight), and keeps it lent until the
+// engine has handed it back; and LMCache's contract (7b) is that Python does not touch
+// a submitted buffer until its completion was drained.
 unsafe impl slotline::CallerBufMut for View {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         if self.len == 0 || self.buf.readonly() {
             return &mut [];
         }
-        // SAFETY: as for the impl; writable (checked just above).
+        // SAFETY: as for the impl: valid, writable (checked just above), and, by the
+        // lent-range check, no other `&mut` or `&` the engine makes overlaps it.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
     fn as_slice(&self) -> &[u8] {

@@ -206,3 +206,68 @@ def rpy(redis_server):
     r.flushall()
     yield r
     r.close()
+
+
+# ----- skips: CI fails on any skip allowed_skips.txt does not list -----
+
+def _allowed_skips() -> list[tuple[str, str, str]]:
+    """(file[::test prefix], reason substring) rules in force, from allowed_skips.txt."""
+    path = os.environ.get("SLOTLINE_PY_ALLOWED_SKIPS") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "allowed_skips.txt")
+    lmcache_required = os.environ.get("SLOTLINE_PY_LMCACHE") == "1"
+    rules = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = [x.strip() for x in line.split(" | ")]
+            if len(fields) != 4 or fields[0] not in ("always", "no-lmcache") or not all(fields):
+                raise ValueError("allowed_skips.txt:%d: malformed rule: %r" % (n, line))
+            cond, where, reason, _why = fields
+            if cond == "no-lmcache" and lmcache_required:
+                continue
+            rules.append((where, reason, line))
+    return rules
+
+
+def _skip_of(rep) -> tuple[str, str]:
+    """(file::test, reason) of a skipped test or module, the file without its directory."""
+    reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+    nodeid = rep.nodeid or (rep.longrepr[0] if isinstance(rep.longrepr, tuple) else "")
+    path, _, name = nodeid.partition("::")
+    where = path.rsplit("/", 1)[-1] + ("::" + name if name else "")
+    return where, reason
+
+
+def _matches(where: str, rule: str) -> bool:
+    """A rule `file` covers the file and its tests; `file::prefix` tests by prefix."""
+    if "::" in rule:
+        return where.startswith(rule)
+    return where == rule or where.startswith(rule + "::")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("SLOTLINE_PY_CHECK_SKIPS") != "1":
+        return
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = tr.stats.get("skipped", []) if tr is not None else []
+    rules = _allowed_skips()
+    unexpected = []
+    for rep in skipped:
+        where, reason = _skip_of(rep)
+        if not any(_matches(where, w) and r in reason for w, r, _ in rules):
+            unexpected.append("%s: %s" % (where, reason))
+    if unexpected:
+        lines = ["%d skip(s) not allowed by python/tests/allowed_skips.txt%s:" % (
+            len(unexpected),
+            " (SLOTLINE_PY_LMCACHE=1: LMCache skips are not allowed)"
+            if os.environ.get("SLOTLINE_PY_LMCACHE") == "1" else "")]
+        lines += ["  " + u for u in unexpected]
+        if tr is not None:
+            tr.write_line("")
+            for line in lines:
+                tr.write_line(line, red=True)
+        else:
+            print("\n".join(lines))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

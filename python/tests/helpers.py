@@ -21,8 +21,16 @@ class Driver:
         self.unknown = 0
         self.stop = threading.Event()
         self.spins = 0
-        self.thread = threading.Thread(target=self._demux, daemon=True)
+        # What ended the demux thread early, for the main thread to assert on.
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._demux_checked, daemon=True)
         self.thread.start()
+
+    def _demux_checked(self) -> None:
+        try:
+            self._demux()
+        except BaseException as e:  # noqa: BLE001 - reported by wait() and close()
+            self.error = e
 
     def _demux(self) -> None:
         poller = select.poll()
@@ -52,7 +60,8 @@ class Driver:
 
     def wait(self, fid: int, timeout: float = 20.0) -> tuple:
         ev = self.events[fid]
-        assert ev.wait(timeout), "future %d never completed" % fid
+        assert ev.wait(timeout), "future %d never completed (demux error: %r)" % (
+            fid, self.error)
         with self.lock:
             self.events.pop(fid)
             return self.results.pop(fid)
@@ -64,6 +73,8 @@ class Driver:
         self.stop.set()
         self.thread.join(5)
         self.p.close()
+        assert not self.thread.is_alive(), "the demux thread did not stop"
+        assert self.error is None, "the demux thread failed: %r" % self.error
 
 
 def loaded(n: int, flags) -> list[bool]:
