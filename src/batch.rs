@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::cmem::Mem;
 use crate::error::{show_key, Error, Result};
-use crate::layout::{KeyLayout, RemoteMetadata};
+use crate::layout::{KeyScheme, RemoteMetadata};
 use crate::metrics::Metrics;
 use crate::priority::Priority;
 use crate::resp::Value;
@@ -200,14 +200,14 @@ pub(crate) type OnDone = Box<dyn FnOnce(Result<()>) + Send>;
 /// Something the batch asks the engine to do after it finished (never blocking).
 pub(crate) trait FollowUp: Send + Sync {
     /// Deletes stale metadata keys (metadata present, payload evicted).
-    fn delete_stale(&self, layout: KeyLayout, keys: Vec<Vec<u8>>);
+    fn delete_stale(&self, layout: KeyScheme, keys: Vec<Vec<u8>>);
 }
 
 /// A request in flight. Shared by the caller and the shards working on it.
 pub(crate) struct Batch {
     pub op: Op,
     pub class: Priority,
-    pub layout: KeyLayout,
+    pub layout: KeyScheme,
     pub keys: KeyArena,
     /// The Redis keys of every chunk, derived once at submission: entry
     /// `chunk * 2 + role` (empty for a role the layout does not use).
@@ -237,7 +237,7 @@ impl std::fmt::Debug for Batch {
 pub(crate) struct BatchInit {
     pub op: Op,
     pub class: Priority,
-    pub layout: KeyLayout,
+    pub layout: KeyScheme,
     pub keys: KeyArena,
     pub ttl: Option<u64>,
     pub timeout: Duration,
@@ -538,7 +538,7 @@ impl Batch {
                 if !stale.is_empty() {
                     self.metrics.error("stale_metadata");
                     if let Some(f) = self.follow_up.as_ref().and_then(|f| f.upgrade()) {
-                        f.delete_stale(self.layout, stale);
+                        f.delete_stale(self.layout.clone(), stale);
                     }
                 }
                 match mode {

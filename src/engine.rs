@@ -25,7 +25,7 @@ use crate::config::ServerAddr;
 use crate::config::{Config, Mode};
 use crate::error::{show_key, Error, Result};
 use crate::lanes::Lanes;
-use crate::layout::{KeyLayout, RemoteMetadata};
+use crate::layout::{KeyLayout, KeyScheme, RemoteMetadata};
 use crate::metrics::{Metrics, MetricsHandle, MetricsSnapshot};
 use crate::priority::Priority;
 use crate::resp::Value;
@@ -50,6 +50,8 @@ const DTYPE_UINT8: i32 = 6;
 
 struct Inner {
     cfg: Arc<Config>,
+    /// The Redis keys of a chunk: `cfg.key_layout` behind `cfg.key_prefix`.
+    keys: KeyScheme,
     shards: Vec<ShardHandle>,
     cores: Vec<Option<usize>>,
     router: Arc<Router>,
@@ -177,6 +179,7 @@ impl Engine {
     /// credentials). Fails with a clear error otherwise.
     pub fn new(cfg: Config) -> Result<Engine> {
         cfg.validate()?;
+        let keys = KeyScheme::new(cfg.key_layout, &cfg.key_prefix)?;
         let tls = crate::tls::for_engine(&cfg)?;
         let cfg = Arc::new(cfg);
         let allowed = crate::sys::allowed_cores();
@@ -247,6 +250,7 @@ impl Engine {
         let (meta_tx, meta_rx) = std::sync::mpsc::channel();
         let inner = Arc::new_cyclic(|me| Inner {
             cfg,
+            keys,
             shards,
             cores,
             router,
@@ -550,7 +554,7 @@ impl Engine {
             Req {
                 op,
                 class: Priority::Put,
-                layout: self.inner.cfg.key_layout,
+                layout: self.inner.keys.clone(),
                 mode,
                 target: None,
             },
@@ -624,7 +628,7 @@ impl Engine {
             Req {
                 op,
                 class: Priority::Peek,
-                layout: KeyLayout::Raw,
+                layout: KeyScheme::plain(KeyLayout::Raw),
                 mode: Submit::Wait,
                 target,
             },

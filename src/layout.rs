@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -151,6 +152,135 @@ impl KeyLayout {
             KeyLayout::Raw => None,
         }
     }
+}
+
+/// What joins a key prefix to the rest of the key, as LMCache's `valkey` adapter does
+/// (`<key_prefix>@<key>`): the same prefix names the same Redis keys in both.
+pub const KEY_PREFIX_SEP: u8 = b'@';
+
+/// The Redis keys of a chunk: a [`KeyLayout`] plus an optional tenant prefix
+/// (`extra_config.key_prefix`).
+///
+/// With prefix `P` every Redis key of a chunk starts with `P@`, in front of whatever the
+/// layout makes (`P@K` for `raw`, `P@Kmetadata` for `lmcache`, `P@{K}:metadata` for
+/// `hashtag`), so a `SCAN MATCH P@*` or an ACL key pattern `~P@*` covers a tenant's
+/// keys. The prefix stays outside the hash tag and may not contain `{` or `}`: the
+/// first `{` of a key is the chunk's own, so a prefixed chunk lands in the same slot
+/// as an unprefixed one and its two keys keep sharing it.
+///
+/// ```
+/// use slotline::layout::{KeyLayout, KeyScheme};
+/// let s = KeyScheme::new(KeyLayout::Hashtag, "tenant-a").unwrap();
+/// assert_eq!(s.metadata_key(b"k").unwrap(), b"tenant-a@{k}:metadata");
+/// assert_eq!(KeyScheme::new(KeyLayout::Raw, "a").unwrap().payload_key(b"k"), b"a@k");
+/// assert_eq!(KeyScheme::plain(KeyLayout::Raw).payload_key(b"k"), b"k");
+/// assert!(KeyScheme::new(KeyLayout::Raw, "{t}").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct KeyScheme {
+    layout: KeyLayout,
+    /// `P@`, or `None` without a prefix.
+    prefix: Option<Arc<[u8]>>,
+}
+
+impl KeyScheme {
+    /// `layout` without a prefix.
+    pub const fn plain(layout: KeyLayout) -> KeyScheme {
+        KeyScheme {
+            layout,
+            prefix: None,
+        }
+    }
+
+    /// `layout` with every key starting with `prefix@` (no prefix when `prefix` is
+    /// empty). Fails for a prefix [`check_key_prefix`] refuses.
+    pub fn new(layout: KeyLayout, prefix: &str) -> Result<KeyScheme> {
+        check_key_prefix(prefix)
+            .map_err(|reason| Error::config("extra_config.key_prefix", prefix, reason))?;
+        let prefix = (!prefix.is_empty()).then(|| {
+            let mut p = prefix.as_bytes().to_vec();
+            p.push(KEY_PREFIX_SEP);
+            Arc::from(p)
+        });
+        Ok(KeyScheme { layout, prefix })
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> KeyLayout {
+        self.layout
+    }
+
+    /// The bytes in front of every key: `P@`, or empty.
+    pub fn prefix(&self) -> &[u8] {
+        self.prefix.as_deref().unwrap_or(b"")
+    }
+
+    /// Redis keys per chunk (see [`KeyLayout::keys_per_chunk`]).
+    pub fn keys_per_chunk(&self) -> usize {
+        self.layout.keys_per_chunk()
+    }
+
+    /// The Redis key holding the payload of chunk `k`.
+    pub fn payload_key(&self, k: &[u8]) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(self.prefix().len() + self.layout.payload_key_len(k.len()));
+        self.write_payload_key(k, &mut out);
+        out
+    }
+
+    /// The Redis key holding the metadata of chunk `k`, or `None` for `raw`.
+    pub fn metadata_key(&self, k: &[u8]) -> Option<Vec<u8>> {
+        let len = self.prefix().len() + self.layout.metadata_key_len(k.len())?;
+        let mut out = Vec::with_capacity(len);
+        self.write_metadata_key(k, &mut out);
+        Some(out)
+    }
+
+    /// Appends the payload key of chunk `k` to `out`.
+    pub fn write_payload_key(&self, k: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(self.prefix());
+        self.layout.write_payload_key(k, out);
+    }
+
+    /// Appends the metadata key of chunk `k` to `out`; returns `false` (and appends
+    /// nothing) for `raw`.
+    pub fn write_metadata_key(&self, k: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.layout.keys_per_chunk() == 1 {
+            return false;
+        }
+        out.extend_from_slice(self.prefix());
+        self.layout.write_metadata_key(k, out)
+    }
+}
+
+impl From<KeyLayout> for KeyScheme {
+    fn from(layout: KeyLayout) -> KeyScheme {
+        KeyScheme::plain(layout)
+    }
+}
+
+/// Why `prefix` cannot be a key prefix, or `Ok` when it can (the empty prefix is no
+/// prefix). Refused: `@` (the separator: tenant `a` and tenant `a@b` would share keys,
+/// and LMCache's `valkey` adapter refuses it too) and `{` or `}` (a brace in front of
+/// the chunk's hash tag would take its place: every key of the tenant in one cluster
+/// slot, or a chunk's two keys in different slots).
+pub fn check_key_prefix(prefix: &str) -> std::result::Result<(), String> {
+    if prefix.contains(KEY_PREFIX_SEP as char) {
+        return Err(
+            "must not contain '@' (it joins the prefix to the key, as in LMCache's \
+             valkey adapter)"
+                .to_string(),
+        );
+    }
+    if prefix.contains(['{', '}']) {
+        return Err(
+            "must not contain '{' or '}': Redis Cluster would take them for the \
+             hash tag of every key (all of a tenant's chunks in one slot, or a chunk's \
+             keys split over two)"
+                .to_string(),
+        );
+    }
+    Ok(())
 }
 
 /// The value of a chunk's metadata key: LMCache's `RemoteMetadata`, a packed array of
@@ -637,6 +767,62 @@ mod tests {
         assert_eq!(fmt_name(-3), "unknown");
     }
 
+    #[test]
+    fn key_scheme_prefixes_every_key() {
+        let k: &[u8] = b"m{x}/Llama@1@0@3f9a";
+        for layout in [KeyLayout::Lmcache, KeyLayout::Hashtag, KeyLayout::Raw] {
+            let plain = KeyScheme::plain(layout);
+            assert_eq!(plain.prefix(), b"");
+            assert_eq!(plain.payload_key(k), layout.payload_key(k));
+            assert_eq!(plain.metadata_key(k), layout.metadata_key(k));
+            assert_eq!(KeyScheme::new(layout, "").unwrap(), plain);
+
+            let s = KeyScheme::new(layout, "tenant-a").unwrap();
+            assert_eq!(s.layout(), layout);
+            assert_eq!(s.prefix(), b"tenant-a@");
+            assert_eq!(s.keys_per_chunk(), layout.keys_per_chunk());
+            assert_eq!(
+                s.payload_key(k),
+                [b"tenant-a@", &layout.payload_key(k)[..]].concat()
+            );
+            assert_eq!(
+                s.metadata_key(k),
+                layout
+                    .metadata_key(k)
+                    .map(|m| [b"tenant-a@", &m[..]].concat())
+            );
+            let mut out = b"x".to_vec();
+            assert_eq!(
+                s.write_metadata_key(k, &mut out),
+                layout.keys_per_chunk() == 2
+            );
+            if layout == KeyLayout::Raw {
+                assert_eq!(out, b"x", "raw: no metadata key, nothing written");
+            }
+        }
+        // What LMCache's valkey adapter writes for key_prefix "t" (`t@<key>`).
+        let s = KeyScheme::new(KeyLayout::Raw, "t").unwrap();
+        assert_eq!(s.payload_key(b"fmt@model@1@0@abc"), b"t@fmt@model@1@0@abc");
+    }
+
+    #[test]
+    fn key_prefix_refusals_name_the_reason() {
+        for (bad, why) in [
+            ("a@b", "'@'"),
+            ("{t}", "hash tag"),
+            ("t{", "hash tag"),
+            ("t}", "hash tag"),
+        ] {
+            let e = KeyScheme::new(KeyLayout::Hashtag, bad)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("key_prefix") && e.contains(bad) && e.contains(why),
+                "{e}"
+            );
+        }
+    }
+
     fn any_meta() -> impl Strategy<Value = RemoteMetadata> {
         let group =
             (any::<i32>(), any::<[i32; 4]>()).prop_map(|(dtype, shape)| MetaGroup { dtype, shape });
@@ -664,6 +850,29 @@ mod tests {
         #[test]
         fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..120)) {
             let _ = RemoteMetadata::decode(&b);
+        }
+
+        /// A prefix keeps a chunk in its slot: the keys of a `hashtag` chunk land in
+        /// the slots of the unprefixed chunk's, whatever the prefix and the key, and
+        /// every key starts with the prefix.
+        #[test]
+        fn prefix_keeps_the_hash_slot(
+            p in "[^@{}]{0,12}",
+            k in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            use crate::cluster::slot::hash_slot;
+            for layout in [KeyLayout::Lmcache, KeyLayout::Hashtag, KeyLayout::Raw] {
+                let s = KeyScheme::new(layout, &p).unwrap();
+                prop_assert!(s.payload_key(&k).starts_with(s.prefix()));
+                // An empty tag (`{}`: the key empty or starting with `}`) makes Redis
+                // hash the whole key; any other tag is the chunk's slot.
+                if layout != KeyLayout::Hashtag || k.first().is_none_or(|&b| b == b'}') {
+                    continue;
+                }
+                let slot = hash_slot(&layout.payload_key(&k));
+                prop_assert_eq!(hash_slot(&s.payload_key(&k)), slot);
+                prop_assert_eq!(hash_slot(&s.metadata_key(&k).unwrap()), slot);
+            }
         }
 
         #[test]

@@ -18,6 +18,9 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use crate::config::Config;
 use crate::error::{Error, Result};
 
+mod pinned;
+pub(crate) use pinned::explain;
+
 /// The configuration an engine's connections use: `None` when TLS is off. Checks
 /// every seed's name too, so a bad one fails here rather than on the shard.
 pub(crate) fn for_engine(cfg: &Config) -> Result<Option<Arc<ClientConfig>>> {
@@ -44,7 +47,28 @@ pub(crate) fn client_config(cfg: &Config) -> Result<Arc<ClientConfig>> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
     } else {
-        builder.with_root_certificates(roots(cfg.tls_ca_file.as_deref())?)
+        let roots = Arc::new(roots(cfg.tls_ca_file.as_deref())?);
+        let webpki =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| {
+                    Error::config(
+                        "extra_config.tls_ca_file",
+                        "",
+                        format!("TLS setup failed: {e}"),
+                    )
+                })?;
+        match cfg.tls_ca_file.as_deref() {
+            // A server certificate byte-identical to one of the file's is accepted too
+            // (self-signed servers; see `pinned`).
+            Some(path) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(pinned::PinnedOrWebPki {
+                    webpki,
+                    pinned: read_certs("extra_config.tls_ca_file", path)?,
+                })),
+            None => builder.with_webpki_verifier(webpki),
+        }
     };
     let config = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
         (Some(cert), Some(key)) => {

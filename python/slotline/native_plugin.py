@@ -8,8 +8,11 @@ LMCache builds it as ``SlotlineNativePlugin(**adapter_params)``::
 
 ``adapter_params``: ``url`` (standalone URL, ``redis://h1:p1,h2:p2`` cluster seeds or
 ``redis-cluster://...``), ``layout`` (default ``raw``, what LMCache's native clients
-write), and any slotline setting (``cores``, ``io_backend``, ``request_timeout_ms``,
-``max_connections``, ...).
+write), ``key_prefix`` (keys become ``<key_prefix>@<key>``), and any slotline setting
+(``cores``, ``io_backend``, ``request_timeout_ms``, ``max_connections``, ...). The
+``adapter_params`` of LMCache's ``valkey`` and ``resp`` adapters work unchanged
+(``slotline.config.adapter_settings``); ``url`` wins over ``startup_nodes`` and
+``host``/``port``, and what cannot be honoured is named in one warning.
 
 Semantics (LMCache 0.5.6, section 7b of the format notes): ``submit_batch_*`` return a
 future id at once and never wait (a full submission lane is a failed completion);

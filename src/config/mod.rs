@@ -234,6 +234,12 @@ pub struct Config {
     pub io_backend: IoBackend,
     /// How chunk keys map to Redis keys (`extra_config.key_layout`).
     pub key_layout: KeyLayout,
+    /// Tenant prefix of every Redis key slotline writes, reads, checks and deletes
+    /// (`extra_config.key_prefix`; empty: none): keys become `<key_prefix>@...`, as
+    /// LMCache's `valkey` adapter writes them. No `@`, `{` or `}` (see
+    /// [`KeyScheme`](crate::layout::KeyScheme)). [`Engine::command`](crate::Engine::command)
+    /// sends its arguments as given.
+    pub key_prefix: String,
     /// Expiry in seconds added to every SET (`extra_config.ttl`, `remote_ttl` or env
     /// `LMCACHE_REMOTE_TTL`).
     pub ttl: Option<u64>,
@@ -304,6 +310,7 @@ impl fmt::Debug for Config {
             .field("numa_node", &self.numa_node)
             .field("io_backend", &self.io_backend)
             .field("key_layout", &self.key_layout)
+            .field("key_prefix", &self.key_prefix)
             .field("ttl", &self.ttl)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
@@ -346,6 +353,7 @@ impl Default for Config {
             numa_node: None,
             io_backend: IoBackend::Auto,
             key_layout: KeyLayout::Lmcache,
+            key_prefix: String::new(),
             ttl: None,
             connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
@@ -422,6 +430,8 @@ impl Config {
 
     /// Checks the invariants the engine relies on; errors name the setting and value.
     pub fn validate(&self) -> Result<()> {
+        crate::layout::check_key_prefix(&self.key_prefix)
+            .map_err(|r| Error::config("extra_config.key_prefix", &self.key_prefix, r))?;
         if self.seeds.is_empty() {
             return Err(Error::config(
                 "remote_url",

@@ -25,6 +25,7 @@ pub(super) struct Settings {
     pub(super) numa_node: Option<usize>,
     pub(super) io_backend: Option<IoBackend>,
     pub(super) key_layout: Option<KeyLayout>,
+    pub(super) key_prefix: Option<String>,
     pub(super) ttl: Option<u64>,
     pub(super) connect_timeout_ms: Option<u64>,
     pub(super) request_timeout_ms: Option<u64>,
@@ -120,6 +121,7 @@ pub(super) fn build(url: ParsedUrl, s: Settings) -> Result<Config> {
         numa_node: s.numa_node,
         io_backend: s.io_backend.unwrap_or(d.io_backend),
         key_layout: s.key_layout.unwrap_or(default_layout),
+        key_prefix: s.key_prefix.unwrap_or_default(),
         ttl: s.ttl,
         connect_timeout: s
             .connect_timeout_ms

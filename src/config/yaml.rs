@@ -116,6 +116,7 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
         numa_node,
         io_backend: extra.parsed("io_backend")?,
         key_layout: extra.parsed("key_layout")?,
+        key_prefix: extra.text("key_prefix", Shown::Plain)?,
         ttl,
         connect_timeout_ms: extra.int("connect_timeout_ms")?,
         request_timeout_ms: extra.int("request_timeout_ms")?,
@@ -1104,6 +1105,21 @@ extra_config:
             t("redis://h", "key_layout: braces"),
             &["extra_config.key_layout", "braces"],
         );
+    }
+
+    #[test]
+    fn key_prefix_is_read_and_checked() {
+        let t = |v: &str| {
+            yaml(&format!(
+                "remote_url: redis://h\nextra_config:\n  key_prefix: {v}\n"
+            ))
+        };
+        assert_eq!(t("tenant-a").unwrap().key_prefix, "tenant-a");
+        assert_eq!(t("'7'").unwrap().key_prefix, "7");
+        assert_eq!(yaml("remote_url: redis://h\n").unwrap().key_prefix, "");
+        err_names(t("'a@b'"), &["extra_config.key_prefix", "a@b", "'@'"]);
+        err_names(t("'{t}'"), &["extra_config.key_prefix", "{t}", "hash tag"]);
+        err_names(t("[a]"), &["extra_config.key_prefix", "expected a string"]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::cmem::{
     TrackedRead,
 };
 use crate::error::{Error, Result};
-use crate::layout::{KeyLayout, RemoteMetadata};
+use crate::layout::{KeyLayout, KeyScheme, RemoteMetadata};
 use crate::priority::Priority;
 use crate::region::{OwnedRegion, Region};
 
@@ -212,7 +212,7 @@ impl Engine {
             Req {
                 op: Op::Get(GetMode::Into),
                 class: Priority::Get,
-                layout: self.inner.cfg.key_layout,
+                layout: self.inner.keys.clone(),
                 mode,
                 target: None,
             },
@@ -237,7 +237,7 @@ impl Engine {
         keys: &[K],
         class: Priority,
     ) -> Ticket<Vec<Option<RemoteMetadata>>> {
-        let layout = self.inner.cfg.key_layout;
+        let layout = &self.inner.keys;
         let meta_keys: Option<Vec<Vec<u8>>> = keys
             .iter()
             .map(|k| layout.metadata_key(k.as_ref()))
@@ -252,7 +252,7 @@ impl Engine {
             Req {
                 op: Op::Get(GetMode::All),
                 class,
-                layout: KeyLayout::Raw,
+                layout: KeyScheme::plain(KeyLayout::Raw),
                 mode: Submit::Wait,
                 target: None,
             },

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::batch::{FollowUp, Op, Ticket};
 use crate::error::{show_key, Error, Result};
-use crate::layout::KeyLayout;
+use crate::layout::{KeyLayout, KeyScheme};
 use crate::metrics::Metrics;
 use crate::priority::Priority;
 use crate::resp::Value;
@@ -40,7 +40,7 @@ const DELETE_IF_ABSENT: &[u8] =
 const BATCH: usize = 256;
 
 /// A chunk key whose metadata was found without its payload, and its layout.
-type StaleKey = (KeyLayout, Vec<u8>);
+type StaleKey = (KeyScheme, Vec<u8>);
 
 /// The janitor's bounded, de-duplicated queue.
 pub(super) struct JanitorQueue {
@@ -72,11 +72,11 @@ impl JanitorQueue {
     }
 
     /// Queues keys (never blocks); returns how many were skipped for lack of room.
-    pub(super) fn push(&self, layout: KeyLayout, keys: Vec<Vec<u8>>, metrics: &Metrics) -> usize {
+    pub(super) fn push(&self, layout: KeyScheme, keys: Vec<Vec<u8>>, metrics: &Metrics) -> usize {
         let mut s = self.lock();
         let mut skipped = 0;
         for k in keys {
-            let item = (layout, k);
+            let item = (layout.clone(), k);
             if s.closed || s.queued.contains(&item) {
                 continue;
             }
@@ -143,7 +143,7 @@ impl JanitorQueue {
 }
 
 impl FollowUp for Inner {
-    fn delete_stale(&self, layout: KeyLayout, keys: Vec<Vec<u8>>) {
+    fn delete_stale(&self, layout: KeyScheme, keys: Vec<Vec<u8>>) {
         // Runs on a shard thread: queue for the janitor, never wait here.
         self.janitor.push(layout, keys, &self.metrics);
     }
@@ -164,7 +164,7 @@ pub(super) fn run_janitor(engine: Weak<Inner>, queue: Arc<JanitorQueue>) {
         };
         let engine = Engine { inner };
         let atomic = !engine.inner.router.is_cluster();
-        let mut by_layout: Vec<(KeyLayout, Vec<Vec<u8>>)> = Vec::new();
+        let mut by_layout: Vec<(KeyScheme, Vec<Vec<u8>>)> = Vec::new();
         for (layout, k) in keys {
             match by_layout.iter_mut().find(|(l, _)| *l == layout) {
                 Some((_, v)) => v.push(k),
@@ -172,7 +172,7 @@ pub(super) fn run_janitor(engine: Weak<Inner>, queue: Arc<JanitorQueue>) {
             }
         }
         for (layout, keys) in by_layout {
-            if atomic || layout == KeyLayout::Hashtag {
+            if atomic || layout.layout() == KeyLayout::Hashtag {
                 delete_atomically(&engine, layout, &keys);
             } else {
                 check_then_delete(&engine, layout, &keys);
@@ -183,7 +183,7 @@ pub(super) fn run_janitor(engine: Weak<Inner>, queue: Arc<JanitorQueue>) {
 
 /// One EVAL per chunk, all in flight together: deletes its metadata only if its
 /// payload is absent, atomically on the server.
-fn delete_atomically(engine: &Engine, layout: KeyLayout, keys: &[Vec<u8>]) {
+fn delete_atomically(engine: &Engine, layout: KeyScheme, keys: &[Vec<u8>]) {
     let mut tickets = Vec::with_capacity(keys.len());
     for k in keys {
         let Some(meta) = layout.metadata_key(k) else {
@@ -202,7 +202,7 @@ fn delete_atomically(engine: &Engine, layout: KeyLayout, keys: &[Vec<u8>]) {
                 Req {
                     op: Op::Command { args },
                     class: Priority::Put,
-                    layout: KeyLayout::Raw,
+                    layout: KeyScheme::plain(KeyLayout::Raw),
                     mode: Submit::Wait,
                     target: None,
                 },
@@ -236,13 +236,13 @@ fn delete_atomically(engine: &Engine, layout: KeyLayout, keys: &[Vec<u8>]) {
 /// Cluster with the `lmcache` layout (keys on different masters): EXISTS on the
 /// payloads, then DEL of the metadata whose payload is still missing (see the module
 /// doc for the race this leaves).
-fn check_then_delete(engine: &Engine, layout: KeyLayout, keys: &[Vec<u8>]) {
+fn check_then_delete(engine: &Engine, layout: KeyScheme, keys: &[Vec<u8>]) {
     let raw = |op, keys: &[Vec<u8>]| -> Result<Arc<crate::batch::Batch>> {
         engine.submit_keys(
             Req {
                 op,
                 class: Priority::Put,
-                layout: KeyLayout::Raw,
+                layout: KeyScheme::plain(KeyLayout::Raw),
                 mode: Submit::Wait,
                 target: None,
             },
@@ -290,24 +290,30 @@ mod tests {
         let q = JanitorQueue::new(3);
         let k = |s: &str| s.as_bytes().to_vec();
         assert_eq!(
-            q.push(KeyLayout::Lmcache, vec![k("a"), k("a"), k("b")], &m),
+            q.push(KeyLayout::Lmcache.into(), vec![k("a"), k("a"), k("b")], &m),
             0
         );
-        assert_eq!(q.push(KeyLayout::Lmcache, vec![k("b"), k("a")], &m), 0);
+        assert_eq!(
+            q.push(KeyLayout::Lmcache.into(), vec![k("b"), k("a")], &m),
+            0
+        );
         assert_eq!(q.len(), 2);
         // The same key in another layout is another key.
-        assert_eq!(q.push(KeyLayout::Hashtag, vec![k("a")], &m), 0);
+        assert_eq!(q.push(KeyLayout::Hashtag.into(), vec![k("a")], &m), 0);
         assert_eq!(q.len(), 3);
-        assert_eq!(q.push(KeyLayout::Lmcache, vec![k("c"), k("d")], &m), 2);
+        assert_eq!(
+            q.push(KeyLayout::Lmcache.into(), vec![k("c"), k("d")], &m),
+            2
+        );
         assert_eq!(m.snapshot().error_count("janitor_overflow"), 2);
         let got = q.pop(Duration::ZERO);
         assert_eq!(got.len(), 3);
         assert_eq!(q.len(), 0);
         // Taken keys may be queued again.
-        assert_eq!(q.push(KeyLayout::Lmcache, vec![k("a")], &m), 0);
+        assert_eq!(q.push(KeyLayout::Lmcache.into(), vec![k("a")], &m), 0);
         assert_eq!(q.len(), 1);
         q.close();
-        assert_eq!(q.push(KeyLayout::Lmcache, vec![k("z")], &m), 0);
+        assert_eq!(q.push(KeyLayout::Lmcache.into(), vec![k("z")], &m), 0);
         assert_eq!(q.len(), 1);
     }
 }

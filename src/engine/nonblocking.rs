@@ -21,7 +21,7 @@ impl Engine {
             Req {
                 op,
                 class,
-                layout: self.inner.cfg.key_layout,
+                layout: self.inner.keys.clone(),
                 mode: Submit::Try,
                 target: None,
             },

@@ -11,7 +11,7 @@ use crate::batch::{
 use crate::cluster::NodeId;
 use crate::cmem::Mem;
 use crate::error::{Error, Result};
-use crate::layout::KeyLayout;
+use crate::layout::KeyScheme;
 use crate::priority::Priority;
 use crate::shard::{self, SubmitPart, UnitSpec};
 
@@ -24,7 +24,7 @@ pub(super) type CallerBufs = Vec<(u32, Mem)>;
 pub(super) struct Req {
     pub(super) op: Op,
     pub(super) class: Priority,
-    pub(super) layout: KeyLayout,
+    pub(super) layout: KeyScheme,
     pub(super) mode: Submit,
     /// A chosen server (commands); `None` routes by key.
     pub(super) target: Option<NodeId>,
@@ -52,7 +52,7 @@ impl Engine {
             Req {
                 op,
                 class,
-                layout: self.inner.cfg.key_layout,
+                layout: self.inner.keys.clone(),
                 mode: Submit::Defer,
                 target: None,
             },

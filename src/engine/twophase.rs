@@ -84,7 +84,7 @@ impl Engine {
                 only: None,
             },
             class: Priority::Put,
-            layout: cfg.key_layout,
+            layout: self.inner.keys.clone(),
             keys: KeyArena::default(),
             ttl: None,
             // Both phases, each with its own deadline (the metadata phase moves no

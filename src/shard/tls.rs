@@ -345,7 +345,7 @@ impl super::Shard {
                 true
             }
             Err(e) => {
-                self.tls_failed(cid, &e.to_string());
+                self.tls_failed(cid, &crate::tls::explain(&e));
                 false
             }
         }

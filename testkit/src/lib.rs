@@ -37,7 +37,7 @@ pub use proxy::FaultProxy;
 pub use state::{
     default_state_dir, down, status, up, up_with, ServerKind, ServerRecord, ServerSet,
 };
-pub use tls::{ServerCertValidity, TlsCerts, TlsServer};
+pub use tls::{SelfSigned, ServerCertValidity, TlsCerts, TlsServer};
 
 /// How long a freshly spawned server may take to answer PING.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

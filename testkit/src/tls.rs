@@ -38,6 +38,15 @@ pub enum ServerCertValidity {
     Expired,
 }
 
+/// What [`TlsCerts::self_signed`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfSigned {
+    /// An end-entity certificate (`CA:FALSE`, serverAuth).
+    EndEntity,
+    /// `openssl req -x509` style: `CA:TRUE` (webpki: `CaUsedAsEndEntity`).
+    OpensslX509,
+}
+
 impl TlsCerts {
     /// Writes a fresh set into `dir` (created if missing): `ca.pem`, `server.pem`,
     /// `server.key`, `client.pem`, `client.key`.
@@ -127,6 +136,51 @@ impl TlsCerts {
         write(&certs.server_key, &server_key.serialize_pem(), true)?;
         write(&certs.client_cert, &client_cert.pem(), false)?;
         write(&certs.client_key, &client_key.serialize_pem(), true)?;
+        Ok(certs)
+    }
+
+    /// A self-signed server certificate for `names` (DNS names or IP addresses), used
+    /// directly: `server.pem` is also `ca.pem`, what a client pins as `tls_ca_file`,
+    /// and the client certificate (mTLS is not what these are for). `kind` picks
+    /// `CA:FALSE` or the `CA:TRUE` of `openssl req -x509`.
+    pub fn self_signed(dir: &Path, names: &[&str], kind: SelfSigned) -> Result<TlsCerts> {
+        let err =
+            |e: rcgen::Error| local_err(format!("cannot make a self-signed certificate: {e}"));
+        fs::create_dir_all(dir)
+            .map_err(|e| local_err(format!("cannot create {}: {e}", dir.display())))?;
+        let now = OffsetDateTime::now_utc();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut p = CertificateParams::new(names).map_err(err)?;
+        p.distinguished_name.push(
+            DnType::CommonName,
+            format!("slotline self-signed {}", now.unix_timestamp_nanos()),
+        );
+        match kind {
+            SelfSigned::EndEntity => {
+                p.is_ca = IsCa::ExplicitNoCa;
+                p.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
+            }
+            // What `openssl req -x509 -addext subjectAltName=...` makes: basicConstraints
+            // CA:TRUE, no key usage, no extended key usage.
+            SelfSigned::OpensslX509 => p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained),
+        }
+        p.not_before = now - Duration::days(1);
+        p.not_after = now + Duration::days(3650);
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = p.self_signed(&key).map_err(err)?;
+        let certs = TlsCerts {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("server.pem"),
+            client_key: dir.join("server.key"),
+        };
+        write(&certs.ca, &cert.pem(), false)?;
+        write(&certs.server_cert, &cert.pem(), false)?;
+        write(&certs.server_key, &key.serialize_pem(), true)?;
         Ok(certs)
     }
 
