@@ -52,6 +52,7 @@ impl Shard {
     pub(super) fn on_cqe(&mut self, ev: uring::Cqe) {
         match ev {
             uring::Cqe::Doorbell => {}
+            uring::Cqe::Notified { cid } => self.on_notified(cid),
             uring::Cqe::Connect { cid, res } => {
                 if !self.live_or_reap(cid) {
                     return;
