@@ -74,6 +74,8 @@ enum Peer {
     StallsMidValue,
     /// MGET: the header and half the value, then the connection closes.
     ClosesMidValue,
+    /// MGET: the whole value, then the connection closes.
+    Full,
 }
 
 #[derive(Default)]
@@ -136,6 +138,14 @@ fn serve(mut sock: TcpStream, stop: &AtomicBool, peer: Peer, f: &Flags) {
 
 fn serve_value(mut sock: TcpStream, stop: &AtomicBool, peer: Peer, f: &Flags) {
     let value = vec![0xCDu8; GET_VALUE];
+    if peer == Peer::Full {
+        let mut all = format!("*1\r\n${GET_VALUE}\r\n").into_bytes();
+        all.extend_from_slice(&value);
+        all.extend_from_slice(b"\r\n");
+        let _ = sock.write_all(&all);
+        f.started.store(true, Ordering::SeqCst);
+        return;
+    }
     let mut head = format!("*1\r\n${GET_VALUE}\r\n").into_bytes();
     head.extend_from_slice(&value[..GET_VALUE / 2]);
     let sent = sock.write_all(&head);
@@ -385,3 +395,35 @@ fn drop_in_flight(b: IoBackend) {
     }
 }
 both_backends!(engine_drop_with_requests_in_flight, drop_in_flight);
+
+/// The EFAULT counter counts what the canary tests assert is zero: a destination
+/// sealed before the call (what a buffer handed back too early looks like to the
+/// kernel) fails its receive with EFAULT; the call still ends within the bound.
+fn efault_is_counted(b: IoBackend) {
+    let fake = Fake::start(Peer::Full);
+    let e = engine(&fake.srv.url(), b);
+    let m = e.metrics_handle();
+    let dest = Canary::new(GET_VALUE, 0);
+    dest.seal();
+    let t0 = Instant::now();
+    let back = within(
+        WATCHDOG,
+        "get_into_bufs_async into sealed memory",
+        move || {
+            let back = e
+                .get_into_bufs_async(&["k"], vec![Box::new(dest) as Box<dyn CallerBufMut>])
+                .wait();
+            drop(e);
+            back
+        },
+    );
+    within_bound(t0.elapsed(), "the read and the engine's drop");
+    assert!(
+        !matches!(&back.result, Ok(v) if v[0].is_some()),
+        "a read into sealed memory cannot hit: {:?}",
+        back.result
+    );
+    assert!(m.snapshot().efault_ops >= 1, "EFAULT not counted");
+    std::mem::forget(back.bufs);
+}
+both_backends!(an_efault_is_counted, efault_is_counted);

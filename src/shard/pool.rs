@@ -573,11 +573,16 @@ impl Shard {
         }
     }
 
-    pub(super) fn io_failed(&mut self, cid: usize, e: io::Error) {
-        if e.raw_os_error() == Some(libc::EFAULT) {
-            // A kernel read or write into memory that is no longer valid.
+    /// Counts an epoll-side syscall that failed with EFAULT: a kernel read or write
+    /// into memory that is no longer valid (io_uring counts its completions itself).
+    pub(super) fn count_efault(&self, e: &io::Error) {
+        if matches!(self.backend, Backend::Epoll(_)) && e.raw_os_error() == Some(libc::EFAULT) {
             self.metrics.efaults(1);
         }
+    }
+
+    pub(super) fn io_failed(&mut self, cid: usize, e: io::Error) {
+        self.count_efault(&e);
         let node = self.conns[cid]
             .as_ref()
             .map(|c| self.nodes[c.node].addr.to_string())
