@@ -8,7 +8,10 @@
 //! drops it, the tracker's `Drop` moves the buffer back to its home. A request's
 //! [`CallerTicket`] completes only once the engine's answer is in *and* every buffer is
 //! home, so a buffer is never touched after its completion was delivered, whatever
-//! happened on the way (time-outs, connection loss, shutdown).
+//! happened on the way (time-outs, connection loss, shutdown). The one exception is
+//! bounded and safe: a buffer still held `request_timeout` + [`KERNEL_GRACE`] after the
+//! answer (an operation a torn-down ring leaked) is left out of the completion, which
+//! then fails, and stays allocated (its holder was forgotten, never dropped).
 //!
 //! The blocking calls that take borrowed slices (`&[u8]`, `&mut [u8]`) build on that:
 //! they wrap the slice in a lifetime-erased owner ([`LentRef`], [`LentMut`]) created

@@ -9,7 +9,11 @@
 //! ([`Region`], or the [`OwnedRegion`] around it) is dropped; the drop returns only once
 //! no shard's ring holds it any more, and a ring lets go of a region only when no
 //! operation in flight uses it (the in-flight-owner rule of `shard/uring/loans.rs`). So
-//! the memory may be freed after the drop returns, never before.
+//! the memory may be freed after the drop returns, never before. A ring reading the
+//! table claims its live regions in the same critical section (`Regions::claim`), so a
+//! removal racing a registration in progress waits for it too. A ring torn down with
+//! operations the kernel never returned keeps its regions for good: the drop then
+//! returns at once (logged) and an [`OwnedRegion`] leaks its buffer rather than free it.
 //!
 //! When the kernel refuses to pin the memory (RLIMIT_MEMLOCK: an unprivileged user may
 //! lock 8 MiB by default), the region stays a plain one on that shard: payloads in it
