@@ -407,3 +407,35 @@ pub(crate) fn register_owned<B: CallerBufMut>(
 pub(crate) fn register_raw(table: &Arc<Regions>, base: usize, len: usize) -> crate::Result<Region> {
     table.add(base, len)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A ring torn down with operations the kernel never returned holds its regions for
+    /// good: dropping one (or taking its buffer back) returns at once instead of
+    /// waiting forever, and the buffer is leaked, not handed back.
+    #[test]
+    fn a_region_a_leaked_ring_holds_is_let_go_without_waiting() {
+        let table = Arc::new(Regions::default());
+        let dropped = register_owned(&table, vec![1u8; 4096]).unwrap();
+        let taken = register_owned(&table, vec![2u8; 4096]).unwrap();
+        table.attach(0);
+        let ids = vec![dropped.region().id(), taken.region().id()];
+        table.report(0, table.gen(), ids);
+        table.leaked(0);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(dropped);
+            let _ = tx.send(taken.into_inner().is_err());
+        });
+        let refused = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the region's drop must not wait for a leaked ring");
+        assert!(
+            refused,
+            "into_inner cannot hand back a buffer a leaked ring holds"
+        );
+    }
+}
