@@ -8,7 +8,10 @@
 //! drops it, the tracker's `Drop` moves the buffer back to its home. A request's
 //! [`CallerTicket`] completes only once the engine's answer is in *and* every buffer is
 //! home, so a buffer is never touched after its completion was delivered, whatever
-//! happened on the way (time-outs, connection loss, shutdown).
+//! happened on the way (time-outs, connection loss, shutdown). The one exception is
+//! bounded and safe: a buffer still held `request_timeout` + [`KERNEL_GRACE`] after the
+//! answer (an operation a torn-down ring leaked) is left out of the completion, which
+//! then fails, and stays allocated (its holder was forgotten, never dropped).
 //!
 //! The blocking calls that take borrowed slices (`&[u8]`, `&mut [u8]`) build on that:
 //! they wrap the slice in a lifetime-erased owner ([`LentRef`], [`LentMut`]) created
@@ -157,9 +160,36 @@ impl<B: ?Sized> Home<B> {
         Some(std::mem::take(&mut st.bufs).into_iter().flatten().collect())
     }
 
-    /// Blocks until every buffer is home. A buffer the engine cannot give back (a ring
-    /// torn down with the kernel still holding it) keeps this waiting: returning would
-    /// let the caller reuse memory the kernel may write.
+    /// Blocks until every buffer is home, or `bound` passed: the buffers home, and how
+    /// many are not. A buffer still out is never freed here: if its holder lets go of
+    /// it later, `arrive` drops it then (nobody, the kernel included, holds it any
+    /// more); if the holder was leaked (a ring torn down with the kernel still owning
+    /// the operation), it stays allocated for the life of the process.
+    fn wait_home_for(&self, bound: Duration) -> (Vec<Box<B>>, usize) {
+        let until = Instant::now() + bound;
+        let mut st = self.lock();
+        while st.out > 0 {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            st = self
+                .cv
+                .wait_timeout(st, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let missing = st.out;
+        (
+            std::mem::take(&mut st.bufs).into_iter().flatten().collect(),
+            missing,
+        )
+    }
+
+    /// Blocks until every buffer is home, however long that takes. Only for borrowed
+    /// slices (`lend`): returning while the kernel may still write into them would let
+    /// the caller reuse that memory, so a buffer a torn-down ring leaked keeps this
+    /// waiting (logged every 10 s). Owned buffers use [`Self::wait_home_for`].
     fn wait_home(&self) -> Vec<Box<B>> {
         let mut st = self.lock();
         let mut warned = Instant::now();
@@ -306,6 +336,9 @@ pub struct CallerTicket<T, B: ?Sized> {
     ticket: Option<Ticket<T>>,
     result: Option<Result<T>>,
     home: Arc<Home<B>>,
+    /// How long [`wait`](Self::wait) waits for the buffers once the answer is in, and
+    /// where buffers given up on are counted (`None`: until they are home).
+    give_up: Option<(Duration, Arc<crate::metrics::Metrics>)>,
 }
 
 impl<T, B: ?Sized> std::fmt::Debug for CallerTicket<T, B> {
@@ -320,10 +353,35 @@ impl<T, B: ?Sized> CallerTicket<T, B> {
             ticket: Some(ticket),
             result: None,
             home,
+            give_up: None,
         }
     }
 
+    /// Bounds [`wait`](Self::wait): once the answer is in, the buffers get `after` to
+    /// come home; those still held then are given up (counted in `metrics` as
+    /// `leaked_buffers`, never freed) and the result is an error.
+    pub(crate) fn bounded(
+        mut self,
+        after: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        self.give_up = Some((after, metrics));
+        self
+    }
+
+    /// The wait for the buffers is not bounded (borrowed slices: see `lend`).
+    fn unbounded(mut self) -> Self {
+        self.give_up = None;
+        self
+    }
+
     /// Blocks until the answer is in and every buffer is back.
+    ///
+    /// Bounded (the engine's calls on owned buffers): once the answer is in, the
+    /// buffers get `request_timeout` plus [`KERNEL_GRACE`] to come home, time for a
+    /// stalled connection to be failed and for a torn-down ring's drain. A buffer still
+    /// held then (an operation the kernel never returned, leaked on purpose) is left
+    /// out of `bufs` and never freed, and the result is an [`Error::Timeout`].
     pub fn wait(mut self) -> Returned<T, B> {
         let result = match self.ticket.take() {
             // The ticket (and the batch it holds) goes before waiting for the buffers:
@@ -331,8 +389,28 @@ impl<T, B: ?Sized> CallerTicket<T, B> {
             Some(t) => t.wait(),
             None => self.result.take().unwrap_or(Err(Error::Closed)),
         };
-        let bufs = self.home.wait_home();
-        Returned { result, bufs }
+        let Some((after, metrics)) = self.give_up.take() else {
+            let bufs = self.home.wait_home();
+            return Returned { result, bufs };
+        };
+        let (bufs, missing) = self.home.wait_home_for(after);
+        if missing == 0 {
+            return Returned { result, bufs };
+        }
+        metrics.leaked_buffers(missing);
+        tracing::error!(
+            buffers = missing,
+            "caller buffers still held by the kernel past the bound; they are leaked, never freed"
+        );
+        Returned {
+            result: Err(Error::Timeout {
+                after,
+                what: format!(
+                    "{missing} caller buffer(s) still held by the kernel; leaked (never freed), not returned"
+                ),
+            }),
+            bufs,
+        }
     }
 
     /// `true` once [`wait`](Self::wait) will not block.
@@ -430,6 +508,11 @@ impl Drop for NoUnwind {
     }
 }
 
+/// Past the engine's own bounds (a stalled connection fails `request_timeout` after
+/// its frame went out, a torn-down ring drains for 2 s), the time a wait gives a
+/// caller buffer to come home before it counts as leaked.
+pub(crate) const KERNEL_GRACE: Duration = Duration::from_secs(3);
+
 /// Runs a request on borrowed destination slices: `start` gets owners of the slices
 /// and returns the request's ticket; this returns only once every owner is back, so no
 /// write into `slices` can happen after it returns.
@@ -475,7 +558,9 @@ fn lend<T, B: ?Sized>(
     start: impl FnOnce(Vec<Box<B>>) -> CallerTicket<T, B>,
 ) -> Result<T> {
     let armed = NoUnwind;
-    let r = start(owners).wait();
+    // Borrowed memory cannot be leaked on the caller's behalf: the wait for it is not
+    // bounded (see `Home::wait_home`).
+    let r = start(owners).unbounded().wait();
     std::mem::forget(armed);
     drop(r.bufs);
     r.result
@@ -565,6 +650,34 @@ mod tests {
         let back = home.wait_home();
         assert_eq!(back[0].as_slice(), &[1, 1, 1]);
         assert_eq!(back[1].as_slice(), &[2]);
+    }
+
+    #[test]
+    fn a_buffer_that_never_comes_home_ends_the_wait_at_its_bound_leaked() {
+        let bufs: Vec<Box<dyn CallerBufMut>> = vec![Box::new(vec![1u8; 3]), Box::new(vec![2u8])];
+        let (home, mut t) = Tracked::wrap(bufs);
+        // What a ring torn down with the kernel still owning an operation does with
+        // the operation's memory: forgets it.
+        std::mem::forget(t.pop());
+        drop(t);
+        let metrics = Arc::new(crate::metrics::Metrics::with_shards(1));
+        let ticket: CallerTicket<(), dyn CallerBufMut> =
+            CallerTicket::new(Ticket::ready(Ok(())), home)
+                .bounded(Duration::from_millis(50), metrics.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(ticket.wait());
+        });
+        let r = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the wait must end at its bound");
+        assert!(
+            matches!(r.result, Err(Error::Timeout { .. })),
+            "{:?}",
+            r.result
+        );
+        assert_eq!(r.bufs.len(), 1, "the buffer that came home is returned");
+        assert_eq!(metrics.snapshot().leaked_buffers, 1);
     }
 
     #[test]

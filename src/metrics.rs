@@ -85,6 +85,9 @@ struct Stripe {
     kernel_late_releases: AtomicU64,
     kernel_drained: AtomicU64,
     kernel_leaks: AtomicU64,
+    efault_ops: AtomicU64,
+    zombie_conns: AtomicU64,
+    leaked_buffers: AtomicU64,
     recv_direct_bytes: AtomicU64,
     recv_staged_bytes: AtomicU64,
     sent_by_reference_bytes: AtomicU64,
@@ -110,6 +113,9 @@ impl Stripe {
             kernel_late_releases: AtomicU64::new(0),
             kernel_drained: AtomicU64::new(0),
             kernel_leaks: AtomicU64::new(0),
+            efault_ops: AtomicU64::new(0),
+            zombie_conns: AtomicU64::new(0),
+            leaked_buffers: AtomicU64::new(0),
             recv_direct_bytes: AtomicU64::new(0),
             recv_staged_bytes: AtomicU64::new(0),
             sent_by_reference_bytes: AtomicU64::new(0),
@@ -272,6 +278,24 @@ impl Metrics {
         s.kernel_leaks.fetch_add(leaked as u64, Relaxed);
     }
 
+    /// `n` sends or receives failed with EFAULT: the kernel found their memory no
+    /// longer valid (a caller buffer handed back too early would show here).
+    pub fn efaults(&self, n: u64) {
+        self.stripe().efault_ops.fetch_add(n, Relaxed);
+    }
+
+    /// The calling shard now has `n` closed connections waiting for the kernel to
+    /// return their operations (a gauge: each shard sets its own stripe).
+    pub fn zombies(&self, n: usize) {
+        self.stripe().zombie_conns.store(n as u64, Relaxed);
+    }
+
+    /// `n` caller buffers were given up: a wait for them ended at its bound while the
+    /// engine (a torn-down ring) still held them; they are leaked, never freed.
+    pub fn leaked_buffers(&self, n: usize) {
+        self.stripe().leaked_buffers.fetch_add(n as u64, Relaxed);
+    }
+
     /// Adds a set of syscall counters (a shard's, or its lanes') to the snapshot's sum.
     pub fn add_syscall_source(&self, c: std::sync::Arc<SyscallCounters>) {
         self.syscall_sources
@@ -349,6 +373,9 @@ impl Metrics {
             kernel_late_releases: sum(|s| &s.kernel_late_releases),
             kernel_drained: sum(|s| &s.kernel_drained),
             kernel_leaks: sum(|s| &s.kernel_leaks),
+            efault_ops: sum(|s| &s.efault_ops),
+            zombie_conns: sum(|s| &s.zombie_conns),
+            leaked_buffers: sum(|s| &s.leaked_buffers),
             recv_direct_bytes: sum(|s| &s.recv_direct_bytes),
             recv_staged_bytes: sum(|s| &s.recv_staged_bytes),
             sent_by_reference_bytes: sum(|s| &s.sent_by_reference_bytes),
@@ -441,6 +468,17 @@ pub struct MetricsSnapshot {
     /// io_uring: operations the kernel did not return when shards stopped; their
     /// memory was leaked rather than freed (0 in a healthy run).
     pub kernel_leaks: u64,
+    /// Sends and receives that failed with EFAULT: the kernel found their memory no
+    /// longer valid. A caller buffer touched after it was handed back would count
+    /// here (0 in a correct engine; the canary tests assert it).
+    pub efault_ops: u64,
+    /// io_uring: closed connections whose socket or zero-copy pages the kernel still
+    /// holds (a gauge; back to 0 once their last completions arrived).
+    pub zombie_conns: u64,
+    /// Caller buffers given up on: a wait for them ended at its bound while a
+    /// torn-down ring still held them, so they were leaked, never freed (0 in a
+    /// healthy run).
+    pub leaked_buffers: u64,
     /// Value bytes received straight into their destination (a caller's buffer or the
     /// value's own allocation): the zero-copy read path.
     pub recv_direct_bytes: u64,

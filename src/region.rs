@@ -9,7 +9,11 @@
 //! ([`Region`], or the [`OwnedRegion`] around it) is dropped; the drop returns only once
 //! no shard's ring holds it any more, and a ring lets go of a region only when no
 //! operation in flight uses it (the in-flight-owner rule of `shard/uring/loans.rs`). So
-//! the memory may be freed after the drop returns, never before.
+//! the memory may be freed after the drop returns, never before. A ring reading the
+//! table claims its live regions in the same critical section (`Regions::claim`), so a
+//! removal racing a registration in progress waits for it too. A ring torn down with
+//! operations the kernel never returned keeps its regions for good: the drop then
+//! returns at once (logged) and an [`OwnedRegion`] leaks its buffer rather than free it.
 //!
 //! When the kernel refuses to pin the memory (RLIMIT_MEMLOCK: an unprivileged user may
 //! lock 8 MiB by default), the region stays a plain one on that shard: payloads in it
@@ -42,6 +46,9 @@ struct ShardView {
     held: Vec<u64>,
     /// A ring shard that is running.
     alive: bool,
+    /// Its ring was torn down with operations the kernel never returned: what it
+    /// holds stays registered (and the memory lent) for good.
+    leaked: bool,
 }
 
 #[derive(Debug, Default)]
@@ -94,10 +101,21 @@ impl Regions {
         self.gen.load(Ordering::Acquire)
     }
 
-    /// The generation and the live regions, for a shard's sync.
-    pub fn snapshot(&self) -> (u64, Vec<RegionSpec>) {
-        let s = self.lock();
-        (self.gen(), s.live.clone())
+    /// The generation and the live regions, for shard `shard`'s sync, which may
+    /// register them: each live region is claimed for the shard (added to what it
+    /// holds) in the same critical section, so a removal that runs after this waits
+    /// for the shard's next report instead of missing a registration in progress.
+    pub fn claim(&self, shard: usize) -> (u64, Vec<RegionSpec>) {
+        let mut s = self.lock();
+        let live = s.live.clone();
+        if let Some(v) = s.shards.get_mut(shard) {
+            for r in &live {
+                if !v.held.contains(&r.id) {
+                    v.held.push(r.id);
+                }
+            }
+        }
+        (self.gen(), live)
     }
 
     /// A ring shard starts following the table.
@@ -110,6 +128,7 @@ impl Regions {
             seen: 0,
             held: Vec::new(),
             alive: true,
+            leaked: false,
         };
     }
 
@@ -130,6 +149,17 @@ impl Regions {
         if let Some(v) = s.shards.get_mut(shard) {
             v.alive = false;
             v.held.clear();
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// A shard's ring was torn down leaking operations: the regions it holds stay
+    /// registered there; removing them no longer waits for it (see [`Region`]).
+    pub fn leaked(&self, shard: usize) {
+        let mut s = self.lock();
+        if let Some(v) = s.shards.get_mut(shard) {
+            v.leaked = true;
         }
         drop(s);
         self.changed.notify_all();
@@ -182,11 +212,15 @@ impl Regions {
         Ok(Region {
             spec: RegionSpec { id, base, len },
             table: self.clone(),
+            done: false,
         })
     }
 
-    /// Takes a region out of the table and waits until no ring holds it.
-    fn remove(&self, id: u64) {
+    /// Takes a region out of the table and waits until no ring holds it (a ring that
+    /// claimed it for a registration in progress included, see [`Self::claim`]).
+    /// `false` when a ring that leaked operations at its teardown still holds it: the
+    /// memory may still be in use by the kernel and must never be freed.
+    fn remove(&self, id: u64) -> bool {
         let mut s = self.lock();
         s.live.retain(|r| r.id != id);
         self.gen.fetch_add(1, Ordering::AcqRel);
@@ -194,7 +228,8 @@ impl Regions {
         self.ring_all();
         let start = Instant::now();
         let mut warned = false;
-        while s.shards.iter().any(|v| v.alive && v.held.contains(&id)) {
+        let holds = |v: &ShardView| v.alive && v.held.contains(&id);
+        while s.shards.iter().any(|v| holds(v) && !v.leaked) {
             if !warned && start.elapsed() > Duration::from_secs(5) {
                 warned = true;
                 tracing::warn!(
@@ -210,6 +245,14 @@ impl Regions {
             // A shard parked on its doorbell may have missed the first ring.
             self.ring_all();
         }
+        let kept = s.shards.iter().any(holds);
+        if kept {
+            tracing::error!(
+                region = id,
+                "a region stays registered on a ring that leaked operations at shutdown; its memory is kept, never freed"
+            );
+        }
+        !kept
     }
 }
 
@@ -219,6 +262,8 @@ impl Regions {
 pub struct Region {
     spec: RegionSpec,
     table: Arc<Regions>,
+    /// `release` ran.
+    done: bool,
 }
 
 impl std::fmt::Debug for Regions {
@@ -257,9 +302,24 @@ impl Region {
     }
 }
 
+impl Region {
+    /// Unregisters (once) and waits until no ring holds the region; `false` when a
+    /// ring that leaked operations at shutdown keeps it (`kernel_leaks` > 0): the
+    /// memory must then never be freed or reused.
+    fn release(&mut self) -> bool {
+        if std::mem::replace(&mut self.done, true) {
+            return true;
+        }
+        self.table.remove(self.spec.id)
+    }
+}
+
 impl Drop for Region {
+    /// Returns once no ring holds the region, or at once for a ring that leaked
+    /// operations at its teardown (logged): the memory of a raw region must then be
+    /// kept for the life of the process.
     fn drop(&mut self) {
-        self.table.remove(self.spec.id);
+        self.release();
     }
 }
 
@@ -268,9 +328,24 @@ impl Drop for Region {
 /// before the registration ends. Payloads sent from or read into slices of it go
 /// through the ring's fixed buffers.
 pub struct OwnedRegion<B: CallerBufMut> {
-    // Declared first: dropped (unregistered, waited for) before the buffer.
     region: Region,
-    buf: B,
+    /// `None` only once taken by `into_inner` or the drop.
+    buf: Option<B>,
+}
+
+impl<B: CallerBufMut> Drop for OwnedRegion<B> {
+    /// Unregisters first, then frees the buffer; a buffer a leaked ring still holds is
+    /// leaked instead (never freed), so the drop returns either way.
+    fn drop(&mut self) {
+        let released = self.region.release();
+        if let Some(b) = self.buf.take() {
+            if released {
+                drop(b);
+            } else {
+                std::mem::forget(b);
+            }
+        }
+    }
 }
 
 impl<B: CallerBufMut> std::fmt::Debug for OwnedRegion<B> {
@@ -282,12 +357,15 @@ impl<B: CallerBufMut> std::fmt::Debug for OwnedRegion<B> {
 impl<B: CallerBufMut> OwnedRegion<B> {
     /// The region's bytes.
     pub fn as_slice(&self) -> &[u8] {
-        self.buf.as_slice()
+        self.buf.as_ref().map_or(&[], |b| b.as_slice())
     }
 
     /// The region's bytes, writable (split them for concurrent reads into parts).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        self.buf.as_mut_slice()
+        match self.buf.as_mut() {
+            Some(b) => b.as_mut_slice(),
+            None => &mut [],
+        }
     }
 
     /// The registration.
@@ -295,11 +373,19 @@ impl<B: CallerBufMut> OwnedRegion<B> {
         &self.region
     }
 
-    /// Ends the registration (waiting for operations in flight) and returns the buffer.
-    pub fn into_inner(self) -> B {
-        let OwnedRegion { region, buf } = self;
-        drop(region);
-        buf
+    /// Ends the registration (waiting for operations in flight) and returns the
+    /// buffer; fails, leaking the buffer, when a ring that leaked operations at its
+    /// teardown still holds it (the kernel may still use the memory).
+    pub fn into_inner(mut self) -> crate::Result<B> {
+        if self.region.release() {
+            return self.buf.take().ok_or(crate::Error::Closed);
+        }
+        if let Some(b) = self.buf.take() {
+            std::mem::forget(b);
+        }
+        Err(crate::Error::Invalid(
+            "the region's buffer is still held by a ring that leaked operations at shutdown; it was leaked, not returned".into(),
+        ))
     }
 }
 
@@ -311,10 +397,45 @@ pub(crate) fn register_owned<B: CallerBufMut>(
     let s = buf.as_mut_slice();
     let (base, len) = (s.as_mut_ptr() as usize, s.len());
     let region = table.add(base, len)?;
-    Ok(OwnedRegion { region, buf })
+    Ok(OwnedRegion {
+        region,
+        buf: Some(buf),
+    })
 }
 
 /// Registers `len` bytes at `base` (see [`crate::Engine::register_region_raw`]).
 pub(crate) fn register_raw(table: &Arc<Regions>, base: usize, len: usize) -> crate::Result<Region> {
     table.add(base, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A ring torn down with operations the kernel never returned holds its regions for
+    /// good: dropping one (or taking its buffer back) returns at once instead of
+    /// waiting forever, and the buffer is leaked, not handed back.
+    #[test]
+    fn a_region_a_leaked_ring_holds_is_let_go_without_waiting() {
+        let table = Arc::new(Regions::default());
+        let dropped = register_owned(&table, vec![1u8; 4096]).unwrap();
+        let taken = register_owned(&table, vec![2u8; 4096]).unwrap();
+        table.attach(0);
+        let ids = vec![dropped.region().id(), taken.region().id()];
+        table.report(0, table.gen(), ids);
+        table.leaked(0);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(dropped);
+            let _ = tx.send(taken.into_inner().is_err());
+        });
+        let refused = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the region's drop must not wait for a leaked ring");
+        assert!(
+            refused,
+            "into_inner cannot hand back a buffer a leaked ring holds"
+        );
+    }
 }

@@ -83,6 +83,31 @@ pub fn send_vectored(fd: RawFd, slices: &[std::io::IoSlice<'_>]) -> io::Result<u
     Ok(n as usize)
 }
 
+/// Sets `SO_LINGER` to on, zero seconds: closing the socket then resets the connection
+/// and drops its unsent data at once, instead of keeping it queued (and any zero-copy
+/// pages it references pinned) until the peer reads it.
+pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `l` is a live `linger` on the stack for the duration of the call and the
+    // length passed is its size; setsockopt only reads it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Highest NUMA node id [`prefer_numa_node`] accepts (the mask below has 1024 bits).
 pub const MAX_NUMA_NODE: usize = 1022;
 

@@ -162,7 +162,7 @@ fn region_gauges_follow_the_handles_and_bad_regions_are_refused() {
         e.register_region(Vec::new()),
         Err(Error::Invalid(_))
     ));
-    let buf = r.into_inner();
+    let buf = r.into_inner().unwrap();
     assert_eq!(buf.len(), MIB);
     let m = e.stats().metrics;
     assert_eq!((m.regions, m.regions_registered), (0, 0));

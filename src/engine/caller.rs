@@ -148,7 +148,7 @@ impl Engine {
             Ok(t) => t,
             Err(e) => Ticket::ready(Err(e)),
         };
-        CallerTicket::new(ticket, home)
+        CallerTicket::new(ticket, home).bounded(self.lend_bound(), self.inner.metrics.clone())
     }
 
     /// Reads each key's payload straight into its slice (class GET). A stored value
@@ -222,7 +222,7 @@ impl Engine {
             Ok((b, unpushed)) => Ticket::new(b, cmem::infos).with_unpushed(unpushed),
             Err(e) => Ticket::ready(Err(e)),
         };
-        CallerTicket::new(ticket, home)
+        CallerTicket::new(ticket, home).bounded(self.lend_bound(), self.inner.metrics.clone())
     }
 }
 
@@ -272,6 +272,14 @@ fn decoded_metas(o: Output) -> Result<Vec<Option<RemoteMetadata>>> {
             .map(|c| c.and_then(|c| RemoteMetadata::decode(&c.data).ok()))
             .collect()),
         _ => Err(Error::Closed),
+    }
+}
+
+impl Engine {
+    /// How long a [`CallerTicket`] waits for its buffers once its answer is in (see
+    /// [`CallerTicket::wait`]).
+    fn lend_bound(&self) -> std::time::Duration {
+        self.inner.cfg.request_timeout + cmem::KERNEL_GRACE
     }
 }
 

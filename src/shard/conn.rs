@@ -55,6 +55,23 @@ impl Stream {
         }
     }
 
+    /// Ends the connection for the kernel too: `SO_LINGER` 0 (the later close resets
+    /// it and drops unsent data, so zero-copy sends' pages are released and their
+    /// notifications arrive even when the peer stopped reading) and `shutdown` both
+    /// ways, which completes every receive and send in flight on the socket (a
+    /// receive with 0 bytes, a send with an error or a short count). The descriptor
+    /// stays open until the connection is dropped, so no operation can reach another
+    /// socket that reuses its number.
+    pub fn reset(&self) {
+        if let Stream::Tcp(_) = self {
+            let _ = crate::sys::set_linger_zero(self.fd());
+        }
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+
     /// Result of a non-blocking connect, once the socket reports writable.
     pub fn connect_result(&self) -> io::Result<bool> {
         let err = match self {

@@ -42,6 +42,10 @@ impl Shard {
                 Backend::Epoll(_) => epoll::flush(conn, &self.calls).map(|_| ()),
             });
             if let Err(e) = r {
+                self.count_efault(&e);
+                let Some(conn) = self.conns[cid].as_ref() else {
+                    continue;
+                };
                 let node = self.nodes[conn.node].addr.to_string();
                 self.fail_conn(cid, Error::Io { node, source: e }, true);
             }
@@ -52,6 +56,7 @@ impl Shard {
     pub(super) fn on_cqe(&mut self, ev: uring::Cqe) {
         match ev {
             uring::Cqe::Doorbell => {}
+            uring::Cqe::Notified { cid } => self.on_notified(cid),
             uring::Cqe::Connect { cid, res } => {
                 if !self.live_or_reap(cid) {
                     return;

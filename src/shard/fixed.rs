@@ -195,7 +195,7 @@ impl RingRegions {
         mut register: impl FnMut(u16, usize, usize) -> io::Result<()>,
         mut clear: impl FnMut(u16),
     ) {
-        let (gen, live) = self.table.snapshot();
+        let (gen, live) = self.table.claim(self.shard);
         let is_live = |id: u64| live.iter().any(|r| r.id == id);
         for id in self.slots.regions() {
             if is_live(id) || self.slots.in_use(id) {
@@ -244,6 +244,56 @@ impl RingRegions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// A region's handle dropped while a ring is registering it (between the ring's
+    /// look at the table and its report): the drop waits until the ring cleared the
+    /// slot again, so a freed buffer never stays in a ring's fixed table.
+    #[test]
+    fn a_removal_during_a_registration_waits_for_the_slot_to_be_cleared() {
+        let table = Arc::new(Regions::default());
+        // No ring follows the table yet, so this does not wait for one.
+        let region = crate::region::register_raw(&table, 0x7000_0000, 4096).unwrap();
+        let mut rr = RingRegions::new(table.clone(), 0, FixedSlots::new(16, 4));
+        let (tx, rx) = mpsc::channel();
+        let mut region = Some(region);
+        let mut cleared = Vec::new();
+        rr.sync(
+            true,
+            |_, _, _| {
+                let (r, tx) = (region.take(), tx.clone());
+                std::thread::spawn(move || {
+                    drop(r);
+                    let _ = tx.send(());
+                });
+                let t0 = Instant::now();
+                while table.gen() < 2 {
+                    assert!(t0.elapsed() < Duration::from_secs(10), "removal never ran");
+                    std::thread::yield_now();
+                }
+                assert!(
+                    rx.recv_timeout(Duration::from_millis(300)).is_err(),
+                    "the removal returned while the ring was registering the region"
+                );
+                Ok(())
+            },
+            |idx| cleared.push(idx),
+        );
+        assert!(
+            rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "the removal returned with the region registered"
+        );
+        assert!(rr.due(), "the table changed since");
+        rr.sync(
+            true,
+            |_, _, _| panic!("nothing to register"),
+            |idx| cleared.push(idx),
+        );
+        assert_eq!(cleared, vec![16], "the slot was cleared");
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the removal returns once the slot is cleared");
+    }
 
     #[test]
     fn a_region_takes_one_slot_per_gib_and_lookups_stay_inside_one() {

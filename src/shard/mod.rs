@@ -280,6 +280,12 @@ impl Shard {
             for ev in uring_events.drain(..) {
                 self.on_cqe(ev);
             }
+            if let Backend::Uring(u) = &mut self.backend {
+                let n = u.take_efaults();
+                if n > 0 {
+                    self.metrics.efaults(n);
+                }
+            }
             for ev in epoll_events.drain(..) {
                 match ev {
                     epoll::Ev::Doorbell => self.lanes.drain_doorbell(),
@@ -299,10 +305,23 @@ impl Shard {
             }
         }
         // Nothing may free memory the kernel still holds: cancel every operation and
-        // wait (bounded) for the kernel to return it before the connections are dropped.
+        // wait (bounded) for the kernel to return it. The sockets (reset by
+        // `fail_conn`) are closed first, once every queued entry has reached the
+        // kernel: their unsent data goes, so zero-copy sends' notifications come back
+        // even from a peer that stopped reading.
         if let Backend::Uring(u) = &mut self.backend {
+            if u.submit_queued() {
+                for c in self.conns.iter_mut() {
+                    if c.is_some() {
+                        Self::release_conn(u, c.take());
+                    }
+                }
+            }
             let t = u.shutdown(uring::DRAIN_LIMIT);
             self.metrics.kernel_teardown(t.drained, t.leaked);
+            self.metrics.efaults(u.take_efaults());
+            self.zombies.clear();
+            self.metrics.zombies(0);
         }
         tracing::debug!(shard = self.id, "shard stopped");
     }

@@ -396,6 +396,10 @@ impl Shard {
         }
         let was_connecting = conn.state == ConnState::Connecting;
         conn.state = ConnState::Dead;
+        // The kernel must finish every operation on the socket: a send to a peer
+        // that stopped reading, or a zero-copy send's notification, would otherwise
+        // never complete (see `Stream::reset`).
+        conn.stream.reset();
         let node = conn.node;
         let held = if conn.rx.reader.window_lent() {
             conn.pending.pop_front()
@@ -439,14 +443,11 @@ impl Shard {
                 self.free_conns.push(cid);
             }
             Backend::Uring(u) => {
-                if u.busy(cid) {
+                if u.io_busy(cid) {
                     u.cancel(cid);
-                    self.zombies.push(cid);
-                } else {
-                    let c = self.conns[cid].take();
-                    Self::release_conn(u, c);
-                    self.free_conns.push(cid);
                 }
+                self.zombies.push(cid);
+                self.reap(cid);
             }
         }
     }
@@ -530,22 +531,58 @@ impl Shard {
         }
     }
 
+    /// Frees what a closed connection no longer needs. io_uring: its socket is
+    /// closed once no operation names its descriptor (the reset close drops unsent
+    /// data, which releases zero-copy pages); the connection id, and the zombie entry,
+    /// once the kernel holds nothing of it, zero-copy notifications included.
     pub(super) fn reap(&mut self, cid: usize) {
-        let busy = match &self.backend {
-            Backend::Uring(u) => u.busy(cid),
-            Backend::Epoll(_) => false,
-        };
-        if !busy && self.conns[cid].is_some() {
-            let c = self.conns[cid].take();
-            if let Backend::Uring(u) = &mut self.backend {
-                Self::release_conn(u, c);
+        let u = match &mut self.backend {
+            Backend::Uring(u) => u,
+            Backend::Epoll(_) => {
+                if self.conns[cid].take().is_some() {
+                    self.free_conns.push(cid);
+                }
+                return;
             }
+        };
+        if u.io_busy(cid) {
+            return;
+        }
+        let had = self.conns[cid].is_some();
+        if had {
+            Self::release_conn(u, self.conns[cid].take());
+        }
+        let zombie = self.zombies.contains(&cid);
+        if u.busy(cid) {
+            // Only zero-copy notifications are owed: `Cqe::Notified` comes back here.
+            if !zombie {
+                self.zombies.push(cid);
+            }
+        } else if zombie || had {
             self.zombies.retain(|&z| z != cid);
             self.free_conns.push(cid);
+        }
+        self.metrics.zombies(self.zombies.len());
+    }
+
+    /// A zero-copy notification of connection `cid` arrived: a closed connection
+    /// waiting only for those is freed with the last one.
+    pub(super) fn on_notified(&mut self, cid: usize) {
+        if self.conns[cid].is_none() && self.zombies.contains(&cid) {
+            self.reap(cid);
+        }
+    }
+
+    /// Counts an epoll-side syscall that failed with EFAULT: a kernel read or write
+    /// into memory that is no longer valid (io_uring counts its completions itself).
+    pub(super) fn count_efault(&self, e: &io::Error) {
+        if matches!(self.backend, Backend::Epoll(_)) && e.raw_os_error() == Some(libc::EFAULT) {
+            self.metrics.efaults(1);
         }
     }
 
     pub(super) fn io_failed(&mut self, cid: usize, e: io::Error) {
+        self.count_efault(&e);
         let node = self.conns[cid]
             .as_ref()
             .map(|c| self.nodes[c.node].addr.to_string())

@@ -11,6 +11,7 @@
 //! a late write; a test lends at most a few MiB of them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use slotline::{CallerBuf, CallerBufMut};
 
@@ -19,7 +20,36 @@ pub struct Canary {
     ptr: *mut u8,
     len: usize,
     map_len: usize,
-    sealed: AtomicBool,
+    sealed: Arc<AtomicBool>,
+}
+
+/// Seals a [`Canary`]'s pages from outside, once the canary itself went into the
+/// engine as a `Box<dyn CallerBufMut>` (whose type the returned box no longer shows).
+pub struct Sealer {
+    ptr: usize,
+    map_len: usize,
+    sealed: Arc<AtomicBool>,
+}
+
+impl Sealer {
+    /// As [`Canary::seal`]: the pages stay mapped (a canary is never unmapped), so
+    /// this is valid whenever it runs.
+    pub fn seal(&self) {
+        seal_pages(self.ptr as *mut u8, self.map_len, &self.sealed);
+    }
+}
+
+fn seal_pages(ptr: *mut u8, map_len: usize, sealed: &AtomicBool) {
+    if sealed.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // SAFETY: the range is a canary's own mapping, which is never unmapped.
+    let rc = unsafe { libc::mprotect(ptr.cast(), map_len, libc::PROT_NONE) };
+    assert_eq!(rc, 0, "mprotect(PROT_NONE) failed");
+    // The bytes are of no further use: give the pages back to the system (a stress test
+    // seals hundreds of MiB); the range stays mapped and inaccessible.
+    // SAFETY: as above; nothing may read the range any more.
+    unsafe { libc::madvise(ptr.cast(), map_len, libc::MADV_DONTNEED) };
 }
 
 // SAFETY: the mapping is owned by this value alone (no other handle to it exists), so
@@ -63,23 +93,23 @@ impl Canary {
             ptr,
             len,
             map_len,
-            sealed: AtomicBool::new(false),
+            sealed: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Makes the pages inaccessible: any later access, by any thread or the kernel,
     /// faults. Call it the moment the engine hands the buffer back. Idempotent.
     pub fn seal(&self) {
-        if self.sealed.swap(true, Ordering::SeqCst) {
-            return;
+        seal_pages(self.ptr, self.map_len, &self.sealed);
+    }
+
+    /// A handle that seals this canary's pages later, wherever the canary went.
+    pub fn sealer(&self) -> Sealer {
+        Sealer {
+            ptr: self.ptr as usize,
+            map_len: self.map_len,
+            sealed: self.sealed.clone(),
         }
-        // SAFETY: the range is this value's own mapping.
-        let rc = unsafe { libc::mprotect(self.ptr.cast(), self.map_len, libc::PROT_NONE) };
-        assert_eq!(rc, 0, "mprotect(PROT_NONE) failed");
-        // The bytes are of no further use: give the pages back to the system (a stress
-        // test seals hundreds of MiB); the range stays mapped and inaccessible.
-        // SAFETY: the range is this value's own mapping; nothing may read it any more.
-        unsafe { libc::madvise(self.ptr.cast(), self.map_len, libc::MADV_DONTNEED) };
     }
 
     /// Whether [`seal`](Self::seal) ran.

@@ -63,7 +63,14 @@ pub(super) struct Loans {
 impl Loans {
     /// `true` while the kernel holds any of this connection's operations.
     pub(super) fn any(&self) -> bool {
-        self.send.is_some() || self.recv.is_some() || self.poll || !self.zc.is_empty()
+        self.io() || !self.zc.is_empty()
+    }
+
+    /// `true` while a send, receive or connect poll of this connection is in flight:
+    /// an operation that names the socket's descriptor. Only zero-copy notifications
+    /// (which reference pages, not the descriptor) may be left once this is `false`.
+    pub(super) fn io(&self) -> bool {
+        self.send.is_some() || self.recv.is_some() || self.poll
     }
 }
 
@@ -381,6 +388,10 @@ impl Uring {
             .collect();
         for (data, res, flags) in done {
             let cid = ud_cid(data);
+            if res == -libc::EFAULT && matches!(data & 0xff, OP_SEND | OP_RECV) {
+                // The kernel found the memory of a send or receive invalid.
+                self.efaults += 1;
+            }
             match data & 0xff {
                 OP_DOORBELL => {
                     if let Some(b) = self.doorbell.take() {
@@ -400,6 +411,7 @@ impl Uring {
                         self.outstanding -= 1;
                         self.slot_released(l.slot);
                         self.recycle(l);
+                        out.push(Cqe::Notified { cid });
                     }
                 }
                 OP_SEND => {

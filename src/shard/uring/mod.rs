@@ -68,6 +68,10 @@ pub(crate) enum Cqe {
         cid: usize,
         res: i32,
     },
+    /// A zero-copy send's notification: the kernel let go of its memory.
+    Notified {
+        cid: usize,
+    },
 }
 
 /// What [`Uring::shutdown`] found.
@@ -113,6 +117,8 @@ pub(crate) struct Uring {
     leaked: bool,
     /// Registered regions (None until attached, and on rings without a sparse table).
     regions: Option<RingRegions>,
+    /// Sends and receives that completed with EFAULT (see [`Uring::take_efaults`]).
+    efaults: u64,
 }
 
 /// Registered receive buffers per shard: 16 x 128 KiB = 2 MiB of locked memory, well
@@ -145,6 +151,33 @@ impl Uring {
     /// `true` while the kernel holds any operation of connection `cid`.
     pub fn busy(&self, cid: usize) -> bool {
         self.loans.get(cid).is_some_and(Loans::any)
+    }
+
+    /// `true` while an operation naming connection `cid`'s descriptor (send, receive,
+    /// connect poll) is in flight: until then its socket must stay open, so the
+    /// descriptor number cannot be reused under it. Zero-copy notifications may
+    /// outlive this.
+    pub fn io_busy(&self, cid: usize) -> bool {
+        self.loans.get(cid).is_some_and(Loans::io)
+    }
+
+    /// Sends and receives that completed with EFAULT since the last call.
+    pub fn take_efaults(&mut self) -> u64 {
+        std::mem::take(&mut self.efaults)
+    }
+
+    /// Hands every queued entry to the kernel; `true` when none is left queued, so
+    /// every operation naming a descriptor has reached the kernel (which then holds
+    /// the socket itself, whatever happens to the descriptor).
+    pub fn submit_queued(&mut self) -> bool {
+        if self.ring.submission().is_empty() {
+            return true;
+        }
+        self.calls.one(Sys::Enter);
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!(error = %e, "io_uring submit failed");
+        }
+        self.ring.submission().is_empty()
     }
 
     /// Submits what is queued and waits up to `timeout` (None: forever) for at least one
@@ -249,9 +282,11 @@ impl Drop for Uring {
         // Normally the shard has shut down already; this covers an unwinding shard.
         self.shutdown(DRAIN_LIMIT);
         // The ring's registrations go with it. After a leak the kernel may still use
-        // a region: its handle then keeps waiting rather than let the memory go.
+        // a region: its handle's drop then returns without freeing the memory.
         if let Some(rr) = &self.regions {
-            if !self.leaked {
+            if self.leaked {
+                rr.table.leaked(rr.shard);
+            } else {
                 rr.table.detach(rr.shard);
             }
         }

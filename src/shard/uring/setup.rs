@@ -69,6 +69,7 @@ impl Uring {
             sparse: false,
             leaked: false,
             regions: None,
+            efaults: 0,
         };
         u.register_pool();
         u.arm_doorbell()?;
