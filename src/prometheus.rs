@@ -71,6 +71,16 @@ const COUNTERS: &[Counter] = &[
         |m| m.kernel_leaks,
     ),
     (
+        "slotline_efault_ops_total",
+        "Socket operations that failed with EFAULT (memory no longer valid); zero unless a caller broke the lending rules.",
+        |m| m.efault_ops,
+    ),
+    (
+        "slotline_leaked_buffers_total",
+        "Caller buffers never handed back by the kernel within their bound (kept allocated, never freed).",
+        |m| m.leaked_buffers,
+    ),
+    (
         "slotline_received_direct_bytes_total",
         "Payload bytes received straight into their destination (no user-space copy).",
         |m| m.recv_direct_bytes,
@@ -254,6 +264,12 @@ pub(crate) fn render(stats: &Stats, latency_us: &[LatencyHistogram]) -> String {
         "Region registrations active on shard rings (one per region and io_uring shard).",
     );
     o.sample("slotline_regions_registered", &[], m.regions_registered);
+    o.family(
+        "slotline_zombie_connections",
+        "gauge",
+        "Closed connections whose socket operations the kernel has not returned yet.",
+    );
+    o.sample("slotline_zombie_connections", &[], m.zombie_conns);
     o.family(
         "slotline_shard_core",
         "gauge",
