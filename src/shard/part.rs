@@ -413,6 +413,10 @@ impl Shard {
             return;
         };
         let hslot = unit.hslot;
+        // A master demoted under us (a sentinel failover): look for the new one.
+        if message.starts_with("READONLY") {
+            self.router.request_refresh();
+        }
         let method = classify(
             Failure::Reply(&message, from.as_ref()),
             unit.attempts + 1,
