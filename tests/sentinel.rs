@@ -265,3 +265,92 @@ fn failover(backend: IoBackend) {
     );
 }
 both_backends!(failover);
+
+/// A manual failover (`SENTINEL FAILOVER`): the old master stays up and is demoted to
+/// a replica, so no connection fails; its writes get READONLY (which asks the
+/// sentinels again, as the periodic check also does). Once it is a replica, puts keep
+/// succeeding on the new master: after the first success, none fails.
+fn demoted_master(backend: IoBackend) {
+    let opts = slotline_testkit::ServerOptions {
+        password: Some(PW.into()),
+        ..test_options()
+    };
+    let master = TestServer::start_with(opts.clone());
+    let rdir = TestDir::new();
+    let mut ropts = opts.clone();
+    ropts.extra_args.extend([
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        master.proc.port().to_string(),
+    ]);
+    let replica = RedisProcess::start(rdir.path(), &ropts).expect("replica");
+    let raddr = replica.addr();
+    wait_until(WATCHDOG, "the replica to sync", || {
+        command_str(&raddr, Some(PW), &["INFO", "replication"])
+            .is_ok_and(|i| i.contains("master_link_status:up"))
+    });
+    let sdir = TestDir::new();
+    let sentinels: Vec<SentinelProcess> = (0..3)
+        .map(|_| {
+            SentinelProcess::start(sdir.path(), &sentinel_opts(&master.addr())).expect("sentinel")
+        })
+        .collect();
+    wait_sentinels_ready(&sentinels, NAME, 1, WATCHDOG).expect("sentinels ready");
+    let list: Vec<String> = sentinels.iter().map(|s| s.addr()).collect();
+    let e = engine(
+        &format!("redis-sentinel://:{PW}@{}/{NAME}", list.join(",")),
+        backend,
+    );
+    e.put(chunks_for(&[key(0)], LEN))
+        .expect("put before the failover");
+    let r = command_str(&sentinels[0].addr(), None, &["SENTINEL", "FAILOVER", NAME]);
+    assert_eq!(r.expect("SENTINEL FAILOVER"), "OK");
+    // Puts run through the failover; every 10th turn looks whether the old master is
+    // a replica yet.
+    let t0 = Instant::now();
+    let mut demoted: Option<usize> = None;
+    let mut results: Vec<Result<(), String>> = Vec::new();
+    let mut i = 0;
+    while demoted.is_none() || results.iter().rev().take_while(|r| r.is_ok()).count() < 50 {
+        assert!(
+            t0.elapsed() < WATCHDOG,
+            "no recovery after the demotion (demoted: {demoted:?}): {:?}",
+            results.last()
+        );
+        if demoted.is_none()
+            && i % 10 == 0
+            && command_str(&master.addr(), Some(PW), &["ROLE"]).is_ok_and(|r| r.contains("slave"))
+        {
+            demoted = Some(results.len());
+        }
+        i += 1;
+        results.push(e.put(chunks_for(&[key(i)], LEN)).map_err(|e| e.to_string()));
+    }
+    let from = demoted.unwrap_or(0);
+    let first_ok = from
+        + results[from..]
+            .iter()
+            .position(|r| r.is_ok())
+            .expect("a success after the demotion");
+    let late: Vec<_> = results[first_ok..].iter().filter(|r| r.is_err()).collect();
+    assert!(
+        late.is_empty(),
+        "{} puts failed after the switch: {:?}",
+        late.len(),
+        &late[..late.len().min(3)]
+    );
+    // The last one landed on the new master (the demoted one refuses writes).
+    let k = format!("{}kv_bytes", String::from_utf8_lossy(&key(i)));
+    assert_eq!(
+        command_str(&raddr, Some(PW), &["EXISTS", &k]).expect("EXISTS"),
+        "1"
+    );
+    let fails: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    eprintln!(
+        "demotion: {} of {} puts failed during the failover, first: {:?}",
+        fails.len(),
+        results.len(),
+        fails.first()
+    );
+}
+both_backends!(demoted_master);
