@@ -34,6 +34,7 @@ use crate::shard::{self, BackendKind, ShardHandle, SubmitPart};
 mod caller;
 mod janitor;
 mod nonblocking;
+mod sentinel;
 mod submit;
 mod topo;
 mod twophase;
@@ -193,6 +194,16 @@ impl Engine {
             .first()
             .cloned()
             .ok_or_else(|| Error::config("remote_url", "", "no server address given"))?;
+        // Behind sentinels the seeds are the sentinels: the master is what they name.
+        let seed = match &cfg.sentinel_master {
+            Some(name) => crate::sentinel::ask_master(&cfg.seeds, name, cfg.connect_timeout)?,
+            None => seed,
+        };
+        if let (Some(_), crate::config::ServerAddr::Tcp { host, port }) =
+            (&cfg.sentinel_master, &seed)
+        {
+            crate::resolver::resolve_now(host, *port);
+        }
         // Names are resolved here, on the caller's thread, never on a shard's: the
         // shards find the answers cached (see `crate::resolver`).
         for a in &cfg.seeds {
@@ -204,6 +215,9 @@ impl Engine {
             Mode::Standalone => Router::standalone(seed, cores.len()),
             Mode::Cluster => Router::cluster(&cfg.seeds, cores.len()),
         });
+        if cfg.sentinel_master.is_some() {
+            router.follow_sentinels();
+        }
         let metrics = Arc::new(Metrics::with_shards(cores.len()));
         // All lanes exist before any shard starts: a shard hands redirected units to
         // the shard that owns their node.
@@ -287,6 +301,10 @@ impl Engine {
         if engine.inner.router.is_cluster() {
             engine.refresh_topology()?;
             engine.start_refresh_thread();
+        } else if let Some(name) = engine.inner.cfg.sentinel_master.clone() {
+            let master = engine.inner.router.addr(engine.inner.router.master());
+            engine.check_master(&master)?;
+            engine.start_sentinel_thread(name);
         } else {
             engine.command(&[b"PING"])?;
         }

@@ -23,6 +23,7 @@ pub mod prometheus;
 pub mod region;
 pub(crate) mod resolver;
 pub(crate) mod resp;
+pub(crate) mod sentinel;
 pub(crate) mod shard;
 pub(crate) mod sys;
 pub(crate) mod syscalls;

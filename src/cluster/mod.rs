@@ -9,7 +9,7 @@ pub(crate) mod retry;
 pub mod slot;
 pub mod topology;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -138,6 +138,10 @@ pub(crate) struct Router {
     write: Mutex<()>,
     topology: Mutex<Topology>,
     refresh_wanted: AtomicBool,
+    /// Standalone: the node serving every key (node 0 unless a sentinel moved it).
+    master: AtomicU32,
+    /// Standalone behind sentinels: failures ask the sentinel thread to look again.
+    sentinel: AtomicBool,
     refresh_lock: Mutex<bool>,
     refresh_cv: Condvar,
     /// Shards whose thread died: they own no node (changed under `write`).
@@ -208,6 +212,8 @@ impl Router {
             write: Mutex::new(()),
             topology: Mutex::new(Topology::default()),
             refresh_wanted: AtomicBool::new(false),
+            master: AtomicU32::new(0),
+            sentinel: AtomicBool::new(false),
             refresh_lock: Mutex::new(false),
             refresh_cv: Condvar::new(),
             dead: Mutex::new(vec![false; nshards.max(1)]),
@@ -258,6 +264,25 @@ impl Router {
         self.table.store(Arc::new(next));
     }
 
+    /// Standalone behind sentinels: connection failures and READONLY replies request
+    /// a refresh, which the sentinel thread serves.
+    pub fn follow_sentinels(&self) {
+        self.sentinel.store(true, Ordering::SeqCst);
+    }
+
+    /// Standalone: the node serving every key.
+    pub fn master(&self) -> NodeId {
+        self.master.load(Ordering::SeqCst)
+    }
+
+    /// Standalone: `addr` serves every key from now on (a failover). New requests go
+    /// there; requests already routed finish (or fail) where they were sent. Returns
+    /// whether the master changed.
+    pub fn set_master(&self, addr: &ServerAddr) -> bool {
+        let id = self.intern(addr);
+        self.master.swap(id, Ordering::SeqCst) != id
+    }
+
     /// `true` in cluster mode.
     pub fn is_cluster(&self) -> bool {
         self.cluster
@@ -279,7 +304,7 @@ impl Router {
         if !self.cluster {
             return Route {
                 slot: 0,
-                node: 0,
+                node: self.master(),
                 owner: None,
             };
         }
@@ -489,7 +514,7 @@ impl Router {
 
     /// Asks the refresh thread for a topology refresh soon.
     pub fn request_refresh(&self) {
-        if !self.cluster {
+        if !self.cluster && !self.sentinel.load(Ordering::Relaxed) {
             return;
         }
         self.refresh_wanted.store(true, Ordering::SeqCst);

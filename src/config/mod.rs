@@ -290,6 +290,9 @@ pub struct Config {
     /// `None`: twice the CPU count, between 2 and 8, and 8 once values average 16 MiB
     /// or more). Small values keep `max_connections`' pool of up to 4 per shard.
     pub large_value_connections: Option<usize>,
+    /// `redis-sentinel://`: the master's name; `seeds` are then the sentinels, asked
+    /// for the master's address at start and after a failure ([`crate::Engine`]).
+    pub sentinel_master: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -327,6 +330,7 @@ impl fmt::Debug for Config {
             .field("tls_key_file", &self.tls_key_file)
             .field("max_node_inflight_bytes", &self.max_node_inflight_bytes)
             .field("large_value_connections", &self.large_value_connections)
+            .field("sentinel_master", &self.sentinel_master)
             .finish()
     }
 }
@@ -370,6 +374,7 @@ impl Default for Config {
             tls_key_file: None,
             max_node_inflight_bytes: DEFAULT_MAX_NODE_INFLIGHT_BYTES,
             large_value_connections: None,
+            sentinel_master: None,
         }
     }
 }
@@ -465,7 +470,21 @@ impl Config {
             }
         }
         match self.mode {
-            Mode::Standalone if self.seeds.len() != 1 => {
+            Mode::Cluster if self.sentinel_master.is_some() => {
+                return Err(Error::config(
+                    "extra_config.redis_mode",
+                    Mode::Cluster,
+                    "conflicts with the redis-sentinel:// URL (sentinels watch one master)",
+                ));
+            }
+            Mode::Standalone if self.sentinel_master.is_some() && self.tls => {
+                return Err(Error::config(
+                    "use_tls",
+                    true,
+                    "TLS through Redis Sentinel is not supported yet",
+                ));
+            }
+            Mode::Standalone if self.seeds.len() != 1 && self.sentinel_master.is_none() => {
                 return Err(Error::config(
                     "extra_config.redis_mode",
                     Mode::Standalone,

@@ -60,7 +60,7 @@ pub(super) fn build(url: ParsedUrl, s: Settings) -> Result<Config> {
         (None, None) if url.seeds.len() > 1 => Mode::Cluster,
         (None, None) => Mode::Standalone,
     };
-    if mode == Mode::Standalone && url.seeds.len() > 1 {
+    if mode == Mode::Standalone && url.seeds.len() > 1 && url.sentinel.is_none() {
         return Err(Error::config(
             "extra_config.redis_mode",
             Mode::Standalone,
@@ -144,6 +144,7 @@ pub(super) fn build(url: ParsedUrl, s: Settings) -> Result<Config> {
             .max_node_inflight_bytes
             .unwrap_or(d.max_node_inflight_bytes),
         large_value_connections: s.large_value_connections,
+        sentinel_master: url.sentinel,
     };
     cfg.validate()?;
     Ok(cfg)

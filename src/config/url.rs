@@ -25,6 +25,8 @@ pub struct ParsedUrl {
     pub password: Option<String>,
     /// Database from the path (`/N`) or `?db=N`.
     pub database: Option<u32>,
+    /// `redis-sentinel://`: the name of the master the sentinels (`seeds`) watch.
+    pub sentinel: Option<String>,
 }
 
 impl fmt::Debug for ParsedUrl {
@@ -36,6 +38,7 @@ impl fmt::Debug for ParsedUrl {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| MASK))
             .field("database", &self.database)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -45,7 +48,13 @@ impl fmt::Debug for ParsedUrl {
 /// Forms: `redis://[user:pass@]host[:port][/db]`, `rediss://...` (TLS),
 /// `redis://h1:p1,h2:p2` (several seeds), `redis-cluster://h1:p1,h2:p2`,
 /// `unix:///path/to.sock[?db=N]` (also `redis+unix://`), IPv6 as `[::1]:6379`.
-/// The query may carry `db`, `username` and `password`. Errors are [`Error::Url`] with
+/// The query may carry `db`, `username` and `password`.
+///
+/// `redis-sentinel://[user:pass@]h1:p1,h2:p2[/name]` lists sentinels (port 26379 by
+/// default) watching the master called `name`. LMCache's own sentinel connector takes
+/// the same URL without the name and reads it from env `REDIS_SERVICE_NAME`, default
+/// `redismaster`; so does this parser when the path is empty. The credentials are the
+/// data nodes' (sentinels are asked without AUTH, as LMCache does). Errors are [`Error::Url`] with
 /// the password masked.
 ///
 /// ```
@@ -75,14 +84,19 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
             "missing scheme; expected redis://, rediss://, redis-cluster:// or unix://".to_string(),
         ));
     };
+    let mut sentinel = false;
     let (tls, mode, unix) = match scheme.to_ascii_lowercase().as_str() {
         "redis" => (false, None, false),
         "rediss" => (true, None, false),
         "redis-cluster" => (false, Some(Mode::Cluster), false),
         "unix" | "redis+unix" => (false, None, true),
-        "redis-sentinel" | "redis+sentinel" | "rediss-sentinel" => {
+        "redis-sentinel" | "redis+sentinel" => {
+            sentinel = true;
+            (false, Some(Mode::Standalone), false)
+        }
+        "rediss-sentinel" => {
             return Err(fail(
-                "Redis Sentinel is not supported yet; point the URL at the master (redis://host:port) or use a cluster"
+                "TLS through Redis Sentinel is not supported yet; use redis-sentinel:// or point a rediss:// URL at the master"
                     .to_string(),
             ));
         }
@@ -130,7 +144,43 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
     }
 
     let mut database = None;
-    let seeds = if unix {
+    let mut master_name = None;
+    let seeds = if sentinel {
+        if hosts.is_empty() {
+            return Err(fail("missing sentinel host".to_string()));
+        }
+        let seeds = hosts
+            .split(',')
+            .map(|h| {
+                parse_seed(h).map(|a| match a {
+                    // A sentinel's port, not a data node's, when none is written.
+                    ServerAddr::Tcp { host, port } if !h.ends_with(&format!(":{port}")) => {
+                        ServerAddr::Tcp {
+                            host,
+                            port: SENTINEL_PORT,
+                        }
+                    }
+                    a => a,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()
+            .map_err(fail)?;
+        let name_text = path.strip_prefix('/').unwrap_or(path);
+        let name = match decode_text(name_text).map_err(|r| fail(format!("master name: {r}")))? {
+            Some(n) => n,
+            None => std::env::var(SERVICE_NAME_ENV)
+                .ok()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
+        };
+        if name.contains(['/', '\r', '\n', ' ']) {
+            return Err(fail(format!(
+                "master name {name:?} contains '/', a space or a line break"
+            )));
+        }
+        master_name = Some(name);
+        seeds
+    } else if unix {
         if !hosts.is_empty() && !hosts.eq_ignore_ascii_case("localhost") {
             // The "host" is not echoed: with an unencoded '/' in a password it holds
             // part of the password.
@@ -216,8 +266,16 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
         username,
         password,
         database,
+        sentinel: master_name,
     })
 }
+
+/// Sentinels' default port.
+pub const SENTINEL_PORT: u16 = 26379;
+/// Where LMCache's sentinel connector reads the master's name from.
+pub const SERVICE_NAME_ENV: &str = "REDIS_SERVICE_NAME";
+/// LMCache's default master name.
+pub const DEFAULT_SERVICE_NAME: &str = "redismaster";
 
 /// One `host[:port]` or `[v6][:port]` entry of a seed list.
 fn parse_seed(s: &str) -> std::result::Result<ServerAddr, String> {
@@ -465,6 +523,36 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_urls() {
+        let p = parse_url("redis-sentinel://u:pw@s1:26380,s2,[::1]:6379/cache?db=2").unwrap();
+        assert_eq!(p.mode, Some(Mode::Standalone));
+        assert_eq!(p.sentinel.as_deref(), Some("cache"));
+        assert_eq!(
+            p.seeds,
+            vec![tcp("s1", 26380), tcp("s2", SENTINEL_PORT), tcp("::1", 6379)]
+        );
+        assert_eq!(
+            (p.username.as_deref(), p.password.as_deref()),
+            (Some("u"), Some("pw"))
+        );
+        assert_eq!(p.database, Some(2));
+        // LMCache's form: no name in the URL; REDIS_SERVICE_NAME or "redismaster".
+        let p = parse_url("redis+sentinel://localhost:26379,localhost:26380").unwrap();
+        let want = std::env::var(SERVICE_NAME_ENV)
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string());
+        assert_eq!(p.sentinel, Some(want));
+        let c = crate::Config::from_url("redis-sentinel://a:1,b:2/m").unwrap();
+        assert_eq!(
+            (c.mode, c.sentinel_master.as_deref()),
+            (Mode::Standalone, Some("m"))
+        );
+        assert_eq!(c.seeds.len(), 2);
+        assert!(parse_url("redis://h").unwrap().sentinel.is_none());
+    }
+
+    #[test]
     fn url_errors() {
         url_err("", "empty URL");
         url_err("redis://host :6379", "whitespace");
@@ -472,10 +560,9 @@ mod tests {
         url_err("localhost:6379", "missing scheme");
         url_err("http://host", "unknown scheme \"http\"");
         url_err("lm://localhost:65432", "unknown scheme");
-        url_err(
-            "redis-sentinel://h1:26379,h2:26379",
-            "Sentinel is not supported",
-        );
+        url_err("rediss-sentinel://h1:26379", "TLS through Redis Sentinel");
+        url_err("redis-sentinel://", "missing sentinel host");
+        url_err("redis-sentinel://h:1/a%20b", "contains");
         url_err("redis://", "missing host");
         url_err("redis://:6379", "empty host");
         url_err("redis://u:p@", "missing host");
@@ -526,7 +613,7 @@ mod tests {
             "unix://u:hun/ter2@/tmp/s",
             "redis://u:hunter2@host?password=hunter2&db=x",
             "unix:///tmp/s?password=hunter2&bogus=1",
-            "redis-sentinel://u:hunter2@h:1",
+            "redis-sentinel://u:hunter2@h:0/m",
             // An unencoded '?' in the user info, '&' in a query password.
             "redis://:hunter2?x@h:1",
             "redis://h:1?password=hunter2&hunter2",

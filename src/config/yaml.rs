@@ -1449,8 +1449,8 @@ extra_config:
         err_names(yaml("remote_url: 5\n"), &["5", "missing scheme"]);
         err_names(yaml("remote_url: [a]\n"), &["remote_url", "[a]"]);
         err_names(
-            yaml("remote_url: \"redis-sentinel://h:1\"\n"),
-            &["redis-sentinel://h:1", "Sentinel"],
+            yaml("remote_url: \"rediss-sentinel://h:1\"\n"),
+            &["rediss-sentinel://h:1", "Sentinel"],
         );
         // Unknown slotline plugin keys only warn.
         assert!(yaml(

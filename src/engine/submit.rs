@@ -182,6 +182,7 @@ impl Engine {
             // Standalone: every shard talks to the one server; spread whole batches
             // over the live shards.
             let owner = self.live_shard(spread);
+            let master = inner.router.master();
             if into {
                 for (chunk, b) in bufs.iter_mut().enumerate() {
                     if let Some(b) = b.take() {
@@ -194,7 +195,7 @@ impl Engine {
                 .map(|(chunk, role)| UnitSpec {
                     chunk,
                     role,
-                    node: 0,
+                    node: master,
                     slot: 0,
                     asking: false,
                     attempts: 0,

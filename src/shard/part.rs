@@ -403,6 +403,10 @@ impl Shard {
             .map(|c| self.nodes[c.node].addr.clone());
         let node_name = from.as_ref().map(|a| a.to_string()).unwrap_or_default();
         let message = String::from_utf8_lossy(msg).into_owned();
+        // A master demoted under us (a sentinel failover): look for the new one.
+        if message.starts_with("READONLY") {
+            self.router.request_refresh();
+        }
         let Some(RetryContext {
             unit,
             in_time,

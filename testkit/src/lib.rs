@@ -22,6 +22,7 @@ pub mod ports;
 pub mod process;
 pub mod proxy;
 mod redact;
+pub mod sentinel;
 pub mod state;
 pub mod tls;
 
@@ -34,6 +35,7 @@ pub use nodes::{parse_cluster_nodes, ClusterNode};
 pub use ports::{free_cluster_port, free_port, free_port_block, port_is_free, redis_server_binary};
 pub use process::{RedisProcess, ServerOptions};
 pub use proxy::FaultProxy;
+pub use sentinel::{wait_sentinels_ready, SentinelOptions, SentinelProcess};
 pub use state::{
     default_state_dir, down, status, up, up_with, ServerKind, ServerRecord, ServerSet,
 };
