@@ -357,7 +357,7 @@ fn empty_batches(b: IoBackend) {
         assert_eq!(e.delete_async(none).wait().unwrap(), 0);
         assert!(e.prefetch_async(none).wait().unwrap().is_empty());
         assert!(
-            t0.elapsed() < Duration::from_secs(2),
+            t0.elapsed() < Duration::from_secs(10),
             "{layout}: empty calls must not wait"
         );
         // get_into with mismatched keys and buffers is refused, not a hang
@@ -1229,8 +1229,8 @@ fn server_outage_and_restart(b: IoBackend) {
             break;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "the engine did not recover within 2 s of the restart"
+            t0.elapsed() < Duration::from_secs(20),
+            "the engine did not recover within 20 s of the restart"
         );
         thread::sleep(Duration::from_millis(20));
     }
@@ -1851,17 +1851,14 @@ fn full_lane_gives_busy(b: IoBackend) {
     });
     e.put(vec![PutChunk::new("warm", vec![1u8; 16], None)])
         .unwrap();
-    let addr = srv.addr();
-    let sleeper = std::thread::spawn(move || {
-        let _ = servers::command(&addr, None, &[b"DEBUG", b"SLEEP", b"1"]);
-    });
-    std::thread::sleep(Duration::from_millis(100));
+    // The server answers nothing for 5 s (in force once CLIENT PAUSE has answered).
+    srv.cmd(&["CLIENT", "PAUSE", "5000", "ALL"]);
+    let ends = Instant::now() + Duration::from_secs(5);
     let mut accepted = Vec::new();
     let mut busy_get = false;
     let mut busy_put = false;
     let mut puts = Vec::new();
-    let start = Instant::now();
-    while !(busy_get && busy_put) && start.elapsed() < Duration::from_millis(700) {
+    while !(busy_get && busy_put) && Instant::now() < ends {
         match e.try_get(&["warm"]) {
             Ok(t) => accepted.push(t),
             Err(Error::Busy { class }) => {
@@ -1881,7 +1878,6 @@ fn full_lane_gives_busy(b: IoBackend) {
     }
     assert!(busy_get, "no Busy after {} accepted gets", accepted.len());
     assert!(busy_put, "no Busy after {} accepted puts", puts.len());
-    sleeper.join().unwrap();
     for t in puts {
         t.wait().unwrap();
     }
