@@ -14,11 +14,15 @@ fn skipping_body(cannot_run: bool, ran_past: &mut bool) {
 fn skip_is_recorded_under_the_test_name() {
     let dir = TestDir::new();
     let log = dir.join("skips.log");
+    let outer = std::env::var_os(SKIP_LOG_ENV);
     std::env::set_var(SKIP_LOG_ENV, &log);
     let mut ran_past = false;
     skipping_body(true, &mut ran_past);
     skipping_body(true, &mut ran_past);
-    std::env::remove_var(SKIP_LOG_ENV);
+    match outer {
+        Some(v) => std::env::set_var(SKIP_LOG_ENV, v),
+        None => std::env::remove_var(SKIP_LOG_ENV),
+    }
     assert!(!ran_past, "skip! must return from the test");
     skipping_body(false, &mut ran_past);
     assert!(ran_past);
