@@ -1023,6 +1023,85 @@ fn live_resharding(backend: IoBackend) {
 }
 both_backends!(live_resharding);
 
+/// `errorstat_<prefix>` count of node `idx` (INFO errorstats; 0 if never replied).
+fn error_replies(c: &TestCluster, idx: usize, prefix: &str) -> u64 {
+    let info = c.cmd(idx, &["INFO", "errorstats"]);
+    info_field(&info, &format!("errorstat_{prefix}"))
+        .and_then(|v| v.strip_prefix("count=")?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A slot half migrated (the chunk's metadata moved, its payload not yet): the
+/// source answers the chunk's MGET with TRYAGAIN, which the engine retries until the
+/// move completes; the caller sees only the chunk.
+fn tryagain_is_retried_unseen(backend: IoBackend) {
+    let c = TestCluster::start_with(3, 0, test_options());
+    let e = engine(&c, backend, KeyLayout::Hashtag);
+    let layout = KeyLayout::Hashtag;
+    let (src, dst) = (0usize, 1usize);
+    let k = (0u64..)
+        .map(|i| lm_key("tryagain", i))
+        .find(|k| owner(&c, hash_slot(&layout.payload_key(k))) == src)
+        .unwrap();
+    let (pk, mk) = (layout.payload_key(&k), layout.metadata_key(&k).unwrap());
+    let slot = hash_slot(&pk).to_string();
+    e.put(chunks_for(std::slice::from_ref(&k), 4096)).unwrap();
+    let id = |i: usize| c.cmd(i, &["CLUSTER", "MYID"]);
+    let (src_id, dst_id) = (id(src), id(dst));
+    c.cmd(dst, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
+    c.cmd(src, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]);
+    let dst_port = c.cluster.nodes[dst].port().to_string();
+    let migrate = |key: &[u8]| {
+        let r = servers::command(
+            &c.addr(src),
+            None,
+            &[
+                b"MIGRATE",
+                b"127.0.0.1",
+                dst_port.as_bytes(),
+                key,
+                b"0",
+                b"10000",
+            ],
+        );
+        assert!(
+            matches!(r, Ok(redis_protocol::resp2::types::OwnedFrame::SimpleString(ref s)) if s == b"OK"),
+            "MIGRATE {}: {r:?}",
+            key.escape_ascii()
+        );
+    };
+    migrate(&mk);
+    let tryagain0 = error_replies(&c, src, "TRYAGAIN");
+    let reader = {
+        let (e, k) = (e.clone(), k.clone());
+        std::thread::spawn(move || e.get(&[&k]))
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the source to answer the half-migrated chunk's MGET with TRYAGAIN",
+        || error_replies(&c, src, "TRYAGAIN") > tryagain0,
+    );
+    assert!(
+        !reader.is_finished(),
+        "the read returned during the TRYAGAIN phase"
+    );
+    // One command ends the TRYAGAIN phase (the engine retries TRYAGAIN for well under
+    // a second): with both keys moved, the source answers ASK and the target serves.
+    migrate(&pk);
+    let got = reader
+        .join()
+        .unwrap()
+        .unwrap_or_else(|err| panic!("the caller saw the migration: {err}"));
+    for i in [dst, src, 2] {
+        c.cmd(i, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]);
+    }
+    let chunk = got[0].as_ref().expect("the chunk after the move");
+    assert!(chunk.data == value_for(&k, 4096));
+    assert_eq!(chunk.meta, Some(meta_for(4096)));
+    assert!(e.stats().metrics.error_count("redirect") > 0);
+}
+both_backends!(tryagain_is_retried_unseen);
+
 // ---------------------------------------------------------------------------------------
 // 5. Failover of a SIGKILLed master
 // ---------------------------------------------------------------------------------------
@@ -1388,7 +1467,16 @@ both_backends!(added_master_is_picked_up);
 // ---------------------------------------------------------------------------------------
 
 fn replica_reads(backend: IoBackend) {
-    let c = TestCluster::start();
+    // A node timeout long enough that the cluster cannot mark the replica killed below
+    // as failed before the reads that follow return: they must fall back on their own.
+    let c = TestCluster::start_with(
+        3,
+        1,
+        servers::ServerOptions {
+            cluster_node_timeout_ms: 30_000,
+            ..test_options()
+        },
+    );
     let mut cfg = cluster_cfg(&c, backend, KeyLayout::Lmcache);
     cfg.read_from_replicas = true;
     let e = Engine::new(cfg).unwrap();
@@ -1486,12 +1574,25 @@ fn replica_reads(backend: IoBackend) {
     let dead = c.addr(3);
     c.cluster.nodes[3].kill();
     let t = Instant::now();
+    let timeouts = e.stats().metrics.error_count("timeout");
     let ex = e.exists(&keys);
     let pf = e.prefetch(&keys);
     let cp = e.contains_prefix(&keys);
     println!(
         "after killing replica {dead}: exists/prefetch/contains_prefix took {:?}",
         t.elapsed()
+    );
+    // Right away: no read waited for its deadline, and the cluster had not yet marked
+    // the replica failed (so no topology change told the engine).
+    assert_eq!(e.stats().metrics.error_count("timeout"), timeouts);
+    let nodes = c.cmd(0, &["CLUSTER", "NODES"]);
+    let line = nodes
+        .lines()
+        .find(|l| l.split(' ').nth(1).and_then(|a| a.split('@').next()) == Some(dead.as_str()))
+        .unwrap_or_else(|| panic!("replica {dead} not in CLUSTER NODES: {nodes}"));
+    assert!(
+        !line.split(' ').nth(2).unwrap_or("").contains("fail"),
+        "the cluster already marked the replica failed: the reads did not fall back on their own ({line})"
     );
     assert_eq!(
         ex.unwrap_or_else(|err| panic!("exists with a dead replica: {err}")),
@@ -1630,51 +1731,132 @@ fn drop_right_after_a_call(backend: IoBackend) {
 }
 both_backends!(drop_right_after_a_call);
 
-/// In the `lmcache` layout a chunk's payload and metadata keys sit on different masters.
-/// A reader that finds metadata without its payload deletes the metadata as stale, so
-/// the engine must not let metadata land before its payload: with readers running during
-/// the writes, every chunk written must still be readable afterwards.
+/// A chunk key whose payload (`lmcache` layout) lives on master `payload_on` and whose
+/// metadata lives on another master; returns the key and that other master.
+fn split_chunk(c: &TestCluster, tag: &str, payload_on: usize) -> (Vec<u8>, usize) {
+    let layout = KeyLayout::Lmcache;
+    for i in 0u64.. {
+        let k = format!("order@1@{tag}@{i:x}@bfloat16").into_bytes();
+        let p = owner(c, hash_slot(&layout.payload_key(&k)));
+        let m = owner(c, hash_slot(&layout.metadata_key(&k).unwrap()));
+        if p == payload_on && m != p {
+            return (k, m);
+        }
+    }
+    unreachable!()
+}
+
+/// Whether `key` exists on node `idx` (asked of that node alone).
+fn exists_on(c: &TestCluster, idx: usize, key: &[u8]) -> bool {
+    match servers::command(&c.addr(idx), None, &[b"EXISTS", key]) {
+        Ok(redis_protocol::resp2::types::OwnedFrame::Integer(n)) => n > 0,
+        other => panic!("EXISTS {} on node {idx}: {other:?}", key.escape_ascii()),
+    }
+}
+
+/// `blocked_clients` of node `idx` (a write held by `CLIENT PAUSE .. WRITE` counts).
+fn blocked_clients(c: &TestCluster, idx: usize) -> u64 {
+    info_field(&c.cmd(idx, &["INFO", "clients"]), "blocked_clients")
+        .and_then(|v| v.parse().ok())
+        .expect("INFO clients has blocked_clients")
+}
+
+/// The two-phase put of the `lmcache` layout, watched on the servers: while the master
+/// of a chunk's payload holds the payload's write (`CLIENT PAUSE .. WRITE`), the other
+/// master never receives the chunk's metadata; once the payload is acknowledged, the
+/// metadata follows. And a put whose payload is refused writes no metadata at all.
 fn lmcache_metadata_never_precedes_payload(backend: IoBackend) {
-    let c = TestCluster::start();
+    let c = TestCluster::start_with(3, 0, test_options());
     let e = engine(&c, backend, KeyLayout::Lmcache);
-    let keys: Vec<String> = (0..240)
-        .map(|i| format!("order@1@0@{i:x}@bfloat16"))
-        .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = (0..2)
-        .map(|_| {
-            let (e, keys, stop) = (e.clone(), keys.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    e.get(&keys).expect("get during writes");
-                }
-            })
+    let layout = KeyLayout::Lmcache;
+    let len = 64 * 1024;
+
+    // 1. The payload's master stalls its writes: the metadata waits for it.
+    let (k, m) = split_chunk(&c, "stall", 0);
+    let (pk, mk) = (layout.payload_key(&k), layout.metadata_key(&k).unwrap());
+    let sets_before = cmd_calls(&c, m, "set") + cmd_calls(&c, m, "mset");
+    c.cmd(0, &["CLIENT", "PAUSE", "60000", "WRITE"]);
+    let put = {
+        let (e, k) = (e.clone(), k.clone());
+        std::thread::spawn(move || {
+            e.put(vec![PutChunk::new(
+                k.clone(),
+                value_for(&k, len),
+                Some(meta_for(len)),
+            )])
         })
-        .collect();
-    for (n, batch) in keys.chunks(12).enumerate() {
-        let chunks = batch
-            .iter()
-            .map(|k| PutChunk::new(k.as_bytes().to_vec(), vec![n as u8; 64 * 1024], None))
-            .collect();
-        e.put(chunks).expect("put");
-    }
-    stop.store(true, Ordering::Relaxed);
-    for r in readers {
-        r.join().expect("reader thread");
-    }
-    let got = e.get(&keys).unwrap();
-    let missing: Vec<&String> = keys
-        .iter()
-        .zip(&got)
-        .filter(|(_, g)| g.is_none())
-        .map(|(k, _)| k)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} chunks lost their metadata: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the payload's write held by its paused master",
+        || blocked_clients(&c, 0) > 0,
     );
+    // The payload is on its way and held: for a while (the metadata would have been
+    // written within milliseconds if it went out beside the payload), the metadata's
+    // master sees no write and the put is not acknowledged.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(2) {
+        assert!(
+            !exists_on(&c, m, &mk),
+            "metadata of {} written while its payload is held",
+            k.escape_ascii()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        cmd_calls(&c, m, "set") + cmd_calls(&c, m, "mset"),
+        sets_before,
+        "the metadata's master received a write while the payload was held"
+    );
+    assert!(
+        !put.is_finished(),
+        "the put returned before its payload was acknowledged"
+    );
+    assert!(
+        !exists_on(&c, 0, &pk),
+        "the paused master ran the payload's write"
+    );
+    c.cmd(0, &["CLIENT", "UNPAUSE"]);
+    put.join()
+        .unwrap()
+        .expect("the put completes once the payload is acknowledged");
+    assert!(exists_on(&c, 0, &pk) && exists_on(&c, m, &mk));
+    let got = e
+        .get(&[&k])
+        .unwrap()
+        .remove(0)
+        .expect("the chunk reads back");
+    assert!(got.data == value_for(&k, len));
+
+    // 2. A payload refused by its master (out of memory): no metadata is ever written,
+    // neither the refused chunk's nor its batch-mates'.
+    let (bad, bad_m) = split_chunk(&c, "refused", 1);
+    let (good, good_m) = split_chunk(&c, "accepted", 2);
+    c.cmd(1, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    c.cmd(1, &["CONFIG", "SET", "maxmemory", "1"]);
+    let r = e.put(chunks_for(&[bad.clone(), good.clone()], len));
+    c.cmd(1, &["CONFIG", "SET", "maxmemory", "0"]);
+    match r {
+        Err(ref err) if err.to_string().contains("OOM") => {}
+        other => {
+            panic!("a put whose payload is refused must fail with the server's OOM, got {other:?}")
+        }
+    }
+    // A later put through the same engine runs its metadata phase after any the failed
+    // put could have queued: once it is acknowledged, nothing of the failed one is
+    // pending.
+    let (later, _) = split_chunk(&c, "later", 1);
+    e.put(chunks_for(std::slice::from_ref(&later), len))
+        .expect("a put after the failed one");
+    assert!(
+        !exists_on(&c, bad_m, &layout.metadata_key(&bad).unwrap()),
+        "the metadata of a refused payload was written"
+    );
+    assert!(!exists_on(&c, 1, &layout.payload_key(&bad)));
+    assert!(
+        !exists_on(&c, good_m, &layout.metadata_key(&good).unwrap()),
+        "metadata written although a payload of its put failed"
+    );
+    assert!(e.get(&[&bad]).unwrap()[0].is_none());
 }
 both_backends!(lmcache_metadata_never_precedes_payload);

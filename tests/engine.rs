@@ -357,7 +357,7 @@ fn empty_batches(b: IoBackend) {
         assert_eq!(e.delete_async(none).wait().unwrap(), 0);
         assert!(e.prefetch_async(none).wait().unwrap().is_empty());
         assert!(
-            t0.elapsed() < Duration::from_secs(2),
+            t0.elapsed() < Duration::from_secs(10),
             "{layout}: empty calls must not wait"
         );
         // get_into with mismatched keys and buffers is refused, not a hang
@@ -1195,7 +1195,18 @@ fn server_outage_and_restart(b: IoBackend) {
             panic!("put during the outage: expected an I/O failure naming {addr}, got {other:?}")
         }
     }
-    assert_eq!(e.contains_prefix(&["before"]).ok().unwrap_or(0), 0);
+    // A failed key ends the prefix like a miss (LMCache recomputes): Ok(0), with the
+    // failure counted, not an error and not a hit.
+    let failures = e.stats().metrics.errors.values().sum::<u64>();
+    assert_eq!(
+        e.contains_prefix(&["before"])
+            .unwrap_or_else(|err| panic!("contains_prefix during the outage: {err}")),
+        0
+    );
+    assert!(
+        e.stats().metrics.errors.values().sum::<u64>() > failures,
+        "the failed key was not counted"
+    );
     assert!(
         t0.elapsed() < bound * 3,
         "calls during the outage took {:?}",
@@ -1218,8 +1229,8 @@ fn server_outage_and_restart(b: IoBackend) {
             break;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "the engine did not recover within 2 s of the restart"
+            t0.elapsed() < Duration::from_secs(20),
+            "the engine did not recover within 20 s of the restart"
         );
         thread::sleep(Duration::from_millis(20));
     }
@@ -1753,37 +1764,31 @@ both_backends!(stats_counts_and_backend, stats);
 
 fn stalled_server_times_out(b: IoBackend) {
     let srv = TestServer::start();
-    let e = engine_with(&srv, b, |c| c.request_timeout = Duration::from_millis(300));
+    let e = engine_with(&srv, b, |c| c.request_timeout = Duration::from_millis(500));
     e.put(vec![PutChunk::new("k", vec![1u8; 10], None)])
         .unwrap();
-    let addr = srv.addr();
-    let sleeper = thread::spawn(move || {
-        let _ = servers::command(&addr, None, &[b"DEBUG", b"SLEEP", b"1"]);
-    });
-    thread::sleep(Duration::from_millis(100));
-    let t0 = Instant::now();
+    // CLIENT PAUSE ALL holds every command, this engine's reads included, and is in
+    // force once it has answered: no guess about when a stall began.
+    let pause = Duration::from_secs(5);
+    srv.cmd(&["CLIENT", "PAUSE", &pause.as_millis().to_string(), "ALL"]);
+    let paused_at = Instant::now();
     let r = e.get(&["k"]);
-    let took = t0.elapsed();
+    let returned = paused_at.elapsed();
     assert!(
-        took < Duration::from_secs(3),
-        "a stalled server held the call for {took:?}"
+        returned < pause,
+        "the call returned after {returned:?}, when the paused server could answer"
     );
     match r {
-        Err(Error::Timeout { .. }) | Err(Error::Io { .. }) => {}
-        other => panic!("expected a time-out while the server sleeps, got {other:?}"),
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("expected a time-out while the server is paused, got {other:?}"),
     }
-    sleeper.join().unwrap();
-    let t0 = Instant::now();
-    loop {
-        if e.get(&["k"]).ok().and_then(|g| g[0].clone()).is_some() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "no recovery after the stall"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(err_count(&e, "timeout") > 0);
+    // Once the pause ends, reads succeed again.
+    wait_until(
+        pause + Duration::from_secs(20),
+        "a read to succeed after the pause",
+        || e.get(&["k"]).ok().and_then(|g| g[0].clone()).is_some(),
+    );
 }
 both_backends!(stalled_server_gives_timeout, stalled_server_times_out);
 
@@ -1846,17 +1851,14 @@ fn full_lane_gives_busy(b: IoBackend) {
     });
     e.put(vec![PutChunk::new("warm", vec![1u8; 16], None)])
         .unwrap();
-    let addr = srv.addr();
-    let sleeper = std::thread::spawn(move || {
-        let _ = servers::command(&addr, None, &[b"DEBUG", b"SLEEP", b"1"]);
-    });
-    std::thread::sleep(Duration::from_millis(100));
+    // The server answers nothing for 5 s (in force once CLIENT PAUSE has answered).
+    srv.cmd(&["CLIENT", "PAUSE", "5000", "ALL"]);
+    let ends = Instant::now() + Duration::from_secs(5);
     let mut accepted = Vec::new();
     let mut busy_get = false;
     let mut busy_put = false;
     let mut puts = Vec::new();
-    let start = Instant::now();
-    while !(busy_get && busy_put) && start.elapsed() < Duration::from_millis(700) {
+    while !(busy_get && busy_put) && Instant::now() < ends {
         match e.try_get(&["warm"]) {
             Ok(t) => accepted.push(t),
             Err(Error::Busy { class }) => {
@@ -1876,7 +1878,6 @@ fn full_lane_gives_busy(b: IoBackend) {
     }
     assert!(busy_get, "no Busy after {} accepted gets", accepted.len());
     assert!(busy_put, "no Busy after {} accepted puts", puts.len());
-    sleeper.join().unwrap();
     for t in puts {
         t.wait().unwrap();
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, TestServer};
+use common::{wait_until, TestCluster, TestServer};
 use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, Error, KeyLayout, PutChunk, RemoteMetadata, Value};
 
@@ -88,6 +88,14 @@ struct CuttingRelay {
 
 impl CuttingRelay {
     fn start(upstream: String, trigger: &'static [u8]) -> CuttingRelay {
+        CuttingRelay::start_with(upstream, trigger, false)
+    }
+
+    /// `partial`: the cut command is not forwarded whole but only its first bytes (the
+    /// rest of what was read), then both sides are closed: the server never runs it,
+    /// and the client cannot have written it wholly (it is larger than the socket
+    /// buffers) before its connection dies.
+    fn start_with(upstream: String, trigger: &'static [u8], partial: bool) -> CuttingRelay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -115,6 +123,12 @@ impl CuttingRelay {
                         };
                         let cut = contains(&buf[..n], trigger)
                             && cuts.fetch_add(1, Ordering::SeqCst) == 0;
+                        if cut && partial {
+                            let _ = s_wr.write_all(&buf[..n / 2]);
+                            let _ = c_rd.shutdown(Shutdown::Both);
+                            let _ = s_wr.shutdown(Shutdown::Both);
+                            break;
+                        }
                         if cut {
                             // Close the client's side first, so no reply can reach it,
                             // then let the server run the command.
@@ -146,13 +160,25 @@ impl Drop for CuttingRelay {
     }
 }
 
-/// Waits (at most 2 s) for `done`, then gives the server 100 ms more.
+/// Waits for the relay to hand the cut command to the server and the server to run it
+/// (`done`). A resend would show in the relay's count of trigger-carrying commands.
 fn settle(done: impl Fn() -> bool) {
-    let limit = Instant::now() + Duration::from_secs(2);
-    while !done() && Instant::now() < limit {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until(
+        Duration::from_secs(20),
+        "the cut command to be applied",
+        done,
+    );
+}
+
+/// `calls` of `cmdstat_<cmd>` on `s` (0 if never called).
+fn calls(s: &TestServer, cmd: &str) -> u64 {
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    s.cmd(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -204,7 +230,7 @@ fn sent_writes_are_not_resent(backend: IoBackend) {
         "DEL after a cut connection: {r:?}"
     );
     settle(|| s.cmd(&["EXISTS", "d1", "d2", "d3"]) == "0");
-    assert_eq!(s.cmd(&["EXISTS", "d1", "d2", "d3"]), "0");
+    assert_eq!(relay.cuts.load(Ordering::SeqCst), 1, "DEL sent once");
     drop(e);
     drop(relay);
 
@@ -245,12 +271,78 @@ fn sent_writes_are_not_resent(backend: IoBackend) {
 }
 both_backends!(sent_writes_are_not_resent);
 
-/// One shard with a 1-slot lane over a server holding `k`, stalled by `DEBUG SLEEP
-/// secs` (started 200 ms before this returns); join the handle once done.
-fn stalled_single_lane_engine(
-    backend: IoBackend,
-    secs: &'static str,
-) -> (TestServer, Engine, std::thread::JoinHandle<String>) {
+/// With a TTL a put is one `SET .. EX` per chunk: cut after it was sent, it is not
+/// resent (applied once, with its TTL) and the put reports the chunk as in doubt.
+fn sent_set_ex_is_not_resent(backend: IoBackend) {
+    let s = TestServer::start();
+    let relay = CuttingRelay::start(s.addr(), b"\r\nEX\r\n");
+    let mut cfg = Config::from_url(&format!("redis://127.0.0.1:{}", relay.port)).unwrap();
+    cfg.io_backend = backend;
+    cfg.shards = Some(1);
+    cfg.key_layout = KeyLayout::Raw;
+    cfg.ttl = Some(600);
+    cfg.request_timeout = Duration::from_secs(5);
+    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    let e = Engine::new(cfg).expect("engine through the relay");
+    let r = e.put(vec![PutChunk::new("ex1", b"one".to_vec(), None)]);
+    assert!(
+        matches!(
+            r,
+            Err(Error::PutFailed {
+                failed: 1,
+                outcome_unknown: 1,
+                ..
+            })
+        ),
+        "SET .. EX after a cut connection: {r:?}"
+    );
+    settle(|| s.cmd(&["GET", "ex1"]) == "one");
+    let ttl: i64 = s.cmd(&["TTL", "ex1"]).parse().unwrap();
+    assert!((1..=600).contains(&ttl), "applied with its TTL: {ttl}");
+    // A later put through the same engine: had the cut one been queued for a resend,
+    // it would have gone out before this one.
+    e.put(vec![PutChunk::new("ex2", b"two".to_vec(), None)])
+        .unwrap();
+    assert_eq!(
+        relay.cuts.load(Ordering::SeqCst),
+        2,
+        "ex1 sent once, then ex2"
+    );
+    assert_eq!(calls(&s, "set"), 2, "SET .. EX applied once per put");
+}
+both_backends!(sent_set_ex_is_not_resent);
+
+/// A write cut before the whole command reached the socket (a 32 MiB SET, larger than
+/// the socket buffers; the server got only its first bytes and never ran it) is sent
+/// again on a new connection and applied exactly once: the put succeeds.
+fn partly_written_command_is_resent_once(backend: IoBackend) {
+    let s = TestServer::start();
+    // Large values go out as one SET each: the cut is on part1's.
+    let relay = CuttingRelay::start_with(s.addr(), b"$3\r\nSET\r\n$5\r\npart1\r\n", true);
+    let e = engine_via(&relay, backend);
+    let big: Vec<u8> = (0..32 << 20).map(|i: usize| (i % 251) as u8).collect();
+    e.put(vec![
+        PutChunk::new("part1", big.clone(), None),
+        PutChunk::new("part2", b"two".to_vec(), None),
+    ])
+    .expect("a command cut before it was wholly sent is resent");
+    assert!(
+        relay.cuts.load(Ordering::SeqCst) >= 2,
+        "the SET was cut, then sent again"
+    );
+    assert_eq!(calls(&s, "set"), 2, "the server ran each SET once");
+    assert_eq!(s.cmd(&["STRLEN", "part1"]), (32 << 20).to_string());
+    let got = e.get(&["part1", "part2"]).unwrap();
+    assert!(got[0].as_ref().unwrap().data == big);
+    assert_eq!(got[1].as_ref().unwrap().data, b"two".to_vec());
+    assert_eq!(e.stats().metrics.error_count("outcome_unknown"), 0);
+}
+both_backends!(partly_written_command_is_resent_once);
+
+/// One shard with a 1-slot lane over a server holding `k`, paused (`CLIENT PAUSE ms
+/// ALL`: in force once it has answered, and it answers nothing until `ms` pass).
+/// Returns when the pause ends.
+fn paused_single_lane_engine(backend: IoBackend, ms: u64) -> (TestServer, Engine, Instant) {
     let s = TestServer::start();
     s.cmd(&["SET", "k", "v"]);
     let mut cfg = Config::from_url(&s.url()).unwrap();
@@ -258,44 +350,38 @@ fn stalled_single_lane_engine(
     cfg.shards = Some(1);
     cfg.lane_capacity = 1;
     cfg.key_layout = KeyLayout::Raw;
-    cfg.request_timeout = Duration::from_secs(20);
+    cfg.request_timeout = Duration::from_secs(60);
     cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
-    let addr = s.addr();
-    let stall = std::thread::spawn(move || {
-        slotline_testkit::command_str(&addr, None, &["DEBUG", "SLEEP", secs]).unwrap()
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    (s, e, stall)
+    s.cmd(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"]);
+    let ends = Instant::now() + Duration::from_millis(ms);
+    (s, e, ends)
 }
 
-/// `*_async` never waits for lane space: with a 1-slot lane and a stalled server, far
-/// more calls than the shard takes in (512 active parts + the lane) all return at once
+/// `*_async` never waits for lane space: with a 1-slot lane and a paused server, far
+/// more calls than the shard takes in (512 active parts + the lane) all return while
+/// the server is still paused (a call waiting for lane space would wait for the pause)
 /// and complete once the server answers again, as futures and as waits.
 fn async_calls_never_block(backend: IoBackend) {
-    let (_s, e, stall) = stalled_single_lane_engine(backend, "1.5");
-    let mut slowest = Duration::ZERO;
+    let (_s, e, ends) = paused_single_lane_engine(backend, 8000);
     let mut tickets = Vec::new();
     for _ in 0..700 {
-        let t0 = Instant::now();
         tickets.push(e.get_async(&["k"]));
-        slowest = slowest.max(t0.elapsed());
     }
     assert!(
-        slowest < Duration::from_millis(50),
-        "an async call blocked for {slowest:?} on a full lane"
+        Instant::now() < ends,
+        "the async calls returned only once the server answered"
     );
     // Half as futures (polled by a minimal executor), half by wait().
     let futures = tickets.split_off(350);
     for t in tickets {
-        let got = t.wait().expect("get after the stall");
+        let got = t.wait().expect("get after the pause");
         assert_eq!(got[0].as_ref().map(|c| c.data.clone()), Some(b"v".to_vec()));
     }
     for t in futures {
-        let got = block_on(t).expect("get future after the stall");
+        let got = block_on(t).expect("get future after the pause");
         assert_eq!(got[0].as_ref().map(|c| c.data.clone()), Some(b"v".to_vec()));
     }
-    stall.join().unwrap();
 }
 both_backends!(async_calls_never_block);
 
@@ -324,22 +410,21 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// or still waiting for its lane, instead of leaving awaited tickets hanging; new calls
 /// routed to it fail at once.
 fn dead_shard_fails_awaited_tickets(backend: IoBackend) {
-    let (_s, e, stall) = stalled_single_lane_engine(backend, "3");
+    let (_s, e, ends) = paused_single_lane_engine(backend, 10_000);
     // Active parts (512) and parts the tickets still hold (the lane is full).
     let tickets: Vec<_> = (0..600).map(|_| e.get_async(&["k"])).collect();
-    let t0 = Instant::now();
     e.debug_crash_shard(0);
     for t in tickets {
         let r = block_on(t);
         assert!(r.is_err(), "a ticket of a dead shard succeeded: {r:?}");
     }
+    // Failed by the crash, not by the server answering after the pause (their 60 s
+    // deadline is far off).
     assert!(
-        t0.elapsed() < Duration::from_millis(2500),
-        "awaited tickets took {:?} to fail",
-        t0.elapsed()
+        Instant::now() < ends,
+        "awaited tickets failed only after the pause ended"
     );
     let r = e.get(&["k"]);
     assert!(r.is_err(), "a call routed to a dead shard: {r:?}");
-    stall.join().unwrap();
 }
 both_backends!(dead_shard_fails_awaited_tickets);

@@ -5,9 +5,10 @@
 
 mod common;
 
+use std::future::Future;
 use std::time::Duration;
 
-use common::TestServer;
+use common::{wait_until, TestServer};
 use slotline::config::IoBackend;
 use slotline::{Config, Engine, KeyLayout, PutChunk};
 
@@ -96,11 +97,47 @@ fn node_budget_throttles_without_losing_anything(b: IoBackend) {
     for (i, c) in got.iter().enumerate() {
         assert!(c.as_ref().unwrap().data[..] == value(i as u8, 2 * MIB)[..]);
     }
-    // A PEEK (EXISTS) answers while large reads are queued behind the budget.
-    let t = e.get_async(&keys);
+    // A PEEK (EXISTS) answers while large reads are queued behind the budget: a write
+    // held by the server (CLIENT PAUSE .. WRITE) keeps the one value of budget in
+    // flight, so the reads cannot start until it is answered.
+    srv.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]);
+    let held = e.put_async(vec![PutChunk::new(
+        "held",
+        bytes::Bytes::from(value(99, 2 * MIB)),
+        None,
+    )]);
+    wait_until(
+        Duration::from_secs(20),
+        "the server to hold the write",
+        || blocked_clients(&srv) > 0,
+    );
+    // Submitted (queued) before the PEEK, by the time get_async returns.
+    let mut reads = e.get_async(&keys);
     let present = e.exists(&keys[..1]).unwrap();
     assert_eq!(present, vec![true]);
-    assert_eq!(t.wait().unwrap().iter().filter(|c| c.is_some()).count(), 12);
+    // Polled once: the reads are still waiting, behind the held write.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        std::pin::Pin::new(&mut reads).poll(&mut cx).is_pending(),
+        "the large reads completed while the budget was held"
+    );
+    assert!(
+        blocked_clients(&srv) > 0,
+        "the write was answered before the PEEK"
+    );
+    srv.cmd(&["CLIENT", "UNPAUSE"]);
+    held.wait().unwrap();
+    let got = reads.wait().unwrap();
+    assert_eq!(got.iter().filter(|c| c.is_some()).count(), 12);
+}
+
+/// `blocked_clients` of `srv` (writes held by `CLIENT PAUSE .. WRITE` count).
+fn blocked_clients(srv: &TestServer) -> u64 {
+    srv.cmd(&["INFO", "clients"])
+        .lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO clients has blocked_clients")
 }
 both_backends!(node_budget_throttles_without_losing_anything);
 

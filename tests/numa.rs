@@ -20,7 +20,7 @@ fn numa_node0_shards_work(backend: IoBackend) {
         // A host without NUMA information: the config error is the expected outcome.
         Err(e) if !std::path::Path::new("/sys/devices/system/node/node0").exists() => {
             assert!(e.to_string().contains("extra_config.cores"), "{e}");
-            return;
+            common::skip!("no NUMA node 0 in sysfs: only the config error was checked");
         }
         Err(e) => panic!("{e}"),
     };

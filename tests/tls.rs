@@ -1,7 +1,9 @@
 //! TLS against real redis-servers serving `--tls-port`, with certificates this test
 //! makes (rcgen, through the test kit): standalone round trips (a 4 MiB value
 //! included), a 6-node cluster with `tls-cluster yes`, mTLS, a wrong CA, an expired
-//! certificate, and `tls_insecure_skip_verify`. Both backends.
+//! certificate, `tls_insecure_skip_verify`, host-name verification (DNS and IP SANs) and
+//! `SSL_CERT_FILE` (in a child process: the system store is read once per process).
+//! Both backends.
 
 mod common;
 
@@ -335,3 +337,154 @@ fn region_over_tls(backend: IoBackend) {
     assert_eq!(m.recv_direct_bytes, 0, "{m:?}");
 }
 both_backends!(region_over_tls);
+
+// ---------------------------------------------------------------------------------------
+// Host-name verification and the system trust store
+// ---------------------------------------------------------------------------------------
+
+/// A CA and a server certificate naming exactly `names` (DNS names, or IP addresses as
+/// IP SANs), written into `dir`; the client files are the server's (unused here).
+fn certs_naming(dir: &std::path::Path, names: &[&str]) -> TlsCerts {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose};
+    use rcgen::{IsCa, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("names CA {}", dir.display()));
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let mut srv =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    // A common name that is a valid host name too: only the SANs may count.
+    srv.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    srv.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let srv_key = KeyPair::generate().unwrap();
+    let srv = srv.signed_by(&srv_key, &ca, &ca_key).unwrap();
+    let write = |name: &str, pem: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let (ca, cert, key) = (
+        write("ca.pem", ca.pem()),
+        write("server.pem", srv.pem()),
+        write("server.key", srv_key.serialize_pem()),
+    );
+    TlsCerts {
+        ca,
+        server_cert: cert.clone(),
+        server_key: key.clone(),
+        client_cert: cert,
+        client_key: key,
+    }
+}
+
+/// The server's certificate must name the URL's host: a DNS name is checked against
+/// the DNS names, an IP address against the IP addresses (never the common name);
+/// a mismatch is refused with rustls's `NotValidForName`.
+fn host_name_is_verified(backend: IoBackend) {
+    let dir = TestDir::new();
+    let cases: [(&str, &[&str], &[&str]); 3] = [
+        // certificate names, hosts accepted, hosts refused
+        ("dns", &["localhost"], &["localhost"]),
+        ("ip", &["127.0.0.1"], &["127.0.0.1"]),
+        ("other", &["redis.example.com", "10.9.8.7"], &[]),
+    ];
+    for (tag, names, accepted) in cases {
+        let certs = certs_naming(&dir.join(tag), names);
+        let srv = tls_server(&certs, false);
+        let port = srv.proc.tls_port().unwrap();
+        for host in ["localhost", "127.0.0.1"] {
+            let url = format!("rediss://{host}:{port}");
+            let cfg = tls_cfg(&url, backend, Some(&certs));
+            if accepted.contains(&host) {
+                let e = Engine::new(cfg)
+                    .unwrap_or_else(|err| panic!("{url} with a certificate for {names:?}: {err}"));
+                e.put(vec![PutChunk::new("named", vec![1u8; 64], None)])
+                    .unwrap();
+                assert!(e.get(&["named"]).unwrap()[0].is_some());
+            } else {
+                let err = refused(
+                    cfg,
+                    &format!("{url} accepted a certificate for {names:?} only"),
+                );
+                // rustls's NotValidForName (displayed as its text).
+                assert!(
+                    err.contains("NotValidForName")
+                        || err.contains(&format!("not valid for name \"{host}\"")),
+                    "{url}, {names:?}: {err}"
+                );
+                assert!(err.contains("tls handshake with"), "{err}");
+            }
+        }
+    }
+}
+both_backends!(host_name_is_verified);
+
+/// Set in the child process of `ssl_cert_file_is_honoured`: the TLS URL to reach, and
+/// whether the handshake must succeed.
+const CHILD_URL: &str = "SLOTLINE_TLS_CHILD_URL";
+const CHILD_EXPECT: &str = "SLOTLINE_TLS_CHILD_EXPECT";
+
+/// The child: an engine with no `tls_ca_file`, so only the system trust store (read
+/// once per process, hence the child) can vouch for the server.
+#[test]
+#[ignore = "the child process of ssl_cert_file_is_honoured"]
+fn ssl_cert_file_child() {
+    let (Ok(url), Ok(expect)) = (std::env::var(CHILD_URL), std::env::var(CHILD_EXPECT)) else {
+        common::skip!("only runs as the child of ssl_cert_file_is_honoured");
+    };
+    let r = Engine::new(tls_cfg(&url, IoBackend::Epoll, None));
+    match (expect.as_str(), r) {
+        ("ok", Ok(e)) => {
+            e.put(vec![PutChunk::new("sys", vec![2u8; 64], None)])
+                .unwrap();
+            assert!(e.get(&["sys"]).unwrap()[0].is_some());
+        }
+        ("refused", Err(err)) => {
+            assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+        }
+        (want, r) => panic!("expected {want}, got {:?}", r.map(|_| "an engine")),
+    }
+    println!("TLS-CHILD-OK");
+}
+
+/// `SSL_CERT_FILE` names the system trust store (README): a server whose CA is only
+/// there is trusted; without it the same server is an unknown issuer.
+#[test]
+fn ssl_cert_file_is_honoured() {
+    let dir = TestDir::new();
+    let certs = TlsCerts::generate(&dir.join("tls")).unwrap();
+    let srv = tls_server(&certs, false);
+    let me = std::env::current_exe().unwrap();
+    for (expect, ca) in [("ok", Some(&certs.ca)), ("refused", None)] {
+        let mut cmd = std::process::Command::new(&me);
+        cmd.args([
+            "--exact",
+            "ssl_cert_file_child",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_URL, url(&srv))
+        .env(CHILD_EXPECT, expect)
+        // Only the file given here may vouch: no directory of the system's.
+        .env_remove("SSL_CERT_DIR");
+        match ca {
+            Some(ca) => cmd.env("SSL_CERT_FILE", ca),
+            None => cmd.env_remove("SSL_CERT_FILE"),
+        };
+        let out = cmd.output().expect("the test binary runs again");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("TLS-CHILD-OK"),
+            "child ({expect}, SSL_CERT_FILE {ca:?}) failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

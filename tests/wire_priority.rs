@@ -1,89 +1,68 @@
 //! Priority on the wire: a PEEK issued while megabytes of PUT are in flight to the
 //! same server must not queue behind them on the same connection.
 //!
-//! Timing ratios are too noisy on a shared machine, so the server here is a fake one
-//! (a TcpListener) that makes the effect absolute: it stops reading a connection as
-//! soon as a SET or MSET arrives on it, so PUT bytes back up for good. A PEEK sent on
-//! any of those connections would never be answered; it must be answered at once.
+//! Timing ratios are too noisy on a shared machine, so a real redis-server makes the
+//! effect absolute: `CLIENT PAUSE <ms> WRITE` holds every write it receives (the
+//! connection carrying it serves nothing else until the pause ends) while it still
+//! answers EXISTS. A PEEK sent behind those writes would wait for the pause; it must be
+//! answered while the server still holds them.
 
-use std::io::Write;
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
-use common::fake::{parse_command, read_more, FakeServer};
+use common::{wait_until, TestServer};
 use slotline::config::IoBackend;
 use slotline::{Config, Engine, KeyLayout, PutChunk};
 
 const MIB: usize = 1 << 20;
 
-fn serve(mut sock: TcpStream, stop: &AtomicBool) {
-    let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
-    let mut buf = Vec::new();
-    while !stop.load(Ordering::SeqCst) {
-        while let Some((args, used)) = parse_command(&buf) {
-            buf.drain(..used);
-            let name = args[0].to_ascii_uppercase();
-            let reply: &[u8] = match &name[..] {
-                b"PING" => b"+PONG\r\n",
-                b"EXISTS" => b":1\r\n",
-                b"SET" | b"MSET" => {
-                    // Stall: this connection is never read again.
-                    while !stop.load(Ordering::SeqCst) {
-                        thread::sleep(Duration::from_millis(20));
-                    }
-                    return;
-                }
-                _ => b"+OK\r\n",
-            };
-            if sock.write_all(reply).is_err() {
-                return;
-            }
-        }
-        // Stop reading as soon as a SET's header shows up, mid-command: its payload
-        // then backs up in the socket.
-        if buf.windows(3).any(|w| w.eq_ignore_ascii_case(b"SET")) {
-            while !stop.load(Ordering::SeqCst) {
-                thread::sleep(Duration::from_millis(20));
-            }
-            return;
-        }
-        if !read_more(&mut sock, &mut buf) {
-            return;
-        }
-    }
+/// `blocked_clients` of `srv` (writes held by `CLIENT PAUSE .. WRITE` count).
+fn blocked_clients(srv: &TestServer) -> u64 {
+    srv.cmd(&["INFO", "clients"])
+        .lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO clients has blocked_clients")
 }
 
 fn peek_under_put_backlog(b: IoBackend) {
-    let srv = FakeServer::start(serve);
+    let srv = TestServer::start();
     let mut cfg = Config::from_url(&srv.url()).unwrap();
     cfg.io_backend = b;
     // One shard: the PUTs and the PEEK share its connections to the server.
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
-    cfg.request_timeout = Duration::from_secs(3);
+    cfg.request_timeout = Duration::from_secs(60);
     cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
+    e.put(vec![PutChunk::new("probe", vec![1u8; 16], None)])
+        .unwrap();
+    srv.cmd(&["CLIENT", "PAUSE", "30000", "WRITE"]);
     let value = bytes::Bytes::from(vec![7u8; MIB]);
-    // 32 MiB of PUT, each chunk its own request; none can finish.
+    // 32 MiB of PUT, each chunk its own request; none can finish while paused.
     let puts: Vec<_> = (0..32)
         .map(|i| e.put_async(vec![PutChunk::new(format!("big-{i}"), value.clone(), None)]))
         .collect();
-    thread::sleep(Duration::from_millis(100));
-    let t0 = Instant::now();
+    wait_until(
+        Duration::from_secs(20),
+        "the server to hold the PUTs",
+        || blocked_clients(&srv) > 0,
+    );
     let r = e.exists(&["probe"]);
-    let took = t0.elapsed();
-    println!("{b:?}: PEEK answered in {took:?} behind a stalled 32 MiB PUT backlog");
-    assert_eq!(r.unwrap(), vec![true], "the PEEK queued behind the PUTs");
-    assert!(took < Duration::from_secs(2), "PEEK took {took:?}");
-    srv.stop();
+    assert_eq!(r.unwrap(), vec![true], "the PEEK failed");
+    // Answered while the writes are still held: it did not queue behind them (a PEEK
+    // behind them would have waited for the 30 s pause to end).
+    assert!(
+        blocked_clients(&srv) > 0,
+        "the PEEK was answered only once the server released the PUTs"
+    );
+    assert_eq!(srv.cmd(&["EXISTS", "big-31"]), "0", "a PUT went through");
+    srv.cmd(&["CLIENT", "UNPAUSE"]);
     for t in puts {
-        assert!(t.wait().is_err(), "the server never took the PUTs");
+        t.wait()
+            .expect("every PUT completes once the server takes writes");
     }
-    drop(e);
-    drop(srv);
+    assert_eq!(srv.cmd(&["EXISTS", "big-0", "big-31"]), "2");
 }
 both_backends!(peek_does_not_queue_behind_puts, peek_under_put_backlog);

@@ -227,3 +227,68 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
     t0.elapsed()
 }
+
+/// The environment variable naming the file every skipped test is recorded in (one
+/// `binary::test<TAB>reason` line per skip); `.ci/run` checks it against `.ci/allowed-skips`.
+pub const SKIP_LOG_ENV: &str = "SLOTLINE_SKIP_LOG";
+
+/// `binary::test` of the running test: the test binary's name without cargo's hash and
+/// the name libtest gives the test's thread.
+pub fn current_test_name() -> String {
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| match s.rsplit_once('-') {
+            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
+            _ => s,
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let thread = std::thread::current();
+    let test = match thread.name() {
+        Some(n) if n != "main" => n.to_owned(),
+        // libtest runs the test on the main thread with --test-threads=1: its name is
+        // then the first free argument (what `--exact NAME` runs), if any.
+        _ => std::env::args()
+            .skip(1)
+            .find(|a| !a.starts_with('-'))
+            .unwrap_or_else(|| "unknown".into()),
+    };
+    format!("{bin}::{test}")
+}
+
+/// Records that the running test skips what it is for: prints `SKIPPED <test>: <reason>`
+/// on stderr and appends it to the file named by `SLOTLINE_SKIP_LOG` (when set), so a
+/// skip never passes as a plain "ok". Use it through [`skip!`](crate::skip).
+///
+/// Panics if the log is set but cannot be written: an unrecorded skip would be silent.
+pub fn record_skip(reason: &str) {
+    use std::io::Write;
+    let test = current_test_name();
+    let reason = reason.replace(['\n', '\t'], " ");
+    eprintln!("SKIPPED {test}: {reason}");
+    let Some(path) = std::env::var_os(SKIP_LOG_ENV) else {
+        return;
+    };
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{test}\t{reason}\n").as_bytes()));
+    if let Err(e) = written {
+        panic!(
+            "cannot record the skip of {test} in {}: {e}",
+            Path::new(&path).display()
+        );
+    }
+}
+
+/// Skips the rest of the running test, loudly: `skip!("reason {}", x)` records the skip
+/// (see [`harness::record_skip`](crate::harness::record_skip)) and returns from the
+/// enclosing function (which must return `()`).
+#[macro_export]
+macro_rules! skip {
+    ($($arg:tt)+) => {{
+        $crate::harness::record_skip(&format!($($arg)+));
+        return;
+    }};
+}

@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub use slotline_testkit::harness::*;
+pub use slotline_testkit::skip;
 
 pub mod canary;
 pub mod chunks;

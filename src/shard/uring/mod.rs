@@ -303,12 +303,10 @@ mod tests {
     fn registered_pool_takes_back_only_its_own_buffers() {
         let bell = EventFd::new().unwrap();
         let Ok(mut u) = Uring::new(&bell, Arc::default()) else {
-            eprintln!("io_uring unavailable here; nothing to test");
-            return;
+            slotline_testkit::skip!("io_uring unavailable here; nothing to test");
         };
         if u.pool.is_empty() {
-            eprintln!("buffer registration refused here; nothing to test");
-            return;
+            slotline_testkit::skip!("buffer registration refused here; nothing to test");
         }
         let n = u.pool.len();
         let (i, b) = u.take_fixed().unwrap();
