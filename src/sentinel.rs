@@ -3,7 +3,7 @@
 //! [`ask_master`] asks each sentinel in turn `SENTINEL get-master-addr-by-name` over a
 //! short blocking TCP connection (the connect timeout bounds the connect and every
 //! read), on the caller's thread at start and on the `slotline-sentinel` thread
-//! afterwards ([`crate::engine`]'s `start_sentinel_thread`), never on a shard. Sentinels
+//! afterwards (the engine's `start_sentinel_thread`), never on a shard. Sentinels
 //! are asked without AUTH, as LMCache's connector (redis-py's `Sentinel` without
 //! `sentinel_kwargs`) does.
 
