@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::chunks::{chunks_for, meta_for, value_for, Rng};
-use common::{cmd_calls, test_options, wait_until, TestCluster, TestServer};
+use common::{blocked_clients, cmd_calls, test_options, wait_until, TestCluster, TestServer};
 use slotline::cluster::slot::hash_slot;
 use slotline::config::{IoBackend, Mode, ServerAddr};
 use slotline::engine::MasterView;
@@ -1754,13 +1754,6 @@ fn exists_on(c: &TestCluster, idx: usize, key: &[u8]) -> bool {
     }
 }
 
-/// `blocked_clients` of node `idx` (a write held by `CLIENT PAUSE .. WRITE` counts).
-fn blocked_clients(c: &TestCluster, idx: usize) -> u64 {
-    info_field(&c.cmd(idx, &["INFO", "clients"]), "blocked_clients")
-        .and_then(|v| v.parse().ok())
-        .expect("INFO clients has blocked_clients")
-}
-
 /// The two-phase put of the `lmcache` layout, watched on the servers: while the master
 /// of a chunk's payload holds the payload's write (`CLIENT PAUSE .. WRITE`), the other
 /// master never receives the chunk's metadata; once the payload is acknowledged, the
@@ -1789,7 +1782,7 @@ fn lmcache_metadata_never_precedes_payload(backend: IoBackend) {
     wait_until(
         Duration::from_secs(20),
         "the payload's write held by its paused master",
-        || blocked_clients(&c, 0) > 0,
+        || blocked_clients(&c.cmd(0, &["INFO", "clients"])) > 0,
     );
     // The payload is on its way and held: for a while (the metadata would have been
     // written within milliseconds if it went out beside the payload), the metadata's

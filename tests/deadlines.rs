@@ -28,15 +28,6 @@ fn pause(srv: &TestServer, d: Duration, mode: &str) -> Instant {
     Instant::now() + d
 }
 
-/// `blocked_clients` of `srv` (writes held by `CLIENT PAUSE .. WRITE` count).
-fn blocked_clients(srv: &TestServer) -> u64 {
-    srv.cmd(&["INFO", "clients"])
-        .lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("INFO clients has blocked_clients")
-}
-
 /// With a 30 s `request_timeout`, a PEEK on a stalled server fails after its own short
 /// deadline with `Error::Timeout`, and a PUT whose command reached the socket fails
 /// with an unknown outcome, not a plain time-out.
@@ -212,7 +203,7 @@ fn caller_memory_async_never_blocks(b: IoBackend) {
     wait_until(
         Duration::from_secs(20),
         "the server to hold the writes the calls submitted",
-        || blocked_clients(&srv) > 0,
+        || blocked_clients(&srv.cmd(&["INFO", "clients"])) > 0,
     );
     srv.cmd(&["CLIENT", "UNPAUSE"]);
     for t in gets {
@@ -372,7 +363,7 @@ fn write_timed_out_before_sending_is_not_unknown(b: IoBackend) {
     wait_until(
         Duration::from_secs(20),
         "the first put held by the paused server",
-        || blocked_clients(&srv) > 0,
+        || blocked_clients(&srv.cmd(&["INFO", "clients"])) > 0,
     );
     // The server has the budget's worth in flight: the next write waits unsent.
     let r = e.put(vec![PutChunk::new("second", vec![2u8; 64 << 10], None)]);

@@ -162,14 +162,6 @@ fn janitor_never_deletes_a_fresh_put(b: IoBackend) {
 }
 both_backends!(janitor_never_deletes_a_fresh_put);
 
-/// `blocked_clients` of a server (a write held by `CLIENT PAUSE .. WRITE` counts).
-fn blocked_clients(info: &str) -> u64 {
-    info.lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("INFO clients has blocked_clients")
-}
-
 /// Puts `k` and deletes its payload on the server: its metadata is now stale.
 fn make_stale(e: &Engine, del: impl Fn(&str), k: &str) {
     e.put(vec![PutChunk::new(k, content(k, 0, 64), None)])

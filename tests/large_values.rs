@@ -8,7 +8,7 @@ mod common;
 use std::future::Future;
 use std::time::Duration;
 
-use common::{wait_until, TestServer};
+use common::{blocked_clients, wait_until, TestServer};
 use slotline::config::IoBackend;
 use slotline::{Config, Engine, KeyLayout, PutChunk};
 
@@ -109,7 +109,7 @@ fn node_budget_throttles_without_losing_anything(b: IoBackend) {
     wait_until(
         Duration::from_secs(20),
         "the server to hold the write",
-        || blocked_clients(&srv) > 0,
+        || blocked_clients(&srv.cmd(&["INFO", "clients"])) > 0,
     );
     // Submitted (queued) before the PEEK, by the time get_async returns.
     let mut reads = e.get_async(&keys);
@@ -122,7 +122,7 @@ fn node_budget_throttles_without_losing_anything(b: IoBackend) {
         "the large reads completed while the budget was held"
     );
     assert!(
-        blocked_clients(&srv) > 0,
+        blocked_clients(&srv.cmd(&["INFO", "clients"])) > 0,
         "the write was answered before the PEEK"
     );
     srv.cmd(&["CLIENT", "UNPAUSE"]);
@@ -131,14 +131,6 @@ fn node_budget_throttles_without_losing_anything(b: IoBackend) {
     assert_eq!(got.iter().filter(|c| c.is_some()).count(), 12);
 }
 
-/// `blocked_clients` of `srv` (writes held by `CLIENT PAUSE .. WRITE` count).
-fn blocked_clients(srv: &TestServer) -> u64 {
-    srv.cmd(&["INFO", "clients"])
-        .lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("INFO clients has blocked_clients")
-}
 both_backends!(node_budget_throttles_without_losing_anything);
 
 #[test]

@@ -15,13 +15,14 @@ mod common;
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::canary::Canary;
 use common::fake::{parse_command, read_more, FakeServer};
 use common::wait_until;
+use common::within;
 use slotline::config::IoBackend;
 use slotline::{CallerBufMut, Config, Engine, KeyLayout, PutOwned, PutRef};
 
@@ -37,23 +38,6 @@ const WATCHDOG: Duration = Duration::from_secs(20);
 /// A value read through the fake server: large enough to be received directly into its
 /// destination.
 const GET_VALUE: usize = MIB;
-
-/// Runs `f` on its own thread; fails the test if it has not finished within `limit`.
-fn within<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: still running after {limit:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
-    }
-}
 
 fn within_bound(took: Duration, what: &str) {
     assert!(

@@ -92,6 +92,54 @@ fn discovery(backend: IoBackend) {
 }
 both_backends!(discovery);
 
+/// One master (with a password), its replica in sync, and three sentinels (quorum 2)
+/// watching it and ready; `list` is the sentinels' addresses.
+struct Group {
+    master: TestServer,
+    replica: RedisProcess,
+    raddr: String,
+    sentinels: Vec<SentinelProcess>,
+    list: Vec<String>,
+    _dirs: (TestDir, TestDir),
+}
+
+fn group() -> Group {
+    let opts = slotline_testkit::ServerOptions {
+        password: Some(PW.into()),
+        ..test_options()
+    };
+    let master = TestServer::start_with(opts.clone());
+    let rdir = TestDir::new();
+    let mut ropts = opts.clone();
+    ropts.extra_args.extend([
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        master.proc.port().to_string(),
+    ]);
+    let replica = RedisProcess::start(rdir.path(), &ropts).expect("replica");
+    let raddr = replica.addr();
+    wait_until(WATCHDOG, "the replica to sync", || {
+        command_str(&raddr, Some(PW), &["INFO", "replication"])
+            .is_ok_and(|i| i.contains("master_link_status:up"))
+    });
+    let sdir = TestDir::new();
+    let sentinels: Vec<SentinelProcess> = (0..3)
+        .map(|_| {
+            SentinelProcess::start(sdir.path(), &sentinel_opts(&master.addr())).expect("sentinel")
+        })
+        .collect();
+    wait_sentinels_ready(&sentinels, NAME, 1, WATCHDOG).expect("sentinels ready");
+    let list: Vec<String> = sentinels.iter().map(|s| s.addr()).collect();
+    Group {
+        master,
+        replica,
+        raddr,
+        sentinels,
+        list,
+        _dirs: (rdir, sdir),
+    }
+}
+
 /// What the client loop saw.
 #[derive(Default)]
 struct Log {
@@ -109,41 +157,14 @@ struct Log {
 /// acknowledged after the fence may be lost (acknowledged, not yet replicated: Redis
 /// replication is asynchronous), and are not checked.
 fn failover(backend: IoBackend) {
-    let master_opts = slotline_testkit::ServerOptions {
-        password: Some(PW.into()),
-        ..test_options()
-    };
-    let mut master = TestServer::start_with(master_opts.clone());
-    let rdir = TestDir::new();
-    let replica = RedisProcess::start(
-        rdir.path(),
-        &slotline_testkit::ServerOptions {
-            extra_args: {
-                let mut a = master_opts.extra_args.clone();
-                a.extend([
-                    "--replicaof".into(),
-                    "127.0.0.1".into(),
-                    master.proc.port().to_string(),
-                ]);
-                a
-            },
-            ..master_opts.clone()
-        },
-    )
-    .expect("replica");
-    let raddr = replica.addr();
-    wait_until(WATCHDOG, "the replica to sync", || {
-        command_str(&raddr, Some(PW), &["INFO", "replication"])
-            .is_ok_and(|i| i.contains("master_link_status:up"))
-    });
-    let sdir = TestDir::new();
-    let sentinels: Vec<SentinelProcess> = (0..3)
-        .map(|_| {
-            SentinelProcess::start(sdir.path(), &sentinel_opts(&master.addr())).expect("sentinel")
-        })
-        .collect();
-    wait_sentinels_ready(&sentinels, NAME, 1, WATCHDOG).expect("sentinels ready");
-    let list: Vec<String> = sentinels.iter().map(|s| s.addr()).collect();
+    let Group {
+        mut master,
+        replica: _replica,
+        raddr,
+        sentinels,
+        list,
+        _dirs,
+    } = group();
     let url = format!("redis-sentinel://:{PW}@{}/{NAME}", list.join(","));
     let e = Arc::new(engine(&url, backend));
 
@@ -271,32 +292,14 @@ both_backends!(failover);
 /// sentinels again, as the periodic check also does). Once it is a replica, puts keep
 /// succeeding on the new master: after the first success, none fails.
 fn demoted_master(backend: IoBackend) {
-    let opts = slotline_testkit::ServerOptions {
-        password: Some(PW.into()),
-        ..test_options()
-    };
-    let master = TestServer::start_with(opts.clone());
-    let rdir = TestDir::new();
-    let mut ropts = opts.clone();
-    ropts.extra_args.extend([
-        "--replicaof".into(),
-        "127.0.0.1".into(),
-        master.proc.port().to_string(),
-    ]);
-    let replica = RedisProcess::start(rdir.path(), &ropts).expect("replica");
-    let raddr = replica.addr();
-    wait_until(WATCHDOG, "the replica to sync", || {
-        command_str(&raddr, Some(PW), &["INFO", "replication"])
-            .is_ok_and(|i| i.contains("master_link_status:up"))
-    });
-    let sdir = TestDir::new();
-    let sentinels: Vec<SentinelProcess> = (0..3)
-        .map(|_| {
-            SentinelProcess::start(sdir.path(), &sentinel_opts(&master.addr())).expect("sentinel")
-        })
-        .collect();
-    wait_sentinels_ready(&sentinels, NAME, 1, WATCHDOG).expect("sentinels ready");
-    let list: Vec<String> = sentinels.iter().map(|s| s.addr()).collect();
+    let Group {
+        master,
+        replica: _replica,
+        raddr,
+        sentinels,
+        list,
+        _dirs,
+    } = group();
     let e = engine(
         &format!("redis-sentinel://:{PW}@{}/{NAME}", list.join(",")),
         backend,

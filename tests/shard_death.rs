@@ -15,7 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::canary::Canary;
-use common::{wait_until, TestCluster, TestServer};
+use common::{wait_until, within, TestCluster, TestServer};
 use slotline::config::IoBackend;
 use slotline::engine::DeathStage;
 use slotline::{CallerBufMut, Config, Engine, KeyLayout, PutChunk, PutOwned};
@@ -36,21 +36,6 @@ fn engine(url: &str, backend: IoBackend, shards: usize, layout: KeyLayout) -> En
     cfg.request_timeout = TIMEOUT;
     cfg.deadlines = slotline::config::Deadlines::uniform(TIMEOUT);
     Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
-}
-
-/// Runs `f` on its own thread; the test fails (instead of hanging) if it takes longer
-/// than `bound`.
-fn bounded<T: Send + 'static>(
-    bound: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(bound)
-        .unwrap_or_else(|_| panic!("{what} did not finish within {bound:?} (a hang)"))
 }
 
 /// `get_into_slices` of `key` into a canary of `len` bytes, sealed when the call
@@ -139,12 +124,12 @@ fn pushed_after_close(backend: IoBackend) {
     assert_eq!(e.dead_shards(), [0]);
     let bound = TIMEOUT + GRACE;
     let e2 = e.clone();
-    let r = bounded(bound, "get_into_slices after close", move || {
+    let r = within(bound, "get_into_slices after close", move || {
         get_into_canary(&e2, "k", 8192)
     });
     assert_panic_error(r, "get_into_slices after close");
     let e2 = e.clone();
-    let r = bounded(bound, "get_into_bufs_async after close", move || {
+    let r = within(bound, "get_into_bufs_async after close", move || {
         let t = e2.get_into_bufs_async(&["k"], vec![Box::new(Canary::new(8192, 1))]);
         let back = t.wait();
         assert_eq!(back.bufs.len(), 1, "the buffer did not come back");
@@ -155,7 +140,7 @@ fn pushed_after_close(backend: IoBackend) {
     });
     assert_panic_error(r, "get_into_bufs_async after close");
     let e2 = e.clone();
-    let r = bounded(bound, "put_from_async after close", move || {
+    let r = within(bound, "put_from_async after close", move || {
         let back = e2
             .put_from_async(vec![PutOwned {
                 key: b"p".to_vec(),
@@ -168,7 +153,7 @@ fn pushed_after_close(backend: IoBackend) {
     });
     assert_panic_error(r, "put_from_async after close");
     let e2 = e.clone();
-    let r = bounded(bound, "get after close", move || {
+    let r = within(bound, "get after close", move || {
         e2.get(&["k"]).map_err(|e| e.to_string())
     });
     assert_panic_error(r, "get after close");
@@ -176,7 +161,7 @@ fn pushed_after_close(backend: IoBackend) {
     hold.release();
     // After the thread ended too.
     let e2 = e.clone();
-    let r = bounded(bound, "get after the thread ended", move || {
+    let r = within(bound, "get after the thread ended", move || {
         e2.get(&["k"]).map_err(|e| e.to_string())
     });
     assert_panic_error(r, "get after the thread ended");
@@ -285,7 +270,7 @@ fn load_through_crash(e: &Engine, tag: &str) {
     stop.store(true, Ordering::SeqCst);
     // Each thread finishes its AFTER_OPS operations, each bounded by its deadline.
     let bound = (TIMEOUT + GRACE) * 3 * AFTER_OPS as u32;
-    let joined = bounded(bound, "the load threads", move || {
+    let joined = within(bound, "the load threads", move || {
         threads.into_iter().all(|t| t.join().is_ok())
     });
     assert!(joined, "a load thread panicked");

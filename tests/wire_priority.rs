@@ -11,20 +11,11 @@ use std::time::Duration;
 
 mod common;
 
-use common::{wait_until, TestServer};
+use common::{blocked_clients, wait_until, TestServer};
 use slotline::config::IoBackend;
 use slotline::{Config, Engine, KeyLayout, PutChunk};
 
 const MIB: usize = 1 << 20;
-
-/// `blocked_clients` of `srv` (writes held by `CLIENT PAUSE .. WRITE` count).
-fn blocked_clients(srv: &TestServer) -> u64 {
-    srv.cmd(&["INFO", "clients"])
-        .lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("INFO clients has blocked_clients")
-}
 
 fn peek_under_put_backlog(b: IoBackend) {
     let srv = TestServer::start();
@@ -47,14 +38,14 @@ fn peek_under_put_backlog(b: IoBackend) {
     wait_until(
         Duration::from_secs(20),
         "the server to hold the PUTs",
-        || blocked_clients(&srv) > 0,
+        || blocked_clients(&srv.cmd(&["INFO", "clients"])) > 0,
     );
     let r = e.exists(&["probe"]);
     assert_eq!(r.unwrap(), vec![true], "the PEEK failed");
     // Answered while the writes are still held: it did not queue behind them (a PEEK
     // behind them would have waited for the 30 s pause to end).
     assert!(
-        blocked_clients(&srv) > 0,
+        blocked_clients(&srv.cmd(&["INFO", "clients"])) > 0,
         "the PEEK was answered only once the server released the PUTs"
     );
     assert_eq!(srv.cmd(&["EXISTS", "big-31"]), "0", "a PUT went through");

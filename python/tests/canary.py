@@ -23,6 +23,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+from contextlib import contextmanager
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -84,3 +87,28 @@ def run_scenario(name: str, *args: str, timeout: float = 90.0) -> str:
                              "handed back?):\n%s" % (name, sig, out))
     assert p.returncode == 0, "scenario %s failed (exit %d):\n%s" % (name, p.returncode, out)
     return out
+
+
+@contextmanager
+def gil_ticks():
+    """Counts how often another Python thread runs (every 5 ms) while the body runs:
+    yields a dict whose ``ran`` (ticks) and ``took`` (seconds) are filled in on exit. A
+    call that waits on the engine while holding the GIL shows as (almost) no ticks."""
+    ticks = [0]
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            ticks[0] += 1
+            time.sleep(0.005)
+
+    t = threading.Thread(target=count, daemon=True)
+    t.start()
+    out = {"ran": 0, "took": 0.0}
+    t0, before = time.monotonic(), ticks[0]
+    try:
+        yield out
+    finally:
+        out["took"], out["ran"] = time.monotonic() - t0, ticks[0] - before
+        stop.set()
+        t.join(5)

@@ -16,7 +16,7 @@ import time
 
 import redis
 
-from canary import Canary
+from canary import Canary, gil_ticks
 from faultproxy import FaultProxy
 from slotline import Client, config_text
 
@@ -177,21 +177,10 @@ def drop_in_flight(port: str) -> None:
     more = [Canary(SIZE) for _ in range(3)]
     for m in more:
         c.submit_batch_get(["held"], [m.view])
-    ticks = [0]
-    stop = threading.Event()
-
-    def count() -> None:
-        while not stop.is_set():
-            ticks[0] += 1
-            time.sleep(0.005)
-
-    t = threading.Thread(target=count, daemon=True)
-    t.start()
     try:
-        t0, before = time.monotonic(), ticks[0]
-        del c
-        gc.collect()
-        took, ran = time.monotonic() - t0, ticks[0] - before
+        with gil_ticks() as g:
+            del c
+            gc.collect()
         for x in [can, *more]:
             x.seal()
         proxy.resume()
@@ -201,9 +190,8 @@ def drop_in_flight(port: str) -> None:
         _reads_again(c2, val)
         c2.close()
     finally:
-        stop.set()
-        t.join(5)
         proxy.close()
+    took, ran = g["took"], g["ran"]
     assert ran >= 5, "Python threads did not run while the client dropped (%d ticks)" % ran
     assert took > 0.3, "the drop did not wait for the stalled gets (%.2f s)" % took
     assert took < 1.0 + 7.0, "dropping the client took %.1f s" % took

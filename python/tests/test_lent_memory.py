@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from canary import Canary, run_scenario
+from canary import Canary, gil_ticks, run_scenario
 from helpers import poll_until, wait_for
 from slotline import Client, config_text
 
@@ -152,23 +152,9 @@ def test_close_releases_the_gil_and_returns_within_the_bound(fresh_server):
     bufs = [bytearray(4096) for _ in range(3)]
     for b in bufs:
         c.submit_batch_get(["k"], [b])
-    ticks = [0]
-    stop = threading.Event()
-
-    def count() -> None:
-        while not stop.is_set():
-            ticks[0] += 1
-            time.sleep(0.005)
-
-    t = threading.Thread(target=count, daemon=True)
-    t.start()
-    try:
-        t0, before = time.monotonic(), ticks[0]
+    with gil_ticks() as g:
         c.close()
-        took, ran = time.monotonic() - t0, ticks[0] - before
-    finally:
-        stop.set()
-        t.join(5)
+    took, ran = g["took"], g["ran"]
     assert ran >= 5, "Python threads did not run during close (%d ticks)" % ran
     assert took > 0.3, "close did not wait for the stalled gets"
     assert took < 1.0 + 7.0, "close took %.1f s" % took

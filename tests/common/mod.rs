@@ -28,6 +28,36 @@ pub fn cmd_calls(c: &TestCluster, idx: usize, cmd: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `f` on a thread of its own and returns its result; fails the test (instead of
+/// hanging) if it has not finished within `limit`.
+pub fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} did not finish within {limit:?} (a hang)")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
+    }
+}
+
+/// `blocked_clients` in the text of `INFO clients`: a write held by `CLIENT PAUSE ..
+/// WRITE` counts, so a test can wait for the pause to hold what it sent.
+pub fn blocked_clients(info_clients: &str) -> u64 {
+    info_clients
+        .lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO clients has blocked_clients")
+}
+
 /// Runs one test body on both backends: `both_backends!(name)` for a body fn `name`, or
 /// `both_backends!(name, body)`; generates `mod name { fn io_uring(); fn epoll(); }`.
 #[macro_export]
