@@ -1,7 +1,8 @@
 """LMCache's real ``lmcache server`` process (multiprocess mode, CPU, a small L1) with
 slotline's native plug-in as its ``--l2-adapter``, against a real redis-server and a
 real 6-node cluster: the server's HTTP API (``/status``) reports one L2 adapter, of
-slotline's class, healthy; the plug-in holds connections to Redis; a signal, as a user
+slotline's class, healthy; the plug-in holds connections to Redis; a store through
+LMCache's own client (``lmcache bench server`` in CPU mode) reaches Redis; a signal, as a user
 sends it (Ctrl-C, or ``kill``), stops the server within a few seconds, through
 LMCache's shutdown (which closes the plug-in) and without a traceback.
 
@@ -36,6 +37,9 @@ START_TIMEOUT = 180.0
 # "A few seconds" for the whole shutdown; the plug-in's own close() bound is the request
 # timeout plus 2 s, and nothing is in flight here.
 STOP_TIMEOUT = 15.0
+# Tokens per chunk: the store below writes 2 chunks of a tiny KV cache.
+CHUNK = 64
+BENCH_TIMEOUT = 180.0
 
 
 class LmcacheServer:
@@ -56,7 +60,7 @@ class LmcacheServer:
             "--host", "127.0.0.1", "--port", str(self.zmq_port),
             "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
             "--prometheus-port", str(self.prom_port),
-            "--l1-size-gb", "0.05", "--eviction-policy", "LRU",
+            "--chunk-size", str(CHUNK), "--l1-size-gb", "0.05", "--eviction-policy", "LRU",
             "--l2-adapter", json.dumps(adapter),
         ]
         env = dict(os.environ, LMCACHE_DISABLE_BANNER="1", PYTHONUNBUFFERED="1")
@@ -121,6 +125,41 @@ class LmcacheServer:
         self.log.close()
 
 
+    def store(self) -> str:
+        """One request through LMCache's own client (``lmcache bench server``, CPU mode,
+        KV cache in POSIX shared memory): 2 chunks looked up, stored, looked up and
+        retrieved. Its output; fails on a non-zero exit or a time-out."""
+        argv = [
+            sys.executable, "-m", "lmcache.cli.main", "bench", "server",
+            "--rpc-url", "tcp://127.0.0.1:%d" % self.zmq_port,
+            "--url", "http://127.0.0.1:%d" % self.http_port,
+            "--mode", "cpu", "--transfer-mode", "lmcache_driven",
+            "--kvcache-shape-spec", "(2,64,16,2,32):float16:2",
+            "--num-tokens", str(2 * CHUNK), "--start", "0", "--end", "1",
+            "--interval", "0",
+        ]
+        env = dict(os.environ, LMCACHE_DISABLE_BANNER="1")
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, env=env,
+                               cwd=os.path.dirname(self.log_path), timeout=BENCH_TIMEOUT)
+        except subprocess.TimeoutExpired as e:
+            self.fail("lmcache bench server did not finish in %.0f s:\n%s" % (
+                BENCH_TIMEOUT, e.stdout))
+        if r.returncode != 0 or "STORE: stored" not in r.stdout:
+            self.fail("lmcache bench server (exit %d) did not store:\n%s\n%s" % (
+                r.returncode, r.stdout, r.stderr))
+        return r.stdout
+
+
+def key_count(nodes) -> int:
+    """Keys on these redis-servers (masters only where a cluster: replicas repeat)."""
+    n = 0
+    for node in nodes:
+        if node.cmd("role").split()[0] == "master":
+            n += int(node.cmd("dbsize").strip())
+    return n
+
+
 def client_count(nodes) -> int:
     """Connections open on these redis-servers, the redis-cli asking excluded."""
     n = 0
@@ -131,6 +170,10 @@ def client_count(nodes) -> int:
 
 
 def run_server(url: str, nodes, tmp_path, sig: int) -> None:
+    for node in nodes:  # a fresh cache: the store below must store, not find
+        if node.cmd("role").split()[0] == "master":
+            node.cmd("flushall")
+    before = client_count(nodes)
     srv = LmcacheServer(url, str(tmp_path))
     try:
         status = srv.wait_status()
@@ -148,8 +191,21 @@ def run_server(url: str, nodes, tmp_path, sig: int) -> None:
         if "Created native plugin L2 adapter: slotline.native_plugin.%s" % PLUGIN_CLASS \
                 not in srv.log_text():
             srv.fail("the log does not name slotline's plug-in as the L2 adapter")
-        if client_count(nodes) < 1:
-            srv.fail("no connection from the plug-in on the Redis server(s)")
+        after = client_count(nodes)
+        if after <= before:
+            srv.fail("no connection from the plug-in on the Redis server(s): %d before the "
+                     "server started, %d with it up" % (before, after))
+
+        # A store through the server reaches Redis: LMCache's L1 writes through to
+        # slotline's plug-in in the background, so wait (bounded) for the keys.
+        keys_before = key_count(nodes)
+        srv.store()
+        deadline = time.monotonic() + 30
+        while key_count(nodes) < keys_before + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if key_count(nodes) < keys_before + 2:
+            srv.fail("the 2 stored chunks did not reach Redis in 30 s (%d keys before, "
+                     "%d after)" % (keys_before, key_count(nodes)))
 
         rc, took = srv.stop(sig)
         log = srv.log_text()
