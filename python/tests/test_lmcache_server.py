@@ -124,7 +124,6 @@ class LmcacheServer:
             self.proc.wait(10)
         self.log.close()
 
-
     def store(self) -> str:
         """One request through LMCache's own client (``lmcache bench server``, CPU mode,
         KV cache in POSIX shared memory): 2 chunks looked up, stored, looked up and
