@@ -166,19 +166,12 @@ impl<B: ?Sized> Home<B> {
     /// more); if the holder was leaked (a ring torn down with the kernel still owning
     /// the operation), it stays allocated for the life of the process.
     fn wait_home_for(&self, bound: Duration) -> (Vec<Box<B>>, usize) {
-        let until = Instant::now() + bound;
-        let mut st = self.lock();
-        while st.out > 0 {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            st = self
-                .cv
-                .wait_timeout(st, until - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let st = self.lock();
+        let mut st = self
+            .cv
+            .wait_timeout_while(st, bound, |st| st.out > 0)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
         let missing = st.out;
         (
             std::mem::take(&mut st.bufs).into_iter().flatten().collect(),

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The longest a paused submission waits for its release.
 const HOLD: Duration = Duration::from_secs(30);
@@ -48,38 +48,24 @@ impl Pause {
         let mut st = self.lock();
         st.paused = true;
         self.cv.notify_all();
-        let until = Instant::now() + HOLD;
-        while !st.released {
-            let now = Instant::now();
-            if now >= until {
-                tracing::warn!("debug pause never released; going on");
-                break;
-            }
-            st = self
-                .cv
-                .wait_timeout(st, until - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let (mut st, waited) = self
+            .cv
+            .wait_timeout_while(st, HOLD, |st| !st.released)
+            .unwrap_or_else(|e| e.into_inner());
+        if waited.timed_out() {
+            tracing::warn!("debug pause never released; going on");
         }
         st.paused = false;
     }
 
     /// Waits up to `timeout` for a submission to reach the pause point.
     pub fn wait_paused(&self, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
-        let mut st = self.lock();
-        while !st.paused {
-            let now = Instant::now();
-            if now >= until {
-                return false;
-            }
-            st = self
-                .cv
-                .wait_timeout(st, until - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        let st = self.lock();
+        let (st, _) = self
+            .cv
+            .wait_timeout_while(st, timeout, |st| !st.paused)
+            .unwrap_or_else(|e| e.into_inner());
+        st.paused
     }
 
     /// Lets the paused submission go on.
