@@ -4,7 +4,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use slotline_testkit::harness::TestServer;
 
@@ -81,6 +82,93 @@ fn metrics_served_on_loopback() {
     assert!(sample(body, "slotline_operations_total{class=\"get\"}") >= 1.0);
     assert!(get("/other").starts_with("HTTP/1.1 404"));
     assert!(child.wait().unwrap().success());
+}
+
+/// The keys a `--load` left on the server (the layout's two keys per chunk included).
+fn load_keys(addr: &str) -> Vec<String> {
+    let keys = slotline_testkit::command_str(addr, None, &["KEYS", "slotline-metrics@*"])
+        .expect("KEYS on the test server");
+    keys.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits (at most `bound`) for `cond`, re-checking every 50 ms; panics naming `what`.
+fn wait_for(bound: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + bound;
+    while !cond() {
+        assert!(Instant::now() < end, "{what}: not within {bound:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM to the child and waits (at most 30 s) for it to exit.
+fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(st.success(), "kill -TERM {pid}");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("slotline metrics exits within 30 s of SIGTERM")
+        .unwrap()
+}
+
+/// `--load` writes into the server: its keys carry a TTL while it runs, and SIGTERM
+/// (what a service manager or `kill` sends) deletes them before the process exits,
+/// whether it serves (exit 0) or loads before printing (exit 130).
+#[test]
+fn metrics_load_keys_have_a_ttl_and_go_on_sigterm() {
+    let srv = TestServer::start();
+    let addr = srv.addr();
+    for serve in [true, false] {
+        let mut cmd = slotline();
+        cmd.args(["metrics", "--url", &srv.url(), "--load", "600"]);
+        if serve {
+            cmd.args(["--serve", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if serve {
+            let mut first = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut first)
+                .unwrap();
+            assert!(first.starts_with("serving http://"), "{first:?}");
+        }
+        // Keys appear once the first put is applied (8 chunks, each a payload and a
+        // metadata key in the lmcache layout).
+        wait_for(Duration::from_secs(30), "the load's keys", || {
+            load_keys(&addr).len() >= 8
+        });
+        let keys = load_keys(&addr);
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with(&format!("slotline-metrics@{}@", child.id()))),
+            "{keys:?}"
+        );
+        for k in &keys {
+            let ttl: i64 = slotline_testkit::command_str(&addr, None, &["TTL", k])
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&ttl), "{k}: TTL {ttl}");
+        }
+        let status = terminate(child);
+        if serve {
+            assert!(status.success(), "{status:?}");
+        } else {
+            assert_eq!(status.code(), Some(130), "{status:?}");
+        }
+        let left = load_keys(&addr);
+        assert!(left.is_empty(), "serve={serve}: keys left {left:?}");
+    }
 }
 
 #[test]

@@ -27,6 +27,12 @@ pub fn install_signal_handlers() {
     }
 }
 
+/// Whether SIGINT or SIGTERM arrived since [`install_signal_handlers`] (for other
+/// commands that clean up before exiting, e.g. `slotline metrics --load`).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
 pub(super) fn check_interrupted() -> Result<(), BenchError> {
     if INTERRUPTED.load(Ordering::Relaxed) {
         return Err(BenchError::failed("interrupted"));

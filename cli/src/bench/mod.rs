@@ -44,8 +44,8 @@ use crate::naive::NaiveClient;
 use slotline_testkit::Resp2Frame;
 
 pub use error::*;
-pub use interrupt::install_signal_handlers;
 use interrupt::{check_interrupted, INTERRUPTED};
+pub use interrupt::{install_signal_handlers, interrupted};
 pub use measure::*;
 pub use parallel::*;
 pub use peers::*;
