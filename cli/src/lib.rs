@@ -100,7 +100,10 @@ enum ServersCmd {
     },
     /// Write a test CA, a server certificate (127.0.0.1, ::1, localhost) and a client
     /// certificate into DIR, as PEM: ca.pem, server.pem/.key, client.pem/.key (for
-    /// docker-compose's TLS node, or any redis-server --tls-port).
+    /// docker-compose's TLS node, which reads ./tls, or any redis-server --tls-port).
+    /// A CA of its own: `servers up --tls` makes and uses another, in
+    /// <state-dir>/tls. The .key files are private keys (mode 600): a warning says so
+    /// when DIR is inside a git work tree that does not ignore them.
     Certs {
         /// Where to write them (created if missing; existing files are replaced).
         dir: PathBuf,
@@ -130,6 +133,61 @@ impl StateDirArg {
         self.state_dir
             .unwrap_or_else(slotline_testkit::default_state_dir)
     }
+}
+
+/// `slotline servers certs DIR`: the files, what they are for, and a warning on stderr
+/// when a private key landed in a git work tree that would not ignore it.
+fn certs(dir: &std::path::Path) -> Result<Vec<String>, CliError> {
+    let c = slotline_testkit::TlsCerts::generate(dir)?;
+    for key in [&c.server_key, &c.client_key] {
+        if git_would_track(key) {
+            eprintln!(
+                "warning: {} is a private key inside a git work tree that does not ignore \
+                 it: add {}/ to .gitignore (or write the certificates elsewhere)",
+                key.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(vec![
+        format!("CA certificate:     {}", c.ca.display()),
+        format!(
+            "server certificate: {} (key {})",
+            c.server_cert.display(),
+            c.server_key.display()
+        ),
+        format!(
+            "client certificate: {} (key {})",
+            c.client_cert.display(),
+            c.client_key.display()
+        ),
+        format!(
+            "for a redis-server with --tls-cert-file/--tls-key-file from here (docker \
+             compose's redis-tls reads ./tls); clients trust {} (extra_config.tls_ca_file)",
+            c.ca.display()
+        ),
+        "this CA is not the one of `slotline servers up --tls`, which makes its own in \
+         <state-dir>/tls and prints it"
+            .to_string(),
+        "the .key files are private keys (mode 600): keep them out of version control".to_string(),
+    ])
+}
+
+/// Whether `path` lies in a git work tree that does not ignore it (`git check-ignore`
+/// answers 1). No git, or not a work tree: false.
+fn git_would_track(path: &std::path::Path) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return false;
+    };
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["check-ignore", "-q", "--"])
+        .arg(name)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.code() == Some(1))
 }
 
 /// How the chunk commands reach Redis.
@@ -271,22 +329,7 @@ fn servers(cmd: ServersCmd) -> Result<(), CliError> {
             tls,
             state,
         } => slotline_testkit::up_with(&state.resolve(), cluster, port, tls)?,
-        ServersCmd::Certs { dir } => {
-            let c = slotline_testkit::TlsCerts::generate(&dir)?;
-            vec![
-                format!("CA certificate:     {}", c.ca.display()),
-                format!(
-                    "server certificate: {} (key {})",
-                    c.server_cert.display(),
-                    c.server_key.display()
-                ),
-                format!(
-                    "client certificate: {} (key {})",
-                    c.client_cert.display(),
-                    c.client_key.display()
-                ),
-            ]
-        }
+        ServersCmd::Certs { dir } => certs(&dir)?,
         ServersCmd::Down { state } => slotline_testkit::down(&state.resolve())?,
         ServersCmd::Status { state } => slotline_testkit::status(&state.resolve())?,
     };

@@ -249,6 +249,10 @@ fn servers_up_tls_prints_rediss_url_and_ca() {
         .find_map(|l| l.strip_prefix("TLS CA file: "))
         .unwrap_or_else(|| panic!("no CA file in\n{up}"));
     assert!(std::path::Path::new(ca).exists(), "{ca}");
+    assert!(
+        up.contains("servers certs DIR` makes a separate one"),
+        "{up}"
+    );
     let cfg = dir.join("tls.yaml");
     std::fs::write(
         &cfg,
@@ -262,6 +266,47 @@ fn servers_up_tls_prints_rediss_url_and_ca() {
     );
     let down = ok(&["servers", "down", "--state-dir", state]);
     assert!(down.contains("stopped"), "{down}");
+}
+
+/// `servers certs` says what its CA is for (and that `servers up --tls` has another),
+/// and warns on stderr when its private keys land in a git work tree that would track
+/// them; once the directory is ignored, no warning.
+#[test]
+fn servers_certs_name_their_use_and_warn_about_unignored_keys() {
+    let dir = TestDir::new();
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = Command::new("git")
+        .args(["init", "-q"])
+        .arg(&repo)
+        .status()
+        .expect("git runs");
+    assert!(git.success());
+    let tls = repo.join("tls");
+    let tls = tls.to_str().unwrap();
+    let out = slotline(&["servers", "certs", tls]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("docker compose's redis-tls"), "{stdout}");
+    assert!(
+        stdout.contains("not the one of `slotline servers up --tls`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("private keys"), "{stdout}");
+    for key in ["server.key", "client.key"] {
+        assert!(
+            stderr.contains(&format!("warning: {tls}/{key} is a private key")),
+            "{key}: {stderr}"
+        );
+    }
+    std::fs::write(repo.join(".gitignore"), "/tls/\n").unwrap();
+    let out = slotline(&["servers", "certs", tls]);
+    assert!(out.status.success());
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -164,6 +164,11 @@ pub fn up(state_dir: &Path, cluster: bool, base_port: Option<u16>) -> Result<Vec
     up_with(state_dir, cluster, base_port, false)
 }
 
+/// Said after the CA file of `up --tls`: which CA this is, and which it is not.
+const CA_NOTE: &str = "(the CA made for these servers, kept in the state directory; \
+                       `slotline servers certs DIR` makes a separate one, e.g. for docker \
+                       compose's redis-tls)";
+
 /// [`up`], with `tls`: every server also serves TLS, on its port plus 1 (standalone) or
 /// plus 100 (cluster nodes, whose bus and replication use TLS too), with certificates
 /// from `<state_dir>/tls/` (made there if missing, see [`TlsCerts::generate`]). The
@@ -263,6 +268,7 @@ pub fn up_with(
         if let (Some(url), Some(certs)) = (c.tls_seed_url(), &certs) {
             lines.push(format!("cluster TLS URL: {url}"));
             lines.push(format!("TLS CA file: {}", certs.ca.display()));
+            lines.push(CA_NOTE.to_string());
         }
         c.detach();
     } else {
@@ -285,6 +291,7 @@ pub fn up_with(
         if let (Some(url), Some(certs)) = (p.tls_url(), &certs) {
             lines.push(format!("TLS URL: {url}"));
             lines.push(format!("TLS CA file: {}", certs.ca.display()));
+            lines.push(CA_NOTE.to_string());
         }
         p.detach();
     }
