@@ -19,6 +19,14 @@ Completions reach asyncio through the plug-in's eventfd and ``loop.add_reader``:
 thread per call. The default layout ``lmcache`` reads and writes what LMCache's
 ``redis://`` connectors store.
 
+Statistics: LMCache wraps every remote connector in its ``InstrumentedRemoteConnector``
+(and that in a ``RemoteBackend``), so ``stats()`` and ``metrics_text()`` are not on the
+object LMCache hands out. ``slotline_connector(obj)`` finds the slotline connector inside
+any of them (or an ``LMCacheEngine`` / ``StorageManager``)::
+
+    from slotline.lmcache import slotline_connector
+    print(slotline_connector(engine).stats())      # engine = LMCacheEngineBuilder.get(...)
+
 Cancellation: a request's buffers stay referenced (``ref_count_up``) until its native
 completion has been drained, whether or not the awaiting coroutine was cancelled
 (LMCache wraps reads in ``asyncio.wait_for``), so LMCache never frees memory the engine
@@ -59,6 +67,42 @@ def plugin_params(extra_config: Optional[dict], plugin_name: str = PLUGIN) -> di
             if name not in _LOADER_KEYS:
                 out[name] = v
     return out
+
+
+def slotline_connector(obj: Any) -> "SlotlineConnector":
+    """The ``SlotlineConnector`` inside ``obj``, for its ``stats()`` / ``metrics_text()``.
+
+    ``obj`` may be the connector itself, LMCache's ``InstrumentedRemoteConnector`` (what
+    ``CreateConnector`` returns; unwrapped through ``getWrappedConnector()``), its
+    ``RemoteBackend`` (``.connection``), a ``StorageManager`` (``.storage_backends``) or
+    an ``LMCacheEngine`` (``.storage_manager``). Raises ``LookupError`` naming what was
+    searched when none of them holds a slotline connector (e.g. the remote backend uses
+    another connector, or has not connected yet).
+    """
+    seen: set = set()
+    todo = [obj]
+    searched: List[str] = []
+    while todo:
+        o = todo.pop(0)
+        if o is None or id(o) in seen:
+            continue
+        seen.add(id(o))
+        if isinstance(o, SlotlineConnector):
+            return o
+        searched.append(type(o).__name__)
+        unwrap = getattr(o, "getWrappedConnector", None)
+        if callable(unwrap):
+            todo.append(unwrap())
+        todo.append(getattr(o, "connection", None))
+        todo.append(getattr(o, "storage_manager", None))
+        backends = getattr(o, "storage_backends", None)
+        if isinstance(backends, dict):
+            todo.extend(backends.values())
+    raise LookupError(
+        "no slotline connector in %s (searched: %s); is remote_storage_plugins "
+        "[\"slotline\"] configured and the remote backend connected?"
+        % (type(obj).__name__, ", ".join(searched) or "nothing")
+    )
 
 
 class _Loan:

@@ -28,6 +28,35 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const ENGINE_STOP: Duration = Duration::from_secs(5);
 
 /// A slotline engine with completion delivery through an eventfd.
+///
+/// `Client(config)` takes configuration *text*, LMCache's YAML (JSON is YAML too), not
+/// a path or a dict: `Client(open("lmcache.yaml").read())`, or
+/// `Client(slotline.config_text({"url": "redis://127.0.0.1:6379"}, "raw"))`. It
+/// connects and checks the server before returning.
+///
+/// Every `submit_*` method returns a request id at once; the request runs on the
+/// engine's threads. When `event_fd()` is readable (`select` / `poll`, or asyncio's
+/// `loop.add_reader`), `drain_completions()` returns `(id, ok, error_text, result)`
+/// tuples for the finished requests. Buffers handed to a request belong to it until its
+/// completion has been drained. `exists_now` / `contains_prefix_now` block instead.
+///
+/// ```python
+/// import select, slotline
+/// c = slotline.Client('remote_url: "redis://127.0.0.1:6379"\nextra_config: {key_layout: raw}')
+///
+/// def wait(c, rid):  # one request in flight at a time, as in this example
+///     while True:
+///         for i, ok, err, result in c.drain_completions():
+///             if i == rid:
+///                 return ok, err, result
+///         select.select([c.event_fd()], [], [], 5.0)
+///
+/// assert wait(c, c.submit_batch_set(["k"], [b"value"]))[0]
+/// buf = bytearray(5)
+/// ok, err, loaded = wait(c, c.submit_batch_get(["k"], [buf]))
+/// assert ok and loaded == [True] and buf == b"value"
+/// c.close()
+/// ```
 #[pyclass(module = "slotline._native", frozen)]
 pub struct Client {
     engine: Mutex<Option<Engine>>,
