@@ -73,7 +73,8 @@ enum Command {
     /// percentiles) from saved `slotline bench --format json` output.
     Plot(bench::PlotArgs),
     /// Print the engine's Prometheus metrics, or serve them on a loopback /metrics
-    /// endpoint (--serve 127.0.0.1:9464), optionally under a light load (--load SECS).
+    /// endpoint (--serve 127.0.0.1:9464), optionally under a load (--load SECS: it
+    /// writes keys with a TTL into the server and deletes them when it ends).
     Metrics(metrics::MetricsArgs),
     /// Read this host (NUMA, cores, NIC IRQs, memlock, io_uring, socket buffers, THP)
     /// and recommend a shard-to-core map and settings, each with its reason.
@@ -139,13 +140,16 @@ impl StateDirArg {
 /// when a private key landed in a git work tree that would not ignore it.
 fn certs(dir: &std::path::Path) -> Result<Vec<String>, CliError> {
     let c = slotline_testkit::TlsCerts::generate(dir)?;
+    // A .gitignore line for DIR: its last component (`tls/`), ignored wherever it is.
+    let pattern = dir
+        .file_name()
+        .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
     for key in [&c.server_key, &c.client_key] {
         if git_would_track(key) {
             eprintln!(
                 "warning: {} is a private key inside a git work tree that does not ignore \
-                 it: add {}/ to .gitignore (or write the certificates elsewhere)",
+                 it: add `{pattern}/` to .gitignore (or write the certificates elsewhere)",
                 key.display(),
-                dir.display()
             );
         }
     }

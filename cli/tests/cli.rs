@@ -299,7 +299,8 @@ fn servers_certs_name_their_use_and_warn_about_unignored_keys() {
             "{key}: {stderr}"
         );
     }
-    std::fs::write(repo.join(".gitignore"), "/tls/\n").unwrap();
+    assert!(stderr.contains("add `tls/` to .gitignore"), "{stderr}");
+    std::fs::write(repo.join(".gitignore"), "tls/\n").unwrap();
     let out = slotline(&["servers", "certs", tls]);
     assert!(out.status.success());
     assert!(
