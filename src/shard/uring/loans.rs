@@ -20,7 +20,7 @@ use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types};
 
 use super::{
-    ud, ud_cid, Cqe, Uring, OP_CANCEL, OP_DOORBELL, OP_POLL, OP_RECV, OP_SEND, QUIET_SEND_MAX,
+    ring, ud, ud_cid, Cqe, Uring, OP_CANCEL, OP_DOORBELL, OP_POLL, OP_RECV, OP_SEND, QUIET_SEND_MAX,
 };
 use crate::shard::conn::{Conn, RecvBuf, Stream, MAX_IOV};
 use crate::shard::fixed::FixedSend;
@@ -84,13 +84,7 @@ impl Uring {
 
     fn push(&mut self, e: &squeue::Entry) -> io::Result<()> {
         loop {
-            // SAFETY: `push` is private to this module, and every entry built here
-            // references only memory held in the in-flight table (`self.loans[cid]`,
-            // `self.doorbell`), stored there before this push and removed only when
-            // `reap` takes the entry's last completion (or forgotten, never freed, by
-            // `shutdown`; see the module doc). Heap blocks do not move when their
-            // owner (Box, Vec, Bytes) moves.
-            let pushed = unsafe { self.ring.submission().push(e).is_ok() };
+            let pushed = ring::push(&mut self.ring, e);
             if pushed {
                 return Ok(());
             }
@@ -265,8 +259,7 @@ impl Uring {
                     iov_base: std::ptr::null_mut(),
                     iov_len: 0,
                 }; MAX_IOV],
-                // SAFETY: msghdr is a plain C struct for which all-zero is valid.
-                msg: unsafe { std::mem::zeroed() },
+                msg: ring::zeroed_msghdr(),
             })
         })
     }
