@@ -23,9 +23,11 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::clone_err;
 use super::tls::{Opened, TlsLayer};
 use crate::cmem::Mem;
-use crate::resp::{ArrayReader, ReplyReader};
+use crate::error::Error;
+use crate::resp::{ArrayReader, Dest, ReplyReader};
 
 /// Payloads at least this large are received straight into their destination.
 pub(crate) const DIRECT_MIN: usize = 32 * 1024;
@@ -170,12 +172,13 @@ pub(crate) struct Pending {
     pub end: u64,
 }
 
-/// One connection.
+/// One connection. Its fields are its own: the shard reads and changes them through
+/// the methods below.
 pub(crate) struct Conn {
-    pub node: usize,
-    pub stream: Stream,
-    pub state: ConnState,
-    pub since: Instant,
+    node: usize,
+    stream: Stream,
+    state: ConnState,
+    since: Instant,
     /// Segments not yet fully written; the front may be partly written.
     out: VecDeque<Bytes>,
     out_off: usize,
@@ -186,19 +189,210 @@ pub(crate) struct Conn {
     taken: u64,
     /// Headers of the frame being built, split off into `out` as segments.
     hdr: BytesMut,
-    pub rx: Rx,
-    pub pending: VecDeque<Pending>,
-    pub inflight: usize,
+    rx: Rx,
+    /// The replies it waits for, in order.
+    pending: VecDeque<Pending>,
+    /// Request and expected reply bytes of `pending` (see [`Pending::weight`]).
+    inflight: usize,
     /// Kept free of bulk writes for small frames (its node's express connection).
-    pub express: bool,
+    express: bool,
     /// Why a closed connection failed, kept while a reply's units wait for the kernel
-    /// to return their destination (see `Shard::fail_conn`).
-    pub failure: Option<crate::error::Error>,
+    /// to return their destination (see [`Conn::close`]).
+    failure: Option<Error>,
     /// The TLS session, on a `rediss://` connection.
-    pub tls: Option<Box<TlsLayer>>,
+    tls: Option<Box<TlsLayer>>,
+}
+
+/// What closing a connection ([`Conn::close`]) leaves to its shard.
+pub(crate) struct Closed {
+    /// It was still connecting (a failed connect).
+    pub was_connecting: bool,
+    /// The replies it owed, whose units are retried or failed now.
+    pub pending: Vec<Pending>,
+    /// How far its output reached the kernel (which of those commands were sent).
+    pub written: u64,
+    /// A payload destination the reply reader gave back (index in the first pending
+    /// reply's units), to return to its unit.
+    pub returned: Option<(usize, Dest)>,
 }
 
 impl Conn {
+    /// The shard-local node it connects to.
+    pub fn node(&self) -> usize {
+        self.node
+    }
+
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+
+    pub fn state(&self) -> ConnState {
+        self.state
+    }
+
+    /// When it was opened.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
+    /// The socket and the receive side together (a read into the receive target).
+    pub fn stream_and_rx(&mut self) -> (&Stream, &mut Rx) {
+        (&self.stream, &mut self.rx)
+    }
+
+    pub fn rx(&self) -> &Rx {
+        &self.rx
+    }
+
+    pub fn rx_mut(&mut self) -> &mut Rx {
+        &mut self.rx
+    }
+
+    /// The replies it waits for, oldest first.
+    pub fn pending(&self) -> &VecDeque<Pending> {
+        &self.pending
+    }
+
+    /// A command was queued: its reply is awaited after the others.
+    pub fn expect(&mut self, p: Pending) {
+        self.pending.push_back(p);
+    }
+
+    /// The reply to read next, taken (give it back with [`Conn::put_back`] while it is
+    /// incomplete).
+    pub fn next_reply(&mut self) -> Option<Pending> {
+        self.pending.pop_front()
+    }
+
+    pub fn put_back(&mut self, p: Pending) {
+        self.pending.push_front(p);
+    }
+
+    /// Bytes in flight (requests and their expected replies).
+    pub fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    /// A frame of `weight` bytes was queued.
+    pub fn add_inflight(&mut self, weight: usize) {
+        self.inflight += weight;
+    }
+
+    /// A reply of `weight` bytes was read.
+    pub fn release(&mut self, weight: usize) {
+        self.inflight = self.inflight.saturating_sub(weight);
+    }
+
+    pub fn is_express(&self) -> bool {
+        self.express
+    }
+
+    pub fn set_express(&mut self) {
+        self.express = true;
+    }
+
+    /// `true` while a handshake reply (AUTH, SELECT, ...) is still owed.
+    fn handshake_owed(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|p| matches!(p.kind, PendKind::Handshake { .. }))
+    }
+
+    /// The TCP connect finished: the connection handshakes (TLS, then the commands
+    /// queued by the pool) or is ready at once.
+    pub fn on_connected(&mut self) {
+        self.state = if self.tls_handshaking() || self.handshake_owed() {
+            ConnState::Handshaking
+        } else {
+            ConnState::Ready
+        };
+    }
+
+    /// A handshake step's reply was read: ready once none is owed.
+    pub fn handshake_step_done(&mut self) {
+        if !self.handshake_owed() {
+            self.state = ConnState::Ready;
+        }
+    }
+
+    /// The TLS handshake finished: ready unless the Redis handshake is still owed.
+    pub fn on_tls_established(&mut self) {
+        if let Some(t) = self.tls.as_mut() {
+            t.established = true;
+        }
+        if self.state == ConnState::Handshaking && !self.handshake_owed() {
+            self.state = ConnState::Ready;
+        }
+    }
+
+    /// The TLS session finished its handshake once.
+    pub fn tls_established(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.established)
+    }
+
+    /// TLS: plaintext bytes copied through the session's buffer since the last call.
+    pub fn tls_take_copied(&mut self) -> usize {
+        self.tls.as_mut().map_or(0, |t| t.take_copied())
+    }
+
+    /// Closes the connection (the connection side of `Shard::fail_conn`): it is dead,
+    /// its socket reset (the kernel must finish every operation on it: a send to a peer
+    /// that stopped reading, or a zero-copy send's notification, would otherwise never
+    /// complete, see [`Stream::reset`]), and the replies it owed are handed back. A
+    /// reply whose payload destination is lent to an in-flight receive stays, with
+    /// `err`, until the kernel returns the receive ([`Conn::settle`]). `None` when it
+    /// was closed already.
+    pub fn close(&mut self, err: &Error) -> Option<Closed> {
+        if self.state == ConnState::Dead {
+            return None;
+        }
+        let was_connecting = self.state == ConnState::Connecting;
+        self.state = ConnState::Dead;
+        self.stream.reset();
+        let held = if self.rx.reader.window_lent() {
+            self.pending.pop_front()
+        } else {
+            None
+        };
+        let pending: Vec<Pending> = self.pending.drain(..).collect();
+        let written = self.written();
+        let returned = match held {
+            Some(p) => {
+                self.pending.push_back(p);
+                self.failure = Some(clone_err(err));
+                None
+            }
+            None => self.rx.reader.reset(),
+        };
+        self.inflight = 0;
+        Some(Closed {
+            was_connecting,
+            pending,
+            written,
+            returned,
+        })
+    }
+
+    /// The kernel returned the receive of a closed connection: the reply held back by
+    /// [`Conn::close`], with its error (when one was held), and the destination the
+    /// reset reader gives back.
+    pub fn settle(&mut self) -> (Closed, Option<Error>) {
+        let returned = self.rx.reader.reset();
+        let pending: Vec<Pending> = self.pending.drain(..).collect();
+        let err = self.failure.take();
+        let closed = Closed {
+            was_connecting: false,
+            pending,
+            written: self.written(),
+            returned,
+        };
+        (closed, err)
+    }
+
     /// A connection receiving into `fixed` (a buffer registered with the ring, and its
     /// index) when given, else into a buffer of its own.
     pub fn new(node: usize, stream: Stream, fixed: Option<(u16, Vec<u8>)>) -> Conn {

@@ -11,6 +11,7 @@ use crate::lanes::{DeathStage, Lanes};
 use crate::metrics::Metrics;
 use crate::syscalls::SyscallCounters;
 
+use super::conn::Conn;
 use super::{epoll, uring, BackendKind, Shard, SubmitPart};
 
 /// The engine's handle on a running shard.
@@ -247,6 +248,23 @@ impl Backend {
                     ))
                 }
             },
+        }
+    }
+
+    /// A registered receive buffer for a new connection (io_uring), if one is free.
+    pub(super) fn take_fixed(&mut self) -> Option<(u16, Vec<u8>)> {
+        match self {
+            Backend::Uring(u) => u.take_fixed(),
+            Backend::Epoll(_) => None,
+        }
+    }
+
+    /// Watches a new connection's connect: a POLLOUT completion (io_uring) or its
+    /// registration for readiness (epoll).
+    pub(super) fn watch_connect(&mut self, cid: usize, conn: &mut Conn) -> std::io::Result<()> {
+        match self {
+            Backend::Uring(u) => u.poll_connect(cid, conn),
+            Backend::Epoll(e) => e.register(cid, conn),
         }
     }
 

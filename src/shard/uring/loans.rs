@@ -117,7 +117,7 @@ impl Uring {
         if self.loans(cid).poll {
             return Ok(());
         }
-        let e = opcode::PollAdd::new(types::Fd(conn.stream.fd()), libc::POLLOUT as u32)
+        let e = opcode::PollAdd::new(types::Fd(conn.stream().fd()), libc::POLLOUT as u32)
             .build()
             .user_data(ud(cid, OP_POLL));
         self.push(&e)?;
@@ -173,7 +173,7 @@ impl Uring {
         let hdr: *const libc::msghdr = &msg.msg;
         // MSG_WAITALL: the kernel keeps sending until every byte is out (or an error),
         // so a send completes once, not once per socket-buffer's worth.
-        let e = opcode::SendMsg::new(types::Fd(conn.stream.fd()), hdr)
+        let e = opcode::SendMsg::new(types::Fd(conn.stream().fd()), hdr)
             .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
             .build()
             .user_data(ud(cid, OP_SEND));
@@ -209,13 +209,13 @@ impl Uring {
         segs: Vec<Bytes>,
         idx: u16,
     ) -> io::Result<()> {
-        let fd = types::Fd(conn.stream.fd());
+        let fd = types::Fd(conn.stream().fd());
         let (ptr, len) = (segs[0].as_ptr(), segs[0].len());
         let Some(rr) = self.regions.as_mut() else {
             return Err(io::Error::other("no regions on this ring"));
         };
         // Zero copy is for TCP; a unix socket refuses SEND_ZC.
-        let send = match conn.stream {
+        let send = match conn.stream() {
             Stream::Unix(_) => FixedSend::Write,
             Stream::Tcp(_) => rr.send,
         };
@@ -276,16 +276,16 @@ impl Uring {
         if self.loans(cid).recv.is_some() {
             return Ok(());
         }
-        let fd = conn.stream.fd();
-        let mut rb = conn.rx.lend();
-        if let Some((i, b)) = conn.rx.released.take() {
+        let fd = conn.stream().fd();
+        let mut rb = conn.rx_mut().lend();
+        if let Some((i, b)) = conn.rx_mut().released.take() {
             self.give_back(i, b);
         }
         let len = rb.len.min(u32::MAX as usize) as u32;
         let ptr = match rb.buf.get_mut(rb.at..) {
             Some(s) => s.as_mut_ptr(),
             None => {
-                conn.rx.restore(rb, 0);
+                conn.rx_mut().restore(rb, 0);
                 return Err(io::Error::other("receive window outside its buffer"));
             }
         };
@@ -321,7 +321,7 @@ impl Uring {
         self.loans(cid).recv = Some(rb);
         if let Err(err) = self.push(&e) {
             if let Some(rb) = self.loans(cid).recv.take() {
-                conn.rx.restore(rb, 0);
+                conn.rx_mut().restore(rb, 0);
             }
             return Err(err);
         }

@@ -385,7 +385,7 @@ mod tests {
                 Cqe::Sent { res, .. } => conn.on_sent(res as usize),
                 Cqe::Recv { res, buf, .. } => {
                     assert!(!buf.direct);
-                    conn.rx.restore(buf, res as usize);
+                    conn.rx_mut().restore(buf, res as usize);
                 }
                 _ => {}
             }
@@ -432,7 +432,7 @@ mod tests {
         assert!(out.iter().any(|c| matches!(c, Cqe::Recv { .. })), "{out:?}");
         for c in out {
             if let Cqe::Recv { res, buf, .. } = c {
-                conn.rx.restore(buf, res as usize);
+                conn.rx_mut().restore(buf, res as usize);
             }
         }
         assert_eq!(conn.unread(), b"+PONG\r\n");
