@@ -12,7 +12,9 @@ use crate::metrics::Metrics;
 use crate::syscalls::SyscallCounters;
 
 use super::conn::Conn;
-use super::{epoll, uring, BackendKind, Shard, SubmitPart};
+use super::{epoll, uring, Shard, SubmitPart};
+use crate::mem::ValuePool;
+use crate::metrics::BackendKind;
 
 /// The engine's handle on a running shard.
 pub(crate) struct ShardHandle {
@@ -56,7 +58,7 @@ pub(crate) struct Shared {
     /// The engine's registered regions (each io_uring shard registers them).
     pub regions: Arc<crate::region::Regions>,
     /// This shard's pool of `get()` value buffers.
-    pub values: Arc<super::ValuePool>,
+    pub values: Arc<ValuePool>,
 }
 
 /// Starts shard `id`, pinned to `core` if given. Returns once its event loop is set up.

@@ -19,7 +19,7 @@
 //!
 //! The rest: `cmd` encodes each command family and reads its replies, `pairs` keeps a
 //! chunk's two keys together through redirects, `conn` is one connection (sans-I/O,
-//! its fields private), `tls` its TLS layer, `uring` / `epoll` are the two backends
+//! its fields private), `rx` its receive side, `tls` its TLS layer, `uring` / `epoll` are the two backends
 //! (`uring/ring.rs` holds every `unsafe` call of the shard), `fixed` the ring's
 //! registered-region slots, `values` the pool of value buffers, `handle` starts and
 //! stops the thread.
@@ -34,9 +34,9 @@ mod pairs;
 mod part;
 mod parts;
 mod pool;
+mod rx;
 mod tls;
 mod uring;
-mod values;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,11 +44,12 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, Op, Role};
-use crate::cluster::{NodeId, Router};
+use crate::batch::{clone_err, Op, SubmitPart};
+use crate::cluster::Router;
 use crate::config::Config;
 use crate::error::Error;
 use crate::lanes::Lanes;
+use crate::mem::ValuePool;
 use crate::metrics::Metrics;
 use crate::priority::{Picker, Priority};
 use crate::syscalls::SyscallCounters;
@@ -57,11 +58,8 @@ use conn::ConnState;
 use events::Cause;
 use handle::Backend;
 pub(crate) use handle::{start, ShardHandle, Shared};
-pub(crate) use part::clone_err;
 use parts::Parts;
 use pool::{Pool, RESOLVE_POLL, SMALL_INFLIGHT};
-pub(crate) use values::ValuePool;
-pub use values::ValuePoolStats;
 
 /// Most connections one shard opens to one server.
 const MAX_CONNS_PER_NODE: usize = 4;
@@ -76,47 +74,6 @@ const MAX_FRAMES_PER_CONN: usize = 16;
 const MAX_ACTIVE_PARTS: usize = 512;
 /// How often deadlines and stalled connections are checked while work is in flight.
 const TICK: Duration = Duration::from_millis(5);
-
-/// Which event loop a shard runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    /// Completion-based, io_uring.
-    IoUring,
-    /// Readiness-based, epoll through mio.
-    Epoll,
-}
-
-impl std::fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BackendKind::IoUring => "io_uring",
-            BackendKind::Epoll => "epoll",
-        })
-    }
-}
-
-/// One unit as the engine routed it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct UnitSpec {
-    pub chunk: u32,
-    pub role: Role,
-    /// The server to send it to (from the routing snapshot, or a command's target).
-    pub node: NodeId,
-    /// Its cluster slot (0 in standalone mode).
-    pub slot: u16,
-    /// Send after ASKING (a unit forwarded on an ASK redirect).
-    pub asking: bool,
-    /// Redirects and retries already spent (a forwarded unit keeps its count).
-    pub attempts: u8,
-}
-
-/// A piece of a batch for one shard: the units it must resolve.
-pub(crate) struct SubmitPart {
-    pub batch: Arc<Batch>,
-    pub units: Vec<UnitSpec>,
-    /// Caller buffers (get_into), by chunk.
-    pub bufs: Vec<(u32, crate::cmem::Mem)>,
-}
 
 struct Shard {
     id: usize,

@@ -5,20 +5,19 @@
 //! The decision itself is [`crate::cluster::retry::classify`]; this module carries it
 //! out. The parts themselves are owned by [`super::parts::Parts`].
 
-use std::io;
 use std::time::Instant;
 
-use crate::batch::{Op, Slot};
+use crate::batch::{clone_err, Op, Slot, SubmitPart, UnitSpec};
 use crate::cluster::retry::{classify, Failure, RetryMethod};
 use crate::cluster::NodeId;
-use crate::cmem::Mem;
 use crate::error::{show_key, Error};
+use crate::mem::Mem;
 use crate::resp::Dest;
 
 use super::conn::{PartRef, PendKind, Pending};
 use super::pairs::{meta_in_flight, Held, Redirect};
 use super::parts::RetryContext;
-use super::{Shard, SubmitPart, UnitSpec};
+use super::Shard;
 
 impl Shard {
     /// A unit's connection failed before its reply; `sent`: its command reached the
@@ -433,46 +432,4 @@ fn located(is_command: bool, hslot: u16, node: &str, msg: &str) -> Error {
     } else {
         format!("slot {hslot} at {node}: {msg}")
     })
-}
-
-/// Errors are not `Clone` (io::Error); units failing together each get an equal copy.
-pub(crate) fn clone_err(e: &Error) -> Error {
-    match e {
-        Error::Io { node, source } => Error::Io {
-            node: node.clone(),
-            source: io::Error::new(source.kind(), source.to_string()),
-        },
-        Error::Auth { node, message } => Error::Auth {
-            node: node.clone(),
-            message: message.clone(),
-        },
-        Error::Server { node, message } => Error::Server {
-            node: node.clone(),
-            message: message.clone(),
-        },
-        Error::Protocol { node, reason } => Error::Protocol {
-            node: node.clone(),
-            reason: reason.clone(),
-        },
-        Error::Timeout { after, what } => Error::Timeout {
-            after: *after,
-            what: what.clone(),
-        },
-        Error::OutcomeUnknown { node, reason } => Error::OutcomeUnknown {
-            node: node.clone(),
-            reason: reason.clone(),
-        },
-        Error::Closed => Error::Closed,
-        Error::Busy { class } => Error::Busy { class },
-        Error::Tls {
-            node,
-            stage,
-            reason,
-        } => Error::Tls {
-            node: node.clone(),
-            stage,
-            reason: reason.clone(),
-        },
-        other => Error::Cluster(other.to_string()),
-    }
 }

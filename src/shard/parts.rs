@@ -7,15 +7,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batch::{Batch, Op, Role, Slot};
+use crate::batch::{clone_err, Batch, Op, Role, Slot, SubmitPart};
 use crate::cluster::NodeId;
-use crate::cmem::Mem;
 use crate::error::Error;
+use crate::mem::Mem;
 use crate::priority::Priority;
 
 use super::conn::PartRef;
 use super::pairs::HeldRedirects;
-use super::{clone_err, SubmitPart};
 
 /// One unit of a part inside the shard.
 pub(super) struct PUnit {

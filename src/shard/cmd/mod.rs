@@ -23,7 +23,7 @@ use crate::resp::{self, ArrayOutcome, Value};
 
 use super::conn::{Conn, PartRef, PendKind, Pending};
 use super::parts::{ActivePart, Parts};
-use super::ValuePool;
+use crate::mem::ValuePool;
 
 /// What an encoder wrote: the units of one command (or pipelined run of commands),
 /// the bytes it is expected to keep in flight, and how its reply is read.
