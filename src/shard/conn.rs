@@ -661,3 +661,76 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A connection over one end of a unix socket pair, and the other end (with a read
+    /// timeout, so a missing shutdown fails the test instead of hanging it).
+    fn unix_conn() -> (Conn, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let conn = Conn::new(0, Stream::Unix(mio::net::UnixStream::from_std(a)), None);
+        (conn, b)
+    }
+
+    fn owed(conn: &Conn) -> Pending {
+        Pending {
+            part: Some(PartRef { idx: 0, gen: 1 }),
+            kind: PendKind::Command,
+            units: vec![0],
+            weight: 10,
+            sent_at: Instant::now(),
+            end: conn.queued_end(),
+        }
+    }
+
+    #[test]
+    fn close_hands_back_the_owed_replies_once_and_ends_the_socket() {
+        let (mut c, mut peer) = unix_conn();
+        c.hdr().extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        c.end_frame();
+        let p = owed(&c);
+        c.expect(p);
+        c.add_inflight(10);
+        c.on_connected();
+        assert_eq!(c.state(), ConnState::Ready);
+
+        let closed = c.close(&Error::Closed).expect("an open connection closes");
+        assert!(!closed.was_connecting);
+        assert_eq!(
+            closed.pending.len(),
+            1,
+            "the owed reply goes back to the shard"
+        );
+        assert!(
+            closed.pending[0].end > closed.written,
+            "nothing was written: the command cannot have run"
+        );
+        assert!(closed.returned.is_none());
+        assert_eq!(c.state(), ConnState::Dead);
+        assert_eq!(c.inflight(), 0);
+        assert!(c.pending().is_empty());
+        // The socket is shut down both ways: the peer reads the end at once.
+        let mut buf = [0u8; 16];
+        assert_eq!(peer.read(&mut buf).expect("the peer sees the end"), 0);
+        // A closed connection fails once: a second failure finds nothing to do.
+        assert!(c.close(&Error::Closed).is_none());
+        let (held, err) = c.settle();
+        assert!(held.pending.is_empty() && err.is_none());
+    }
+
+    #[test]
+    fn closing_a_connect_in_progress_says_so() {
+        let (mut c, _peer) = unix_conn();
+        assert_eq!(c.state(), ConnState::Connecting);
+        let closed = c.close(&Error::Closed).expect("closes");
+        assert!(closed.was_connecting);
+        assert!(closed.pending.is_empty());
+    }
+}

@@ -372,3 +372,88 @@ pub(super) fn pairs_with(units: &[PUnit], last: Option<u32>, chunk: u32, role: R
             .and_then(|l| units.get(l as usize))
             .is_some_and(|lu| lu.chunk == chunk && lu.role == Role::Payload)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::batch::{BatchInit, KeyArena, UnitSpec};
+    use crate::layout::{KeyLayout, KeyScheme};
+    use crate::metrics::Metrics;
+
+    /// A DEL part of one unit per `(node, slot)`.
+    fn part(units: &[(NodeId, u16)]) -> SubmitPart {
+        let keys: Vec<Vec<u8>> = (0..units.len())
+            .map(|i| format!("k{i}").into_bytes())
+            .collect();
+        let batch = Arc::new(Batch::new(BatchInit {
+            op: Op::Delete,
+            class: Priority::Put,
+            layout: KeyScheme::plain(KeyLayout::Raw),
+            keys: KeyArena::from_keys(&keys),
+            ttl: None,
+            timeout: Duration::from_secs(10),
+            metrics: Arc::new(Metrics::new()),
+            follow_up: None,
+        }));
+        let units = units
+            .iter()
+            .enumerate()
+            .map(|(i, &(node, slot))| UnitSpec {
+                chunk: i as u32,
+                role: Role::Payload,
+                node,
+                slot,
+                asking: false,
+                attempts: 0,
+            })
+            .collect();
+        SubmitPart {
+            batch,
+            units,
+            bufs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_part_is_queued_while_it_has_units_to_send_and_handed_back_once_resolved() {
+        let mut parts = Parts::new();
+        let c = Priority::Put.index();
+        let (idx, empty) = parts.admit(Priority::Put, part(&[(0, 1), (1, 2), (0, 1)]), |id| {
+            id as usize
+        });
+        assert!(!empty);
+        assert_eq!(parts.count(), 1);
+        let p = parts.at(idx).expect("admitted");
+        // Units of one node and slot share a group.
+        assert_eq!(p.groups.len(), 2);
+        assert_eq!(p.groups[0].queue, VecDeque::from([0, 2]));
+        let pr = PartRef {
+            idx: idx as u32,
+            gen: p.gen,
+        };
+        assert_eq!(parts.waiting(c, 0, 8), Some(pr.idx));
+        // Nothing left to send: off its class queue; a requeued unit puts it back.
+        parts.unqueue(c, 0);
+        assert_eq!(parts.sendable([false; 4]), [false; 4]);
+        parts.requeue(pr, 1, 0, false);
+        assert_eq!(parts.waiting(c, 0, 8), Some(pr.idx));
+        // It joins the group of its new node and its own slot (a new one here).
+        let g = parts.at(idx).unwrap().groups.last().unwrap();
+        assert_eq!((g.node, g.slot, g.queue.back()), (0, 2, Some(&1)));
+        // Handed back only once every unit is resolved, and then off every queue.
+        assert!(parts.take_done(idx).is_none());
+        for u in 0..3 {
+            parts.get_mut(pr).unwrap().resolve(u, Slot::Ok);
+        }
+        assert!(parts.take_done(idx).is_some());
+        assert_eq!(parts.count(), 0);
+        assert_eq!(parts.sendable([false; 4]), [false; 4]);
+        assert!(parts.get(pr).is_none());
+        // The index is reused with a new generation: the old reference finds nothing.
+        let (again, _) = parts.admit(Priority::Put, part(&[(0, 1)]), |id| id as usize);
+        assert_eq!(again, idx);
+        assert!(parts.get(pr).is_none());
+    }
+}
