@@ -7,7 +7,6 @@
 
 pub(crate) mod batch;
 pub mod cluster;
-pub mod cmem;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -16,10 +15,10 @@ pub mod error;
 pub mod fuzz;
 pub(crate) mod lanes;
 pub mod layout;
+pub(crate) mod mem;
 pub mod metrics;
 pub mod numa;
 pub(crate) mod priority;
-pub mod prometheus;
 pub mod region;
 pub(crate) mod resolver;
 pub(crate) mod resp;
@@ -32,12 +31,12 @@ mod tests;
 pub(crate) mod tls;
 
 pub use batch::{Chunk, ChunkInfo, GetInto, PutChunk, Ticket};
-pub use cmem::{CallerBuf, CallerBufMut, CallerTicket, Returned};
 pub use config::Config;
-pub use engine::{Engine, GetIntoTicket, PutOwned, PutRef, PutTicket, Stats};
+pub use engine::{CallerTicket, Engine, GetIntoTicket, PutOwned, PutRef, PutTicket, Returned};
 pub use error::{Error, Result};
 pub use layout::{KeyLayout, RemoteMetadata};
+pub use mem::{CallerBuf, CallerBufMut};
+pub use metrics::{BackendKind, Stats, ValuePoolStats};
 pub use priority::{Priority, PriorityWeights};
 pub use region::{OwnedRegion, Region};
 pub use resp::Value;
-pub use shard::{BackendKind, ValuePoolStats};

@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::cmem::CallerBufMut;
+use crate::batch::SubmitPart;
 use crate::lanes::Lanes;
-use crate::shard::SubmitPart;
+use crate::mem::CallerBufMut;
 
 /// One region as the shards see it: an address range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,15 +24,12 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::tls::{Opened, TlsLayer};
-use crate::cmem::Mem;
-use crate::resp::{ArrayReader, ReplyReader};
+use crate::batch::clone_err;
+use crate::error::Error;
+use crate::resp::{ArrayReader, Dest, ReplyReader};
 
-/// Payloads at least this large are received straight into their destination.
-pub(crate) const DIRECT_MIN: usize = 32 * 1024;
-/// Smallest free space offered to a receive into the connection's own buffer.
-const RECV_CHUNK: usize = 64 * 1024;
-/// Size of a connection's receive buffer (and of each registered one).
-pub(crate) const RBUF_SIZE: usize = 2 * RECV_CHUNK;
+pub(crate) use super::rx::{RecvBuf, Rx, DIRECT_MIN, RBUF_SIZE};
+
 /// Payloads this small are copied into the frame's header block instead of being sent
 /// from their own buffer.
 const COPY_MAX: usize = 512;
@@ -170,12 +167,13 @@ pub(crate) struct Pending {
     pub end: u64,
 }
 
-/// One connection.
+/// One connection. Its fields are its own: the shard reads and changes them through
+/// the methods below.
 pub(crate) struct Conn {
-    pub node: usize,
-    pub stream: Stream,
-    pub state: ConnState,
-    pub since: Instant,
+    node: usize,
+    stream: Stream,
+    state: ConnState,
+    since: Instant,
     /// Segments not yet fully written; the front may be partly written.
     out: VecDeque<Bytes>,
     out_off: usize,
@@ -186,19 +184,210 @@ pub(crate) struct Conn {
     taken: u64,
     /// Headers of the frame being built, split off into `out` as segments.
     hdr: BytesMut,
-    pub rx: Rx,
-    pub pending: VecDeque<Pending>,
-    pub inflight: usize,
+    rx: Rx,
+    /// The replies it waits for, in order.
+    pending: VecDeque<Pending>,
+    /// Request and expected reply bytes of `pending` (see [`Pending::weight`]).
+    inflight: usize,
     /// Kept free of bulk writes for small frames (its node's express connection).
-    pub express: bool,
+    express: bool,
     /// Why a closed connection failed, kept while a reply's units wait for the kernel
-    /// to return their destination (see `Shard::fail_conn`).
-    pub failure: Option<crate::error::Error>,
+    /// to return their destination (see [`Conn::close`]).
+    failure: Option<Error>,
     /// The TLS session, on a `rediss://` connection.
-    pub tls: Option<Box<TlsLayer>>,
+    tls: Option<Box<TlsLayer>>,
+}
+
+/// What closing a connection ([`Conn::close`]) leaves to its shard.
+pub(crate) struct Closed {
+    /// It was still connecting (a failed connect).
+    pub was_connecting: bool,
+    /// The replies it owed, whose units are retried or failed now.
+    pub pending: Vec<Pending>,
+    /// How far its output reached the kernel (which of those commands were sent).
+    pub written: u64,
+    /// A payload destination the reply reader gave back (index in the first pending
+    /// reply's units), to return to its unit.
+    pub returned: Option<(usize, Dest)>,
 }
 
 impl Conn {
+    /// The shard-local node it connects to.
+    pub fn node(&self) -> usize {
+        self.node
+    }
+
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+
+    pub fn state(&self) -> ConnState {
+        self.state
+    }
+
+    /// When it was opened.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
+    /// The socket and the receive side together (a read into the receive target).
+    pub fn stream_and_rx(&mut self) -> (&Stream, &mut Rx) {
+        (&self.stream, &mut self.rx)
+    }
+
+    pub fn rx(&self) -> &Rx {
+        &self.rx
+    }
+
+    pub fn rx_mut(&mut self) -> &mut Rx {
+        &mut self.rx
+    }
+
+    /// The replies it waits for, oldest first.
+    pub fn pending(&self) -> &VecDeque<Pending> {
+        &self.pending
+    }
+
+    /// A command was queued: its reply is awaited after the others.
+    pub fn expect(&mut self, p: Pending) {
+        self.pending.push_back(p);
+    }
+
+    /// The reply to read next, taken (give it back with [`Conn::put_back`] while it is
+    /// incomplete).
+    pub fn next_reply(&mut self) -> Option<Pending> {
+        self.pending.pop_front()
+    }
+
+    pub fn put_back(&mut self, p: Pending) {
+        self.pending.push_front(p);
+    }
+
+    /// Bytes in flight (requests and their expected replies).
+    pub fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    /// A frame of `weight` bytes was queued.
+    pub fn add_inflight(&mut self, weight: usize) {
+        self.inflight += weight;
+    }
+
+    /// A reply of `weight` bytes was read.
+    pub fn release(&mut self, weight: usize) {
+        self.inflight = self.inflight.saturating_sub(weight);
+    }
+
+    pub fn is_express(&self) -> bool {
+        self.express
+    }
+
+    pub fn set_express(&mut self) {
+        self.express = true;
+    }
+
+    /// `true` while a handshake reply (AUTH, SELECT, ...) is still owed.
+    fn handshake_owed(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|p| matches!(p.kind, PendKind::Handshake { .. }))
+    }
+
+    /// The TCP connect finished: the connection handshakes (TLS, then the commands
+    /// queued by the pool) or is ready at once.
+    pub fn on_connected(&mut self) {
+        self.state = if self.tls_handshaking() || self.handshake_owed() {
+            ConnState::Handshaking
+        } else {
+            ConnState::Ready
+        };
+    }
+
+    /// A handshake step's reply was read: ready once none is owed.
+    pub fn handshake_step_done(&mut self) {
+        if !self.handshake_owed() {
+            self.state = ConnState::Ready;
+        }
+    }
+
+    /// The TLS handshake finished: ready unless the Redis handshake is still owed.
+    pub fn on_tls_established(&mut self) {
+        if let Some(t) = self.tls.as_mut() {
+            t.established = true;
+        }
+        if self.state == ConnState::Handshaking && !self.handshake_owed() {
+            self.state = ConnState::Ready;
+        }
+    }
+
+    /// The TLS session finished its handshake once.
+    pub fn tls_established(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.established)
+    }
+
+    /// TLS: plaintext bytes copied through the session's buffer since the last call.
+    pub fn tls_take_copied(&mut self) -> usize {
+        self.tls.as_mut().map_or(0, |t| t.take_copied())
+    }
+
+    /// Closes the connection (the connection side of `Shard::fail_conn`): it is dead,
+    /// its socket reset (the kernel must finish every operation on it: a send to a peer
+    /// that stopped reading, or a zero-copy send's notification, would otherwise never
+    /// complete, see [`Stream::reset`]), and the replies it owed are handed back. A
+    /// reply whose payload destination is lent to an in-flight receive stays, with
+    /// `err`, until the kernel returns the receive ([`Conn::settle`]). `None` when it
+    /// was closed already.
+    pub fn close(&mut self, err: &Error) -> Option<Closed> {
+        if self.state == ConnState::Dead {
+            return None;
+        }
+        let was_connecting = self.state == ConnState::Connecting;
+        self.state = ConnState::Dead;
+        self.stream.reset();
+        let held = if self.rx.reader.window_lent() {
+            self.pending.pop_front()
+        } else {
+            None
+        };
+        let pending: Vec<Pending> = self.pending.drain(..).collect();
+        let written = self.written();
+        let returned = match held {
+            Some(p) => {
+                self.pending.push_back(p);
+                self.failure = Some(clone_err(err));
+                None
+            }
+            None => self.rx.reader.reset(),
+        };
+        self.inflight = 0;
+        Some(Closed {
+            was_connecting,
+            pending,
+            written,
+            returned,
+        })
+    }
+
+    /// The kernel returned the receive of a closed connection: the reply held back by
+    /// [`Conn::close`], with its error (when one was held), and the destination the
+    /// reset reader gives back.
+    pub fn settle(&mut self) -> (Closed, Option<Error>) {
+        let returned = self.rx.reader.reset();
+        let pending: Vec<Pending> = self.pending.drain(..).collect();
+        let err = self.failure.take();
+        let closed = Closed {
+            was_connecting: false,
+            pending,
+            written: self.written(),
+            returned,
+        };
+        (closed, err)
+    }
+
     /// A connection receiving into `fixed` (a buffer registered with the ring, and its
     /// index) when given, else into a buffer of its own.
     pub fn new(node: usize, stream: Stream, fixed: Option<(u16, Vec<u8>)>) -> Conn {
@@ -473,195 +662,75 @@ impl Conn {
     }
 }
 
-/// A receive's memory while the kernel holds it: the connection's receive buffer or a
-/// payload's destination, written at `buf[at..at + len]`.
-#[derive(Debug)]
-pub(crate) struct RecvBuf {
-    pub buf: Mem,
-    pub at: usize,
-    pub len: usize,
-    /// The payload destination (from the reply reader), not the receive buffer.
-    pub direct: bool,
-    /// Registered-buffer index when `buf` is a registered buffer.
-    pub fixed: Option<u16>,
-    /// Set by the ring: the receive wrote through a registered region's fixed buffer.
-    pub region: bool,
-}
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Duration;
 
-/// The receive side: buffer, read cursor and reply reader.
-pub(crate) struct Rx {
-    rbuf: Vec<u8>,
-    /// Registered-buffer index while `rbuf` is the registered buffer (never resized
-    /// then: the kernel knows its address).
-    pub fixed: Option<u16>,
-    /// A registered buffer given up (to grow past it), to be returned to the pool.
-    pub released: Option<(u16, Vec<u8>)>,
-    rstart: usize,
-    rend: usize,
-    pub reader: ArrayReader,
-    /// Reader of every reply but MGET's (bounded, resumable).
-    pub replies: ReplyReader,
-    /// Most bytes the next receive into the receive buffer may take: set when the
-    /// reply's next element is a large value of known length, so the receive stops at
-    /// the end of its header and the value itself lands straight in its destination.
-    pub cap: Option<usize>,
-    /// TLS: the receive buffer takes ciphertext, never capped, never bypassed.
-    pub ciphertext: bool,
-}
+    use super::*;
 
-impl Rx {
-    fn new(fixed: Option<(u16, Vec<u8>)>) -> Rx {
-        let (fixed, rbuf) = match fixed {
-            Some((i, b)) => (Some(i), b),
-            None => (None, vec![0u8; RBUF_SIZE]),
-        };
-        Rx {
-            rbuf,
-            fixed,
-            released: None,
-            rstart: 0,
-            rend: 0,
-            reader: ArrayReader::new(),
-            replies: ReplyReader::new(),
-            cap: None,
-            ciphertext: false,
+    /// A connection over one end of a unix socket pair, and the other end (with a read
+    /// timeout, so a missing shutdown fails the test instead of hanging it).
+    fn unix_conn() -> (Conn, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let conn = Conn::new(0, Stream::Unix(mio::net::UnixStream::from_std(a)), None);
+        (conn, b)
+    }
+
+    fn owed(conn: &Conn) -> Pending {
+        Pending {
+            part: Some(PartRef { idx: 0, gen: 1 }),
+            kind: PendKind::Command,
+            units: vec![0],
+            weight: 10,
+            sent_at: Instant::now(),
+            end: conn.queued_end(),
         }
     }
 
-    /// Where the next receive should write. `true` in the second field means directly
-    /// into the payload destination.
-    pub fn recv_target(&mut self) -> (&mut [u8], bool) {
-        if self.rstart == self.rend {
-            self.rstart = 0;
-            self.rend = 0;
-            // A large value is received straight into its destination to its end,
-            // also when the part still missing has become small.
-            if !self.ciphertext
-                && self.reader.payload_len() >= DIRECT_MIN
-                && self.reader.payload_remaining() > 0
-            {
-                if let Some(w) = self.reader.direct_window() {
-                    return (w, true);
-                }
-            }
-        }
-        if self.rbuf.len() - self.rend < RECV_CHUNK {
-            if self.rstart > 0 {
-                self.rbuf.copy_within(self.rstart..self.rend, 0);
-                self.rend -= self.rstart;
-                self.rstart = 0;
-            }
-            if self.rbuf.len() - self.rend < RECV_CHUNK {
-                // Both readers consume all they are given, so only a header line
-                // longer than the free space is left here; make room for it.
-                let want = (self.rend + RECV_CHUNK).max(self.rbuf.len() * 2);
-                match self.fixed.take() {
-                    // A registered buffer must keep its address: copy out of it instead.
-                    Some(i) => {
-                        let mut bigger = vec![0u8; want];
-                        bigger[..self.rend].copy_from_slice(&self.rbuf[..self.rend]);
-                        self.released = Some((i, std::mem::replace(&mut self.rbuf, bigger)));
-                    }
-                    None => self.rbuf.resize(want, 0),
-                }
-            }
-        }
-        let end = match self.cap.filter(|_| !self.ciphertext) {
-            Some(c) => (self.rend + c.max(1)).min(self.rbuf.len()),
-            None => self.rbuf.len(),
-        };
-        (&mut self.rbuf[self.rend..end], false)
+    #[test]
+    fn close_hands_back_the_owed_replies_once_and_ends_the_socket() {
+        let (mut c, mut peer) = unix_conn();
+        c.hdr().extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        c.end_frame();
+        let p = owed(&c);
+        c.expect(p);
+        c.add_inflight(10);
+        c.on_connected();
+        assert_eq!(c.state(), ConnState::Ready);
+
+        let closed = c.close(&Error::Closed).expect("an open connection closes");
+        assert!(!closed.was_connecting);
+        assert_eq!(
+            closed.pending.len(),
+            1,
+            "the owed reply goes back to the shard"
+        );
+        assert!(
+            closed.pending[0].end > closed.written,
+            "nothing was written: the command cannot have run"
+        );
+        assert!(closed.returned.is_none());
+        assert_eq!(c.state(), ConnState::Dead);
+        assert_eq!(c.inflight(), 0);
+        assert!(c.pending().is_empty());
+        // The socket is shut down both ways: the peer reads the end at once.
+        let mut buf = [0u8; 16];
+        assert_eq!(peer.read(&mut buf).expect("the peer sees the end"), 0);
+        // A closed connection fails once: a second failure finds nothing to do.
+        assert!(c.close(&Error::Closed).is_none());
+        let (held, err) = c.settle();
+        assert!(held.pending.is_empty() && err.is_none());
     }
 
-    /// Moves the memory the next receive should write out of the connection (the
-    /// payload destination for a large value, else the receive buffer). It must come
-    /// back through [`Rx::restore`]; meanwhile the receive buffer reads as empty.
-    pub fn lend(&mut self) -> RecvBuf {
-        let (_, direct) = self.recv_target();
-        if direct {
-            if let Some((buf, at, end)) = self.reader.lend_window() {
-                return RecvBuf {
-                    buf,
-                    at,
-                    len: end - at,
-                    direct: true,
-                    fixed: None,
-                    region: false,
-                };
-            }
-        }
-        let buf = std::mem::take(&mut self.rbuf);
-        let room = buf.len().saturating_sub(self.rend);
-        RecvBuf {
-            at: self.rend,
-            len: self
-                .cap
-                .filter(|_| !self.ciphertext)
-                .map_or(room, |c| c.max(1).min(room)),
-            buf: Mem::Own(buf),
-            direct: false,
-            fixed: self.fixed,
-            region: false,
-        }
-    }
-
-    /// Takes back what [`Rx::lend`] gave out, with `n` bytes received into it. Returns
-    /// a payload destination nobody waits for any more (the reader was reset).
-    pub fn restore(&mut self, b: RecvBuf, n: usize) -> Option<Mem> {
-        if b.direct {
-            self.reader.restore_window(b.buf, n)
-        } else {
-            self.rbuf = b.buf.into_vec();
-            self.rend = (self.rend + n).min(self.rbuf.len());
-            None
-        }
-    }
-
-    /// `n` bytes arrived at the place `recv_target` gave.
-    pub fn on_recv(&mut self, n: usize, direct: bool) {
-        if direct {
-            self.reader.advance_direct(n);
-        } else {
-            self.rend = (self.rend + n).min(self.rbuf.len());
-        }
-    }
-
-    /// Takes the registered buffer out (the connection is being freed).
-    pub fn take_fixed(&mut self) -> Option<(u16, Vec<u8>)> {
-        let i = self.fixed.take()?;
-        Some((i, std::mem::take(&mut self.rbuf)))
-    }
-
-    /// Unread received bytes (none while the receive buffer is lent).
-    pub fn unread(&self) -> &[u8] {
-        self.rbuf.get(self.rstart..self.rend).unwrap_or(&[])
-    }
-
-    /// Marks `n` unread bytes as consumed.
-    pub fn consume(&mut self, n: usize) {
-        self.rstart = (self.rstart + n).min(self.rend);
-    }
-
-    /// The reader and the unread bytes together (split borrow for the MGET path).
-    pub fn reader_and_unread(&mut self) -> (&mut ArrayReader, &[u8]) {
-        let unread = self.rbuf.get(self.rstart..self.rend).unwrap_or(&[]);
-        (&mut self.reader, unread)
-    }
-
-    /// The reply reader and the unread bytes together (split borrow for the other
-    /// replies).
-    pub fn replies_and_unread(&mut self) -> (&mut ReplyReader, &[u8]) {
-        let unread = self.rbuf.get(self.rstart..self.rend).unwrap_or(&[]);
-        (&mut self.replies, unread)
-    }
-
-    /// Shrinks the receive buffer back after a large control-plane reply.
-    pub fn trim(&mut self) {
-        // A lent buffer reads as empty here (length 0) and is left alone.
-        if self.rstart == self.rend && self.rbuf.len() > 4 * RECV_CHUNK && self.fixed.is_none() {
-            self.rbuf = vec![0u8; RBUF_SIZE];
-            self.rstart = 0;
-            self.rend = 0;
-        }
+    #[test]
+    fn closing_a_connect_in_progress_says_so() {
+        let (mut c, _peer) = unix_conn();
+        assert_eq!(c.state(), ConnState::Connecting);
+        let closed = c.close(&Error::Closed).expect("closes");
+        assert!(closed.was_connecting);
+        assert!(closed.pending.is_empty());
     }
 }

@@ -59,7 +59,7 @@ impl Epoll {
     pub fn register(&mut self, cid: usize, conn: &mut Conn) -> io::Result<()> {
         let interest = Interest::READABLE | Interest::WRITABLE;
         self.calls.one(Sys::EpollCtl);
-        match &mut conn.stream {
+        match conn.stream_mut() {
             Stream::Tcp(s) => self.poll.registry().register(s, Token(cid), interest),
             Stream::Unix(s) => self.poll.registry().register(s, Token(cid), interest),
         }
@@ -67,7 +67,7 @@ impl Epoll {
 
     pub fn deregister(&mut self, conn: &mut Conn) {
         self.calls.one(Sys::EpollCtl);
-        let _ = match &mut conn.stream {
+        let _ = match conn.stream_mut() {
             Stream::Tcp(s) => self.poll.registry().deregister(s),
             Stream::Unix(s) => self.poll.registry().deregister(s),
         };
@@ -110,7 +110,7 @@ pub(crate) fn flush(conn: &mut Conn, calls: &SyscallCounters) -> io::Result<usiz
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(64);
         conn.send_slices(&mut slices);
         calls.one(Sys::SockWrite);
-        let r = crate::sys::send_vectored(conn.stream.fd(), &slices);
+        let r = crate::sys::send_vectored(conn.stream().fd(), &slices);
         drop(slices);
         match r {
             Ok(0) => {
@@ -143,15 +143,16 @@ pub(crate) fn read_once(
 ) -> io::Result<Option<(usize, bool, bool)>> {
     loop {
         calls.one(Sys::SockRead);
-        let (buf, direct) = conn.rx.recv_target();
+        let (stream, rx) = conn.stream_and_rx();
+        let (buf, direct) = rx.recv_target();
         let room = buf.len();
-        let r = match &conn.stream {
+        let r = match stream {
             Stream::Tcp(s) => (&*s).read(buf),
             Stream::Unix(s) => (&*s).read(buf),
         };
         return match r {
             Ok(n) => {
-                conn.rx.on_recv(n, direct);
+                conn.rx_mut().on_recv(n, direct);
                 Ok(Some((n, direct, n == room)))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),

@@ -1,6 +1,7 @@
 //! Which of a ring's fixed-buffer slots hold which registered region, and how many
 //! operations in flight use each: the bookkeeping behind `Uring`'s region support
-//! (see `crate::region`). No I/O and no `unsafe` here; `uring/setup.rs` registers.
+//! (see `crate::region`). No I/O and no `unsafe` here; `uring/setup.rs` registers (through
+//! `uring/ring.rs`).
 
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;

@@ -11,7 +11,10 @@ use crate::lanes::{DeathStage, Lanes};
 use crate::metrics::Metrics;
 use crate::syscalls::SyscallCounters;
 
-use super::{epoll, uring, BackendKind, Shard, SubmitPart};
+use super::conn::Conn;
+use super::{epoll, uring, Shard, SubmitPart};
+use crate::mem::ValuePool;
+use crate::metrics::BackendKind;
 
 /// The engine's handle on a running shard.
 pub(crate) struct ShardHandle {
@@ -55,7 +58,7 @@ pub(crate) struct Shared {
     /// The engine's registered regions (each io_uring shard registers them).
     pub regions: Arc<crate::region::Regions>,
     /// This shard's pool of `get()` value buffers.
-    pub values: Arc<super::ValuePool>,
+    pub values: Arc<ValuePool>,
 }
 
 /// Starts shard `id`, pinned to `core` if given. Returns once its event loop is set up.
@@ -247,6 +250,23 @@ impl Backend {
                     ))
                 }
             },
+        }
+    }
+
+    /// A registered receive buffer for a new connection (io_uring), if one is free.
+    pub(super) fn take_fixed(&mut self) -> Option<(u16, Vec<u8>)> {
+        match self {
+            Backend::Uring(u) => u.take_fixed(),
+            Backend::Epoll(_) => None,
+        }
+    }
+
+    /// Watches a new connection's connect: a POLLOUT completion (io_uring) or its
+    /// registration for readiness (epoll).
+    pub(super) fn watch_connect(&mut self, cid: usize, conn: &mut Conn) -> std::io::Result<()> {
+        match self {
+            Backend::Uring(u) => u.poll_connect(cid, conn),
+            Backend::Epoll(e) => e.register(cid, conn),
         }
     }
 

@@ -8,14 +8,21 @@
 //! capacity (a bound on in-flight bytes and frames per connection), and while they wait
 //! they are served by the classes' weighted shares (`crate::priority`).
 //!
-//! This module keeps the event loop, intake and dispatch. The rest: `events` hands
-//! connections to the backend and acts on its completions / readiness, `timers` runs
-//! the periodic tick (deadlines, stalls, retries, probes), `cmd` encodes each command
-//! family and reads its replies, `pool` opens, picks, fails and frees connections,
-//! `part` tracks the units of a part and carries out retry decisions
-//! (`crate::cluster::retry`), `pairs` keeps a chunk's two keys together through
-//! redirects, `conn` is one connection (sans-I/O), `uring` / `epoll`
-//! are the two backends, `handle` starts and stops the thread.
+//! The shard's state is split by owner: [`pool::Pool`] (servers, connections, zombies,
+//! free ids, connections to flush), [`parts::Parts`] (the parts in flight, their
+//! per-class queues, the delayed retries) and the backend (`handle::Backend`: the
+//! io_uring ring or the epoll poller). `impl Shard` itself, the code that needs
+//! several of them at once, lives in three files: this one (the event loop, intake,
+//! dispatch, opening connections, the periodic tick), `events` (backend events,
+//! replies, and `fail_conn`, the one way a connection fails) and `part` (what
+//! becomes of a unit: retries, redirects, completion).
+//!
+//! The rest: `cmd` encodes each command family and reads its replies, `pairs` keeps a
+//! chunk's two keys together through redirects, `conn` is one connection (sans-I/O,
+//! its fields private), `rx` its receive side, `tls` its TLS layer, `uring` / `epoll` are the two backends
+//! (`uring/ring.rs` holds every `unsafe` call of the shard), `fixed` the ring's
+//! registered-region slots, `values` the pool of value buffers, `handle` starts and
+//! stops the thread.
 
 mod cmd;
 pub(crate) mod conn;
@@ -25,35 +32,34 @@ mod fixed;
 mod handle;
 mod pairs;
 mod part;
+mod parts;
 mod pool;
-mod timers;
+mod rx;
 mod tls;
 mod uring;
-mod values;
 
-use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, Op, Role, Slot};
-use crate::cluster::{NodeId, Router};
+use crate::batch::{clone_err, Op, SubmitPart};
+use crate::cluster::Router;
 use crate::config::Config;
 use crate::error::Error;
 use crate::lanes::Lanes;
+use crate::mem::ValuePool;
 use crate::metrics::Metrics;
 use crate::priority::{Picker, Priority};
 use crate::syscalls::SyscallCounters;
 
-use conn::{Conn, PartRef};
+use conn::ConnState;
+use events::Cause;
 use handle::Backend;
 pub(crate) use handle::{start, ShardHandle, Shared};
-pub(crate) use part::clone_err;
-use part::{ActivePart, Group, PUnit};
-use pool::Node;
-pub(crate) use values::ValuePool;
-pub use values::ValuePoolStats;
+use parts::Parts;
+use pool::{Pool, RESOLVE_POLL, SMALL_INFLIGHT};
 
 /// Most connections one shard opens to one server.
 const MAX_CONNS_PER_NODE: usize = 4;
@@ -69,47 +75,6 @@ const MAX_ACTIVE_PARTS: usize = 512;
 /// How often deadlines and stalled connections are checked while work is in flight.
 const TICK: Duration = Duration::from_millis(5);
 
-/// Which event loop a shard runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    /// Completion-based, io_uring.
-    IoUring,
-    /// Readiness-based, epoll through mio.
-    Epoll,
-}
-
-impl std::fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BackendKind::IoUring => "io_uring",
-            BackendKind::Epoll => "epoll",
-        })
-    }
-}
-
-/// One unit as the engine routed it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct UnitSpec {
-    pub chunk: u32,
-    pub role: Role,
-    /// The server to send it to (from the routing snapshot, or a command's target).
-    pub node: NodeId,
-    /// Its cluster slot (0 in standalone mode).
-    pub slot: u16,
-    /// Send after ASKING (a unit forwarded on an ASK redirect).
-    pub asking: bool,
-    /// Redirects and retries already spent (a forwarded unit keeps its count).
-    pub attempts: u8,
-}
-
-/// A piece of a batch for one shard: the units it must resolve.
-pub(crate) struct SubmitPart {
-    pub batch: Arc<Batch>,
-    pub units: Vec<UnitSpec>,
-    /// Caller buffers (get_into), by chunk.
-    pub bufs: Vec<(u32, crate::cmem::Mem)>,
-}
-
 struct Shard {
     id: usize,
     cfg: Arc<Config>,
@@ -119,28 +84,16 @@ struct Shard {
     /// Every shard's lanes, to hand a redirected unit to the shard owning its node.
     all_lanes: Arc<[Arc<Lanes<SubmitPart>>]>,
     stop: Arc<AtomicBool>,
+    /// The event loop: the io_uring ring (and the memory lent to the kernel) or epoll.
     backend: Backend,
-    nodes: Vec<Node>,
-    node_ids: Vec<usize>,
-    conns: Vec<Option<Conn>>,
-    free_conns: Vec<usize>,
-    /// Connections closed while the kernel still holds their buffers (io_uring).
-    zombies: Vec<usize>,
-    parts: Vec<Option<ActivePart>>,
-    free_parts: Vec<usize>,
-    next_gen: u32,
-    active: [VecDeque<u32>; 4],
+    /// Servers and their connections.
+    pool: Pool,
+    /// The parts in flight.
+    parts: Parts,
     lane_picker: Picker,
     dispatch_picker: Picker,
-    dirty: Vec<usize>,
-    /// Units waiting to be retried (TRYAGAIN, CLUSTERDOWN, LOADING): when, which.
-    delayed: Vec<(Instant, PartRef, u32)>,
+    /// Running average value size (fan-out, budgets for large values).
     avg_value: f64,
-    conns_per_node: usize,
-    /// Connections per server and shard once values are large.
-    large_conns: usize,
-    /// Connections per server and shard once values average 16 MiB or more.
-    huge_conns: usize,
     /// An MGET reply came back (value sizes are known, or were absent).
     probed: bool,
     /// Bytes in flight per server from this shard (`max_node_inflight_bytes`).
@@ -196,23 +149,11 @@ impl Shard {
             all_lanes,
             stop,
             backend,
-            nodes: Vec::new(),
-            node_ids: Vec::new(),
-            conns: Vec::new(),
-            free_conns: Vec::new(),
-            zombies: Vec::new(),
-            parts: Vec::new(),
-            free_parts: Vec::new(),
-            next_gen: 1,
-            active: Default::default(),
+            pool: Pool::new(conns_per_node, large_conns, huge_conns),
+            parts: Parts::new(),
             lane_picker: Picker::new(weights),
             dispatch_picker: Picker::new(weights),
-            dirty: Vec::new(),
-            delayed: Vec::new(),
             avg_value: 0.0,
-            conns_per_node,
-            large_conns,
-            huge_conns,
             probed: false,
             node_limit,
             last_tick: Instant::now(),
@@ -225,13 +166,13 @@ impl Shard {
     /// After the loop panicked: every batch with an active part here fails with `err`
     /// (the parts themselves are dropped with the shard).
     pub(super) fn abandon(&mut self, err: &Error) {
-        for p in self.parts.iter().flatten() {
+        for p in self.parts.iter() {
             p.batch.fail(clone_err(err));
         }
     }
 
     fn active_parts(&self) -> usize {
-        self.parts.len() - self.free_parts.len()
+        self.parts.count()
     }
 
     fn run(&mut self) {
@@ -252,9 +193,7 @@ impl Shard {
             self.flush_dirty();
 
             // A server known down is probed on the timer, so it keeps the loop ticking.
-            let busy = self.active_parts() > 0
-                || !self.zombies.is_empty()
-                || self.nodes.iter().any(|n| n.down);
+            let busy = self.active_parts() > 0 || self.pool.has_zombies() || self.pool.any_down();
             let mut timeout = if busy {
                 Some(TICK)
             } else {
@@ -299,9 +238,9 @@ impl Shard {
             }
         }
         // Shutting down: fail whatever is still connected-but-waiting.
-        for cid in 0..self.conns.len() {
-            if self.conns[cid].is_some() {
-                self.fail_conn(cid, Error::Closed, false);
+        for cid in 0..self.pool.conn_slots() {
+            if self.pool.conn(cid).is_some() {
+                self.fail_conn(cid, Cause::Closed);
             }
         }
         // Nothing may free memory the kernel still holds: cancel every operation and
@@ -311,16 +250,12 @@ impl Shard {
         // even from a peer that stopped reading.
         if let Backend::Uring(u) = &mut self.backend {
             if u.submit_queued() {
-                for c in self.conns.iter_mut() {
-                    if c.is_some() {
-                        Self::release_conn(u, c.take());
-                    }
-                }
+                self.pool.release_all(u);
             }
             let t = u.shutdown(uring::DRAIN_LIMIT);
             self.metrics.kernel_teardown(t.drained, t.leaked);
             self.metrics.efaults(u.take_efaults());
-            self.zombies.clear();
+            self.pool.forget_zombies();
             self.metrics.zombies(0);
         }
         tracing::debug!(shard = self.id, "shard stopped");
@@ -349,99 +284,13 @@ impl Shard {
             sp.batch.part_done(Vec::new(), sp.bufs);
             return;
         }
-        let mut bufs = sp.bufs.into_iter().peekable();
-        let mut units = Vec::with_capacity(sp.units.len());
-        let mut groups: Vec<Group> = Vec::new();
-        for (i, spec) in sp.units.into_iter().enumerate() {
-            let buf = if spec.role == Role::Payload
-                && bufs.peek().is_some_and(|(c, _)| *c == spec.chunk)
-            {
-                bufs.next().map(|(_, b)| b)
-            } else {
-                None
-            };
-            let node = self.local_node(spec.node);
-            // Units of one slot are usually adjacent (hash tags, standalone): check the
-            // last group first. An ASK group takes only a chunk's metadata right after
-            // its payload (forwarded together, see `pairs`).
-            let existing = if spec.asking {
-                groups.last_mut().filter(|g| {
-                    g.asking
-                        && g.node == node
-                        && g.slot == spec.slot
-                        && part::pairs_with(&units, g.queue.back().copied(), spec.chunk, spec.role)
-                })
-            } else {
-                groups
-                    .iter_mut()
-                    .rev()
-                    .find(|g| g.node == node && g.slot == spec.slot && !g.asking)
-            };
-            match existing {
-                Some(g) => g.queue.push_back(i as u32),
-                None => groups.push(Group {
-                    node,
-                    slot: spec.slot,
-                    queue: VecDeque::from([i as u32]),
-                    asking: spec.asking,
-                }),
-            }
-            units.push(PUnit {
-                chunk: spec.chunk,
-                role: spec.role,
-                buf,
-                attempts: spec.attempts,
-                slot: Slot::Pending,
-                hslot: spec.slot,
-                node,
-                lent: false,
-            });
-        }
-        let n = units.len();
-        let gen = self.next_gen;
-        self.next_gen = self.next_gen.wrapping_add(1).max(1);
-        let part = ActivePart {
-            gen,
-            class,
-            batch: sp.batch,
-            units,
-            groups,
-            unsent: n,
-            unresolved: n,
-            queued: true,
-            held: Default::default(),
-        };
-        let idx = match self.free_parts.pop() {
-            Some(i) => {
-                self.parts[i] = Some(part);
-                i
-            }
-            None => {
-                self.parts.push(Some(part));
-                self.parts.len() - 1
-            }
-        };
-        self.active[class.index()].push_back(idx as u32);
-        if n == 0 {
+        let (pool, router) = (&mut self.pool, &self.router);
+        let (idx, empty) = self
+            .parts
+            .admit(class, sp, |id| pool.local_node(id, router));
+        if empty {
             self.maybe_complete(idx);
         }
-    }
-
-    /// This shard's node state for a router node id, created on first use.
-    fn local_node(&mut self, id: NodeId) -> usize {
-        let id = id as usize;
-        if let Some(&i) = self.node_ids.get(id) {
-            if i != usize::MAX {
-                return i;
-            }
-        }
-        if self.node_ids.len() <= id {
-            self.node_ids.resize(id + 1, usize::MAX);
-        }
-        self.node_ids[id] = self.nodes.len();
-        self.nodes
-            .push(Node::new(id as NodeId, self.router.addr(id as NodeId)));
-        self.nodes.len() - 1
     }
 
     // ----- dispatch -----
@@ -452,28 +301,21 @@ impl Shard {
         const LOOKAHEAD: usize = 8;
         let mut blocked = [false; 4];
         loop {
-            let mut nonempty = [false; 4];
-            for c in 0..4 {
-                nonempty[c] = !blocked[c] && !self.active[c].is_empty();
-            }
+            let nonempty = self.parts.sendable(blocked);
             let Some(class) = self.dispatch_picker.pick(nonempty) else {
                 break;
             };
             let c = class.index();
             let mut sent = false;
             let mut i = 0;
-            while i < self.active[c].len().min(LOOKAHEAD) {
-                let pidx = self.active[c][i];
+            while let Some(pidx) = self.parts.waiting(c, i, LOOKAHEAD) {
                 match self.emit(pidx as usize) {
                     Emit::Sent => {
                         sent = true;
                         break;
                     }
                     Emit::Exhausted => {
-                        self.active[c].remove(i);
-                        if let Some(p) = self.parts[pidx as usize].as_mut() {
-                            p.queued = false;
-                        }
+                        self.parts.unqueue(c, i);
                         // Units failed without a send (a server known down).
                         self.maybe_complete(pidx as usize);
                         // Progress was made; look again from the front.
@@ -492,7 +334,7 @@ impl Shard {
 
     /// Sends one frame of part `pidx` if some connection can take it.
     fn emit(&mut self, pidx: usize) -> Emit {
-        let Some(part) = self.parts[pidx].as_ref() else {
+        let Some(part) = self.parts.at(pidx) else {
             return Emit::Exhausted;
         };
         if part.unsent == 0 {
@@ -505,7 +347,7 @@ impl Shard {
         let now = Instant::now();
         let mut any_blocked = false;
         for gi in 0..part.groups.len() {
-            let Some(part) = self.parts[pidx].as_ref() else {
+            let Some(part) = self.parts.at(pidx) else {
                 break;
             };
             let g = &part.groups[gi];
@@ -516,12 +358,14 @@ impl Shard {
             // A server known down fails new calls at once (standalone; in a cluster a
             // down master's slots are expected to move, so units wait for the
             // topology within their deadline).
-            if self.nodes[node].down && !self.router.is_cluster() {
-                let err = self.nodes[node].down_error(now);
-                self.fail_group(pidx, gi, &err);
+            if self.pool.node(node).down && !self.router.is_cluster() {
+                let err = self.pool.node(node).down_error(now);
+                if self.parts.fail_group(pidx, gi, &err) {
+                    self.metrics.error("host_down");
+                }
                 continue;
             }
-            if let Some(at) = self.nodes[node].retry_at {
+            if let Some(at) = self.pool.node(node).retry_at {
                 if at > now {
                     any_blocked = true;
                     continue;
@@ -529,8 +373,8 @@ impl Shard {
             }
             // Before any value size is known one MGET (of one value) goes first.
             let probing = matches!(part.batch.op, Op::Get(_)) && !self.probed;
-            if (heavy && self.node_inflight(node) >= self.node_limit)
-                || (probing && self.mget_outstanding(node))
+            if (heavy && self.pool.node_inflight(node) >= self.node_limit)
+                || (probing && self.pool.mget_outstanding(node))
             {
                 any_blocked = true;
                 continue;
@@ -547,11 +391,145 @@ impl Shard {
             Emit::Blocked
         } else {
             // Every group empty but `unsent` says otherwise: resync.
-            if let Some(p) = self.parts[pidx].as_mut() {
+            if let Some(p) = self.parts.at_mut(pidx) {
                 p.unsent = 0;
             }
             Emit::Exhausted
         }
+    }
+
+    /// The connection of `node` with the most room for a frame, opening one if all
+    /// are full. `bulk` frames (PUT payloads) never use the node's express connection;
+    /// other frames may, and open it (one beyond the pool size) when every connection
+    /// has more than `SMALL_INFLIGHT` bytes in flight.
+    fn pick_conn(&mut self, node: usize, bulk: bool) -> Option<usize> {
+        let limit = self.cfg.max_inflight_bytes;
+        let express = self.pool.node(node).express;
+        let (best, grow) = self.pool.choose(node, bulk, limit, self.avg_value);
+        // An idle connection is best; otherwise grow the pool while allowed, so large
+        // values spread over several sockets.
+        let pick = match best {
+            Some((cid, w)) if w == 0 || !grow => Some((cid, w)),
+            _ if grow => match self.open_conn(node) {
+                Ok(cid) => Some((cid, 0)),
+                Err(e) => {
+                    self.open_failed(node, e);
+                    best
+                }
+            },
+            _ => best,
+        };
+        // Every connection is busy with bulk: a small frame gets the express one.
+        if !bulk && express.is_none() && pick.is_none_or(|(_, w)| w > SMALL_INFLIGHT) {
+            match self.open_conn(node) {
+                Ok(cid) => {
+                    self.pool.set_express(node, cid);
+                    return Some(cid);
+                }
+                Err(e) => self.open_failed(node, e),
+            }
+        }
+        pick.map(|p| p.0)
+    }
+
+    /// Opens a connection to `node` (TLS and the handshake queued first).
+    fn open_conn(&mut self, node: usize) -> io::Result<usize> {
+        let readonly = self.router.is_cluster() && self.router.is_readonly(self.pool.node(node).id);
+        let (cfg, tls) = (&self.cfg, &self.tls);
+        let cid = self.pool.open(node, &mut self.backend, |conn, addr| {
+            tls::attach(tls.as_ref(), conn, addr)?;
+            pool::queue_handshake(cfg, conn, readonly);
+            Ok(())
+        })?;
+        let addr = &self.pool.node(node).addr;
+        tracing::debug!(shard = self.id, node = %addr, cid, "connecting");
+        Ok(cid)
+    }
+
+    /// A connection could not even be started: a name still being resolved is
+    /// asked for again shortly; anything else is a failed connect.
+    fn open_failed(&mut self, node: usize, e: io::Error) {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            self.pool.node_mut(node).retry_at = Some(Instant::now() + RESOLVE_POLL);
+        } else {
+            self.pool.node_mut(node).down = true;
+            self.node_failed(node, &e);
+        }
+    }
+
+    /// Writes one frame of group `gi` of part `pidx` to connection `cid`.
+    fn build_frame(&mut self, pidx: usize, gi: usize, cid: usize) {
+        let (Some(part), Some(conn)) = (self.parts.at_mut(pidx), self.pool.conn_mut(cid)) else {
+            return;
+        };
+        let cx = cmd::FrameCx {
+            chunk_size: self.cfg.chunk_size,
+            inflight_limit: self.cfg.max_inflight_bytes,
+            avg_value: &mut self.avg_value,
+            probed: self.probed,
+            metrics: &self.metrics,
+        };
+        cmd::build_frame(part, pidx, gi, conn, cx);
+        self.pool.mark_dirty(cid);
+    }
+
+    // ----- the timer -----
+
+    /// On every tick (`TICK` while work is in flight) due cluster retries are routed
+    /// again, parts past their deadline expire, connections that stopped answering (or
+    /// never connected, or never finished their TLS handshake) fail, servers known
+    /// down are probed, and expired backoffs are lifted.
+    fn tick(&mut self, now: Instant) {
+        // Delayed cluster retries that are due go back to their queues, routed afresh.
+        for (pr, u) in self.parts.take_due(now) {
+            self.reroute(pr, u);
+        }
+        // Parts past their deadline: unresolved units time out.
+        for idx in self.parts.overdue(now) {
+            self.expire(idx, now);
+        }
+        // Connections that stopped answering or never connected.
+        let request_timeout = self.cfg.request_timeout;
+        let connect_timeout = self.cfg.connect_timeout;
+        for cid in 0..self.pool.conn_slots() {
+            let Some(c) = self.pool.conn(cid) else {
+                continue;
+            };
+            let stalled = match c.state() {
+                ConnState::Connecting => now.duration_since(c.since()) > connect_timeout,
+                // TCP connect and TLS handshake together get the connect timeout.
+                _ if c.tls_handshaking() => now.duration_since(c.since()) > connect_timeout,
+                ConnState::Dead => false,
+                _ => c
+                    .pending()
+                    .front()
+                    .is_some_and(|p| now.duration_since(p.sent_at) > request_timeout),
+            };
+            if stalled {
+                // A slow handshake is a timeout like a slow connect (retried), not a
+                // certificate problem; it still counts as a failed handshake.
+                let what = if c.state() == ConnState::Connecting {
+                    "connect"
+                } else if c.tls_handshaking() {
+                    self.metrics.tls_handshake(false);
+                    "tls handshake"
+                } else {
+                    "reply"
+                };
+                self.fail_conn(cid, Cause::Stalled(what));
+            }
+        }
+        // A node known down whose probe time has come gets a connect attempt (once
+        // connected, calls flow again; see `on_connected`).
+        for node in self.pool.due_probes(now) {
+            let addr = &self.pool.node(node).addr;
+            tracing::debug!(shard = self.id, node = %addr, "probing a server known down");
+            if let Err(e) = self.open_conn(node) {
+                self.open_failed(node, e);
+            }
+        }
+        // Nodes whose backoff expired: their waiting parts can go again.
+        self.pool.lift_backoffs(now);
     }
 }
 

@@ -8,12 +8,10 @@
 //! payload first); any other outcome releases the payload's redirect alone. A held
 //! payload stays `Pending`, so the part's deadline resolves it like any other unit.
 
-use crate::batch::{Op, Role, Slot};
+use crate::batch::{Role, Slot};
 use crate::cluster::NodeId;
 
-use super::conn::PartRef;
-use super::part::{Group, PUnit};
-use super::Shard;
+use super::parts::{Group, PUnit};
 
 /// Where a redirect sends a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +34,7 @@ pub(super) struct Held {
 pub(super) struct HeldRedirects {
     held: Vec<Held>,
     /// Released by their metadata resolving some other way; followed alone by
-    /// `Shard::follow_released` (from `maybe_complete`, which runs after every reply).
+    /// `Shard::follow_released` (`part`, from `maybe_complete`, which runs after every reply).
     released: Vec<Held>,
 }
 
@@ -102,88 +100,6 @@ pub(super) fn meta_in_flight(
     let pending = matches!(units[m as usize].slot, Slot::Pending);
     let queued = groups.iter().any(|g| g.queue.contains(&m));
     (pending && !queued && !delayed(m)).then_some(m)
-}
-
-impl Shard {
-    /// Follows a redirect of unit `u`. Units of a put keep their chunk's pair together
-    /// (see the module doc); a raw command stays with this shard.
-    pub(super) fn follow_redirect(&mut self, pr: PartRef, u: u32, r: Redirect, is_command: bool) {
-        let delayed = &self.delayed;
-        let Some(part) = self
-            .parts
-            .get_mut(pr.idx as usize)
-            .and_then(|p| p.as_mut())
-            .filter(|p| p.gen == pr.gen)
-        else {
-            return;
-        };
-        if matches!(part.batch.op, Op::Put { .. }) {
-            let is_delayed = |m: u32| delayed.iter().any(|&(_, p, x)| p == pr && x == m);
-            if let Some(meta) = meta_in_flight(&part.units, &part.groups, u, is_delayed) {
-                part.held.hold(Held {
-                    payload: u,
-                    meta,
-                    redirect: r,
-                });
-                return;
-            }
-            if let Some(h) = part.held.take_for_meta(u) {
-                if h.redirect == r {
-                    self.send_redirected(pr, &[h.payload, u], r, is_command);
-                    return;
-                }
-                // Sent elsewhere (the topology changed in between): payload first.
-                self.send_redirected(pr, &[h.payload], h.redirect, is_command);
-            }
-        }
-        self.send_redirected(pr, &[u], r, is_command);
-    }
-
-    /// Metadata unit `meta` goes back to a queue or waits for a retry instead of being
-    /// redirected: the payload held for it follows its own redirect now, first.
-    pub(super) fn release_held(&mut self, pr: PartRef, meta: u32) {
-        let Some(h) = self.part_mut(pr).and_then(|p| p.held.take_for_meta(meta)) else {
-            return;
-        };
-        self.send_redirected(pr, &[h.payload], h.redirect, false);
-    }
-
-    /// Follows the redirects released by their metadata resolving (part `idx`).
-    pub(super) fn follow_released(&mut self, idx: usize) {
-        let Some(part) = self.parts[idx].as_mut() else {
-            return;
-        };
-        let released = part.held.take_released();
-        if released.is_empty() {
-            return;
-        }
-        let pr = PartRef {
-            idx: idx as u32,
-            gen: part.gen,
-        };
-        for h in released {
-            let pending = self.parts[idx].as_ref().is_some_and(|p| {
-                p.units
-                    .get(h.payload as usize)
-                    .is_some_and(|pu| matches!(pu.slot, Slot::Pending))
-            });
-            if pending {
-                self.send_redirected(pr, &[h.payload], h.redirect, false);
-            }
-        }
-    }
-
-    /// Sends `units` (one, or a chunk's payload and metadata, in that order) where `r`
-    /// says: forwarded together to the shard owning the node, or queued here together.
-    fn send_redirected(&mut self, pr: PartRef, units: &[u32], r: Redirect, is_command: bool) {
-        if !is_command && self.forward(pr, units, r.to, r.asking) {
-            return;
-        }
-        let node = self.local_node(r.to);
-        for &u in units {
-            self.requeue(pr, u, node, r.asking);
-        }
-    }
 }
 
 #[cfg(test)]

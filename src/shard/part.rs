@@ -1,101 +1,23 @@
-//! Parts: the units of one batch a shard works on, grouped by node and slot, and
-//! what happens to a unit after a failure (retried where routing says now, forwarded
-//! to the shard owning a redirect's target, delayed, or resolved with an error). The
-//! decision itself is [`crate::cluster::retry::classify`]; this module carries it out.
+//! What happens to a unit after its command: resolved, retried where routing says now
+//! (after a connection failure, [`Shard::retry_or_fail`]), forwarded to the shard owning
+//! a redirect's target, delayed, or failed; a put's chunk pair kept together through
+//! redirects (`pairs`); a part handed back to its batch once every unit is resolved.
+//! The decision itself is [`crate::cluster::retry::classify`]; this module carries it
+//! out. The parts themselves are owned by [`super::parts::Parts`].
 
-use std::collections::VecDeque;
-use std::io;
-use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batch::{Batch, Op, Role, Slot};
+use crate::batch::{clone_err, Op, Slot, SubmitPart, UnitSpec};
 use crate::cluster::retry::{classify, Failure, RetryMethod};
 use crate::cluster::NodeId;
-use crate::cmem::Mem;
 use crate::error::{show_key, Error};
-use crate::priority::Priority;
+use crate::mem::Mem;
+use crate::resp::Dest;
 
-use super::conn::{PartRef, PendKind};
-use super::pairs::{HeldRedirects, Redirect};
-use super::{Shard, SubmitPart, UnitSpec};
-
-/// One unit of a part inside the shard.
-pub(super) struct PUnit {
-    pub(super) chunk: u32,
-    pub(super) role: Role,
-    /// The caller's buffer (get_into), until the payload lands in it.
-    pub(super) buf: Option<Mem>,
-    pub(super) attempts: u8,
-    pub(super) slot: Slot,
-    /// Its cluster slot, for grouping and error messages.
-    pub(super) hslot: u16,
-    /// The node (shard-local index) it was last queued for.
-    pub(super) node: usize,
-    /// Its caller buffer is out, as a reply's payload destination (`buf` is `None`).
-    pub(super) lent: bool,
-}
-
-/// Units of a part still to be sent to one node and one slot (Redis rejects MGET
-/// across slots; in standalone mode every unit has slot 0).
-pub(super) struct Group {
-    pub(super) node: usize,
-    pub(super) slot: u16,
-    pub(super) queue: VecDeque<u32>,
-    /// An ASK redirect: one unit, or a chunk's payload and metadata, each sent after
-    /// its own ASKING, on one connection.
-    pub(super) asking: bool,
-}
-
-pub(super) struct ActivePart {
-    pub(super) gen: u32,
-    pub(super) class: Priority,
-    pub(super) batch: Arc<Batch>,
-    pub(super) units: Vec<PUnit>,
-    pub(super) groups: Vec<Group>,
-    pub(super) unsent: usize,
-    pub(super) unresolved: usize,
-    pub(super) queued: bool,
-    /// Payload redirects waiting for their metadata's reply (`super::pairs`).
-    pub(super) held: HeldRedirects,
-}
-
-/// What a retry decision needs to know of a unit and its request.
-struct RetryContext<'a> {
-    unit: &'a mut PUnit,
-    /// The request's deadline is still ahead.
-    in_time: bool,
-    /// A raw `Engine::command`.
-    is_command: bool,
-    /// Safe to run twice (MGET, EXISTS).
-    idempotent: bool,
-}
-
-impl ActivePart {
-    /// What a retry decision about unit `u` needs: the unit, whether the batch is
-    /// still within its deadline, and whether it is a raw command.
-    fn for_retry(&mut self, u: u32) -> Option<RetryContext<'_>> {
-        let in_time = Instant::now() < self.batch.deadline;
-        let is_command = matches!(self.batch.op, Op::Command { .. });
-        let idempotent = matches!(self.batch.op, Op::Get(_) | Op::Exists { .. });
-        let unit = self.units.get_mut(u as usize)?;
-        Some(RetryContext {
-            unit,
-            in_time,
-            is_command,
-            idempotent,
-        })
-    }
-
-    pub(super) fn resolve(&mut self, u: u32, slot: Slot) {
-        if let Some(unit) = self.units.get_mut(u as usize) {
-            if matches!(unit.slot, Slot::Pending) {
-                self.unresolved -= 1;
-                self.held.on_resolved(u);
-            }
-            unit.slot = slot;
-        }
-    }
-}
+use super::conn::{PartRef, PendKind, Pending};
+use super::pairs::{meta_in_flight, Held, Redirect};
+use super::parts::RetryContext;
+use super::Shard;
 
 impl Shard {
     /// A unit's connection failed before its reply; `sent`: its command reached the
@@ -114,7 +36,7 @@ impl Shard {
             in_time,
             is_command,
             idempotent,
-        }) = self.part_mut(pr).and_then(|p| p.for_retry(u))
+        }) = self.parts.get_mut(pr).and_then(|p| p.for_retry(u))
         else {
             return;
         };
@@ -135,20 +57,20 @@ impl Shard {
         }
         let e = if method == RetryMethod::OutcomeUnknown {
             Error::OutcomeUnknown {
-                node: self.nodes[node].addr.to_string(),
+                node: self.pool.node(node).addr.to_string(),
                 reason: err.to_string(),
             }
         } else if cluster {
             located(
                 is_command,
                 hslot,
-                &self.nodes[node].addr.to_string(),
+                &self.pool.node(node).addr.to_string(),
                 &err.to_string(),
             )
         } else {
             clone_err(err)
         };
-        if let Some(part) = self.part_mut(pr) {
+        if let Some(part) = self.parts.get_mut(pr) {
             part.resolve(u, Slot::Err(e));
         }
     }
@@ -165,7 +87,7 @@ impl Shard {
             return false;
         }
         let lanes = self.all_lanes[owner].clone();
-        let Some(part) = self.part_mut(pr) else {
+        let Some(part) = self.parts.get_mut(pr) else {
             return false;
         };
         if us.iter().any(|&u| u as usize >= part.units.len()) {
@@ -217,7 +139,7 @@ impl Shard {
     /// Queues a unit again where the current routing sends it: a refreshed topology may
     /// name another node by now. A command sent to a chosen node stays with that node.
     pub(super) fn reroute(&mut self, pr: PartRef, u: u32) {
-        let Some(part) = self.part_mut(pr) else {
+        let Some(part) = self.parts.get_mut(pr) else {
             return;
         };
         let Some(unit) = part.units.get(u as usize) else {
@@ -230,77 +152,11 @@ impl Shard {
         } else {
             // The same routing function the engine used at submission.
             let id = self.router.route(batch.key(chunk, role)).node;
-            self.local_node(id)
+            self.pool.local_node(id, &self.router)
         };
         // A payload held for this metadata follows its redirect first.
         self.release_held(pr, u);
-        self.requeue(pr, u, node, false);
-    }
-
-    /// Puts a unit back in its part's queue for `node` (after ASKING if `asking`). A
-    /// chunk's metadata asked for right after its payload joins the payload's ASK group,
-    /// so both go out on one connection, payload first.
-    pub(super) fn requeue(&mut self, pr: PartRef, u: u32, node: usize, asking: bool) {
-        let Some(part) = self.part_mut(pr) else {
-            return;
-        };
-        let Some(unit) = part.units.get_mut(u as usize) else {
-            return;
-        };
-        unit.node = node;
-        let (hslot, chunk, role) = (unit.hslot, unit.chunk, unit.role);
-        let units = &part.units;
-        let existing = if asking {
-            part.groups.iter_mut().find(|g| {
-                g.asking
-                    && g.node == node
-                    && g.slot == hslot
-                    && pairs_with(units, g.queue.back().copied(), chunk, role)
-            })
-        } else {
-            part.groups
-                .iter_mut()
-                .find(|g| g.node == node && g.slot == hslot && !g.asking)
-        };
-        match existing {
-            Some(g) => g.queue.push_back(u),
-            None => part.groups.push(Group {
-                node,
-                slot: hslot,
-                queue: VecDeque::from([u]),
-                asking,
-            }),
-        }
-        part.unsent += 1;
-        let class = part.class;
-        if !part.queued {
-            part.queued = true;
-            self.active[class.index()].push_back(pr.idx);
-        }
-    }
-
-    pub(super) fn part_mut(&mut self, pr: PartRef) -> Option<&mut ActivePart> {
-        self.parts
-            .get_mut(pr.idx as usize)
-            .and_then(|p| p.as_mut())
-            .filter(|p| p.gen == pr.gen)
-    }
-
-    /// Fails every unit still queued in group `gi` of part `pidx` with `err`, unsent
-    /// (the caller completes the part, see `dispatch`).
-    pub(super) fn fail_group(&mut self, pidx: usize, gi: usize, err: &Error) {
-        let Some(part) = self.parts[pidx].as_mut() else {
-            return;
-        };
-        let Some(g) = part.groups.get_mut(gi) else {
-            return;
-        };
-        let queued: Vec<u32> = g.queue.drain(..).collect();
-        part.unsent = part.unsent.saturating_sub(queued.len());
-        for u in queued {
-            part.resolve(u, Slot::Err(clone_err(err)));
-        }
-        self.metrics.error("host_down");
+        self.parts.requeue(pr, u, node, false);
     }
 
     /// Part `idx` is past its deadline: its unresolved units fail, with
@@ -308,32 +164,22 @@ impl Shard {
     /// whose command reached the socket (the server may have run it), and the part
     /// goes back to its batch.
     pub(super) fn expire(&mut self, idx: usize, now: Instant) {
-        let Some(part) = self.parts[idx].as_ref() else {
+        let Some(part) = self.parts.at(idx) else {
             return;
         };
         let idempotent = matches!(part.batch.op, Op::Get(_) | Op::Exists { .. });
-        let gen = part.gen;
+        let pr = PartRef {
+            idx: idx as u32,
+            gen: part.gen,
+        };
         // Units of this part whose command is wholly in the kernel: only these may have
         // been applied. Looked up only for writes, and only when a deadline passes.
-        let mut sent: Vec<u32> = Vec::new();
-        if !idempotent {
-            for c in self.conns.iter().flatten() {
-                let written = c.written();
-                for p in &c.pending {
-                    let mine = p
-                        .part
-                        .is_some_and(|pr| pr.idx as usize == idx && pr.gen == gen);
-                    if mine && p.end <= written {
-                        let done = match p.kind {
-                            PendKind::PerUnit { next } => next,
-                            _ => 0,
-                        };
-                        sent.extend_from_slice(&p.units[done.min(p.units.len())..]);
-                    }
-                }
-            }
-        }
-        let Some(part) = self.parts[idx].as_mut() else {
+        let sent = if idempotent {
+            Vec::new()
+        } else {
+            self.pool.sent_units(pr)
+        };
+        let Some(part) = self.parts.at_mut(idx) else {
             return;
         };
         let after = now - part.batch.started;
@@ -345,7 +191,7 @@ impl Shard {
             let key = show_key(part.batch.key(unit.chunk, unit.role));
             let err = if sent.contains(&u) {
                 Error::OutcomeUnknown {
-                    node: self.nodes[unit.node].addr.to_string(),
+                    node: self.pool.node(unit.node).addr.to_string(),
                     reason: format!(
                         "key {key}: sent, no reply within the deadline ({} ms)",
                         after.as_millis()
@@ -370,19 +216,9 @@ impl Shard {
     pub(super) fn maybe_complete(&mut self, idx: usize) {
         // Payload redirects released by their metadata's reply go first.
         self.follow_released(idx);
-        let Some(part) = self.parts[idx].as_ref() else {
+        let Some(part) = self.parts.take_done(idx) else {
             return;
         };
-        if part.unresolved > 0 {
-            return;
-        }
-        let Some(part) = self.parts[idx].take() else {
-            return;
-        };
-        self.free_parts.push(idx);
-        if part.queued {
-            self.active[part.class.index()].retain(|&p| p as usize != idx);
-        }
         let mut slots = Vec::with_capacity(part.units.len());
         let mut bufs = Vec::new();
         for u in part.units {
@@ -398,9 +234,10 @@ impl Shard {
     /// rest reach the caller.
     pub(super) fn unit_error(&mut self, cid: usize, pr: Option<PartRef>, u: u32, msg: &[u8]) {
         let Some(pr) = pr else { return };
-        let from = self.conns[cid]
-            .as_ref()
-            .map(|c| self.nodes[c.node].addr.clone());
+        let from = self
+            .pool
+            .conn(cid)
+            .map(|c| self.pool.node(c.node()).addr.clone());
         let node_name = from.as_ref().map(|a| a.to_string()).unwrap_or_default();
         let message = String::from_utf8_lossy(msg).into_owned();
         // A master demoted under us (a sentinel failover): look for the new one.
@@ -412,7 +249,7 @@ impl Shard {
             in_time,
             is_command,
             ..
-        }) = self.part_mut(pr).and_then(|p| p.for_retry(u))
+        }) = self.parts.get_mut(pr).and_then(|p| p.for_retry(u))
         else {
             return;
         };
@@ -445,7 +282,7 @@ impl Shard {
                 }
                 // A payload held for this metadata follows its redirect first.
                 self.release_held(pr, u);
-                self.delayed.push((Instant::now() + after, pr, u));
+                self.parts.delay(Instant::now() + after, pr, u);
                 return;
             }
             // Only connection failures reconnect; a reply never does.
@@ -462,19 +299,129 @@ impl Shard {
                 message,
             },
         };
-        if let Some(part) = self.part_mut(pr) {
+        if let Some(part) = self.parts.get_mut(pr) {
             part.resolve(u, Slot::Err(err));
         }
     }
-}
 
-/// Unit `last` (the last one of an ASK group) is the payload of the chunk whose `role`
-/// unit is the metadata: the two keys of one chunk.
-pub(super) fn pairs_with(units: &[PUnit], last: Option<u32>, chunk: u32, role: Role) -> bool {
-    role == Role::Meta
-        && last
-            .and_then(|l| units.get(l as usize))
-            .is_some_and(|lu| lu.chunk == chunk && lu.role == Role::Payload)
+    /// Gives a reply's payload destination back to its unit when it is the caller's
+    /// buffer (get_into), so the caller gets it back whatever happens to the unit.
+    pub(super) fn return_dest(&mut self, p: &Pending, i: usize, dest: Dest) {
+        let (Some(pr), Some(&u)) = (p.part, p.units.get(i)) else {
+            return;
+        };
+        if let Some(unit) = self
+            .parts
+            .get_mut(pr)
+            .and_then(|part| part.units.get_mut(u as usize))
+        {
+            if unit.lent && dest.keep {
+                unit.lent = false;
+                unit.buf = Some(dest.buf);
+            }
+        }
+    }
+
+    /// Retries or fails the unanswered units of replies a failed connection owed;
+    /// `written` is how far the connection's output reached the kernel, which tells the
+    /// commands the server may have run (sent) from those it cannot have (unsent).
+    pub(super) fn fail_pending(&mut self, pending: Vec<Pending>, err: &Error, written: u64) {
+        let retryable = matches!(err, Error::Io { .. } | Error::Protocol { .. });
+        for p in pending {
+            let Some(pr) = p.part else { continue };
+            let done = match p.kind {
+                PendKind::PerUnit { next } => next,
+                _ => 0,
+            };
+            let sent = p.end <= written;
+            for &u in &p.units[done.min(p.units.len())..] {
+                self.retry_or_fail(pr, u, err, retryable, sent);
+            }
+            self.maybe_complete(pr.idx as usize);
+        }
+    }
+
+    /// Follows a redirect of unit `u`. Units of a put keep their chunk's pair together
+    /// (see `pairs`); a raw command stays with this shard.
+    pub(super) fn follow_redirect(&mut self, pr: PartRef, u: u32, r: Redirect, is_command: bool) {
+        let Some(part) = self.parts.get(pr) else {
+            return;
+        };
+        if matches!(part.batch.op, Op::Put { .. }) {
+            let parts = &self.parts;
+            let meta = meta_in_flight(&part.units, &part.groups, u, |m| parts.is_delayed(pr, m));
+            let Some(part) = self.parts.get_mut(pr) else {
+                return;
+            };
+            if let Some(meta) = meta {
+                part.held.hold(Held {
+                    payload: u,
+                    meta,
+                    redirect: r,
+                });
+                return;
+            }
+            if let Some(h) = part.held.take_for_meta(u) {
+                if h.redirect == r {
+                    self.send_redirected(pr, &[h.payload, u], r, is_command);
+                    return;
+                }
+                // Sent elsewhere (the topology changed in between): payload first.
+                self.send_redirected(pr, &[h.payload], h.redirect, is_command);
+            }
+        }
+        self.send_redirected(pr, &[u], r, is_command);
+    }
+
+    /// Metadata unit `meta` goes back to a queue or waits for a retry instead of being
+    /// redirected: the payload held for it follows its own redirect now, first.
+    pub(super) fn release_held(&mut self, pr: PartRef, meta: u32) {
+        let Some(h) = self
+            .parts
+            .get_mut(pr)
+            .and_then(|p| p.held.take_for_meta(meta))
+        else {
+            return;
+        };
+        self.send_redirected(pr, &[h.payload], h.redirect, false);
+    }
+
+    /// Follows the redirects released by their metadata resolving (part `idx`).
+    pub(super) fn follow_released(&mut self, idx: usize) {
+        let Some(part) = self.parts.at_mut(idx) else {
+            return;
+        };
+        let released = part.held.take_released();
+        if released.is_empty() {
+            return;
+        }
+        let pr = PartRef {
+            idx: idx as u32,
+            gen: part.gen,
+        };
+        for h in released {
+            let pending = self.parts.at(idx).is_some_and(|p| {
+                p.units
+                    .get(h.payload as usize)
+                    .is_some_and(|pu| matches!(pu.slot, Slot::Pending))
+            });
+            if pending {
+                self.send_redirected(pr, &[h.payload], h.redirect, false);
+            }
+        }
+    }
+
+    /// Sends `units` (one, or a chunk's payload and metadata, in that order) where `r`
+    /// says: forwarded together to the shard owning the node, or queued here together.
+    fn send_redirected(&mut self, pr: PartRef, units: &[u32], r: Redirect, is_command: bool) {
+        if !is_command && self.forward(pr, units, r.to, r.asking) {
+            return;
+        }
+        let node = self.pool.local_node(r.to, &self.router);
+        for &u in units {
+            self.parts.requeue(pr, u, node, r.asking);
+        }
+    }
 }
 
 /// A cluster error naming slot and node. A command sent to a chosen node has no slot
@@ -485,46 +432,4 @@ fn located(is_command: bool, hslot: u16, node: &str, msg: &str) -> Error {
     } else {
         format!("slot {hslot} at {node}: {msg}")
     })
-}
-
-/// Errors are not `Clone` (io::Error); units failing together each get an equal copy.
-pub(crate) fn clone_err(e: &Error) -> Error {
-    match e {
-        Error::Io { node, source } => Error::Io {
-            node: node.clone(),
-            source: io::Error::new(source.kind(), source.to_string()),
-        },
-        Error::Auth { node, message } => Error::Auth {
-            node: node.clone(),
-            message: message.clone(),
-        },
-        Error::Server { node, message } => Error::Server {
-            node: node.clone(),
-            message: message.clone(),
-        },
-        Error::Protocol { node, reason } => Error::Protocol {
-            node: node.clone(),
-            reason: reason.clone(),
-        },
-        Error::Timeout { after, what } => Error::Timeout {
-            after: *after,
-            what: what.clone(),
-        },
-        Error::OutcomeUnknown { node, reason } => Error::OutcomeUnknown {
-            node: node.clone(),
-            reason: reason.clone(),
-        },
-        Error::Closed => Error::Closed,
-        Error::Busy { class } => Error::Busy { class },
-        Error::Tls {
-            node,
-            stage,
-            reason,
-        } => Error::Tls {
-            node: node.clone(),
-            stage,
-            reason: reason.clone(),
-        },
-        other => Error::Cluster(other.to_string()),
-    }
 }

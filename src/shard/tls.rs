@@ -292,88 +292,23 @@ impl TlsLayer {
     }
 }
 
-impl super::Shard {
-    /// Starts TLS on a new connection to `addr` when the engine uses TLS: the
-    /// ClientHello is queued ahead of everything else the connection will send.
-    pub(super) fn attach_tls(
-        &self,
-        conn: &mut super::conn::Conn,
-        addr: &crate::config::ServerAddr,
-    ) -> io::Result<()> {
-        let Some(config) = &self.tls else {
-            return Ok(());
-        };
-        let crate::config::ServerAddr::Tcp { host, .. } = addr else {
-            return Err(io::Error::other("TLS needs a TCP address"));
-        };
-        let name = crate::tls::server_name(host).map_err(io::Error::other)?;
-        let layer = TlsLayer::new(config.clone(), name).map_err(io::Error::other)?;
-        conn.use_tls(layer);
-        Ok(())
-    }
-
-    /// After a receive on connection `cid`: decrypts what arrived (no-op on a plain
-    /// connection). `false` when the connection failed on it.
-    pub(super) fn tls_received(&mut self, cid: usize) -> bool {
-        let Some(conn) = self.conns[cid].as_mut() else {
-            return false;
-        };
-        let Some(r) = conn.open() else {
-            return true;
-        };
-        match r {
-            Ok(opened) => {
-                let copied = conn.tls.as_mut().map_or(0, |t| t.take_copied());
-                self.metrics.recv_staged(copied);
-                if opened.established {
-                    if let Some(t) = conn.tls.as_mut() {
-                        t.established = true;
-                    }
-                    self.metrics.tls_handshake(true);
-                    let redis_handshake = conn
-                        .pending
-                        .iter()
-                        .any(|p| matches!(p.kind, super::conn::PendKind::Handshake { .. }));
-                    if conn.state == super::conn::ConnState::Handshaking && !redis_handshake {
-                        conn.state = super::conn::ConnState::Ready;
-                    }
-                    tracing::debug!(shard = self.id, node = %self.nodes[conn.node].addr, cid, "tls established");
-                }
-                if opened.wants_write || opened.established {
-                    self.dirty.push(cid);
-                }
-                true
-            }
-            Err(e) => {
-                self.tls_failed(cid, &crate::tls::explain(&e));
-                false
-            }
-        }
-    }
-
-    /// Fails connection `cid` with a TLS error naming the server and the reason.
-    pub(super) fn tls_failed(&mut self, cid: usize, reason: &str) {
-        let Some(conn) = self.conns[cid].as_ref() else {
-            return;
-        };
-        let established = conn.tls.as_ref().is_some_and(|t| t.established);
-        // A server refusing the client certificate says so only after the client
-        // finished its side (TLS 1.3), before any reply: still the handshake.
-        let stage = if !established || conn.state != super::conn::ConnState::Ready {
-            self.metrics.tls_handshake(false);
-            "handshake"
-        } else {
-            "session"
-        };
-        let err = crate::error::Error::Tls {
-            node: self.nodes[conn.node].addr.to_string(),
-            stage,
-            reason: reason.to_string(),
-        };
-        self.metrics.error("tls");
-        tracing::error!(shard = self.id, error = %err, "closing connection");
-        self.fail_conn(cid, err, true);
-    }
+/// Starts TLS on a new connection to `addr` when the engine uses TLS (`config`): the
+/// ClientHello is queued ahead of everything else the connection will send.
+pub(super) fn attach(
+    config: Option<&Arc<ClientConfig>>,
+    conn: &mut super::conn::Conn,
+    addr: &crate::config::ServerAddr,
+) -> io::Result<()> {
+    let Some(config) = config else {
+        return Ok(());
+    };
+    let crate::config::ServerAddr::Tcp { host, .. } = addr else {
+        return Err(io::Error::other("TLS needs a TCP address"));
+    };
+    let name = crate::tls::server_name(host).map_err(io::Error::other)?;
+    let layer = TlsLayer::new(config.clone(), name).map_err(io::Error::other)?;
+    conn.use_tls(layer);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,12 +4,12 @@
 use std::collections::VecDeque;
 
 use crate::batch::{Batch, Role, Slot};
-use crate::cmem::Mem;
 use crate::error::{show_key, Error};
+use crate::mem::Mem;
 use crate::resp::{self, BulkSink, Dest, ProtoError};
 
 use super::super::conn::{Conn, PendKind, DIRECT_MIN};
-use super::super::part::{ActivePart, PUnit};
+use super::super::parts::{ActivePart, PUnit};
 use super::Encoded;
 
 /// The size a payload of unknown length is expected to have: the running average;
@@ -93,7 +93,7 @@ pub(in crate::shard) struct UnitSink<'a> {
     pub max_value: usize,
     pub avg_value: &'a mut f64,
     /// The shard's pool of value buffers.
-    pub values: &'a std::sync::Arc<crate::shard::ValuePool>,
+    pub values: &'a std::sync::Arc<crate::mem::ValuePool>,
 }
 
 impl BulkSink for UnitSink<'_> {
@@ -217,9 +217,9 @@ fn header_len(n: usize) -> usize {
 /// being copied out of the receive buffer. `None`: no limit (no large value of known
 /// length comes next).
 pub(in crate::shard) fn recv_cap(conn: &Conn, parts: &[Option<ActivePart>]) -> Option<usize> {
-    let front = conn.pending.front()?;
+    let front = conn.pending().front()?;
     if matches!(front.kind, PendKind::Handshake { .. } | PendKind::Asking)
-        && conn.pending.iter().any(|p| p.kind == PendKind::Mget)
+        && conn.pending().iter().any(|p| p.kind == PendKind::Mget)
     {
         // A new connection's `+OK`s stand before an MGET reply: read them alone, so
         // the receive does not run into the first large value (its bytes would be
@@ -227,11 +227,11 @@ pub(in crate::shard) fn recv_cap(conn: &Conn, parts: &[Option<ActivePart>]) -> O
         return OK_LEN.checked_sub(conn.unread().len()).filter(|&n| n > 0);
     }
     let mut p = Some(front).filter(|p| p.kind == PendKind::Mget)?;
-    let (mut i, framing, mut array_header) = conn.rx.reader.upcoming(DIRECT_MIN)?;
+    let (mut i, framing, mut array_header) = conn.rx().reader.upcoming(DIRECT_MIN)?;
     if i >= p.units.len() && !array_header {
         // The reply ends with the last value's CRLF: the next MGET reply on this
         // connection (pipelined) follows, and its first value may be large.
-        p = conn.pending.get(1).filter(|p| p.kind == PendKind::Mget)?;
+        p = conn.pending().get(1).filter(|p| p.kind == PendKind::Mget)?;
         (i, array_header) = (0, true);
     }
     let pr = p.part?;

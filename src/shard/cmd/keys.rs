@@ -6,7 +6,7 @@ use crate::batch::Batch;
 use crate::resp;
 
 use super::super::conn::{Conn, PendKind};
-use super::super::part::PUnit;
+use super::super::parts::PUnit;
 use super::Encoded;
 
 /// Writes `cmd key` for up to `room` queued units.

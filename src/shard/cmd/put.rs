@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::resp;
 
 use super::super::conn::{Conn, PendKind};
-use super::super::part::PUnit;
+use super::super::parts::PUnit;
 use super::Encoded;
 
 /// Writes the queued units that fit: at least one, at most `room`, within `bytes_left`

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use io_uring::{cqueue, opcode, squeue, types};
 
 use super::{
-    ud, ud_cid, Cqe, Uring, OP_CANCEL, OP_DOORBELL, OP_POLL, OP_RECV, OP_SEND, QUIET_SEND_MAX,
+    ring, ud, ud_cid, Cqe, Uring, OP_CANCEL, OP_DOORBELL, OP_POLL, OP_RECV, OP_SEND, QUIET_SEND_MAX,
 };
 use crate::shard::conn::{Conn, RecvBuf, Stream, MAX_IOV};
 use crate::shard::fixed::FixedSend;
@@ -84,13 +84,7 @@ impl Uring {
 
     fn push(&mut self, e: &squeue::Entry) -> io::Result<()> {
         loop {
-            // SAFETY: `push` is private to this module, and every entry built here
-            // references only memory held in the in-flight table (`self.loans[cid]`,
-            // `self.doorbell`), stored there before this push and removed only when
-            // `reap` takes the entry's last completion (or forgotten, never freed, by
-            // `shutdown`; see the module doc). Heap blocks do not move when their
-            // owner (Box, Vec, Bytes) moves.
-            let pushed = unsafe { self.ring.submission().push(e).is_ok() };
+            let pushed = ring::push(&mut self.ring, e);
             if pushed {
                 return Ok(());
             }
@@ -123,7 +117,7 @@ impl Uring {
         if self.loans(cid).poll {
             return Ok(());
         }
-        let e = opcode::PollAdd::new(types::Fd(conn.stream.fd()), libc::POLLOUT as u32)
+        let e = opcode::PollAdd::new(types::Fd(conn.stream().fd()), libc::POLLOUT as u32)
             .build()
             .user_data(ud(cid, OP_POLL));
         self.push(&e)?;
@@ -179,7 +173,7 @@ impl Uring {
         let hdr: *const libc::msghdr = &msg.msg;
         // MSG_WAITALL: the kernel keeps sending until every byte is out (or an error),
         // so a send completes once, not once per socket-buffer's worth.
-        let e = opcode::SendMsg::new(types::Fd(conn.stream.fd()), hdr)
+        let e = opcode::SendMsg::new(types::Fd(conn.stream().fd()), hdr)
             .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
             .build()
             .user_data(ud(cid, OP_SEND));
@@ -215,13 +209,13 @@ impl Uring {
         segs: Vec<Bytes>,
         idx: u16,
     ) -> io::Result<()> {
-        let fd = types::Fd(conn.stream.fd());
+        let fd = types::Fd(conn.stream().fd());
         let (ptr, len) = (segs[0].as_ptr(), segs[0].len());
         let Some(rr) = self.regions.as_mut() else {
             return Err(io::Error::other("no regions on this ring"));
         };
         // Zero copy is for TCP; a unix socket refuses SEND_ZC.
-        let send = match conn.stream {
+        let send = match conn.stream() {
             Stream::Unix(_) => FixedSend::Write,
             Stream::Tcp(_) => rr.send,
         };
@@ -265,8 +259,7 @@ impl Uring {
                     iov_base: std::ptr::null_mut(),
                     iov_len: 0,
                 }; MAX_IOV],
-                // SAFETY: msghdr is a plain C struct for which all-zero is valid.
-                msg: unsafe { std::mem::zeroed() },
+                msg: ring::zeroed_msghdr(),
             })
         })
     }
@@ -283,16 +276,16 @@ impl Uring {
         if self.loans(cid).recv.is_some() {
             return Ok(());
         }
-        let fd = conn.stream.fd();
-        let mut rb = conn.rx.lend();
-        if let Some((i, b)) = conn.rx.released.take() {
+        let fd = conn.stream().fd();
+        let mut rb = conn.rx_mut().lend();
+        if let Some((i, b)) = conn.rx_mut().released.take() {
             self.give_back(i, b);
         }
         let len = rb.len.min(u32::MAX as usize) as u32;
         let ptr = match rb.buf.get_mut(rb.at..) {
             Some(s) => s.as_mut_ptr(),
             None => {
-                conn.rx.restore(rb, 0);
+                conn.rx_mut().restore(rb, 0);
                 return Err(io::Error::other("receive window outside its buffer"));
             }
         };
@@ -328,7 +321,7 @@ impl Uring {
         self.loans(cid).recv = Some(rb);
         if let Err(err) = self.push(&e) {
             if let Some(rb) = self.loans(cid).recv.take() {
-                conn.rx.restore(rb, 0);
+                conn.rx_mut().restore(rb, 0);
             }
             return Err(err);
         }

@@ -5,8 +5,8 @@
 //! copy); a receive lands either in the connection's buffer or, for large payloads,
 //! straight in the value's destination. Connects complete through POLL_ADD(POLLOUT).
 //!
-//! This module (with its submodules `loans` and `setup`) and `sys` are where slotline's
-//! `unsafe` lives: handing memory to the kernel is unsafe because the kernel reads or
+//! This module is where the shard's `unsafe` lives, all of it in one small file,
+//! `ring` (every call that hands memory to the kernel, each with its SAFETY argument): handing memory to the kernel is unsafe because the kernel reads or
 //! writes it after the call returns. The rule that makes it sound is enforced by
 //! ownership: every byte an operation references is moved into the ring's in-flight
 //! table ([`Loans`], or `doorbell`) before the operation is pushed, and leaves it only
@@ -21,13 +21,15 @@
 //! teardown; `loans` the in-flight table and every submission (pushing entries, sends,
 //! receives, connect polls, the doorbell read, cancels, reaping completions); `setup`
 //! the ring's setup and its fixed-buffer table (the registered receive pool and the
-//! registered regions' slots).
+//! registered regions' slots); `ring` the unsafe calls themselves (push an entry,
+//! register or clear fixed buffers), as safe functions that `loans` and `setup` call.
 //!
 //! Test hook: `SLOTLINE_URING_SETUP=plain` in the environment makes [`Uring::new`] set
 //! the ring up without DEFER_TASKRUN / COOP_TASKRUN (the setup older kernels fall back
 //! to, where the kernel completes receives at any time, not only inside `wait`).
 
 mod loans;
+mod ring;
 mod setup;
 
 use std::io;
@@ -383,7 +385,7 @@ mod tests {
                 Cqe::Sent { res, .. } => conn.on_sent(res as usize),
                 Cqe::Recv { res, buf, .. } => {
                     assert!(!buf.direct);
-                    conn.rx.restore(buf, res as usize);
+                    conn.rx_mut().restore(buf, res as usize);
                 }
                 _ => {}
             }
@@ -430,7 +432,7 @@ mod tests {
         assert!(out.iter().any(|c| matches!(c, Cqe::Recv { .. })), "{out:?}");
         for c in out {
             if let Cqe::Recv { res, buf, .. } = c {
-                conn.rx.restore(buf, res as usize);
+                conn.rx_mut().restore(buf, res as usize);
             }
         }
         assert_eq!(conn.unread(), b"+PONG\r\n");

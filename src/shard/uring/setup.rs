@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use io_uring::IoUring;
 
-use super::{Uring, FIXED_BUFFERS, REGION_SLOTS};
+use super::{ring, Uring, FIXED_BUFFERS, REGION_SLOTS};
 use crate::region::Regions;
 use crate::shard::conn::RBUF_SIZE;
 use crate::shard::fixed::{FixedSlots, RingRegions};
@@ -99,18 +99,10 @@ impl Uring {
         // A sparse table leaves room for regions behind the pool.
         let total = FIXED_BUFFERS as u32 + REGION_SLOTS as u32;
         self.sparse = self.ring.submitter().register_buffers_sparse(total).is_ok();
-        // SAFETY: registration itself only records the iovecs (the kernel pins the
-        // pages); the kernel writes a registered buffer only through a READ_FIXED, which
-        // `loans` issues only with the buffer moved into the in-flight table (module
-        // doc). The blocks
+        // Registration only records the iovecs (see `ring::register_pool`). The blocks
         // move into `self.pool` (moving a Vec does not move its heap block); `give_back`
         // accepts only these exact blocks back under their index.
-        let r = if self.sparse {
-            unsafe { self.ring.submitter().register_buffers_update(0, &iov, None) }
-        } else {
-            // SAFETY: as above.
-            unsafe { self.ring.submitter().register_buffers(&iov) }
-        };
+        let r = ring::register_pool(&self.ring, self.sparse, &iov);
         match r {
             Ok(()) => {
                 self.registered = bufs.iter().map(|b| b.as_ptr() as usize).collect();
@@ -147,44 +139,13 @@ impl Uring {
         let ring = &self.ring;
         rr.sync(
             self.sparse,
-            |idx, start, len| Self::register_slot(ring, idx, start, len),
-            |idx| Self::clear_slot(ring, idx),
+            |idx, start, len| ring::register_slot(ring, idx, start, len),
+            |idx| {
+                if let Err(e) = ring::clear_slot(ring, idx) {
+                    tracing::warn!(error = %e, "could not clear a fixed-buffer slot");
+                }
+            },
         );
-    }
-
-    /// Registers `len` bytes at `start` as fixed-buffer slot `idx`.
-    fn register_slot(ring: &IoUring, idx: u16, start: usize, len: usize) -> io::Result<()> {
-        let iov = [libc::iovec {
-            iov_base: start as *mut libc::c_void,
-            iov_len: len,
-        }];
-        // SAFETY: registering pins the pages of this range (or fails); the kernel
-        // accesses them only through READ_FIXED / WRITE_FIXED / SEND_ZC operations
-        // `loans` issues (module doc) for memory that is itself held in the in-flight
-        // table (a caller buffer inside the region). The region's memory stays valid
-        // while it is in the table: `Region`'s drop waits until `sync_regions` has
-        // unregistered it here (see crate::region), which happens only once no
-        // operation uses the slot.
-        unsafe {
-            ring.submitter()
-                .register_buffers_update(idx as u32, &iov, None)
-        }
-    }
-
-    /// Empties fixed-buffer slot `idx` (the kernel unpins its pages once no
-    /// operation uses them).
-    fn clear_slot(ring: &IoUring, idx: u16) {
-        let iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }];
-        // SAFETY: an empty entry references no memory.
-        if let Err(e) = unsafe {
-            ring.submitter()
-                .register_buffers_update(idx as u32, &iov, None)
-        } {
-            tracing::warn!(error = %e, "could not clear a fixed-buffer slot");
-        }
     }
 
     /// The region slot holding all of `[ptr, ptr + len)`, if any.
