@@ -42,7 +42,8 @@ are computed within each round, then their median (``ratio_runs``: each round's)
 Every row also gives, per batch, the wall time, the CPU of this process (all its
 threads: harness, LMCache, the client's own threads) and, when the bench started the
 servers, the redis-servers' CPU (from /proc): with one batch in flight, ``null``'s
-wall time plus a peer's server CPU is a floor under that peer's wall time, whatever its client costs.
+wall time plus a peer's server CPU is a floor under that peer's wall time, whatever
+its client costs.
 Without ``--url`` / ``--cluster-url`` the servers are started on free loopback ports
 and stopped after.
 """
