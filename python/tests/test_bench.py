@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from slotline.bench.common import parse_configs
 from slotline.bench.runner import main
 
 
@@ -43,6 +44,11 @@ def test_bench_module_starts_its_own_server():
     ops = ["put", "overwrite", "get", "exists"]
     assert [(r["topology"], r["op"]) for r in res["results"]] == (
         [("standalone", op) for op in ops] + [("cluster", op) for op in ops])
+
+
+def test_sizes_take_an_optional_volume():
+    assert parse_configs("2k:128,4m:8:1024,64k") == [
+        (2048, 128, 0), (4 << 20, 8, 1024), (64 << 10, 1, 0)]
 
 
 def check_rounds(res: dict, topologies: set, runs: int) -> None:

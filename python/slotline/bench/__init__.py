@@ -21,11 +21,12 @@ Peers (``--peers``, default all that can run here):
   ``RemoteBackend`` when lmcache is importable, else the same calls with redis-py's
   asyncio client.
 
-Each configuration ``SIZE:COUNT`` (``--sizes 2k:128,4m:8``) moves about
-``--target-mb`` per peer and operation in batches of COUNT chunks of SIZE bytes. Each
-peer is warmed up once (``--warmup`` untimed batches) and its keys (LMCache's key
-objects) are built before timing. ``--gc freeze`` / ``off`` keep Python's collector
-from scanning the setup's objects (LMCache and torch) while timing, for every peer.
+Each configuration ``SIZE:COUNT[:MB]`` (``--sizes 2k:128,4m:8:1024``) moves about MB
+(default ``--target-mb``) MiB per peer and operation in batches of COUNT chunks of
+SIZE bytes. Each peer is warmed up once (``--warmup`` untimed batches) and its keys
+(LMCache's key objects) are built before timing. ``--gc freeze`` / ``off`` keep
+Python's collector from scanning the setup's objects (LMCache and torch) while
+timing, for every peer.
 For each round, peers take turns (interleaved), the order rotated by one from round
 to round: FLUSHALL and MEMORY PURGE on every master (so each PUT of fresh keys pays
 the same first-touch page faults in the server, whoever ran before), PUT every batch

@@ -28,11 +28,14 @@ def parse_size(text: str) -> int:
     return int(float(t.rstrip("kmg")) * mult)
 
 
-def parse_configs(text: str) -> list[tuple[int, int]]:
+def parse_configs(text: str) -> list[tuple[int, int, int]]:
+    """SIZE[:COUNT[:MB]],... -> (size, count, MiB per peer and operation, 0: the
+    --target-mb default)."""
     out = []
     for part in text.split(","):
-        size, _, count = part.partition(":")
-        out.append((parse_size(size), int(count or 1)))
+        size, _, rest = part.partition(":")
+        count, _, mb = rest.partition(":")
+        out.append((parse_size(size), int(count or 1), int(mb or 0)))
     return out
 
 

@@ -182,8 +182,9 @@ def run(args) -> dict:
         try:
             servers[topo] = target.url
             factories = peer_factories(args, target, notes)
-            for size, count in parse_configs(args.sizes):
-                run_config(args, target, factories, size, count, results, ratios, rounds)
+            for size, count, mb in parse_configs(args.sizes):
+                run_config(args, target, factories, size, count, mb or args.target_mb,
+                           results, ratios, rounds)
         finally:
             target.stop()
     if args.inflight > 1:
@@ -199,12 +200,13 @@ def run(args) -> dict:
 
 
 def run_config(args, target: Target, factories: dict[str, Callable], size: int,
-               count: int, results: list, ratios: list, rounds: list) -> None:
+               count: int, target_mb: int, results: list, ratios: list,
+               rounds: list) -> None:
     """Every peer at one configuration against `target`, `args.runs` rounds with the
     peer order rotated each round; appends rows, ratios and each round's order."""
     topo = target.topology
     batch_bytes = size * count
-    batches = args.batches or max(2, min(4096, (args.target_mb << 20) // batch_bytes))
+    batches = args.batches or max(2, min(4096, (target_mb << 20) // batch_bytes))
     peers: dict[str, Peer] = {}
     per_run: list[dict[str, dict[str, float]]] = []
     cpu_runs: list[dict[str, dict[str, tuple]]] = []
@@ -319,7 +321,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "against, comma separated: standalone (one redis-server), "
                          "cluster (three masters, no replicas)")
     ap.add_argument("--sizes", default="2k:128,4m:8",
-                    help="SIZE:COUNT chunk size and chunks per batch, comma separated")
+                    help="SIZE:COUNT[:MB] chunk size, chunks per batch and (optional) "
+                         "MiB per peer and operation, comma separated")
     ap.add_argument("--runs", type=int, default=3, help="runs per configuration (median)")
     ap.add_argument("--target-mb", type=int, default=256,
                     help="MiB each peer moves per operation and run")
