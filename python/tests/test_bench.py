@@ -128,6 +128,24 @@ def test_bench_valkey_and_resp_peers(redis_server, redis_cluster, tmp_path):
         assert ("standalone", "resp") in pairs
 
 
+def test_records_are_what_slotline_plot_reads(redis_server, tmp_path):
+    """--records: one flat median record per topology, size, peer and phase with a
+    payload (PUT fresh, PUT overwrite, GET; not EXISTS), in the Rust bench's JSON-lines
+    form (cli/tests/cli.rs plots the same form)."""
+    rec = tmp_path / "r.jsonl"
+    assert main(["--url", redis_server.url, "--via", "direct", "--peers", "native",
+                 "--sizes", "2k:4", "--runs", "1", "--batches", "2", "--warmup", "1",
+                 "--quiet", "--commit", "abc123", "--records", str(rec)]) == 0
+    lines = [json.loads(x) for x in rec.read_text().splitlines()]
+    assert [(x["phase"], x["keys"]) for x in lines] == [
+        ("put", "fresh"), ("put", "overwrite"), ("get", None)]
+    for x in lines:
+        assert x["bench"] == "slotline" and x["kind"] == "median"
+        assert x["peer"] == "slotline[native]" and x["mode"] == "standalone"
+        assert x["value_size"] == 2048 and x["batch"] == 4 and x["commit"] == "abc123"
+        assert x["mb_per_s"] > 0 and x["masters"] == 1
+
+
 def test_bench_through_lmcache(redis_server, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("lmcache")

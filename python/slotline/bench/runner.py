@@ -351,6 +351,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "(native, resp, null; default 1: one at a time)")
     ap.add_argument("--json", metavar="PATH",
                     help="also write the results as JSON ('-': only JSON, to stdout)")
+    ap.add_argument("--records", metavar="PATH",
+                    help="also write the medians as the JSON lines `slotline plot` reads "
+                         "(see slotline.bench.records)")
+    ap.add_argument("--commit", default="unknown",
+                    help="the commit to name in --records (the wheel's)")
     ap.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")
     args = ap.parse_args(argv)
     if args.runs < 1:
@@ -365,6 +370,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(out, f, indent=1)
+    if args.records:
+        from slotline.bench.records import write
+        write(out, args.records, args.commit)
     return 0
 
 
