@@ -340,17 +340,18 @@ fn legend(area: &Area<'_>, fig: &Figure, ratio_note: bool) -> PlotResult {
     Ok(())
 }
 
-/// The x range of a figure's rows: log2 of the smallest to the largest value size
-/// with a little room for the markers, and the smallest and largest sizes' x.
-fn x_range(fig: &Figure) -> (f64, f64, f64, f64) {
+/// The x range of a figure's rows: log2 of the smallest to the largest value size,
+/// with room for the markers but less than a power of two on either side (so no tick
+/// falls outside the data).
+fn x_range(fig: &Figure) -> (f64, f64) {
     let xs = fig.panels.iter().flat_map(|p| {
         fig.rows(p)
             .flat_map(|(_, s)| s.points.iter().map(|p| x_of(p.0)))
     });
     let (lo, hi) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
     let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo, hi) };
-    let pad = if hi > lo { 0.08 * (hi - lo) } else { 0.5 };
-    (lo - pad, hi + pad, lo, hi)
+    let pad = (0.08 * (hi - lo)).clamp(0.1, 0.4);
+    (lo - pad, hi + pad)
 }
 
 /// x is log2 of the size, so that ticks fall on powers of two (1m, 2m, 4m, ...).
@@ -375,7 +376,7 @@ fn throughput(fig: &Figure, path: &Path) -> PlotResult {
         ("sans-serif", 18),
     )?;
     let (left, right) = root.split_horizontally(800);
-    let (lo, hi, first, last) = x_range(fig);
+    let (lo, hi) = x_range(fig);
     let mut any_ratio = false;
     for (panel, area) in shown.iter().zip(left.split_evenly((n, 1))) {
         let top = fig
@@ -397,7 +398,7 @@ fn throughput(fig: &Figure, path: &Path) -> PlotResult {
             .y_desc("GB/s")
             .x_label_formatter(&|x| {
                 let r = x.round();
-                if (x - r).abs() < 1e-6 && r >= first - 1e-9 && r <= last + 1e-9 {
+                if (x - r).abs() < 1e-6 && r >= 0.0 {
                     fmt_size(1usize << r as u32)
                 } else {
                     String::new()
