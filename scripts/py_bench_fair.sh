@@ -25,7 +25,7 @@ mkdir -p "$out"
 cargo build --release -q -p slotline-cli
 args=(--peers native,resp,valkey --topology standalone,cluster --sizes "$SIZES" --runs 3
       --json "$out/py-fair.json" --records "$out/py-fair.jsonl" --commit "$commit")
-echo "== py-fair: PY -m slotline.bench ${args[*]//$out//}" | tee -a "$out/commands.txt"
+echo "== py-fair: PY -m slotline.bench ${args[*]//"$out"\//}" | tee -a "$out/commands.txt"
 # From /tmp, so that `import slotline` is the installed wheel.
 (cd /tmp && "$PY" -m slotline.bench "${args[@]}") | tee "$out/py-fair.txt"
 ./target/release/slotline plot "$out/py-fair.jsonl" --out "$out/plots-py-fair"
