@@ -27,7 +27,10 @@ run large-lmcache --sizes 1m,4m,32m --peers parallel,slotline --layout lmcache -
 run cluster-large --mode cluster --sizes 1m,4m,32m --peers naive,slotline --layout hashtag --get-into
 # The cost of TLS: the same workload over TLS beside plain, same server.
 run tls --tls --sizes 2k,1m --peers slotline --get-into
-"$bin" plot "$out"/main-2k.jsonl "$out"/large-raw.jsonl "$out"/large-lmcache.jsonl --out "$out/plots-standalone"
+# One figure per job: a figure draws at most five rows.
+for job in main-2k large-raw large-lmcache tls; do
+  "$bin" plot "$out/$job.jsonl" --out "$out/plots-$job"
+done
 "$bin" plot "$out"/cluster-large.jsonl --out "$out/plots-cluster"
 if [ -n "${PY:-}" ]; then
   pyrun() { # name, args... (from /tmp, so that `import slotline` is the installed wheel)
@@ -35,8 +38,10 @@ if [ -n "${PY:-}" ]; then
     echo "== $name: PY -m slotline.bench $* --json $name.json --quiet" | tee -a "$out/commands.txt"
     (cd /tmp && "$PY" -m slotline.bench "$@" --json "$OLDPWD/$out/$name.json" --quiet)
   }
-  pyrun py-mp --sizes 2k:128,4m:8 --peers native,resp,null --runs 3 --target-mb 512
-  pyrun py-sp --sizes 1m:32,4m:8,32m:4 --peers connector,redis --runs 3 --target-mb 512
-  pyrun py-mp-inflight4 --sizes 2k:128 --peers native,resp,null --runs 3 --target-mb 512 --inflight 4
+  pyrun py-mp --topology standalone --sizes 2k:128,4m:8 --peers native,resp,null --runs 3 --target-mb 512
+  pyrun py-sp --topology standalone --sizes 1m:32,4m:8,32m:4 --peers connector,redis --runs 3 --target-mb 512
+  pyrun py-mp-inflight4 --topology standalone --sizes 2k:128 --peers native,resp,null --runs 3 --target-mb 512 --inflight 4
+  # resp and valkey beside the native plug-in, standalone and cluster (issue 18 item 7).
+  PY="$PY" bash scripts/py_bench_fair.sh
 fi
 echo "done: $out"

@@ -533,10 +533,204 @@ fn bench_plot_and_plot_command_write_svgs() {
     let out = ok(&["plot", &format!("{plots}/bench.jsonl"), "--out", again]);
     assert!(out.contains("latency.svg"), "{out}");
     let svg = std::fs::read_to_string(dir.join("again/throughput.svg")).unwrap();
-    assert!(svg.contains("8k"), "x axis labelled by size");
+    let texts = svg_texts(&svg);
+    // One panel per phase the records have.
+    let mut phases: Vec<String> = jsonl
+        .lines()
+        .map(|l| match field(l, "keys").filter(|k| k != "null") {
+            Some(k) => format!("{} {}", field(l, "phase").unwrap().to_uppercase(), k),
+            None => field(l, "phase").unwrap().to_uppercase(),
+        })
+        .collect();
+    phases.sort();
+    phases.dedup();
+    let mut titles: Vec<String> = texts
+        .iter()
+        .filter(|t| phases.contains(t))
+        .cloned()
+        .collect();
+    titles.sort();
+    assert_eq!(titles, phases, "one panel per phase: {texts:?}");
+    assert!(phases.len() >= 2, "{phases:?}");
+    // x from the smallest to the largest size, nothing past them.
+    let sizes: Vec<&String> = texts.iter().filter(|t| is_size_label(t)).collect();
+    assert!(!sizes.is_empty());
+    assert!(
+        sizes
+            .iter()
+            .all(|t| ["2k", "4k", "8k"].contains(&t.as_str())),
+        "{sizes:?}"
+    );
+    assert!(sizes.iter().any(|t| *t == "2k") && sizes.iter().any(|t| *t == "8k"));
+    // y from 0 to at most 1.1 x the largest median.
+    let top = jsonl
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"median\""))
+        .filter_map(|l| field(l, "mb_per_s")?.parse::<f64>().ok())
+        .fold(0f64, f64::max)
+        / 1e3;
+    let ticks: Vec<f64> = texts.iter().filter_map(|t| t.parse::<f64>().ok()).collect();
+    assert!(ticks.contains(&0.0), "{ticks:?}");
+    let max_tick = ticks.iter().cloned().fold(0f64, f64::max);
+    assert!(
+        max_tick <= top * 1.1 + 1e-9,
+        "y axis to {max_tick}, data to {top}"
+    );
     let (code, err) = fails(&["plot", "/nonexistent/x.jsonl"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/x.jsonl"), "{err}");
+}
+
+/// The text elements of an SVG that plotters wrote (one per label, legend entry,
+/// caption), trimmed.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let body = &t[t.find('>')? + 1..];
+            Some(body[..body.find("</text>")?].trim().to_string())
+        })
+        .collect()
+}
+
+/// A value of a flat JSON line: a string's text, or a number / null as written.
+fn field(line: &str, key: &str) -> Option<String> {
+    let at = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &line[at..];
+    if let Some(s) = rest.strip_prefix('"') {
+        return Some(s[..s.find('"')?].to_string());
+    }
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim().to_string())
+}
+
+fn is_size_label(t: &str) -> bool {
+    let digits = t.trim_end_matches(['k', 'm', 'g']);
+    digits.len() < t.len() && !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Distinct stroke colours of the 2-pixel lines (the rows; grid lines are thinner).
+fn row_colours(svg: &str) -> Vec<String> {
+    let mut c: Vec<String> = svg
+        .split("<polyline")
+        .skip(1)
+        .filter(|p| p.contains("stroke-width=\"2\""))
+        .filter_map(|p| {
+            let at = p.find("stroke=\"")? + 8;
+            Some(p[at..at + p[at..].find('"')?].to_string())
+        })
+        .collect();
+    c.sort();
+    c.dedup();
+    c
+}
+
+/// The Python bench's records (`python -m slotline.bench --records`, written by
+/// python/slotline/bench/records.py): seven rows on a standalone server and two on a
+/// cluster; a figure per topology, at most five rows each, slotline's kept and the
+/// rest named.
+#[test]
+fn plot_reads_python_bench_records_one_figure_per_topology() {
+    let dir = TestDir::new();
+    let mut lines = String::new();
+    let rows: [(&str, &str, f64); 9] = [
+        ("standalone", "slotline[native]", 2.0),
+        ("standalone", "slotline[connector]", 1.5),
+        ("standalone", "lmcache[resp]", 1.0),
+        ("standalone", "lmcache[valkey]", 0.5),
+        ("standalone", "lmcache[redis]", 0.25),
+        ("standalone", "other-a", 0.2),
+        ("standalone", "other-b", 0.1),
+        ("cluster", "slotline[native]", 3.0),
+        ("cluster", "lmcache[valkey]", 1.0),
+    ];
+    for (mode, peer, gb) in rows {
+        for size in [2048usize, 4 << 20] {
+            for (phase, keys) in [
+                ("put", "\"fresh\""),
+                ("put", "\"overwrite\""),
+                ("get", "null"),
+            ] {
+                let masters = if mode == "cluster" { 3 } else { 1 };
+                lines.push_str(&format!(
+                    "{{\"bench\":\"slotline\",\"kind\":\"median\",\"run\":null,\"peer\":\"{peer}\",\
+                     \"phase\":\"{phase}\",\"keys\":{keys},\"value_size\":{size},\"batch\":8,\
+                     \"batches\":4,\"runs\":3,\"concurrency\":1,\"layout\":\"\",\"mode\":\"{mode}\",\
+                     \"masters\":{masters},\"read\":\"\",\"via\":\"NativeConnectorL2Adapter\",\
+                     \"keys_per_s\":1000.0,\"mb_per_s\":{},\"gb_per_s\":{gb},\"p50_ms\":null,\
+                     \"p95_ms\":null,\"p99_ms\":null,\"max_ms\":null,\"cpu_us_per_key\":1.0,\
+                     \"server_cpu_us_per_key\":null,\"commit\":\"abc\",\"profile\":\"python\"}}\n",
+                    gb * 1e3
+                ));
+            }
+        }
+    }
+    let input = dir.join("py.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let out_dir = dir.join("py-plots");
+    let o = slotline(&[
+        "plot",
+        input.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{stdout}{stderr}");
+    // No latencies in these records: throughput figures only, one per topology.
+    let mut wrote: Vec<&str> = stdout.lines().collect();
+    wrote.sort();
+    assert_eq!(wrote.len(), 2, "{stdout}");
+    assert!(
+        wrote[0].ends_with("throughput-cluster.svg")
+            && wrote[1].ends_with("throughput-standalone.svg")
+    );
+    let svg = std::fs::read_to_string(out_dir.join("throughput-standalone.svg")).unwrap();
+    let texts = svg_texts(&svg);
+    // The legend: the drawn rows, then the ones left out.
+    let nd = texts
+        .iter()
+        .position(|t| t.starts_with("not drawn"))
+        .expect("named");
+    assert_eq!(
+        texts[nd - 5..nd],
+        [
+            "slotline[native]",
+            "slotline[connector]",
+            "lmcache[resp]",
+            "lmcache[valkey]",
+            "lmcache[redis]"
+        ],
+        "{texts:?}"
+    );
+    assert_eq!(texts[nd + 1..nd + 3], ["other-a", "other-b"], "{texts:?}");
+    assert_eq!(row_colours(&svg).len(), 5, "five rows, five colours");
+    assert!(stderr.contains("not drawn: other-a, other-b"), "{stderr}");
+    assert!(
+        texts.iter().any(|t| t.starts_with("not drawn")),
+        "{texts:?}"
+    );
+    for title in ["PUT fresh", "PUT overwrite", "GET"] {
+        assert_eq!(
+            texts.iter().filter(|t| *t == title).count(),
+            1,
+            "{title}: {texts:?}"
+        );
+    }
+    // slotline's best (2.0) over the best other row (resp, 1.0), at each size and phase.
+    assert_eq!(
+        texts.iter().filter(|t| *t == "×2.00").count(),
+        6,
+        "{texts:?}"
+    );
+    let svg = std::fs::read_to_string(out_dir.join("throughput-cluster.svg")).unwrap();
+    let texts = svg_texts(&svg);
+    assert_eq!(
+        texts.iter().filter(|t| *t == "×3.00").count(),
+        6,
+        "{texts:?}"
+    );
+    assert_eq!(row_colours(&svg).len(), 2);
+    assert!(!texts.iter().any(|t| t == "lmcache[resp]"));
 }
 
 #[test]

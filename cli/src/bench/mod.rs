@@ -112,8 +112,11 @@ Output: --format table (default) prints the tables; --format json or csv prints 
 record per (run, peer, phase, key pattern, size) and the medians on stdout, the tables \
 on stderr. Every result names the git commit of the binary and its build profile. \
 --plot DIR also writes DIR/bench.jsonl, DIR/throughput.svg (GB/s against value size, \
-every row) and DIR/latency.svg (batch latency percentiles, every row); `slotline plot \
-FILE.jsonl... --out DIR` draws the same from saved JSON. A progress bar is drawn on \
+a panel per phase, at most five rows, slotline's best row over the best other at each \
+size) and DIR/latency.svg (batch latency percentiles); throughput-MODE.svg and \
+latency-MODE.svg when the records have several topologies; `slotline plot \
+FILE.jsonl... --out DIR` draws the same from saved JSON (and from `python -m \
+slotline.bench --records`). A progress bar is drawn on \
 stderr when it is a terminal (SLOTLINE_NO_PROGRESS=1 turns it off).
 
 Sizes: --sizes 1m,4m,32m runs each size in turn, each against a fresh server of its own \
@@ -253,10 +256,12 @@ pub struct BenchArgs {
 /// Arguments of `slotline plot`.
 #[derive(Debug, Args)]
 pub struct PlotArgs {
-    /// JSON-lines files written by `slotline bench --format json` (or `--plot`).
+    /// JSON-lines files written by `slotline bench --format json` (or `--plot`), or by
+    /// `python -m slotline.bench --records`.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// Directory for throughput.svg and latency.svg.
+    /// Directory for throughput.svg and latency.svg (throughput-MODE.svg, ... per
+    /// topology when the records have several).
     #[arg(long, value_name = "DIR", default_value = ".")]
     out: PathBuf,
 }

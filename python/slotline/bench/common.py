@@ -1,27 +1,25 @@
-"""The bench's shared parts: parsing sizes, the redis-server it runs against, waiting
-for completions, the Peer interface and chunk helpers."""
+"""The bench's shared parts: parsing sizes, waiting for completions, the Peer interface
+and chunk helpers (the servers are in servers.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import select
-import shutil
-import socket
 import struct
-import subprocess
-import tempfile
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-OPS = ("put", "get", "exists")
-ALL_PEERS = ("native", "resp", "connector", "redis")
+# put: every key fresh (after FLUSHALL); overwrite: the same keys again (the server
+# reuses their memory); get; exists (keys/s only).
+OPS = ("put", "overwrite", "get", "exists")
+ALL_PEERS = ("native", "resp", "valkey", "connector", "redis")
 # Only on request: LMCache's adapter over a plug-in without I/O (the harness's floor).
 EXTRA_PEERS = ("null",)
 # Which peers each slotline peer is compared with. null / resp is the largest
 # native / resp ratio the adapter and harness leave room for.
-COMPARE = {"native": ("resp", "redis"), "connector": ("redis",), "null": ("resp",)}
+COMPARE = {"native": ("resp", "valkey", "redis"), "connector": ("redis",), "null": ("resp",)}
 
 
 def parse_size(text: str) -> int:
@@ -30,11 +28,14 @@ def parse_size(text: str) -> int:
     return int(float(t.rstrip("kmg")) * mult)
 
 
-def parse_configs(text: str) -> list[tuple[int, int]]:
+def parse_configs(text: str) -> list[tuple[int, int, int]]:
+    """SIZE[:COUNT[:MB]],... -> (size, count, MiB per peer and operation, 0: the
+    --target-mb default)."""
     out = []
     for part in text.split(","):
-        size, _, count = part.partition(":")
-        out.append((parse_size(size), int(count or 1)))
+        size, _, rest = part.partition(":")
+        count, _, mb = rest.partition(":")
+        out.append((parse_size(size), int(count or 1), int(mb or 0)))
     return out
 
 
@@ -43,81 +44,6 @@ def human(n: int) -> str:
         if n >= 1 << shift and n % (1 << shift) == 0:
             return "%d %s" % (n >> shift, unit)
     return "%d B" % n
-
-
-def redis_cmd(host: str, port: int, *args: str) -> bytes:
-    """One command over a fresh connection; the first reply line."""
-    req = b"*%d\r\n" % len(args) + b"".join(
-        b"$%d\r\n%s\r\n" % (len(a), a.encode()) for a in args)
-    with socket.create_connection((host, port), timeout=30) as s:
-        s.sendall(req)
-        return s.recv(4096).split(b"\r\n", 1)[0]
-
-
-class Server:
-    """A redis-server on a free loopback port (stopped by pid), or an existing one."""
-
-    def __init__(self, url: Optional[str]) -> None:
-        self.proc: Optional[subprocess.Popen] = None
-        self.dir: Optional[str] = None
-        if url:
-            hostport = url.split("://", 1)[-1].rsplit("@", 1)[-1].split("/", 1)[0]
-            host, _, port = hostport.rpartition(":")
-            self.host, self.port = host or "127.0.0.1", int(port or 6379)
-            return
-        binary = os.environ.get("SLOTLINE_REDIS_SERVER") or shutil.which("redis-server")
-        if not binary:
-            raise SystemExit("redis-server not found: install it, or pass --url")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.host, self.port = "127.0.0.1", s.getsockname()[1]
-        self.dir = tempfile.mkdtemp(prefix="slotline-bench-")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while True:
-            try:
-                if redis_cmd(self.host, self.port, "PING") == b"+PONG":
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                self.stop()
-                raise SystemExit("redis-server on port %d did not start" % self.port)
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return "redis://%s:%d" % (self.host, self.port)
-
-    def cpu_seconds(self) -> Optional[float]:
-        """User + system CPU seconds the redis-server has used (/proc, clock ticks),
-        or None when the bench did not start it."""
-        if self.proc is None:
-            return None
-        try:
-            with open("/proc/%d/stat" % self.proc.pid) as f:
-                # Fields after the command name; utime and stime are fields 14 and 15.
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def flush(self) -> None:
-        """Empties the server (a standalone server without AUTH)."""
-        reply = redis_cmd(self.host, self.port, "FLUSHALL")
-        check(reply == b"+OK", "FLUSHALL answered %r" % reply)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-        if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
 
 
 def wait_fd(fd: int, ready: Callable[[], Any], consume: Callable[[int], None],
@@ -190,6 +116,10 @@ class Peer:
 
     def put(self, batch: int) -> None:
         raise NotImplementedError
+
+    def overwrite(self, batch: int) -> None:
+        """PUT batch `batch` again (its keys exist: the server reuses their memory)."""
+        self.put(batch)
 
     def get(self, batch: int) -> None:
         raise NotImplementedError

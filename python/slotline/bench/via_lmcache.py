@@ -1,5 +1,6 @@
 """Peers driven through LMCache 0.5.6's own classes: NativeConnectorL2Adapter
-(multiprocess mode: slotline's native plug-in and LMCache's resp adapter) and
+(multiprocess mode: slotline's native plug-in, LMCache's resp adapter and its valkey
+adapter) and
 RemoteBackend built by CreateStorageBackends (single-process mode: slotline's connector
 and LMCache's redis:// connector). lmcache is imported only when a peer is built."""
 
@@ -75,6 +76,8 @@ class AdapterPeer(Peer):
         """`batches` batches of `op` with up to `depth` tasks in flight at once (as
         LMCache's server has when several workers store and load), each checked as in
         the one-at-a-time methods."""
+        if op == "overwrite":
+            op = "put"
         while len(self._dst_sets) < depth:
             self._dst_sets.append([self._mobj(bytearray(self.size))
                                    for _ in range(self.count)])
@@ -201,6 +204,20 @@ def resp_adapter(url, size, count, settings, host: str, port: int, workers: int)
                        lambda: _create_resp_l2_adapter(cfg))
 
 
+def valkey_adapter(url, size, count, settings, startup_nodes: str, cluster: bool,
+                   workers: int):
+    """LMCache's ``valkey`` adapter (valkey-glide's sync client; GlideClusterClient with
+    cluster_mode), built by its factory from the dict its server's config gives."""
+    from lmcache.v1.distributed.l2_adapters.valkey_l2_adapter import (
+        ValkeyL2AdapterConfig, _create_valkey_l2_adapter)
+
+    cfg = ValkeyL2AdapterConfig.from_dict(
+        {"type": "valkey", "startup_nodes": startup_nodes, "cluster_mode": cluster,
+         "num_workers": workers})
+    return AdapterPeer(url, size, count, settings, "valkey",
+                       lambda: _create_valkey_l2_adapter(cfg))
+
+
 class BackendPeer(Peer):
     """A single-process-mode connector inside LMCache's RemoteBackend, built by
     CreateStorageBackends, with MemoryObjs from its LocalCPUBackend."""
@@ -313,6 +330,16 @@ def lmcache_available() -> Optional[str]:
         import lmcache.v1.distributed.l2_adapters.native_connector_l2_adapter  # noqa: F401
         import lmcache.v1.storage_backend  # noqa: F401
     except Exception as e:  # ImportError, or a broken install
+        return "%s: %s" % (type(e).__name__, e)
+    return None
+
+
+def valkey_available() -> Optional[str]:
+    """None when LMCache's valkey adapter and valkey-glide's sync client import."""
+    try:
+        import glide_sync  # noqa: F401
+        import lmcache.v1.distributed.l2_adapters.valkey_l2_adapter  # noqa: F401
+    except Exception as e:
         return "%s: %s" % (type(e).__name__, e)
     return None
 
