@@ -37,12 +37,12 @@ use crate::error::{Error, Result};
 use crate::layout::KeyLayout;
 use crate::priority::{Priority, PriorityWeights, MAX_PRIORITY_WEIGHT};
 
+pub use crate::addr::ServerAddr;
 pub use deadlines::Deadlines;
 pub use redact::mask_url;
 use settings::{build, Settings};
 pub use url::{parse_url, ParsedUrl};
 
-const DEFAULT_PORT: u16 = 6379;
 const DEFAULT_CHUNK_SIZE: usize = 256;
 const MAX_CHUNK_SIZE: usize = 1_000_000;
 const DEFAULT_MAX_CONNECTIONS: usize = 150;
@@ -73,8 +73,7 @@ const MAX_VALUE_SIZE_LIMIT: usize = crate::resp::MAX_BULK_LEN;
 // must stay within what the RESP reader accepts.
 const _: () = assert!(2 * MAX_CHUNK_SIZE <= crate::resp::MAX_ARRAY_LEN);
 const _: () = assert!(DEFAULT_MAX_VALUE_SIZE <= MAX_VALUE_SIZE_LIMIT);
-/// glibc's `CPU_SETSIZE`: `sched_setaffinity` cannot address higher CPUs.
-const MAX_CPU: usize = 1024;
+use crate::numa::MAX_CPU;
 const DEFAULT_CLIENT_NAME: &str = "slotline";
 /// Default bound of a reply to `Engine::command` or a topology read, in bytes of the
 /// parsed value: CLUSTER SHARDS of a 1000-node cluster takes about 1 MiB.
@@ -85,33 +84,6 @@ const TTL_ENV: &str = "LMCACHE_REMOTE_TTL";
 const MASK: &str = "***";
 /// The configuration key of the class weights (errors name it).
 const PRIORITY_WEIGHTS_KEY: &str = "extra_config.priority_weights";
-
-/// Where a Redis server listens.
-///
-/// ```
-/// use slotline::config::ServerAddr;
-/// let a = ServerAddr::Tcp { host: "::1".into(), port: 6379 };
-/// assert_eq!(a.to_string(), "[::1]:6379");
-/// let u = ServerAddr::Unix { path: "/run/redis.sock".into() };
-/// assert_eq!(u.to_string(), "unix:/run/redis.sock");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ServerAddr {
-    /// A TCP endpoint; `host` is a name or an IP address (IPv6 without brackets).
-    Tcp { host: String, port: u16 },
-    /// A Unix domain socket.
-    Unix { path: PathBuf },
-}
-
-impl fmt::Display for ServerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            ServerAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
-            ServerAddr::Unix { path } => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
 
 /// Server topology.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -342,7 +314,7 @@ impl Default for Config {
             mode: Mode::Standalone,
             seeds: vec![ServerAddr::Tcp {
                 host: "127.0.0.1".to_string(),
-                port: DEFAULT_PORT,
+                port: crate::addr::DEFAULT_PORT,
             }],
             tls: false,
             tls_insecure: false,
@@ -763,19 +735,6 @@ mod testutil {
 mod tests {
     use super::testutil::{err_names, tcp};
     use super::*;
-
-    #[test]
-    fn server_addr_display() {
-        assert_eq!(tcp("localhost", 6379).to_string(), "localhost:6379");
-        assert_eq!(tcp("::1", 7000).to_string(), "[::1]:7000");
-        assert_eq!(
-            ServerAddr::Unix {
-                path: "/tmp/r.sock".into()
-            }
-            .to_string(),
-            "unix:/tmp/r.sock"
-        );
-    }
 
     #[test]
     fn enums_parse() {

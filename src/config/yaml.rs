@@ -10,7 +10,7 @@ use yaml_rust2::YamlLoader;
 
 use super::deadlines::DEADLINES_KEY;
 use super::settings::{build, Settings};
-use super::{mask_url, parse_url, Config, Deadlines, MASK, MAX_CPU, PRIORITY_WEIGHTS_KEY, TTL_ENV};
+use super::{mask_url, parse_url, Config, Deadlines, MASK, PRIORITY_WEIGHTS_KEY, TTL_ENV};
 use crate::error::{Error, Result};
 use crate::priority::{Priority, PriorityWeights};
 
@@ -253,7 +253,10 @@ fn parse_cores(v: &Value) -> Result<(Option<Vec<usize>>, Option<usize>)> {
                     .map_err(|_| bad("shard count out of range"))?;
                 return Ok((None, Some(n)));
             }
-            Ok((Some(parse_cpu_list(t).map_err(|r| bad(&r))?), None))
+            Ok((
+                Some(crate::numa::parse_cpu_list(t).map_err(|r| bad(&r))?),
+                None,
+            ))
         }
         Value::Array(items) => {
             let mut cores = Vec::with_capacity(items.len());
@@ -372,39 +375,6 @@ fn parse_deadlines(v: &Value) -> Result<Deadlines> {
         d.set(name, ms);
     }
     Ok(d)
-}
-
-/// Parses "0-3,6" into [0, 1, 2, 3, 6].
-pub(crate) fn parse_cpu_list(s: &str) -> std::result::Result<Vec<usize>, String> {
-    let num = |t: &str| -> std::result::Result<usize, String> {
-        let t = t.trim();
-        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("{t:?} is not a CPU number"));
-        }
-        t.parse::<usize>()
-            .map_err(|_| format!("CPU {t} is out of range"))
-    };
-    let mut cores = Vec::new();
-    for part in s.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (num(a)?, num(b)?);
-                if a > b {
-                    return Err(format!("range {a}-{b} runs backwards"));
-                }
-                // Bounded before expanding so "0-99999999999" cannot exhaust memory.
-                if b >= MAX_CPU {
-                    return Err(format!(
-                        "CPU {b} is out of range (CPUs 0 to {} can be pinned)",
-                        MAX_CPU - 1
-                    ));
-                }
-                cores.extend(a..=b);
-            }
-            None => cores.push(num(part)?),
-        }
-    }
-    Ok(cores)
 }
 
 fn parse_ttl(key: &str, text: &str) -> Result<u64> {

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::addr::ServerAddr;
 use crate::cluster::NodeId;
-use crate::config::ServerAddr;
 use crate::error::Error;
 use crate::resolver::{self, Lookup};
 use crate::resp::{self, Dest};

@@ -298,12 +298,12 @@ impl super::Shard {
     pub(super) fn attach_tls(
         &self,
         conn: &mut super::conn::Conn,
-        addr: &crate::config::ServerAddr,
+        addr: &crate::addr::ServerAddr,
     ) -> io::Result<()> {
         let Some(config) = &self.tls else {
             return Ok(());
         };
-        let crate::config::ServerAddr::Tcp { host, .. } = addr else {
+        let crate::addr::ServerAddr::Tcp { host, .. } = addr else {
             return Err(io::Error::other("TLS needs a TCP address"));
         };
         let name = crate::tls::server_name(host).map_err(io::Error::other)?;
