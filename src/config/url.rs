@@ -1,17 +1,16 @@
 //! Redis URLs: `redis://`, `rediss://`, `redis-cluster://`, `unix://`, several seeds,
 //! credentials and database, and masking the password for logs and errors.
 
-use std::fmt;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use super::redact::{mask_url, scrub, url_secrets};
-use super::{Mode, ServerAddr, MASK};
+use super::{Mode, Secret, ServerAddr};
 use crate::addr::parse_seed;
 use crate::error::{Error, Result};
 
 /// The pieces of a Redis URL.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedUrl {
     /// `Some(Cluster)` for `redis-cluster://`; `None` when the URL does not say.
     pub mode: Option<Mode>,
@@ -22,25 +21,11 @@ pub struct ParsedUrl {
     /// Percent-decoded user name; `None` if absent or empty.
     pub username: Option<String>,
     /// Percent-decoded password; `None` if absent or empty.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Database from the path (`/N`) or `?db=N`.
     pub database: Option<u32>,
     /// `redis-sentinel://`: the name of the master the sentinels (`seeds`) watch.
     pub sentinel: Option<String>,
-}
-
-impl fmt::Debug for ParsedUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ParsedUrl")
-            .field("mode", &self.mode)
-            .field("seeds", &self.seeds)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| MASK))
-            .field("database", &self.database)
-            .field("sentinel", &self.sentinel)
-            .finish()
-    }
 }
 
 /// Parses a Redis URL as LMCache and the enhanced connector accept them.
@@ -264,7 +249,7 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
         seeds,
         tls,
         username,
-        password,
+        password: password.map(Secret::from),
         database,
         sentinel: master_name,
     })
