@@ -209,8 +209,12 @@ impl Config {
     /// assert_eq!(c.password.as_deref(), Some("secret"));
     /// ```
     pub fn from_url(url: &str) -> Result<Config> {
+        Config::from_url_with_env(url, env_ttl())
+    }
+
+    fn from_url_with_env(url: &str, env_ttl: Option<String>) -> Result<Config> {
         let s = keys::Settings {
-            ttl: Some(yaml::env_ttl_secs(env_ttl())?),
+            ttl: Some(yaml::env_ttl_secs(env_ttl)?),
             ..Default::default()
         };
         build(parse_url(url)?, s)

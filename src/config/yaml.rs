@@ -177,10 +177,19 @@ fn unknown_key_warnings(extra: &Mapping) -> Vec<String> {
             continue;
         }
         let squash = |k: &str| k.replace('_', "").to_ascii_lowercase();
-        let close = known.iter().find(|k| {
-            let limit = if k.len() <= 4 { 1 } else { 2 };
-            squash(k) == squash(key) || edit_distance(k, key) <= limit
-        });
+        let close = known
+            .iter()
+            .map(|k| {
+                let d = if squash(k) == squash(key) {
+                    0
+                } else {
+                    edit_distance(k, key)
+                };
+                (d, k)
+            })
+            .filter(|(d, k)| *d <= if k.len() <= 4 { 1 } else { 2 })
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, k)| k);
         if let Some(k) = close {
             out.push(format!(
                 "extra_config.{key} is not a slotline setting and is ignored; did you mean extra_config.{k}?"
@@ -1095,5 +1104,102 @@ extra_config:
         let name = missing.display().to_string();
         err_names(Config::from_yaml_file(&missing), &["config_file", &name]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn remote_ttl_under_extra_config_is_honoured() {
+        let base = "remote_url: redis://h\n";
+        let ttl = |t: &str| yaml(&format!("{base}{t}")).map(|c| c.ttl);
+        assert_eq!(ttl("extra_config:\n  remote_ttl: 45\n").unwrap(), Some(45));
+        assert_eq!(
+            ttl("remote_ttl: 45\nextra_config:\n  remote_ttl: \"45\"\n").unwrap(),
+            Some(45)
+        );
+        // Two given that disagree: an error naming both, whichever pair it is.
+        err_names(
+            ttl("remote_ttl: 60\nextra_config:\n  remote_ttl: 45\n"),
+            &["extra_config.remote_ttl", "45", "remote_ttl = 60"],
+        );
+        err_names(
+            ttl("extra_config:\n  ttl: 30\n  remote_ttl: 45\n"),
+            &["extra_config.ttl", "30", "extra_config.remote_ttl = 45"],
+        );
+        err_names(
+            ttl("extra_config:\n  remote_ttl: 0\n"),
+            &["extra_config.remote_ttl", "0"],
+        );
+        // The environment fills in only when no key gives a TTL.
+        let with_env =
+            |t: &str| from_yaml(&format!("{base}{t}"), Some("90".into()), None).map(|(c, _)| c.ttl);
+        assert_eq!(with_env("").unwrap(), Some(90));
+        assert_eq!(
+            with_env("extra_config:\n  remote_ttl: 45\n").unwrap(),
+            Some(45)
+        );
+        // And with a bare URL.
+        let c = super::super::Config::from_url_with_env("redis://h", Some("90".into())).unwrap();
+        assert_eq!(c.ttl, Some(90));
+        err_names(
+            super::super::Config::from_url_with_env("redis://h", Some("soon".into())),
+            &["LMCACHE_REMOTE_TTL", "soon"],
+        );
+    }
+
+    #[test]
+    fn misspelt_keys_warn_naming_the_known_key() {
+        let warnings = |extra: &str| {
+            from_yaml(
+                &format!("remote_url: redis://h\nextra_config:\n{extra}"),
+                None,
+                None,
+            )
+            .unwrap()
+            .1
+        };
+        for (typo, known) in [
+            ("chunk_sise: 64", "extra_config.chunk_size"),
+            ("maxconnections: 3", "extra_config.max_connections"),
+            ("Key_Prefix: a", "extra_config.key_prefix"),
+            ("tl: 5", "extra_config.ttl"),
+            ("remote_tll: 5", "extra_config.remote_ttl"),
+        ] {
+            let w = warnings(&format!("  {typo}\n"));
+            let key = typo.split(':').next().unwrap();
+            assert_eq!(w.len(), 1, "{typo}: {w:?}");
+            assert!(
+                w[0].contains(&format!("extra_config.{key} ")) && w[0].contains(known),
+                "{typo}: {w:?}"
+            );
+        }
+        // Known keys, and other plug-ins' or LMCache's keys far from slotline's: silent.
+        let quiet =
+            "  chunk_size: 64\n  ttl: 5\n  tls_insecure: false\n  save_unfull_chunk: true\n  \
+                     enable_nixl: false\n  remote_storage_plugins: [a]\n";
+        assert_eq!(warnings(quiet), Vec::<String>::new());
+        let w = warnings("  remote_storage_plugin.slotline.cores: 2\n");
+        assert!(w.len() == 1 && w[0].contains("extra_config.cores"), "{w:?}");
+    }
+
+    #[test]
+    fn tls_files_resolve_against_the_yaml_files_directory() {
+        let dir = std::env::temp_dir().join(format!("slotline-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("conf")).unwrap();
+        let file = dir.join("conf/lmcache.yaml");
+        std::fs::write(
+            &file,
+            "remote_url: rediss://h:1\nextra_config:\n  tls_ca_file: tls/ca.pem\n  \
+             tls_cert_file: /abs/client.pem\n  tls_key_file: ../k.pem\n",
+        )
+        .unwrap();
+        let c = Config::from_yaml_file(&file);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let c = c.unwrap();
+        assert_eq!(c.tls_ca_file, Some(dir.join("conf/tls/ca.pem")));
+        assert_eq!(c.tls_cert_file, Some("/abs/client.pem".into()));
+        assert_eq!(c.tls_key_file, Some(dir.join("conf/../k.pem")));
+        // From text: relative to the current directory, as before.
+        let c =
+            yaml("remote_url: rediss://h:1\nextra_config:\n  tls_ca_file: tls/ca.pem\n").unwrap();
+        assert_eq!(c.tls_ca_file, Some("tls/ca.pem".into()));
     }
 }
