@@ -17,11 +17,11 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
+use crate::addr::ServerAddr;
 use crate::batch::SubmitPart;
 use crate::batch::{Batch, Chunk, GetInto, GetMode, Op, Output, PutChunk, Role, Ticket};
 use crate::cluster::NodeId;
 use crate::cluster::Router;
-use crate::config::ServerAddr;
 use crate::config::{Config, Mode};
 use crate::error::{show_key, Error, Result};
 use crate::lanes::Lanes;
@@ -140,7 +140,7 @@ impl Engine {
             Some(name) => crate::sentinel::ask_master(&cfg.seeds, name, cfg.connect_timeout)?,
             None => seed,
         };
-        if let (Some(_), crate::config::ServerAddr::Tcp { host, port }) =
+        if let (Some(_), crate::addr::ServerAddr::Tcp { host, port }) =
             (&cfg.sentinel_master, &seed)
         {
             crate::resolver::resolve_now(host, *port);
@@ -148,7 +148,7 @@ impl Engine {
         // Names are resolved here, on the caller's thread, never on a shard's: the
         // shards find the answers cached (see `crate::resolver`).
         for a in &cfg.seeds {
-            if let crate::config::ServerAddr::Tcp { host, port } = a {
+            if let crate::addr::ServerAddr::Tcp { host, port } = a {
                 crate::resolver::resolve_now(host, *port);
             }
         }

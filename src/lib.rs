@@ -5,6 +5,7 @@
 //! a pinned thread running its own io_uring (or epoll) event loop and owning its
 //! connections. See [`Engine`] for the API.
 
+pub(crate) mod addr;
 pub(crate) mod batch;
 pub mod cluster;
 pub mod config;

@@ -3,10 +3,42 @@
 
 use std::path::Path;
 
+/// glibc's `CPU_SETSIZE`: `sched_setaffinity` cannot address higher CPUs.
+pub(crate) const MAX_CPU: usize = 1024;
+
 /// Parses a kernel CPU list such as `"0-3,6"` into `[0, 1, 2, 3, 6]` (CPUs below
 /// 1024; an empty or malformed list is an error naming the part that is wrong).
 pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
-    crate::config::yaml::parse_cpu_list(s.trim())
+    let s = s.trim();
+    let num = |t: &str| -> Result<usize, String> {
+        let t = t.trim();
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{t:?} is not a CPU number"));
+        }
+        t.parse::<usize>()
+            .map_err(|_| format!("CPU {t} is out of range"))
+    };
+    let mut cores = Vec::new();
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!("range {a}-{b} runs backwards"));
+                }
+                // Bounded before expanding so "0-99999999999" cannot exhaust memory.
+                if b >= MAX_CPU {
+                    return Err(format!(
+                        "CPU {b} is out of range (CPUs 0 to {} can be pinned)",
+                        MAX_CPU - 1
+                    ));
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(num(part)?),
+        }
+    }
+    Ok(cores)
 }
 
 /// The NUMA nodes the host has (`node0`, `node1`, ... under `root`), in order; empty

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::config::ServerAddr;
+use crate::addr::ServerAddr;
 use crate::error::{Error, Result};
 
 /// Longest line or bulk a sentinel's answer may hold (a host name and a port).

@@ -28,7 +28,7 @@ pub(crate) fn for_engine(cfg: &Config) -> Result<Option<Arc<ClientConfig>>> {
         return Ok(None);
     }
     for seed in &cfg.seeds {
-        if let crate::config::ServerAddr::Tcp { host, .. } = seed {
+        if let crate::addr::ServerAddr::Tcp { host, .. } = seed {
             server_name(host)?;
         }
     }

@@ -79,6 +79,13 @@ enum Command {
     /// Read this host (NUMA, cores, NIC IRQs, memlock, io_uring, socket buffers, THP)
     /// and recommend a shard-to-core map and settings, each with its reason.
     Tune(tune::TuneArgs),
+    /// Print every configuration key under `extra_config` (type, default, bounds,
+    /// LMCache adapter parameter, meaning) as the README's Markdown table.
+    Config {
+        /// Markdown table (the only format so far).
+        #[arg(long)]
+        keys_markdown: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,6 +329,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Plot(a) => Ok(bench::plot_cli(a)?),
         Command::Metrics(a) => metrics::run(a),
         Command::Tune(a) => tune::run(a),
+        Command::Config { keys_markdown: _ } => {
+            print!("{}", slotline::config::keys_markdown());
+            Ok(())
+        }
     }
 }
 

@@ -121,7 +121,7 @@ impl NaiveClient {
             cluster,
             seed: seed.clone(),
             username: p.username,
-            password: p.password,
+            password: p.password.map(String::from),
             database: if cluster { 0 } else { p.database.unwrap_or(0) },
             conns: HashMap::new(),
             slots: if cluster {

@@ -211,6 +211,27 @@ def adapter_settings(params: Mapping[str, Any]) -> tuple[dict, list[str]]:
     return extra, ignored
 
 
+# Parameters that name files.
+FILE_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+
+
+def resolve_files(params: Mapping[str, Any], config_file: Any) -> dict:
+    """``params`` with relative ``tls_ca_file`` / ``tls_cert_file`` / ``tls_key_file``
+    resolved against the directory of ``config_file``, the LMCache YAML file they came
+    from (env ``LMCACHE_CONFIG_FILE``), as the engine resolves a YAML file it reads
+    itself (``slotline --config``); unchanged without one (relative to the current
+    directory)."""
+    out = dict(params)
+    if not config_file:
+        return out
+    base = os.path.dirname(os.path.abspath(str(config_file)))
+    for k in FILE_KEYS:
+        v = out.get(k)
+        if isinstance(v, str) and v and not os.path.isabs(v):
+            out[k] = os.path.join(base, v)
+    return out
+
+
 def _cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, Callable, List, Optional
 
 from lmcache.v1.protocol import RemoteMetadata
@@ -44,7 +45,7 @@ from lmcache.v1.storage_backend.connector import ConnectorAdapter, ConnectorCont
 from lmcache.v1.storage_backend.connector.base_connector import RemoteConnector
 
 from slotline._native import Client
-from slotline.config import config_text
+from slotline.config import config_text, resolve_files
 
 logger = logging.getLogger("slotline.lmcache")
 
@@ -155,7 +156,8 @@ class SlotlineConnectorAdapter(ConnectorAdapter):
     def create_connector(self, context: ConnectorContext) -> RemoteConnector:
         name = context.plugin_name or context.url[len("plugin://"):] or PLUGIN
         extra = context.config.extra_config if context.config is not None else None
-        params = plugin_params(extra, name)
+        # Relative TLS files resolve against the YAML file's directory, as in the engine.
+        params = resolve_files(plugin_params(extra, name), os.environ.get("LMCACHE_CONFIG_FILE"))
         return SlotlineConnector(
             loop=context.loop,
             local_cpu_backend=context.local_cpu_backend,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::config::ServerAddr;
+use crate::addr::ServerAddr;
 pub use topology::{NodeInfo, ShardInfo, Topology};
 
 /// Redirects one unit may follow before its error reaches the caller.

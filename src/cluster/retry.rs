@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{parse_redirect, Redirect, MAX_REDIRECTS};
-use crate::config::ServerAddr;
+use crate::addr::ServerAddr;
 
 /// Tries per unit across connection failures before the error reaches the caller.
 pub(crate) const MAX_ATTEMPTS: u8 = 3;

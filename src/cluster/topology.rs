@@ -1,7 +1,7 @@
 //! Parsing what a cluster node says about the cluster: `CLUSTER SHARDS` (Redis 7+) and,
 //! on older servers, `CLUSTER SLOTS`.
 
-use crate::config::ServerAddr;
+use crate::addr::ServerAddr;
 use crate::error::{Error, Result};
 use crate::resp::Value;
 

@@ -1,17 +1,16 @@
 //! Redis URLs: `redis://`, `rediss://`, `redis-cluster://`, `unix://`, several seeds,
 //! credentials and database, and masking the password for logs and errors.
 
-use std::fmt;
-use std::net::Ipv6Addr;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use super::redact::{mask_url, scrub, url_secrets};
-use super::{Mode, ServerAddr, DEFAULT_PORT, MASK};
+use super::{Mode, Secret, ServerAddr};
+use crate::addr::parse_seed;
 use crate::error::{Error, Result};
 
 /// The pieces of a Redis URL.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedUrl {
     /// `Some(Cluster)` for `redis-cluster://`; `None` when the URL does not say.
     pub mode: Option<Mode>,
@@ -22,25 +21,11 @@ pub struct ParsedUrl {
     /// Percent-decoded user name; `None` if absent or empty.
     pub username: Option<String>,
     /// Percent-decoded password; `None` if absent or empty.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Database from the path (`/N`) or `?db=N`.
     pub database: Option<u32>,
     /// `redis-sentinel://`: the name of the master the sentinels (`seeds`) watch.
     pub sentinel: Option<String>,
-}
-
-impl fmt::Debug for ParsedUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ParsedUrl")
-            .field("mode", &self.mode)
-            .field("seeds", &self.seeds)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| MASK))
-            .field("database", &self.database)
-            .field("sentinel", &self.sentinel)
-            .finish()
-    }
 }
 
 /// Parses a Redis URL as LMCache and the enhanced connector accept them.
@@ -264,7 +249,7 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
         seeds,
         tls,
         username,
-        password,
+        password: password.map(Secret::from),
         database,
         sentinel: master_name,
     })
@@ -276,75 +261,6 @@ pub const SENTINEL_PORT: u16 = 26379;
 pub const SERVICE_NAME_ENV: &str = "REDIS_SERVICE_NAME";
 /// LMCache's default master name.
 pub const DEFAULT_SERVICE_NAME: &str = "redismaster";
-
-/// One `host[:port]` or `[v6][:port]` entry of a seed list.
-fn parse_seed(s: &str) -> std::result::Result<ServerAddr, String> {
-    if s.is_empty() {
-        return Err("empty host in the server list".to_string());
-    }
-    let (host, port) = if let Some(inner) = s.strip_prefix('[') {
-        let Some((v6, after)) = inner.split_once(']') else {
-            return Err(format!("{s:?}: missing ']' after the IPv6 address"));
-        };
-        // A zone suffix (fe80::1%eth0) is legal for link-local addresses.
-        let addr = v6.split('%').next().unwrap_or(v6);
-        if addr.parse::<Ipv6Addr>().is_err() {
-            return Err(format!("{v6:?} is not an IPv6 address"));
-        }
-        let port = match after {
-            "" => None,
-            _ => match after.strip_prefix(':') {
-                Some(p) => Some(p),
-                None => return Err(format!("{s:?}: expected ':port' after ']'")),
-            },
-        };
-        (v6, port)
-    } else {
-        if s.matches(':').count() > 1 {
-            return Err(format!(
-                "{s:?}: an IPv6 address must be written in brackets, e.g. [::1]:6379"
-            ));
-        }
-        let (host, port) = match s.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (s, None),
-        };
-        if host.is_empty() {
-            return Err(format!("{s:?}: empty host"));
-        }
-        if let Some(bad) = host
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
-        {
-            return Err(format!(
-                "host {host:?} contains the invalid character {bad:?}"
-            ));
-        }
-        (host, port)
-    };
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => parse_port(p)?,
-    };
-    Ok(ServerAddr::Tcp {
-        host: host.to_string(),
-        port,
-    })
-}
-
-fn parse_port(p: &str) -> std::result::Result<u16, String> {
-    if p.is_empty() {
-        return Err("empty port".to_string());
-    }
-    if !p.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("port {p:?} is not a number"));
-    }
-    match p.parse::<u16>() {
-        Ok(0) => Err("port 0 is not a valid port".to_string()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("port {p} is out of range (1-65535)")),
-    }
-}
 
 fn parse_db(s: &str) -> std::result::Result<u32, String> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {

@@ -2,17 +2,18 @@
 //! `extra_config` from an LMCache config file, ignoring everything else, and names the
 //! key and the value in every error.
 
-use std::path::PathBuf;
-use std::str::FromStr;
+use std::path::Path;
 
 use yaml_rust2::yaml::{Hash as Mapping, Yaml as Value};
 use yaml_rust2::YamlLoader;
 
-use super::deadlines::DEADLINES_KEY;
-use super::settings::{build, Settings};
-use super::{mask_url, parse_url, Config, Deadlines, MASK, MAX_CPU, PRIORITY_WEIGHTS_KEY, TTL_ENV};
+use super::keys::Settings;
+use super::read::{
+    apply_merge, kind, parse_cores, parse_numa_cores, parse_ttl, render, Section, Shown,
+};
+use super::settings::build;
+use super::{mask_url, parse_url, Config, TTL_ENV};
 use crate::error::{Error, Result};
-use crate::priority::{Priority, PriorityWeights};
 
 /// The URL keys slotline reads from `extra_config`, in order of preference.
 const EXTRA_URL_KEYS: [&str; 3] = ["url", "remote_url", "remote_storage_plugin.slotline.url"];
@@ -23,7 +24,19 @@ const PLUGIN_KEYS: [&str; 3] = ["module_path", "class_name", "url"];
 
 /// `from_yaml_str` with the environment TTL passed in, so tests need not mutate the
 /// process environment.
+#[cfg(test)]
 pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<Config> {
+    from_yaml(text, env_ttl, None).map(|(c, _)| c)
+}
+
+/// Reads a YAML config; relative TLS file paths resolve against `base` (the YAML file's
+/// directory) when given. Also returns the warnings (keys that look like misspelt
+/// slotline keys).
+pub(super) fn from_yaml(
+    text: &str,
+    env_ttl: Option<String>,
+    base: Option<&Path>,
+) -> Result<(Config, Vec<String>)> {
     // The text may hold a password, so only its size appears in errors.
     let yaml_err = |reason: String| Error::config("yaml", format!("{} bytes", text.len()), reason);
     let mut docs = YamlLoader::load_from_str(text).map_err(|e| yaml_err(e.to_string()))?;
@@ -65,94 +78,141 @@ pub(super) fn from_yaml_with_env(text: &str, env_ttl: Option<String>) -> Result<
         map: extra_map,
         prefix: "extra_config.",
     };
-    warn_unknown_plugin_keys(extra_map);
+    let warnings = unknown_key_warnings(extra_map);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
 
-    let url = choose_url(&top, &extra)?;
-    let parsed = parse_url(&url)?;
-
-    let ttl = match (extra.ttl("ttl")?, top.ttl("remote_ttl")?) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(Error::config(
-                "extra_config.ttl",
-                a,
-                format!("differs from remote_ttl = {b}; give it once"),
-            ));
+    let parsed = parse_url(&choose_url(&top, &extra)?)?;
+    let mut s = Settings::read(&extra)?;
+    s.ttl = Some(ttl(&top, &extra, env_ttl)?);
+    match extra.get("cores") {
+        Some(Value::String(c)) if c.trim().starts_with("numa:") => {
+            let (cores, node) = parse_numa_cores(c.trim(), Path::new("/"))?;
+            (s.cores, s.numa_node) = (Some(Some(cores)), Some(Some(node)));
         }
-        (Some(a), _) | (None, Some(a)) => Some(a),
-        (None, None) => match env_ttl.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(v) => Some(parse_ttl(TTL_ENV, v)?),
-        },
-    };
-
-    let (cores, shards, numa_node) = match extra.get("cores") {
-        Some(Value::String(s)) if s.trim().starts_with("numa:") => {
-            let (cores, node) = parse_numa_cores(s.trim(), std::path::Path::new("/"))?;
-            (Some(cores), None, Some(node))
-        }
-        None => (None, None, None),
+        None => {}
         Some(v) => {
-            let (c, s) = parse_cores(v)?;
-            (c, s, None)
+            let (c, n) = parse_cores(v)?;
+            (s.cores, s.shards) = (Some(c), Some(n));
         }
-    };
-
-    let settings = Settings {
-        mode: extra.parsed("redis_mode")?,
-        database: extra.int("redis_database")?,
-        username: extra
-            .text("redis_username", Shown::Plain)?
-            .filter(|s| !s.is_empty()),
-        password: extra
-            .text("redis_password", Shown::Secret)?
-            .filter(|s| !s.is_empty()),
-        use_tls: extra.boolean("use_tls")?,
-        tls_insecure: tls_insecure(&extra)?,
-        tls_ca_file: extra.path("tls_ca_file")?,
-        chunk_size: extra.int("chunk_size")?,
-        max_connections: extra.int("max_connections")?,
-        cores,
-        shards,
-        numa_node,
-        io_backend: extra.parsed("io_backend")?,
-        key_layout: extra.parsed("key_layout")?,
-        key_prefix: extra.text("key_prefix", Shown::Plain)?,
-        ttl,
-        connect_timeout_ms: extra.int("connect_timeout_ms")?,
-        request_timeout_ms: extra.int("request_timeout_ms")?,
-        lane_capacity: extra.int("lane_capacity")?,
-        max_inflight_bytes: extra.int("max_inflight_bytes")?,
-        max_value_size: extra.int("max_value_size")?,
-        read_from_replicas: extra.boolean("read_from_replicas")?,
-        client_name: extra.text("client_name", Shown::Plain)?,
-        priority_weights: extra
-            .get("priority_weights")
-            .map(parse_priority_weights)
-            .transpose()?,
-        deadlines: extra.get("deadlines").map(parse_deadlines).transpose()?,
-        janitor_queue: extra.int("janitor_queue")?,
-        max_reply_size: extra.int("max_reply_size")?,
-        tls_cert_file: extra.path("tls_cert_file")?,
-        tls_key_file: extra.path("tls_key_file")?,
-        max_node_inflight_bytes: extra.int("max_node_inflight_bytes")?,
-        large_value_connections: extra.int("large_value_connections")?,
-    };
-    build(parsed, settings)
+    }
+    if let Some(dir) = base {
+        for file in [
+            &mut s.tls_ca_file,
+            &mut s.tls_cert_file,
+            &mut s.tls_key_file,
+        ] {
+            if let Some(Some(f)) = file {
+                if f.is_relative() {
+                    *f = dir.join(&*f);
+                }
+            }
+        }
+    }
+    Ok((build(parsed, s)?, warnings))
 }
 
-/// `tls_insecure_skip_verify`, or its older name `tls_insecure`; both given must agree.
-fn tls_insecure(extra: &Section<'_>) -> Result<Option<bool>> {
-    match (
-        extra.boolean("tls_insecure_skip_verify")?,
-        extra.boolean("tls_insecure")?,
-    ) {
-        (Some(a), Some(b)) if a != b => Err(Error::config(
-            "extra_config.tls_insecure_skip_verify",
-            a,
-            format!("differs from extra_config.tls_insecure = {b}; give it once"),
-        )),
-        (a, b) => Ok(a.or(b)),
+/// `extra_config.ttl`, `extra_config.remote_ttl`, then top-level `remote_ttl` (two
+/// given must agree), and env `LMCACHE_REMOTE_TTL` when none is.
+fn ttl(top: &Section<'_>, extra: &Section<'_>, env_ttl: Option<String>) -> Result<Option<u64>> {
+    let given = [
+        (extra.name("ttl"), extra.ttl("ttl")?),
+        (extra.name("remote_ttl"), extra.ttl("remote_ttl")?),
+        ("remote_ttl".to_string(), top.ttl("remote_ttl")?),
+    ];
+    let mut chosen: Option<(&str, u64)> = None;
+    for (key, v) in &given {
+        match (v, chosen) {
+            (Some(v), Some((first, c))) if *v != c => {
+                return Err(Error::config(
+                    first,
+                    c,
+                    format!("differs from {key} = {v}; give the TTL once"),
+                ));
+            }
+            (Some(v), None) => chosen = Some((key, *v)),
+            _ => {}
+        }
     }
+    if let Some((_, v)) = chosen {
+        return Ok(Some(v));
+    }
+    env_ttl_secs(env_ttl)
+}
+
+/// `LMCACHE_REMOTE_TTL`'s value; empty or unset: none.
+pub(super) fn env_ttl_secs(env_ttl: Option<String>) -> Result<Option<u64>> {
+    match env_ttl.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => parse_ttl(TTL_ENV, v).map(Some),
+    }
+}
+
+/// Keys under `extra_config` that slotline reads besides the key table's.
+pub(super) const OTHER_EXTRA_KEYS: [&str; 4] = [
+    "remote_url",
+    "remote_ttl",
+    "tls_insecure",
+    "remote_storage_plugin.slotline.url",
+];
+
+/// One warning per `extra_config` key that is not slotline's but close to one of its
+/// keys (edit distance at most 2, 1 for short keys, or equal once `_` and case are
+/// ignored): most likely a misspelling that would otherwise be ignored without a word.
+fn unknown_key_warnings(extra: &Mapping) -> Vec<String> {
+    let known = super::keys::known_keys();
+    let mut out = Vec::new();
+    for key in extra.keys().filter_map(Value::as_str) {
+        if let Some(name) = key.strip_prefix(PLUGIN_PREFIX) {
+            if !PLUGIN_KEYS.contains(&name) {
+                out.push(format!(
+                    "extra_config.{key} is ignored: slotline reads its settings from plain \
+                     extra_config keys (e.g. extra_config.{name})"
+                ));
+            }
+            continue;
+        }
+        if known.contains(&key) {
+            continue;
+        }
+        let squash = |k: &str| k.replace('_', "").to_ascii_lowercase();
+        let close = known
+            .iter()
+            .map(|k| {
+                let d = if squash(k) == squash(key) {
+                    0
+                } else {
+                    edit_distance(k, key)
+                };
+                (d, k)
+            })
+            .filter(|(d, k)| *d <= if k.len() <= 4 { 1 } else { 2 })
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, k)| k);
+        if let Some(k) = close {
+            out.push(format!(
+                "extra_config.{key} is not a slotline setting and is ignored; did you mean extra_config.{k}?"
+            ));
+        }
+    }
+    out
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 fn choose_url(top: &Section<'_>, extra: &Section<'_>) -> Result<String> {
@@ -206,459 +266,13 @@ fn choose_url(top: &Section<'_>, extra: &Section<'_>) -> Result<String> {
     }
 }
 
-fn warn_unknown_plugin_keys(extra: &Mapping) {
-    for key in extra.keys().filter_map(Value::as_str) {
-        if let Some(name) = key.strip_prefix(PLUGIN_PREFIX) {
-            if !PLUGIN_KEYS.contains(&name) {
-                tracing::warn!(
-                    key,
-                    "ignored: slotline reads its settings from plain extra_config keys \
-                     (e.g. extra_config.{name})"
-                );
-            }
-        }
-    }
-}
-
-/// `extra_config.cores: "numa:N"`: the CPUs of NUMA node N as read under `root`
-/// (`/sys/devices/system/node/nodeN/cpulist`), and N.
-pub(crate) fn parse_numa_cores(s: &str, root: &std::path::Path) -> Result<(Vec<usize>, usize)> {
-    const KEY: &str = "extra_config.cores";
-    let node = s
-        .strip_prefix("numa:")
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|t| t.parse::<usize>().ok())
-        .ok_or_else(|| Error::config(KEY, s, "expected \"numa:N\" with N a NUMA node number"))?;
-    let cpus = crate::numa::node_cpus(root, node).map_err(|r| Error::config(KEY, s, r))?;
-    Ok((cpus, node))
-}
-
-/// `extra_config.cores`: a shard count, a CPU list, or a range string such as "0-3,6".
-fn parse_cores(v: &Value) -> Result<(Option<Vec<usize>>, Option<usize>)> {
-    const KEY: &str = "extra_config.cores";
-    let bad = |reason: &str| Error::config(KEY, render(v), reason);
-    match v {
-        Value::Integer(n) => match usize::try_from(*n).ok() {
-            Some(n) => Ok((None, Some(n))),
-            None => Err(bad(
-                "expected a shard count, a CPU list or a range string like \"0-3,6\"",
-            )),
-        },
-        Value::String(s) => {
-            let t = s.trim();
-            if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-                let n = t
-                    .parse::<usize>()
-                    .map_err(|_| bad("shard count out of range"))?;
-                return Ok((None, Some(n)));
-            }
-            Ok((Some(parse_cpu_list(t).map_err(|r| bad(&r))?), None))
-        }
-        Value::Array(items) => {
-            let mut cores = Vec::with_capacity(items.len());
-            for item in items {
-                let n = match item {
-                    Value::Integer(n) => usize::try_from(*n).ok(),
-                    Value::String(s) => s.trim().parse::<usize>().ok(),
-                    _ => None,
-                };
-                match n {
-                    Some(n) => cores.push(n),
-                    None => {
-                        return Err(bad(&format!(
-                            "list entry {} is not a CPU number",
-                            render(item)
-                        )));
-                    }
-                }
-            }
-            Ok((Some(cores), None))
-        }
-        _ => Err(bad(
-            "expected a shard count, a CPU list or a range string like \"0-3,6\"",
-        )),
-    }
-}
-
-/// `extra_config.priority_weights`: a mapping of class name to weight, such as
-/// `{peek: 8, prefetch: 4, get: 2, put: 1}`; classes not named keep their default.
-fn parse_priority_weights(v: &Value) -> Result<PriorityWeights> {
-    let Value::Hash(map) = v else {
-        return Err(Error::config(
-            PRIORITY_WEIGHTS_KEY,
-            render(v),
-            format!(
-                "expected a mapping such as {}, found {}",
-                PriorityWeights::default(),
-                kind(v)
-            ),
-        ));
-    };
-    for (key, value) in map {
-        let known = key
-            .as_str()
-            .is_some_and(|k| Priority::ALL.iter().any(|c| c.name() == k));
-        if !known {
-            return Err(Error::config(
-                &format!("{PRIORITY_WEIGHTS_KEY}.{}", render(key)),
-                render(value),
-                "unknown class (expected peek, prefetch, get or put)",
-            ));
-        }
-    }
-    let section = Section {
-        map,
-        prefix: "extra_config.priority_weights.",
-    };
-    let mut weights = PriorityWeights::default();
-    for class in Priority::ALL {
-        match section.int::<u32>(class.name())? {
-            None => {}
-            Some(0) => {
-                return Err(Error::config(
-                    &section.name(class.name()),
-                    0,
-                    "must be at least 1 (a class with weight 0 would starve)",
-                ));
-            }
-            Some(w) => *weights.of_mut(class) = w,
-        }
-    }
-    Ok(weights)
-}
-
-/// `extra_config.deadlines`: a mapping such as `{get_ms: 900, per_mib_ms: 100}`;
-/// fields not named keep their default (bounds are checked by `Config::validate`).
-fn parse_deadlines(v: &Value) -> Result<Deadlines> {
-    let Value::Hash(map) = v else {
-        return Err(Error::config(
-            DEADLINES_KEY,
-            render(v),
-            format!(
-                "expected a mapping such as {:?}, found {}",
-                Deadlines::default(),
-                kind(v)
-            ),
-        ));
-    };
-    let section = Section {
-        map,
-        prefix: "extra_config.deadlines.",
-    };
-    let mut d = Deadlines::default();
-    for (key, value) in map {
-        let name = key.as_str().unwrap_or_default();
-        // Probing with 0 tells a known field from an unknown one before parsing.
-        if !d.set(name, 0) {
-            return Err(Error::config(
-                &format!("{DEADLINES_KEY}.{}", render(key)),
-                render(value),
-                "unknown field (expected peek_ms, prefetch_ms, get_ms, put_ms or per_mib_ms)",
-            ));
-        }
-        let default = Deadlines::default();
-        let ms = match section.int::<u64>(name)? {
-            Some(ms) => ms,
-            None => match name {
-                "peek_ms" => default.peek,
-                "prefetch_ms" => default.prefetch,
-                "get_ms" => default.get,
-                "put_ms" => default.put,
-                _ => default.per_mib,
-            }
-            .as_millis() as u64,
-        };
-        d.set(name, ms);
-    }
-    Ok(d)
-}
-
-/// Parses "0-3,6" into [0, 1, 2, 3, 6].
-pub(crate) fn parse_cpu_list(s: &str) -> std::result::Result<Vec<usize>, String> {
-    let num = |t: &str| -> std::result::Result<usize, String> {
-        let t = t.trim();
-        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("{t:?} is not a CPU number"));
-        }
-        t.parse::<usize>()
-            .map_err(|_| format!("CPU {t} is out of range"))
-    };
-    let mut cores = Vec::new();
-    for part in s.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (num(a)?, num(b)?);
-                if a > b {
-                    return Err(format!("range {a}-{b} runs backwards"));
-                }
-                // Bounded before expanding so "0-99999999999" cannot exhaust memory.
-                if b >= MAX_CPU {
-                    return Err(format!(
-                        "CPU {b} is out of range (CPUs 0 to {} can be pinned)",
-                        MAX_CPU - 1
-                    ));
-                }
-                cores.extend(a..=b);
-            }
-            None => cores.push(num(part)?),
-        }
-    }
-    Ok(cores)
-}
-
-fn parse_ttl(key: &str, text: &str) -> Result<u64> {
-    match parse_integer(text) {
-        Some(n) if n > 0 => {
-            u64::try_from(n).map_err(|_| Error::config(key, text, "TTL is out of range"))
-        }
-        _ => Err(Error::config(
-            key,
-            text,
-            "must be a positive integer number of seconds",
-        )),
-    }
-}
-
-/// A decimal integer with an optional sign. '_' between digits is allowed because
-/// PyYAML, which LMCache uses, reads `4_194_304` as an integer.
-fn parse_integer(s: &str) -> Option<i128> {
-    let t = s.trim();
-    let (negative, digits) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
-    let b = digits.as_bytes();
-    let well_formed = b.first().is_some_and(u8::is_ascii_digit)
-        && b.last().is_some_and(u8::is_ascii_digit)
-        && b.iter().all(|&c| c.is_ascii_digit() || c == b'_');
-    if !well_formed {
-        return None;
-    }
-    let n: i128 = digits.replace('_', "").parse().ok()?;
-    Some(if negative { -n } else { n })
-}
-
-/// How a value of the wrong type is shown in the error naming it.
-#[derive(Clone, Copy)]
-enum Shown {
-    /// As written.
-    Plain,
-    /// Not at all (`***`): a password.
-    Secret,
-    /// With every string masked by [`mask_url`]: a Redis URL, which may carry a password
-    /// even when given in the wrong shape (such as a list).
-    Url,
-}
-
-/// One mapping of the YAML document, with typed, error-naming accessors.
-struct Section<'a> {
-    map: &'a Mapping,
-    prefix: &'static str,
-}
-
-impl<'a> Section<'a> {
-    /// The value of `key`; `null` counts as absent.
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map
-            .get(&Value::String(key.to_string()))
-            .filter(|v| !v.is_null())
-    }
-
-    fn name(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
-    fn shown(&self, v: &Value, shown: Shown) -> String {
-        match shown {
-            Shown::Plain => render(v),
-            Shown::Secret => MASK.to_string(),
-            Shown::Url => render_with(v, &mask_url),
-        }
-    }
-
-    /// A string; numbers are accepted as their decimal text (unquoted numeric
-    /// passwords are common in YAML).
-    fn text(&self, key: &str, shown: Shown) -> Result<Option<String>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s) | Value::Real(s)) => Ok(Some(s.clone())),
-            Some(Value::Integer(n)) => Ok(Some(n.to_string())),
-            Some(other) => Err(Error::config(
-                &self.name(key),
-                self.shown(other, shown),
-                format!("expected a string, found {}", kind(other)),
-            )),
-        }
-    }
-
-    /// A file path; an empty string means not given.
-    fn path(&self, key: &str) -> Result<Option<PathBuf>> {
-        Ok(self
-            .text(key, Shown::Plain)?
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from))
-    }
-
-    /// `true`/`false`, also as strings in any ASCII case. `yes`/`no`/`on`/`off` are
-    /// accepted too because LMCache loads its YAML with PyYAML (YAML 1.1), where they
-    /// are booleans, while a YAML 1.2 parser hands them over as strings.
-    fn boolean(&self, key: &str) -> Result<Option<bool>> {
-        let word =
-            |s: &str, words: [&str; 3]| words.iter().any(|w| s.trim().eq_ignore_ascii_case(w));
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Boolean(b)) => Ok(Some(*b)),
-            Some(Value::String(s)) if word(s, ["true", "yes", "on"]) => Ok(Some(true)),
-            Some(Value::String(s)) if word(s, ["false", "no", "off"]) => Ok(Some(false)),
-            Some(other) => Err(Error::config(
-                &self.name(key),
-                render(other),
-                "expected true or false",
-            )),
-        }
-    }
-
-    /// A non-negative integer, also as a string ("256").
-    fn int<T: TryFrom<i128>>(&self, key: &str) -> Result<Option<T>> {
-        let Some(v) = self.get(key) else {
-            return Ok(None);
-        };
-        let n = match v {
-            Value::Integer(n) => Some(i128::from(*n)),
-            // Integers beyond i64 arrive as reals; they are then "too large" below.
-            Value::String(s) | Value::Real(s) => parse_integer(s),
-            _ => None,
-        };
-        let Some(n) = n else {
-            return Err(Error::config(
-                &self.name(key),
-                render(v),
-                "expected a non-negative integer",
-            ));
-        };
-        if n < 0 {
-            return Err(Error::config(&self.name(key), n, "must not be negative"));
-        }
-        T::try_from(n)
-            .map(Some)
-            .map_err(|_| Error::config(&self.name(key), n, "is too large"))
-    }
-
-    /// A positive number of seconds.
-    fn ttl(&self, key: &str) -> Result<Option<u64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v @ (Value::Integer(_) | Value::Real(_) | Value::String(_))) => {
-                parse_ttl(&self.name(key), &render(v)).map(Some)
-            }
-            Some(other) => Err(Error::config(
-                &self.name(key),
-                render(other),
-                "must be a positive integer number of seconds",
-            )),
-        }
-    }
-
-    /// A string parsed with `FromStr`; errors are re-keyed to the full YAML path.
-    fn parsed<T: FromStr<Err = Error>>(&self, key: &str) -> Result<Option<T>> {
-        let Some(text) = self.text(key, Shown::Plain)? else {
-            return Ok(None);
-        };
-        text.parse::<T>().map(Some).map_err(|e| match e {
-            Error::Config { value, reason, .. } => Error::Config {
-                key: self.name(key),
-                value,
-                reason,
-            },
-            other => other,
-        })
-    }
-}
-
-/// Resolves YAML merge keys (`<<: *base`, `<<: [*a, *b]`) in place, as PyYAML does:
-/// keys given in the mapping itself win, then earlier merged mappings over later ones.
-fn apply_merge(v: &mut Value) -> std::result::Result<(), String> {
-    match v {
-        Value::Array(items) => items.iter_mut().try_for_each(apply_merge),
-        Value::Hash(map) => {
-            for value in map.values_mut() {
-                apply_merge(value)?;
-            }
-            let Some(merged) = map.remove(&Value::String("<<".to_string())) else {
-                return Ok(());
-            };
-            let sources = match merged {
-                Value::Hash(m) => vec![m],
-                Value::Array(items) => items
-                    .into_iter()
-                    .map(|item| match item {
-                        Value::Hash(m) => Ok(m),
-                        other => Err(format!(
-                            "a merge key (<<) lists {}, expected mappings",
-                            kind(&other)
-                        )),
-                    })
-                    .collect::<std::result::Result<_, _>>()?,
-                other => {
-                    return Err(format!(
-                        "a merge key (<<) holds {}, expected a mapping or a list of mappings",
-                        kind(&other)
-                    ))
-                }
-            };
-            for source in sources {
-                for (k, val) in source {
-                    map.entry(k).or_insert(val);
-                }
-            }
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Boolean(_) => "a boolean",
-        Value::Integer(_) | Value::Real(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Hash(_) => "a mapping",
-        Value::Alias(_) | Value::BadValue => "an invalid value",
-    }
-}
-
-/// A short rendering of a YAML value for error messages.
-fn render(v: &Value) -> String {
-    render_with(v, &str::to_string)
-}
-
-/// [`render`] with every string passed through `text`.
-fn render_with(v: &Value, text: &dyn Fn(&str) -> String) -> String {
-    match v {
-        Value::Null => "null".to_string(),
-        Value::Boolean(b) => b.to_string(),
-        Value::Integer(n) => n.to_string(),
-        Value::Real(s) => s.clone(),
-        Value::String(s) => text(s),
-        Value::Array(items) => {
-            let inner: Vec<String> = items.iter().map(|i| render_with(i, text)).collect();
-            format!("[{}]", inner.join(", "))
-        }
-        Value::Hash(_) => "{...}".to_string(),
-        Value::Alias(_) | Value::BadValue => "!invalid".to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::testutil::{err_names, tcp};
     use super::super::{Config, IoBackend, Mode};
     use super::*;
     use crate::layout::KeyLayout;
+    use crate::priority::PriorityWeights;
     use std::time::Duration;
 
     fn yaml(text: &str) -> Result<Config> {
@@ -1490,5 +1104,102 @@ extra_config:
         let name = missing.display().to_string();
         err_names(Config::from_yaml_file(&missing), &["config_file", &name]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn remote_ttl_under_extra_config_is_honoured() {
+        let base = "remote_url: redis://h\n";
+        let ttl = |t: &str| yaml(&format!("{base}{t}")).map(|c| c.ttl);
+        assert_eq!(ttl("extra_config:\n  remote_ttl: 45\n").unwrap(), Some(45));
+        assert_eq!(
+            ttl("remote_ttl: 45\nextra_config:\n  remote_ttl: \"45\"\n").unwrap(),
+            Some(45)
+        );
+        // Two given that disagree: an error naming both, whichever pair it is.
+        err_names(
+            ttl("remote_ttl: 60\nextra_config:\n  remote_ttl: 45\n"),
+            &["extra_config.remote_ttl", "45", "remote_ttl = 60"],
+        );
+        err_names(
+            ttl("extra_config:\n  ttl: 30\n  remote_ttl: 45\n"),
+            &["extra_config.ttl", "30", "extra_config.remote_ttl = 45"],
+        );
+        err_names(
+            ttl("extra_config:\n  remote_ttl: 0\n"),
+            &["extra_config.remote_ttl", "0"],
+        );
+        // The environment fills in only when no key gives a TTL.
+        let with_env =
+            |t: &str| from_yaml(&format!("{base}{t}"), Some("90".into()), None).map(|(c, _)| c.ttl);
+        assert_eq!(with_env("").unwrap(), Some(90));
+        assert_eq!(
+            with_env("extra_config:\n  remote_ttl: 45\n").unwrap(),
+            Some(45)
+        );
+        // And with a bare URL.
+        let c = super::super::Config::from_url_with_env("redis://h", Some("90".into())).unwrap();
+        assert_eq!(c.ttl, Some(90));
+        err_names(
+            super::super::Config::from_url_with_env("redis://h", Some("soon".into())),
+            &["LMCACHE_REMOTE_TTL", "soon"],
+        );
+    }
+
+    #[test]
+    fn misspelt_keys_warn_naming_the_known_key() {
+        let warnings = |extra: &str| {
+            from_yaml(
+                &format!("remote_url: redis://h\nextra_config:\n{extra}"),
+                None,
+                None,
+            )
+            .unwrap()
+            .1
+        };
+        for (typo, known) in [
+            ("chunk_sise: 64", "extra_config.chunk_size"),
+            ("maxconnections: 3", "extra_config.max_connections"),
+            ("Key_Prefix: a", "extra_config.key_prefix"),
+            ("tl: 5", "extra_config.ttl"),
+            ("remote_tll: 5", "extra_config.remote_ttl"),
+        ] {
+            let w = warnings(&format!("  {typo}\n"));
+            let key = typo.split(':').next().unwrap();
+            assert_eq!(w.len(), 1, "{typo}: {w:?}");
+            assert!(
+                w[0].contains(&format!("extra_config.{key} ")) && w[0].contains(known),
+                "{typo}: {w:?}"
+            );
+        }
+        // Known keys, and other plug-ins' or LMCache's keys far from slotline's: silent.
+        let quiet =
+            "  chunk_size: 64\n  ttl: 5\n  tls_insecure: false\n  save_unfull_chunk: true\n  \
+                     enable_nixl: false\n  remote_storage_plugins: [a]\n";
+        assert_eq!(warnings(quiet), Vec::<String>::new());
+        let w = warnings("  remote_storage_plugin.slotline.cores: 2\n");
+        assert!(w.len() == 1 && w[0].contains("extra_config.cores"), "{w:?}");
+    }
+
+    #[test]
+    fn tls_files_resolve_against_the_yaml_files_directory() {
+        let dir = std::env::temp_dir().join(format!("slotline-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("conf")).unwrap();
+        let file = dir.join("conf/lmcache.yaml");
+        std::fs::write(
+            &file,
+            "remote_url: rediss://h:1\nextra_config:\n  tls_ca_file: tls/ca.pem\n  \
+             tls_cert_file: /abs/client.pem\n  tls_key_file: ../k.pem\n",
+        )
+        .unwrap();
+        let c = Config::from_yaml_file(&file);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let c = c.unwrap();
+        assert_eq!(c.tls_ca_file, Some(dir.join("conf/tls/ca.pem")));
+        assert_eq!(c.tls_cert_file, Some("/abs/client.pem".into()));
+        assert_eq!(c.tls_key_file, Some(dir.join("conf/../k.pem")));
+        // From text: relative to the current directory, as before.
+        let c =
+            yaml("remote_url: rediss://h:1\nextra_config:\n  tls_ca_file: tls/ca.pem\n").unwrap();
+        assert_eq!(c.tls_ca_file, Some("tls/ca.pem".into()));
     }
 }

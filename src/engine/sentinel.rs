@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::ServerAddr;
+use crate::addr::ServerAddr;
 use crate::error::{Error, Result};
 use crate::resp::Value;
 use crate::sentinel::ask_master;

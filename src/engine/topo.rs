@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::addr::ServerAddr;
 use crate::cluster::topology;
-use crate::config::ServerAddr;
 use crate::error::{Error, Result};
 
 use super::{Engine, MasterView};

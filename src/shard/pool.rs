@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::addr::ServerAddr;
 use crate::cluster::{NodeId, Router};
-use crate::config::{Config, ServerAddr};
+use crate::config::Config;
 use crate::error::Error;
 use crate::resolver::{self, Lookup};
 use crate::resp;

@@ -297,12 +297,12 @@ impl TlsLayer {
 pub(super) fn attach(
     config: Option<&Arc<ClientConfig>>,
     conn: &mut super::conn::Conn,
-    addr: &crate::config::ServerAddr,
+    addr: &crate::addr::ServerAddr,
 ) -> io::Result<()> {
     let Some(config) = config else {
         return Ok(());
     };
-    let crate::config::ServerAddr::Tcp { host, .. } = addr else {
+    let crate::addr::ServerAddr::Tcp { host, .. } = addr else {
         return Err(io::Error::other("TLS needs a TCP address"));
     };
     let name = crate::tls::server_name(host).map_err(io::Error::other)?;

@@ -1,0 +1,491 @@
+//! Reading YAML values leniently, as PyYAML (which LMCache uses) would: `yes`/`on`,
+//! `4_194_304`, numbers given as strings; every error names the key and the value.
+//! The readers at the top are the key table's `read` column.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use yaml_rust2::yaml::{Hash as Mapping, Yaml as Value};
+
+use super::deadlines::DEADLINES_KEY;
+use super::{mask_url, Deadlines, Secret, MASK, PRIORITY_WEIGHTS_KEY};
+use crate::error::{Error, Result};
+use crate::priority::{Priority, PriorityWeights};
+
+/// A key set by hand from several sources (the URL, `cores`, the TTL's).
+pub(super) fn by_hand<T>(_: &Section<'_>, _: &str) -> Result<Option<T>> {
+    Ok(None)
+}
+
+pub(super) fn integer<T: TryFrom<i128>>(s: &Section<'_>, key: &str) -> Result<Option<T>> {
+    s.int(key)
+}
+
+/// An integer whose field is optional: given means `Some`.
+pub(super) fn some_integer<T: TryFrom<i128>>(
+    s: &Section<'_>,
+    key: &str,
+) -> Result<Option<Option<T>>> {
+    Ok(s.int(key)?.map(Some))
+}
+
+pub(super) fn boolean(s: &Section<'_>, key: &str) -> Result<Option<bool>> {
+    s.boolean(key)
+}
+
+pub(super) fn text(s: &Section<'_>, key: &str) -> Result<Option<String>> {
+    s.text(key, Shown::Plain)
+}
+
+/// A name; empty means not given.
+pub(super) fn name(s: &Section<'_>, key: &str) -> Result<Option<Option<String>>> {
+    Ok(s.text(key, Shown::Plain)?
+        .filter(|t| !t.is_empty())
+        .map(Some))
+}
+
+/// A password; empty means not given, and no error shows it.
+pub(super) fn secret(s: &Section<'_>, key: &str) -> Result<Option<Option<Secret>>> {
+    Ok(s.text(key, Shown::Secret)?
+        .filter(|t| !t.is_empty())
+        .map(|t| Some(Secret::from(t))))
+}
+
+pub(super) fn path(s: &Section<'_>, key: &str) -> Result<Option<Option<PathBuf>>> {
+    Ok(s.path(key)?.map(Some))
+}
+
+pub(super) fn millis(s: &Section<'_>, key: &str) -> Result<Option<Duration>> {
+    Ok(s.int::<u64>(key)?.map(Duration::from_millis))
+}
+
+pub(super) fn parsed<T: FromStr<Err = Error>>(s: &Section<'_>, key: &str) -> Result<Option<T>> {
+    s.parsed(key)
+}
+
+pub(super) fn weights(s: &Section<'_>, key: &str) -> Result<Option<PriorityWeights>> {
+    s.get(key).map(parse_priority_weights).transpose()
+}
+
+pub(super) fn deadlines(s: &Section<'_>, key: &str) -> Result<Option<Deadlines>> {
+    s.get(key).map(parse_deadlines).transpose()
+}
+
+/// `tls_insecure_skip_verify`, or its older name `tls_insecure`; both given must agree.
+pub(super) fn tls_insecure(extra: &Section<'_>, _key: &str) -> Result<Option<bool>> {
+    match (
+        extra.boolean("tls_insecure_skip_verify")?,
+        extra.boolean("tls_insecure")?,
+    ) {
+        (Some(a), Some(b)) if a != b => Err(Error::config(
+            "extra_config.tls_insecure_skip_verify",
+            a,
+            format!("differs from extra_config.tls_insecure = {b}; give it once"),
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// `extra_config.cores: "numa:N"`: the CPUs of NUMA node N as read under `root`
+/// (`/sys/devices/system/node/nodeN/cpulist`), and N.
+pub(super) fn parse_numa_cores(s: &str, root: &std::path::Path) -> Result<(Vec<usize>, usize)> {
+    const KEY: &str = "extra_config.cores";
+    let node = s
+        .strip_prefix("numa:")
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse::<usize>().ok())
+        .ok_or_else(|| Error::config(KEY, s, "expected \"numa:N\" with N a NUMA node number"))?;
+    let cpus = crate::numa::node_cpus(root, node).map_err(|r| Error::config(KEY, s, r))?;
+    Ok((cpus, node))
+}
+
+/// `extra_config.cores`: a shard count, a CPU list, or a range string such as "0-3,6".
+pub(super) fn parse_cores(v: &Value) -> Result<(Option<Vec<usize>>, Option<usize>)> {
+    const KEY: &str = "extra_config.cores";
+    let bad = |reason: &str| Error::config(KEY, render(v), reason);
+    match v {
+        Value::Integer(n) => match usize::try_from(*n).ok() {
+            Some(n) => Ok((None, Some(n))),
+            None => Err(bad(
+                "expected a shard count, a CPU list or a range string like \"0-3,6\"",
+            )),
+        },
+        Value::String(s) => {
+            let t = s.trim();
+            if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+                let n = t
+                    .parse::<usize>()
+                    .map_err(|_| bad("shard count out of range"))?;
+                return Ok((None, Some(n)));
+            }
+            Ok((
+                Some(crate::numa::parse_cpu_list(t).map_err(|r| bad(&r))?),
+                None,
+            ))
+        }
+        Value::Array(items) => {
+            let mut cores = Vec::with_capacity(items.len());
+            for item in items {
+                let n = match item {
+                    Value::Integer(n) => usize::try_from(*n).ok(),
+                    Value::String(s) => s.trim().parse::<usize>().ok(),
+                    _ => None,
+                };
+                match n {
+                    Some(n) => cores.push(n),
+                    None => {
+                        return Err(bad(&format!(
+                            "list entry {} is not a CPU number",
+                            render(item)
+                        )));
+                    }
+                }
+            }
+            Ok((Some(cores), None))
+        }
+        _ => Err(bad(
+            "expected a shard count, a CPU list or a range string like \"0-3,6\"",
+        )),
+    }
+}
+
+/// `extra_config.priority_weights`: a mapping of class name to weight, such as
+/// `{peek: 8, prefetch: 4, get: 2, put: 1}`; classes not named keep their default.
+fn parse_priority_weights(v: &Value) -> Result<PriorityWeights> {
+    let Value::Hash(map) = v else {
+        return Err(Error::config(
+            PRIORITY_WEIGHTS_KEY,
+            render(v),
+            format!(
+                "expected a mapping such as {}, found {}",
+                PriorityWeights::default(),
+                kind(v)
+            ),
+        ));
+    };
+    for (key, value) in map {
+        let known = key
+            .as_str()
+            .is_some_and(|k| Priority::ALL.iter().any(|c| c.name() == k));
+        if !known {
+            return Err(Error::config(
+                &format!("{PRIORITY_WEIGHTS_KEY}.{}", render(key)),
+                render(value),
+                "unknown class (expected peek, prefetch, get or put)",
+            ));
+        }
+    }
+    let section = Section {
+        map,
+        prefix: "extra_config.priority_weights.",
+    };
+    let mut weights = PriorityWeights::default();
+    for class in Priority::ALL {
+        match section.int::<u32>(class.name())? {
+            None => {}
+            Some(0) => {
+                return Err(Error::config(
+                    &section.name(class.name()),
+                    0,
+                    "must be at least 1 (a class with weight 0 would starve)",
+                ));
+            }
+            Some(w) => *weights.of_mut(class) = w,
+        }
+    }
+    Ok(weights)
+}
+
+/// `extra_config.deadlines`: a mapping such as `{get_ms: 900, per_mib_ms: 100}`;
+/// fields not named keep their default (bounds are checked by `Config::validate`).
+fn parse_deadlines(v: &Value) -> Result<Deadlines> {
+    let Value::Hash(map) = v else {
+        return Err(Error::config(
+            DEADLINES_KEY,
+            render(v),
+            format!(
+                "expected a mapping such as {:?}, found {}",
+                Deadlines::default(),
+                kind(v)
+            ),
+        ));
+    };
+    let section = Section {
+        map,
+        prefix: "extra_config.deadlines.",
+    };
+    let mut d = Deadlines::default();
+    for (key, value) in map {
+        let name = key.as_str().unwrap_or_default();
+        // Probing with 0 tells a known field from an unknown one before parsing.
+        if !d.set(name, 0) {
+            return Err(Error::config(
+                &format!("{DEADLINES_KEY}.{}", render(key)),
+                render(value),
+                "unknown field (expected peek_ms, prefetch_ms, get_ms, put_ms or per_mib_ms)",
+            ));
+        }
+        let default = Deadlines::default();
+        let ms = match section.int::<u64>(name)? {
+            Some(ms) => ms,
+            None => match name {
+                "peek_ms" => default.peek,
+                "prefetch_ms" => default.prefetch,
+                "get_ms" => default.get,
+                "put_ms" => default.put,
+                _ => default.per_mib,
+            }
+            .as_millis() as u64,
+        };
+        d.set(name, ms);
+    }
+    Ok(d)
+}
+
+pub(super) fn parse_ttl(key: &str, text: &str) -> Result<u64> {
+    match parse_integer(text) {
+        Some(n) if n > 0 => {
+            u64::try_from(n).map_err(|_| Error::config(key, text, "TTL is out of range"))
+        }
+        _ => Err(Error::config(
+            key,
+            text,
+            "must be a positive integer number of seconds",
+        )),
+    }
+}
+
+/// A decimal integer with an optional sign. '_' between digits is allowed because
+/// PyYAML, which LMCache uses, reads `4_194_304` as an integer.
+pub(super) fn parse_integer(s: &str) -> Option<i128> {
+    let t = s.trim();
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let b = digits.as_bytes();
+    let well_formed = b.first().is_some_and(u8::is_ascii_digit)
+        && b.last().is_some_and(u8::is_ascii_digit)
+        && b.iter().all(|&c| c.is_ascii_digit() || c == b'_');
+    if !well_formed {
+        return None;
+    }
+    let n: i128 = digits.replace('_', "").parse().ok()?;
+    Some(if negative { -n } else { n })
+}
+
+/// How a value of the wrong type is shown in the error naming it.
+#[derive(Clone, Copy)]
+pub(super) enum Shown {
+    /// As written.
+    Plain,
+    /// Not at all (`***`): a password.
+    Secret,
+    /// With every string masked by [`mask_url`]: a Redis URL, which may carry a password
+    /// even when given in the wrong shape (such as a list).
+    Url,
+}
+
+/// One mapping of the YAML document, with typed, error-naming accessors.
+pub(super) struct Section<'a> {
+    pub(super) map: &'a Mapping,
+    pub(super) prefix: &'static str,
+}
+
+impl<'a> Section<'a> {
+    /// The value of `key`; `null` counts as absent.
+    pub(super) fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map
+            .get(&Value::String(key.to_string()))
+            .filter(|v| !v.is_null())
+    }
+
+    pub(super) fn name(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn shown(&self, v: &Value, shown: Shown) -> String {
+        match shown {
+            Shown::Plain => render(v),
+            Shown::Secret => MASK.to_string(),
+            Shown::Url => render_with(v, &mask_url),
+        }
+    }
+
+    /// A string; numbers are accepted as their decimal text (unquoted numeric
+    /// passwords are common in YAML).
+    pub(super) fn text(&self, key: &str, shown: Shown) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s) | Value::Real(s)) => Ok(Some(s.clone())),
+            Some(Value::Integer(n)) => Ok(Some(n.to_string())),
+            Some(other) => Err(Error::config(
+                &self.name(key),
+                self.shown(other, shown),
+                format!("expected a string, found {}", kind(other)),
+            )),
+        }
+    }
+
+    /// A file path; an empty string means not given.
+    pub(super) fn path(&self, key: &str) -> Result<Option<PathBuf>> {
+        Ok(self
+            .text(key, Shown::Plain)?
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from))
+    }
+
+    /// `true`/`false`, also as strings in any ASCII case. `yes`/`no`/`on`/`off` are
+    /// accepted too because LMCache loads its YAML with PyYAML (YAML 1.1), where they
+    /// are booleans, while a YAML 1.2 parser hands them over as strings.
+    pub(super) fn boolean(&self, key: &str) -> Result<Option<bool>> {
+        let word =
+            |s: &str, words: [&str; 3]| words.iter().any(|w| s.trim().eq_ignore_ascii_case(w));
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) if word(s, ["true", "yes", "on"]) => Ok(Some(true)),
+            Some(Value::String(s)) if word(s, ["false", "no", "off"]) => Ok(Some(false)),
+            Some(other) => Err(Error::config(
+                &self.name(key),
+                render(other),
+                "expected true or false",
+            )),
+        }
+    }
+
+    /// A non-negative integer, also as a string ("256").
+    pub(super) fn int<T: TryFrom<i128>>(&self, key: &str) -> Result<Option<T>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let n = match v {
+            Value::Integer(n) => Some(i128::from(*n)),
+            // Integers beyond i64 arrive as reals; they are then "too large" below.
+            Value::String(s) | Value::Real(s) => parse_integer(s),
+            _ => None,
+        };
+        let Some(n) = n else {
+            return Err(Error::config(
+                &self.name(key),
+                render(v),
+                "expected a non-negative integer",
+            ));
+        };
+        if n < 0 {
+            return Err(Error::config(&self.name(key), n, "must not be negative"));
+        }
+        T::try_from(n)
+            .map(Some)
+            .map_err(|_| Error::config(&self.name(key), n, "is too large"))
+    }
+
+    /// A positive number of seconds.
+    pub(super) fn ttl(&self, key: &str) -> Result<Option<u64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v @ (Value::Integer(_) | Value::Real(_) | Value::String(_))) => {
+                parse_ttl(&self.name(key), &render(v)).map(Some)
+            }
+            Some(other) => Err(Error::config(
+                &self.name(key),
+                render(other),
+                "must be a positive integer number of seconds",
+            )),
+        }
+    }
+
+    /// A string parsed with `FromStr`; errors are re-keyed to the full YAML path.
+    pub(super) fn parsed<T: FromStr<Err = Error>>(&self, key: &str) -> Result<Option<T>> {
+        let Some(text) = self.text(key, Shown::Plain)? else {
+            return Ok(None);
+        };
+        text.parse::<T>().map(Some).map_err(|e| match e {
+            Error::Config { value, reason, .. } => Error::Config {
+                key: self.name(key),
+                value,
+                reason,
+            },
+            other => other,
+        })
+    }
+}
+
+/// Resolves YAML merge keys (`<<: *base`, `<<: [*a, *b]`) in place, as PyYAML does:
+/// keys given in the mapping itself win, then earlier merged mappings over later ones.
+pub(super) fn apply_merge(v: &mut Value) -> std::result::Result<(), String> {
+    match v {
+        Value::Array(items) => items.iter_mut().try_for_each(apply_merge),
+        Value::Hash(map) => {
+            for value in map.values_mut() {
+                apply_merge(value)?;
+            }
+            let Some(merged) = map.remove(&Value::String("<<".to_string())) else {
+                return Ok(());
+            };
+            let sources = match merged {
+                Value::Hash(m) => vec![m],
+                Value::Array(items) => items
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::Hash(m) => Ok(m),
+                        other => Err(format!(
+                            "a merge key (<<) lists {}, expected mappings",
+                            kind(&other)
+                        )),
+                    })
+                    .collect::<std::result::Result<_, _>>()?,
+                other => {
+                    return Err(format!(
+                        "a merge key (<<) holds {}, expected a mapping or a list of mappings",
+                        kind(&other)
+                    ))
+                }
+            };
+            for source in sources {
+                for (k, val) in source {
+                    map.entry(k).or_insert(val);
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Boolean(_) => "a boolean",
+        Value::Integer(_) | Value::Real(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Hash(_) => "a mapping",
+        Value::Alias(_) | Value::BadValue => "an invalid value",
+    }
+}
+
+/// A short rendering of a YAML value for error messages.
+pub(super) fn render(v: &Value) -> String {
+    render_with(v, &str::to_string)
+}
+
+/// [`render`] with every string passed through `text`.
+pub(super) fn render_with(v: &Value, text: &dyn Fn(&str) -> String) -> String {
+    match v {
+        Value::Null => "null".to_string(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Integer(n) => n.to_string(),
+        Value::Real(s) => s.clone(),
+        Value::String(s) => text(s),
+        Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(|i| render_with(i, text)).collect();
+            format!("[{}]", inner.join(", "))
+        }
+        Value::Hash(_) => "{...}".to_string(),
+        Value::Alias(_) | Value::BadValue => "!invalid".to_string(),
+    }
+}
