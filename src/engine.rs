@@ -171,7 +171,8 @@ impl Engine {
             })?
             .into();
         let regions = Arc::new(crate::region::Regions::default());
-        regions.set_bells(all_lanes.clone());
+        let bells = all_lanes.clone();
+        regions.set_waker(Box::new(move || bells.iter().for_each(|l| l.ring())));
         let mut shards = Vec::with_capacity(cores.len());
         // Bounded by what one shard may have in flight per server.
         let values: Vec<Arc<ValuePool>> = (0..cores.len())
