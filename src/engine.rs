@@ -17,8 +17,9 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
-use crate::batch::SubmitPart;
-use crate::batch::{Batch, Chunk, GetInto, GetMode, Op, Output, PutChunk, Role, Ticket};
+use crate::batch::{
+    Batch, Chunk, GetInto, GetMode, Op, Output, PutChunk, Role, SubmitPart, Ticket,
+};
 use crate::cluster::NodeId;
 use crate::cluster::Router;
 use crate::config::ServerAddr;
