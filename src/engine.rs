@@ -18,8 +18,9 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 
 use crate::addr::ServerAddr;
-use crate::batch::SubmitPart;
-use crate::batch::{Batch, Chunk, GetInto, GetMode, Op, Output, PutChunk, Role, Ticket};
+use crate::batch::{
+    Batch, Chunk, GetInto, GetMode, Op, Output, PutChunk, Role, SubmitPart, Ticket,
+};
 use crate::cluster::NodeId;
 use crate::cluster::Router;
 use crate::config::{Config, Mode};
@@ -171,7 +172,8 @@ impl Engine {
             })?
             .into();
         let regions = Arc::new(crate::region::Regions::default());
-        regions.set_bells(all_lanes.clone());
+        let bells = all_lanes.clone();
+        regions.set_waker(Box::new(move || bells.iter().for_each(|l| l.ring())));
         let mut shards = Vec::with_capacity(cores.len());
         // Bounded by what one shard may have in flight per server.
         let values: Vec<Arc<ValuePool>> = (0..cores.len())

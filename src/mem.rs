@@ -593,4 +593,48 @@ mod tests {
         drop(clone);
         assert_eq!(home.take_if_home(None).unwrap().len(), 1);
     }
+
+    /// A ticket that "finishes" at once while another thread still holds the owners:
+    /// the loan itself must keep the borrow alive until the last owner is dropped.
+    struct Early;
+
+    impl LoanTicket<()> for Early {
+        fn finish(self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_loan_returns_only_after_its_last_owner_is_dropped() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (owners_tx, owners_rx) = std::sync::mpsc::channel::<Vec<Box<dyn CallerBufMut>>>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let early = Arc::new(AtomicBool::new(false));
+        let holder = {
+            let early = early.clone();
+            std::thread::spawn(move || {
+                let mut owners = owners_rx.recv().expect("the owners");
+                owners[0].as_mut_slice().fill(9);
+                // A correct loan cannot return while these are held: the wait runs
+                // out. A loan that returned anyway is seen at once.
+                if done_rx.recv_timeout(Duration::from_secs(3)).is_ok() {
+                    early.store(true, Ordering::SeqCst);
+                }
+                drop(owners);
+            })
+        };
+        let mut a = [0u8; 4];
+        let r = with_lent_mut(&mut [&mut a[..]], |owners| {
+            owners_tx.send(owners).expect("the holder");
+            Early
+        });
+        let _ = done_tx.send(());
+        holder.join().expect("the holder thread");
+        assert!(r.is_ok());
+        assert!(
+            !early.load(Ordering::SeqCst),
+            "with_lent_mut returned while an owner of the slice was alive"
+        );
+        assert_eq!(a, [9; 4]);
+    }
 }
