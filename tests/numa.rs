@@ -36,8 +36,9 @@ fn numa_node0_shards_work(backend: IoBackend) {
         vec![1u8; 70_000],
         None,
     )])
+    .wait()
     .unwrap();
-    let got = e.get(&["n@1@0@aa@bfloat16"]).unwrap();
+    let got = e.get(&["n@1@0@aa@bfloat16"]).wait().unwrap();
     assert_eq!(got[0].as_ref().unwrap().data.len(), 70_000);
 }
 

@@ -91,8 +91,9 @@ fn weighted_shares(b: IoBackend, weights: PriorityWeights) {
     let e = Engine::new(cfg).unwrap();
     // Connected and warm before the pause.
     e.put(vec![PutChunk::new("warm", vec![1u8; 16], None)])
+        .wait()
         .unwrap();
-    assert!(e.get(&["warm"]).unwrap()[0].is_some());
+    assert!(e.get(&["warm"]).wait().unwrap()[0].is_some());
 
     let log: Log = Arc::default();
     let mut outcomes = Vec::with_capacity(4 * PER_CLASS);
@@ -101,11 +102,11 @@ fn weighted_shares(b: IoBackend, weights: PriorityWeights) {
     for i in 0..PER_CLASS {
         let key = format!("k{i}");
         let keys = [key.as_str()];
-        outcomes.push(track(e.exists_async(&keys), Priority::Peek, &log));
-        outcomes.push(track(e.prefetch_async(&keys), Priority::Prefetch, &log));
-        outcomes.push(track(e.get_async(&keys), Priority::Get, &log));
+        outcomes.push(track(e.exists(&keys).submit(), Priority::Peek, &log));
+        outcomes.push(track(e.prefetch(&keys).submit(), Priority::Prefetch, &log));
+        outcomes.push(track(e.get(&keys).submit(), Priority::Get, &log));
         let put = PutChunk::new(format!("p{i}"), vec![2u8; 64], None);
-        outcomes.push(track(e.put_async(vec![put]), Priority::Put, &log));
+        outcomes.push(track(e.put(vec![put]).submit(), Priority::Put, &log));
     }
     let queued_in = t0.elapsed();
     let early = log.lock().unwrap().len();

@@ -31,9 +31,11 @@ fn counters_move(backend: IoBackend) {
 
     let data = vec![7u8; 100_000];
     e.put(vec![PutChunk::new("m@1@0@aa@bfloat16", data, None)])
+        .wait()
         .unwrap();
     let got = e
         .get(&["m@1@0@aa@bfloat16", "m@1@0@missing@bfloat16"])
+        .wait()
         .unwrap();
     assert!(got[0].is_some() && got[1].is_none());
 
@@ -102,10 +104,10 @@ fn many_threads_consistent_totals(backend: IoBackend) {
                     let chunks = keys
                         .iter()
                         .map(|k| PutChunk::new(k.as_str(), vec![t as u8; 1000], None))
-                        .collect();
-                    e.put(chunks).unwrap();
+                        .collect::<Vec<_>>();
+                    e.put(chunks).wait().unwrap();
                     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    let got = e.get(&refs).unwrap();
+                    let got = e.get(&refs).wait().unwrap();
                     assert!(got.iter().all(Option::is_some));
                 }
             });

@@ -88,7 +88,7 @@ fn writer(e: Engine, w: usize, keys: Arc<Vec<Vec<u8>>>, p: Arc<Progress>) -> Vec
         let batch = &keys[i * CHUNKS_PER_PUT..(i + 1) * CHUNKS_PER_PUT];
         let chunks = chunks_for(batch, VALUE_LEN);
         p.started[w].store(i + 1, Ordering::SeqCst);
-        if let Err(e) = e.put(chunks) {
+        if let Err(e) = e.put(chunks).wait() {
             errors.push(format!("put {i} of writer {w}: {e}"));
         }
         p.done[w].store(i + 1, Ordering::SeqCst);
@@ -428,7 +428,7 @@ fn pairs_survive_live_reshard(backend: IoBackend) {
     // Every acknowledged chunk reads back intact, metadata included.
     for (e, keys) in engines.iter().zip(&keys) {
         for batch in keys.chunks(4) {
-            let got = e.get(batch).expect("get after the move");
+            let got = e.get(batch).wait().expect("get after the move");
             for (k, g) in batch.iter().zip(got) {
                 let g = g.unwrap_or_else(|| panic!("chunk {} lost", k.escape_ascii()));
                 assert!(

@@ -211,11 +211,13 @@ pub fn put(a: PutArgs) -> Result<(), CliError> {
     if raw {
         eprintln!("note: the raw layout stores no metadata; only the payload is written");
     }
-    let r = e.put(vec![PutChunk::new(
-        a.key.as_bytes(),
-        data,
-        Some(meta.clone()),
-    )]);
+    let r = e
+        .put(vec![PutChunk::new(
+            a.key.as_bytes(),
+            data,
+            Some(meta.clone()),
+        )])
+        .wait();
     drop(e);
     r?;
     if raw {
@@ -229,7 +231,7 @@ pub fn put(a: PutArgs) -> Result<(), CliError> {
 /// `slotline get KEY [--out PATH]`
 pub fn get(a: GetArgs) -> Result<(), CliError> {
     let e = engine(&a.conn, None)?;
-    let got = e.get(&[a.key.as_bytes()]);
+    let got = e.get(&[a.key.as_bytes()]).wait();
     drop(e);
     let mut got = got?;
     let Some(chunk) = got.pop().flatten() else {
@@ -264,7 +266,7 @@ pub fn get(a: GetArgs) -> Result<(), CliError> {
 /// `slotline exists KEY...`
 pub fn exists(a: KeysArgs) -> Result<(), CliError> {
     let e = engine(&a.conn, None)?;
-    let found = e.exists(&a.keys);
+    let found = e.exists(&a.keys).wait();
     drop(e);
     let found = found?;
     let mut out = String::new();
@@ -278,7 +280,7 @@ pub fn exists(a: KeysArgs) -> Result<(), CliError> {
 /// `slotline del KEY...`
 pub fn del(a: KeysArgs) -> Result<(), CliError> {
     let e = engine(&a.conn, None)?;
-    let n = e.delete(&a.keys);
+    let n = e.delete(&a.keys).wait();
     drop(e);
     let n = n?;
     println!("{n}");

@@ -148,11 +148,12 @@ fn load(e: &Engine, for_: Duration, stop: &AtomicBool) -> Result<(), CliError> {
         e.put(
             keys.iter()
                 .map(|k| PutChunk::new(k.as_bytes(), data.clone(), None))
-                .collect(),
-        )?;
-        e.get(&keys)?;
-        e.exists(&keys)?;
+                .collect::<Vec<_>>(),
+        )
+        .wait()?;
+        e.get(&keys).wait()?;
+        e.exists(&keys).wait()?;
     }
-    e.delete(&keys)?;
+    e.delete(&keys).wait()?;
     Ok(())
 }

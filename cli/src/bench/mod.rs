@@ -609,7 +609,7 @@ fn run_size(
         }
         if let Some(e) = &cleanup_engine {
             for chunk in keys.chunks(CLEANUP_BATCH) {
-                e.delete(chunk)?;
+                e.delete(chunk).wait()?;
             }
         }
         Ok(())

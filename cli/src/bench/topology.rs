@@ -22,7 +22,7 @@ pub fn parse_cpus(s: &str) -> Result<CpuList, String> {
 pub enum ReadMode {
     /// `Engine::get`: buffers the engine allocates (or reuses from its pool).
     Get,
-    /// `Engine::get_into_slices`: the caller's buffers, allocated once per run.
+    /// `Engine::get(..).into_slices(..)`: the caller's buffers, allocated once per run.
     GetInto,
 }
 
