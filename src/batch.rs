@@ -12,17 +12,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::cmem::Mem;
 use crate::error::{show_key, Error, Result};
 use crate::layout::{KeyScheme, RemoteMetadata};
+use crate::mem::Mem;
 use crate::metrics::Metrics;
 use crate::priority::Priority;
 use crate::resp::Value;
 
 mod chunk;
+mod request;
 mod ticket;
 mod warnings;
 pub use chunk::Chunk;
+pub(crate) use request::{clone_err, SubmitPart, UnitSpec};
 pub use ticket::Ticket;
 pub(crate) use ticket::Unpushed;
 use warnings::KeyWarnings;
@@ -670,6 +672,6 @@ impl Batch {
 fn outcome(out: &Result<Output>) -> Result<()> {
     match out {
         Ok(_) => Ok(()),
-        Err(e) => Err(crate::shard::clone_err(e)),
+        Err(e) => Err(clone_err(e)),
     }
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
+use crate::batch::SubmitPart;
 use crate::batch::{Batch, Chunk, Op, Output, PutChunk, Role, Ticket};
 use crate::cluster::NodeId;
 use crate::cluster::Router;
@@ -25,21 +26,24 @@ use crate::config::{Config, Mode};
 use crate::error::{show_key, Error, Result};
 use crate::lanes::Lanes;
 use crate::layout::{KeyLayout, KeyScheme, RemoteMetadata};
-use crate::metrics::{Metrics, MetricsHandle, MetricsSnapshot};
+use crate::mem::ValuePool;
+use crate::metrics::{BackendKind, Metrics, MetricsHandle, Stats};
 use crate::priority::Priority;
 use crate::resp::Value;
-use crate::shard::{self, BackendKind, ShardHandle, SubmitPart};
+use crate::shard::{self, ShardHandle};
 
 mod caller;
 mod janitor;
 pub mod request;
 mod sentinel;
 mod submit;
+mod ticket;
 mod topo;
 mod twophase;
 
 pub use crate::lanes::{DeathHold, DeathStage};
 pub use caller::{GetIntoTicket, PutOwned, PutRef, PutTicket};
+pub use ticket::{CallerTicket, Returned};
 
 use janitor::{run_janitor, JanitorQueue};
 use submit::{Req, Submit};
@@ -66,7 +70,7 @@ struct Inner {
     /// Registered regions (see [`crate::region`]).
     regions: Arc<crate::region::Regions>,
     /// Each shard's pool of `get()` value buffers.
-    values: Vec<Arc<crate::shard::ValuePool>>,
+    values: Vec<Arc<ValuePool>>,
 }
 
 /// The engine: shards, their connections, and the API LMCache's connector calls.
@@ -103,68 +107,6 @@ pub struct MasterView {
     pub replicas: Vec<ServerAddr>,
     /// The shard owning its connections.
     pub shard: usize,
-}
-
-/// A snapshot of what the engine did, from [`Engine::stats`].
-#[derive(Debug, Clone)]
-pub struct Stats {
-    /// Event loop in use.
-    pub backend: BackendKind,
-    /// Number of shard threads.
-    pub shards: usize,
-    /// Core each shard is pinned to.
-    pub cores: Vec<Option<usize>>,
-    /// Counters and latency histograms.
-    pub metrics: MetricsSnapshot,
-    /// Submissions queued in each shard's lanes (by shard, then `Priority::index`) at
-    /// the moment of the snapshot.
-    pub lane_depth: Vec<[usize; 4]>,
-    /// The shards' pools of `get()` value buffers, summed.
-    pub value_pool: crate::shard::ValuePoolStats,
-}
-
-impl std::fmt::Display for Stats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let m = &self.metrics;
-        writeln!(
-            f,
-            "backend {}  shards {}  cores {:?}",
-            self.backend, self.shards, self.cores
-        )?;
-        writeln!(
-            f,
-            "frames sent {}  bytes out {}  bytes in {}  hits {}  misses {}",
-            m.frames_sent, m.bytes_sent, m.bytes_received, m.hits, m.misses
-        )?;
-        for c in &m.classes {
-            if c.ops > 0 {
-                writeln!(
-                    f,
-                    "{:<9} ops {:>8}  keys {:>10}  p50 {:?}  p95 {:?}  p99 {:?}  max {:?}",
-                    c.class.name(),
-                    c.ops,
-                    c.keys,
-                    c.p50,
-                    c.p95,
-                    c.p99,
-                    c.max
-                )?;
-            }
-        }
-        if !m.errors.is_empty() {
-            writeln!(f, "errors {:?}", m.errors)?;
-        }
-        let v = &self.value_pool;
-        if v.reused + v.allocated > 0 {
-            writeln!(
-                f,
-                "get() value buffers: reused {}  allocated {}  returned {}  evicted {}  \
-                 held {} of {} bytes",
-                v.reused, v.allocated, v.returned, v.evicted, v.held_bytes, v.bound_bytes
-            )?;
-        }
-        Ok(())
-    }
 }
 
 /// A validated put: keys, payloads (shared, not copied) and encoded metadata.
@@ -231,11 +173,12 @@ impl Engine {
             })?
             .into();
         let regions = Arc::new(crate::region::Regions::default());
-        regions.set_bells(all_lanes.clone());
+        let bells = all_lanes.clone();
+        regions.set_waker(Box::new(move || bells.iter().for_each(|l| l.ring())));
         let mut shards = Vec::with_capacity(cores.len());
         // Bounded by what one shard may have in flight per server.
-        let values: Vec<Arc<shard::ValuePool>> = (0..cores.len())
-            .map(|_| Arc::new(shard::ValuePool::new(cfg.max_node_inflight_bytes)))
+        let values: Vec<Arc<ValuePool>> = (0..cores.len())
+            .map(|_| Arc::new(ValuePool::new(cfg.max_node_inflight_bytes)))
             .collect();
         for (i, core) in cores.iter().enumerate() {
             shards.push(shard::start(
@@ -333,6 +276,7 @@ impl Engine {
     }
 
     /// Shards whose thread died (a panic): they take no new work, the others carry it.
+    #[doc(hidden)]
     pub fn dead_shards(&self) -> Vec<usize> {
         (0..self.inner.shards.len())
             .filter(|&i| !self.inner.shards[i].is_alive())
@@ -382,10 +326,10 @@ impl Engine {
     }
 
     /// [`Engine::stats`] and the per-class latency histograms as Prometheus text
-    /// exposition (format 0.0.4, content type [`crate::prometheus::CONTENT_TYPE`]), for
+    /// exposition (format 0.0.4, content type [`crate::metrics::prometheus::CONTENT_TYPE`]), for
     /// a `/metrics` endpoint.
     pub fn prometheus_text(&self) -> String {
-        crate::prometheus::render(&self.stats(), &self.inner.metrics.latency_histograms())
+        crate::metrics::prometheus::render(&self.stats(), &self.inner.metrics.latency_histograms())
     }
 
     /// A handle to the live counters that stays readable after the engine is dropped:

@@ -1,6 +1,8 @@
 //! Counters and latency histograms, kept per shard and summed by `Engine::stats()`.
 
 mod histogram;
+pub mod prometheus;
+mod stats;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use histogram::AtomicHistogram;
 pub use histogram::LatencyHistogram;
+pub use stats::{BackendKind, Stats, ValuePoolStats};
 
 use crate::priority::Priority;
 use crate::syscalls::SyscallCounters;

@@ -25,9 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::cmem::CallerBufMut;
-use crate::lanes::Lanes;
-use crate::shard::SubmitPart;
+use crate::mem::CallerBufMut;
 
 /// One region as the shards see it: an address range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,17 +69,21 @@ pub(crate) struct Regions {
     /// Region handles alive (a gauge; on epoll regions are markers only).
     pub handles: AtomicU64,
     logged: AtomicBool,
-    /// The shards' doorbells, to make them look at the table now.
-    bells: OnceLock<Arc<[Arc<Lanes<SubmitPart>>]>>,
+    /// Wakes every shard, to make it look at the table now (the engine rings the
+    /// shards' doorbells).
+    waker: OnceLock<Waker>,
 }
+
+/// What [`Regions`] calls to wake every shard.
+pub(crate) type Waker = Box<dyn Fn() + Send + Sync>;
 
 /// How long `register_region` waits for the shards to register a new region.
 const ADD_WAIT: Duration = Duration::from_secs(5);
 
 impl Regions {
-    /// Gives the table the shards' lanes, whose doorbells wake them.
-    pub fn set_bells(&self, lanes: Arc<[Arc<Lanes<SubmitPart>>]>) {
-        let _ = self.bells.set(lanes);
+    /// Gives the table the way to wake every shard (set once; later calls are no-ops).
+    pub fn set_waker(&self, wake: Waker) {
+        let _ = self.waker.set(wake);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -89,10 +91,8 @@ impl Regions {
     }
 
     fn ring_all(&self) {
-        if let Some(b) = self.bells.get() {
-            for l in b.iter() {
-                l.ring();
-            }
+        if let Some(wake) = self.waker.get() {
+            wake();
         }
     }
 
@@ -412,6 +412,27 @@ pub(crate) fn register_raw(table: &Arc<Regions>, base: usize, len: usize) -> cra
 mod tests {
     use super::*;
     use std::sync::mpsc;
+
+    /// Adding and removing a region wake the shards through the waker the engine set,
+    /// so a shard parked on its doorbell registers (and lets go of) it now.
+    #[test]
+    fn adding_and_removing_a_region_wakes_the_shards() {
+        use std::sync::atomic::AtomicUsize;
+        let table = Arc::new(Regions::default());
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let w = wakes.clone();
+        table.set_waker(Box::new(move || {
+            w.fetch_add(1, Ordering::SeqCst);
+        }));
+        let r = register_owned(&table, vec![1u8; 4096]).unwrap();
+        assert_eq!(wakes.load(Ordering::SeqCst), 1, "the add woke the shards");
+        drop(r);
+        assert_eq!(
+            wakes.load(Ordering::SeqCst),
+            2,
+            "the removal woke the shards"
+        );
+    }
 
     /// A ring torn down with operations the kernel never returned holds its regions for
     /// good: dropping one (or taking its buffer back) returns at once instead of

@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use crate::cmem::Mem;
+use crate::mem::Mem;
 
 mod reply;
 

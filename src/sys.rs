@@ -1,5 +1,5 @@
-//! Thin wrappers over the few Linux calls std does not offer. One of the two places
-//! (with `shard::uring`) where slotline uses `unsafe`.
+//! Thin wrappers over the few Linux calls std does not offer. One of the few places
+//! where slotline uses `unsafe` (ARCHITECTURE.md lists them).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

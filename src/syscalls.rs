@@ -4,7 +4,7 @@
 //!
 //! Each shard owns one [`SyscallCounters`] and is its only writer (a plain load and
 //! store, no locked instruction on the hot path); callers ringing a shard's doorbell
-//! count into the lanes' own counters (`crate::lanes`), a separate cache line. The
+//! count into the doorbell's own counters (in the lanes), a separate cache line. The
 //! engine's metrics sum every registered set when a snapshot is taken.
 //!
 //! Not counted: connection setup (socket, connect, setsockopt, getsockopt), ring and

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::fake::{parse_command, read_more, FakeServer};
 use common::TestServer;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{
     CallerBuf, CallerBufMut, Config, Engine, Error, KeyLayout, PutOwned, PutRef, RemoteMetadata,
 };
@@ -27,7 +27,7 @@ fn engine_at(url: &str, b: IoBackend, layout: KeyLayout, timeout: Duration) -> E
     cfg.shards = Some(1);
     cfg.key_layout = layout;
     cfg.request_timeout = timeout;
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
 }
 

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use common::chunks::{chunks_for, meta_for, value_for, Rng};
 use common::{blocked_clients, cmd_calls, test_options, wait_until, TestCluster, TestServer};
-use slotline::cluster::slot::hash_slot;
-use slotline::config::{IoBackend, Mode, ServerAddr};
-use slotline::engine::MasterView;
+use slotline::hash_slot;
+use slotline::MasterView;
 use slotline::{Config, Engine, Error, KeyLayout, PutChunk};
+use slotline::{IoBackend, Mode, ServerAddr};
 use slotline_testkit as servers;
 
 // ---------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ fn cluster_cfg(c: &TestCluster, backend: IoBackend, layout: KeyLayout) -> Config
     cfg.io_backend = backend;
     cfg.key_layout = layout;
     cfg.request_timeout = Duration::from_secs(15);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     cfg
 }
 
@@ -1151,7 +1151,7 @@ fn failover(backend: IoBackend) {
     let node_timeout = Duration::from_millis(c.cluster.nodes[0].options().cluster_node_timeout_ms);
     let mut cfg = cluster_cfg(&c, backend, KeyLayout::Lmcache);
     cfg.request_timeout = Duration::from_secs(5);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     check_topology(&c, &e, 3);
     let victim = 0usize;

@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use slotline::config::{Config, Deadlines, IoBackend};
+use slotline::{Config, Deadlines, IoBackend};
 use slotline::{Engine, Error, PutChunk};
 
 fn engine_for(url: &str, b: IoBackend, f: impl FnOnce(&mut Config)) -> Engine {

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::{test_options, wait_until, TestServer};
 use redis_protocol::resp2::types::OwnedFrame;
-use slotline::config::IoBackend;
-use slotline::layout::MetaGroup;
+use slotline::IoBackend;
+use slotline::MetaGroup;
 use slotline::{
     BackendKind, Chunk, Config, Engine, Error, KeyLayout, Priority, PutChunk, RemoteMetadata,
 };
@@ -40,7 +40,7 @@ fn cfg_for(url: &str, backend: IoBackend) -> Config {
     let mut cfg = Config::from_url(url).unwrap_or_else(|e| panic!("Config::from_url({url}): {e}"));
     cfg.io_backend = backend;
     cfg.request_timeout = Duration::from_secs(20);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     cfg
 }
 
@@ -1200,7 +1200,7 @@ fn server_outage_and_restart(b: IoBackend) {
     let addr = srv.addr();
     let e = engine_with(&srv, b, |c| {
         c.request_timeout = Duration::from_secs(3);
-        c.deadlines = slotline::config::Deadlines::uniform(c.request_timeout);
+        c.deadlines = slotline::Deadlines::uniform(c.request_timeout);
         c.connect_timeout = Duration::from_secs(1);
     });
     e.put(vec![PutChunk::new("before", vec![1u8; 100], None)])

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use slotline::config::{Config, IoBackend};
+use slotline::{Config, IoBackend};
 use slotline::{Engine, KeyLayout, PutChunk};
 use slotline_testkit::ServerOptions;
 
@@ -247,11 +247,11 @@ fn janitor_cluster_rechecks_before_deleting(b: IoBackend) {
     let cluster = TestCluster::start_with(3, 0, test_options());
     let c = &cluster;
     let mut cfg = Config::from_url(&c.seed_url()).unwrap();
-    cfg.mode = slotline::config::Mode::Cluster;
+    cfg.mode = slotline::Mode::Cluster;
     cfg.io_backend = b;
     cfg.key_layout = KeyLayout::Lmcache;
     cfg.request_timeout = Duration::from_secs(30);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     let layout = KeyLayout::Lmcache;
     let owner = |key: &[u8]| c.owner_of(std::str::from_utf8(key).unwrap());

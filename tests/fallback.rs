@@ -6,7 +6,7 @@
 
 mod common;
 
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{BackendKind, Config, Engine, PutChunk};
 
 const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{wait_until, TestCluster, TestServer};
-use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, Error, KeyLayout, PutChunk, RemoteMetadata, Value};
+use slotline::{IoBackend, Mode};
 
 /// A cluster `put_async` in the `lmcache` layout whose ticket is dropped at once: the
 /// engine drives the metadata phase itself, so both keys of every chunk appear.
@@ -25,7 +25,7 @@ fn dropped_two_phase_put_completes(backend: IoBackend) {
     cfg.io_backend = backend;
     cfg.key_layout = KeyLayout::Lmcache;
     cfg.request_timeout = Duration::from_secs(10);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).expect("engine");
     let layout = KeyLayout::Lmcache;
     let keys: Vec<Vec<u8>> = (0..64)
@@ -194,7 +194,7 @@ fn engine_via(relay: &CuttingRelay, backend: IoBackend) -> Engine {
     // Raw keys: the test reads and writes them under these names on the server.
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(5);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine through the relay")
 }
 
@@ -289,7 +289,7 @@ fn sent_set_ex_is_not_resent(backend: IoBackend) {
     cfg.key_layout = KeyLayout::Raw;
     cfg.ttl = Some(600);
     cfg.request_timeout = Duration::from_secs(5);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).expect("engine through the relay");
     let r = e
         .put(vec![PutChunk::new("ex1", b"one".to_vec(), None)])
@@ -362,7 +362,7 @@ fn paused_single_lane_engine(backend: IoBackend, ms: u64) -> (TestServer, Engine
     cfg.lane_capacity = 1;
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(60);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     s.cmd(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"]);
     let ends = Instant::now() + Duration::from_millis(ms);

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::fake::{serve_commands, FakeServer};
 use common::{TestCluster, TestServer};
-use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, Error, KeyLayout, PutChunk, Value};
+use slotline::{IoBackend, Mode};
 
 /// 64 MiB: the size of the hostile replies.
 const HOSTILE: usize = 64 << 20;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::fake::{parse_command, read_more, FakeServer};
 use common::wait_until;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, KeyLayout};
 
 const VALUE: usize = 64 * 1024;
@@ -155,7 +155,7 @@ fn engine(srv: &Fake, b: IoBackend) -> Engine {
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_millis(200);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
 }
 

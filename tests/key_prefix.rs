@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{test_options, wait_until, TestCluster, TestServer};
-use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, KeyLayout, Priority, PutChunk};
+use slotline::{IoBackend, Mode};
 
 const LAYOUTS: [KeyLayout; 3] = [KeyLayout::Lmcache, KeyLayout::Hashtag, KeyLayout::Raw];
 const WATCHDOG: Duration = Duration::from_secs(20);

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::{blocked_clients, wait_until, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, KeyLayout, PutChunk};
 
 const MIB: usize = 1 << 20;

@@ -23,7 +23,7 @@ use common::canary::Canary;
 use common::fake::{parse_command, read_more, FakeServer};
 use common::wait_until;
 use common::within;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{CallerBufMut, Config, Engine, KeyLayout, PutOwned, PutRef};
 
 const KIB: usize = 1024;
@@ -154,7 +154,7 @@ fn engine(url: &str, b: IoBackend) -> Engine {
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = TIMEOUT;
-    cfg.deadlines = slotline::config::Deadlines::uniform(TIMEOUT);
+    cfg.deadlines = slotline::Deadlines::uniform(TIMEOUT);
     Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
 }
 

@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use common::{wait_until, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, KeyLayout, Priority, PriorityWeights, PutChunk, Ticket};
 
 /// Calls queued per class. Four lanes of this many (under the default lane capacity of
@@ -86,7 +86,7 @@ fn weighted_shares(b: IoBackend, weights: PriorityWeights) {
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(30);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     cfg.priority_weights = weights;
     let e = Engine::new(cfg).unwrap();
     // Connected and warm before the pause.

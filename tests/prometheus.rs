@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, PutChunk};
 
 /// The value of the sample whose series (`name{labels}`) is exactly `series`.
@@ -21,7 +21,7 @@ fn counters_move(backend: IoBackend) {
     cfg.io_backend = backend;
     cfg.shards = Some(1);
     cfg.request_timeout = Duration::from_secs(20);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     let before = e.prometheus_text();
     assert_eq!(
@@ -123,8 +123,7 @@ fn many_threads_consistent_totals(backend: IoBackend) {
     assert_eq!(m.hits, ops * KEYS as u64);
     assert_eq!(m.misses, 0);
     assert_eq!(m.per_shard.len(), 3);
-    let sum =
-        |f: fn(&slotline::metrics::ShardIoStats) -> u64| -> u64 { m.per_shard.iter().map(f).sum() };
+    let sum = |f: fn(&slotline::ShardIoStats) -> u64| -> u64 { m.per_shard.iter().map(f).sum() };
     assert_eq!(sum(|s| s.bytes_sent), m.bytes_sent);
     assert_eq!(sum(|s| s.bytes_received), m.bytes_received);
     assert_eq!(sum(|s| s.frames_sent), m.frames_sent);

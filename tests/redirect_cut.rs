@@ -16,9 +16,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{blocked_clients, cmd_calls, test_options, wait_until, TestCluster};
-use slotline::cluster::slot::hash_slot;
-use slotline::config::{IoBackend, Mode};
+use slotline::hash_slot;
 use slotline::{Config, Engine, Error, KeyLayout, PutChunk};
+use slotline::{IoBackend, Mode};
 
 const WAIT: Duration = Duration::from_secs(30);
 const SRC: usize = 0;
@@ -39,7 +39,7 @@ fn engine(c: &TestCluster, backend: IoBackend) -> Engine {
     cfg.key_layout = KeyLayout::Raw;
     cfg.ttl = None;
     cfg.request_timeout = Duration::from_secs(20);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine starts")
 }
 

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use common::chunks::{chunks_for, meta_for, value_for};
 use common::{cmd_calls, test_options, wait_until, TestCluster};
-use slotline::cluster::slot::hash_slot;
-use slotline::config::{IoBackend, Mode};
+use slotline::hash_slot;
 use slotline::{Config, Engine, KeyLayout};
+use slotline::{IoBackend, Mode};
 use slotline_testkit::{Client, OwnedFrame};
 
 const VALUE_LEN: usize = 4 << 20;
@@ -54,7 +54,7 @@ fn engine(c: &TestCluster, backend: IoBackend, ttl: Option<u64>) -> Engine {
     cfg.key_layout = KeyLayout::Hashtag;
     cfg.ttl = ttl;
     cfg.request_timeout = Duration::from_secs(15);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine starts")
 }
 

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{test_options, TestCluster, TestServer};
-use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, Error, KeyLayout, PutRef};
+use slotline::{IoBackend, Mode};
 
 const MIB: usize = 1 << 20;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::chunks::{chunks_for, value_for};
 use common::{test_options, wait_until, TestDir, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine};
 use slotline_testkit::{
     command_str, wait_sentinels_ready, RedisProcess, SentinelOptions, SentinelProcess,
@@ -46,7 +46,7 @@ fn engine(url: &str, backend: IoBackend) -> Engine {
     cfg.shards = Some(2);
     cfg.connect_timeout = Duration::from_secs(2);
     cfg.request_timeout = Duration::from_secs(10);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine through the sentinels")
 }
 

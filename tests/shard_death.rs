@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use common::canary::Canary;
 use common::{wait_until, within, TestCluster, TestServer};
-use slotline::config::IoBackend;
-use slotline::engine::DeathStage;
+use slotline::DeathStage;
+use slotline::IoBackend;
 use slotline::{CallerBufMut, Config, Engine, KeyLayout, PutChunk, PutOwned};
 
 /// What the test hook's panic says; every failure caused by the crash carries it.
@@ -34,7 +34,7 @@ fn engine(url: &str, backend: IoBackend, shards: usize, layout: KeyLayout) -> En
     cfg.shards = Some(shards);
     cfg.key_layout = layout;
     cfg.request_timeout = TIMEOUT;
-    cfg.deadlines = slotline::config::Deadlines::uniform(TIMEOUT);
+    cfg.deadlines = slotline::Deadlines::uniform(TIMEOUT);
     Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::canary::Canary;
 use common::TestServer;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{CallerBuf, CallerBufMut, Config, Engine, PutOwned, PutRef};
 use slotline_testkit::FaultProxy;
 
@@ -64,7 +64,7 @@ fn engine(url: &str, backend: IoBackend) -> slotline::Result<Engine> {
     cfg.io_backend = backend;
     cfg.shards = Some(2);
     cfg.request_timeout = TIMEOUT;
-    cfg.deadlines = slotline::config::Deadlines::uniform(TIMEOUT);
+    cfg.deadlines = slotline::Deadlines::uniform(TIMEOUT);
     cfg.connect_timeout = Duration::from_secs(1);
     Engine::new(cfg)
 }

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{test_options, TestCluster, TestDir, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, PutChunk};
 use slotline_testkit::{ServerCertValidity, TlsCerts, TlsServer};
 

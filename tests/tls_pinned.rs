@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{test_options, TestDir, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, PutChunk};
 use slotline_testkit::{SelfSigned, TlsCerts, TlsServer};
 

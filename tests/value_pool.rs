@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, PutChunk};
 
 const KIB: usize = 1024;
@@ -35,7 +35,7 @@ fn engine(srv: &TestServer, backend: IoBackend) -> Engine {
     cfg.shards = Some(1);
     cfg.max_node_inflight_bytes = BOUND;
     cfg.request_timeout = Duration::from_secs(20);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine")
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 mod common;
 
 use common::{blocked_clients, wait_until, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, KeyLayout, PutChunk};
 
 const MIB: usize = 1 << 20;
@@ -25,7 +25,7 @@ fn peek_under_put_backlog(b: IoBackend) {
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(60);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     e.put(vec![PutChunk::new("probe", vec![1u8; 16], None)])
         .wait()

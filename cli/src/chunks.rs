@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use slotline::layout::{dtype_code, fmt_code};
+use slotline::{dtype_code, fmt_code};
 use slotline::{Engine, KeyLayout, PutChunk, RemoteMetadata};
 
 use super::{CliError, ConnArgs};
@@ -133,7 +133,7 @@ pub struct TopologyArgs {
 pub fn topology(a: TopologyArgs) -> Result<(), CliError> {
     let mut cfg = a.conn.config()?;
     // Any node of a cluster will do as the seed, however the URL is written.
-    cfg.mode = slotline::config::Mode::Cluster;
+    cfg.mode = slotline::Mode::Cluster;
     cfg.shards = a.shards;
     let e = Engine::new(cfg)?;
     let masters = e.topology();

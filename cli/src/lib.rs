@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, KeyLayout};
 
 /// Thread-per-core engine that stores and fetches LMCache KV-cache chunks in Redis and

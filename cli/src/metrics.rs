@@ -117,7 +117,7 @@ fn respond(mut s: TcpStream, engine: &Engine) -> std::io::Result<()> {
     let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => (
             "200 OK",
-            slotline::prometheus::CONTENT_TYPE,
+            slotline::PROMETHEUS_CONTENT_TYPE,
             engine.prometheus_text(),
         ),
         ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),

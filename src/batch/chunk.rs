@@ -1,10 +1,10 @@
 //! A chunk read back with `get()`: its metadata and payload, and the payload buffer's
-//! way back to the shard's pool when it drops (see `crate::shard::ValuePool`).
+//! way back to the shard's pool when it drops (see `crate::mem::pool`).
 
 use std::sync::Arc;
 
-use crate::cmem::Mem;
 use crate::layout::RemoteMetadata;
+use crate::mem::{Mem, ValuePool};
 
 /// One chunk read back from Redis.
 ///
@@ -17,7 +17,7 @@ pub struct Chunk {
     /// The payload bytes.
     pub data: Vec<u8>,
     /// Where `data` goes back to on drop.
-    pool: Option<Arc<crate::shard::ValuePool>>,
+    pool: Option<Arc<ValuePool>>,
 }
 
 impl Chunk {

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::SubmitPart;
 use crate::error::{Error, Result};
 use crate::lanes::Lanes;
 use crate::priority::Priority;
-use crate::shard::SubmitPart;
 
 use super::{Batch, Output};
 

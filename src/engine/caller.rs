@@ -6,16 +6,17 @@
 //! connection too: they then wait for the in-flight receive or send to complete or be
 //! cancelled, never copy. The async ones take owned buffers ([`CallerBuf`],
 //! [`CallerBufMut`]) and hand them back with the completion ([`CallerTicket`]), which
-//! is delivered only once every buffer is back. See [`crate::cmem`].
+//! is delivered only once every buffer is back. See `crate::mem`.
 
 use crate::batch::{ChunkInfo, GetMode, Op, Output, PutChunk, Ticket};
-use crate::cmem::{self, CallerBuf, CallerBufMut, CallerTicket, Mem, Tracked, TrackedRead};
 use crate::error::{Error, Result};
 use crate::layout::{KeyLayout, KeyScheme, RemoteMetadata};
+use crate::mem::{CallerBuf, CallerBufMut, Mem, Tracked, TrackedRead};
 use crate::priority::Priority;
 use crate::region::{OwnedRegion, Region};
 
 use super::submit::{Req, Submit};
+use super::ticket::{self, CallerTicket};
 use super::Engine;
 
 /// One chunk to write from borrowed memory ([`Engine::put`]).
@@ -150,7 +151,7 @@ impl Engine {
             keys,
             mem,
         ) {
-            Ok((b, unpushed)) => Ticket::new(b, cmem::infos).with_unpushed(unpushed),
+            Ok((b, unpushed)) => Ticket::new(b, ticket::infos).with_unpushed(unpushed),
             Err(e) => Ticket::ready(Err(e)),
         };
         CallerTicket::new(ticket, home).bounded(self.lend_bound(), self.inner.metrics.clone())
@@ -211,7 +212,7 @@ impl Engine {
     /// How long a [`CallerTicket`] waits for its buffers once its answer is in (see
     /// [`CallerTicket::wait`]).
     fn lend_bound(&self) -> std::time::Duration {
-        self.inner.cfg.request_timeout + cmem::KERNEL_GRACE
+        self.inner.cfg.request_timeout + ticket::KERNEL_GRACE
     }
 }
 

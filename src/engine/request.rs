@@ -28,13 +28,14 @@
 use std::future::IntoFuture;
 
 use crate::batch::{Chunk, ChunkInfo, GetInto, GetMode, Op, Output, PutChunk, Ticket};
-use crate::cmem::{with_lent_mut, with_lent_ref, CallerBuf, CallerBufMut, Returned};
 use crate::error::{Error, Result};
 use crate::layout::RemoteMetadata;
+use crate::mem::{with_lent_mut, with_lent_ref, CallerBuf, CallerBufMut, Mem};
 use crate::priority::Priority;
 
 use super::caller::{GetIntoTicket, PutOwned, PutRef, PutTicket};
 use super::submit::{Req, Submit};
+use super::ticket::Returned;
 use super::{bools, chunks, count, Engine};
 
 impl Engine {
@@ -124,7 +125,7 @@ impl Engine {
         op: Op,
         class: Priority,
         keys: &[K],
-        bufs: Vec<crate::cmem::Mem>,
+        bufs: Vec<Mem>,
         convert: fn(Output) -> Result<T>,
     ) -> Result<Ticket<T>> {
         let b = self.submit_keys(
@@ -151,7 +152,7 @@ fn prefix(o: Output) -> Result<Vec<Chunk>> {
 
 fn into_vecs(o: Output) -> Result<GetInto> {
     match o {
-        Output::Into(b, i) => Ok((b.into_iter().map(crate::cmem::Mem::into_vec).collect(), i)),
+        Output::Into(b, i) => Ok((b.into_iter().map(Mem::into_vec).collect(), i)),
         _ => Err(Error::Closed),
     }
 }
@@ -292,7 +293,7 @@ impl<'e, 'k, K: AsRef<[u8]>> GetVecs<'e, 'k, K> {
     }
 
     #[allow(clippy::type_complexity)]
-    fn checked(self) -> Result<(&'e Engine, &'k [K], Vec<crate::cmem::Mem>, Priority)> {
+    fn checked(self) -> Result<(&'e Engine, &'k [K], Vec<Mem>, Priority)> {
         if self.bufs.len() != self.keys.len() {
             return Err(Error::Invalid(format!(
                 "get_into: {} keys but {} buffers",
@@ -300,7 +301,7 @@ impl<'e, 'k, K: AsRef<[u8]>> GetVecs<'e, 'k, K> {
                 self.bufs.len()
             )));
         }
-        let bufs = self.bufs.into_iter().map(crate::cmem::Mem::Own).collect();
+        let bufs = self.bufs.into_iter().map(Mem::Own).collect();
         Ok((self.engine, self.keys, bufs, self.class))
     }
 }

@@ -5,15 +5,15 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
+use crate::batch::{clone_err, SubmitPart, UnitSpec};
 use crate::batch::{
     Batch, BatchInit, FollowUp, GetMode, KeyArena, Op, Output, Role, Ticket, Unpushed,
 };
 use crate::cluster::NodeId;
-use crate::cmem::Mem;
 use crate::error::{Error, Result};
 use crate::layout::KeyScheme;
+use crate::mem::Mem;
 use crate::priority::Priority;
-use crate::shard::{self, SubmitPart, UnitSpec};
 
 use super::Engine;
 
@@ -246,7 +246,7 @@ impl Engine {
                         }
                         None => {
                             let err = lanes.gone_error();
-                            batch.fail(shard::clone_err(&err));
+                            batch.fail(clone_err(&err));
                             // The part's buffers go home with it.
                             drop(back);
                             return Err(err);
@@ -267,7 +267,7 @@ impl Engine {
                 };
                 // Failing the batch counts the error (once) and releases parts already
                 // queued on other shards: they see a finished batch and skip it.
-                batch.fail(shard::clone_err(&err));
+                batch.fail(clone_err(&err));
                 return Err(err);
             }
         }

@@ -24,7 +24,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::tls::{Opened, TlsLayer};
-use crate::cmem::Mem;
+use crate::mem::Mem;
 use crate::resp::{ArrayReader, ReplyReader};
 
 /// Payloads at least this large are received straight into their destination.

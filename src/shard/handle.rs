@@ -11,7 +11,9 @@ use crate::lanes::{DeathStage, Lanes};
 use crate::metrics::Metrics;
 use crate::syscalls::SyscallCounters;
 
-use super::{epoll, uring, BackendKind, Shard, SubmitPart};
+use super::{epoll, uring, Shard, SubmitPart};
+use crate::mem::ValuePool;
+use crate::metrics::BackendKind;
 
 /// The engine's handle on a running shard.
 pub(crate) struct ShardHandle {
@@ -55,7 +57,7 @@ pub(crate) struct Shared {
     /// The engine's registered regions (each io_uring shard registers them).
     pub regions: Arc<crate::region::Regions>,
     /// This shard's pool of `get()` value buffers.
-    pub values: Arc<super::ValuePool>,
+    pub values: Arc<ValuePool>,
 }
 
 /// Starts shard `id`, pinned to `core` if given. Returns once its event loop is set up.

@@ -29,7 +29,6 @@ mod pool;
 mod timers;
 mod tls;
 mod uring;
-mod values;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,11 +36,12 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, Op, Role, Slot};
+use crate::batch::{clone_err, Op, Role, Slot, SubmitPart, UnitSpec};
 use crate::cluster::{NodeId, Router};
 use crate::config::Config;
 use crate::error::Error;
 use crate::lanes::Lanes;
+use crate::mem::ValuePool;
 use crate::metrics::Metrics;
 use crate::priority::{Picker, Priority};
 use crate::syscalls::SyscallCounters;
@@ -49,11 +49,8 @@ use crate::syscalls::SyscallCounters;
 use conn::{Conn, PartRef};
 use handle::Backend;
 pub(crate) use handle::{start, ShardHandle, Shared};
-pub(crate) use part::clone_err;
 use part::{ActivePart, Group, PUnit};
 use pool::Node;
-pub(crate) use values::ValuePool;
-pub use values::ValuePoolStats;
 
 /// Most connections one shard opens to one server.
 const MAX_CONNS_PER_NODE: usize = 4;
@@ -68,47 +65,6 @@ const MAX_FRAMES_PER_CONN: usize = 16;
 const MAX_ACTIVE_PARTS: usize = 512;
 /// How often deadlines and stalled connections are checked while work is in flight.
 const TICK: Duration = Duration::from_millis(5);
-
-/// Which event loop a shard runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    /// Completion-based, io_uring.
-    IoUring,
-    /// Readiness-based, epoll through mio.
-    Epoll,
-}
-
-impl std::fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BackendKind::IoUring => "io_uring",
-            BackendKind::Epoll => "epoll",
-        })
-    }
-}
-
-/// One unit as the engine routed it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct UnitSpec {
-    pub chunk: u32,
-    pub role: Role,
-    /// The server to send it to (from the routing snapshot, or a command's target).
-    pub node: NodeId,
-    /// Its cluster slot (0 in standalone mode).
-    pub slot: u16,
-    /// Send after ASKING (a unit forwarded on an ASK redirect).
-    pub asking: bool,
-    /// Redirects and retries already spent (a forwarded unit keeps its count).
-    pub attempts: u8,
-}
-
-/// A piece of a batch for one shard: the units it must resolve.
-pub(crate) struct SubmitPart {
-    pub batch: Arc<Batch>,
-    pub units: Vec<UnitSpec>,
-    /// Caller buffers (get_into), by chunk.
-    pub bufs: Vec<(u32, crate::cmem::Mem)>,
-}
 
 struct Shard {
     id: usize,

@@ -4,15 +4,14 @@
 //! decision itself is [`crate::cluster::retry::classify`]; this module carries it out.
 
 use std::collections::VecDeque;
-use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batch::{Batch, Op, Role, Slot};
+use crate::batch::{clone_err, Batch, Op, Role, Slot};
 use crate::cluster::retry::{classify, Failure, RetryMethod};
 use crate::cluster::NodeId;
-use crate::cmem::Mem;
 use crate::error::{show_key, Error};
+use crate::mem::Mem;
 use crate::priority::Priority;
 
 use super::conn::{PartRef, PendKind};
@@ -485,46 +484,4 @@ fn located(is_command: bool, hslot: u16, node: &str, msg: &str) -> Error {
     } else {
         format!("slot {hslot} at {node}: {msg}")
     })
-}
-
-/// Errors are not `Clone` (io::Error); units failing together each get an equal copy.
-pub(crate) fn clone_err(e: &Error) -> Error {
-    match e {
-        Error::Io { node, source } => Error::Io {
-            node: node.clone(),
-            source: io::Error::new(source.kind(), source.to_string()),
-        },
-        Error::Auth { node, message } => Error::Auth {
-            node: node.clone(),
-            message: message.clone(),
-        },
-        Error::Server { node, message } => Error::Server {
-            node: node.clone(),
-            message: message.clone(),
-        },
-        Error::Protocol { node, reason } => Error::Protocol {
-            node: node.clone(),
-            reason: reason.clone(),
-        },
-        Error::Timeout { after, what } => Error::Timeout {
-            after: *after,
-            what: what.clone(),
-        },
-        Error::OutcomeUnknown { node, reason } => Error::OutcomeUnknown {
-            node: node.clone(),
-            reason: reason.clone(),
-        },
-        Error::Closed => Error::Closed,
-        Error::Busy { class } => Error::Busy { class },
-        Error::Tls {
-            node,
-            stage,
-            reason,
-        } => Error::Tls {
-            node: node.clone(),
-            stage,
-            reason: reason.clone(),
-        },
-        other => Error::Cluster(other.to_string()),
-    }
 }

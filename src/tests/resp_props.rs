@@ -241,7 +241,7 @@ impl BulkSink for Collect {
         match self.mode(index) {
             SinkMode::Exact => Dest::alloc(len),
             SinkMode::Larger(extra) => Dest {
-                buf: crate::cmem::Mem::Own(vec![FILL; len + extra]),
+                buf: crate::mem::Mem::Own(vec![FILL; len + extra]),
                 len,
                 keep: true,
             },

@@ -10,7 +10,7 @@ pub struct CpuList(pub Vec<usize>);
 
 /// clap value parser for a CPU list.
 pub fn parse_cpus(s: &str) -> Result<CpuList, String> {
-    let v = slotline::numa::parse_cpu_list(s)?;
+    let v = slotline::host::parse_cpu_list(s)?;
     if v.is_empty() {
         return Err(format!("CPU list {s:?} names no CPU"));
     }

@@ -4,8 +4,8 @@
 use std::collections::VecDeque;
 
 use crate::batch::{Batch, Role, Slot};
-use crate::cmem::Mem;
 use crate::error::{show_key, Error};
+use crate::mem::Mem;
 use crate::resp::{self, BulkSink, Dest, ProtoError};
 
 use super::super::conn::{Conn, PendKind, DIRECT_MIN};
@@ -93,7 +93,7 @@ pub(in crate::shard) struct UnitSink<'a> {
     pub max_value: usize,
     pub avg_value: &'a mut f64,
     /// The shard's pool of value buffers.
-    pub values: &'a std::sync::Arc<crate::shard::ValuePool>,
+    pub values: &'a std::sync::Arc<crate::mem::ValuePool>,
 }
 
 impl BulkSink for UnitSink<'_> {

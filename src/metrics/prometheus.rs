@@ -11,8 +11,7 @@
 
 use std::fmt::Write as _;
 
-use crate::engine::Stats;
-use crate::metrics::{LatencyHistogram, MetricsSnapshot, ShardIoStats, ERROR_KINDS};
+use super::{LatencyHistogram, MetricsSnapshot, ShardIoStats, Stats, ERROR_KINDS};
 use crate::priority::Priority;
 
 /// The content type a scrape response carries.
@@ -410,8 +409,8 @@ fn histogram(o: &mut Out, name: &str, class: &str, h: &LatencyHistogram) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::BackendKind;
     use crate::metrics::Metrics;
-    use crate::shard::BackendKind;
     use std::collections::{BTreeMap, BTreeSet};
     use std::time::Duration;
 

@@ -1,33 +1,35 @@
-//! Caller memory: buffers the engine sends from or receives into without a copy, and
-//! the rule that keeps them sound.
+//! Caller memory: buffers the engine sends from or receives into without a copy, the
+//! rule that keeps them sound, and the payload destination [`Mem`] (the engine's own
+//! bytes, pooled ones from [`pool`], or a caller's buffer).
 //!
 //! A caller's buffer enters the engine wrapped in a tracker ([`Tracked`] for reads,
 //! [`TrackedRead`] for writes) that belongs to one request's [`Home`]. Whoever holds the
 //! tracker — a part in a shard, a reply reader, an io_uring receive or send in flight,
 //! a segment on a connection's send queue — holds the buffer; when the last holder
-//! drops it, the tracker's `Drop` moves the buffer back to its home. A request's
-//! [`CallerTicket`] completes only once the engine's answer is in *and* every buffer is
-//! home, so a buffer is never touched after its completion was delivered, whatever
-//! happened on the way (time-outs, connection loss, shutdown). The one exception is
-//! bounded and safe: a buffer still held `request_timeout` + [`KERNEL_GRACE`] after the
-//! answer (an operation a torn-down ring leaked) is left out of the completion, which
+//! drops it, the tracker's `Drop` moves the buffer back to its home. The engine's
+//! `CallerTicket` completes only once the answer is in *and* every buffer is home, so
+//! a buffer is never touched after its completion was delivered, whatever happened on
+//! the way (time-outs, connection loss, shutdown); a buffer the kernel still holds past
+//! a bound (an operation a torn-down ring leaked) is left out of the completion, which
 //! then fails, and stays allocated (its holder was forgotten, never dropped).
 //!
 //! The blocking calls that take borrowed slices (`&[u8]`, `&mut [u8]`) build on that:
 //! they wrap the slice in a lifetime-erased owner ([`LentRef`], [`LentMut`]) created
-//! here and only here, submit, and wait for the ticket — which returns only after every
-//! owner came home — before the borrow ends. This is the one module outside the I/O
-//! backend with `unsafe`: the erased lifetimes and the `unsafe impl`s of the caller
-//! traits, each justified by the rules stated in this file.
+//! here and only here, submit, and return only once every owner was dropped (a
+//! [`Loan`] counts them) before the borrow ends. The `unsafe` here is the erased
+//! lifetimes and the `unsafe impl`s of the caller traits, each justified by the rules
+//! stated in this file.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use crate::batch::{Output, Ticket};
-use crate::error::{Error, Result};
+use crate::error::Result;
+
+pub(crate) mod pool;
+
+pub(crate) use pool::ValuePool;
+pub use pool::ValuePoolStats;
 
 /// A caller buffer the engine may receive into.
 ///
@@ -148,8 +150,13 @@ impl<B: ?Sized> Home<B> {
         }
     }
 
+    /// `true` once every buffer is home.
+    pub(crate) fn is_home(&self) -> bool {
+        self.lock().out == 0
+    }
+
     /// Takes the buffers back, in request order, once all are home.
-    fn take_if_home(&self, waker: Option<&Waker>) -> Option<Vec<Box<B>>> {
+    pub(crate) fn take_if_home(&self, waker: Option<&Waker>) -> Option<Vec<Box<B>>> {
         let mut st = self.lock();
         if st.out > 0 {
             if let Some(w) = waker {
@@ -165,7 +172,7 @@ impl<B: ?Sized> Home<B> {
     /// it later, `arrive` drops it then (nobody, the kernel included, holds it any
     /// more); if the holder was leaked (a ring torn down with the kernel still owning
     /// the operation), it stays allocated for the life of the process.
-    fn wait_home_for(&self, bound: Duration) -> (Vec<Box<B>>, usize) {
+    pub(crate) fn wait_home_for(&self, bound: Duration) -> (Vec<Box<B>>, usize) {
         let st = self.lock();
         let mut st = self
             .cv
@@ -179,11 +186,10 @@ impl<B: ?Sized> Home<B> {
         )
     }
 
-    /// Blocks until every buffer is home, however long that takes. Only for borrowed
-    /// slices (`lend`): returning while the kernel may still write into them would let
-    /// the caller reuse that memory, so a buffer a torn-down ring leaked keeps this
-    /// waiting (logged every 10 s). Owned buffers use [`Self::wait_home_for`].
-    fn wait_home(&self) -> Vec<Box<B>> {
+    /// Blocks until every buffer is home, however long that takes (a request on
+    /// borrowed slices, see [`lend`]; logged every 10 s). Owned buffers use
+    /// [`Self::wait_home_for`].
+    pub(crate) fn wait_home(&self) -> Vec<Box<B>> {
         let mut st = self.lock();
         let mut warned = Instant::now();
         while st.out > 0 {
@@ -304,153 +310,88 @@ impl Drop for TrackedRead {
     }
 }
 
-/// What a [`CallerTicket`] completes with: the engine's answer and the caller's
-/// buffers, in request order. The buffers are the caller's again: the engine holds no
-/// reference to them any more.
-pub struct Returned<T, B: ?Sized> {
-    /// The answer.
-    pub result: Result<T>,
-    /// The buffers the request was given.
-    pub bufs: Vec<Box<B>>,
+/// What a request started on lent owners returns (the engine's `CallerTicket`):
+/// `finish` blocks until the answer is in and hands the owners back by dropping them.
+/// The loan's soundness does not rest on it: [`lend`] itself waits until every owner
+/// was dropped (see [`Loan`]).
+pub(crate) trait LoanTicket<T> {
+    /// Waits for the answer, however long the owners take to come home.
+    fn finish(self) -> Result<T>;
 }
 
-impl<T: std::fmt::Debug, B: ?Sized> std::fmt::Debug for Returned<T, B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Returned")
-            .field("result", &self.result)
-            .field("bufs", &self.bufs.len())
-            .finish()
+/// Counts the owners of one loan still alive: each [`LentMut`] / [`LentRef`] holds it
+/// and arrives when dropped, wherever that happens (a part, a reply reader, an io_uring
+/// operation, a send queue, the caller's ticket).
+struct Loan {
+    out: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Loan {
+    fn new(n: usize) -> Arc<Loan> {
+        Arc::new(Loan {
+            out: Mutex::new(n),
+            cv: Condvar::new(),
+        })
     }
-}
 
-/// A request on caller memory: completes once the answer is in and every buffer is
-/// back. Wait for it, or `.await` it (any executor).
-pub struct CallerTicket<T, B: ?Sized> {
-    ticket: Option<Ticket<T>>,
-    result: Option<Result<T>>,
-    home: Arc<Home<B>>,
-    /// How long [`wait`](Self::wait) waits for the buffers once the answer is in, and
-    /// where buffers given up on are counted (`None`: until they are home).
-    give_up: Option<(Duration, Arc<crate::metrics::Metrics>)>,
-}
-
-impl<T, B: ?Sized> std::fmt::Debug for CallerTicket<T, B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CallerTicket")
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-impl<T, B: ?Sized> CallerTicket<T, B> {
-    pub(crate) fn new(ticket: Ticket<T>, home: Arc<Home<B>>) -> CallerTicket<T, B> {
-        CallerTicket {
-            ticket: Some(ticket),
-            result: None,
-            home,
-            give_up: None,
+    fn arrive(&self) {
+        let mut out = self.lock();
+        *out = out.saturating_sub(1);
+        if *out == 0 {
+            drop(out);
+            self.cv.notify_all();
         }
     }
 
-    /// Bounds [`wait`](Self::wait): once the answer is in, the buffers get `after` to
-    /// come home; those still held then are given up (counted in `metrics` as
-    /// `leaked_buffers`, never freed) and the result is an error.
-    pub(crate) fn bounded(
-        mut self,
-        after: Duration,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Self {
-        self.give_up = Some((after, metrics));
-        self
-    }
-
-    /// The wait for the buffers is not bounded (borrowed slices: see `lend`).
-    fn unbounded(mut self) -> Self {
-        self.give_up = None;
-        self
-    }
-
-    /// Blocks until the answer is in and every buffer is back.
-    ///
-    /// Bounded (the engine's calls on owned buffers): once the answer is in, the
-    /// buffers get `request_timeout` plus [`KERNEL_GRACE`] to come home, time for a
-    /// stalled connection to be failed and for a torn-down ring's drain. A buffer still
-    /// held then (an operation the kernel never returned, leaked on purpose) is left
-    /// out of `bufs` and never freed, and the result is an [`Error::Timeout`].
-    pub fn wait(mut self) -> Returned<T, B> {
-        let result = match self.ticket.take() {
-            // The ticket (and the batch it holds) goes before waiting for the buffers:
-            // the batch may be what still holds some of them.
-            Some(t) => t.wait(),
-            None => self.result.take().unwrap_or(Err(Error::Closed)),
-        };
-        let Some((after, metrics)) = self.give_up.take() else {
-            let bufs = self.home.wait_home();
-            return Returned { result, bufs };
-        };
-        let (bufs, missing) = self.home.wait_home_for(after);
-        if missing == 0 {
-            return Returned { result, bufs };
-        }
-        metrics.leaked_buffers(missing);
-        tracing::error!(
-            buffers = missing,
-            "caller buffers still held by the kernel past the bound; they are leaked, never freed"
-        );
-        Returned {
-            result: Err(Error::Timeout {
-                after,
-                what: format!(
-                    "{missing} caller buffer(s) still held by the kernel; leaked (never freed), not returned"
-                ),
-            }),
-            bufs,
-        }
-    }
-
-    /// `true` once [`wait`](Self::wait) will not block.
-    pub fn is_done(&self) -> bool {
-        self.ticket.as_ref().is_none_or(|t| t.is_done()) && self.home.lock().out == 0
-    }
-}
-
-impl<T, B: ?Sized> Unpin for CallerTicket<T, B> {}
-
-impl<T, B: ?Sized> Future for CallerTicket<T, B> {
-    type Output = Returned<T, B>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(t) = self.ticket.as_mut() {
-            match Pin::new(t).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(r) => {
-                    self.ticket = None;
-                    self.result = Some(r);
-                }
+    /// Blocks until every owner was dropped, however long that takes: returning while
+    /// the kernel may still write into a slice would let the caller reuse that memory,
+    /// so an owner a torn-down ring leaked keeps this waiting (logged every 10 s).
+    fn wait_all(&self) {
+        let mut out = self.lock();
+        let mut warned = Instant::now();
+        while *out > 0 {
+            out = self
+                .cv
+                .wait_timeout(out, Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if *out > 0 && warned.elapsed() >= Duration::from_secs(10) {
+                warned = Instant::now();
+                tracing::error!(
+                    buffers = *out,
+                    "caller buffers still held by the engine; waiting for them before returning"
+                );
             }
         }
-        match self.home.take_if_home(Some(cx.waker())) {
-            None => Poll::Pending,
-            Some(bufs) => Poll::Ready(Returned {
-                result: self.result.take().unwrap_or(Err(Error::Closed)),
-                bufs,
-            }),
-        }
     }
 }
 
-/// A borrowed `&mut [u8]` with its lifetime erased. Created only by [`lend_mut`].
+/// A borrowed `&mut [u8]` with its lifetime erased. Created only by [`with_lent_mut`].
 struct LentMut {
     ptr: *mut u8,
     len: usize,
+    loan: Arc<Loan>,
 }
 
-// SAFETY: LentMut is a unique borrow (created from `&mut [u8]`, see `lend_mut`) moved
-// to the thread that fills it; `&mut [u8]` is Send.
+impl Drop for LentMut {
+    fn drop(&mut self) {
+        self.loan.arrive();
+    }
+}
+
+// SAFETY: LentMut is a unique borrow (created from `&mut [u8]`, see `with_lent_mut`)
+// moved to the thread that fills it; `&mut [u8]` is Send (and `Arc<Loan>` is).
 unsafe impl Send for LentMut {}
 
-// SAFETY: the memory is the `&mut [u8]` given to `lend_mut`, which stays borrowed (so
-// valid, unmoved and untouched by anyone else) until `with_lent_mut` returns, and that
-// happens only after every LentMut it made came home (`CallerTicket::wait` waits for
-// all buffers). Both methods return that same memory every call.
+// SAFETY: the memory is the `&mut [u8]` given to `with_lent_mut`, which stays borrowed
+// (so valid, unmoved and untouched by anyone else) until `with_lent_mut` returns, and
+// that happens only after every LentMut it made was dropped (`lend` waits on their
+// `Loan`). Both methods return that same memory every call.
 unsafe impl CallerBufMut for LentMut {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         if self.len == 0 {
@@ -472,13 +413,20 @@ unsafe impl CallerBufMut for LentMut {
 struct LentRef {
     ptr: *const u8,
     len: usize,
+    loan: Arc<Loan>,
 }
 
-// SAFETY: a shared borrow of bytes (`&[u8]` is Send).
+impl Drop for LentRef {
+    fn drop(&mut self) {
+        self.loan.arrive();
+    }
+}
+
+// SAFETY: a shared borrow of bytes (`&[u8]` is Send, and `Arc<Loan>` is).
 unsafe impl Send for LentRef {}
 
 // SAFETY: the memory is a `&[u8]` borrowed by `with_lent_ref` until it returns, which
-// happens only after every LentRef it made came home.
+// happens only after every LentRef it made was dropped (`lend` waits on their `Loan`).
 unsafe impl CallerBuf for LentRef {
     fn as_slice(&self) -> &[u8] {
         if self.len == 0 {
@@ -490,7 +438,7 @@ unsafe impl CallerBuf for LentRef {
 }
 
 /// Aborts the process if dropped while armed: a loan of a borrowed slice must not end by
-/// unwinding (a panic inside `start` or `wait`) while the engine, or the kernel, may
+/// unwinding (a panic inside `start` or `finish`) while the engine, or the kernel, may
 /// still hold an owner pointing into the slice.
 struct NoUnwind;
 
@@ -501,62 +449,61 @@ impl Drop for NoUnwind {
     }
 }
 
-/// Past the engine's own bounds (a stalled connection fails `request_timeout` after
-/// its frame went out, a torn-down ring drains for 2 s), the time a wait gives a
-/// caller buffer to come home before it counts as leaked.
-pub(crate) const KERNEL_GRACE: Duration = Duration::from_secs(3);
-
 /// Runs a request on borrowed destination slices: `start` gets owners of the slices
-/// and returns the request's ticket; this returns only once every owner is back, so no
-/// write into `slices` can happen after it returns.
-pub(crate) fn with_lent_mut<T>(
+/// and returns the request's ticket; this returns only once every owner was dropped,
+/// so no write into `slices` can happen after it returns.
+pub(crate) fn with_lent_mut<T, L: LoanTicket<T>>(
     slices: &mut [&mut [u8]],
-    start: impl FnOnce(Vec<Box<dyn CallerBufMut>>) -> CallerTicket<T, dyn CallerBufMut>,
+    start: impl FnOnce(Vec<Box<dyn CallerBufMut>>) -> L,
 ) -> Result<T> {
+    let loan = Loan::new(slices.len());
     let owners: Vec<Box<dyn CallerBufMut>> = slices
         .iter_mut()
         .map(|s| {
             Box::new(LentMut {
                 ptr: s.as_mut_ptr(),
                 len: s.len(),
+                loan: loan.clone(),
             }) as Box<dyn CallerBufMut>
         })
         .collect();
-    lend(owners, start)
+    lend(&loan, owners, start)
 }
 
-/// Runs a request on borrowed source slices; returns only once every owner is back, so
-/// no read of `slices` can happen after it returns.
-pub(crate) fn with_lent_ref<T>(
+/// Runs a request on borrowed source slices; returns only once every owner was
+/// dropped, so no read of `slices` can happen after it returns.
+pub(crate) fn with_lent_ref<T, L: LoanTicket<T>>(
     slices: &[&[u8]],
-    start: impl FnOnce(Vec<Box<dyn CallerBuf>>) -> CallerTicket<T, dyn CallerBuf>,
+    start: impl FnOnce(Vec<Box<dyn CallerBuf>>) -> L,
 ) -> Result<T> {
+    let loan = Loan::new(slices.len());
     let owners: Vec<Box<dyn CallerBuf>> = slices
         .iter()
         .map(|s| {
             Box::new(LentRef {
                 ptr: s.as_ptr(),
                 len: s.len(),
+                loan: loan.clone(),
             }) as Box<dyn CallerBuf>
         })
         .collect();
-    lend(owners, start)
+    lend(&loan, owners, start)
 }
 
-/// Hands the owners of lent slices to `start` and waits for the request: `wait`
-/// returns the owners only when all are back, and dropping them ends the loan. A panic
-/// in between aborts (see `NoUnwind`).
-fn lend<T, B: ?Sized>(
+/// Hands the owners of lent slices to `start`, waits for the request, then for the
+/// last owner to be dropped: that ends the loan. A panic in between aborts (see
+/// `NoUnwind`).
+fn lend<T, B: ?Sized, L: LoanTicket<T>>(
+    loan: &Loan,
     owners: Vec<Box<B>>,
-    start: impl FnOnce(Vec<Box<B>>) -> CallerTicket<T, B>,
+    start: impl FnOnce(Vec<Box<B>>) -> L,
 ) -> Result<T> {
     let armed = NoUnwind;
-    // Borrowed memory cannot be leaked on the caller's behalf: the wait for it is not
-    // bounded (see `Home::wait_home`).
-    let r = start(owners).unbounded().wait();
+    let r = start(owners).finish();
+    // Normally at once: `finish` waits for the buffers (unbounded) and drops them.
+    loan.wait_all();
     std::mem::forget(armed);
-    drop(r.bufs);
-    r.result
+    r
 }
 
 /// A payload destination: the engine's own allocation or a caller's buffer.
@@ -566,7 +513,7 @@ pub(crate) enum Mem {
     Caller(Tracked),
     /// The engine's own bytes from a shard's value pool, to go back there when the
     /// [`Chunk`](crate::Chunk) holding them drops.
-    Pooled(Vec<u8>, std::sync::Arc<crate::shard::ValuePool>),
+    Pooled(Vec<u8>, std::sync::Arc<ValuePool>),
 }
 
 impl Default for Mem {
@@ -585,7 +532,7 @@ impl Mem {
     }
 
     /// The engine's own bytes and, for a pooled buffer, the pool it goes back to.
-    pub(crate) fn into_parts(self) -> (Vec<u8>, Option<std::sync::Arc<crate::shard::ValuePool>>) {
+    pub(crate) fn into_parts(self) -> (Vec<u8>, Option<std::sync::Arc<ValuePool>>) {
         match self {
             Mem::Pooled(v, p) => (v, Some(p)),
             m => (m.into_vec(), None),
@@ -617,15 +564,6 @@ impl std::ops::DerefMut for Mem {
     }
 }
 
-/// Converts a read's output to the per-key infos; the buffers in it go home as they
-/// are dropped.
-pub(crate) fn infos(o: Output) -> Result<Vec<Option<crate::batch::ChunkInfo>>> {
-    match o {
-        Output::Into(_bufs, infos) => Ok(infos),
-        _ => Err(Error::Closed),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,34 +584,6 @@ mod tests {
     }
 
     #[test]
-    fn a_buffer_that_never_comes_home_ends_the_wait_at_its_bound_leaked() {
-        let bufs: Vec<Box<dyn CallerBufMut>> = vec![Box::new(vec![1u8; 3]), Box::new(vec![2u8])];
-        let (home, mut t) = Tracked::wrap(bufs);
-        // What a ring torn down with the kernel still owning an operation does with
-        // the operation's memory: forgets it.
-        std::mem::forget(t.pop());
-        drop(t);
-        let metrics = Arc::new(crate::metrics::Metrics::with_shards(1));
-        let ticket: CallerTicket<(), dyn CallerBufMut> =
-            CallerTicket::new(Ticket::ready(Ok(())), home)
-                .bounded(Duration::from_millis(50), metrics.clone());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(ticket.wait());
-        });
-        let r = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the wait must end at its bound");
-        assert!(
-            matches!(r.result, Err(Error::Timeout { .. })),
-            "{:?}",
-            r.result
-        );
-        assert_eq!(r.bufs.len(), 1, "the buffer that came home is returned");
-        assert_eq!(metrics.snapshot().leaked_buffers, 1);
-    }
-
-    #[test]
     fn write_owners_come_home_when_the_last_bytes_handle_drops() {
         let (home, b) = TrackedRead::wrap(vec![Box::new(vec![7u8; 4]) as Box<dyn CallerBuf>]);
         let clone = b[0].slice(1..);
@@ -682,5 +592,49 @@ mod tests {
         assert_eq!(&clone[..], &[7, 7, 7]);
         drop(clone);
         assert_eq!(home.take_if_home(None).unwrap().len(), 1);
+    }
+
+    /// A ticket that "finishes" at once while another thread still holds the owners:
+    /// the loan itself must keep the borrow alive until the last owner is dropped.
+    struct Early;
+
+    impl LoanTicket<()> for Early {
+        fn finish(self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_loan_returns_only_after_its_last_owner_is_dropped() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (owners_tx, owners_rx) = std::sync::mpsc::channel::<Vec<Box<dyn CallerBufMut>>>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let early = Arc::new(AtomicBool::new(false));
+        let holder = {
+            let early = early.clone();
+            std::thread::spawn(move || {
+                let mut owners = owners_rx.recv().expect("the owners");
+                owners[0].as_mut_slice().fill(9);
+                // A correct loan cannot return while these are held: the wait runs
+                // out. A loan that returned anyway is seen at once.
+                if done_rx.recv_timeout(Duration::from_secs(3)).is_ok() {
+                    early.store(true, Ordering::SeqCst);
+                }
+                drop(owners);
+            })
+        };
+        let mut a = [0u8; 4];
+        let r = with_lent_mut(&mut [&mut a[..]], |owners| {
+            owners_tx.send(owners).expect("the holder");
+            Early
+        });
+        let _ = done_tx.send(());
+        holder.join().expect("the holder thread");
+        assert!(r.is_ok());
+        assert!(
+            !early.load(Ordering::SeqCst),
+            "with_lent_mut returned while an owner of the slice was alive"
+        );
+        assert_eq!(a, [9; 4]);
     }
 }
