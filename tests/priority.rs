@@ -160,3 +160,44 @@ fn reversed_weights(b: IoBackend) {
     )
 }
 both_backends!(configured_weights_share_by_class, reversed_weights);
+
+/// A request's `.priority(..)` is the class it is sent and counted at, for every
+/// operation and memory form; without it each operation keeps its own class.
+fn request_priority(b: IoBackend) {
+    let srv = TestServer::start();
+    let mut cfg = Config::from_url(&srv.url()).unwrap();
+    cfg.io_backend = b;
+    cfg.shards = Some(1);
+    let e = Engine::new(cfg).unwrap();
+    let ops = |p: Priority| e.stats().metrics.classes[p.index()].ops;
+    let before: Vec<u64> = Priority::ALL.iter().map(|&p| ops(p)).collect();
+    let delta = |p: Priority| ops(p) - before[p.index()];
+    e.put(vec![PutChunk::new("k", vec![7u8; 64], None)])
+        .priority(Priority::Peek)
+        .wait()
+        .unwrap();
+    assert_eq!((delta(Priority::Peek), delta(Priority::Put)), (1, 0));
+    let got = e.get(&["k"]).priority(Priority::Prefetch).wait().unwrap();
+    assert_eq!(got[0].as_ref().map(|c| c.data.len()), Some(64));
+    assert_eq!((delta(Priority::Prefetch), delta(Priority::Get)), (1, 0));
+    let (bufs, infos) = e
+        .get(&["k"])
+        .into_vecs(vec![vec![0u8; 64]])
+        .priority(Priority::Put)
+        .try_submit()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(infos[0].is_some() && bufs[0] == vec![7u8; 64]);
+    assert_eq!((delta(Priority::Put), delta(Priority::Get)), (1, 0));
+    assert_eq!(
+        e.exists(&["k"]).priority(Priority::Get).wait().unwrap(),
+        vec![true]
+    );
+    assert_eq!((delta(Priority::Get), delta(Priority::Peek)), (1, 1));
+    // Defaults: exists PEEK, get GET.
+    e.exists(&["k"]).wait().unwrap();
+    e.get(&["k"]).wait().unwrap();
+    assert_eq!((delta(Priority::Peek), delta(Priority::Get)), (2, 2));
+}
+both_backends!(a_request_is_sent_at_its_priority, request_priority);
