@@ -33,7 +33,7 @@ pub(crate) mod tls;
 // The public surface, named deliberately: every module above is `pub(crate)` (fuzz is
 // test support behind a feature); what callers need is re-exported here.
 pub use batch::{Chunk, ChunkInfo, GetInto, PutChunk, Ticket};
-pub use cluster::slot::hash_slot;
+pub use cluster::slot::{hash_slot, hash_tag};
 pub use config::{mask_url, parse_url, Config, Deadlines, IoBackend, Mode, ServerAddr};
 pub use engine::request;
 pub use engine::{
@@ -42,6 +42,9 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use layout::{dtype_code, fmt_code, KeyLayout, MetaGroup, RemoteMetadata};
+// Named by its doc example only (the Redis keys of a layout and prefix).
+#[doc(hidden)]
+pub use layout::KeyScheme;
 pub use mem::{CallerBuf, CallerBufMut};
 pub use metrics::prometheus::CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE;
 pub use metrics::{

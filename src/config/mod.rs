@@ -7,7 +7,7 @@
 //! and every error names the key and the offending value (passwords shown as `***`).
 //!
 //! ```
-//! use slotline::config::{Config, Mode};
+//! use slotline::{Config, Mode};
 //! let cfg = Config::from_yaml_str(r#"
 //! chunk_size: 256            # LMCache's token chunk, not slotline's
 //! remote_url: "redis://localhost:7000,localhost:7001,localhost:7002"
@@ -89,7 +89,7 @@ const PRIORITY_WEIGHTS_KEY: &str = "extra_config.priority_weights";
 /// Where a Redis server listens.
 ///
 /// ```
-/// use slotline::config::ServerAddr;
+/// use slotline::ServerAddr;
 /// let a = ServerAddr::Tcp { host: "::1".into(), port: 6379 };
 /// assert_eq!(a.to_string(), "[::1]:6379");
 /// let u = ServerAddr::Unix { path: "/run/redis.sock".into() };
@@ -393,7 +393,7 @@ impl Config {
     /// LMCache config files; see [`Config::from_yaml_str`]).
     ///
     /// ```
-    /// use slotline::config::{Config, Mode};
+    /// use slotline::{Config, Mode};
     /// let c = Config::from_url("redis://:secret@cache:6380/2").unwrap();
     /// assert_eq!(c.mode, Mode::Standalone);
     /// assert_eq!(c.database, 2);
