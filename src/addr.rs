@@ -12,7 +12,7 @@ pub(crate) const DEFAULT_PORT: u16 = 6379;
 /// Where a Redis server listens.
 ///
 /// ```
-/// use slotline::config::ServerAddr;
+/// use slotline::ServerAddr;
 /// let a = ServerAddr::Tcp { host: "::1".into(), port: 6379 };
 /// assert_eq!(a.to_string(), "[::1]:6379");
 /// let u = ServerAddr::Unix { path: "/run/redis.sock".into() };

@@ -5,8 +5,8 @@
 //!
 //! let engine = Engine::new(Config::from_url("redis://127.0.0.1:6379")?)?;
 //! let meta = RemoteMetadata::new(4, 4, 6, &[4])?;
-//! engine.put(vec![PutChunk::new("model@1@0@3f9a@bfloat16", vec![1u8, 2, 3, 4], Some(meta))])?;
-//! let got = engine.get(&["model@1@0@3f9a@bfloat16", "missing"])?;
+//! engine.put(vec![PutChunk::new("model@1@0@3f9a@bfloat16", vec![1u8, 2, 3, 4], Some(meta))]).wait()?;
+//! let got = engine.get(&["model@1@0@3f9a@bfloat16", "missing"]).wait()?;
 //! assert_eq!(got[0].as_ref().unwrap().data, vec![1, 2, 3, 4]);
 //! assert!(got[1].is_none());
 //! # Ok::<(), slotline::Error>(())
@@ -18,16 +18,15 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 
 use crate::addr::ServerAddr;
-use crate::batch::{
-    Batch, Chunk, GetInto, GetMode, Op, Output, PutChunk, Role, SubmitPart, Ticket,
-};
+use crate::batch::SubmitPart;
+use crate::batch::{Batch, Chunk, Op, Output, PutChunk, Role, Ticket};
 use crate::cluster::NodeId;
 use crate::cluster::Router;
 use crate::config::{Config, Mode};
 use crate::error::{show_key, Error, Result};
 use crate::lanes::Lanes;
 use crate::layout::{KeyLayout, KeyScheme, RemoteMetadata};
-use crate::mem::{Mem, ValuePool};
+use crate::mem::ValuePool;
 use crate::metrics::{BackendKind, Metrics, MetricsHandle, Stats};
 use crate::priority::Priority;
 use crate::resp::Value;
@@ -35,7 +34,7 @@ use crate::shard::{self, ShardHandle};
 
 mod caller;
 mod janitor;
-mod nonblocking;
+pub mod request;
 mod sentinel;
 mod submit;
 mod ticket;
@@ -112,6 +111,8 @@ pub struct MasterView {
 
 /// A validated put: keys, payloads (shared, not copied) and encoded metadata.
 struct PutPlan {
+    /// The priority class it is sent at.
+    class: Priority,
     keys: Vec<Vec<u8>>,
     data: Vec<Bytes>,
     metas: Vec<Vec<u8>>,
@@ -275,6 +276,7 @@ impl Engine {
     }
 
     /// Shards whose thread died (a panic): they take no new work, the others carry it.
+    #[doc(hidden)]
     pub fn dead_shards(&self) -> Vec<usize> {
         (0..self.inner.shards.len())
             .filter(|&i| !self.inner.shards[i].is_alive())
@@ -337,155 +339,6 @@ impl Engine {
         MetricsHandle(self.inner.metrics.clone())
     }
 
-    // ----- reads -----
-
-    /// Reads chunks, in the caller's order; misses (including evicted and corrupt
-    /// chunks) are `None`. Class GET.
-    pub fn get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Chunk>>> {
-        self.get_async(keys).wait()
-    }
-
-    /// [`get`](Self::get) as a future (or call `.wait()` on the ticket).
-    pub fn get_async<K: AsRef<[u8]>>(&self, keys: &[K]) -> Ticket<Vec<Option<Chunk>>> {
-        self.ticket(
-            Op::Get(GetMode::All),
-            Priority::Get,
-            keys,
-            Vec::new(),
-            chunks,
-        )
-    }
-
-    /// The chunks of the hit prefix: stops at the first miss (LMCache's
-    /// `batched_get_non_blocking`). Class PREFETCH.
-    pub fn prefetch<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Chunk>> {
-        self.prefetch_async(keys).wait()
-    }
-
-    /// [`prefetch`](Self::prefetch) as a future.
-    pub fn prefetch_async<K: AsRef<[u8]>>(&self, keys: &[K]) -> Ticket<Vec<Chunk>> {
-        self.ticket(
-            Op::Get(GetMode::Prefix),
-            Priority::Prefetch,
-            keys,
-            Vec::new(),
-            |o| match o {
-                Output::Chunks(c) => Ok(c.into_iter().flatten().collect()),
-                _ => Err(Error::Closed),
-            },
-        )
-    }
-
-    /// Reads each payload into the caller's buffer (its length is the space offered;
-    /// a larger value is a miss). Returns the buffers and, per key, the bytes written
-    /// and the metadata. Class GET.
-    ///
-    /// If the request times out, buffers still being written by a connection are not
-    /// returned (they are freed once the connection lets go of them).
-    pub fn get_into<K: AsRef<[u8]>>(&self, keys: &[K], bufs: Vec<Vec<u8>>) -> Result<GetInto> {
-        self.get_into_async(keys, bufs).wait()
-    }
-
-    /// [`get_into`](Self::get_into) as a future.
-    pub fn get_into_async<K: AsRef<[u8]>>(
-        &self,
-        keys: &[K],
-        bufs: Vec<Vec<u8>>,
-    ) -> Ticket<GetInto> {
-        if bufs.len() != keys.len() {
-            return Ticket::ready(Err(Error::Invalid(format!(
-                "get_into: {} keys but {} buffers",
-                keys.len(),
-                bufs.len()
-            ))));
-        }
-        self.ticket(
-            Op::Get(GetMode::Into),
-            Priority::Get,
-            keys,
-            bufs.into_iter().map(Mem::Own).collect(),
-            |o| match o {
-                Output::Into(b, i) => Ok((b.into_iter().map(Mem::into_vec).collect(), i)),
-                _ => Err(Error::Closed),
-            },
-        )
-    }
-
-    // ----- checks -----
-
-    /// Whether each chunk exists (its metadata key, or the key itself in `raw`).
-    /// Class PEEK.
-    pub fn exists<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<bool>> {
-        self.exists_async(keys).wait()
-    }
-
-    /// [`exists`](Self::exists) as a future.
-    pub fn exists_async<K: AsRef<[u8]>>(&self, keys: &[K]) -> Ticket<Vec<bool>> {
-        self.ticket(
-            Op::Exists { prefix: false },
-            Priority::Peek,
-            keys,
-            Vec::new(),
-            |o| match o {
-                Output::Bools(b) => Ok(b),
-                _ => Err(Error::Closed),
-            },
-        )
-    }
-
-    /// How many chunks exist consecutively from the first key (LMCache's
-    /// `batched_async_contains`). Class PEEK.
-    pub fn contains_prefix<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<usize> {
-        self.contains_prefix_async(keys).wait()
-    }
-
-    /// [`contains_prefix`](Self::contains_prefix) as a future.
-    pub fn contains_prefix_async<K: AsRef<[u8]>>(&self, keys: &[K]) -> Ticket<usize> {
-        self.ticket(
-            Op::Exists { prefix: true },
-            Priority::Peek,
-            keys,
-            Vec::new(),
-            count,
-        )
-    }
-
-    // ----- writes -----
-
-    /// Deletes chunks (both keys in the two-key layouts); returns how many existed.
-    /// Class PUT.
-    pub fn delete<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<usize> {
-        self.delete_async(keys).wait()
-    }
-
-    /// [`delete`](Self::delete) as a future.
-    pub fn delete_async<K: AsRef<[u8]>>(&self, keys: &[K]) -> Ticket<usize> {
-        self.ticket(Op::Delete, Priority::Put, keys, Vec::new(), count)
-    }
-
-    /// Writes chunks as pipelined SETs, payload first, then metadata, with the
-    /// configured TTL. Returns once every write is acknowledged. Class PUT.
-    pub fn put(&self, chunks: Vec<PutChunk>) -> Result<()> {
-        self.put_async(chunks).wait()
-    }
-
-    /// Like [`put`](Self::put), but fails with [`Error::Busy`] instead of waiting when
-    /// the PUT lane is full.
-    pub fn try_put(&self, chunks: Vec<PutChunk>) -> Result<Ticket<()>> {
-        self.start_put(self.put_op(chunks)?, Submit::Try)
-    }
-
-    /// [`put`](Self::put) as a future.
-    pub fn put_async(&self, chunks: Vec<PutChunk>) -> Ticket<()> {
-        match self
-            .put_op(chunks)
-            .and_then(|plan| self.start_put(plan, Submit::Defer))
-        {
-            Ok(t) => t,
-            Err(e) => Ticket::ready(Err(e)),
-        }
-    }
-
     /// Submits a put. In a cluster with the `lmcache` layout a chunk's two keys usually
     /// live on different masters, where no single connection orders them; there the
     /// metadata is written only after every payload is acknowledged, so a reader never
@@ -514,7 +367,7 @@ impl Engine {
         self.submit_parts(
             Req {
                 op,
-                class: Priority::Put,
+                class: plan.class,
                 layout: self.inner.keys.clone(),
                 mode,
                 target: None,
@@ -524,7 +377,7 @@ impl Engine {
         )
     }
 
-    fn put_op(&self, chunks: Vec<PutChunk>) -> Result<PutPlan> {
+    fn put_op(&self, chunks: Vec<PutChunk>, class: Priority) -> Result<PutPlan> {
         let layout = self.inner.cfg.key_layout;
         let limit = self.inner.cfg.max_value_size;
         let mut keys = Vec::with_capacity(chunks.len());
@@ -562,7 +415,12 @@ impl Engine {
             keys.push(c.key);
             data.push(c.data);
         }
-        Ok(PutPlan { keys, data, metas })
+        Ok(PutPlan {
+            class,
+            keys,
+            data,
+            metas,
+        })
     }
 
     // ----- control -----

@@ -19,7 +19,7 @@ const TAG_METADATA_SUFFIX: &[u8] = b"}:metadata";
 /// How one LMCache chunk key `K` maps to Redis keys.
 ///
 /// ```
-/// use slotline::layout::KeyLayout;
+/// use slotline::KeyLayout;
 /// assert_eq!(KeyLayout::Lmcache.payload_key(b"k"), b"kkv_bytes");
 /// assert_eq!(KeyLayout::Hashtag.metadata_key(b"k").unwrap(), b"{k}:metadata");
 /// assert_eq!(KeyLayout::Raw.metadata_key(b"k"), None);
@@ -169,7 +169,7 @@ pub const KEY_PREFIX_SEP: u8 = b'@';
 /// as an unprefixed one and its two keys keep sharing it.
 ///
 /// ```
-/// use slotline::layout::{KeyLayout, KeyScheme};
+/// use slotline::{KeyLayout, KeyScheme};
 /// let s = KeyScheme::new(KeyLayout::Hashtag, "tenant-a").unwrap();
 /// assert_eq!(s.metadata_key(b"k").unwrap(), b"tenant-a@{k}:metadata");
 /// assert_eq!(KeyScheme::new(KeyLayout::Raw, "a").unwrap().payload_key(b"k"), b"a@k");
@@ -287,7 +287,7 @@ pub fn check_key_prefix(prefix: &str) -> std::result::Result<(), String> {
 /// little-endian `i32`: `[length, fmt, (dtype, s0, s1, s2, s3) * G]`.
 ///
 /// ```
-/// use slotline::layout::RemoteMetadata;
+/// use slotline::RemoteMetadata;
 /// let m = RemoteMetadata::new(33554432, 1, 3, &[2, 32, 256, 1024]).unwrap();
 /// let bytes = m.encode();
 /// assert_eq!(bytes.len(), 28);
@@ -443,7 +443,7 @@ impl fmt::Display for RemoteMetadata {
 /// Names are matched case-insensitively, with an optional `torch.` prefix.
 ///
 /// ```
-/// use slotline::layout::dtype_code;
+/// use slotline::dtype_code;
 /// assert_eq!(dtype_code("bfloat16"), Some(3));
 /// assert_eq!(dtype_code("half"), Some(2));
 /// assert_eq!(dtype_code("7"), Some(7));
@@ -497,7 +497,7 @@ const FMT_NAMES: [&str; 8] = [
 /// MemoryFormat code for a name (case-insensitive) or a decimal code.
 ///
 /// ```
-/// use slotline::layout::fmt_code;
+/// use slotline::fmt_code;
 /// assert_eq!(fmt_code("kv_2ltd"), Some(1));
 /// assert_eq!(fmt_code("4"), Some(4));
 /// assert_eq!(fmt_code("KV_NOPE"), None);

@@ -7,20 +7,20 @@
 
 pub(crate) mod addr;
 pub(crate) mod batch;
-pub mod cluster;
-pub mod config;
-pub mod engine;
+pub(crate) mod cluster;
+pub(crate) mod config;
+pub(crate) mod engine;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
 pub(crate) mod lanes;
-pub mod layout;
+pub(crate) mod layout;
 pub(crate) mod mem;
-pub mod metrics;
-pub mod numa;
+pub(crate) mod metrics;
+pub(crate) mod numa;
 pub(crate) mod priority;
-pub mod region;
+pub(crate) mod region;
 pub(crate) mod resolver;
 pub(crate) mod resp;
 pub(crate) mod sentinel;
@@ -31,13 +31,34 @@ pub(crate) mod syscalls;
 mod tests;
 pub(crate) mod tls;
 
+// The public surface, named deliberately: every module above is `pub(crate)` (fuzz is
+// test support behind a feature); what callers need is re-exported here.
 pub use batch::{Chunk, ChunkInfo, GetInto, PutChunk, Ticket};
-pub use config::Config;
-pub use engine::{CallerTicket, Engine, GetIntoTicket, PutOwned, PutRef, PutTicket, Returned};
+pub use cluster::slot::{hash_slot, hash_tag};
+pub use config::{
+    keys_markdown, mask_url, parse_url, Config, Deadlines, IoBackend, Mode, ServerAddr,
+};
+pub use engine::request;
+pub use engine::{
+    CallerTicket, DeathHold, DeathStage, Engine, GetIntoTicket, MasterView, PutOwned, PutRef,
+    PutTicket, Returned,
+};
 pub use error::{Error, Result};
-pub use layout::{KeyLayout, RemoteMetadata};
+pub use layout::{dtype_code, fmt_code, KeyLayout, MetaGroup, RemoteMetadata};
+// Named by its doc example only (the Redis keys of a layout and prefix).
+#[doc(hidden)]
+pub use layout::KeyScheme;
 pub use mem::{CallerBuf, CallerBufMut};
-pub use metrics::{BackendKind, Stats, ValuePoolStats};
+pub use metrics::prometheus::CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE;
+pub use metrics::{
+    BackendKind, ClassStats, LatencyHistogram, MetricsHandle, MetricsSnapshot, ShardIoStats, Stats,
+    SyscallStats, ValuePoolStats,
+};
 pub use priority::{Priority, PriorityWeights};
 pub use region::{OwnedRegion, Region};
 pub use resp::Value;
+
+/// The host's CPU and NUMA layout as the engine reads it (what `slotline host` prints).
+pub mod host {
+    pub use crate::numa::{node_cpus, nodes, parse_cpu_list};
+}

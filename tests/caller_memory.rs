@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::fake::{parse_command, read_more, FakeServer};
 use common::TestServer;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{
     CallerBuf, CallerBufMut, Config, Engine, Error, KeyLayout, PutOwned, PutRef, RemoteMetadata,
 };
@@ -27,7 +27,7 @@ fn engine_at(url: &str, b: IoBackend, layout: KeyLayout, timeout: Duration) -> E
     cfg.shards = Some(1);
     cfg.key_layout = layout;
     cfg.request_timeout = timeout;
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
 }
 
@@ -54,11 +54,11 @@ fn round_trips_in(b: IoBackend, layout: KeyLayout) {
                 meta: Some(&meta),
             })
             .collect();
-        e.put_slices(&chunks).unwrap();
+        e.put(&chunks).wait().unwrap();
         let mid = e.stats().metrics;
         let mut bufs: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; size]).collect();
         let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
-        let infos = e.get_into_slices(&keys, &mut slices).unwrap();
+        let infos = e.get(&keys).into_slices(&mut slices).wait().unwrap();
         let after = e.stats().metrics;
         for i in 0..n {
             let info = infos[i].as_ref().expect("hit");
@@ -105,15 +105,15 @@ fn owned_round_trip(b: IoBackend) {
             data: Box::new(pattern(i as u8 + 7, size)) as Box<dyn CallerBuf>,
             meta: None,
         })
-        .collect();
-    let r = e.put_from_async(puts).wait();
+        .collect::<Vec<_>>();
+    let r = e.put(puts).submit().wait();
     r.result.unwrap();
     assert_eq!(r.bufs.len(), 2);
     assert_eq!(r.bufs[1].as_slice(), &pattern(8, size)[..]);
     let bufs: Vec<Box<dyn CallerBufMut>> = (0..3)
         .map(|_| Box::new(vec![0u8; size]) as Box<dyn CallerBufMut>)
         .collect();
-    let r = e.try_get_into_bufs(&keys, bufs).wait();
+    let r = e.get(&keys).into_bufs(bufs).try_submit().wait();
     let infos = r.result.unwrap();
     assert!(infos[0].is_some() && infos[1].is_some() && infos[2].is_none());
     assert_eq!(r.bufs[0].as_slice(), &pattern(7, size)[..]);
@@ -121,7 +121,7 @@ fn owned_round_trip(b: IoBackend) {
     assert!(r.bufs[2].as_slice().iter().all(|&x| x == 0));
     // Awaited as a future too (no executor needed beyond a simple block_on).
     let bufs: Vec<Box<dyn CallerBufMut>> = vec![Box::new(vec![0u8; size])];
-    let r = block_on(e.get_into_bufs_async(&["own-a"], bufs));
+    let r = block_on(e.get(&["own-a"]).into_bufs(bufs).submit());
     assert!(r.result.unwrap()[0].is_some());
     assert_eq!(r.bufs[0].as_slice(), &pattern(7, size)[..]);
 }
@@ -138,15 +138,20 @@ fn wrong_length(b: IoBackend) {
         for size in [2 * KIB, 64 * KIB] {
             let key = format!("wl-{size}");
             let data = pattern(1, size);
-            e.put_slices(&[PutRef {
+            e.put(&[PutRef {
                 key: key.as_bytes(),
                 data: &data,
                 meta: None,
             }])
+            .wait()
             .unwrap();
             for len in [size - 1, size + 1, size / 2, 2 * size] {
                 let mut buf = vec![0x5Au8; len];
-                let infos = e.get_into_slices(&[&key], &mut [&mut buf[..]]).unwrap();
+                let infos = e
+                    .get(&[&key])
+                    .into_slices(&mut [&mut buf[..]])
+                    .wait()
+                    .unwrap();
                 assert!(infos[0].is_none(), "{layout:?} {size} into {len}: miss");
                 assert!(
                     buf.iter().all(|&x| x == 0x5A),
@@ -253,7 +258,7 @@ fn poisoned_after_return(b: IoBackend, mode: Mode) {
         Duration::from_millis(200),
     );
     let mut buf = vec![0u8; FAKE_VALUE];
-    let r = e.get_into_slices(&["k"], &mut [&mut buf[..]]);
+    let r = e.get(&["k"]).into_slices(&mut [&mut buf[..]]).wait();
     let at_return = buf.clone();
     // A time-out is an error; a cut-off connection is retried until it times out.
     assert!(r.is_err(), "the read cannot succeed");
@@ -290,11 +295,13 @@ fn stalled_put(b: IoBackend) {
         Duration::from_millis(200),
     );
     let mut data = vec![0x11u8; 8 * 1024 * KIB];
-    let r = e.put_slices(&[PutRef {
-        key: b"stalled",
-        data: &data,
-        meta: None,
-    }]);
+    let r = e
+        .put(&[PutRef {
+            key: b"stalled",
+            data: &data,
+            meta: None,
+        }])
+        .wait();
     assert!(
         matches!(r, Err(Error::PutFailed { .. }) | Err(Error::Timeout { .. })),
         "{r:?}"
@@ -317,27 +324,45 @@ fn try_forms(b: IoBackend) {
     let srv = TestServer::start();
     let e = engine_at(&srv.url(), b, KeyLayout::Lmcache, Duration::from_secs(10));
     let data = pattern(3, 4 * KIB);
-    e.put_slices(&[PutRef {
+    e.put(&[PutRef {
         key: b"t-a",
         data: &data,
         meta: None,
     }])
+    .wait()
     .unwrap();
     assert_eq!(
-        e.try_exists(&["t-a", "t-b"]).unwrap().wait().unwrap(),
+        e.exists(&["t-a", "t-b"])
+            .try_submit()
+            .unwrap()
+            .wait()
+            .unwrap(),
         vec![true, false]
     );
     assert_eq!(
-        e.try_contains_prefix(&["t-a", "t-b"])
+        e.contains_prefix(&["t-a", "t-b"])
+            .try_submit()
             .unwrap()
             .wait()
             .unwrap(),
         1
     );
-    let got = e.try_prefetch(&["t-a", "t-b"]).unwrap().wait().unwrap();
+    let got = e
+        .prefetch(&["t-a", "t-b"])
+        .try_submit()
+        .unwrap()
+        .wait()
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].data, data);
-    assert_eq!(e.try_delete(&["t-a", "t-b"]).unwrap().wait().unwrap(), 1);
+    assert_eq!(
+        e.delete(&["t-a", "t-b"])
+            .try_submit()
+            .unwrap()
+            .wait()
+            .unwrap(),
+        1
+    );
 }
 both_backends!(try_forms_answer, try_forms);
 
@@ -349,25 +374,30 @@ fn metadata_first(b: IoBackend) {
     let size = 64 * KIB;
     let meta = RemoteMetadata::new(size, 1, 3, &[1, 2, 16, size / 64]).unwrap();
     let data = pattern(5, size);
-    e.put_slices(&[PutRef {
+    e.put(&[PutRef {
         key: b"m-a",
         data: &data,
         meta: Some(&meta),
     }])
+    .wait()
     .unwrap();
     let metas = e
-        .get_metadata_async(&["m-a", "m-missing"], slotline::Priority::Prefetch)
+        .metadata(&["m-a", "m-missing"])
+        .priority(slotline::Priority::Prefetch)
+        .submit()
         .wait()
         .unwrap();
     assert_eq!(metas, vec![Some(meta.clone()), None]);
     let len = metas[0].as_ref().unwrap().payload_len();
     let bufs: Vec<Box<dyn CallerBufMut>> = vec![Box::new(vec![0u8; len])];
-    let r = e.get_into_bufs_async(&["m-a"], bufs).wait();
+    let r = e.get(&["m-a"]).into_bufs(bufs).submit().wait();
     assert_eq!(r.result.unwrap()[0].as_ref().unwrap().meta, Some(meta));
     assert_eq!(r.bufs[0].as_slice(), &data[..]);
     let raw = engine_at(&srv.url(), b, KeyLayout::Raw, Duration::from_secs(10));
     let r = raw
-        .get_metadata_async(&["m-a"], slotline::Priority::Get)
+        .metadata(&["m-a"])
+        .priority(slotline::Priority::Get)
+        .submit()
         .wait();
     assert!(matches!(r, Err(Error::Invalid(_))), "{r:?}");
 }

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use common::chunks::{chunks_for, meta_for, value_for, Rng};
 use common::{blocked_clients, cmd_calls, test_options, wait_until, TestCluster, TestServer};
-use slotline::cluster::slot::hash_slot;
-use slotline::config::{IoBackend, Mode, ServerAddr};
-use slotline::engine::MasterView;
+use slotline::hash_slot;
+use slotline::MasterView;
 use slotline::{Config, Engine, Error, KeyLayout, PutChunk};
+use slotline::{IoBackend, Mode, ServerAddr};
 use slotline_testkit as servers;
 
 // ---------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ fn cluster_cfg(c: &TestCluster, backend: IoBackend, layout: KeyLayout) -> Config
     cfg.io_backend = backend;
     cfg.key_layout = layout;
     cfg.request_timeout = Duration::from_secs(15);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     cfg
 }
 
@@ -322,10 +322,12 @@ fn exercise_layout(c: &TestCluster, e: &Engine, layout: KeyLayout, tag: &str) {
         })
         .collect();
     e.put(chunks)
+        .wait()
         .unwrap_or_else(|err| panic!("{layout}: put failed: {err}"));
 
     let got = e
         .get(&keys)
+        .wait()
         .unwrap_or_else(|err| panic!("{layout}: get failed: {err}"));
     assert_eq!(got.len(), keys.len());
     for (i, (k, g)) in keys.iter().zip(&got).enumerate() {
@@ -395,7 +397,7 @@ fn exercise_layout(c: &TestCluster, e: &Engine, layout: KeyLayout, tag: &str) {
         }
     };
     let bufs = (0..sub.len()).map(|i| vec![0u8; buf_len(i)]).collect();
-    let (bufs, infos) = e.get_into(&sub, bufs).unwrap();
+    let (bufs, infos) = e.get(&sub).into_vecs(bufs).wait().unwrap();
     for (i, (b, info)) in bufs.iter().zip(&infos).enumerate() {
         match info {
             Some(info) => {
@@ -411,7 +413,9 @@ fn exercise_layout(c: &TestCluster, e: &Engine, layout: KeyLayout, tag: &str) {
     }
     if layout == KeyLayout::Raw {
         let (_, infos) = e
-            .get_into(&keys[..1], vec![vec![0u8; len_of(0) + 1]])
+            .get(&keys[..1])
+            .into_vecs(vec![vec![0u8; len_of(0) + 1]])
+            .wait()
             .unwrap();
         assert_eq!(
             infos,
@@ -420,13 +424,13 @@ fn exercise_layout(c: &TestCluster, e: &Engine, layout: KeyLayout, tag: &str) {
         );
     }
 
-    let ex = e.exists(&keys).unwrap();
+    let ex = e.exists(&keys).wait().unwrap();
     let want: Vec<bool> = (0..keys.len()).map(present).collect();
     assert_eq!(ex, want, "{layout}: exists");
 
     // contains_prefix / prefetch: the first miss is chunk 2.
     assert_eq!(
-        e.contains_prefix(&keys).unwrap(),
+        e.contains_prefix(&keys).wait().unwrap(),
         2,
         "{layout}: contains_prefix"
     );
@@ -437,15 +441,15 @@ fn exercise_layout(c: &TestCluster, e: &Engine, layout: KeyLayout, tag: &str) {
         .map(|(_, k)| k.clone())
         .collect();
     assert_eq!(
-        e.contains_prefix(&hits).unwrap(),
+        e.contains_prefix(&hits).wait().unwrap(),
         hits.len(),
         "{layout}: full prefix"
     );
-    let pf = e.prefetch(&keys).unwrap();
+    let pf = e.prefetch(&keys).wait().unwrap();
     assert_eq!(pf.len(), 2, "{layout}: prefetch stops at the first miss");
     assert!(pf[0].data == value_for(&keys[0], len_of(0)));
     assert!(pf[1].data == value_for(&keys[1], len_of(1)));
-    let pf = e.prefetch(&hits).unwrap();
+    let pf = e.prefetch(&hits).wait().unwrap();
     assert_eq!(pf.len(), hits.len(), "{layout}: prefetch of hits only");
     let hit_idx: Vec<usize> = (0..keys.len()).filter(|&i| present(i)).collect();
     for (c2, &i) in pf.iter().zip(&hit_idx) {
@@ -455,16 +459,20 @@ fn exercise_layout(c: &TestCluster, e: &Engine, layout: KeyLayout, tag: &str) {
         );
     }
     let mut empty: Vec<Vec<u8>> = Vec::new();
-    assert_eq!(e.contains_prefix(&empty).unwrap(), 0);
-    assert!(e.get(&empty).unwrap().is_empty());
+    assert_eq!(e.contains_prefix(&empty).wait().unwrap(), 0);
+    assert!(e.get(&empty).wait().unwrap().is_empty());
     empty.push(lm_key("never", 1));
-    assert_eq!(e.contains_prefix(&empty).unwrap(), 0);
+    assert_eq!(e.contains_prefix(&empty).wait().unwrap(), 0);
 
     // delete: the first 150 chunks, of which 100 exist.
     let del = &keys[..150];
     let existed = (0..150).filter(|&i| present(i)).count();
-    assert_eq!(e.delete(del).unwrap(), existed, "{layout}: delete count");
-    let after = e.exists(&keys).unwrap();
+    assert_eq!(
+        e.delete(del).wait().unwrap(),
+        existed,
+        "{layout}: delete count"
+    );
+    let after = e.exists(&keys).wait().unwrap();
     for (i, &x) in after.iter().enumerate() {
         assert_eq!(
             x,
@@ -472,7 +480,7 @@ fn exercise_layout(c: &TestCluster, e: &Engine, layout: KeyLayout, tag: &str) {
             "{layout}: exists after delete, chunk {i}"
         );
     }
-    let got = e.get(del).unwrap();
+    let got = e.get(del).wait().unwrap();
     assert!(
         got.iter().all(Option::is_none),
         "{layout}: deleted chunks still readable"
@@ -487,8 +495,8 @@ fn exercise_layout(c: &TestCluster, e: &Engine, layout: KeyLayout, tag: &str) {
             "{layout}: payload key of deleted chunk {i} remains"
         );
     }
-    assert_eq!(e.delete(del).unwrap(), 0, "{layout}: second delete");
-    assert_eq!(e.contains_prefix(&keys[150..]).unwrap(), 2);
+    assert_eq!(e.delete(del).wait().unwrap(), 0, "{layout}: second delete");
+    assert_eq!(e.contains_prefix(&keys[150..]).wait().unwrap(), 2);
 
     // Chunk keys that contain braces or are not UTF-8: the layout is applied as written
     // and each Redis key is routed by the Redis rule on the final key. (With the hashtag
@@ -513,8 +521,9 @@ fn exercise_layout(c: &TestCluster, e: &Engine, layout: KeyLayout, tag: &str) {
         })
         .collect();
     e.put(chunks)
+        .wait()
         .unwrap_or_else(|err| panic!("{layout}: put of brace/binary keys: {err}"));
-    let got = e.get(&weird).unwrap();
+    let got = e.get(&weird).wait().unwrap();
     for (k, g) in weird.iter().zip(&got) {
         let shown = k.escape_ascii().to_string();
         let g = g
@@ -539,11 +548,11 @@ fn exercise_layout(c: &TestCluster, e: &Engine, layout: KeyLayout, tag: &str) {
             );
         }
     }
-    assert_eq!(e.exists(&weird).unwrap(), vec![true; weird.len()]);
-    assert_eq!(e.contains_prefix(&weird).unwrap(), weird.len());
-    assert_eq!(e.prefetch(&weird).unwrap().len(), weird.len());
-    assert_eq!(e.delete(&weird).unwrap(), weird.len());
-    assert_eq!(e.exists(&weird).unwrap(), vec![false; weird.len()]);
+    assert_eq!(e.exists(&weird).wait().unwrap(), vec![true; weird.len()]);
+    assert_eq!(e.contains_prefix(&weird).wait().unwrap(), weird.len());
+    assert_eq!(e.prefetch(&weird).wait().unwrap().len(), weird.len());
+    assert_eq!(e.delete(&weird).wait().unwrap(), weird.len());
+    assert_eq!(e.exists(&weird).wait().unwrap(), vec![false; weird.len()]);
 }
 
 fn layouts_span_all_masters(backend: IoBackend) {
@@ -626,19 +635,19 @@ fn frames_per_batch(backend: IoBackend) {
         .map(|k| PutChunk::new(k.clone(), value_for(k, 1024), None))
         .collect();
     let f0 = frames(&e);
-    e.put(chunks).unwrap();
+    e.put(chunks).wait().unwrap();
     let put_frames = frames(&e) - f0;
     // Warm-up read (connections are open after the put anyway).
-    assert!(e.get(&tagged).unwrap().iter().all(Option::is_some));
+    assert!(e.get(&tagged).wait().unwrap().iter().all(Option::is_some));
 
     let f0 = frames(&e);
-    let got = e.get(&tagged).unwrap();
+    let got = e.get(&tagged).wait().unwrap();
     let get_frames = frames(&e) - f0;
     for (k, g) in tagged.iter().zip(&got) {
         assert!(g.as_ref().unwrap().data == value_for(k, 1024));
     }
     let f0 = frames(&e);
-    assert!(e.exists(&tagged).unwrap().iter().all(|&b| b));
+    assert!(e.exists(&tagged).wait().unwrap().iter().all(|&b| b));
     let exists_frames = frames(&e) - f0;
     println!(
         "one slot, 100 chunks: put {put_frames} frame(s), get {get_frames}, exists {exists_frames}"
@@ -676,10 +685,10 @@ fn frames_per_batch(backend: IoBackend) {
         .iter()
         .map(|k| PutChunk::new(k.clone(), value_for(k, 2048), None))
         .collect();
-    e.put(chunks).unwrap();
-    assert!(e.get(&spread).unwrap().iter().all(Option::is_some));
+    e.put(chunks).wait().unwrap();
+    assert!(e.get(&spread).wait().unwrap().iter().all(Option::is_some));
     let f0 = frames(&e);
-    let got = e.get(&spread).unwrap();
+    let got = e.get(&spread).wait().unwrap();
     let spread_frames = frames(&e) - f0;
     for (k, g) in spread.iter().zip(&got) {
         assert!(g.as_ref().unwrap().data == value_for(k, 2048));
@@ -699,9 +708,14 @@ fn frames_per_batch(backend: IoBackend) {
     let mut cfg = cluster_cfg(&c, backend, KeyLayout::Hashtag);
     cfg.chunk_size = 16;
     let small = Engine::new(cfg).unwrap();
-    assert!(small.get(&tagged).unwrap().iter().all(Option::is_some));
+    assert!(small
+        .get(&tagged)
+        .wait()
+        .unwrap()
+        .iter()
+        .all(Option::is_some));
     let f0 = frames(&small);
-    let got = small.get(&tagged).unwrap();
+    let got = small.get(&tagged).wait().unwrap();
     let split_frames = frames(&small) - f0;
     assert!(got.iter().all(Option::is_some));
     println!("chunk_size 16: get of 200 keys in one slot cost {split_frames} frames");
@@ -777,7 +791,7 @@ fn run_load(spec: LoadSpec, stop: Arc<AtomicBool>, t0: Instant) -> LoadReport {
             })
             .collect();
         rep.ops += 1;
-        match spec.engine.put(chunks) {
+        match spec.engine.put(chunks).wait() {
             Ok(()) => rep.acked.extend(keys),
             Err(e) => {
                 rep.errors.push((t0.elapsed(), format!("put: {e}")));
@@ -800,7 +814,7 @@ fn run_load(spec: LoadSpec, stop: Arc<AtomicBool>, t0: Instant) -> LoadReport {
             })
             .collect();
         rep.ops += 1;
-        match spec.engine.get(&reads) {
+        match spec.engine.get(&reads).wait() {
             Ok(got) => {
                 for (k, g) in reads.iter().zip(got) {
                     match g {
@@ -833,7 +847,7 @@ fn run_load(spec: LoadSpec, stop: Arc<AtomicBool>, t0: Instant) -> LoadReport {
         // Now and then an existence check of acknowledged chunks.
         if rep.ops % 8 == 0 {
             rep.ops += 1;
-            match spec.engine.exists(&reads) {
+            match spec.engine.exists(&reads).wait() {
                 Ok(found) => {
                     if spec.must_hit && found.iter().any(|&f| !f) {
                         rep.errors.push((
@@ -885,7 +899,7 @@ fn live_resharding(backend: IoBackend) {
                 keys.push(k);
             }
         }
-        e.put(chunks_for(&keys, VALUE_LEN)).unwrap();
+        e.put(chunks_for(&keys, VALUE_LEN)).wait().unwrap();
     }
     let in_moved: u64 = (0u16..600)
         .step_by(7)
@@ -972,7 +986,7 @@ fn live_resharding(backend: IoBackend) {
     // Every acknowledged write is readable and byte-identical afterwards.
     for (rep, e) in reports.iter().zip([&lm, &ht, &ttl]) {
         for batch in rep.acked.chunks(200) {
-            let got = e.get(batch).unwrap();
+            let got = e.get(batch).wait().unwrap();
             for (k, g) in batch.iter().zip(got) {
                 let g = g.unwrap_or_else(|| panic!("acknowledged chunk {} lost", k.escape_ascii()));
                 assert!(
@@ -1045,7 +1059,9 @@ fn tryagain_is_retried_unseen(backend: IoBackend) {
         .unwrap();
     let (pk, mk) = (layout.payload_key(&k), layout.metadata_key(&k).unwrap());
     let slot = hash_slot(&pk).to_string();
-    e.put(chunks_for(std::slice::from_ref(&k), 4096)).unwrap();
+    e.put(chunks_for(std::slice::from_ref(&k), 4096))
+        .wait()
+        .unwrap();
     let id = |i: usize| c.cmd(i, &["CLUSTER", "MYID"]);
     let (src_id, dst_id) = (id(src), id(dst));
     c.cmd(dst, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
@@ -1074,7 +1090,7 @@ fn tryagain_is_retried_unseen(backend: IoBackend) {
     let tryagain0 = error_replies(&c, src, "TRYAGAIN");
     let reader = {
         let (e, k) = (e.clone(), k.clone());
-        std::thread::spawn(move || e.get(&[&k]))
+        std::thread::spawn(move || e.get(&[&k]).wait())
     };
     wait_until(
         Duration::from_secs(20),
@@ -1135,7 +1151,7 @@ fn failover(backend: IoBackend) {
     let node_timeout = Duration::from_millis(c.cluster.nodes[0].options().cluster_node_timeout_ms);
     let mut cfg = cluster_cfg(&c, backend, KeyLayout::Lmcache);
     cfg.request_timeout = Duration::from_secs(5);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     check_topology(&c, &e, 3);
     let victim = 0usize;
@@ -1164,8 +1180,9 @@ fn failover(backend: IoBackend) {
     };
     let k = probe_key(0);
     e.put(vec![PutChunk::new(k.clone(), value_for(&k, 512), None)])
+        .wait()
         .unwrap();
-    assert!(e.get(&[&k]).unwrap()[0].is_some());
+    assert!(e.get(&[&k]).wait().unwrap()[0].is_some());
 
     // Bounded load in two threads over all masters.
     let stop = Arc::new(AtomicBool::new(false));
@@ -1209,7 +1226,8 @@ fn failover(backend: IoBackend) {
         let v = value_for(&k, 512);
         let r = e
             .put(vec![PutChunk::new(k.clone(), v.clone(), None)])
-            .and_then(|_| e.get(&[&k]));
+            .wait()
+            .and_then(|_| e.get(&[&k]).wait());
         match r {
             Ok(got) => match &got[0] {
                 Some(ch) if ch.data == v => {
@@ -1304,7 +1322,7 @@ fn failover(backend: IoBackend) {
     let mut total = 0;
     for rep in &reports {
         for batch in rep.acked.chunks(200) {
-            let got = e.get(batch).expect("reads after failover");
+            let got = e.get(batch).wait().expect("reads after failover");
             for (k, g) in batch.iter().zip(got) {
                 total += 1;
                 match g {
@@ -1373,8 +1391,9 @@ fn added_master_is_picked_up(backend: IoBackend) {
                         Some(meta_for(VALUE_LEN)),
                     )
                 })
-                .collect(),
+                .collect::<Vec<_>>(),
         )
+        .wait()
     };
     put(&before).unwrap();
 
@@ -1402,7 +1421,7 @@ fn added_master_is_picked_up(backend: IoBackend) {
     );
 
     // Without a restart: old chunks read back, new chunks in the moved slots write and read.
-    let got = e.get(&before).expect("get after adding a master");
+    let got = e.get(&before).wait().expect("get after adding a master");
     for (k, g) in before.iter().zip(&got) {
         let g = g
             .as_ref()
@@ -1418,11 +1437,11 @@ fn added_master_is_picked_up(backend: IoBackend) {
         }
     }
     put(&after).expect("put into slots on the new master");
-    let got = e.get(&after).unwrap();
+    let got = e.get(&after).wait().unwrap();
     for (k, g) in after.iter().zip(&got) {
         assert!(g.as_ref().expect("hit").data == value_for(k, VALUE_LEN));
     }
-    assert_eq!(e.exists(&after).unwrap(), vec![true; after.len()]);
+    assert_eq!(e.exists(&after).wait().unwrap(), vec![true; after.len()]);
     let on_new2: u64 = c.cmd(new, &["DBSIZE"]).parse().unwrap();
     assert!(
         on_new2 >= on_new + 100,
@@ -1452,7 +1471,7 @@ fn added_master_is_picked_up(backend: IoBackend) {
     assert!(m.replicas.is_empty());
     // Traffic after the explicit refresh needs no redirect.
     let r0 = e.stats().metrics.error_count("redirect");
-    assert!(e.get(&after).unwrap().iter().all(Option::is_some));
+    assert!(e.get(&after).wait().unwrap().iter().all(Option::is_some));
     assert_eq!(
         e.stats().metrics.error_count("redirect"),
         r0,
@@ -1494,8 +1513,9 @@ fn replica_reads(backend: IoBackend) {
     e.put(
         keys.iter()
             .map(|k| PutChunk::new(k.clone(), value_for(k, 1000), None))
-            .collect(),
+            .collect::<Vec<_>>(),
     )
+    .wait()
     .unwrap();
     // Wait until every replica holds what its master holds.
     for i in 0..3 {
@@ -1525,16 +1545,16 @@ fn replica_reads(backend: IoBackend) {
     let stats = |cmd: &str| -> Vec<u64> { (0..6).map(|i| cmd_calls(&c, i, cmd)).collect() };
 
     let ex0 = stats("exists");
-    assert_eq!(e.exists(&keys).unwrap(), vec![true; keys.len()]);
+    assert_eq!(e.exists(&keys).wait().unwrap(), vec![true; keys.len()]);
     let ex1 = stats("exists");
     let m0 = stats("mget");
-    let pf = e.prefetch(&keys).unwrap();
+    let pf = e.prefetch(&keys).wait().unwrap();
     assert_eq!(pf.len(), keys.len());
     for (k, ch) in keys.iter().zip(&pf) {
         assert!(ch.data == value_for(k, 1000));
     }
     let m1 = stats("mget");
-    let got = e.get(&keys).unwrap();
+    let got = e.get(&keys).wait().unwrap();
     assert!(keys
         .iter()
         .zip(&got)
@@ -1562,7 +1582,7 @@ fn replica_reads(backend: IoBackend) {
     );
     // contains_prefix is PEEK too.
     let e0 = stats("exists");
-    assert_eq!(e.contains_prefix(&keys).unwrap(), keys.len());
+    assert_eq!(e.contains_prefix(&keys).wait().unwrap(), keys.len());
     let e1 = stats("exists");
     assert!(diff(&e0, &e1)[3..].iter().sum::<u64>() > 0);
     // Writes never go to replicas (a replica would answer MOVED; no redirect was needed).
@@ -1575,9 +1595,9 @@ fn replica_reads(backend: IoBackend) {
     c.cluster.nodes[3].kill();
     let t = Instant::now();
     let timeouts = e.stats().metrics.error_count("timeout");
-    let ex = e.exists(&keys);
-    let pf = e.prefetch(&keys);
-    let cp = e.contains_prefix(&keys);
+    let ex = e.exists(&keys).wait();
+    let pf = e.prefetch(&keys).wait();
+    let cp = e.contains_prefix(&keys).wait();
     println!(
         "after killing replica {dead}: exists/prefetch/contains_prefix took {:?}",
         t.elapsed()
@@ -1607,7 +1627,7 @@ fn replica_reads(backend: IoBackend) {
         cp.unwrap_or_else(|err| panic!("contains_prefix with a dead replica: {err}")),
         keys.len()
     );
-    assert!(e.get(&keys).unwrap().iter().all(Option::is_some));
+    assert!(e.get(&keys).wait().unwrap().iter().all(Option::is_some));
     show_stats(&format!("{backend} replica reads"), &e);
 }
 both_backends!(replica_reads);
@@ -1666,8 +1686,9 @@ fn first_seed_dead_others_alive(backend: IoBackend) {
     check_topology(&c, &e, 3);
     let k = lm_key("seeds", 1);
     e.put(vec![PutChunk::new(k.clone(), value_for(&k, 100), None)])
+        .wait()
         .unwrap();
-    assert!(e.get(&[&k]).unwrap()[0].is_some());
+    assert!(e.get(&[&k]).wait().unwrap()[0].is_some());
 }
 both_backends!(first_seed_dead_others_alive);
 
@@ -1706,8 +1727,9 @@ fn drop_right_after_a_call(backend: IoBackend) {
     e.put(
         keys.iter()
             .map(|k| PutChunk::new(k.clone(), value_for(k, 256), None))
-            .collect(),
+            .collect::<Vec<_>>(),
     )
+    .wait()
     .unwrap();
     drop(e);
     let before = SHARD_PANICS.load(Ordering::SeqCst);
@@ -1715,7 +1737,7 @@ fn drop_right_after_a_call(backend: IoBackend) {
     let rounds = 60;
     for _ in 0..rounds {
         let e = engine(&c, backend, KeyLayout::Lmcache);
-        let got = e.get(&keys).unwrap();
+        let got = e.get(&keys).wait().unwrap();
         assert!(got.iter().all(Option::is_some));
         drop(e);
     }
@@ -1777,6 +1799,7 @@ fn lmcache_metadata_never_precedes_payload(backend: IoBackend) {
                 value_for(&k, len),
                 Some(meta_for(len)),
             )])
+            .wait()
         })
     };
     wait_until(
@@ -1816,6 +1839,7 @@ fn lmcache_metadata_never_precedes_payload(backend: IoBackend) {
     assert!(exists_on(&c, 0, &pk) && exists_on(&c, m, &mk));
     let got = e
         .get(&[&k])
+        .wait()
         .unwrap()
         .remove(0)
         .expect("the chunk reads back");
@@ -1827,7 +1851,7 @@ fn lmcache_metadata_never_precedes_payload(backend: IoBackend) {
     let (good, good_m) = split_chunk(&c, "accepted", 2);
     c.cmd(1, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
     c.cmd(1, &["CONFIG", "SET", "maxmemory", "1"]);
-    let r = e.put(chunks_for(&[bad.clone(), good.clone()], len));
+    let r = e.put(chunks_for(&[bad.clone(), good.clone()], len)).wait();
     c.cmd(1, &["CONFIG", "SET", "maxmemory", "0"]);
     match r {
         Err(ref err) if err.to_string().contains("OOM") => {}
@@ -1840,6 +1864,7 @@ fn lmcache_metadata_never_precedes_payload(backend: IoBackend) {
     // pending.
     let (later, _) = split_chunk(&c, "later", 1);
     e.put(chunks_for(std::slice::from_ref(&later), len))
+        .wait()
         .expect("a put after the failed one");
     assert!(
         !exists_on(&c, bad_m, &layout.metadata_key(&bad).unwrap()),
@@ -1850,6 +1875,6 @@ fn lmcache_metadata_never_precedes_payload(backend: IoBackend) {
         !exists_on(&c, good_m, &layout.metadata_key(&good).unwrap()),
         "metadata written although a payload of its put failed"
     );
-    assert!(e.get(&[&bad]).unwrap()[0].is_none());
+    assert!(e.get(&[&bad]).wait().unwrap()[0].is_none());
 }
 both_backends!(lmcache_metadata_never_precedes_payload);

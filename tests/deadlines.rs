@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use slotline::config::{Config, Deadlines, IoBackend};
+use slotline::{Config, Deadlines, IoBackend};
 use slotline::{Engine, Error, PutChunk};
 
 fn engine_for(url: &str, b: IoBackend, f: impl FnOnce(&mut Config)) -> Engine {
@@ -42,15 +42,16 @@ fn class_deadlines(b: IoBackend) {
         };
     });
     e.put(vec![PutChunk::new("k", vec![1u8; 64], None)])
+        .wait()
         .unwrap();
     // Paused far longer than the classes' deadlines and far shorter than the 30 s cap:
     // a call that returns while the server is paused ran out of its class's time.
     let ends = pause(&srv, Duration::from_secs(6), "ALL");
-    let r = e.exists(&["k"]);
+    let r = e.exists(&["k"]).wait();
     assert!(Instant::now() < ends, "exists waited for the paused server");
     assert!(matches!(r, Err(Error::Timeout { .. })), "exists: {r:?}");
 
-    let r = e.put(vec![PutChunk::new("w", vec![2u8; 64], None)]);
+    let r = e.put(vec![PutChunk::new("w", vec![2u8; 64], None)]).wait();
     assert!(Instant::now() < ends, "put waited for the paused server");
     match r {
         Err(Error::PutFailed {
@@ -62,7 +63,7 @@ fn class_deadlines(b: IoBackend) {
     wait_until(
         Duration::from_secs(30),
         "exists to answer after the pause",
-        || e.exists(&["k"]).ok() == Some(vec![true]),
+        || e.exists(&["k"]).wait().ok() == Some(vec![true]),
     );
 }
 both_backends!(class_deadlines);
@@ -77,14 +78,15 @@ fn host_down_fails_fast_and_recovers(b: IoBackend) {
         c.connect_timeout = Duration::from_secs(10);
     });
     e.put(vec![PutChunk::new("k", vec![1u8; 64], None)])
+        .wait()
         .unwrap();
     srv.proc.kill();
     // The first call finds the connection gone and the reconnect refused.
-    let _ = e.get(&["k"]);
+    let _ = e.get(&["k"]).wait();
     let mut slowest = Duration::ZERO;
     for _ in 0..20 {
         let t0 = Instant::now();
-        let r = e.get(&["k"]);
+        let r = e.get(&["k"]).wait();
         slowest = slowest.max(t0.elapsed());
         match r {
             Err(Error::Io {
@@ -108,7 +110,7 @@ fn host_down_fails_fast_and_recovers(b: IoBackend) {
     );
     srv.proc.restart().unwrap();
     let waited = wait_until(Duration::from_secs(5), "calls succeed again", || {
-        e.get(&["k"]).is_ok()
+        e.get(&["k"]).wait().is_ok()
     });
     println!("recovered {waited:?} after the restart");
 }
@@ -158,8 +160,9 @@ fn localhost_url_works(b: IoBackend) {
     let url = format!("redis://localhost:{}", srv.proc.port());
     let e = engine_for(&url, b, |_| {});
     e.put(vec![PutChunk::new("k", vec![7u8; 100], None)])
+        .wait()
         .unwrap();
-    let got = e.get(&["k"]).unwrap();
+    let got = e.get(&["k"]).wait().unwrap();
     assert_eq!(
         got[0].as_ref().map(|c| c.data.clone()),
         Some(vec![7u8; 100])
@@ -178,6 +181,7 @@ fn caller_memory_async_never_blocks(b: IoBackend) {
         c.deadlines = Deadlines::uniform(c.request_timeout);
     });
     e.put(vec![PutChunk::new("k", vec![5u8; 16], None)])
+        .wait()
         .unwrap();
     // Writes are held by the server: the PUT lane (1 slot) fills at once.
     pause(&srv, Duration::from_secs(60), "WRITE");
@@ -187,14 +191,17 @@ fn caller_memory_async_never_blocks(b: IoBackend) {
     for i in 0..1400 {
         if i % 4 == 0 {
             let buf: Box<dyn slotline::CallerBufMut> = Box::new(vec![0u8; 16]);
-            gets.push(e.get_into_bufs_async(&["k"], vec![buf]));
+            gets.push(e.get(&["k"]).into_bufs(vec![buf]).submit());
         } else {
             let data: Box<dyn slotline::CallerBuf> = Box::new(vec![5u8; 16]);
-            puts.push(e.put_from_async(vec![slotline::PutOwned {
-                key: b"k".to_vec(),
-                data,
-                meta: None,
-            }]));
+            puts.push(
+                e.put(vec![slotline::PutOwned {
+                    key: b"k".to_vec(),
+                    data,
+                    meta: None,
+                }])
+                .submit(),
+            );
         }
     }
     // Every call returned while the server still held the writes: none waited for
@@ -270,6 +277,7 @@ fn get_and_prefetch_deadlines(b: IoBackend) {
             PutChunk::new("k", vec![1u8; 16], None),
             PutChunk::new("big", vec![2u8; mib], None),
         ])
+        .wait()
         .unwrap();
     let ends = pause(&srv, Duration::from_secs(4), "ALL");
     let one = |buf_len: usize| vec![0u8; buf_len];
@@ -278,30 +286,30 @@ fn get_and_prefetch_deadlines(b: IoBackend) {
             s.spawn(|| {
                 outcome(
                     "GET, get_ms 300",
-                    get_short.get(&["k"]).map(|g| g[0].is_some()),
+                    get_short.get(&["k"]).wait().map(|g| g[0].is_some()),
                 )
             }),
             s.spawn(|| {
                 outcome(
                     "PREFETCH, prefetch_ms 20 s",
-                    get_short.prefetch(&["k"]).map(|g| g.len() == 1),
+                    get_short.prefetch(&["k"]).wait().map(|g| g.len() == 1),
                 )
             }),
             s.spawn(|| {
                 outcome(
                     "GET, get_ms 20 s",
-                    prefetch_short.get(&["k"]).map(|g| g[0].is_some()),
+                    prefetch_short.get(&["k"]).wait().map(|g| g[0].is_some()),
                 )
             }),
             s.spawn(|| {
                 outcome(
                     "PREFETCH, prefetch_ms 300",
-                    prefetch_short.prefetch(&["k"]).map(|g| g.len() == 1),
+                    prefetch_short.prefetch(&["k"]).wait().map(|g| g.len() == 1),
                 )
             }),
             s.spawn(|| {
                 let mut buf = one(mib);
-                let r = scaled.get_into_slices(&["big"], &mut [&mut buf[..]]);
+                let r = scaled.get(&["big"]).into_slices(&mut [&mut buf[..]]).wait();
                 outcome(
                     "GET into 1 MiB, 300 ms + 30 s/MiB",
                     r.map(|g| g[0].is_some()),
@@ -309,7 +317,7 @@ fn get_and_prefetch_deadlines(b: IoBackend) {
             }),
             s.spawn(|| {
                 let mut buf = one(16);
-                let r = scaled.get_into_slices(&["k"], &mut [&mut buf[..]]);
+                let r = scaled.get(&["k"]).into_slices(&mut [&mut buf[..]]).wait();
                 outcome(
                     "GET into 16 B, 300 ms + 30 s/MiB",
                     r.map(|g| g[0].is_some()),
@@ -317,7 +325,7 @@ fn get_and_prefetch_deadlines(b: IoBackend) {
             }),
             s.spawn(|| {
                 let mut buf = one(mib);
-                let r = capped.get_into_slices(&["big"], &mut [&mut buf[..]]);
+                let r = capped.get(&["big"]).into_slices(&mut [&mut buf[..]]).wait();
                 outcome("GET into 1 MiB, capped at 1 s", r.map(|g| g[0].is_some()))
             }),
         ];
@@ -359,14 +367,18 @@ fn write_timed_out_before_sending_is_not_unknown(b: IoBackend) {
         c.max_node_inflight_bytes = 4 * mib;
     });
     let ends = pause(&srv, Duration::from_secs(60), "WRITE");
-    let first = e.put_async(vec![PutChunk::new("first", vec![1u8; 4 * mib], None)]);
+    let first = e
+        .put(vec![PutChunk::new("first", vec![1u8; 4 * mib], None)])
+        .submit();
     wait_until(
         Duration::from_secs(20),
         "the first put held by the paused server",
         || blocked_clients(&srv.cmd(&["INFO", "clients"])) > 0,
     );
     // The server has the budget's worth in flight: the next write waits unsent.
-    let r = e.put(vec![PutChunk::new("second", vec![2u8; 64 << 10], None)]);
+    let r = e
+        .put(vec![PutChunk::new("second", vec![2u8; 64 << 10], None)])
+        .wait();
     assert!(Instant::now() < ends);
     match &r {
         Err(Error::Timeout { .. }) => {}
@@ -384,6 +396,7 @@ fn write_timed_out_before_sending_is_not_unknown(b: IoBackend) {
     // Anything the engine still had of the second put would have gone out by now,
     // behind the first on the same connection.
     e.put(vec![PutChunk::new("third", vec![3u8; 16], None)])
+        .wait()
         .unwrap();
     assert_eq!(
         srv.cmd(&["EXISTS", "second"]),

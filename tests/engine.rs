@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::{test_options, wait_until, TestServer};
 use redis_protocol::resp2::types::OwnedFrame;
-use slotline::config::IoBackend;
-use slotline::layout::MetaGroup;
+use slotline::IoBackend;
+use slotline::MetaGroup;
 use slotline::{
     BackendKind, Chunk, Config, Engine, Error, KeyLayout, Priority, PutChunk, RemoteMetadata,
 };
@@ -40,7 +40,7 @@ fn cfg_for(url: &str, backend: IoBackend) -> Config {
     let mut cfg = Config::from_url(url).unwrap_or_else(|e| panic!("Config::from_url({url}): {e}"));
     cfg.io_backend = backend;
     cfg.request_timeout = Duration::from_secs(20);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     cfg
 }
 
@@ -301,8 +301,8 @@ fn order_kept_with_mixed_hits_and_misses(b: IoBackend) {
             let meta = (layout != KeyLayout::Raw).then(|| meta_for(d.len()));
             chunks.push(PutChunk::new(k.clone(), d, meta));
         }
-        e.put(chunks).unwrap();
-        let got = e.get(&keys).unwrap();
+        e.put(chunks).wait().unwrap();
+        let got = e.get(&keys).wait().unwrap();
         assert_eq!(got.len(), n, "{layout}: one answer per key");
         for (i, g) in got.iter().enumerate() {
             if i % 3 == 2 {
@@ -315,7 +315,7 @@ fn order_kept_with_mixed_hits_and_misses(b: IoBackend) {
         }
         // Reversed order: answers follow the caller's order, not the server's.
         let rev: Vec<&Vec<u8>> = keys.iter().rev().collect();
-        let got = e.get(&rev).unwrap();
+        let got = e.get(&rev).wait().unwrap();
         for (j, g) in got.iter().enumerate() {
             let i = n - 1 - j;
             assert_eq!(g.is_some(), i % 3 != 2, "{layout}: reversed key {i}");
@@ -323,7 +323,7 @@ fn order_kept_with_mixed_hits_and_misses(b: IoBackend) {
                 assert_eq!(c.data, data(i), "{layout}: reversed key {i}");
             }
         }
-        let ex = e.exists(&keys).unwrap();
+        let ex = e.exists(&keys).wait().unwrap();
         for (i, x) in ex.iter().enumerate() {
             assert_eq!(*x, i % 3 != 2, "{layout}: exists {i}");
         }
@@ -340,29 +340,33 @@ fn empty_batches(b: IoBackend) {
         let e = engine(&srv, b, layout);
         let none: &[&[u8]] = &[];
         let t0 = Instant::now();
-        assert!(e.get(none).unwrap().is_empty());
-        e.put(Vec::new()).unwrap();
-        assert!(e.exists(none).unwrap().is_empty());
-        assert_eq!(e.contains_prefix(none).unwrap(), 0);
-        assert_eq!(e.delete(none).unwrap(), 0);
-        assert!(e.prefetch(none).unwrap().is_empty());
-        let (bufs, infos) = e.get_into(none, Vec::new()).unwrap();
+        assert!(e.get(none).wait().unwrap().is_empty());
+        e.put(Vec::<PutChunk>::new()).wait().unwrap();
+        assert!(e.exists(none).wait().unwrap().is_empty());
+        assert_eq!(e.contains_prefix(none).wait().unwrap(), 0);
+        assert_eq!(e.delete(none).wait().unwrap(), 0);
+        assert!(e.prefetch(none).wait().unwrap().is_empty());
+        let (bufs, infos) = e.get(none).into_vecs(Vec::new()).wait().unwrap();
         assert!(bufs.is_empty() && infos.is_empty());
         // async forms too
-        assert!(e.get_async(none).wait().unwrap().is_empty());
-        e.put_async(Vec::new()).wait().unwrap();
-        e.try_put(Vec::new()).unwrap().wait().unwrap();
-        assert!(e.exists_async(none).wait().unwrap().is_empty());
-        assert_eq!(e.contains_prefix_async(none).wait().unwrap(), 0);
-        assert_eq!(e.delete_async(none).wait().unwrap(), 0);
-        assert!(e.prefetch_async(none).wait().unwrap().is_empty());
+        assert!(e.get(none).submit().wait().unwrap().is_empty());
+        e.put(Vec::<PutChunk>::new()).submit().wait().unwrap();
+        e.put(Vec::<PutChunk>::new())
+            .try_submit()
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(e.exists(none).submit().wait().unwrap().is_empty());
+        assert_eq!(e.contains_prefix(none).submit().wait().unwrap(), 0);
+        assert_eq!(e.delete(none).submit().wait().unwrap(), 0);
+        assert!(e.prefetch(none).submit().wait().unwrap().is_empty());
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "{layout}: empty calls must not wait"
         );
         // get_into with mismatched keys and buffers is refused, not a hang
         assert!(matches!(
-            e.get_into(&["a"], Vec::new()),
+            e.get(&["a"]).into_vecs(Vec::new()).wait(),
             Err(Error::Invalid(_))
         ));
     }
@@ -387,10 +391,10 @@ fn batch_larger_than_chunk_size(b: IoBackend) {
                 let m = (layout != KeyLayout::Raw).then(|| meta_for(64));
                 PutChunk::new(k.as_bytes(), d, m)
             })
-            .collect();
-        e.put(chunks).unwrap();
+            .collect::<Vec<_>>();
+        e.put(chunks).wait().unwrap();
         let before = e.stats().metrics.frames_sent;
-        let got = e.get(&keys).unwrap();
+        let got = e.get(&keys).wait().unwrap();
         let frames = e.stats().metrics.frames_sent - before;
         assert!(got.iter().all(|g| g.is_some()), "{layout}: all 1000 hit");
         for (i, g) in got.iter().enumerate() {
@@ -427,8 +431,8 @@ fn values_32mib(b: IoBackend) {
         .iter()
         .zip(&datas)
         .map(|(k, d)| PutChunk::new(k.as_bytes(), d.clone(), Some(meta.clone())))
-        .collect();
-    e.put(chunks).unwrap();
+        .collect::<Vec<_>>();
+    e.put(chunks).wait().unwrap();
     for k in &keys {
         assert_eq!(
             admin_int(
@@ -439,14 +443,14 @@ fn values_32mib(b: IoBackend) {
         );
     }
 
-    let got = e.get(&keys).unwrap();
+    let got = e.get(&keys).wait().unwrap();
     for (i, g) in got.iter().enumerate() {
         assert_chunk(g, &datas[i], Some(&meta), &format!("32 MiB chunk {i}"));
     }
 
     // get_into: buffers of exactly 32 MiB.
     let bufs = vec![vec![0u8; size]; 3];
-    let (bufs, infos) = e.get_into(&keys, bufs).unwrap();
+    let (bufs, infos) = e.get(&keys).into_vecs(bufs).wait().unwrap();
     assert_eq!(bufs.len(), 3);
     for i in 0..3 {
         let info = infos[i]
@@ -462,7 +466,7 @@ fn values_32mib(b: IoBackend) {
 
     // One buffer one byte short: that key misses, the others are served.
     let bufs = vec![vec![0u8; size], vec![0u8; size - 1], vec![0u8; size]];
-    let (bufs, infos) = e.get_into(&keys, bufs).unwrap();
+    let (bufs, infos) = e.get(&keys).into_vecs(bufs).wait().unwrap();
     assert!(
         infos[1].is_none(),
         "a buffer smaller than the value is a miss"
@@ -479,7 +483,9 @@ fn values_32mib(b: IoBackend) {
     }
     // A larger buffer is fine (len tells how much was written).
     let (bufs, infos) = e
-        .get_into(&keys[..1], vec![vec![0u8; size + 4096]])
+        .get(&keys[..1])
+        .into_vecs(vec![vec![0u8; size + 4096]])
+        .wait()
         .unwrap();
     assert_eq!(infos[0].as_ref().map(|i| i.len), Some(size));
     assert!(bufs[0][..size] == datas[0][..]);
@@ -532,7 +538,10 @@ fn compat_reads_what_lmcache_wrote(b: IoBackend) {
     };
     {
         let e = engine(&srv, b, KeyLayout::Lmcache);
-        let got = e.get(&[LLAMA_KEY, g2_key, "absent@1@0@1@half"]).unwrap();
+        let got = e
+            .get(&[LLAMA_KEY, g2_key, "absent@1@0@1@half"])
+            .wait()
+            .unwrap();
         assert_chunk(
             &got[0],
             &llama_payload,
@@ -542,10 +551,9 @@ fn compat_reads_what_lmcache_wrote(b: IoBackend) {
         assert_chunk(&got[1], &g2_payload, Some(&g2_meta()), "G=2 (lmcache)");
         assert!(got[2].is_none());
         let (bufs, infos) = e
-            .get_into(
-                &[LLAMA_KEY, g2_key],
-                vec![vec![0u8; 32 * MIB], vec![0u8; 4096]],
-            )
+            .get(&[LLAMA_KEY, g2_key])
+            .into_vecs(vec![vec![0u8; 32 * MIB], vec![0u8; 4096]])
+            .wait()
             .unwrap();
         assert_eq!(infos[0].as_ref().unwrap().len, 32 * MIB);
         assert_eq!(infos[0].as_ref().unwrap().meta.as_ref(), Some(&llama_meta));
@@ -553,11 +561,12 @@ fn compat_reads_what_lmcache_wrote(b: IoBackend) {
         assert_eq!(infos[1].as_ref().unwrap().meta.as_ref(), Some(&g2_meta()));
         assert!(bufs[1] == g2_payload);
         assert_eq!(
-            e.exists(&[LLAMA_KEY, g2_key, "absent"]).unwrap(),
+            e.exists(&[LLAMA_KEY, g2_key, "absent"]).wait().unwrap(),
             vec![true, true, false]
         );
         assert_eq!(
             e.contains_prefix(&[g2_key, LLAMA_KEY, "absent", g2_key])
+                .wait()
                 .unwrap(),
             2
         );
@@ -586,14 +595,14 @@ fn compat_reads_what_lmcache_wrote(b: IoBackend) {
     assert!(admin_exists(&srv, format!("{{{h1}}}:metadata").as_bytes()));
     {
         let e = engine(&srv, b, KeyLayout::Hashtag);
-        let got = e.get(&[h1, g2_key, LLAMA_KEY]).unwrap();
+        let got = e.get(&[h1, g2_key, LLAMA_KEY]).wait().unwrap();
         assert_chunk(&got[0], &h1_payload, Some(&h1_meta), "G=1 (hashtag)");
         assert_chunk(&got[1], &g2_payload, Some(&g2_meta()), "G=2 (hashtag)");
         assert!(
             got[2].is_none(),
             "lmcache-layout keys are not visible in hashtag layout"
         );
-        let pre = e.prefetch(&[h1, g2_key, LLAMA_KEY, h1]).unwrap();
+        let pre = e.prefetch(&[h1, g2_key, LLAMA_KEY, h1]).wait().unwrap();
         assert_eq!(pre.len(), 2);
         assert_eq!(pre[1].data, g2_payload);
     }
@@ -604,10 +613,13 @@ fn compat_reads_what_lmcache_wrote(b: IoBackend) {
     lmcache_write(&srv, KeyLayout::Raw, r1.as_bytes(), &r1_payload, &[]);
     {
         let e = engine(&srv, b, KeyLayout::Raw);
-        let got = e.get(&[r1.as_str(), "nope"]).unwrap();
+        let got = e.get(&[r1.as_str(), "nope"]).wait().unwrap();
         assert_chunk(&got[0], &r1_payload, None, "raw");
         assert!(got[1].is_none());
-        assert_eq!(e.exists(&[r1.as_str(), "nope"]).unwrap(), vec![true, false]);
+        assert_eq!(
+            e.exists(&[r1.as_str(), "nope"]).wait().unwrap(),
+            vec![true, false]
+        );
     }
 }
 both_backends!(compat_read_lmcache_written, compat_reads_what_lmcache_wrote);
@@ -622,6 +634,7 @@ fn compat_writes_what_lmcache_reads(b: IoBackend) {
         let payload = rng.bytes(32 * MIB);
         let meta = RemoteMetadata::new(33554432, 1, 3, &[2, 32, 256, 1024]).unwrap();
         e.put(vec![PutChunk::new(LLAMA_KEY, payload.clone(), Some(meta))])
+            .wait()
             .unwrap();
         let mk = format!("{LLAMA_KEY}metadata");
         let pk = format!("{LLAMA_KEY}kv_bytes");
@@ -655,6 +668,7 @@ fn compat_writes_what_lmcache_reads(b: IoBackend) {
             PutChunk::new(k2.as_bytes(), d2.clone(), None), // BINARY metadata
             PutChunk::new(k3.as_bytes(), d3.clone(), Some(g2_meta())),
         ])
+        .wait()
         .unwrap();
 
         let mut want_keys = BTreeSet::new();
@@ -716,7 +730,7 @@ fn read_rule_stale_metadata(b: IoBackend) {
         // metadata present, payload evicted
         admin_set(&srv, &mk, &meta_for(16).encode());
         let before = err_count(&e, "stale_metadata");
-        let got = e.get(&[k.as_str()]).unwrap();
+        let got = e.get(&[k.as_str()]).wait().unwrap();
         assert!(
             got[0].is_none(),
             "{layout}: metadata without payload is a miss"
@@ -732,8 +746,12 @@ fn read_rule_stale_metadata(b: IoBackend) {
         );
         // prefetch and get_into apply the same rule
         admin_set(&srv, &mk, &meta_for(16).encode());
-        assert!(e.prefetch(&[k.as_str()]).unwrap().is_empty());
-        let (_, infos) = e.get_into(&[k.as_str()], vec![vec![0; 16]]).unwrap();
+        assert!(e.prefetch(&[k.as_str()]).wait().unwrap().is_empty());
+        let (_, infos) = e
+            .get(&[k.as_str()])
+            .into_vecs(vec![vec![0; 16]])
+            .wait()
+            .unwrap();
         assert!(infos[0].is_none());
         wait_until(
             Duration::from_secs(2),
@@ -743,7 +761,7 @@ fn read_rule_stale_metadata(b: IoBackend) {
         // payload present, metadata missing -> plain miss, payload left alone
         let pk = payload_key(layout, k.as_bytes());
         admin_set(&srv, &pk, &[1u8; 16]);
-        assert!(e.get(&[k.as_str()]).unwrap()[0].is_none());
+        assert!(e.get(&[k.as_str()]).wait().unwrap()[0].is_none());
         assert!(admin_exists(&srv, &pk));
     }
 }
@@ -759,6 +777,7 @@ fn read_rule_corrupt(b: IoBackend) {
             vec![5u8; 16],
             Some(meta_for(16)),
         )])
+        .wait()
         .unwrap();
 
         // payload length differs from metadata.length
@@ -773,18 +792,24 @@ fn read_rule_corrupt(b: IoBackend) {
         let c0 = err_count(&e, "corrupt");
         let got = e
             .get(&[good.as_str(), bad.as_str(), good.as_str()])
+            .wait()
             .unwrap();
         assert!(got[0].is_some() && got[2].is_some());
         assert!(got[1].is_none(), "{layout}: length mismatch is a miss");
         let c1 = err_count(&e, "corrupt");
         assert!(c1 > c0, "{layout}: length mismatch counted as corrupt");
-        let (_, infos) = e.get_into(&[bad.as_str()], vec![vec![0u8; 64]]).unwrap();
+        let (_, infos) = e
+            .get(&[bad.as_str()])
+            .into_vecs(vec![vec![0u8; 64]])
+            .wait()
+            .unwrap();
         assert!(
             infos[0].is_none(),
             "{layout}: get_into applies the length rule"
         );
         assert_eq!(
             e.prefetch(&[good.as_str(), bad.as_str(), good.as_str()])
+                .wait()
                 .unwrap()
                 .len(),
             1
@@ -793,7 +818,7 @@ fn read_rule_corrupt(b: IoBackend) {
         // undecodable metadata: 5 bytes
         let junk = format!("junkmeta-{layout}");
         lmcache_write(&srv, layout, junk.as_bytes(), &[1u8; 16], b"abcde");
-        let got = e.get(&[junk.as_str(), good.as_str()]).unwrap();
+        let got = e.get(&[junk.as_str(), good.as_str()]).wait().unwrap();
         assert!(got[0].is_none(), "{layout}: undecodable metadata is a miss");
         assert!(got[1].is_some());
         let c2 = err_count(&e, "corrupt");
@@ -804,7 +829,7 @@ fn read_rule_corrupt(b: IoBackend) {
         let mut m = meta_for(16).encode();
         m[..4].copy_from_slice(&(-16i32).to_le_bytes());
         lmcache_write(&srv, layout, neg.as_bytes(), &[1u8; 16], &m);
-        assert!(e.get(&[neg.as_str()]).unwrap()[0].is_none());
+        assert!(e.get(&[neg.as_str()]).wait().unwrap()[0].is_none());
         assert!(err_count(&e, "corrupt") > c2);
         // corrupt chunks are not "stale": their keys stay
         assert!(admin_exists(
@@ -817,7 +842,11 @@ fn read_rule_corrupt(b: IoBackend) {
     let e = engine(&srv, b, KeyLayout::Raw);
     admin_set(&srv, b"raw-short", &[3u8; 100]);
     let c0 = err_count(&e, "corrupt");
-    let (_, infos) = e.get_into(&["raw-short"], vec![vec![0u8; 128]]).unwrap();
+    let (_, infos) = e
+        .get(&["raw-short"])
+        .into_vecs(vec![vec![0u8; 128]])
+        .wait()
+        .unwrap();
     assert!(
         infos[0].is_none(),
         "raw: a value shorter than the expected chunk size is a miss"
@@ -833,14 +862,14 @@ fn raw_get_into_exact(b: IoBackend) {
     let e = engine(&srv, b, KeyLayout::Raw);
     let d = Rng::new(3).bytes(4096);
     e.put(vec![PutChunk::new("raw-exact", d.clone(), None)])
+        .wait()
         .unwrap();
     admin_set(&srv, b"raw-short", &[3u8; 100]);
     let c0 = err_count(&e, "corrupt");
     let (bufs, infos) = e
-        .get_into(
-            &["raw-exact", "raw-short", "raw-missing"],
-            vec![vec![0u8; 4096]; 3],
-        )
+        .get(&["raw-exact", "raw-short", "raw-missing"])
+        .into_vecs(vec![vec![0u8; 4096]; 3])
+        .wait()
         .unwrap();
     assert_eq!(
         infos[0].as_ref().map(|i| i.len),
@@ -861,12 +890,12 @@ fn get_into_returns_all_buffers(b: IoBackend) {
     let srv = TestServer::start();
     let e = engine(&srv, b, KeyLayout::Lmcache);
     e.put(vec![PutChunk::new("hit", vec![1u8; 100], None)])
+        .wait()
         .unwrap();
     let (bufs, infos) = e
-        .get_into(
-            &["hit", "miss", "hit"],
-            vec![vec![0u8; 128], vec![7u8; 256], vec![0u8; 50]],
-        )
+        .get(&["hit", "miss", "hit"])
+        .into_vecs(vec![vec![0u8; 128], vec![7u8; 256], vec![0u8; 50]])
+        .wait()
         .unwrap();
     assert_eq!(infos[0].as_ref().map(|i| i.len), Some(100));
     assert!(infos[1].is_none());
@@ -905,6 +934,7 @@ fn prefix_semantics(b: IoBackend) {
         let (a, bb, c, d) = (k("a"), k("b"), k("c"), k("d"));
         let put = |key: &str, v: u8| {
             e.put(vec![PutChunk::new(key.as_bytes(), vec![v; 32], None)])
+                .wait()
                 .unwrap()
         };
         put(&a, 1);
@@ -912,24 +942,28 @@ fn prefix_semantics(b: IoBackend) {
         put(&d, 4);
         // hit, hit, miss, hit
         let keys = [&a, &bb, &c, &d];
-        assert_eq!(e.contains_prefix(&keys).unwrap(), 2, "{layout}");
-        assert_eq!(e.contains_prefix(&[&c, &a]).unwrap(), 0, "{layout}");
-        assert_eq!(e.contains_prefix(&[&a, &bb, &d]).unwrap(), 3, "{layout}");
+        assert_eq!(e.contains_prefix(&keys).wait().unwrap(), 2, "{layout}");
+        assert_eq!(e.contains_prefix(&[&c, &a]).wait().unwrap(), 0, "{layout}");
         assert_eq!(
-            e.exists(&keys).unwrap(),
+            e.contains_prefix(&[&a, &bb, &d]).wait().unwrap(),
+            3,
+            "{layout}"
+        );
+        assert_eq!(
+            e.exists(&keys).wait().unwrap(),
             vec![true, true, false, true],
             "{layout}"
         );
-        let pre = e.prefetch(&keys).unwrap();
+        let pre = e.prefetch(&keys).wait().unwrap();
         assert_eq!(pre.len(), 2, "{layout}: prefetch stops at the first miss");
         assert_eq!(pre[0].data, vec![1u8; 32]);
         assert_eq!(pre[1].data, vec![2u8; 32]);
-        assert!(e.prefetch(&[&c, &a]).unwrap().is_empty());
+        assert!(e.prefetch(&[&c, &a]).wait().unwrap().is_empty());
         // the same key twice in one batch
-        let dup = e.get(&[&a, &a, &c, &a]).unwrap();
+        let dup = e.get(&[&a, &a, &c, &a]).wait().unwrap();
         assert!(dup[0].is_some() && dup[1].is_some() && dup[2].is_none() && dup[3].is_some());
-        assert_eq!(e.exists(&[&a, &a]).unwrap(), vec![true, true]);
-        let all = e.prefetch(&[&d, &a, &bb]).unwrap();
+        assert_eq!(e.exists(&[&a, &a]).wait().unwrap(), vec![true, true]);
+        let all = e.prefetch(&[&d, &a, &bb]).wait().unwrap();
         assert_eq!(
             all.iter().map(|c| c.data[0]).collect::<Vec<_>>(),
             vec![4, 1, 2]
@@ -947,12 +981,16 @@ fn delete_counts(b: IoBackend) {
             keys[..4]
                 .iter()
                 .map(|k| PutChunk::new(k.as_bytes(), vec![1u8; 10], None))
-                .collect(),
+                .collect::<Vec<_>>(),
         )
+        .wait()
         .unwrap();
         assert_eq!(dbsize(&srv), 4 * layout.keys_per_chunk() as i64);
         // 3 present, 1 absent (keys[4]) -> 3
-        let n = e.delete(&[&keys[0], &keys[1], &keys[4], &keys[2]]).unwrap();
+        let n = e
+            .delete(&[&keys[0], &keys[1], &keys[4], &keys[2]])
+            .wait()
+            .unwrap();
         assert_eq!(n, 3, "{layout}: delete returns how many chunks existed");
         for k in &keys[..3] {
             for rk in expected_keys(layout, k.as_bytes()) {
@@ -969,17 +1007,17 @@ fn delete_counts(b: IoBackend) {
             "{layout}: keys[3] untouched"
         );
         assert_eq!(
-            e.exists(&keys).unwrap(),
+            e.exists(&keys).wait().unwrap(),
             vec![false, false, false, true, false]
         );
-        assert_eq!(e.delete(&[&keys[0]]).unwrap(), 0);
+        assert_eq!(e.delete(&[&keys[0]]).wait().unwrap(), 0);
         // A chunk with only its metadata left (payload evicted) still counts and goes.
         if let Some(mk) = metadata_key(layout, b"half") {
             admin_set(&srv, &mk, &meta_for(8).encode());
-            assert_eq!(e.delete(&["half"]).unwrap(), 1);
+            assert_eq!(e.delete(&["half"]).wait().unwrap(), 1);
             assert!(!admin_exists(&srv, &mk));
         }
-        assert_eq!(e.delete(&[&keys[3]]).unwrap(), 1);
+        assert_eq!(e.delete(&[&keys[3]]).wait().unwrap(), 1);
         assert_eq!(dbsize(&srv), 0);
     }
 }
@@ -994,6 +1032,7 @@ fn ttl_on_both_keys(b: IoBackend) {
         });
         let k = format!("ttl-{layout}");
         e.put(vec![PutChunk::new(k.as_bytes(), vec![1u8; 1000], None)])
+            .wait()
             .unwrap();
         for rk in expected_keys(layout, k.as_bytes()) {
             let ttl = admin_int(&srv, &[b"TTL", &rk]);
@@ -1007,6 +1046,7 @@ fn ttl_on_both_keys(b: IoBackend) {
     // without a TTL, keys do not expire
     let e = engine(&srv, b, KeyLayout::Lmcache);
     e.put(vec![PutChunk::new("no-ttl", vec![1u8; 10], None)])
+        .wait()
         .unwrap();
     assert_eq!(admin_int(&srv, &[b"TTL", b"no-ttlkv_bytes"]), -1);
     assert_eq!(admin_int(&srv, &[b"TTL", b"no-ttlmetadata"]), -1);
@@ -1045,10 +1085,11 @@ fn key_shapes(b: IoBackend) {
             keys.iter()
                 .enumerate()
                 .map(|(i, k)| PutChunk::new(k.clone(), data(i), None))
-                .collect(),
+                .collect::<Vec<_>>(),
         )
+        .wait()
         .unwrap();
-        let got = e.get(&keys).unwrap();
+        let got = e.get(&keys).wait().unwrap();
         for (i, g) in got.iter().enumerate() {
             let c = g
                 .as_ref()
@@ -1064,14 +1105,14 @@ fn key_shapes(b: IoBackend) {
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(admin_get(&srv, &payload_key(layout, k)), Some(data(i)));
         }
-        assert!(e.exists(&keys).unwrap().iter().all(|&x| x));
-        assert_eq!(e.contains_prefix(&keys).unwrap(), keys.len());
+        assert!(e.exists(&keys).wait().unwrap().iter().all(|&x| x));
+        assert_eq!(e.contains_prefix(&keys).wait().unwrap(), keys.len());
         let bufs = keys
             .iter()
             .enumerate()
             .map(|(i, _)| vec![0u8; data(i).len()])
             .collect();
-        let (bufs, infos) = e.get_into(&keys, bufs).unwrap();
+        let (bufs, infos) = e.get(&keys).into_vecs(bufs).wait().unwrap();
         for (i, info) in infos.iter().enumerate() {
             if layout == KeyLayout::Raw && info.is_none() {
                 // Known engine bug: every raw get_into hit is judged corrupt. It is covered
@@ -1084,7 +1125,7 @@ fn key_shapes(b: IoBackend) {
                 .unwrap_or_else(|| panic!("{layout}: get_into {i} missed"));
             assert_eq!(&bufs[i][..info.len], &data(i)[..]);
         }
-        assert_eq!(e.delete(&keys).unwrap(), keys.len());
+        assert_eq!(e.delete(&keys).wait().unwrap(), keys.len());
         assert_eq!(dbsize(&srv), 0);
     }
 }
@@ -1104,6 +1145,7 @@ fn peek_before_queued_puts(b: IoBackend) {
         c.max_connections = 1;
     });
     e.put(vec![PutChunk::new("probe", vec![1u8; 8], None)])
+        .wait()
         .unwrap();
     let n = 64;
     let chunks: Vec<PutChunk> = (0..n)
@@ -1111,9 +1153,9 @@ fn peek_before_queued_puts(b: IoBackend) {
         .collect();
     let mut puts = Vec::with_capacity(n);
     for c in chunks {
-        puts.push(e.put_async(vec![c]));
+        puts.push(e.put(vec![c]).submit());
     }
-    let peek = e.exists_async(&["probe"]);
+    let peek = e.exists(&["probe"]).submit();
 
     let mut put_done: Vec<Option<u64>> = vec![None; n];
     let mut peek_done: Option<u64> = None;
@@ -1158,19 +1200,20 @@ fn server_outage_and_restart(b: IoBackend) {
     let addr = srv.addr();
     let e = engine_with(&srv, b, |c| {
         c.request_timeout = Duration::from_secs(3);
-        c.deadlines = slotline::config::Deadlines::uniform(c.request_timeout);
+        c.deadlines = slotline::Deadlines::uniform(c.request_timeout);
         c.connect_timeout = Duration::from_secs(1);
     });
     e.put(vec![PutChunk::new("before", vec![1u8; 100], None)])
+        .wait()
         .unwrap();
-    assert!(e.get(&["before"]).unwrap()[0].is_some());
+    assert!(e.get(&["before"]).wait().unwrap()[0].is_some());
 
     srv.proc.kill();
     let bound = Duration::from_secs(6);
     let is_io_naming = |err: &Error| matches!(err, Error::Io { node, .. } if node.contains(&addr));
 
     let t0 = Instant::now();
-    let r = e.get(&["before"]);
+    let r = e.get(&["before"]).wait();
     assert!(
         t0.elapsed() < bound,
         "get during the outage took {:?}",
@@ -1181,13 +1224,16 @@ fn server_outage_and_restart(b: IoBackend) {
         other => panic!("get during the outage: expected Error::Io naming {addr}, got {other:?}"),
     }
     let t0 = Instant::now();
-    match e.exists(&["before"]) {
+    match e.exists(&["before"]).wait() {
         Err(ref err) if is_io_naming(err) => {}
         other => {
             panic!("exists during the outage: expected Error::Io naming {addr}, got {other:?}")
         }
     }
-    match e.put(vec![PutChunk::new("during", vec![2u8; 100], None)]) {
+    match e
+        .put(vec![PutChunk::new("during", vec![2u8; 100], None)])
+        .wait()
+    {
         Err(Error::PutFailed { first_error, .. })
             if first_error.contains("I/O") && first_error.contains(&addr) => {}
         Err(ref err) if is_io_naming(err) => {}
@@ -1200,6 +1246,7 @@ fn server_outage_and_restart(b: IoBackend) {
     let failures = e.stats().metrics.errors.values().sum::<u64>();
     assert_eq!(
         e.contains_prefix(&["before"])
+            .wait()
             .unwrap_or_else(|err| panic!("contains_prefix during the outage: {err}")),
         0
     );
@@ -1219,8 +1266,10 @@ fn server_outage_and_restart(b: IoBackend) {
     loop {
         let ok = e
             .put(vec![PutChunk::new("after", vec![3u8; 100], None)])
+            .wait()
             .is_ok()
             && e.get(&["after"])
+                .wait()
                 .ok()
                 .and_then(|g| g[0].clone())
                 .map(|c| c.into_data())
@@ -1235,7 +1284,10 @@ fn server_outage_and_restart(b: IoBackend) {
         thread::sleep(Duration::from_millis(20));
     }
     // and stays healthy
-    assert_eq!(e.exists(&["after", "before"]).unwrap(), vec![true, false]);
+    assert_eq!(
+        e.exists(&["after", "before"]).wait().unwrap(),
+        vec![true, false]
+    );
 }
 both_backends!(server_killed_and_restarted, server_outage_and_restart);
 
@@ -1286,19 +1338,21 @@ fn auth(b: IoBackend) {
     // right password (URL form and config field form)
     let e = Engine::new(cfg_for(&format!("redis://:secret@{addr}"), b)).unwrap();
     e.put(vec![PutChunk::new("pw", vec![1u8; 10], None)])
+        .wait()
         .unwrap();
-    assert!(e.get(&["pw"]).unwrap()[0].is_some());
+    assert!(e.get(&["pw"]).wait().unwrap()[0].is_some());
     let mut cfg = cfg_for(&format!("redis://{addr}"), b);
     cfg.password = Some("secret".into());
     let e = Engine::new(cfg).unwrap();
-    assert!(e.get(&["pw"]).unwrap()[0].is_some());
+    assert!(e.get(&["pw"]).wait().unwrap()[0].is_some());
 
     // ACL user + password
     let e = Engine::new(cfg_for(&format!("redis://alice:wonderland@{addr}"), b)).unwrap();
     e.put(vec![PutChunk::new("acl", vec![2u8; 10], None)])
+        .wait()
         .unwrap();
     assert_eq!(
-        e.get(&["acl"]).unwrap()[0].as_ref().unwrap().data,
+        e.get(&["acl"]).wait().unwrap()[0].as_ref().unwrap().data,
         vec![2u8; 10]
     );
     match e.command(&[b"ACL", b"WHOAMI"]).unwrap() {
@@ -1308,7 +1362,7 @@ fn auth(b: IoBackend) {
     let mut cfg = cfg_for(&format!("redis://{addr}"), b);
     cfg.username = Some("alice".into());
     cfg.password = Some("wonderland".into());
-    assert!(Engine::new(cfg).unwrap().get(&["acl"]).unwrap()[0].is_some());
+    assert!(Engine::new(cfg).unwrap().get(&["acl"]).wait().unwrap()[0].is_some());
 }
 both_backends!(authentication, auth);
 
@@ -1318,6 +1372,7 @@ fn database_selection(b: IoBackend) {
     let e = Engine::new(cfg_for(&url, b)).unwrap();
     assert_eq!(e.config().database, 3);
     e.put(vec![PutChunk::new("in-db3", vec![1u8; 10], None)])
+        .wait()
         .unwrap();
     let r = session(
         &srv.addr(),
@@ -1335,10 +1390,13 @@ fn database_selection(b: IoBackend) {
     // a key in db 0 is not seen by the db-3 engine
     admin_set(&srv, b"db0kv_bytes", b"x");
     admin_set(&srv, b"db0metadata", &meta_for(1).encode());
-    assert_eq!(e.exists(&["db0", "in-db3"]).unwrap(), vec![false, true]);
+    assert_eq!(
+        e.exists(&["db0", "in-db3"]).wait().unwrap(),
+        vec![false, true]
+    );
     // ?db=N form
     let e2 = Engine::new(cfg_for(&format!("redis://{}?db=3", srv.addr()), b)).unwrap();
-    assert!(e2.get(&["in-db3"]).unwrap()[0].is_some());
+    assert!(e2.get(&["in-db3"]).wait().unwrap()[0].is_some());
 }
 both_backends!(database_from_url, database_selection);
 
@@ -1353,8 +1411,15 @@ fn unix_socket(b: IoBackend) {
     let e = Engine::new(cfg_for(&url, b)).unwrap_or_else(|e| panic!("{url}: {e}"));
     let d = Rng::new(5).bytes(3 * MIB);
     e.put(vec![PutChunk::new("via-unix", d.clone(), None)])
+        .wait()
         .unwrap();
-    assert!(e.get(&["via-unix"]).unwrap()[0].as_ref().unwrap().data == d);
+    assert!(
+        e.get(&["via-unix"]).wait().unwrap()[0]
+            .as_ref()
+            .unwrap()
+            .data
+            == d
+    );
     assert_eq!(
         admin_int(&srv, &[b"STRLEN", b"via-unixkv_bytes"]),
         3 * MIB as i64
@@ -1389,10 +1454,12 @@ fn oversized_put(b: IoBackend) {
             c.key_layout = layout;
             c.max_value_size = 1000;
         });
-        let r = e.put(vec![
-            PutChunk::new("fits", vec![0u8; 1000], None),
-            PutChunk::new("too-big-key", vec![0u8; 1001], None),
-        ]);
+        let r = e
+            .put(vec![
+                PutChunk::new("fits", vec![0u8; 1000], None),
+                PutChunk::new("too-big-key", vec![0u8; 1001], None),
+            ])
+            .wait();
         match r {
             Err(Error::TooLarge {
                 ref key,
@@ -1406,12 +1473,14 @@ fn oversized_put(b: IoBackend) {
         }
         assert_eq!(dbsize(&srv), 0, "{layout}: nothing written");
         assert!(matches!(
-            e.put_async(vec![PutChunk::new("k", vec![0u8; 5000], None)])
+            e.put(vec![PutChunk::new("k", vec![0u8; 5000], None)])
+                .submit()
                 .wait(),
             Err(Error::TooLarge { .. })
         ));
         assert!(matches!(
-            e.try_put(vec![PutChunk::new("k", vec![0u8; 5000], None)]),
+            e.put(vec![PutChunk::new("k", vec![0u8; 5000], None)])
+                .try_submit(),
             Err(Error::TooLarge { .. })
         ));
         assert_eq!(dbsize(&srv), 0, "{layout}: nothing written");
@@ -1423,10 +1492,12 @@ fn meta_mismatch_put(b: IoBackend) {
     let srv = TestServer::start();
     for layout in [KeyLayout::Lmcache, KeyLayout::Hashtag] {
         let e = engine(&srv, b, layout);
-        let r = e.put(vec![
-            PutChunk::new("ok", vec![0u8; 20], Some(meta_for(20))),
-            PutChunk::new("mismatch", vec![0u8; 20], Some(meta_for(16))),
-        ]);
+        let r = e
+            .put(vec![
+                PutChunk::new("ok", vec![0u8; 20], Some(meta_for(20))),
+                PutChunk::new("mismatch", vec![0u8; 20], Some(meta_for(16))),
+            ])
+            .wait();
         match r {
             Err(Error::Invalid(msg)) => assert!(msg.contains("mismatch"), "names the key: {msg}"),
             other => panic!("{layout}: expected Error::Invalid, got {other:?}"),
@@ -1465,17 +1536,22 @@ fn concurrency(b: IoBackend) {
                                 d.clone(),
                                 Some(meta_for(d.len())),
                             )])
+                            .wait()
                             .unwrap(),
                         1 => e
-                            .put_async(vec![PutChunk::new(k.as_bytes(), d.clone(), None)])
+                            .put(vec![PutChunk::new(k.as_bytes(), d.clone(), None)])
+                            .submit()
                             .wait()
                             .unwrap(),
                         _ => {
-                            let tk = e.try_put(vec![PutChunk::new(k.as_bytes(), d.clone(), None)]);
+                            let tk = e
+                                .put(vec![PutChunk::new(k.as_bytes(), d.clone(), None)])
+                                .try_submit();
                             match tk {
                                 Ok(tk) => tk.wait().unwrap(),
                                 Err(Error::Busy { .. }) => e
                                     .put(vec![PutChunk::new(k.as_bytes(), d.clone(), None)])
+                                    .wait()
                                     .unwrap(),
                                 Err(other) => panic!("try_put: {other}"),
                             }
@@ -1487,15 +1563,18 @@ fn concurrency(b: IoBackend) {
                     } else {
                         k.clone()
                     };
-                    let got = e.get(&[&k, &missing, &prev]).unwrap();
+                    let got = e.get(&[&k, &missing, &prev]).wait().unwrap();
                     assert_eq!(got[0].as_ref().unwrap().data, d, "thread {t} key {i}");
                     assert!(got[1].is_none());
                     let pi: usize = prev.rsplit('-').next().unwrap().parse().unwrap();
                     assert_eq!(got[2].as_ref().unwrap().data, data(t, pi));
-                    assert_eq!(e.exists(&[&k, &missing]).unwrap(), vec![true, false]);
+                    assert_eq!(e.exists(&[&k, &missing]).wait().unwrap(), vec![true, false]);
                     if i % 8 == 0 {
-                        assert_eq!(e.contains_prefix(&[&k, &prev, &missing]).unwrap(), 2);
-                        assert_eq!(e.prefetch(&[&prev, &k, &missing, &k]).unwrap().len(), 2);
+                        assert_eq!(e.contains_prefix(&[&k, &prev, &missing]).wait().unwrap(), 2);
+                        assert_eq!(
+                            e.prefetch(&[&prev, &k, &missing, &k]).wait().unwrap().len(),
+                            2
+                        );
                     }
                     i += 1;
                 }
@@ -1514,7 +1593,7 @@ fn concurrency(b: IoBackend) {
             want.push(data(t, i));
         }
     }
-    let got = e.get(&keys).unwrap();
+    let got = e.get(&keys).wait().unwrap();
     for (i, g) in got.iter().enumerate() {
         assert_eq!(g.as_ref().map(|c| &c.data), Some(&want[i]), "{}", keys[i]);
     }
@@ -1613,62 +1692,76 @@ fn async_trivial_executor(b: IoBackend) {
     let srv = TestServer::start();
     let e = engine(&srv, b, KeyLayout::Lmcache);
     block_on(async {
-        e.put_async(vec![
+        e.put(vec![
             PutChunk::new("a1", vec![1u8; 100], Some(meta_for(100))),
             PutChunk::new("a2", vec![2u8; 3 * MIB], None),
         ])
+        .submit()
         .await
         .unwrap();
-        let got = e.get_async(&["a1", "zz", "a2"]).await.unwrap();
+        let got = e.get(&["a1", "zz", "a2"]).submit().await.unwrap();
         assert_eq!(got[0].as_ref().unwrap().data, vec![1u8; 100]);
         assert_eq!(got[0].as_ref().unwrap().meta, Some(meta_for(100)));
         assert!(got[1].is_none());
         assert_eq!(got[2].as_ref().unwrap().data.len(), 3 * MIB);
         assert_eq!(
-            e.exists_async(&["a1", "zz"]).await.unwrap(),
+            e.exists(&["a1", "zz"]).submit().await.unwrap(),
             vec![true, false]
         );
         assert_eq!(
-            e.contains_prefix_async(&["a1", "a2", "zz"]).await.unwrap(),
+            e.contains_prefix(&["a1", "a2", "zz"])
+                .submit()
+                .await
+                .unwrap(),
             2
         );
         assert_eq!(
-            e.prefetch_async(&["a2", "zz", "a1"]).await.unwrap().len(),
+            e.prefetch(&["a2", "zz", "a1"])
+                .submit()
+                .await
+                .unwrap()
+                .len(),
             1
         );
         let (bufs, infos) = e
-            .get_into_async(&["a1"], vec![vec![0u8; 100]])
+            .get(&["a1"])
+            .into_vecs(vec![vec![0u8; 100]])
+            .submit()
             .await
             .unwrap();
         assert_eq!(infos[0].as_ref().unwrap().len, 100);
         assert_eq!(bufs[0], vec![1u8; 100]);
-        e.try_put(vec![PutChunk::new("a3", vec![3u8; 10], None)])
+        e.put(vec![PutChunk::new("a3", vec![3u8; 10], None)])
+            .try_submit()
             .unwrap()
             .await
             .unwrap();
-        assert_eq!(e.delete_async(&["a3", "nope"]).await.unwrap(), 1);
+        assert_eq!(e.delete(&["a3", "nope"]).submit().await.unwrap(), 1);
     });
 
     // Many tickets in flight at once, joined by hand, from several shards.
     let puts: Vec<_> = (0..32)
         .map(|i| {
-            e.put_async(vec![PutChunk::new(
+            e.put(vec![PutChunk::new(
                 format!("j{i}"),
                 vec![i as u8; 1000 + i],
                 None,
             )])
+            .submit()
         })
         .collect();
     for r in block_on(join_all(puts)) {
         r.unwrap();
     }
-    let gets: Vec<_> = (0..32).map(|i| e.get_async(&[format!("j{i}")])).collect();
+    let gets: Vec<_> = (0..32)
+        .map(|i| e.get(&[format!("j{i}")]).submit())
+        .collect();
     for (i, r) in block_on(join_all(gets)).into_iter().enumerate() {
         let g = r.unwrap();
         assert_eq!(g[0].as_ref().unwrap().data, vec![i as u8; 1000 + i]);
     }
     // A ticket polled once, then waited on blocking, still yields its answer.
-    let mut t = e.get_async(&["a1"]);
+    let mut t = e.get(&["a1"]).submit();
     let w = Waker::from(Arc::new(ThreadWaker {
         thread: thread::current(),
         wakes: AtomicUsize::new(0),
@@ -1679,7 +1772,7 @@ fn async_trivial_executor(b: IoBackend) {
         Poll::Pending => assert!(t.wait().unwrap()[0].is_some()),
     }
     // Futures are Send: a ticket can be awaited on another thread.
-    let t = e.get_async(&["a1"]);
+    let t = e.get(&["a1"]).submit();
     let r = thread::spawn(move || block_on(t)).join().unwrap();
     assert!(r.unwrap()[0].is_some());
 }
@@ -1694,20 +1787,24 @@ fn stats(b: IoBackend) {
     let ops = |s: &slotline::Stats, p: Priority| s.metrics.classes[p.index()].ops;
     for i in 0..5 {
         e.put(vec![PutChunk::new(format!("s{i}"), vec![1u8; 4096], None)])
+            .wait()
             .unwrap();
     }
     for _ in 0..10 {
-        e.get(&["s0", "s1", "none"]).unwrap();
+        e.get(&["s0", "s1", "none"]).wait().unwrap();
     }
     for _ in 0..3 {
-        e.exists(&["s0"]).unwrap();
-        e.contains_prefix(&["s0", "s1"]).unwrap();
+        e.exists(&["s0"]).wait().unwrap();
+        e.contains_prefix(&["s0", "s1"]).wait().unwrap();
     }
     for _ in 0..4 {
-        e.prefetch(&["s0", "none"]).unwrap();
+        e.prefetch(&["s0", "none"]).wait().unwrap();
     }
-    e.get_into(&["s0"], vec![vec![0u8; 4096]]).unwrap();
-    e.delete(&["s4"]).unwrap();
+    e.get(&["s0"])
+        .into_vecs(vec![vec![0u8; 4096]])
+        .wait()
+        .unwrap();
+    e.delete(&["s4"]).wait().unwrap();
     let s = e.stats();
     assert_eq!(
         ops(&s, Priority::Get) - ops(&s0, Priority::Get),
@@ -1766,13 +1863,14 @@ fn stalled_server_times_out(b: IoBackend) {
     let srv = TestServer::start();
     let e = engine_with(&srv, b, |c| c.request_timeout = Duration::from_millis(500));
     e.put(vec![PutChunk::new("k", vec![1u8; 10], None)])
+        .wait()
         .unwrap();
     // CLIENT PAUSE ALL holds every command, this engine's reads included, and is in
     // force once it has answered: no guess about when a stall began.
     let pause = Duration::from_secs(5);
     srv.cmd(&["CLIENT", "PAUSE", &pause.as_millis().to_string(), "ALL"]);
     let paused_at = Instant::now();
-    let r = e.get(&["k"]);
+    let r = e.get(&["k"]).wait();
     let returned = paused_at.elapsed();
     assert!(
         returned < pause,
@@ -1787,7 +1885,13 @@ fn stalled_server_times_out(b: IoBackend) {
     wait_until(
         pause + Duration::from_secs(20),
         "a read to succeed after the pause",
-        || e.get(&["k"]).ok().and_then(|g| g[0].clone()).is_some(),
+        || {
+            e.get(&["k"])
+                .wait()
+                .ok()
+                .and_then(|g| g[0].clone())
+                .is_some()
+        },
     );
 }
 both_backends!(stalled_server_gives_timeout, stalled_server_times_out);
@@ -1819,6 +1923,7 @@ fn drop_right_after_call(b: IoBackend) {
     {
         let e = engine(&srv, b, KeyLayout::Lmcache);
         e.put(vec![PutChunk::new("k", vec![1u8; 100], None)])
+            .wait()
             .unwrap();
     }
     let before = SHARD_PANICS.load(Ordering::SeqCst);
@@ -1826,7 +1931,7 @@ fn drop_right_after_call(b: IoBackend) {
     let mut rounds = 0;
     while rounds < 300 && t0.elapsed() < Duration::from_secs(4) {
         let e = engine_with(&srv, b, |c| c.shards = Some(1));
-        assert!(e.get(&["k"]).unwrap()[0].is_some());
+        assert!(e.get(&["k"]).wait().unwrap()[0].is_some());
         drop(e);
         rounds += 1;
     }
@@ -1850,6 +1955,7 @@ fn full_lane_gives_busy(b: IoBackend) {
         c.max_connections = 1;
     });
     e.put(vec![PutChunk::new("warm", vec![1u8; 16], None)])
+        .wait()
         .unwrap();
     // The server answers nothing for 5 s (in force once CLIENT PAUSE has answered).
     srv.cmd(&["CLIENT", "PAUSE", "5000", "ALL"]);
@@ -1859,7 +1965,7 @@ fn full_lane_gives_busy(b: IoBackend) {
     let mut busy_put = false;
     let mut puts = Vec::new();
     while !(busy_get && busy_put) && Instant::now() < ends {
-        match e.try_get(&["warm"]) {
+        match e.get(&["warm"]).try_submit() {
             Ok(t) => accepted.push(t),
             Err(Error::Busy { class }) => {
                 assert_eq!(class, "get");
@@ -1867,7 +1973,10 @@ fn full_lane_gives_busy(b: IoBackend) {
             }
             Err(other) => panic!("try_get: {other}"),
         }
-        match e.try_put(vec![PutChunk::new("p", vec![2u8; 16], None)]) {
+        match e
+            .put(vec![PutChunk::new("p", vec![2u8; 16], None)])
+            .try_submit()
+        {
             Ok(t) => puts.push(t),
             Err(Error::Busy { class }) => {
                 assert_eq!(class, "put");

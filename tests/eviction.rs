@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use slotline::config::{Config, IoBackend};
+use slotline::{Config, IoBackend};
 use slotline::{Engine, KeyLayout, PutChunk};
 use slotline_testkit::ServerOptions;
 
@@ -57,10 +57,10 @@ fn evicting_server_never_returns_wrong_bytes(b: IoBackend) {
                 })
                 .collect();
             // A put may fail with OOM when eviction cannot keep up: that is an answer.
-            let _ = e.put(puts);
+            let _ = e.put(puts).wait();
             // Reads interleaved with the writes, of every key so far.
             let probe: Vec<&String> = keys.iter().step_by(7).collect();
-            let got = e.get(&probe).unwrap();
+            let got = e.get(&probe).wait().unwrap();
             for (k, g) in probe.iter().zip(got) {
                 let idx: usize = k["evict-".len()..].parse().unwrap();
                 match g {
@@ -107,11 +107,15 @@ fn wait_for_janitor(srv: &TestServer, e: &Engine, round: u32) {
     for n in 0..2 {
         let k = format!("janitor-sentinel-{round}-{n}");
         e.put(vec![PutChunk::new(k.clone(), content(&k, 0, 16), None)])
+            .wait()
             .unwrap();
         let pk = String::from_utf8(layout.payload_key(k.as_bytes())).unwrap();
         let mk = String::from_utf8(layout.metadata_key(k.as_bytes()).unwrap()).unwrap();
         srv.cmd(&["DEL", &pk]);
-        assert!(e.get(&[&k]).unwrap()[0].is_none(), "{k} is stale: a miss");
+        assert!(
+            e.get(&[&k]).wait().unwrap()[0].is_none(),
+            "{k} is stale: a miss"
+        );
         wait_until(
             Duration::from_secs(20),
             "the janitor to delete the stale sentinel's metadata",
@@ -133,7 +137,7 @@ fn janitor_never_deletes_a_fresh_put(b: IoBackend) {
                 .map(|k| PutChunk::new(k.clone(), content(k, v, 256), None))
                 .collect()
         };
-        e.put(puts(round * 2)).unwrap();
+        e.put(puts(round * 2)).wait().unwrap();
         // "Evict" every payload: each read now finds metadata without payload.
         for k in &keys {
             let pk = String::from_utf8(layout.payload_key(k.as_bytes())).unwrap();
@@ -142,10 +146,10 @@ fn janitor_never_deletes_a_fresh_put(b: IoBackend) {
         std::thread::scope(|s| {
             s.spawn(|| {
                 for k in &keys {
-                    let _ = e.get(&[k]);
+                    let _ = e.get(&[k]).wait();
                 }
             });
-            s.spawn(|| e.put(puts(round * 2 + 1)).unwrap());
+            s.spawn(|| e.put(puts(round * 2 + 1)).wait().unwrap());
         });
         wait_for_janitor(&srv, &e, round);
         for k in &keys {
@@ -165,6 +169,7 @@ both_backends!(janitor_never_deletes_a_fresh_put);
 /// Puts `k` and deletes its payload on the server: its metadata is now stale.
 fn make_stale(e: &Engine, del: impl Fn(&str), k: &str) {
     e.put(vec![PutChunk::new(k, content(k, 0, 64), None)])
+        .wait()
         .unwrap();
     del(&String::from_utf8(KeyLayout::Lmcache.payload_key(k.as_bytes())).unwrap());
 }
@@ -194,7 +199,7 @@ fn janitor_overflow_is_counted(b: IoBackend) {
     }
     srv.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]);
     // The first stale key holds the janitor: its EVAL is a write, held by the pause.
-    assert!(e.get(&[&keys[0]]).unwrap()[0].is_none());
+    assert!(e.get(&[&keys[0]]).wait().unwrap()[0].is_none());
     wait_until(
         Duration::from_secs(20),
         "the janitor's delete held by the paused server",
@@ -203,7 +208,7 @@ fn janitor_overflow_is_counted(b: IoBackend) {
     // Four more stale keys: two fit the queue, two overflow.
     assert_eq!(errors(&e, "janitor_overflow"), 0);
     let rest: Vec<&String> = keys[1..].iter().collect();
-    assert!(e.get(&rest).unwrap().iter().all(Option::is_none));
+    assert!(e.get(&rest).wait().unwrap().iter().all(Option::is_none));
     assert_eq!(
         errors(&e, "janitor_overflow"),
         2,
@@ -223,7 +228,7 @@ fn janitor_overflow_is_counted(b: IoBackend) {
             srv.cmd(&["EXISTS", &meta_key(k)]).contains('1'),
             "{k} was skipped"
         );
-        assert!(e.get(&[k]).unwrap()[0].is_none());
+        assert!(e.get(&[k]).wait().unwrap()[0].is_none());
         wait_until(
             Duration::from_secs(20),
             "the janitor to delete stale metadata queued again",
@@ -242,11 +247,11 @@ fn janitor_cluster_rechecks_before_deleting(b: IoBackend) {
     let cluster = TestCluster::start_with(3, 0, test_options());
     let c = &cluster;
     let mut cfg = Config::from_url(&c.seed_url()).unwrap();
-    cfg.mode = slotline::config::Mode::Cluster;
+    cfg.mode = slotline::Mode::Cluster;
     cfg.io_backend = b;
     cfg.key_layout = KeyLayout::Lmcache;
     cfg.request_timeout = Duration::from_secs(30);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     let layout = KeyLayout::Lmcache;
     let owner = |key: &[u8]| c.owner_of(std::str::from_utf8(key).unwrap());
@@ -276,19 +281,20 @@ fn janitor_cluster_rechecks_before_deleting(b: IoBackend) {
     make_stale(&e, del_on(2), &revived);
     make_stale(&e, del_on(0), &stale);
     c.cmd(1, &["CLIENT", "PAUSE", "60000", "WRITE"]);
-    assert!(e.get(&[&holder]).unwrap()[0].is_none());
+    assert!(e.get(&[&holder]).wait().unwrap()[0].is_none());
     wait_until(
         Duration::from_secs(20),
         "the janitor's DEL held by the paused master",
         || blocked_clients(&c.cmd(1, &["INFO", "clients"])) > 0,
     );
-    let got = e.get(&[&revived, &stale]).unwrap();
+    let got = e.get(&[&revived, &stale]).wait().unwrap();
     assert!(got.iter().all(Option::is_none), "both are stale: misses");
     e.put(vec![PutChunk::new(
         revived.as_str(),
         content(&revived, 1, 64),
         None,
     )])
+    .wait()
     .unwrap();
     c.cmd(1, &["CLIENT", "UNPAUSE"]);
     wait_until(
@@ -309,6 +315,7 @@ fn janitor_cluster_rechecks_before_deleting(b: IoBackend) {
     );
     let got = e
         .get(&[&revived])
+        .wait()
         .unwrap()
         .remove(0)
         .expect("revived reads back");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{BackendKind, Config, Engine, PutChunk};
 
 const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
@@ -35,8 +35,9 @@ fn epoll_fallback_when_io_uring_is_refused() {
     assert_eq!(engine.stats().backend, BackendKind::Epoll);
     engine
         .put(vec![PutChunk::new("fallback", vec![5u8; 100], None)])
+        .wait()
         .unwrap();
-    let got = engine.get(&["fallback"]).unwrap();
+    let got = engine.get(&["fallback"]).wait().unwrap();
     assert_eq!(got[0].as_ref().unwrap().data, vec![5u8; 100]);
 
     // Asking for io_uring explicitly is an error that says what to do.

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{wait_until, TestCluster, TestServer};
-use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, Error, KeyLayout, PutChunk, RemoteMetadata, Value};
+use slotline::{IoBackend, Mode};
 
 /// A cluster `put_async` in the `lmcache` layout whose ticket is dropped at once: the
 /// engine drives the metadata phase itself, so both keys of every chunk appear.
@@ -25,7 +25,7 @@ fn dropped_two_phase_put_completes(backend: IoBackend) {
     cfg.io_backend = backend;
     cfg.key_layout = KeyLayout::Lmcache;
     cfg.request_timeout = Duration::from_secs(10);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).expect("engine");
     let layout = KeyLayout::Lmcache;
     let keys: Vec<Vec<u8>> = (0..64)
@@ -39,7 +39,7 @@ fn dropped_two_phase_put_completes(backend: IoBackend) {
             PutChunk::new(k.clone(), vec![7u8; len], Some(meta))
         })
         .collect();
-    drop(e.put_async(chunks));
+    drop(e.put(chunks).submit());
     let exists = |k: &[u8]| e.command(&[b"EXISTS", k]).unwrap() == Value::Int(1);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut missing: Vec<String> = Vec::new();
@@ -64,7 +64,9 @@ fn dropped_two_phase_put_completes(backend: IoBackend) {
     // A ticket that is kept completes as before, and is_done() turns true.
     let k = b"model@1@0@kept@bfloat16".to_vec();
     let meta = RemoteMetadata::new(len, 1, 3, &[2, 1, len / 2, 1]).unwrap();
-    let t = e.put_async(vec![PutChunk::new(k.clone(), vec![1u8; len], Some(meta))]);
+    let t = e
+        .put(vec![PutChunk::new(k.clone(), vec![1u8; len], Some(meta))])
+        .submit();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !t.is_done() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -192,7 +194,7 @@ fn engine_via(relay: &CuttingRelay, backend: IoBackend) -> Engine {
     // Raw keys: the test reads and writes them under these names on the server.
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(5);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine through the relay")
 }
 
@@ -224,7 +226,7 @@ fn sent_writes_are_not_resent(backend: IoBackend) {
     }
     let relay = CuttingRelay::start(s.addr(), b"DEL");
     let e = engine_via(&relay, backend);
-    let r = e.delete(&["d1", "d2", "d3"]);
+    let r = e.delete(&["d1", "d2", "d3"]).wait();
     assert!(
         matches!(r, Err(Error::OutcomeUnknown { .. })),
         "DEL after a cut connection: {r:?}"
@@ -237,10 +239,12 @@ fn sent_writes_are_not_resent(backend: IoBackend) {
     // A put (one MSET): never resent; the error says how many chunks are in doubt.
     let relay = CuttingRelay::start(s.addr(), b"MSET");
     let e = engine_via(&relay, backend);
-    let r = e.put(vec![
-        PutChunk::new("p1", b"one".to_vec(), None),
-        PutChunk::new("p2", b"two".to_vec(), None),
-    ]);
+    let r = e
+        .put(vec![
+            PutChunk::new("p1", b"one".to_vec(), None),
+            PutChunk::new("p2", b"two".to_vec(), None),
+        ])
+        .wait();
     assert!(
         matches!(
             r,
@@ -262,7 +266,10 @@ fn sent_writes_are_not_resent(backend: IoBackend) {
     s.cmd(&["SET", "present", "v"]);
     let relay = CuttingRelay::start(s.addr(), b"EXISTS");
     let e = engine_via(&relay, backend);
-    let found = e.exists(&["present", "absent"]).expect("EXISTS is retried");
+    let found = e
+        .exists(&["present", "absent"])
+        .wait()
+        .expect("EXISTS is retried");
     assert!(
         relay.cuts.load(Ordering::SeqCst) >= 2,
         "EXISTS was sent again"
@@ -282,9 +289,11 @@ fn sent_set_ex_is_not_resent(backend: IoBackend) {
     cfg.key_layout = KeyLayout::Raw;
     cfg.ttl = Some(600);
     cfg.request_timeout = Duration::from_secs(5);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).expect("engine through the relay");
-    let r = e.put(vec![PutChunk::new("ex1", b"one".to_vec(), None)]);
+    let r = e
+        .put(vec![PutChunk::new("ex1", b"one".to_vec(), None)])
+        .wait();
     assert!(
         matches!(
             r,
@@ -302,6 +311,7 @@ fn sent_set_ex_is_not_resent(backend: IoBackend) {
     // A later put through the same engine: had the cut one been queued for a resend,
     // it would have gone out before this one.
     e.put(vec![PutChunk::new("ex2", b"two".to_vec(), None)])
+        .wait()
         .unwrap();
     assert_eq!(
         relay.cuts.load(Ordering::SeqCst),
@@ -325,6 +335,7 @@ fn partly_written_command_is_resent_once(backend: IoBackend) {
         PutChunk::new("part1", big.clone(), None),
         PutChunk::new("part2", b"two".to_vec(), None),
     ])
+    .wait()
     .expect("a command cut before it was wholly sent is resent");
     assert!(
         relay.cuts.load(Ordering::SeqCst) >= 2,
@@ -332,7 +343,7 @@ fn partly_written_command_is_resent_once(backend: IoBackend) {
     );
     assert_eq!(calls(&s, "set"), 2, "the server ran each SET once");
     assert_eq!(s.cmd(&["STRLEN", "part1"]), (32 << 20).to_string());
-    let got = e.get(&["part1", "part2"]).unwrap();
+    let got = e.get(&["part1", "part2"]).wait().unwrap();
     assert!(got[0].as_ref().unwrap().data == big);
     assert_eq!(got[1].as_ref().unwrap().data, b"two".to_vec());
     assert_eq!(e.stats().metrics.error_count("outcome_unknown"), 0);
@@ -351,7 +362,7 @@ fn paused_single_lane_engine(backend: IoBackend, ms: u64) -> (TestServer, Engine
     cfg.lane_capacity = 1;
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(60);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     s.cmd(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"]);
     let ends = Instant::now() + Duration::from_millis(ms);
@@ -366,7 +377,7 @@ fn async_calls_never_block(backend: IoBackend) {
     let (_s, e, ends) = paused_single_lane_engine(backend, 8000);
     let mut tickets = Vec::new();
     for _ in 0..700 {
-        tickets.push(e.get_async(&["k"]));
+        tickets.push(e.get(&["k"]).submit());
     }
     assert!(
         Instant::now() < ends,
@@ -412,7 +423,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 fn dead_shard_fails_awaited_tickets(backend: IoBackend) {
     let (_s, e, ends) = paused_single_lane_engine(backend, 10_000);
     // Active parts (512) and parts the tickets still hold (the lane is full).
-    let tickets: Vec<_> = (0..600).map(|_| e.get_async(&["k"])).collect();
+    let tickets: Vec<_> = (0..600).map(|_| e.get(&["k"]).submit()).collect();
     e.debug_crash_shard(0);
     for t in tickets {
         let r = block_on(t);
@@ -424,7 +435,7 @@ fn dead_shard_fails_awaited_tickets(backend: IoBackend) {
         Instant::now() < ends,
         "awaited tickets failed only after the pause ended"
     );
-    let r = e.get(&["k"]);
+    let r = e.get(&["k"]).wait();
     assert!(r.is_err(), "a call routed to a dead shard: {r:?}");
 }
 both_backends!(dead_shard_fails_awaited_tickets);

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::fake::{serve_commands, FakeServer};
 use common::{TestCluster, TestServer};
-use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, Error, KeyLayout, PutChunk, Value};
+use slotline::{IoBackend, Mode};
 
 /// 64 MiB: the size of the hostile replies.
 const HOSTILE: usize = 64 << 20;
@@ -252,8 +252,12 @@ fn protocol_errors(e: &Engine) -> u64 {
 fn still_works(e: &Engine, tag: &str) {
     let key = format!("after-{tag}").into_bytes();
     e.put(vec![PutChunk::new(key.clone(), vec![9u8; 5000], None)])
+        .wait()
         .unwrap_or_else(|err| panic!("put after {tag}: {err}"));
-    let got = e.get(&[key.as_slice()]).expect("get after hostile reply");
+    let got = e
+        .get(&[key.as_slice()])
+        .wait()
+        .expect("get after hostile reply");
     assert_eq!(got[0].as_ref().map(|c| c.data.len()), Some(5000), "{tag}");
     assert_eq!(
         e.command(&[b"PING"]).expect("PING"),
@@ -284,7 +288,7 @@ fn huge_replies_are_refused(backend: IoBackend) {
                 vec![1u8; 4000],
                 None,
             );
-            let (r, grew, took) = peak_rss(|| eng.put(vec![chunk]));
+            let (r, grew, took) = peak_rss(|| eng.put(vec![chunk]).wait());
             let err = r.expect_err("a put answered by a hostile reply fails");
             let msg = err.to_string();
             assert!(
@@ -349,6 +353,7 @@ fn wrong_shaped_replies_fail_the_unit(backend: IoBackend) {
         let chunk = PutChunk::new(b"hostile-shape".to_vec(), vec![1u8; 100], None);
         let err = eng
             .put(vec![chunk])
+            .wait()
             .expect_err(":5 is no answer to a write");
         let msg = err.to_string();
         assert!(
@@ -365,6 +370,7 @@ fn wrong_shaped_replies_fail_the_unit(backend: IoBackend) {
     let raw = engine_at(&proxy.url(), backend, |c| c.key_layout = KeyLayout::Raw);
     let err = raw
         .exists(&[b"hostile-shape".as_slice()])
+        .wait()
         .expect_err("+OK is no answer to EXISTS");
     assert!(
         matches!(&err, Error::Protocol { reason, .. } if reason.contains("unexpected reply to EXISTS: OK")),
@@ -372,6 +378,7 @@ fn wrong_shaped_replies_fail_the_unit(backend: IoBackend) {
     );
     let err = raw
         .delete(&[b"hostile-shape".as_slice()])
+        .wait()
         .expect_err("+OK is no answer to DEL");
     assert!(
         matches!(&err, Error::OutcomeUnknown { reason, .. } if reason.contains("unexpected reply to DEL: OK")),
@@ -389,10 +396,13 @@ fn mget_with_wrong_count_delivers_nothing(backend: IoBackend) {
     let e = engine_at(&proxy.url(), backend, |c| c.key_layout = KeyLayout::Raw);
     // The first read of a fresh shard asks for one value (its size is not known
     // yet); after it, two keys go out in one MGET.
-    e.get(&[b"warm-up".as_slice()]).expect("a plain miss");
+    e.get(&[b"warm-up".as_slice()])
+        .wait()
+        .expect("a plain miss");
     let before = protocol_errors(&e);
     let err = e
         .get(&[b"a-hostile-count".as_slice(), b"b"])
+        .wait()
         .expect_err("a 3-value reply to a 2-key MGET");
     let msg = err.to_string();
     assert!(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::fake::{parse_command, read_more, FakeServer};
 use common::wait_until;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, KeyLayout};
 
 const VALUE: usize = 64 * 1024;
@@ -155,7 +155,7 @@ fn engine(srv: &Fake, b: IoBackend) -> Engine {
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_millis(200);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
 }
 
@@ -167,9 +167,12 @@ fn slow_value_past_timeout(b: IoBackend, into: bool) {
     let e = engine(&srv, b);
     let t0 = Instant::now();
     let r = if into {
-        e.get_into(&["k"], vec![vec![0u8; VALUE]]).map(|_| ())
+        e.get(&["k"])
+            .into_vecs(vec![vec![0u8; VALUE]])
+            .wait()
+            .map(|_| ())
     } else {
-        e.get(&["k"]).map(|_| ())
+        e.get(&["k"]).wait().map(|_| ())
     };
     let took = t0.elapsed();
     assert!(
@@ -218,7 +221,7 @@ fn caller_buffer_survives_reconnect(b: IoBackend) {
     let e = engine(&srv, b);
     let buf = vec![0u8; VALUE];
     let ptr = buf.as_ptr();
-    let (bufs, infos) = e.get_into(&["k"], vec![buf]).unwrap();
+    let (bufs, infos) = e.get(&["k"]).into_vecs(vec![buf]).wait().unwrap();
     assert_eq!(
         infos[0].as_ref().map(|i| i.len),
         Some(VALUE),
@@ -245,7 +248,7 @@ fn drop_with_receive_armed(b: IoBackend) {
     let srv = Fake::start(vec![Reply::Trickle]);
     let e = engine(&srv, b);
     let m = e.metrics_handle();
-    let ticket = e.get_async(&["k"]);
+    let ticket = e.get(&["k"]).submit();
     wait_until(
         Duration::from_secs(5),
         "the value to start trickling",
@@ -270,7 +273,11 @@ both_backends!(engine_drop_waits_for_receives, drop_with_receive_armed);
 fn drop_idle(b: IoBackend) {
     let srv = Fake::start(vec![Reply::Full]);
     let e = engine(&srv, b);
-    let (bufs, _) = e.get_into(&["k"], vec![vec![0u8; VALUE]]).unwrap();
+    let (bufs, _) = e
+        .get(&["k"])
+        .into_vecs(vec![vec![0u8; VALUE]])
+        .wait()
+        .unwrap();
     assert_eq!(bufs[0].len(), VALUE);
     // Let the shard go idle: it re-arms the connection's receive after each reply.
     thread::sleep(Duration::from_millis(100));

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{test_options, wait_until, TestCluster, TestServer};
-use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, KeyLayout, Priority, PutChunk};
+use slotline::{IoBackend, Mode};
 
 const LAYOUTS: [KeyLayout; 3] = [KeyLayout::Lmcache, KeyLayout::Hashtag, KeyLayout::Raw];
 const WATCHDOG: Duration = Duration::from_secs(20);
@@ -71,11 +71,11 @@ fn put(e: &Engine, keys: &[String], tenant: u8) {
         .enumerate()
         .map(|(i, k)| PutChunk::new(k.clone(), data(i, tenant), None))
         .collect();
-    e.put(chunks).unwrap();
+    e.put(chunks).wait().unwrap();
 }
 
 fn assert_reads(e: &Engine, keys: &[String], tenant: u8, who: &str) {
-    let got = e.get(keys).unwrap();
+    let got = e.get(keys).wait().unwrap();
     for (i, g) in got.iter().enumerate() {
         let g = g
             .as_ref()
@@ -107,16 +107,24 @@ fn tenants_never_meet(
     );
 
     // B and the unprefixed engine see nothing of A's.
-    assert_eq!(b.exists(&keys).unwrap(), vec![false; n], "{layout}");
+    assert_eq!(b.exists(&keys).wait().unwrap(), vec![false; n], "{layout}");
     assert!(
-        b.get(&keys).unwrap().iter().all(Option::is_none),
+        b.get(&keys).wait().unwrap().iter().all(Option::is_none),
         "{layout}"
     );
-    assert_eq!(b.contains_prefix(&keys).unwrap(), 0, "{layout}");
-    assert_eq!(plain.exists(&keys).unwrap(), vec![false; n], "{layout}");
-    assert_eq!(b.delete(&keys).unwrap(), 0, "{layout}: B deleted A's keys");
-    assert_eq!(a.exists(&keys).unwrap(), vec![true; n], "{layout}");
-    assert_eq!(a.contains_prefix(&keys).unwrap(), n, "{layout}");
+    assert_eq!(b.contains_prefix(&keys).wait().unwrap(), 0, "{layout}");
+    assert_eq!(
+        plain.exists(&keys).wait().unwrap(),
+        vec![false; n],
+        "{layout}"
+    );
+    assert_eq!(
+        b.delete(&keys).wait().unwrap(),
+        0,
+        "{layout}: B deleted A's keys"
+    );
+    assert_eq!(a.exists(&keys).wait().unwrap(), vec![true; n], "{layout}");
+    assert_eq!(a.contains_prefix(&keys).wait().unwrap(), n, "{layout}");
 
     // Same chunk keys, other bytes: each tenant reads its own.
     put(b, &keys, 0xB0);
@@ -126,7 +134,12 @@ fn tenants_never_meet(
     assert_reads(a, &keys, 0xA0, "tenant A");
     assert_reads(b, &keys, 0xB0, "tenant B");
     if layout != KeyLayout::Raw {
-        let metas = a.get_metadata_async(&keys, Priority::Get).wait().unwrap();
+        let metas = a
+            .metadata(&keys)
+            .priority(Priority::Get)
+            .submit()
+            .wait()
+            .unwrap();
         for (i, m) in metas.iter().enumerate() {
             assert_eq!(
                 m.as_ref().map(|m| m.payload_len()),
@@ -140,7 +153,7 @@ fn tenants_never_meet(
     for (i, b) in into.iter_mut().enumerate() {
         *b = vec![0u8; data(i, 0).len()];
     }
-    let (bufs, infos) = a.get_into(&keys, into).unwrap();
+    let (bufs, infos) = a.get(&keys).into_vecs(into).wait().unwrap();
     for (i, info) in infos.iter().enumerate() {
         assert!(
             info.is_some(),
@@ -155,14 +168,14 @@ fn tenants_never_meet(
     }
 
     // B deletes its own, A's stay.
-    assert_eq!(b.delete(&keys).unwrap(), n, "{layout}");
+    assert_eq!(b.delete(&keys).wait().unwrap(), n, "{layout}");
     assert_eq!(
         server_keys(),
         expected(layout, "tenant-a", &keys),
         "{layout}"
     );
     assert_reads(a, &keys, 0xA0, "tenant A after B's delete");
-    assert_eq!(a.delete(&keys).unwrap(), n, "{layout}");
+    assert_eq!(a.delete(&keys).wait().unwrap(), n, "{layout}");
     assert!(server_keys().is_empty(), "{layout}: {:?}", server_keys());
 }
 
@@ -181,7 +194,7 @@ fn stale_metadata_goes(
     };
     del(payload);
     assert_eq!(server_keys(), BTreeSet::from([meta.clone()]), "{layout}");
-    assert!(a.get(&keys[..1]).unwrap()[0].is_none(), "{layout}");
+    assert!(a.get(&keys[..1]).wait().unwrap()[0].is_none(), "{layout}");
     wait_until(WATCHDOG, "the janitor deleting the stale metadata", || {
         server_keys().is_empty()
     });

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::{blocked_clients, wait_until, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, KeyLayout, PutChunk};
 
 const MIB: usize = 1 << 20;
@@ -40,8 +40,8 @@ fn put_values(e: &Engine, tag: &str, n: usize, size: usize) -> Vec<String> {
                 None,
             )
         })
-        .collect();
-    e.put(chunks).unwrap();
+        .collect::<Vec<_>>();
+    e.put(chunks).wait().unwrap();
     keys
 }
 
@@ -52,7 +52,7 @@ fn first_get_is_bounded(b: IoBackend) {
     // A fresh engine knows no value size: its first MGET must not ask for all 32 MiB.
     let e = engine(&srv.url(), b, |c| c.max_inflight_bytes = 4 * MIB);
     let before = e.stats().metrics.frames_sent;
-    let got = e.get(&keys).unwrap();
+    let got = e.get(&keys).wait().unwrap();
     let frames = e.stats().metrics.frames_sent - before;
     for (i, c) in got.iter().enumerate() {
         assert!(c.as_ref().unwrap().data[..] == value(i as u8, 4 * MIB)[..]);
@@ -71,7 +71,7 @@ fn caller_buffers_size_the_budget(b: IoBackend) {
     let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; MIB]).collect();
     let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
     let before = e.stats().metrics;
-    e.get_into_slices(&keys, &mut slices).unwrap();
+    e.get(&keys).into_slices(&mut slices).wait().unwrap();
     let after = e.stats().metrics;
     for (i, buf) in bufs.iter().enumerate() {
         assert!(buf[..] == value(i as u8, MIB)[..]);
@@ -93,7 +93,7 @@ fn node_budget_throttles_without_losing_anything(b: IoBackend) {
         c.large_value_connections = Some(2);
     });
     let keys = put_values(&e, "budget", 12, 2 * MIB);
-    let got = e.get(&keys).unwrap();
+    let got = e.get(&keys).wait().unwrap();
     for (i, c) in got.iter().enumerate() {
         assert!(c.as_ref().unwrap().data[..] == value(i as u8, 2 * MIB)[..]);
     }
@@ -101,19 +101,21 @@ fn node_budget_throttles_without_losing_anything(b: IoBackend) {
     // held by the server (CLIENT PAUSE .. WRITE) keeps the one value of budget in
     // flight, so the reads cannot start until it is answered.
     srv.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]);
-    let held = e.put_async(vec![PutChunk::new(
-        "held",
-        bytes::Bytes::from(value(99, 2 * MIB)),
-        None,
-    )]);
+    let held = e
+        .put(vec![PutChunk::new(
+            "held",
+            bytes::Bytes::from(value(99, 2 * MIB)),
+            None,
+        )])
+        .submit();
     wait_until(
         Duration::from_secs(20),
         "the server to hold the write",
         || blocked_clients(&srv.cmd(&["INFO", "clients"])) > 0,
     );
     // Submitted (queued) before the PEEK, by the time get_async returns.
-    let mut reads = e.get_async(&keys);
-    let present = e.exists(&keys[..1]).unwrap();
+    let mut reads = e.get(&keys).submit();
+    let present = e.exists(&keys[..1]).wait().unwrap();
     assert_eq!(present, vec![true]);
     // Polled once: the reads are still waiting, behind the held write.
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

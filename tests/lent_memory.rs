@@ -23,7 +23,7 @@ use common::canary::Canary;
 use common::fake::{parse_command, read_more, FakeServer};
 use common::wait_until;
 use common::within;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{CallerBufMut, Config, Engine, KeyLayout, PutOwned, PutRef};
 
 const KIB: usize = 1024;
@@ -154,7 +154,7 @@ fn engine(url: &str, b: IoBackend) -> Engine {
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = TIMEOUT;
-    cfg.deadlines = slotline::config::Deadlines::uniform(TIMEOUT);
+    cfg.deadlines = slotline::Deadlines::uniform(TIMEOUT);
     Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
 }
 
@@ -188,11 +188,13 @@ fn stops_reading_plain(b: IoBackend) {
         "put_slices to a peer that stopped reading",
         move || {
             let t0 = Instant::now();
-            let r = e.put_slices(&[PutRef {
-                key: b"stalled",
-                data: data.bytes(),
-                meta: None,
-            }]);
+            let r = e
+                .put(&[PutRef {
+                    key: b"stalled",
+                    data: data.bytes(),
+                    meta: None,
+                }])
+                .wait();
             (e, data, r, t0.elapsed())
         },
     );
@@ -223,11 +225,13 @@ fn stops_reading_region(b: IoBackend) {
         "put_slices from a region to a peer that stopped reading",
         move || {
             let t0 = Instant::now();
-            let r = e.put_slices(&[PutRef {
-                key: b"stalled",
-                data: region.as_slice(),
-                meta: None,
-            }]);
+            let r = e
+                .put(&[PutRef {
+                    key: b"stalled",
+                    data: region.as_slice(),
+                    meta: None,
+                }])
+                .wait();
             let took = t0.elapsed();
             // Unregisters (waiting for the ring), then drops the canary, which seals it.
             drop(region);
@@ -253,11 +257,13 @@ fn drop_past_the_drain(b: IoBackend) {
     // SAFETY: the canary's mapping is never unmapped (sealing keeps it mapped), so it
     // outlives the region; the engine reaches it only through the owned put below.
     let region = unsafe { e.register_region_raw(range.start as *mut u8, range.len()) }.unwrap();
-    let ticket = e.put_from_async(vec![PutOwned {
-        key: b"stalled".to_vec(),
-        data: Box::new(data),
-        meta: None,
-    }]);
+    let ticket = e
+        .put(vec![PutOwned {
+            key: b"stalled".to_vec(),
+            data: Box::new(data),
+            meta: None,
+        }])
+        .submit();
     wait_until(
         Duration::from_secs(10),
         "the write to reach the peer",
@@ -297,7 +303,9 @@ fn read_cut_short(b: IoBackend, peer: Peer) {
     let t0 = Instant::now();
     let (e, back) = within(WATCHDOG, "get_into_bufs_async", move || {
         let back = e
-            .get_into_bufs_async(&["k"], vec![Box::new(dest) as Box<dyn CallerBufMut>])
+            .get(&["k"])
+            .into_bufs(vec![Box::new(dest) as Box<dyn CallerBufMut>])
+            .submit()
             .wait();
         (e, back)
     });
@@ -344,12 +352,17 @@ fn drop_in_flight(b: IoBackend) {
     let dest = Canary::new(GET_VALUE, 0);
     let src = Canary::new(12 * MIB, 0x33);
     let seals = [dest.sealer(), src.sealer()];
-    let get = er.get_into_bufs_async(&["k"], vec![Box::new(dest) as Box<dyn CallerBufMut>]);
-    let put = ew.put_from_async(vec![PutOwned {
-        key: b"k".to_vec(),
-        data: Box::new(src),
-        meta: None,
-    }]);
+    let get = er
+        .get(&["k"])
+        .into_bufs(vec![Box::new(dest) as Box<dyn CallerBufMut>])
+        .submit();
+    let put = ew
+        .put(vec![PutOwned {
+            key: b"k".to_vec(),
+            data: Box::new(src),
+            meta: None,
+        }])
+        .submit();
     wait_until(Duration::from_secs(10), "both requests in flight", || {
         reads.flags.started.load(Ordering::SeqCst) && writes.flags.started.load(Ordering::SeqCst)
     });
@@ -395,7 +408,9 @@ fn efault_is_counted(b: IoBackend) {
         "get_into_bufs_async into sealed memory",
         move || {
             let back = e
-                .get_into_bufs_async(&["k"], vec![Box::new(dest) as Box<dyn CallerBufMut>])
+                .get(&["k"])
+                .into_bufs(vec![Box::new(dest) as Box<dyn CallerBufMut>])
+                .submit()
                 .wait();
             drop(e);
             back

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, PutChunk};
 
 fn numa_node0_shards_work(backend: IoBackend) {
@@ -27,7 +27,7 @@ fn numa_node0_shards_work(backend: IoBackend) {
     assert_eq!(cfg.numa_node, Some(0));
     cfg.io_backend = backend;
     cfg.request_timeout = Duration::from_secs(20);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     let st = e.stats();
     assert!(st.cores.iter().all(|c| c.is_some()), "{:?}", st.cores);
@@ -36,8 +36,9 @@ fn numa_node0_shards_work(backend: IoBackend) {
         vec![1u8; 70_000],
         None,
     )])
+    .wait()
     .unwrap();
-    let got = e.get(&["n@1@0@aa@bfloat16"]).unwrap();
+    let got = e.get(&["n@1@0@aa@bfloat16"]).wait().unwrap();
     assert_eq!(got[0].as_ref().unwrap().data.len(), 70_000);
 }
 

@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use common::{wait_until, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, KeyLayout, Priority, PriorityWeights, PutChunk, Ticket};
 
 /// Calls queued per class. Four lanes of this many (under the default lane capacity of
@@ -86,13 +86,14 @@ fn weighted_shares(b: IoBackend, weights: PriorityWeights) {
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(30);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     cfg.priority_weights = weights;
     let e = Engine::new(cfg).unwrap();
     // Connected and warm before the pause.
     e.put(vec![PutChunk::new("warm", vec![1u8; 16], None)])
+        .wait()
         .unwrap();
-    assert!(e.get(&["warm"]).unwrap()[0].is_some());
+    assert!(e.get(&["warm"]).wait().unwrap()[0].is_some());
 
     let log: Log = Arc::default();
     let mut outcomes = Vec::with_capacity(4 * PER_CLASS);
@@ -101,11 +102,11 @@ fn weighted_shares(b: IoBackend, weights: PriorityWeights) {
     for i in 0..PER_CLASS {
         let key = format!("k{i}");
         let keys = [key.as_str()];
-        outcomes.push(track(e.exists_async(&keys), Priority::Peek, &log));
-        outcomes.push(track(e.prefetch_async(&keys), Priority::Prefetch, &log));
-        outcomes.push(track(e.get_async(&keys), Priority::Get, &log));
+        outcomes.push(track(e.exists(&keys).submit(), Priority::Peek, &log));
+        outcomes.push(track(e.prefetch(&keys).submit(), Priority::Prefetch, &log));
+        outcomes.push(track(e.get(&keys).submit(), Priority::Get, &log));
         let put = PutChunk::new(format!("p{i}"), vec![2u8; 64], None);
-        outcomes.push(track(e.put_async(vec![put]), Priority::Put, &log));
+        outcomes.push(track(e.put(vec![put]).submit(), Priority::Put, &log));
     }
     let queued_in = t0.elapsed();
     let early = log.lock().unwrap().len();
@@ -159,3 +160,44 @@ fn reversed_weights(b: IoBackend) {
     )
 }
 both_backends!(configured_weights_share_by_class, reversed_weights);
+
+/// A request's `.priority(..)` is the class it is sent and counted at, for every
+/// operation and memory form; without it each operation keeps its own class.
+fn request_priority(b: IoBackend) {
+    let srv = TestServer::start();
+    let mut cfg = Config::from_url(&srv.url()).unwrap();
+    cfg.io_backend = b;
+    cfg.shards = Some(1);
+    let e = Engine::new(cfg).unwrap();
+    let ops = |p: Priority| e.stats().metrics.classes[p.index()].ops;
+    let before: Vec<u64> = Priority::ALL.iter().map(|&p| ops(p)).collect();
+    let delta = |p: Priority| ops(p) - before[p.index()];
+    e.put(vec![PutChunk::new("k", vec![7u8; 64], None)])
+        .priority(Priority::Peek)
+        .wait()
+        .unwrap();
+    assert_eq!((delta(Priority::Peek), delta(Priority::Put)), (1, 0));
+    let got = e.get(&["k"]).priority(Priority::Prefetch).wait().unwrap();
+    assert_eq!(got[0].as_ref().map(|c| c.data.len()), Some(64));
+    assert_eq!((delta(Priority::Prefetch), delta(Priority::Get)), (1, 0));
+    let (bufs, infos) = e
+        .get(&["k"])
+        .into_vecs(vec![vec![0u8; 64]])
+        .priority(Priority::Put)
+        .try_submit()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(infos[0].is_some() && bufs[0] == vec![7u8; 64]);
+    assert_eq!((delta(Priority::Put), delta(Priority::Get)), (1, 0));
+    assert_eq!(
+        e.exists(&["k"]).priority(Priority::Get).wait().unwrap(),
+        vec![true]
+    );
+    assert_eq!((delta(Priority::Get), delta(Priority::Peek)), (1, 1));
+    // Defaults: exists PEEK, get GET.
+    e.exists(&["k"]).wait().unwrap();
+    e.get(&["k"]).wait().unwrap();
+    assert_eq!((delta(Priority::Peek), delta(Priority::Get)), (2, 2));
+}
+both_backends!(a_request_is_sent_at_its_priority, request_priority);

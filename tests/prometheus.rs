@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, PutChunk};
 
 /// The value of the sample whose series (`name{labels}`) is exactly `series`.
@@ -21,7 +21,7 @@ fn counters_move(backend: IoBackend) {
     cfg.io_backend = backend;
     cfg.shards = Some(1);
     cfg.request_timeout = Duration::from_secs(20);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     let before = e.prometheus_text();
     assert_eq!(
@@ -31,9 +31,11 @@ fn counters_move(backend: IoBackend) {
 
     let data = vec![7u8; 100_000];
     e.put(vec![PutChunk::new("m@1@0@aa@bfloat16", data, None)])
+        .wait()
         .unwrap();
     let got = e
         .get(&["m@1@0@aa@bfloat16", "m@1@0@missing@bfloat16"])
+        .wait()
         .unwrap();
     assert!(got[0].is_some() && got[1].is_none());
 
@@ -102,10 +104,10 @@ fn many_threads_consistent_totals(backend: IoBackend) {
                     let chunks = keys
                         .iter()
                         .map(|k| PutChunk::new(k.as_str(), vec![t as u8; 1000], None))
-                        .collect();
-                    e.put(chunks).unwrap();
+                        .collect::<Vec<_>>();
+                    e.put(chunks).wait().unwrap();
                     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    let got = e.get(&refs).unwrap();
+                    let got = e.get(&refs).wait().unwrap();
                     assert!(got.iter().all(Option::is_some));
                 }
             });
@@ -121,8 +123,7 @@ fn many_threads_consistent_totals(backend: IoBackend) {
     assert_eq!(m.hits, ops * KEYS as u64);
     assert_eq!(m.misses, 0);
     assert_eq!(m.per_shard.len(), 3);
-    let sum =
-        |f: fn(&slotline::metrics::ShardIoStats) -> u64| -> u64 { m.per_shard.iter().map(f).sum() };
+    let sum = |f: fn(&slotline::ShardIoStats) -> u64| -> u64 { m.per_shard.iter().map(f).sum() };
     assert_eq!(sum(|s| s.bytes_sent), m.bytes_sent);
     assert_eq!(sum(|s| s.bytes_received), m.bytes_received);
     assert_eq!(sum(|s| s.frames_sent), m.frames_sent);

@@ -16,9 +16,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{blocked_clients, cmd_calls, test_options, wait_until, TestCluster};
-use slotline::cluster::slot::hash_slot;
-use slotline::config::{IoBackend, Mode};
+use slotline::hash_slot;
 use slotline::{Config, Engine, Error, KeyLayout, PutChunk};
+use slotline::{IoBackend, Mode};
 
 const WAIT: Duration = Duration::from_secs(30);
 const SRC: usize = 0;
@@ -39,7 +39,7 @@ fn engine(c: &TestCluster, backend: IoBackend) -> Engine {
     cfg.key_layout = KeyLayout::Raw;
     cfg.ttl = None;
     cfg.request_timeout = Duration::from_secs(20);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine starts")
 }
 
@@ -61,6 +61,7 @@ fn cut_during_redirect(backend: IoBackend, how: Redirect) {
     let e = engine(&c, backend);
     // The engine knows the topology (SRC owns the slot) before the slot goes anywhere.
     e.put(vec![PutChunk::new("warm-up", b"w".to_vec(), None)])
+        .wait()
         .expect("warm-up put");
     let (src_id, dst_id) = (
         c.cluster.node_id(SRC).unwrap(),
@@ -84,7 +85,10 @@ fn cut_during_redirect(backend: IoBackend, how: Redirect) {
     {
         let (e, key) = (e.clone(), key.clone());
         std::thread::spawn(move || {
-            let _ = tx.send(e.put(vec![PutChunk::new(key, b"one".to_vec(), None)]));
+            let _ = tx.send(
+                e.put(vec![PutChunk::new(key, b"one".to_vec(), None)])
+                    .wait(),
+            );
         });
     }
     wait_until(WAIT, "the target to hold the redirected SET", || {
@@ -123,9 +127,10 @@ fn cut_during_redirect(backend: IoBackend, how: Redirect) {
     );
     // The same key again: redirected the same way, applied once, with its value.
     e.put(vec![PutChunk::new(key.clone(), b"two".to_vec(), None)])
+        .wait()
         .expect("a later put of the same key");
     assert_eq!(writes(&c, DST), writes0 + 1, "the later put applied once");
-    let got = e.get(&[&key]).expect("get");
+    let got = e.get(&[&key]).wait().expect("get");
     assert_eq!(
         got[0].as_ref().map(|v| v.data.clone()),
         Some(b"two".to_vec())

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use common::chunks::{chunks_for, meta_for, value_for};
 use common::{cmd_calls, test_options, wait_until, TestCluster};
-use slotline::cluster::slot::hash_slot;
-use slotline::config::{IoBackend, Mode};
+use slotline::hash_slot;
 use slotline::{Config, Engine, KeyLayout};
+use slotline::{IoBackend, Mode};
 use slotline_testkit::{Client, OwnedFrame};
 
 const VALUE_LEN: usize = 4 << 20;
@@ -54,7 +54,7 @@ fn engine(c: &TestCluster, backend: IoBackend, ttl: Option<u64>) -> Engine {
     cfg.key_layout = KeyLayout::Hashtag;
     cfg.ttl = ttl;
     cfg.request_timeout = Duration::from_secs(15);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine starts")
 }
 
@@ -88,7 +88,7 @@ fn writer(e: Engine, w: usize, keys: Arc<Vec<Vec<u8>>>, p: Arc<Progress>) -> Vec
         let batch = &keys[i * CHUNKS_PER_PUT..(i + 1) * CHUNKS_PER_PUT];
         let chunks = chunks_for(batch, VALUE_LEN);
         p.started[w].store(i + 1, Ordering::SeqCst);
-        if let Err(e) = e.put(chunks) {
+        if let Err(e) = e.put(chunks).wait() {
             errors.push(format!("put {i} of writer {w}: {e}"));
         }
         p.done[w].store(i + 1, Ordering::SeqCst);
@@ -428,7 +428,7 @@ fn pairs_survive_live_reshard(backend: IoBackend) {
     // Every acknowledged chunk reads back intact, metadata included.
     for (e, keys) in engines.iter().zip(&keys) {
         for batch in keys.chunks(4) {
-            let got = e.get(batch).expect("get after the move");
+            let got = e.get(batch).wait().expect("get after the move");
             for (k, g) in batch.iter().zip(got) {
                 let g = g.unwrap_or_else(|| panic!("chunk {} lost", k.escape_ascii()));
                 assert!(

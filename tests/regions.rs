@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{test_options, TestCluster, TestServer};
-use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, Error, KeyLayout, PutRef};
+use slotline::{IoBackend, Mode};
 
 const MIB: usize = 1 << 20;
 
@@ -53,13 +53,13 @@ fn round_trip_through_region(e: &Engine, tag: &str, n: usize, size: usize) -> (u
                 meta: None,
             })
             .collect();
-        e.put_slices(&chunks).unwrap();
+        e.put(&chunks).wait().unwrap();
     }
     let mid = e.stats().metrics;
     {
         let dst = &mut region.as_mut_slice()[half..];
         let mut slices: Vec<&mut [u8]> = dst.chunks_mut(size).collect();
-        let infos = e.get_into_slices(&keys, &mut slices).unwrap();
+        let infos = e.get(&keys).into_slices(&mut slices).wait().unwrap();
         assert!(infos
             .iter()
             .all(|i| i.as_ref().is_some_and(|i| i.len == size)));
@@ -109,14 +109,18 @@ fn payloads_in_a_region_take_the_fixed_path() {
     // Payloads outside a region still take the plain path.
     let plain = pattern(9, MIB);
     let before = e.stats().metrics;
-    e.put_slices(&[PutRef {
+    e.put(&[PutRef {
         key: b"plain",
         data: &plain,
         meta: None,
     }])
+    .wait()
     .unwrap();
     let mut back = vec![0u8; MIB];
-    e.get_into_slices(&["plain"], &mut [&mut back[..]]).unwrap();
+    e.get(&["plain"])
+        .into_slices(&mut [&mut back[..]])
+        .wait()
+        .unwrap();
     assert!(back == plain);
     let after = e.stats().metrics;
     assert_eq!(after.sent_fixed_bytes, before.sent_fixed_bytes);

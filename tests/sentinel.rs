@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::chunks::{chunks_for, value_for};
 use common::{test_options, wait_until, TestDir, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine};
 use slotline_testkit::{
     command_str, wait_sentinels_ready, RedisProcess, SentinelOptions, SentinelProcess,
@@ -46,7 +46,7 @@ fn engine(url: &str, backend: IoBackend) -> Engine {
     cfg.shards = Some(2);
     cfg.connect_timeout = Duration::from_secs(2);
     cfg.request_timeout = Duration::from_secs(10);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine through the sentinels")
 }
 
@@ -72,8 +72,8 @@ fn discovery(backend: IoBackend) {
         s.addr()
     );
     let e = engine(&url, backend);
-    e.put(chunks_for(&[key(1)], LEN)).expect("put");
-    let got = e.get(&[key(1)]).expect("get");
+    e.put(chunks_for(&[key(1)], LEN)).wait().expect("put");
+    let got = e.get(&[key(1)]).wait().expect("get");
     assert_eq!(
         got[0].as_ref().map(|c| &c.data),
         Some(&value_for(&key(1), LEN))
@@ -177,7 +177,7 @@ fn failover(backend: IoBackend) {
             while !stop.load(Ordering::SeqCst) {
                 i += 1;
                 let t = Instant::now();
-                let r = e.put(chunks_for(&[key(i)], LEN));
+                let r = e.put(chunks_for(&[key(i)], LEN)).wait();
                 let mut l = log.lock().unwrap();
                 l.calls.push((t, r.is_ok(), format!("put {i}: {r:?}")));
                 if r.is_ok() {
@@ -185,7 +185,7 @@ fn failover(backend: IoBackend) {
                 }
                 drop(l);
                 let t = Instant::now();
-                let r = e.get(&[key(i)]);
+                let r = e.get(&[key(i)]).wait();
                 let ok = match &r {
                     // A put acknowledged by the old master may be lost (see above).
                     Ok(v) => v[0]
@@ -262,7 +262,7 @@ fn failover(backend: IoBackend) {
         .map(|(i, _)| key(*i))
         .collect();
     assert!(must.len() >= 100);
-    let got = e.get(&must).expect("read back after the failover");
+    let got = e.get(&must).wait().expect("read back after the failover");
     for (k, g) in must.iter().zip(&got) {
         let k_s = String::from_utf8_lossy(k);
         assert_eq!(
@@ -305,6 +305,7 @@ fn demoted_master(backend: IoBackend) {
         backend,
     );
     e.put(chunks_for(&[key(0)], LEN))
+        .wait()
         .expect("put before the failover");
     let r = command_str(&sentinels[0].addr(), None, &["SENTINEL", "FAILOVER", NAME]);
     assert_eq!(r.expect("SENTINEL FAILOVER"), "OK");
@@ -327,7 +328,11 @@ fn demoted_master(backend: IoBackend) {
             demoted = Some(results.len());
         }
         i += 1;
-        results.push(e.put(chunks_for(&[key(i)], LEN)).map_err(|e| e.to_string()));
+        results.push(
+            e.put(chunks_for(&[key(i)], LEN))
+                .wait()
+                .map_err(|e| e.to_string()),
+        );
     }
     let from = demoted.unwrap_or(0);
     let first_ok = from

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use common::canary::Canary;
 use common::{wait_until, within, TestCluster, TestServer};
-use slotline::config::IoBackend;
-use slotline::engine::DeathStage;
+use slotline::DeathStage;
+use slotline::IoBackend;
 use slotline::{CallerBufMut, Config, Engine, KeyLayout, PutChunk, PutOwned};
 
 /// What the test hook's panic says; every failure caused by the crash carries it.
@@ -34,7 +34,7 @@ fn engine(url: &str, backend: IoBackend, shards: usize, layout: KeyLayout) -> En
     cfg.shards = Some(shards);
     cfg.key_layout = layout;
     cfg.request_timeout = TIMEOUT;
-    cfg.deadlines = slotline::config::Deadlines::uniform(TIMEOUT);
+    cfg.deadlines = slotline::Deadlines::uniform(TIMEOUT);
     Engine::new(cfg).unwrap_or_else(|e| panic!("Engine::new: {e}"))
 }
 
@@ -44,7 +44,7 @@ fn get_into_canary(e: &Engine, key: &str, len: usize) -> Result<Option<Vec<u8>>,
     let mut c = Canary::new(len, 0xA5);
     let r = {
         let mut slices = [CallerBufMut::as_mut_slice(&mut c)];
-        e.get_into_slices(&[key], &mut slices)
+        e.get(&[key]).into_slices(&mut slices).wait()
     };
     let out = match r {
         Ok(info) => Ok(info[0].as_ref().map(|_| c.bytes().to_vec())),
@@ -130,7 +130,10 @@ fn pushed_after_close(backend: IoBackend) {
     assert_panic_error(r, "get_into_slices after close");
     let e2 = e.clone();
     let r = within(bound, "get_into_bufs_async after close", move || {
-        let t = e2.get_into_bufs_async(&["k"], vec![Box::new(Canary::new(8192, 1))]);
+        let t = e2
+            .get(&["k"])
+            .into_bufs(vec![Box::new(Canary::new(8192, 1))])
+            .submit();
         let back = t.wait();
         assert_eq!(back.bufs.len(), 1, "the buffer did not come back");
         let r = back.result.map_err(|e| e.to_string());
@@ -142,11 +145,12 @@ fn pushed_after_close(backend: IoBackend) {
     let e2 = e.clone();
     let r = within(bound, "put_from_async after close", move || {
         let back = e2
-            .put_from_async(vec![PutOwned {
+            .put(vec![PutOwned {
                 key: b"p".to_vec(),
                 data: Box::new(Canary::new(4096, 2)),
                 meta: None,
             }])
+            .submit()
             .wait();
         assert_eq!(back.bufs.len(), 1, "the buffer did not come back");
         back.result.map_err(|e| e.to_string())
@@ -154,7 +158,7 @@ fn pushed_after_close(backend: IoBackend) {
     assert_panic_error(r, "put_from_async after close");
     let e2 = e.clone();
     let r = within(bound, "get after close", move || {
-        e2.get(&["k"]).map_err(|e| e.to_string())
+        e2.get(&["k"]).wait().map_err(|e| e.to_string())
     });
     assert_panic_error(r, "get after close");
     assert_eq!(lane_depth(&e), 0, "a refused part stayed in a closed lane");
@@ -162,7 +166,7 @@ fn pushed_after_close(backend: IoBackend) {
     // After the thread ended too.
     let e2 = e.clone();
     let r = within(bound, "get after the thread ended", move || {
-        e2.get(&["k"]).map_err(|e| e.to_string())
+        e2.get(&["k"]).wait().map_err(|e| e.to_string())
     });
     assert_panic_error(r, "get after the thread ended");
 }
@@ -214,10 +218,11 @@ fn load_through_crash(e: &Engine, tag: &str) {
                 let fill = (i % 251) as u8;
                 let r = e
                     .put(vec![PutChunk::new(key.clone(), vec![fill; LEN], None)])
+                    .wait()
                     .map_err(|e| format!("put {key}: {e}"))
                     .and_then(|()| {
                         record.lock().unwrap().acked.push((key.clone(), fill));
-                        match e.get(&[&key]) {
+                        match e.get(&[&key]).wait() {
                             Ok(got)
                                 if got[0].as_ref().is_some_and(|c| c.data == vec![fill; LEN]) =>
                             {
@@ -296,7 +301,7 @@ fn load_through_crash(e: &Engine, tag: &str) {
     // Every acknowledged put reads back, through the surviving shard.
     for chunk in rec.acked.chunks(64) {
         let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
-        let got = e.get(&keys).expect("read back");
+        let got = e.get(&keys).wait().expect("read back");
         for ((k, fill), g) in chunk.iter().zip(got) {
             let g = g.unwrap_or_else(|| panic!("acknowledged put {k} is missing"));
             assert_eq!(g.data, vec![*fill; LEN], "{k}");
@@ -311,6 +316,7 @@ fn crash_costs_capacity_standalone(backend: IoBackend) {
     // Round-robin over the live shard only: a run of calls all succeed.
     for i in 0..20 {
         e.exists(&[format!("sa-0-{i}")])
+            .wait()
             .expect("exists after the crash");
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::canary::Canary;
 use common::TestServer;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{CallerBuf, CallerBufMut, Config, Engine, PutOwned, PutRef};
 use slotline_testkit::FaultProxy;
 
@@ -64,7 +64,7 @@ fn engine(url: &str, backend: IoBackend) -> slotline::Result<Engine> {
     cfg.io_backend = backend;
     cfg.shards = Some(2);
     cfg.request_timeout = TIMEOUT;
-    cfg.deadlines = slotline::config::Deadlines::uniform(TIMEOUT);
+    cfg.deadlines = slotline::Deadlines::uniform(TIMEOUT);
     cfg.connect_timeout = Duration::from_secs(1);
     Engine::new(cfg)
 }
@@ -138,12 +138,12 @@ fn worker(w: usize, world: &World, ops: usize, seed: u64) -> Vec<Acked> {
                 let mut c = c;
                 let r = {
                     let mut s = [CallerBufMut::as_mut_slice(&mut c)];
-                    e.get_into_slices(&[&a.key], &mut s)
+                    e.get(&[&a.key]).into_slices(&mut s).wait()
                 };
                 drop(e);
                 (r, Some(Box::new(c)))
             } else {
-                let t = e.get_into_bufs_async(&[&a.key], vec![Box::new(c)]);
+                let t = e.get(&[&a.key]).into_bufs(vec![Box::new(c)]).submit();
                 // The engine may be dropped (by the controller) while this is in flight.
                 drop(e);
                 let back = t.wait();
@@ -175,22 +175,26 @@ fn worker(w: usize, world: &World, ops: usize, seed: u64) -> Vec<Acked> {
             let c = Canary::new(len, fill);
             let since = world.begin(w);
             let r = if blocking {
-                let r = e.put_slices(&[PutRef {
-                    key: key.as_bytes(),
-                    data: CallerBuf::as_slice(&c),
-                    meta: None,
-                }]);
+                let r = e
+                    .put(&[PutRef {
+                        key: key.as_bytes(),
+                        data: CallerBuf::as_slice(&c),
+                        meta: None,
+                    }])
+                    .wait();
                 drop(e);
                 world.end(w, since, "put_slices");
                 world.seal(&c);
                 std::mem::forget(c);
                 r
             } else {
-                let t = e.put_from_async(vec![PutOwned {
-                    key: key.clone().into_bytes(),
-                    data: Box::new(c),
-                    meta: None,
-                }]);
+                let t = e
+                    .put(vec![PutOwned {
+                        key: key.clone().into_bytes(),
+                        data: Box::new(c),
+                        meta: None,
+                    }])
+                    .submit();
                 drop(e);
                 let back = t.wait();
                 world.end(w, since, "put_from_async");
@@ -361,7 +365,9 @@ fn stress(backend: IoBackend) {
         let info = {
             let mut s = [&mut buf[..]];
             direct
-                .get_into_slices(&[&a.key], &mut s)
+                .get(&[&a.key])
+                .into_slices(&mut s)
+                .wait()
                 .unwrap_or_else(|e| panic!("reading back {}: {e}", a.key))
         };
         assert!(

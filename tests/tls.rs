@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{test_options, TestCluster, TestDir, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, PutChunk};
 use slotline_testkit::{ServerCertValidity, TlsCerts, TlsServer};
 
@@ -68,18 +68,18 @@ fn round_trip(e: &Engine, tag: &str) {
         .map(|c| String::from_utf8(c.key.clone()).unwrap())
         .collect();
     let expect: Vec<Vec<u8>> = chunks.iter().map(|c| c.data.to_vec()).collect();
-    e.put(chunks).unwrap();
-    let got = e.get(&keys).unwrap();
+    e.put(chunks).wait().unwrap();
+    let got = e.get(&keys).wait().unwrap();
     for (i, (g, want)) in got.iter().zip(&expect).enumerate() {
         let g = g.as_ref().unwrap_or_else(|| panic!("{} missing", keys[i]));
         assert!(g.data == *want, "{} came back different", keys[i]);
     }
-    assert!(e.exists(&keys).unwrap().iter().all(|&b| b));
+    assert!(e.exists(&keys).wait().unwrap().iter().all(|&b| b));
     let mut with_missing = keys.clone();
     with_missing.push(format!("{tag}-absent"));
-    assert_eq!(e.exists(&with_missing).unwrap().last(), Some(&false));
-    assert_eq!(e.delete(&keys[..3]).unwrap(), 3);
-    let after = e.exists(&keys).unwrap();
+    assert_eq!(e.exists(&with_missing).wait().unwrap().last(), Some(&false));
+    assert_eq!(e.delete(&keys[..3]).wait().unwrap(), 3);
+    let after = e.exists(&keys).wait().unwrap();
     assert_eq!(after.iter().filter(|&&b| b).count(), keys.len() - 3);
 }
 
@@ -215,8 +215,8 @@ fn cluster(backend: IoBackend) {
         .map(|i| PutChunk::new(format!("k{i}"), value(2000, i as u8), None))
         .collect();
     let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
-    e.put(many).unwrap();
-    let got = e.get(&keys).unwrap();
+    e.put(many).wait().unwrap();
+    let got = e.get(&keys).wait().unwrap();
     for (i, g) in got.iter().enumerate() {
         assert_eq!(
             g.as_ref().map(|c| c.data.clone()),
@@ -230,19 +230,21 @@ fn cluster(backend: IoBackend) {
     // follows it with a TLS connection of its own.
     let big = value(4 * MIB, 3);
     e.put(vec![PutChunk::new("moving", big.clone(), None)])
+        .wait()
         .unwrap();
     let slot = c.keyslot("{moving}:kv_bytes");
     let from = c.owner_of("{moving}:kv_bytes");
     let to = (from + 1) % 3;
     c.cluster.move_slots(from, to, slot..slot + 1).unwrap();
-    let got = e.get(&["moving"]).unwrap();
+    let got = e.get(&["moving"]).wait().unwrap();
     assert!(
         got[0].as_ref().is_some_and(|ch| ch.data == big),
         "read after the move"
     );
     e.put(vec![PutChunk::new("moving", value(MIB, 9), None)])
+        .wait()
         .unwrap();
-    let got = e.get(&["moving"]).unwrap();
+    let got = e.get(&["moving"]).wait().unwrap();
     assert!(got[0].as_ref().is_some_and(|ch| ch.data == value(MIB, 9)));
 }
 both_backends!(cluster);
@@ -317,12 +319,12 @@ fn region_over_tls(backend: IoBackend) {
                 meta: None,
             })
             .collect();
-        e.put_slices(&chunks).unwrap();
+        e.put(&chunks).wait().unwrap();
     }
     {
         let dst = &mut region.as_mut_slice()[2 * size..];
         let mut slices: Vec<&mut [u8]> = dst.chunks_mut(size).collect();
-        let infos = e.get_into_slices(&keys, &mut slices).unwrap();
+        let infos = e.get(&keys).into_slices(&mut slices).wait().unwrap();
         assert!(infos
             .iter()
             .all(|i| i.as_ref().is_some_and(|i| i.len == size)));
@@ -405,8 +407,9 @@ fn host_name_is_verified(backend: IoBackend) {
                 let e = Engine::new(cfg)
                     .unwrap_or_else(|err| panic!("{url} with a certificate for {names:?}: {err}"));
                 e.put(vec![PutChunk::new("named", vec![1u8; 64], None)])
+                    .wait()
                     .unwrap();
-                assert!(e.get(&["named"]).unwrap()[0].is_some());
+                assert!(e.get(&["named"]).wait().unwrap()[0].is_some());
             } else {
                 let err = refused(
                     cfg,
@@ -442,8 +445,9 @@ fn ssl_cert_file_child() {
     match (expect.as_str(), r) {
         ("ok", Ok(e)) => {
             e.put(vec![PutChunk::new("sys", vec![2u8; 64], None)])
+                .wait()
                 .unwrap();
-            assert!(e.get(&["sys"]).unwrap()[0].is_some());
+            assert!(e.get(&["sys"]).wait().unwrap()[0].is_some());
         }
         ("refused", Err(err)) => {
             assert!(err.to_string().contains("UnknownIssuer"), "{err}");

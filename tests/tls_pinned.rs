@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{test_options, TestDir, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, PutChunk};
 use slotline_testkit::{SelfSigned, TlsCerts, TlsServer};
 
@@ -49,8 +49,8 @@ fn round_trip(e: &Engine) {
         .map(|i| PutChunk::new(format!("pinned-{i}"), vec![i as u8; 100 + 50_000 * i], None))
         .collect();
     let keys: Vec<String> = (0..6).map(|i| format!("pinned-{i}")).collect();
-    e.put(chunks).unwrap();
-    let got = e.get(&keys).unwrap();
+    e.put(chunks).wait().unwrap();
+    let got = e.get(&keys).wait().unwrap();
     for (i, g) in got.iter().enumerate() {
         let g = g.as_ref().unwrap_or_else(|| panic!("{} missing", keys[i]));
         assert!(
@@ -59,7 +59,7 @@ fn round_trip(e: &Engine) {
             keys[i]
         );
     }
-    assert_eq!(e.delete(&keys).unwrap(), keys.len());
+    assert_eq!(e.delete(&keys).wait().unwrap(), keys.len());
 }
 
 fn pinned_round_trip(backend: IoBackend, kind: SelfSigned) {

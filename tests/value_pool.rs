@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, PutChunk};
 
 const KIB: usize = 1024;
@@ -35,7 +35,7 @@ fn engine(srv: &TestServer, backend: IoBackend) -> Engine {
     cfg.shards = Some(1);
     cfg.max_node_inflight_bytes = BOUND;
     cfg.request_timeout = Duration::from_secs(20);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     Engine::new(cfg).expect("engine")
 }
 
@@ -46,8 +46,9 @@ fn value_pool_reuses_within_its_bound(backend: IoBackend) {
     e.put(
         (0..KEYS)
             .map(|k| PutChunk::new(keys[k].clone(), value(k, VALUE), None))
-            .collect(),
+            .collect::<Vec<_>>(),
     )
+    .wait()
     .expect("put");
     let stats = || e.stats().value_pool;
     assert_eq!(stats().bound_bytes, BOUND as u64);
@@ -55,7 +56,7 @@ fn value_pool_reuses_within_its_bound(backend: IoBackend) {
     // Two keys at a time, dropped before the next read: the same buffers come back.
     for round in 0..4 {
         for pair in keys.chunks(2) {
-            let got = e.get(pair).expect("get");
+            let got = e.get(pair).wait().expect("get");
             for (c, k) in got.iter().zip(pair) {
                 let k: usize = k["pool-".len()..].parse().expect("key number");
                 let c = c
@@ -74,7 +75,7 @@ fn value_pool_reuses_within_its_bound(backend: IoBackend) {
 
     // Every value alive at once (2 MiB, twice the bound): dropping them all keeps at
     // most the bound.
-    let all = e.get(&keys).expect("get all");
+    let all = e.get(&keys).wait().expect("get all");
     for (k, c) in all.iter().enumerate() {
         assert!(c.as_ref().expect("hit").data == value(k, VALUE), "key {k}");
     }
@@ -86,9 +87,10 @@ fn value_pool_reuses_within_its_bound(backend: IoBackend) {
     // A slightly shorter value reuses a pooled buffer, at its own length.
     let short = VALUE - 3000;
     e.put(vec![PutChunk::new("pool-short", value(99, short), None)])
+        .wait()
         .expect("put short");
     let reused = stats().reused;
-    let got = e.get(&["pool-short"]).expect("get short");
+    let got = e.get(&["pool-short"]).wait().expect("get short");
     let c = got[0].as_ref().expect("hit");
     assert_eq!(c.data.len(), short);
     assert!(
@@ -100,7 +102,7 @@ fn value_pool_reuses_within_its_bound(backend: IoBackend) {
 
     // A payload the caller takes is not returned.
     let returned = stats().returned;
-    let mut got = e.get(&keys[..1]).expect("get");
+    let mut got = e.get(&keys[..1]).wait().expect("get");
     let data = got[0].take().expect("hit").into_data();
     assert_eq!(stats().returned, returned);
     assert!(data == value(0, VALUE));

@@ -12,7 +12,7 @@ use std::time::Duration;
 mod common;
 
 use common::{blocked_clients, wait_until, TestServer};
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, Engine, KeyLayout, PutChunk};
 
 const MIB: usize = 1 << 20;
@@ -25,22 +25,26 @@ fn peek_under_put_backlog(b: IoBackend) {
     cfg.shards = Some(1);
     cfg.key_layout = KeyLayout::Raw;
     cfg.request_timeout = Duration::from_secs(60);
-    cfg.deadlines = slotline::config::Deadlines::uniform(cfg.request_timeout);
+    cfg.deadlines = slotline::Deadlines::uniform(cfg.request_timeout);
     let e = Engine::new(cfg).unwrap();
     e.put(vec![PutChunk::new("probe", vec![1u8; 16], None)])
+        .wait()
         .unwrap();
     srv.cmd(&["CLIENT", "PAUSE", "30000", "WRITE"]);
     let value = bytes::Bytes::from(vec![7u8; MIB]);
     // 32 MiB of PUT, each chunk its own request; none can finish while paused.
     let puts: Vec<_> = (0..32)
-        .map(|i| e.put_async(vec![PutChunk::new(format!("big-{i}"), value.clone(), None)]))
+        .map(|i| {
+            e.put(vec![PutChunk::new(format!("big-{i}"), value.clone(), None)])
+                .submit()
+        })
         .collect();
     wait_until(
         Duration::from_secs(20),
         "the server to hold the PUTs",
         || blocked_clients(&srv.cmd(&["INFO", "clients"])) > 0,
     );
-    let r = e.exists(&["probe"]);
+    let r = e.exists(&["probe"]).wait();
     assert_eq!(r.unwrap(), vec![true], "the PEEK failed");
     // Answered while the writes are still held: it did not queue behind them (a PEEK
     // behind them would have waited for the 30 s pause to end).

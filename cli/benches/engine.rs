@@ -37,8 +37,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fred::prelude::{ClientLike, KeysInterface};
-use slotline::config::{IoBackend, Mode};
 use slotline::{Config, KeyLayout, RemoteMetadata};
+use slotline::{IoBackend, Mode};
 use slotline_cli::bench::{
     self, BenchError, Format, Keys, NaivePeer, Output, OwnedServer, ParallelPeer, Peer, Plan,
     SlotlinePeer, Verifier, Worker, Workload,

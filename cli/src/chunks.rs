@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use slotline::layout::{dtype_code, fmt_code};
+use slotline::{dtype_code, fmt_code};
 use slotline::{Engine, KeyLayout, PutChunk, RemoteMetadata};
 
 use super::{CliError, ConnArgs};
@@ -133,7 +133,7 @@ pub struct TopologyArgs {
 pub fn topology(a: TopologyArgs) -> Result<(), CliError> {
     let mut cfg = a.conn.config()?;
     // Any node of a cluster will do as the seed, however the URL is written.
-    cfg.mode = slotline::config::Mode::Cluster;
+    cfg.mode = slotline::Mode::Cluster;
     cfg.shards = a.shards;
     let e = Engine::new(cfg)?;
     let masters = e.topology();
@@ -211,11 +211,13 @@ pub fn put(a: PutArgs) -> Result<(), CliError> {
     if raw {
         eprintln!("note: the raw layout stores no metadata; only the payload is written");
     }
-    let r = e.put(vec![PutChunk::new(
-        a.key.as_bytes(),
-        data,
-        Some(meta.clone()),
-    )]);
+    let r = e
+        .put(vec![PutChunk::new(
+            a.key.as_bytes(),
+            data,
+            Some(meta.clone()),
+        )])
+        .wait();
     drop(e);
     r?;
     if raw {
@@ -229,7 +231,7 @@ pub fn put(a: PutArgs) -> Result<(), CliError> {
 /// `slotline get KEY [--out PATH]`
 pub fn get(a: GetArgs) -> Result<(), CliError> {
     let e = engine(&a.conn, None)?;
-    let got = e.get(&[a.key.as_bytes()]);
+    let got = e.get(&[a.key.as_bytes()]).wait();
     drop(e);
     let mut got = got?;
     let Some(chunk) = got.pop().flatten() else {
@@ -264,7 +266,7 @@ pub fn get(a: GetArgs) -> Result<(), CliError> {
 /// `slotline exists KEY...`
 pub fn exists(a: KeysArgs) -> Result<(), CliError> {
     let e = engine(&a.conn, None)?;
-    let found = e.exists(&a.keys);
+    let found = e.exists(&a.keys).wait();
     drop(e);
     let found = found?;
     let mut out = String::new();
@@ -278,7 +280,7 @@ pub fn exists(a: KeysArgs) -> Result<(), CliError> {
 /// `slotline del KEY...`
 pub fn del(a: KeysArgs) -> Result<(), CliError> {
     let e = engine(&a.conn, None)?;
-    let n = e.delete(&a.keys);
+    let n = e.delete(&a.keys).wait();
     drop(e);
     let n = n?;
     println!("{n}");

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use slotline::numa;
+use slotline::host as numa;
 
 /// One logical CPU.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use slotline::config::IoBackend;
+use slotline::IoBackend;
 use slotline::{Config, KeyLayout};
 
 /// Thread-per-core engine that stores and fetches LMCache KV-cache chunks in Redis and
@@ -330,7 +330,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Metrics(a) => metrics::run(a),
         Command::Tune(a) => tune::run(a),
         Command::Config { keys_markdown: _ } => {
-            print!("{}", slotline::config::keys_markdown());
+            print!("{}", slotline::keys_markdown());
             Ok(())
         }
     }

@@ -142,7 +142,7 @@ fn respond(mut s: TcpStream, engine: &Engine) -> std::io::Result<()> {
     let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => (
             "200 OK",
-            slotline::metrics::prometheus::CONTENT_TYPE,
+            slotline::PROMETHEUS_CONTENT_TYPE,
             engine.prometheus_text(),
         ),
         ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
@@ -177,15 +177,16 @@ fn load(e: &Engine, for_: Duration, stop: &AtomicBool) -> Result<(), CliError> {
             e.put(
                 keys.iter()
                     .map(|k| PutChunk::new(k.as_bytes(), data.clone(), None))
-                    .collect(),
-            )?;
-            e.get(&keys)?;
-            e.exists(&keys)?;
+                    .collect::<Vec<_>>(),
+            )
+            .wait()?;
+            e.get(&keys).wait()?;
+            e.exists(&keys).wait()?;
         }
         Ok(())
     };
     let ran = run();
-    let deleted = e.delete(&keys).map_err(|err| {
+    let deleted = e.delete(&keys).wait().map_err(|err| {
         CliError::failed(format!(
             "could not delete the load's keys slotline-metrics@{pid}@* ({err}); \
              they expire within {LOAD_TTL_SECS} s"

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use slotline::cluster::slot::hash_slot;
-use slotline::config::{parse_url, Mode, ServerAddr};
+use slotline::hash_slot;
+use slotline::{parse_url, Mode, ServerAddr};
 use slotline::{Error, KeyLayout, RemoteMetadata, Result};
 use slotline_testkit::client::{
     encode_array_header, encode_bulk, encode_bulk_header, encode_command, OwnedFrame,

@@ -13,7 +13,7 @@ fn cpus_allowed() -> Vec<usize> {
         .unwrap_or("0")
         .trim()
         .to_string();
-    slotline::numa::parse_cpu_list(&list).unwrap_or_else(|_| vec![0])
+    slotline::host::parse_cpu_list(&list).unwrap_or_else(|_| vec![0])
 }
 
 /// `"key":value` of a flat JSON line, as text.

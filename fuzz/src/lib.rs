@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Once;
 use std::time::Instant;
 
-use slotline::layout::RemoteMetadata;
+use slotline::RemoteMetadata;
 
 /// One decoder entry point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

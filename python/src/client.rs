@@ -403,7 +403,7 @@ impl Client {
     fn exists_now(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<Vec<bool>> {
         let keys = key_bytes(keys)?;
         let engine = self.open_engine()?;
-        py.detach(|| engine.exists(&keys))
+        py.detach(|| engine.exists(&keys).wait())
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 
@@ -411,7 +411,7 @@ impl Client {
     fn contains_prefix_now(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<usize> {
         let keys = key_bytes(keys)?;
         let engine = self.open_engine()?;
-        py.detach(|| engine.contains_prefix(&keys))
+        py.detach(|| engine.contains_prefix(&keys).wait())
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 

@@ -2,7 +2,7 @@
 //! into engine calls, and engine results into completions.
 //!
 //! Zero copy: reads land straight in the caller's memoryviews and writes go out from
-//! them (the engine's caller-memory API, `try_get_into_bufs` / `try_put_from`). Each
+//! them (the engine's caller-memory API, `get(..).into_bufs(..).try_submit()` / `put(..).try_submit()`). Each
 //! [`View`] is handed to the engine as the owner of its memory and comes back with the
 //! engine's completion, which the engine delivers only once no connection and no
 //! kernel operation references it any more; the view then travels inside its request's
@@ -111,7 +111,7 @@ pub fn get_into_views(engine: &Engine, keys: &[Vec<u8>], views: Vec<View>) -> Jo
         let e = format!("{} keys but {} buffers", keys.len(), views.len());
         return ready(Outcome::failed(e, Held::Views(views)));
     }
-    let ticket = engine.try_get_into_bufs(keys, caller_bufs(views));
+    let ticket = engine.get(keys).into_bufs(caller_bufs(views)).try_submit();
     get_into_job(ticket)
 }
 
@@ -125,7 +125,7 @@ pub fn get_into_views_wait(engine: &Engine, keys: Vec<Vec<u8>>, views: Vec<View>
     }
     let engine = engine.clone();
     Box::pin(async move {
-        let ticket = engine.get_into_bufs_async(&keys, caller_bufs(views));
+        let ticket = engine.get(&keys).into_bufs(caller_bufs(views)).submit();
         get_into_job(ticket).await
     })
 }
@@ -178,8 +178,8 @@ pub fn put_from_views(
             data: Box::new(v) as Box<dyn CallerBuf>,
             meta,
         })
-        .collect();
-    let ticket = engine.try_put_from(chunks);
+        .collect::<Vec<_>>();
+    let ticket = engine.put(chunks).try_submit();
     Box::pin(async move {
         let r = ticket.await;
         let views = Held::Read(r.bufs);
@@ -192,7 +192,7 @@ pub fn put_from_views(
 
 /// Per key: does the chunk exist (class PEEK).
 pub fn exists(engine: &Engine, keys: Vec<Vec<u8>>) -> Job {
-    let ticket = match engine.try_exists(&keys) {
+    let ticket = match engine.exists(&keys).try_submit() {
         Ok(t) => t,
         Err(e) => return ready(Outcome::failed(e, Held::None)),
     };
@@ -208,7 +208,7 @@ pub fn exists(engine: &Engine, keys: Vec<Vec<u8>>) -> Job {
 pub fn contains_prefix(engine: &Engine, keys: Vec<Vec<u8>>) -> Job {
     let engine = engine.clone();
     Box::pin(async move {
-        match engine.contains_prefix_async(&keys).await {
+        match engine.contains_prefix(&keys).submit().await {
             Ok(n) => Outcome::ok(Payload::Count(n), Held::None),
             Err(e) => Outcome::failed(e, Held::None),
         }
@@ -219,7 +219,10 @@ pub fn contains_prefix(engine: &Engine, keys: Vec<Vec<u8>>) -> Job {
 /// own request (eviction deletes are few and off the hot path). A key whose lane is
 /// full fails at once (flag false).
 pub fn delete(engine: &Engine, keys: Vec<Vec<u8>>) -> Job {
-    let tickets: Vec<_> = keys.iter().map(|k| engine.try_delete(&[k])).collect();
+    let tickets: Vec<_> = keys
+        .iter()
+        .map(|k| engine.delete(&[k]).try_submit())
+        .collect();
     Box::pin(async move {
         let mut flags = Vec::with_capacity(tickets.len());
         let mut first_err: Option<Error> = None;
@@ -256,11 +259,12 @@ pub fn fetch(engine: &Engine, keys: Vec<Vec<u8>>, prefix: bool) -> Job {
     Box::pin(async move {
         let r = if prefix {
             engine
-                .prefetch_async(&keys)
+                .prefetch(&keys)
+                .submit()
                 .await
                 .map(|c| c.into_iter().map(Some).collect())
         } else {
-            engine.get_async(&keys).await
+            engine.get(&keys).submit().await
         };
         match r {
             Ok(chunks) => Outcome::ok(Payload::Chunks(chunks), Held::None),
@@ -280,7 +284,7 @@ pub fn fetch_meta(engine: &Engine, keys: Vec<Vec<u8>>, prefix: bool) -> Job {
         Priority::Get
     };
     Box::pin(async move {
-        match engine.get_metadata_async(&keys, class).await {
+        match engine.metadata(&keys).priority(class).submit().await {
             Ok(metas) => Outcome::ok(
                 Payload::Metas(metas.into_iter().map(|m| m.map(|m| m.encode())).collect()),
                 Held::None,

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::addr::ServerAddr;
-pub use topology::{NodeInfo, ShardInfo, Topology};
+pub use topology::Topology;
+#[cfg(test)]
+use topology::{NodeInfo, ShardInfo};
 
 /// Redirects one unit may follow before its error reaches the caller.
 pub(crate) const MAX_REDIRECTS: u8 = 5;

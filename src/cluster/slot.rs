@@ -13,7 +13,7 @@ pub const SLOT_COUNT: usize = 16384;
 /// otherwise (including the empty tag `{}`) the whole key is.
 ///
 /// ```
-/// use slotline::cluster::slot::hash_tag;
+/// use slotline::hash_tag;
 /// assert_eq!(hash_tag(b"{user1000}.following"), b"user1000");
 /// assert_eq!(hash_tag(b"foo{}{bar}"), b"foo{}{bar}");
 /// assert_eq!(hash_tag(b"foo{{bar}}zap"), b"{bar");
@@ -33,7 +33,7 @@ pub fn hash_tag(key: &[u8]) -> &[u8] {
 /// The cluster slot (0..16384) that serves `key`.
 ///
 /// ```
-/// use slotline::cluster::slot::hash_slot;
+/// use slotline::hash_slot;
 /// assert_eq!(hash_slot(b"123456789"), 12739);
 /// assert_eq!(hash_slot(b"{a}x"), hash_slot(b"{a}y"));
 /// ```

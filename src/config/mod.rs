@@ -7,7 +7,7 @@
 //! and every error names the key and the offending value (passwords shown as `***`).
 //!
 //! ```
-//! use slotline::config::{Config, Mode};
+//! use slotline::{Config, Mode};
 //! let cfg = Config::from_yaml_str(r#"
 //! chunk_size: 256            # LMCache's token chunk, not slotline's
 //! remote_url: "redis://localhost:7000,localhost:7001,localhost:7002"
@@ -202,7 +202,7 @@ impl Config {
     /// Several seeds without a `redis-cluster://` scheme mean cluster mode.
     ///
     /// ```
-    /// use slotline::config::{Config, Mode};
+    /// use slotline::{Config, Mode};
     /// let c = Config::from_url("redis://:secret@cache:6380/2").unwrap();
     /// assert_eq!(c.mode, Mode::Standalone);
     /// assert_eq!(c.database, 2);

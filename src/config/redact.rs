@@ -57,7 +57,7 @@ pub(crate) fn url_secrets(url: &str) -> Vec<&str> {
 /// unencoded '&' in the password leaves no way to know where it ends.
 ///
 /// ```
-/// use slotline::config::mask_url;
+/// use slotline::mask_url;
 /// assert_eq!(mask_url("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
 /// assert_eq!(mask_url("redis://h:1"), "redis://h:1");
 /// assert_eq!(mask_url("redis://:a?b@h:1"), "redis://:***@h:1");

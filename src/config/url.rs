@@ -43,7 +43,7 @@ pub struct ParsedUrl {
 /// the password masked.
 ///
 /// ```
-/// use slotline::config::{parse_url, Mode, ServerAddr};
+/// use slotline::{parse_url, Mode, ServerAddr};
 /// let p = parse_url("redis-cluster://a:7000,b:7001").unwrap();
 /// assert_eq!(p.mode, Some(Mode::Cluster));
 /// assert_eq!(p.seeds[1], ServerAddr::Tcp { host: "b".into(), port: 7001 });

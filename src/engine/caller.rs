@@ -11,9 +11,7 @@
 use crate::batch::{ChunkInfo, GetMode, Op, Output, PutChunk, Ticket};
 use crate::error::{Error, Result};
 use crate::layout::{KeyLayout, KeyScheme, RemoteMetadata};
-use crate::mem::{
-    with_lent_mut, with_lent_ref, CallerBuf, CallerBufMut, Mem, Tracked, TrackedRead,
-};
+use crate::mem::{CallerBuf, CallerBufMut, Mem, Tracked, TrackedRead};
 use crate::priority::Priority;
 use crate::region::{OwnedRegion, Region};
 
@@ -21,7 +19,7 @@ use super::submit::{Req, Submit};
 use super::ticket::{self, CallerTicket};
 use super::Engine;
 
-/// One chunk to write from borrowed memory ([`Engine::put_slices`]).
+/// One chunk to write from borrowed memory ([`Engine::put`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PutRef<'a> {
     /// LMCache's key string.
@@ -33,7 +31,7 @@ pub struct PutRef<'a> {
 }
 
 /// One chunk to write from a buffer the engine holds until completion
-/// ([`Engine::put_from_async`]).
+/// ([`Engine::put`]).
 pub struct PutOwned {
     /// LMCache's key string.
     pub key: Vec<u8>,
@@ -63,8 +61,8 @@ pub type GetIntoTicket = CallerTicket<Vec<Option<ChunkInfo>>, dyn CallerBufMut>;
 impl Engine {
     /// Registers a caller buffer as a region (e.g. LMCache's pinned CPU pool), once
     /// with every shard's io_uring: payloads sent from or read into slices of it
-    /// ([`put_slices`](Self::put_slices), [`get_into_slices`](Self::get_into_slices),
-    /// the owned-buffer calls with owners pointing into it) then go through the ring's
+    /// ([`Engine::put`] of [`PutRef`]s, [`Get::into_slices`](super::request::Get::into_slices),
+    /// the lent-buffer requests with owners pointing into it) then go through the ring's
     /// fixed buffers (stats: `sent_fixed_bytes`, `recv_fixed_bytes`). The region owns
     /// the buffer until [`OwnedRegion::into_inner`] or its drop, which wait until no
     /// operation in flight uses it.
@@ -91,41 +89,14 @@ impl Engine {
         crate::region::register_raw(&self.inner.regions, ptr as usize, len)
     }
 
-    /// Writes chunks straight from borrowed memory (class PUT); returns once every
-    /// write is acknowledged and no part of the engine or the kernel references
-    /// `chunks` any more (after a failure too: it then waits for the in-flight send to
-    /// complete or be cancelled).
-    pub fn put_slices(&self, chunks: &[PutRef<'_>]) -> Result<()> {
-        let data: Vec<&[u8]> = chunks.iter().map(|c| c.data).collect();
-        with_lent_ref(&data, |owners| {
-            let owned = chunks
-                .iter()
-                .zip(owners)
-                .map(|(c, o)| PutOwned {
-                    key: c.key.to_vec(),
-                    data: o,
-                    meta: c.meta.cloned(),
-                })
-                .collect();
-            self.start_put_from(owned, Submit::Wait)
-        })
-    }
-
-    /// Writes chunks from owned buffers (class PUT) without ever waiting for lane
-    /// space: a part whose lane is full stays with the ticket, which pushes it when
-    /// polled or waited on (like the other `*_async` calls). The ticket completes once
-    /// the writes are acknowledged (or failed) and every buffer is back.
-    pub fn put_from_async(&self, chunks: Vec<PutOwned>) -> PutTicket {
-        self.start_put_from(chunks, Submit::Defer)
-    }
-
-    /// Like [`put_from_async`](Self::put_from_async), but a full PUT lane fails the
-    /// request at once with [`Error::Busy`] (through the ticket, with the buffers).
-    pub fn try_put_from(&self, chunks: Vec<PutOwned>) -> PutTicket {
-        self.start_put_from(chunks, Submit::Try)
-    }
-
-    fn start_put_from(&self, chunks: Vec<PutOwned>, mode: Submit) -> PutTicket {
+    /// Writes chunks from lent buffers; the ticket completes once the writes are
+    /// acknowledged (or failed) and every buffer is back.
+    pub(super) fn start_put_from(
+        &self,
+        chunks: Vec<PutOwned>,
+        class: Priority,
+        mode: Submit,
+    ) -> PutTicket {
         let mut keys = Vec::with_capacity(chunks.len());
         let mut metas = Vec::with_capacity(chunks.len());
         let mut bufs = Vec::with_capacity(chunks.len());
@@ -142,7 +113,7 @@ impl Engine {
             .map(|((key, data), meta)| PutChunk { key, data, meta })
             .collect();
         let ticket = match self
-            .put_op(puts)
+            .put_op(puts, class)
             .and_then(|plan| self.start_put(plan, mode))
         {
             Ok(t) => t,
@@ -151,52 +122,13 @@ impl Engine {
         CallerTicket::new(ticket, home).bounded(self.lend_bound(), self.inner.metrics.clone())
     }
 
-    /// Reads each key's payload straight into its slice (class GET). A stored value
-    /// whose length differs from its slice is a miss (`None`) and leaves the slice
-    /// untouched; a hit fills the slice whole. Returns only when no part of the engine
-    /// or the kernel may write into `bufs` any more (after a time-out or a lost
-    /// connection too: it then waits for the in-flight receive to complete or be
-    /// cancelled).
-    pub fn get_into_slices<K: AsRef<[u8]>>(
-        &self,
-        keys: &[K],
-        bufs: &mut [&mut [u8]],
-    ) -> Result<Vec<Option<ChunkInfo>>> {
-        if keys.len() != bufs.len() {
-            return Err(mismatch(keys.len(), bufs.len()));
-        }
-        with_lent_mut(bufs, |owners| {
-            self.start_get_into_bufs(keys, owners, Submit::Wait)
-        })
-    }
-
-    /// Reads each key's payload straight into its owned buffer (class GET) without
-    /// ever waiting for lane space (a part whose lane is full stays with the ticket,
-    /// which pushes it when polled or waited on); the rules of
-    /// [`get_into_slices`](Self::get_into_slices). The ticket completes once the answer
-    /// is in and every buffer is back.
-    pub fn get_into_bufs_async<K: AsRef<[u8]>>(
+    /// Reads each key's payload straight into its lent buffer; the ticket completes
+    /// once the answer is in and every buffer is back.
+    pub(super) fn start_get_into_bufs<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
         bufs: Vec<Box<dyn CallerBufMut>>,
-    ) -> GetIntoTicket {
-        self.start_get_into_bufs(keys, bufs, Submit::Defer)
-    }
-
-    /// Like [`get_into_bufs_async`](Self::get_into_bufs_async), but a full GET lane
-    /// fails the request at once with [`Error::Busy`] (through the ticket).
-    pub fn try_get_into_bufs<K: AsRef<[u8]>>(
-        &self,
-        keys: &[K],
-        bufs: Vec<Box<dyn CallerBufMut>>,
-    ) -> GetIntoTicket {
-        self.start_get_into_bufs(keys, bufs, Submit::Try)
-    }
-
-    fn start_get_into_bufs<K: AsRef<[u8]>>(
-        &self,
-        keys: &[K],
-        bufs: Vec<Box<dyn CallerBufMut>>,
+        class: Priority,
         mode: Submit,
     ) -> GetIntoTicket {
         let n = bufs.len();
@@ -211,7 +143,7 @@ impl Engine {
         let ticket = match self.submit_parts(
             Req {
                 op: Op::Get(GetMode::Into),
-                class: Priority::Get,
+                class,
                 layout: self.inner.keys.clone(),
                 mode,
                 target: None,
@@ -229,13 +161,14 @@ impl Engine {
 impl Engine {
     /// Reads only the stored metadata of each chunk (its metadata key, not the
     /// payload), at `class`: what a caller needs to allocate the destination before
-    /// reading the payload into it with [`get_into_bufs_async`](Self::get_into_bufs_async).
+    /// reading the payload into it with [`Get::into_bufs`](super::request::Get::into_bufs).
     /// A missing or undecodable metadata value is `None`. The `raw` layout stores no
     /// metadata: [`Error::Invalid`].
-    pub fn get_metadata_async<K: AsRef<[u8]>>(
+    pub(super) fn start_metadata<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
         class: Priority,
+        mode: Submit,
     ) -> Ticket<Vec<Option<RemoteMetadata>>> {
         let layout = &self.inner.keys;
         let meta_keys: Option<Vec<Vec<u8>>> = keys
@@ -253,7 +186,7 @@ impl Engine {
                 op: Op::Get(GetMode::All),
                 class,
                 layout: KeyScheme::plain(KeyLayout::Raw),
-                mode: Submit::Wait,
+                mode,
                 target: None,
             },
             &meta_keys,
@@ -283,6 +216,6 @@ impl Engine {
     }
 }
 
-fn mismatch(keys: usize, bufs: usize) -> Error {
+pub(super) fn mismatch(keys: usize, bufs: usize) -> Error {
     Error::Invalid(format!("{keys} keys but {bufs} buffers"))
 }

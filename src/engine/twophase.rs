@@ -1,7 +1,7 @@
 //! Two-phase puts (cluster, `lmcache` layout): every payload first, the metadata once
 //! every payload is acknowledged, so a reader that finds metadata can expect the
 //! payload. The engine drives the second phase itself: a ticket dropped right after
-//! `put_async` still gets its metadata written.
+//! `put(..).submit()` still gets its metadata written.
 //!
 //! Phase 1's completion runs on a shard thread, which must neither block (a full lane
 //! would wait) nor hold the engine (dropping the last handle there would join the shard
@@ -14,7 +14,6 @@ use std::sync::{Arc, Weak};
 use crate::batch::{Batch, BatchInit, KeyArena, Op, Output, Role, Ticket};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::priority::Priority;
 
 use super::submit::Submit;
 use super::{unit, Engine, Inner, PutPlan};
@@ -83,13 +82,13 @@ impl Engine {
                 metas: Vec::new(),
                 only: None,
             },
-            class: Priority::Put,
+            class: plan.class,
             layout: self.inner.keys.clone(),
             keys: KeyArena::default(),
             ttl: None,
             // Both phases, each with its own deadline (the metadata phase moves no
             // payload).
-            timeout: (first.deadline - first.started) + cfg.deadline(Priority::Put, 0),
+            timeout: (first.deadline - first.started) + cfg.deadline(plan.class, 0),
             // The phases' own batches count the work; the relay counts nothing.
             metrics: Arc::new(Metrics::new()),
             follow_up: None,

@@ -69,11 +69,11 @@ macro_rules! both_backends {
         mod $name {
             #[test]
             fn io_uring() {
-                super::$body(slotline::config::IoBackend::IoUring)
+                super::$body(slotline::IoBackend::IoUring)
             }
             #[test]
             fn epoll() {
-                super::$body(slotline::config::IoBackend::Epoll)
+                super::$body(slotline::IoBackend::Epoll)
             }
         }
     };

@@ -46,7 +46,7 @@ pub fn allowed_cpus() -> Vec<usize> {
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .and_then(|l| slotline::numa::parse_cpu_list(l.trim()).ok())
+                .and_then(|l| slotline::host::parse_cpu_list(l.trim()).ok())
         })
         .unwrap_or_default()
 }

@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 
-use slotline::config::{IoBackend, Mode};
 use slotline::{Config, Engine, KeyLayout, PutChunk, RemoteMetadata};
+use slotline::{IoBackend, Mode};
 use slotline_testkit::{LocalCluster, RedisProcess, ServerOptions};
 
 use crate::naive::NaiveClient;
@@ -614,7 +614,7 @@ fn run_size(
         }
         if let Some(e) = &cleanup_engine {
             for chunk in keys.chunks(CLEANUP_BATCH) {
-                e.delete(chunk)?;
+                e.delete(chunk).wait()?;
             }
         }
         Ok(())
@@ -648,7 +648,7 @@ fn run_size(
     out.say(&format!(
         "server: {} at {}{}; client machine: {} CPUs",
         server_version(&url, mode),
-        slotline::config::mask_url(&url),
+        slotline::mask_url(&url),
         if owned.is_some() {
             " (started for this bench)"
         } else {

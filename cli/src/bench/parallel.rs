@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use slotline::config::{parse_url, ServerAddr};
+use slotline::{parse_url, ServerAddr};
 
 use super::*;
 
@@ -285,7 +285,7 @@ impl Conns {
         let i = if self.route.is_empty() {
             0
         } else {
-            let slot = slotline::cluster::slot::hash_slot(key);
+            let slot = slotline::hash_slot(key);
             usize::from(self.route[usize::from(slot)])
         };
         self.conns.get_mut(i).ok_or_else(|| {

@@ -218,7 +218,7 @@ impl Worker for SlotlineWorker {
                     }
                 })
                 .collect();
-            return self.e.put_slices(&chunks).map_err(|e| e.to_string());
+            return self.e.put(&chunks).wait().map_err(|e| e.to_string());
         }
         let chunks = wl
             .batch_keys(b)
@@ -231,8 +231,8 @@ impl Worker for SlotlineWorker {
                     Some(wl.data.meta.clone()),
                 )
             })
-            .collect();
-        self.e.put(chunks).map_err(|e| e.to_string())
+            .collect::<Vec<_>>();
+        self.e.put(chunks).wait().map_err(|e| e.to_string())
     }
 
     fn get(&mut self, wl: &Workload<'_>, b: usize, v: &mut Verifier<'_, '_>) -> Result<(), String> {
@@ -242,7 +242,9 @@ impl Worker for SlotlineWorker {
             let mut slices: Vec<&mut [u8]> = r.as_mut_slice().chunks_mut(size).collect();
             let infos = self
                 .e
-                .get_into_slices(keys, &mut slices)
+                .get(keys)
+                .into_slices(&mut slices)
+                .wait()
                 .map_err(|e| e.to_string())?;
             for (i, (buf, info)) in r.as_slice().chunks(size).zip(&infos).enumerate() {
                 match info {
@@ -257,7 +259,9 @@ impl Worker for SlotlineWorker {
             let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
             let infos = self
                 .e
-                .get_into_slices(keys, &mut slices)
+                .get(keys)
+                .into_slices(&mut slices)
+                .wait()
                 .map_err(|e| e.to_string())?;
             for (i, (buf, info)) in bufs.iter().zip(&infos).enumerate() {
                 match info {
@@ -267,7 +271,7 @@ impl Worker for SlotlineWorker {
             }
             return Ok(());
         }
-        let got = self.e.get(keys).map_err(|e| e.to_string())?;
+        let got = self.e.get(keys).wait().map_err(|e| e.to_string())?;
         for (i, c) in got.iter().enumerate() {
             match c {
                 Some(c) => v.check(i, Some(&c.data[..]), c.meta.as_ref()),

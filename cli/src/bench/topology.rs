@@ -10,7 +10,7 @@ pub struct CpuList(pub Vec<usize>);
 
 /// clap value parser for a CPU list.
 pub fn parse_cpus(s: &str) -> Result<CpuList, String> {
-    let v = slotline::numa::parse_cpu_list(s)?;
+    let v = slotline::host::parse_cpu_list(s)?;
     if v.is_empty() {
         return Err(format!("CPU list {s:?} names no CPU"));
     }
@@ -22,7 +22,7 @@ pub fn parse_cpus(s: &str) -> Result<CpuList, String> {
 pub enum ReadMode {
     /// `Engine::get`: buffers the engine allocates (or reuses from its pool).
     Get,
-    /// `Engine::get_into_slices`: the caller's buffers, allocated once per run.
+    /// `Engine::get(..).into_slices(..)`: the caller's buffers, allocated once per run.
     GetInto,
 }
 
