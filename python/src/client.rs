@@ -197,8 +197,18 @@ impl Client {
     /// accepted: it is YAML). Connects and checks the server before returning.
     #[new]
     fn new(py: Python<'_>, config: &str) -> PyResult<Client> {
-        let cfg =
-            Config::from_yaml_str(config).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let (cfg, warnings) = Config::from_yaml_str_with_warnings(config)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        // The engine logs these through `tracing`, which Python does not see: a
+        // misspelt key must reach the person who wrote it, as a Python warning.
+        for w in &warnings {
+            PyErr::warn(
+                py,
+                &py.get_type::<pyo3::exceptions::PyUserWarning>(),
+                &std::ffi::CString::new(format!("slotline: {w}")).unwrap_or_default(),
+                1,
+            )?;
+        }
         let layout = cfg.key_layout.to_string();
         let bound = cfg.request_timeout.saturating_add(CLOSE_GRACE);
         let engine = py

@@ -28,3 +28,22 @@ def test_client_docstring_example_runs(redis_server):
     code = blocks[0].replace("redis://127.0.0.1:6379", redis_server.url)
     assert code != blocks[0]
     exec(compile(code, "Client.__doc__", "exec"), {})
+
+
+def test_a_misspelt_key_warns_in_python_naming_the_known_key(redis_server):
+    # The engine's own log (tracing) is invisible from Python: the warning must be a
+    # Python warning, naming the key the writer meant. A correct config warns nothing.
+    import warnings
+
+    text = f"remote_url: {redis_server.url}\nextra_config:\n  chunk_sise: 8\n"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c = slotline.Client(text)
+        c.close()
+    msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert any("extra_config.chunk_sise" in m and "extra_config.chunk_size" in m for m in msgs), msgs
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        slotline.Client(f"remote_url: {redis_server.url}\nextra_config:\n  chunk_size: 8\n").close()
+    assert not [w for w in caught if "did you mean" in str(w.message)]
