@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use yaml_rust2::yaml::{Hash as Mapping, Yaml as Value};
 
-use super::deadlines::DEADLINES_KEY;
-use super::{mask_url, Deadlines, Secret, MASK, PRIORITY_WEIGHTS_KEY};
+use super::{mask_url, Deadlines, IoBackend, Mode, Secret, MASK};
 use crate::error::{Error, Result};
+use crate::layout::KeyLayout;
 use crate::priority::{Priority, PriorityWeights};
 
 /// A key set by hand from several sources (the URL, `cores`, the TTL's).
@@ -18,73 +18,75 @@ pub(super) fn by_hand<T>(_: &Section<'_>, _: &str) -> Result<Option<T>> {
     Ok(None)
 }
 
-pub(super) fn integer<T: TryFrom<i128>>(s: &Section<'_>, key: &str) -> Result<Option<T>> {
-    s.int(key)
+/// A value of a key table type as read from one key of a [`Section`]; `None`: not given.
+pub(super) trait FromSetting: Sized {
+    fn read(s: &Section<'_>, key: &str) -> Result<Option<Self>>;
 }
 
-/// An integer whose field is optional: given means `Some`.
-pub(super) fn some_integer<T: TryFrom<i128>>(
-    s: &Section<'_>,
-    key: &str,
-) -> Result<Option<Option<T>>> {
-    Ok(s.int(key)?.map(Some))
+macro_rules! from_setting {
+    ($($t:ty => |$s:ident, $k:ident| $e:expr;)*) => {$(
+        impl FromSetting for $t {
+            fn read($s: &Section<'_>, $k: &str) -> Result<Option<Self>> {
+                $e
+            }
+        }
+    )*};
 }
 
-pub(super) fn boolean(s: &Section<'_>, key: &str) -> Result<Option<bool>> {
-    s.boolean(key)
-}
-
-pub(super) fn text(s: &Section<'_>, key: &str) -> Result<Option<String>> {
-    s.text(key, Shown::Plain)
-}
-
-/// A name; empty means not given.
-pub(super) fn name(s: &Section<'_>, key: &str) -> Result<Option<Option<String>>> {
-    Ok(s.text(key, Shown::Plain)?
-        .filter(|t| !t.is_empty())
-        .map(Some))
-}
-
-/// A password; empty means not given, and no error shows it.
-pub(super) fn secret(s: &Section<'_>, key: &str) -> Result<Option<Option<Secret>>> {
-    Ok(s.text(key, Shown::Secret)?
-        .filter(|t| !t.is_empty())
-        .map(|t| Some(Secret::from(t))))
-}
-
-pub(super) fn path(s: &Section<'_>, key: &str) -> Result<Option<Option<PathBuf>>> {
-    Ok(s.path(key)?.map(Some))
-}
-
-pub(super) fn millis(s: &Section<'_>, key: &str) -> Result<Option<Duration>> {
-    Ok(s.int::<u64>(key)?.map(Duration::from_millis))
-}
-
-pub(super) fn parsed<T: FromStr<Err = Error>>(s: &Section<'_>, key: &str) -> Result<Option<T>> {
-    s.parsed(key)
-}
-
-pub(super) fn weights(s: &Section<'_>, key: &str) -> Result<Option<PriorityWeights>> {
-    s.get(key).map(parse_priority_weights).transpose()
-}
-
-pub(super) fn deadlines(s: &Section<'_>, key: &str) -> Result<Option<Deadlines>> {
-    s.get(key).map(parse_deadlines).transpose()
+from_setting! {
+    bool => |s, key| s.boolean(key);
+    u32 => |s, key| s.int(key);
+    usize => |s, key| s.int(key);
+    Option<usize> => |s, key| Ok(s.int(key)?.map(Some));
+    String => |s, key| s.text(key, Shown::Plain);
+    // A name or a password: empty means not given, and no error shows a password.
+    Option<String> => |s, key| Ok(s.text(key, Shown::Plain)?.filter(|t| !t.is_empty()).map(Some));
+    Option<Secret> => |s, key| {
+        let t = s.text(key, Shown::Secret)?.filter(|t| !t.is_empty());
+        Ok(t.map(|t| Some(Secret::from(t))))
+    };
+    Option<PathBuf> => |s, key| {
+        let t = s.text(key, Shown::Plain)?.filter(|t| !t.is_empty());
+        Ok(t.map(|t| Some(PathBuf::from(t))))
+    };
+    Duration => |s, key| Ok(s.int::<u64>(key)?.map(Duration::from_millis));
+    Mode => |s, key| s.parsed(key);
+    IoBackend => |s, key| s.parsed(key);
+    KeyLayout => |s, key| s.parsed(key);
+    PriorityWeights => |s, key| s.get(key).map(parse_priority_weights).transpose();
+    Deadlines => |s, key| s.get(key).map(parse_deadlines).transpose();
 }
 
 /// `tls_insecure_skip_verify`, or its older name `tls_insecure`; both given must agree.
 pub(super) fn tls_insecure(extra: &Section<'_>, _key: &str) -> Result<Option<bool>> {
-    match (
-        extra.boolean("tls_insecure_skip_verify")?,
-        extra.boolean("tls_insecure")?,
-    ) {
-        (Some(a), Some(b)) if a != b => Err(Error::config(
-            "extra_config.tls_insecure_skip_verify",
-            a,
-            format!("differs from extra_config.tls_insecure = {b}; give it once"),
-        )),
-        (a, b) => Ok(a.or(b)),
+    let given = ["tls_insecure_skip_verify", "tls_insecure"]
+        .map(|k| Ok((extra.name(k), extra.boolean(k)?)));
+    agree(
+        given.into_iter().collect::<Result<_>>()?,
+        bool::to_string,
+        "it",
+    )
+}
+
+/// The first value given of `(key, value)` pairs; another one given must be equal, or
+/// the error names the first key and value, and the other's.
+pub(super) fn agree<T: PartialEq>(
+    given: Vec<(String, Option<T>)>,
+    show: impl Fn(&T) -> String,
+    what: &str,
+) -> Result<Option<T>> {
+    let mut chosen: Option<(String, T)> = None;
+    for (key, v) in given {
+        match (v, &chosen) {
+            (Some(v), Some((first, c))) if v != *c => {
+                let why = format!("differs from {key} = {}; give {what} once", show(&v));
+                return Err(Error::config(first, show(c), why));
+            }
+            (Some(v), None) => chosen = Some((key, v)),
+            _ => {}
+        }
     }
+    Ok(chosen.map(|(_, v)| v))
 }
 
 /// `extra_config.cores: "numa:N"`: the CPUs of NUMA node N as read under `root`
@@ -151,48 +153,51 @@ pub(super) fn parse_cores(v: &Value) -> Result<(Option<Vec<usize>>, Option<usize
     }
 }
 
+/// A nested mapping `v` of the settings under `prefix` (`extra_config.<key>.`) whose
+/// keys are all among `names`; `example` shows the shape expected.
+fn nested<'a>(
+    v: &'a Value,
+    prefix: &'static str,
+    example: impl std::fmt::Display,
+    names: &[&str],
+    unknown: &str,
+) -> Result<Section<'a>> {
+    let Value::Hash(map) = v else {
+        let why = format!("expected a mapping such as {example}, found {}", kind(v));
+        return Err(Error::config(prefix.trim_end_matches('.'), render(v), why));
+    };
+    let known = |k: &Value| k.as_str().is_some_and(|k| names.contains(&k));
+    if let Some((k, val)) = map.iter().find(|(k, _)| !known(k)) {
+        return Err(Error::config(
+            &format!("{prefix}{}", render(k)),
+            render(val),
+            unknown,
+        ));
+    }
+    Ok(Section { map, prefix })
+}
+
 /// `extra_config.priority_weights`: a mapping of class name to weight, such as
 /// `{peek: 8, prefetch: 4, get: 2, put: 1}`; classes not named keep their default.
 fn parse_priority_weights(v: &Value) -> Result<PriorityWeights> {
-    let Value::Hash(map) = v else {
-        return Err(Error::config(
-            PRIORITY_WEIGHTS_KEY,
-            render(v),
-            format!(
-                "expected a mapping such as {}, found {}",
-                PriorityWeights::default(),
-                kind(v)
-            ),
-        ));
-    };
-    for (key, value) in map {
-        let known = key
-            .as_str()
-            .is_some_and(|k| Priority::ALL.iter().any(|c| c.name() == k));
-        if !known {
-            return Err(Error::config(
-                &format!("{PRIORITY_WEIGHTS_KEY}.{}", render(key)),
-                render(value),
-                "unknown class (expected peek, prefetch, get or put)",
-            ));
-        }
-    }
-    let section = Section {
-        map,
-        prefix: "extra_config.priority_weights.",
-    };
+    let unknown = "unknown class (expected peek, prefetch, get or put)";
+    let names = Priority::ALL.map(Priority::name);
+    let s = nested(
+        v,
+        "extra_config.priority_weights.",
+        PriorityWeights::default(),
+        &names,
+        unknown,
+    )?;
     let mut weights = PriorityWeights::default();
     for class in Priority::ALL {
-        match section.int::<u32>(class.name())? {
-            None => {}
+        match s.int::<u32>(class.name())? {
             Some(0) => {
-                return Err(Error::config(
-                    &section.name(class.name()),
-                    0,
-                    "must be at least 1 (a class with weight 0 would starve)",
-                ));
+                let why = "must be at least 1 (a class with weight 0 would starve)";
+                return Err(Error::config(&s.name(class.name()), 0, why));
             }
             Some(w) => *weights.of_mut(class) = w,
+            None => {}
         }
     }
     Ok(weights)
@@ -201,45 +206,15 @@ fn parse_priority_weights(v: &Value) -> Result<PriorityWeights> {
 /// `extra_config.deadlines`: a mapping such as `{get_ms: 900, per_mib_ms: 100}`;
 /// fields not named keep their default (bounds are checked by `Config::validate`).
 fn parse_deadlines(v: &Value) -> Result<Deadlines> {
-    let Value::Hash(map) = v else {
-        return Err(Error::config(
-            DEADLINES_KEY,
-            render(v),
-            format!(
-                "expected a mapping such as {:?}, found {}",
-                Deadlines::default(),
-                kind(v)
-            ),
-        ));
-    };
-    let section = Section {
-        map,
-        prefix: "extra_config.deadlines.",
-    };
+    const NAMES: [&str; 5] = ["peek_ms", "prefetch_ms", "get_ms", "put_ms", "per_mib_ms"];
+    let unknown = "unknown field (expected peek_ms, prefetch_ms, get_ms, put_ms or per_mib_ms)";
+    let example = format!("{:?}", Deadlines::default());
+    let s = nested(v, "extra_config.deadlines.", example, &NAMES, unknown)?;
     let mut d = Deadlines::default();
-    for (key, value) in map {
-        let name = key.as_str().unwrap_or_default();
-        // Probing with 0 tells a known field from an unknown one before parsing.
-        if !d.set(name, 0) {
-            return Err(Error::config(
-                &format!("{DEADLINES_KEY}.{}", render(key)),
-                render(value),
-                "unknown field (expected peek_ms, prefetch_ms, get_ms, put_ms or per_mib_ms)",
-            ));
+    for name in NAMES {
+        if let Some(ms) = s.int::<u64>(name)? {
+            d.set(name, ms);
         }
-        let default = Deadlines::default();
-        let ms = match section.int::<u64>(name)? {
-            Some(ms) => ms,
-            None => match name {
-                "peek_ms" => default.peek,
-                "prefetch_ms" => default.prefetch,
-                "get_ms" => default.get,
-                "put_ms" => default.put,
-                _ => default.per_mib,
-            }
-            .as_millis() as u64,
-        };
-        d.set(name, ms);
     }
     Ok(d)
 }
@@ -328,14 +303,6 @@ impl<'a> Section<'a> {
                 format!("expected a string, found {}", kind(other)),
             )),
         }
-    }
-
-    /// A file path; an empty string means not given.
-    pub(super) fn path(&self, key: &str) -> Result<Option<PathBuf>> {
-        Ok(self
-            .text(key, Shown::Plain)?
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from))
     }
 
     /// `true`/`false`, also as strings in any ASCII case. `yes`/`no`/`on`/`off` are

@@ -9,7 +9,7 @@ use yaml_rust2::YamlLoader;
 
 use super::keys::Settings;
 use super::read::{
-    apply_merge, kind, parse_cores, parse_numa_cores, parse_ttl, render, Section, Shown,
+    agree, apply_merge, kind, parse_cores, parse_numa_cores, parse_ttl, render, Section, Shown,
 };
 use super::settings::build;
 use super::{mask_url, parse_url, Config, TTL_ENV};
@@ -116,29 +116,15 @@ pub(super) fn from_yaml(
 /// `extra_config.ttl`, `extra_config.remote_ttl`, then top-level `remote_ttl` (two
 /// given must agree), and env `LMCACHE_REMOTE_TTL` when none is.
 fn ttl(top: &Section<'_>, extra: &Section<'_>, env_ttl: Option<String>) -> Result<Option<u64>> {
-    let given = [
+    let given = vec![
         (extra.name("ttl"), extra.ttl("ttl")?),
         (extra.name("remote_ttl"), extra.ttl("remote_ttl")?),
         ("remote_ttl".to_string(), top.ttl("remote_ttl")?),
     ];
-    let mut chosen: Option<(&str, u64)> = None;
-    for (key, v) in &given {
-        match (v, chosen) {
-            (Some(v), Some((first, c))) if *v != c => {
-                return Err(Error::config(
-                    first,
-                    c,
-                    format!("differs from {key} = {v}; give the TTL once"),
-                ));
-            }
-            (Some(v), None) => chosen = Some((key, *v)),
-            _ => {}
-        }
+    match agree(given, u64::to_string, "the TTL")? {
+        Some(v) => Ok(Some(v)),
+        None => env_ttl_secs(env_ttl),
     }
-    if let Some((_, v)) = chosen {
-        return Ok(Some(v));
-    }
-    env_ttl_secs(env_ttl)
 }
 
 /// `LMCACHE_REMOTE_TTL`'s value; empty or unset: none.
@@ -216,35 +202,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn choose_url(top: &Section<'_>, extra: &Section<'_>) -> Result<String> {
-    let mut own: Option<(&str, String)> = None;
+    let mut given = Vec::new();
     for key in EXTRA_URL_KEYS {
-        let Some(url) = extra.text(key, Shown::Url)?.filter(|u| !u.is_empty()) else {
-            continue;
-        };
-        match &own {
-            Some((first, seen)) if *seen != url => {
-                return Err(Error::config(
-                    &format!("extra_config.{key}"),
-                    mask_url(&url),
-                    format!(
-                        "differs from extra_config.{first} = {:?}; give the URL once",
-                        mask_url(seen)
-                    ),
-                ));
-            }
-            Some(_) => {}
-            None => own = Some((key, url)),
-        }
+        let url = extra.text(key, Shown::Url)?.filter(|u| !u.is_empty());
+        given.push((extra.name(key), url));
     }
+    let key = given
+        .iter()
+        .find(|(_, u)| u.is_some())
+        .map(|(k, _)| k.clone());
+    let own = agree(given, |u| format!("{:?}", mask_url(u)), "the URL")?;
     let lmcache_url = top
         .text("remote_url", Shown::Url)?
         .filter(|u| !u.is_empty());
     match (own, lmcache_url) {
-        (Some((key, url)), Some(remote)) => {
+        (Some(url), Some(remote)) => {
+            let key = key.unwrap_or_default();
             if url == remote {
                 tracing::warn!(
                     url = %mask_url(&url),
-                    "remote_url and extra_config.{key} name the same server: LMCache will also \
+                    "remote_url and {key} name the same server: LMCache will also \
                      create its own remote backend and every chunk will be written twice; \
                      drop remote_url when slotline runs as a plugin"
                 );
@@ -252,12 +229,12 @@ fn choose_url(top: &Section<'_>, extra: &Section<'_>) -> Result<String> {
                 tracing::info!(
                     slotline = %mask_url(&url),
                     remote_url = %mask_url(&remote),
-                    "using extra_config.{key}; remote_url belongs to LMCache's own backend"
+                    "using {key}; remote_url belongs to LMCache's own backend"
                 );
             }
             Ok(url)
         }
-        (Some((_, url)), None) | (None, Some(url)) => Ok(url),
+        (Some(url), None) | (None, Some(url)) => Ok(url),
         (None, None) => Err(Error::config(
             "remote_url",
             "",
