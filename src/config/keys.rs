@@ -273,38 +273,31 @@ impl<T: Measure> Measure for Option<T> {
     }
 }
 
+/// `lo..=hi` as numbers; `None`: no upper bound.
+fn limits<B: TryInto<u128>>(lo: B, hi: B) -> (u128, Option<u128>) {
+    let hi = hi.try_into().ok().filter(|&h| h < usize::MAX as u128);
+    (lo.try_into().unwrap_or(0), hi)
+}
+
 fn check<T: Measure, B: TryInto<u128>>(key: &str, v: &T, lo: B, hi: B, why: &str) -> Result<()> {
-    let (lo, hi) = (
-        lo.try_into().unwrap_or(0),
-        hi.try_into().unwrap_or(u128::MAX),
-    );
-    match v.measure() {
-        Some(n) if n < lo || n > hi => Err(Error::config(
+    let (lo, hi) = limits(lo, hi);
+    match (v.measure(), hi) {
+        (Some(n), None) if n < lo => {
+            Err(Error::config(key, n, format!("must be at least {lo}{why}")))
+        }
+        (Some(n), Some(hi)) if n < lo || n > hi => Err(Error::config(
             key,
             n,
-            format!("{}{why}", bounds_words(lo, hi)),
+            format!("must be between {lo} and {hi}{why}"),
         )),
         _ => Ok(()),
     }
 }
 
-fn bounds_words(lo: u128, hi: u128) -> String {
-    if hi >= usize::MAX as u128 {
-        format!("must be at least {lo}")
-    } else {
-        format!("must be between {lo} and {hi}")
-    }
-}
-
 fn bounds_text<B: TryInto<u128>>(lo: B, hi: B) -> String {
-    let (lo, hi) = (
-        lo.try_into().unwrap_or(0),
-        hi.try_into().unwrap_or(u128::MAX),
-    );
-    if hi >= usize::MAX as u128 {
-        format!(">= {lo}")
-    } else {
-        format!("{lo}..={hi}")
+    match limits(lo, hi) {
+        (lo, None) => format!(">= {lo}"),
+        (lo, Some(hi)) => format!("{lo}..={hi}"),
     }
 }
 
@@ -313,55 +306,32 @@ trait DocValue {
     fn doc(&self) -> String;
 }
 
-macro_rules! doc_display {
-    ($($t:ty),*) => {$(
+macro_rules! doc_value {
+    ($($t:ty => |$v:ident| $e:expr;)*) => {$(
         impl DocValue for $t {
             fn doc(&self) -> String {
-                self.to_string()
+                let $v = self;
+                $e
             }
         }
     )*};
 }
-doc_display!(
-    bool,
-    u32,
-    u64,
-    usize,
-    Mode,
-    IoBackend,
-    KeyLayout,
-    PriorityWeights,
-    ServerAddr
-);
 
-impl DocValue for String {
-    fn doc(&self) -> String {
-        format!("{self:?}")
-    }
-}
-
-impl DocValue for Duration {
-    fn doc(&self) -> String {
-        self.as_millis().to_string()
-    }
-}
-
-impl DocValue for Deadlines {
-    fn doc(&self) -> String {
-        format!("{self:?}")
-    }
-}
-
-impl DocValue for PathBuf {
-    fn doc(&self) -> String {
-        self.display().to_string()
-    }
-}
-
-impl DocValue for Secret {
-    fn doc(&self) -> String {
-        super::MASK.to_string()
-    }
+doc_value! {
+    bool => |v| v.to_string();
+    u32 => |v| v.to_string();
+    u64 => |v| v.to_string();
+    usize => |v| v.to_string();
+    Mode => |v| v.to_string();
+    IoBackend => |v| v.to_string();
+    KeyLayout => |v| v.to_string();
+    PriorityWeights => |v| v.to_string();
+    ServerAddr => |v| v.to_string();
+    String => |v| format!("{v:?}");
+    Deadlines => |v| format!("{v:?}");
+    Duration => |v| v.as_millis().to_string();
+    PathBuf => |v| v.display().to_string();
+    Secret => |_v| super::MASK.to_string();
 }
 
 impl<T: DocValue> DocValue for Vec<T> {
@@ -372,8 +342,7 @@ impl<T: DocValue> DocValue for Vec<T> {
 
 impl<T: DocValue> DocValue for Option<T> {
     fn doc(&self) -> String {
-        self.as_ref()
-            .map_or_else(|| "none".to_string(), DocValue::doc)
+        self.as_ref().map_or_else(|| "none".into(), DocValue::doc)
     }
 }
 

@@ -105,51 +105,35 @@ pub(super) fn parse_numa_cores(s: &str, root: &std::path::Path) -> Result<(Vec<u
 
 /// `extra_config.cores`: a shard count, a CPU list, or a range string such as "0-3,6".
 pub(super) fn parse_cores(v: &Value) -> Result<(Option<Vec<usize>>, Option<usize>)> {
-    const KEY: &str = "extra_config.cores";
-    let bad = |reason: &str| Error::config(KEY, render(v), reason);
+    let bad = |reason: &str| Error::config("extra_config.cores", render(v), reason);
+    let shapes = "expected a shard count, a CPU list or a range string like \"0-3,6\"";
+    let number = |v: &Value| match v {
+        Value::Integer(n) => usize::try_from(*n).ok(),
+        Value::String(s) => s.trim().parse::<usize>().ok(),
+        _ => None,
+    };
     match v {
-        Value::Integer(n) => match usize::try_from(*n).ok() {
-            Some(n) => Ok((None, Some(n))),
-            None => Err(bad(
-                "expected a shard count, a CPU list or a range string like \"0-3,6\"",
-            )),
-        },
+        Value::Integer(_) => number(v)
+            .map(|n| (None, Some(n)))
+            .ok_or_else(|| bad(shapes)),
+        Value::String(s)
+            if !s.trim().is_empty() && s.trim().bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            let n = number(v).ok_or_else(|| bad("shard count out of range"))?;
+            Ok((None, Some(n)))
+        }
         Value::String(s) => {
-            let t = s.trim();
-            if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-                let n = t
-                    .parse::<usize>()
-                    .map_err(|_| bad("shard count out of range"))?;
-                return Ok((None, Some(n)));
-            }
-            Ok((
-                Some(crate::numa::parse_cpu_list(t).map_err(|r| bad(&r))?),
-                None,
-            ))
+            let cpus = crate::numa::parse_cpu_list(s.trim()).map_err(|r| bad(&r))?;
+            Ok((Some(cpus), None))
         }
         Value::Array(items) => {
-            let mut cores = Vec::with_capacity(items.len());
-            for item in items {
-                let n = match item {
-                    Value::Integer(n) => usize::try_from(*n).ok(),
-                    Value::String(s) => s.trim().parse::<usize>().ok(),
-                    _ => None,
-                };
-                match n {
-                    Some(n) => cores.push(n),
-                    None => {
-                        return Err(bad(&format!(
-                            "list entry {} is not a CPU number",
-                            render(item)
-                        )));
-                    }
-                }
-            }
-            Ok((Some(cores), None))
+            let cpu = |i: &Value| {
+                let why = format!("list entry {} is not a CPU number", render(i));
+                number(i).ok_or_else(|| bad(&why))
+            };
+            Ok((Some(items.iter().map(cpu).collect::<Result<_>>()?), None))
         }
-        _ => Err(bad(
-            "expected a shard count, a CPU list or a range string like \"0-3,6\"",
-        )),
+        _ => Err(bad(shapes)),
     }
 }
 
