@@ -203,17 +203,13 @@ fn parse_deadlines(v: &Value) -> Result<Deadlines> {
     Ok(d)
 }
 
+/// A positive number of seconds.
 pub(super) fn parse_ttl(key: &str, text: &str) -> Result<u64> {
     match parse_integer(text) {
-        Some(n) if n > 0 => {
-            u64::try_from(n).map_err(|_| Error::config(key, text, "TTL is out of range"))
-        }
-        _ => Err(Error::config(
-            key,
-            text,
-            "must be a positive integer number of seconds",
-        )),
+        Some(n) if n > 0 => u64::try_from(n).map_err(|_| "TTL is out of range"),
+        _ => Err("must be a positive integer number of seconds"),
     }
+    .map_err(|why| Error::config(key, text, why))
 }
 
 /// A decimal integer with an optional sign. '_' between digits is allowed because
@@ -257,21 +253,17 @@ pub(super) struct Section<'a> {
 impl<'a> Section<'a> {
     /// The value of `key`; `null` counts as absent.
     pub(super) fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map
-            .get(&Value::String(key.to_string()))
-            .filter(|v| !v.is_null())
+        let v = self.map.get(&Value::String(key.to_string()));
+        v.filter(|v| !v.is_null())
     }
 
     pub(super) fn name(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
-    fn shown(&self, v: &Value, shown: Shown) -> String {
-        match shown {
-            Shown::Plain => render(v),
-            Shown::Secret => MASK.to_string(),
-            Shown::Url => render_with(v, &mask_url),
-        }
+    /// The error naming `key` and `value`.
+    fn fail(&self, key: &str, value: impl std::fmt::Display, why: impl Into<String>) -> Error {
+        Error::config(&self.name(key), value, why)
     }
 
     /// A string; numbers are accepted as their decimal text (unquoted numeric
@@ -281,10 +273,14 @@ impl<'a> Section<'a> {
             None => Ok(None),
             Some(Value::String(s) | Value::Real(s)) => Ok(Some(s.clone())),
             Some(Value::Integer(n)) => Ok(Some(n.to_string())),
-            Some(other) => Err(Error::config(
-                &self.name(key),
-                self.shown(other, shown),
-                format!("expected a string, found {}", kind(other)),
+            Some(v) => Err(self.fail(
+                key,
+                match shown {
+                    Shown::Plain => render(v),
+                    Shown::Secret => MASK.to_string(),
+                    Shown::Url => render_with(v, &mask_url),
+                },
+                format!("expected a string, found {}", kind(v)),
             )),
         }
     }
@@ -300,11 +296,7 @@ impl<'a> Section<'a> {
             Some(Value::Boolean(b)) => Ok(Some(*b)),
             Some(Value::String(s)) if word(s, ["true", "yes", "on"]) => Ok(Some(true)),
             Some(Value::String(s)) if word(s, ["false", "no", "off"]) => Ok(Some(false)),
-            Some(other) => Err(Error::config(
-                &self.name(key),
-                render(other),
-                "expected true or false",
-            )),
+            Some(v) => Err(self.fail(key, render(v), "expected true or false")),
         }
     }
 
@@ -313,55 +305,35 @@ impl<'a> Section<'a> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        let n = match v {
+        match v {
             Value::Integer(n) => Some(i128::from(*n)),
             // Integers beyond i64 arrive as reals; they are then "too large" below.
             Value::String(s) | Value::Real(s) => parse_integer(s),
             _ => None,
-        };
-        let Some(n) = n else {
-            return Err(Error::config(
-                &self.name(key),
-                render(v),
-                "expected a non-negative integer",
-            ));
-        };
-        if n < 0 {
-            return Err(Error::config(&self.name(key), n, "must not be negative"));
         }
-        T::try_from(n)
-            .map(Some)
-            .map_err(|_| Error::config(&self.name(key), n, "is too large"))
+        .ok_or_else(|| self.fail(key, render(v), "expected a non-negative integer"))
+        .and_then(|n| match T::try_from(n) {
+            _ if n < 0 => Err(self.fail(key, n, "must not be negative")),
+            Ok(t) => Ok(Some(t)),
+            Err(_) => Err(self.fail(key, n, "is too large")),
+        })
     }
 
     /// A positive number of seconds.
     pub(super) fn ttl(&self, key: &str) -> Result<Option<u64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v @ (Value::Integer(_) | Value::Real(_) | Value::String(_))) => {
-                parse_ttl(&self.name(key), &render(v)).map(Some)
-            }
-            Some(other) => Err(Error::config(
-                &self.name(key),
-                render(other),
-                "must be a positive integer number of seconds",
-            )),
-        }
+        let ttl = |v| parse_ttl(&self.name(key), &render(v));
+        self.get(key).map(ttl).transpose()
     }
 
     /// A string parsed with `FromStr`; errors are re-keyed to the full YAML path.
     pub(super) fn parsed<T: FromStr<Err = Error>>(&self, key: &str) -> Result<Option<T>> {
-        let Some(text) = self.text(key, Shown::Plain)? else {
-            return Ok(None);
-        };
-        text.parse::<T>().map(Some).map_err(|e| match e {
-            Error::Config { value, reason, .. } => Error::Config {
-                key: self.name(key),
-                value,
-                reason,
-            },
-            other => other,
-        })
+        let text = self.text(key, Shown::Plain)?;
+        text.map(|t| t.parse::<T>())
+            .transpose()
+            .map_err(|e| match e {
+                Error::Config { value, reason, .. } => self.fail(key, value, reason),
+                other => other,
+            })
     }
 }
 
