@@ -251,6 +251,10 @@ pub(super) struct Section<'a> {
 }
 
 impl<'a> Section<'a> {
+    pub(super) fn new(map: &'a Mapping, prefix: &'static str) -> Self {
+        Section { map, prefix }
+    }
+
     /// The value of `key`; `null` counts as absent.
     pub(super) fn get(&self, key: &str) -> Option<&'a Value> {
         let v = self.map.get(&Value::String(key.to_string()));

@@ -38,12 +38,12 @@ pub(super) fn from_yaml(
     base: Option<&Path>,
 ) -> Result<(Config, Vec<String>)> {
     // The text may hold a password, so only its size appears in errors.
-    let yaml_err = |reason: String| Error::config("yaml", format!("{} bytes", text.len()), reason);
+    let yaml_err = |why: String| Error::config("yaml", format!("{} bytes", text.len()), why);
     let mut docs = YamlLoader::load_from_str(text).map_err(|e| yaml_err(e.to_string()))?;
     if docs.len() > 1 {
+        let n = docs.len();
         return Err(yaml_err(format!(
-            "found {} documents; a config file holds one",
-            docs.len()
+            "found {n} documents; a config file holds one"
         )));
     }
     let mut doc = docs.pop().unwrap_or(Value::Null);
@@ -52,36 +52,26 @@ pub(super) fn from_yaml(
     let top = match &doc {
         Value::Null => &empty,
         Value::Hash(m) => m,
-        other => {
-            return Err(yaml_err(format!(
+        v => {
+            let why = format!(
                 "expected a mapping of settings at the top level, found {}",
-                kind(other)
-            )));
+                kind(v)
+            );
+            return Err(yaml_err(why));
         }
     };
-    let top = Section {
-        map: top,
-        prefix: "",
-    };
+    let top = Section::new(top, "");
     let extra_map = match top.get("extra_config") {
         None => &empty,
         Some(Value::Hash(m)) => m,
-        Some(other) => {
-            return Err(Error::config(
-                "extra_config",
-                render(other),
-                format!("expected a mapping, found {}", kind(other)),
-            ));
+        Some(v) => {
+            let why = format!("expected a mapping, found {}", kind(v));
+            return Err(Error::config("extra_config", render(v), why));
         }
     };
-    let extra = Section {
-        map: extra_map,
-        prefix: "extra_config.",
-    };
+    let extra = Section::new(extra_map, "extra_config.");
     let warnings = unknown_key_warnings(extra_map);
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
+    warnings.iter().for_each(|w| tracing::warn!("{w}"));
 
     let parsed = parse_url(&choose_url(&top, &extra)?)?;
     let mut s = Settings::read(&extra)?;
@@ -97,17 +87,14 @@ pub(super) fn from_yaml(
             (s.cores, s.shards) = (Some(c), Some(n));
         }
     }
-    if let Some(dir) = base {
-        for file in [
-            &mut s.tls_ca_file,
-            &mut s.tls_cert_file,
-            &mut s.tls_key_file,
-        ] {
-            if let Some(Some(f)) = file {
-                if f.is_relative() {
-                    *f = dir.join(&*f);
-                }
-            }
+    let files = [
+        &mut s.tls_ca_file,
+        &mut s.tls_cert_file,
+        &mut s.tls_key_file,
+    ];
+    for f in files.into_iter().flatten().flatten() {
+        if let Some(dir) = base.filter(|_| f.is_relative()) {
+            *f = dir.join(&*f);
         }
     }
     Ok((build(parsed, s)?, warnings))
