@@ -135,38 +135,27 @@ pub(super) const OTHER_EXTRA_KEYS: [&str; 4] = [
 /// ignored): most likely a misspelling that would otherwise be ignored without a word.
 fn unknown_key_warnings(extra: &Mapping) -> Vec<String> {
     let known = super::keys::known_keys();
+    let squash = |k: &str| k.replace('_', "").to_ascii_lowercase();
+    let distance = |k: &str, key: &str| match squash(k) == squash(key) {
+        true => 0,
+        false => edit_distance(k, key),
+    };
     let mut out = Vec::new();
     for key in extra.keys().filter_map(Value::as_str) {
-        if let Some(name) = key.strip_prefix(PLUGIN_PREFIX) {
-            if !PLUGIN_KEYS.contains(&name) {
-                out.push(format!(
-                    "extra_config.{key} is ignored: slotline reads its settings from plain \
-                     extra_config keys (e.g. extra_config.{name})"
-                ));
-            }
-            continue;
-        }
-        if known.contains(&key) {
-            continue;
-        }
-        let squash = |k: &str| k.replace('_', "").to_ascii_lowercase();
         let close = known
             .iter()
-            .map(|k| {
-                let d = if squash(k) == squash(key) {
-                    0
-                } else {
-                    edit_distance(k, key)
-                };
-                (d, k)
-            })
+            .map(|k| (distance(k, key), k))
             .filter(|(d, k)| *d <= if k.len() <= 4 { 1 } else { 2 })
-            .min_by_key(|(d, _)| *d)
-            .map(|(_, k)| k);
-        if let Some(k) = close {
-            out.push(format!(
+            .min_by_key(|(d, _)| *d);
+        match (key.strip_prefix(PLUGIN_PREFIX), close) {
+            (Some(name), _) if !PLUGIN_KEYS.contains(&name) => out.push(format!(
+                "extra_config.{key} is ignored: slotline reads its settings from plain \
+                 extra_config keys (e.g. extra_config.{name})"
+            )),
+            (None, Some((_, k))) if !known.contains(&key) => out.push(format!(
                 "extra_config.{key} is not a slotline setting and is ignored; did you mean extra_config.{k}?"
-            ));
+            )),
+            _ => {}
         }
     }
     out
