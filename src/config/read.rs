@@ -344,43 +344,34 @@ impl<'a> Section<'a> {
 /// Resolves YAML merge keys (`<<: *base`, `<<: [*a, *b]`) in place, as PyYAML does:
 /// keys given in the mapping itself win, then earlier merged mappings over later ones.
 pub(super) fn apply_merge(v: &mut Value) -> std::result::Result<(), String> {
-    match v {
-        Value::Array(items) => items.iter_mut().try_for_each(apply_merge),
-        Value::Hash(map) => {
-            for value in map.values_mut() {
-                apply_merge(value)?;
-            }
-            let Some(merged) = map.remove(&Value::String("<<".to_string())) else {
-                return Ok(());
-            };
-            let sources = match merged {
-                Value::Hash(m) => vec![m],
-                Value::Array(items) => items
-                    .into_iter()
-                    .map(|item| match item {
-                        Value::Hash(m) => Ok(m),
-                        other => Err(format!(
-                            "a merge key (<<) lists {}, expected mappings",
-                            kind(&other)
-                        )),
-                    })
-                    .collect::<std::result::Result<_, _>>()?,
-                other => {
-                    return Err(format!(
-                        "a merge key (<<) holds {}, expected a mapping or a list of mappings",
-                        kind(&other)
-                    ))
-                }
-            };
-            for source in sources {
-                for (k, val) in source {
-                    map.entry(k).or_insert(val);
-                }
-            }
-            Ok(())
+    let map = match v {
+        Value::Array(items) => return items.iter_mut().try_for_each(apply_merge),
+        Value::Hash(map) => map,
+        _ => return Ok(()),
+    };
+    map.values_mut().try_for_each(apply_merge)?;
+    let sources = match map.remove(&Value::String("<<".to_string())) {
+        None => vec![],
+        Some(Value::Hash(m)) => vec![m],
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Hash(m) => Ok(m),
+                v => Err(format!(
+                    "a merge key (<<) lists {}, expected mappings",
+                    kind(&v)
+                )),
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        Some(v) => {
+            let shapes = "expected a mapping or a list of mappings";
+            return Err(format!("a merge key (<<) holds {}, {shapes}", kind(&v)));
         }
-        _ => Ok(()),
+    };
+    for (k, val) in sources.into_iter().flatten() {
+        map.entry(k).or_insert(val);
     }
+    Ok(())
 }
 
 pub(super) fn kind(v: &Value) -> &'static str {
