@@ -203,19 +203,16 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
                     }
                     database = Some(db);
                 }
-                "username" | "user" => {
-                    let u = decode_text(v).map_err(|r| fail(&format!("user name: {r}")))?;
-                    if username.is_some() && u.is_some() && username != u {
-                        return Err(fail("user name given twice, with different values"));
+                "username" | "user" | "password" => {
+                    let (what, slot) = match k {
+                        "password" => ("password", &mut password),
+                        _ => ("user name", &mut username),
+                    };
+                    let given = decode_text(v).map_err(|r| fail(&format!("{what}: {r}")))?;
+                    if slot.is_some() && given.is_some() && *slot != given {
+                        return Err(fail(&format!("{what} given twice, with different values")));
                     }
-                    username = username.or(u);
-                }
-                "password" => {
-                    let p = decode_text(v).map_err(|r| fail(&format!("password: {r}")))?;
-                    if password.is_some() && p.is_some() && password != p {
-                        return Err(fail("password given twice, with different values"));
-                    }
-                    password = password.or(p);
+                    *slot = slot.take().or(given);
                 }
                 _ if k.contains(['@', ':']) => {
                     return Err(fail("unexpected '@' or ':' in the query; percent-encode '?' and '@' in the user name and password (%3F, %40)"));
