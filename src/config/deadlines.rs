@@ -52,15 +52,10 @@ impl Default for Deadlines {
 
 impl fmt::Debug for Deadlines {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{{peek_ms: {}, prefetch_ms: {}, get_ms: {}, put_ms: {}, per_mib_ms: {}}}",
-            self.peek.as_millis(),
-            self.prefetch.as_millis(),
-            self.get.as_millis(),
-            self.put.as_millis(),
-            self.per_mib.as_millis()
-        )
+        let fields = self
+            .fields()
+            .map(|(name, d, _)| format!("{name}: {}", d.as_millis()));
+        write!(f, "{{{}}}", fields.join(", "))
     }
 }
 
@@ -95,24 +90,27 @@ impl Deadlines {
         self.base(class).saturating_add(scaled).min(cap)
     }
 
-    /// Checks every value is within 1 ms ..= 1 h (`per_mib` may be 0).
-    pub(crate) fn validate(&self) -> Result<()> {
-        let fields = [
+    /// The fields by their key name, with their least value in milliseconds.
+    fn fields(&self) -> [(&'static str, Duration, u128); 5] {
+        [
             ("peek_ms", self.peek, 1),
             ("prefetch_ms", self.prefetch, 1),
             ("get_ms", self.get, 1),
             ("put_ms", self.put, 1),
             ("per_mib_ms", self.per_mib, 0),
-        ];
-        for (name, d, min) in fields {
+        ]
+    }
+
+    /// Checks every value is within 1 ms ..= 1 h (`per_mib` may be 0).
+    pub(crate) fn validate(&self) -> Result<()> {
+        for (name, d, min) in self.fields() {
             if d.as_millis() < min || d > MAX_DEADLINE {
+                let max = MAX_DEADLINE.as_millis();
+                let why = format!("must be between {min} and {max} milliseconds");
                 return Err(Error::config(
                     &format!("{DEADLINES_KEY}.{name}"),
                     d.as_millis(),
-                    format!(
-                        "must be between {min} and {} milliseconds",
-                        MAX_DEADLINE.as_millis()
-                    ),
+                    why,
                 ));
             }
         }
@@ -121,15 +119,15 @@ impl Deadlines {
 
     /// Sets the field named `name` (`peek_ms`, ...) to `ms`; `false` for an unknown name.
     pub(crate) fn set(&mut self, name: &str, ms: u64) -> bool {
-        let d = Duration::from_millis(ms);
-        match name {
-            "peek_ms" => self.peek = d,
-            "prefetch_ms" => self.prefetch = d,
-            "get_ms" => self.get = d,
-            "put_ms" => self.put = d,
-            "per_mib_ms" => self.per_mib = d,
+        let field = match name {
+            "peek_ms" => &mut self.peek,
+            "prefetch_ms" => &mut self.prefetch,
+            "get_ms" => &mut self.get,
+            "put_ms" => &mut self.put,
+            "per_mib_ms" => &mut self.per_mib,
             _ => return false,
-        }
+        };
+        *field = Duration::from_millis(ms);
         true
     }
 }

@@ -31,13 +31,24 @@ pub(crate) struct KeyDoc {
     pub(crate) doc: &'static str,
 }
 
+/// The `read` column: a reader named in the row, else the type's [`read::FromSetting`].
+macro_rules! reader {
+    () => {
+        read::FromSetting::read
+    };
+    ($read:path) => {
+        $read
+    };
+}
+
 macro_rules! config_keys {
     ($(
         $(#[doc = $doc:literal])+
         $field:ident: $ty:ty = $default:expr,
-            key $key:literal as $kind:literal, read $read:path,
-            $(bounds $lo:expr, $hi:expr, $why:literal,)?
-            alias $alias:literal;
+            key $key:literal as $kind:literal
+            $(, read $read:path)?
+            $(, bounds $lo:expr, $hi:expr, $why:literal)?
+            $(, alias $alias:literal)?;
     )*) => {
         /// Everything slotline needs to reach Redis and size its engine.
         ///
@@ -65,7 +76,7 @@ macro_rules! config_keys {
             /// Reads every key of the table that is read directly; the rest are set by
             /// the caller.
             pub(super) fn read(extra: &Section<'_>) -> Result<Settings> {
-                Ok(Settings { $( $field: $read(extra, $key)?, )* })
+                Ok(Settings { $( $field: reader!($($read)?)(extra, $key)?, )* })
             }
 
             /// Overwrites the fields of `cfg` that were given.
@@ -91,7 +102,7 @@ macro_rules! config_keys {
                     kind: $kind,
                     default: DocValue::doc(&d.$field),
                     bounds: String::new() $( + &bounds_text($lo, $hi) )?,
-                    alias: $alias,
+                    alias: concat!("" $(, $alias)?),
                     doc: concat!($($doc, "\n"),+),
                 },
             )*];
@@ -105,8 +116,7 @@ config_keys! {
     /// Standalone server or cluster (default: cluster when the URL lists several
     /// `redis://` seeds).
     mode: Mode = Mode::Standalone,
-        key "redis_mode" as "standalone | cluster", read read::parsed,
-        alias "valkey: `cluster_mode`";
+        key "redis_mode" as "standalone | cluster", alias "valkey: `cluster_mode`";
     /// Server addresses: exactly one in standalone mode, the seed nodes of a cluster,
     /// or the sentinels of `redis-sentinel://`. Also top-level `remote_url`, or
     /// `remote_storage_plugin.slotline.url`.
@@ -118,50 +128,38 @@ config_keys! {
         alias "valkey: `startup_nodes`; resp: `host`, `port`";
     /// Connect with TLS (also `rediss://`).
     tls: bool = false,
-        key "use_tls" as "bool", read read::boolean,
-        alias "valkey: `tls_enable`";
+        key "use_tls" as "bool", alias "valkey: `tls_enable`";
     /// Skip server certificate verification (logged as a warning); older name
     /// `tls_insecure`.
     tls_insecure: bool = false,
-        key "tls_insecure_skip_verify" as "bool", read read::tls_insecure,
-        alias "";
+        key "tls_insecure_skip_verify" as "bool", read read::tls_insecure;
     /// Extra CA bundle (PEM) for verification; a server certificate byte-identical to
     /// one in it is accepted too. Relative to the YAML file's directory.
     tls_ca_file: Option<PathBuf> = None,
-        key "tls_ca_file" as "path", read read::path,
-        alias "";
+        key "tls_ca_file" as "path";
     /// Client certificate chain (PEM) for servers that require one (mTLS, with
     /// `tls_key_file`). Relative to the YAML file's directory.
     tls_cert_file: Option<PathBuf> = None,
-        key "tls_cert_file" as "path", read read::path,
-        alias "";
+        key "tls_cert_file" as "path";
     /// Private key (PEM) of `tls_cert_file`. Relative to the YAML file's directory.
     tls_key_file: Option<PathBuf> = None,
-        key "tls_key_file" as "path", read read::path,
-        alias "";
+        key "tls_key_file" as "path";
     /// ACL user name (also the URL's user).
     username: Option<String> = None,
-        key "redis_username" as "string", read read::name,
-        alias "valkey, resp: `username`";
+        key "redis_username" as "string", alias "valkey, resp: `username`";
     /// Password (also the URL's password); never shown.
     password: Option<Secret> = None,
-        key "redis_password" as "string", read read::secret,
-        alias "valkey, resp: `password`";
+        key "redis_password" as "string", alias "valkey, resp: `password`";
     /// Database number (also the URL path `/N` or `?db=N`); 0 in cluster mode.
     database: u32 = 0,
-        key "redis_database" as "integer", read read::integer,
-        alias "valkey: `database_id`";
+        key "redis_database" as "integer", alias "valkey: `database_id`";
     /// Keys per MGET/SET frame. Not LMCache's top-level `chunk_size`, which counts
     /// tokens.
     chunk_size: usize = 256,
-        key "chunk_size" as "integer", read read::integer,
-        bounds 1, super::MAX_CHUNK_SIZE, "",
-        alias "";
+        key "chunk_size" as "integer", bounds 1, super::MAX_CHUNK_SIZE, "";
     /// Connection limit.
     max_connections: usize = 150,
-        key "max_connections" as "integer", read read::integer,
-        bounds 1, usize::MAX, "",
-        alias "";
+        key "max_connections" as "integer", bounds 1, usize::MAX, "";
     /// Explicit CPU list to pin shards to: a list, a range string such as `"0-3,6"`,
     /// `"numa:N"` (the CPUs of NUMA node N, whose memory shards then prefer), or a
     /// single integer: that many shards, unpinned (default: one per CPU).
@@ -170,109 +168,86 @@ config_keys! {
         alias "valkey, resp: `num_workers`";
     /// Number of shards, unpinned (`cores` as a single integer).
     shards: Option<usize> = None,
-        key "" as "", read read::by_hand,
-        alias "";
+        key "" as "", read read::by_hand;
     /// NUMA node whose CPUs `cores` came from (`cores: "numa:N"`).
     numa_node: Option<usize> = None,
-        key "" as "", read read::by_hand,
-        alias "";
+        key "" as "", read read::by_hand;
     /// I/O driver of the shards.
     io_backend: IoBackend = IoBackend::Auto,
-        key "io_backend" as "auto | io_uring | epoll", read read::parsed,
-        alias "";
+        key "io_backend" as "auto | io_uring | epoll";
     /// How chunk keys map to Redis keys (default `hashtag` for `redis://` cluster
     /// seeds, what the enhanced connector writes).
     key_layout: KeyLayout = KeyLayout::Lmcache,
-        key "key_layout" as "lmcache | hashtag | raw", read read::parsed,
-        alias "";
+        key "key_layout" as "lmcache | hashtag | raw";
     /// Tenant prefix of every Redis key slotline writes, reads, checks and deletes
     /// (empty: none): keys become `<key_prefix>@...`, as LMCache's `valkey` adapter
     /// writes them. No `@`, `{` or `}`. `Engine::command` sends its arguments as given.
     key_prefix: String = String::new(),
-        key "key_prefix" as "string", read read::text,
-        alias "valkey: `key_prefix`";
+        key "key_prefix" as "string", alias "valkey: `key_prefix`";
     /// Expiry in seconds added to every SET. Also `extra_config.remote_ttl`, top-level
     /// `remote_ttl` or env `LMCACHE_REMOTE_TTL` (in that order; two given must agree).
     ttl: Option<u64> = None,
-        key "ttl" as "seconds", read read::by_hand,
-        alias "valkey: `ttl_seconds`";
+        key "ttl" as "seconds", read read::by_hand, alias "valkey: `ttl_seconds`";
     /// TCP/TLS connect timeout.
     connect_timeout: Duration = Duration::from_millis(2_000),
-        key "connect_timeout_ms" as "milliseconds", read read::millis,
+        key "connect_timeout_ms" as "milliseconds",
         bounds 1, super::MAX_TIMEOUT_MS, "",
         alias "valkey: `connection_timeout` (s)";
     /// Per-request timeout.
     request_timeout: Duration = Duration::from_millis(30_000),
-        key "request_timeout_ms" as "milliseconds", read read::millis,
+        key "request_timeout_ms" as "milliseconds",
         bounds 1, super::MAX_TIMEOUT_MS, "",
         alias "valkey: `request_timeout` (s)";
     /// Submission lane capacity.
     lane_capacity: usize = 1024,
-        key "lane_capacity" as "integer", read read::integer,
+        key "lane_capacity" as "integer",
         bounds 1, crate::lanes::MAX_LANE_CAPACITY,
-            " (every slot of the four lanes of each shard is allocated up front)",
-        alias "";
+            " (every slot of the four lanes of each shard is allocated up front)";
     /// Bytes in flight per connection (at least one value always goes). The Python
     /// plug-ins default to 1 MiB (RESULTS.md A.5, A.6).
     max_inflight_bytes: usize = 4 << 20,
-        key "max_inflight_bytes" as "bytes", read read::integer,
-        bounds 1, usize::MAX, "",
-        alias "";
+        key "max_inflight_bytes" as "bytes", bounds 1, usize::MAX, "";
     /// Bytes in flight per server and shard over all the shard's connections to it
     /// (at least one value always goes): with large values this, not the connection
     /// count, bounds the memory both ends hold.
     max_node_inflight_bytes: usize = 64 << 20,
-        key "max_node_inflight_bytes" as "bytes", read read::integer,
-        bounds 1, usize::MAX, "",
-        alias "";
+        key "max_node_inflight_bytes" as "bytes", bounds 1, usize::MAX, "";
     /// Connections per server once values average at least 1 MiB, over all shards
     /// (default: twice the CPU count, between 2 and 8, and 8 once values average
     /// 16 MiB or more). Small values keep `max_connections`' pool of up to 4 per shard.
     large_value_connections: Option<usize> = None,
-        key "large_value_connections" as "integer", read read::some_integer,
-        bounds 1, usize::MAX, "",
-        alias "";
+        key "large_value_connections" as "integer", bounds 1, usize::MAX, "";
     /// Largest value accepted or read.
     max_value_size: usize = 512 << 20,
-        key "max_value_size" as "bytes", read read::integer,
+        key "max_value_size" as "bytes",
         bounds 1, crate::resp::MAX_BULK_LEN,
-            " (the largest bulk string the RESP reader, and Redis, accept)",
-        alias "";
+            " (the largest bulk string the RESP reader, and Redis, accept)";
     /// Serve PEEK and PREFETCH from cluster replicas.
     read_from_replicas: bool = false,
-        key "read_from_replicas" as "bool", read read::boolean,
-        alias "";
+        key "read_from_replicas" as "bool";
     /// Name given with `CLIENT SETNAME`; empty: none is sent. A server refusing it is
     /// logged once and otherwise ignored.
     client_name: String = "slotline".to_string(),
-        key "client_name" as "string", read read::text,
-        alias "";
+        key "client_name" as "string";
     /// Shares of the request classes while several wait.
     priority_weights: PriorityWeights = PriorityWeights::default(),
-        key "priority_weights" as "{peek, prefetch, get, put}", read read::weights,
-        alias "";
+        key "priority_weights" as "{peek, prefetch, get, put}";
     /// Per-class deadlines scaled by payload size, each at most `request_timeout`.
     deadlines: Deadlines = Deadlines::default(),
-        key "deadlines" as "{peek_ms, prefetch_ms, get_ms, put_ms, per_mib_ms}",
-        read read::deadlines,
-        alias "";
+        key "deadlines" as "{peek_ms, prefetch_ms, get_ms, put_ms, per_mib_ms}";
     /// Most stale-metadata checks waiting for the janitor; beyond, they are counted
     /// and skipped (the next read finds the key again).
     janitor_queue: usize = 4096,
-        key "janitor_queue" as "integer", read read::integer,
-        bounds 1, super::MAX_JANITOR_QUEUE, "",
-        alias "";
+        key "janitor_queue" as "integer", bounds 1, super::MAX_JANITOR_QUEUE, "";
     /// Largest reply to `Engine::command` and to the topology reads (CLUSTER SHARDS /
     /// SLOTS), in bytes of the parsed value; a larger one fails its connection.
     max_reply_size: usize = 8 << 20,
-        key "max_reply_size" as "bytes", read read::integer,
-        bounds super::MIN_MAX_REPLY_SIZE, crate::resp::MAX_BULK_LEN, "",
-        alias "";
+        key "max_reply_size" as "bytes",
+        bounds super::MIN_MAX_REPLY_SIZE, crate::resp::MAX_BULK_LEN, "";
     /// `redis-sentinel://`: the master's name; `seeds` are then the sentinels, asked
     /// for the master's address at start and after a failure.
     sentinel_master: Option<String> = None,
-        key "" as "", read read::by_hand,
-        alias "";
+        key "" as "", read read::by_hand;
 }
 
 /// A value as the bounds see it: a number, or milliseconds; `None` is not checked.
@@ -298,38 +273,31 @@ impl<T: Measure> Measure for Option<T> {
     }
 }
 
+/// `lo..=hi` as numbers; `None`: no upper bound.
+fn limits<B: TryInto<u128>>(lo: B, hi: B) -> (u128, Option<u128>) {
+    let hi = hi.try_into().ok().filter(|&h| h < usize::MAX as u128);
+    (lo.try_into().unwrap_or(0), hi)
+}
+
 fn check<T: Measure, B: TryInto<u128>>(key: &str, v: &T, lo: B, hi: B, why: &str) -> Result<()> {
-    let (lo, hi) = (
-        lo.try_into().unwrap_or(0),
-        hi.try_into().unwrap_or(u128::MAX),
-    );
-    match v.measure() {
-        Some(n) if n < lo || n > hi => Err(Error::config(
+    let (lo, hi) = limits(lo, hi);
+    match (v.measure(), hi) {
+        (Some(n), None) if n < lo => {
+            Err(Error::config(key, n, format!("must be at least {lo}{why}")))
+        }
+        (Some(n), Some(hi)) if n < lo || n > hi => Err(Error::config(
             key,
             n,
-            format!("{}{why}", bounds_words(lo, hi)),
+            format!("must be between {lo} and {hi}{why}"),
         )),
         _ => Ok(()),
     }
 }
 
-fn bounds_words(lo: u128, hi: u128) -> String {
-    if hi >= usize::MAX as u128 {
-        format!("must be at least {lo}")
-    } else {
-        format!("must be between {lo} and {hi}")
-    }
-}
-
 fn bounds_text<B: TryInto<u128>>(lo: B, hi: B) -> String {
-    let (lo, hi) = (
-        lo.try_into().unwrap_or(0),
-        hi.try_into().unwrap_or(u128::MAX),
-    );
-    if hi >= usize::MAX as u128 {
-        format!(">= {lo}")
-    } else {
-        format!("{lo}..={hi}")
+    match limits(lo, hi) {
+        (lo, None) => format!(">= {lo}"),
+        (lo, Some(hi)) => format!("{lo}..={hi}"),
     }
 }
 
@@ -338,55 +306,32 @@ trait DocValue {
     fn doc(&self) -> String;
 }
 
-macro_rules! doc_display {
-    ($($t:ty),*) => {$(
+macro_rules! doc_value {
+    ($($t:ty => |$v:ident| $e:expr;)*) => {$(
         impl DocValue for $t {
             fn doc(&self) -> String {
-                self.to_string()
+                let $v = self;
+                $e
             }
         }
     )*};
 }
-doc_display!(
-    bool,
-    u32,
-    u64,
-    usize,
-    Mode,
-    IoBackend,
-    KeyLayout,
-    PriorityWeights,
-    ServerAddr
-);
 
-impl DocValue for String {
-    fn doc(&self) -> String {
-        format!("{self:?}")
-    }
-}
-
-impl DocValue for Duration {
-    fn doc(&self) -> String {
-        self.as_millis().to_string()
-    }
-}
-
-impl DocValue for Deadlines {
-    fn doc(&self) -> String {
-        format!("{self:?}")
-    }
-}
-
-impl DocValue for PathBuf {
-    fn doc(&self) -> String {
-        self.display().to_string()
-    }
-}
-
-impl DocValue for Secret {
-    fn doc(&self) -> String {
-        super::MASK.to_string()
-    }
+doc_value! {
+    bool => |v| v.to_string();
+    u32 => |v| v.to_string();
+    u64 => |v| v.to_string();
+    usize => |v| v.to_string();
+    Mode => |v| v.to_string();
+    IoBackend => |v| v.to_string();
+    KeyLayout => |v| v.to_string();
+    PriorityWeights => |v| v.to_string();
+    ServerAddr => |v| v.to_string();
+    String => |v| format!("{v:?}");
+    Deadlines => |v| format!("{v:?}");
+    Duration => |v| v.as_millis().to_string();
+    PathBuf => |v| v.display().to_string();
+    Secret => |_v| super::MASK.to_string();
 }
 
 impl<T: DocValue> DocValue for Vec<T> {
@@ -397,8 +342,7 @@ impl<T: DocValue> DocValue for Vec<T> {
 
 impl<T: DocValue> DocValue for Option<T> {
     fn doc(&self) -> String {
-        self.as_ref()
-            .map_or_else(|| "none".to_string(), DocValue::doc)
+        self.as_ref().map_or_else(|| "none".into(), DocValue::doc)
     }
 }
 

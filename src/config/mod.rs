@@ -105,84 +105,53 @@ impl From<Secret> for String {
     }
 }
 
-/// Server topology.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// One Redis server (database selectable).
-    Standalone,
-    /// A Redis Cluster reached through one or more seed nodes.
-    Cluster,
-}
+/// An enum read from one of its names or aliases (ignoring ASCII case) and shown by
+/// its first name; a parse error names `$key` and the text.
+macro_rules! keyword_enum {
+    ($(#[$m:meta])* $name:ident, $key:literal, $expected:literal,
+     $($(#[$vm:meta])* $v:ident = $shown:literal $(| $alias:literal)*,)+) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $v,)+ }
 
-impl FromStr for Mode {
-    type Err = Error;
-
-    /// Parses `standalone` or `cluster` (the enhanced connector's `redis_mode`),
-    /// ignoring ASCII case.
-    fn from_str(s: &str) -> Result<Self> {
-        let t = s.trim();
-        if t.eq_ignore_ascii_case("standalone") {
-            Ok(Mode::Standalone)
-        } else if t.eq_ignore_ascii_case("cluster") {
-            Ok(Mode::Cluster)
-        } else {
-            Err(Error::config(
-                "redis_mode",
-                s,
-                "expected standalone or cluster",
-            ))
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($shown $(| $alias)* => Ok($name::$v),)+
+                    _ => Err(Error::config($key, s, concat!("expected ", $expected))),
+                }
+            }
         }
-    }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $($name::$v => $shown,)+ })
+            }
+        }
+    };
 }
 
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Standalone => "standalone",
-            Mode::Cluster => "cluster",
-        })
-    }
+keyword_enum! {
+    /// Server topology (`redis_mode`).
+    Mode, "redis_mode", "standalone or cluster",
+    /// One Redis server (database selectable).
+    Standalone = "standalone",
+    /// A Redis Cluster reached through one or more seed nodes.
+    Cluster = "cluster",
 }
 
-/// Which I/O driver the shards use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum IoBackend {
+keyword_enum! {
+    /// Which I/O driver the shards use (`io_backend`).
+    #[derive(Default)]
+    IoBackend, "io_backend", "auto, io_uring or epoll",
     /// io_uring when the kernel allows it, epoll otherwise.
     #[default]
-    Auto,
+    Auto = "auto",
     /// io_uring only; fails to start where it is unavailable.
-    IoUring,
+    IoUring = "io_uring" | "iouring" | "uring",
     /// epoll (through mio).
-    Epoll,
-}
-
-impl FromStr for IoBackend {
-    type Err = Error;
-
-    /// Parses `auto`, `io_uring` (or `iouring`, `uring`), `epoll` (or `mio`),
-    /// ignoring ASCII case.
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(IoBackend::Auto),
-            "io_uring" | "iouring" | "uring" => Ok(IoBackend::IoUring),
-            "epoll" | "mio" => Ok(IoBackend::Epoll),
-            _ => Err(Error::config(
-                "io_backend",
-                s,
-                "expected auto, io_uring or epoll",
-            )),
-        }
-    }
-}
-
-impl fmt::Display for IoBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            IoBackend::Auto => "auto",
-            IoBackend::IoUring => "io_uring",
-            IoBackend::Epoll => "epoll",
-        })
-    }
+    Epoll = "epoll" | "mio",
 }
 
 fn env_ttl() -> Option<String> {
@@ -265,220 +234,166 @@ impl Config {
 
     /// Checks the invariants the engine relies on; errors name the setting and value.
     pub fn validate(&self) -> Result<()> {
+        const TLS_OFF: &str = "set, but TLS is off (use rediss:// or use_tls: true)";
+        let ex = |key: &str| format!("extra_config.{key}");
         crate::layout::check_key_prefix(&self.key_prefix)
-            .map_err(|r| Error::config("extra_config.key_prefix", &self.key_prefix, r))?;
-        if self.seeds.is_empty() {
-            return Err(Error::config(
-                "remote_url",
-                "",
-                "no Redis server address given",
-            ));
-        }
+            .map_err(|r| Error::config(&ex("key_prefix"), &self.key_prefix, r))?;
+        let no_seed = "no Redis server address given";
+        ensure(!self.seeds.is_empty(), "remote_url", "", no_seed)?;
         for seed in &self.seeds {
-            match seed {
-                ServerAddr::Tcp { host, port } => {
-                    if host.is_empty() {
-                        return Err(Error::config("remote_url", seed, "empty host"));
-                    }
-                    if *port == 0 {
-                        return Err(Error::config(
-                            "remote_url",
-                            seed,
-                            "port 0 is not a valid port",
-                        ));
-                    }
+            let why = match seed {
+                ServerAddr::Tcp { host, .. } if host.is_empty() => "empty host",
+                ServerAddr::Tcp { port: 0, .. } => "port 0 is not a valid port",
+                ServerAddr::Unix { path } if !path.is_absolute() => {
+                    "a Unix socket path must be absolute (unix:///path/to.sock)"
                 }
-                ServerAddr::Unix { path } => {
-                    if !path.is_absolute() {
-                        return Err(Error::config(
-                            "remote_url",
-                            seed,
-                            "a Unix socket path must be absolute (unix:///path/to.sock)",
-                        ));
-                    }
-                }
-            }
+                _ => continue,
+            };
+            return Err(Error::config("remote_url", seed, why));
         }
-        match self.mode {
-            Mode::Cluster if self.sentinel_master.is_some() => {
-                return Err(Error::config(
-                    "extra_config.redis_mode",
-                    Mode::Cluster,
-                    "conflicts with the redis-sentinel:// URL (sentinels watch one master)",
-                ));
-            }
-            Mode::Standalone if self.sentinel_master.is_some() && self.tls => {
-                return Err(Error::config(
-                    "use_tls",
-                    true,
-                    "TLS through Redis Sentinel is not supported yet",
-                ));
-            }
-            Mode::Standalone if self.seeds.len() != 1 && self.sentinel_master.is_none() => {
-                return Err(Error::config(
-                    "extra_config.redis_mode",
-                    Mode::Standalone,
-                    format!(
-                        "standalone mode needs exactly one server, got {} (use redis_mode: cluster for cluster seeds)",
-                        self.seeds.len()
-                    ),
-                ));
-            }
-            Mode::Cluster if self.database != 0 => {
-                return Err(Error::config(
-                    "extra_config.redis_database",
-                    self.database,
-                    "Redis Cluster only has database 0",
-                ));
-            }
-            Mode::Standalone if self.read_from_replicas => {
-                return Err(Error::config(
-                    "extra_config.read_from_replicas",
-                    true,
-                    "reading from replicas needs cluster mode",
-                ));
-            }
-            _ => {}
-        }
+        let (sentinel, mode) = (self.sentinel_master.is_some(), self.mode);
+        let standalone = mode == Mode::Standalone;
+        ensure(
+            standalone || !sentinel,
+            &ex("redis_mode"),
+            mode,
+            "conflicts with the redis-sentinel:// URL (sentinels watch one master)",
+        )?;
+        let why = "TLS through Redis Sentinel is not supported yet";
+        ensure(!(sentinel && self.tls), "use_tls", true, why)?;
+        ensure(
+            !standalone || sentinel || self.seeds.len() == 1,
+            &ex("redis_mode"),
+            mode,
+            format!(
+                "standalone mode needs exactly one server, got {} (use redis_mode: cluster for cluster seeds)",
+                self.seeds.len()
+            ),
+        )?;
+        let why = "Redis Cluster only has database 0";
+        ensure(
+            standalone || self.database == 0,
+            &ex("redis_database"),
+            self.database,
+            why,
+        )?;
+        let why = "reading from replicas needs cluster mode";
+        ensure(
+            !standalone || !self.read_from_replicas,
+            &ex("read_from_replicas"),
+            true,
+            why,
+        )?;
         self.check_bounds()?;
         self.validate_cores()?;
-        if self.ttl == Some(0) {
-            return Err(Error::config(
-                "ttl",
-                0,
-                "must be a positive number of seconds",
-            ));
-        }
+        let why = "must be a positive number of seconds";
+        ensure(self.ttl != Some(0), "ttl", 0, why)?;
         self.deadlines.validate()?;
+        let shown = |f: &Option<std::path::PathBuf>| f.as_ref().map(|f| f.display().to_string());
+        let (ca, cert, key) = (
+            shown(&self.tls_ca_file),
+            shown(&self.tls_cert_file),
+            shown(&self.tls_key_file),
+        );
         if !self.tls {
-            if let Some(ca) = &self.tls_ca_file {
-                return Err(Error::config(
-                    "extra_config.tls_ca_file",
-                    ca.display(),
-                    "set, but TLS is off (use rediss:// or use_tls: true)",
-                ));
-            }
-            if self.tls_insecure {
-                return Err(Error::config(
-                    "extra_config.tls_insecure",
-                    true,
-                    "set, but TLS is off (use rediss:// or use_tls: true)",
-                ));
-            }
-            if let Some(f) = self.tls_cert_file.as_ref().or(self.tls_key_file.as_ref()) {
-                return Err(Error::config(
-                    "extra_config.tls_cert_file",
-                    f.display(),
-                    "set, but TLS is off (use rediss:// or use_tls: true)",
-                ));
-            }
+            ensure(
+                ca.is_none(),
+                &ex("tls_ca_file"),
+                ca.as_deref().unwrap_or(""),
+                TLS_OFF,
+            )?;
+            ensure(!self.tls_insecure, &ex("tls_insecure"), true, TLS_OFF)?;
+            let f = cert.as_ref().or(key.as_ref());
+            ensure(
+                f.is_none(),
+                &ex("tls_cert_file"),
+                f.map_or("", |f| f),
+                TLS_OFF,
+            )?;
         }
-        match (&self.tls_cert_file, &self.tls_key_file) {
+        match (cert, key) {
             (Some(c), None) => {
-                return Err(Error::config(
-                    "extra_config.tls_cert_file",
-                    c.display(),
-                    "a client certificate needs its key (tls_key_file)",
-                ))
+                let why = "a client certificate needs its key (tls_key_file)";
+                return Err(Error::config(&ex("tls_cert_file"), c, why));
             }
             (None, Some(k)) => {
-                return Err(Error::config(
-                    "extra_config.tls_key_file",
-                    k.display(),
-                    "a client key needs its certificate (tls_cert_file)",
-                ))
+                let why = "a client key needs its certificate (tls_cert_file)";
+                return Err(Error::config(&ex("tls_key_file"), k, why));
             }
             _ => {}
         }
-        if self.tls
-            && self
-                .seeds
-                .iter()
-                .any(|s| matches!(s, ServerAddr::Unix { .. }))
-        {
-            return Err(Error::config(
-                "remote_url",
-                "unix://",
-                "TLS needs a TCP address (Redis serves no TLS on a unix socket)",
-            ));
-        }
+        let unix = self
+            .seeds
+            .iter()
+            .any(|s| matches!(s, ServerAddr::Unix { .. }));
+        let why = "TLS needs a TCP address (Redis serves no TLS on a unix socket)";
+        ensure(!(self.tls && unix), "remote_url", "unix://", why)?;
         if let (Some(user), None) = (&self.username, &self.password) {
-            return Err(Error::config(
-                "extra_config.redis_username",
-                user,
-                "a user name needs a password (Redis AUTH takes both)",
-            ));
+            let why = "a user name needs a password (Redis AUTH takes both)";
+            return Err(Error::config(&ex("redis_username"), user, why));
         }
-        if !self.client_name.bytes().all(|b| b.is_ascii_graphic()) {
-            // CLIENT SETNAME rejects spaces and control characters; fail here, not at
-            // connect time on every connection. Empty turns CLIENT SETNAME off.
-            return Err(Error::config(
-                "extra_config.client_name",
-                &self.client_name,
-                "must be printable ASCII without spaces (empty: send no CLIENT SETNAME)",
-            ));
-        }
+        // CLIENT SETNAME rejects spaces and control characters; fail here, not at
+        // connect time on every connection. Empty turns CLIENT SETNAME off.
+        ensure(
+            self.client_name.bytes().all(|b| b.is_ascii_graphic()),
+            &ex("client_name"),
+            &self.client_name,
+            "must be printable ASCII without spaces (empty: send no CLIENT SETNAME)",
+        )?;
         for class in Priority::ALL {
             let w = self.priority_weights.of(class);
-            if !(1..=MAX_PRIORITY_WEIGHT).contains(&w) {
-                return Err(Error::config(
-                    &format!("{PRIORITY_WEIGHTS_KEY}.{class}"),
-                    w,
-                    format!("must be between 1 and {MAX_PRIORITY_WEIGHT} (a class with weight 0 would starve)"),
-                ));
-            }
+            ensure(
+                (1..=MAX_PRIORITY_WEIGHT).contains(&w),
+                &format!("{PRIORITY_WEIGHTS_KEY}.{class}"),
+                w,
+                format!("must be between 1 and {MAX_PRIORITY_WEIGHT} (a class with weight 0 would starve)"),
+            )?;
         }
         Ok(())
     }
 
     fn validate_cores(&self) -> Result<()> {
+        const KEY: &str = "extra_config.cores";
         if let (Some(cores), Some(shards)) = (&self.cores, self.shards) {
+            let why = "give either a shard count or a CPU list, not both";
             return Err(Error::config(
-                "extra_config.cores",
+                KEY,
                 format!("{cores:?} and {shards} shards"),
-                "give either a shard count or a CPU list, not both",
+                why,
             ));
         }
         if let Some(n) = self.shards {
-            if !(1..=MAX_CPU).contains(&n) {
-                return Err(Error::config(
-                    "extra_config.cores",
-                    n,
-                    format!("shard count must be between 1 and {MAX_CPU}"),
-                ));
-            }
+            let why = format!("shard count must be between 1 and {MAX_CPU}");
+            ensure((1..=MAX_CPU).contains(&n), KEY, n, why)?;
         }
-        if let Some(cores) = &self.cores {
-            if cores.is_empty() {
-                return Err(Error::config(
-                    "extra_config.cores",
-                    "[]",
-                    "the CPU list is empty",
-                ));
-            }
-            let mut seen = [false; MAX_CPU];
-            for &c in cores {
-                let Some(slot) = seen.get_mut(c) else {
-                    return Err(Error::config(
-                        "extra_config.cores",
-                        format!("{cores:?}"),
-                        format!(
-                            "CPU {c} is out of range (CPUs 0 to {} can be pinned)",
-                            MAX_CPU - 1
-                        ),
-                    ));
-                };
-                if *slot {
-                    return Err(Error::config(
-                        "extra_config.cores",
-                        format!("{cores:?}"),
-                        format!("CPU {c} is listed twice"),
-                    ));
+        let Some(cores) = &self.cores else {
+            return Ok(());
+        };
+        ensure(!cores.is_empty(), KEY, "[]", "the CPU list is empty")?;
+        let mut seen = [false; MAX_CPU];
+        for &c in cores {
+            let why = match seen.get_mut(c) {
+                None => format!(
+                    "CPU {c} is out of range (CPUs 0 to {} can be pinned)",
+                    MAX_CPU - 1
+                ),
+                Some(true) => format!("CPU {c} is listed twice"),
+                Some(slot) => {
+                    *slot = true;
+                    continue;
                 }
-                *slot = true;
-            }
+            };
+            return Err(Error::config(KEY, format!("{cores:?}"), why));
         }
         Ok(())
+    }
+}
+
+/// `Err` naming `key` and `value` with `reason` unless `ok`.
+fn ensure(ok: bool, key: &str, value: impl fmt::Display, reason: impl Into<String>) -> Result<()> {
+    match ok {
+        true => Ok(()),
+        false => Err(Error::config(key, value, reason)),
     }
 }
 

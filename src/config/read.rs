@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use yaml_rust2::yaml::{Hash as Mapping, Yaml as Value};
 
-use super::deadlines::DEADLINES_KEY;
-use super::{mask_url, Deadlines, Secret, MASK, PRIORITY_WEIGHTS_KEY};
+use super::{mask_url, Deadlines, IoBackend, Mode, Secret, MASK};
 use crate::error::{Error, Result};
+use crate::layout::KeyLayout;
 use crate::priority::{Priority, PriorityWeights};
 
 /// A key set by hand from several sources (the URL, `cores`, the TTL's).
@@ -18,73 +18,75 @@ pub(super) fn by_hand<T>(_: &Section<'_>, _: &str) -> Result<Option<T>> {
     Ok(None)
 }
 
-pub(super) fn integer<T: TryFrom<i128>>(s: &Section<'_>, key: &str) -> Result<Option<T>> {
-    s.int(key)
+/// A value of a key table type as read from one key of a [`Section`]; `None`: not given.
+pub(super) trait FromSetting: Sized {
+    fn read(s: &Section<'_>, key: &str) -> Result<Option<Self>>;
 }
 
-/// An integer whose field is optional: given means `Some`.
-pub(super) fn some_integer<T: TryFrom<i128>>(
-    s: &Section<'_>,
-    key: &str,
-) -> Result<Option<Option<T>>> {
-    Ok(s.int(key)?.map(Some))
+macro_rules! from_setting {
+    ($($t:ty => |$s:ident, $k:ident| $e:expr;)*) => {$(
+        impl FromSetting for $t {
+            fn read($s: &Section<'_>, $k: &str) -> Result<Option<Self>> {
+                $e
+            }
+        }
+    )*};
 }
 
-pub(super) fn boolean(s: &Section<'_>, key: &str) -> Result<Option<bool>> {
-    s.boolean(key)
-}
-
-pub(super) fn text(s: &Section<'_>, key: &str) -> Result<Option<String>> {
-    s.text(key, Shown::Plain)
-}
-
-/// A name; empty means not given.
-pub(super) fn name(s: &Section<'_>, key: &str) -> Result<Option<Option<String>>> {
-    Ok(s.text(key, Shown::Plain)?
-        .filter(|t| !t.is_empty())
-        .map(Some))
-}
-
-/// A password; empty means not given, and no error shows it.
-pub(super) fn secret(s: &Section<'_>, key: &str) -> Result<Option<Option<Secret>>> {
-    Ok(s.text(key, Shown::Secret)?
-        .filter(|t| !t.is_empty())
-        .map(|t| Some(Secret::from(t))))
-}
-
-pub(super) fn path(s: &Section<'_>, key: &str) -> Result<Option<Option<PathBuf>>> {
-    Ok(s.path(key)?.map(Some))
-}
-
-pub(super) fn millis(s: &Section<'_>, key: &str) -> Result<Option<Duration>> {
-    Ok(s.int::<u64>(key)?.map(Duration::from_millis))
-}
-
-pub(super) fn parsed<T: FromStr<Err = Error>>(s: &Section<'_>, key: &str) -> Result<Option<T>> {
-    s.parsed(key)
-}
-
-pub(super) fn weights(s: &Section<'_>, key: &str) -> Result<Option<PriorityWeights>> {
-    s.get(key).map(parse_priority_weights).transpose()
-}
-
-pub(super) fn deadlines(s: &Section<'_>, key: &str) -> Result<Option<Deadlines>> {
-    s.get(key).map(parse_deadlines).transpose()
+from_setting! {
+    bool => |s, key| s.boolean(key);
+    u32 => |s, key| s.int(key);
+    usize => |s, key| s.int(key);
+    Option<usize> => |s, key| Ok(s.int(key)?.map(Some));
+    String => |s, key| s.text(key, Shown::Plain);
+    // A name or a password: empty means not given, and no error shows a password.
+    Option<String> => |s, key| Ok(s.text(key, Shown::Plain)?.filter(|t| !t.is_empty()).map(Some));
+    Option<Secret> => |s, key| {
+        let t = s.text(key, Shown::Secret)?.filter(|t| !t.is_empty());
+        Ok(t.map(|t| Some(Secret::from(t))))
+    };
+    Option<PathBuf> => |s, key| {
+        let t = s.text(key, Shown::Plain)?.filter(|t| !t.is_empty());
+        Ok(t.map(|t| Some(PathBuf::from(t))))
+    };
+    Duration => |s, key| Ok(s.int::<u64>(key)?.map(Duration::from_millis));
+    Mode => |s, key| s.parsed(key);
+    IoBackend => |s, key| s.parsed(key);
+    KeyLayout => |s, key| s.parsed(key);
+    PriorityWeights => |s, key| s.get(key).map(parse_priority_weights).transpose();
+    Deadlines => |s, key| s.get(key).map(parse_deadlines).transpose();
 }
 
 /// `tls_insecure_skip_verify`, or its older name `tls_insecure`; both given must agree.
 pub(super) fn tls_insecure(extra: &Section<'_>, _key: &str) -> Result<Option<bool>> {
-    match (
-        extra.boolean("tls_insecure_skip_verify")?,
-        extra.boolean("tls_insecure")?,
-    ) {
-        (Some(a), Some(b)) if a != b => Err(Error::config(
-            "extra_config.tls_insecure_skip_verify",
-            a,
-            format!("differs from extra_config.tls_insecure = {b}; give it once"),
-        )),
-        (a, b) => Ok(a.or(b)),
+    let given = ["tls_insecure_skip_verify", "tls_insecure"]
+        .map(|k| Ok((extra.name(k), extra.boolean(k)?)));
+    agree(
+        given.into_iter().collect::<Result<_>>()?,
+        bool::to_string,
+        "it",
+    )
+}
+
+/// The first value given of `(key, value)` pairs; another one given must be equal, or
+/// the error names the first key and value, and the other's.
+pub(super) fn agree<T: PartialEq>(
+    given: Vec<(String, Option<T>)>,
+    show: impl Fn(&T) -> String,
+    what: &str,
+) -> Result<Option<T>> {
+    let mut chosen: Option<(String, T)> = None;
+    for (key, v) in given {
+        match (v, &chosen) {
+            (Some(v), Some((first, c))) if v != *c => {
+                let why = format!("differs from {key} = {}; give {what} once", show(&v));
+                return Err(Error::config(first, show(c), why));
+            }
+            (Some(v), None) => chosen = Some((key, v)),
+            _ => {}
+        }
     }
+    Ok(chosen.map(|(_, v)| v))
 }
 
 /// `extra_config.cores: "numa:N"`: the CPUs of NUMA node N as read under `root`
@@ -103,96 +105,83 @@ pub(super) fn parse_numa_cores(s: &str, root: &std::path::Path) -> Result<(Vec<u
 
 /// `extra_config.cores`: a shard count, a CPU list, or a range string such as "0-3,6".
 pub(super) fn parse_cores(v: &Value) -> Result<(Option<Vec<usize>>, Option<usize>)> {
-    const KEY: &str = "extra_config.cores";
-    let bad = |reason: &str| Error::config(KEY, render(v), reason);
+    let bad = |reason: &str| Error::config("extra_config.cores", render(v), reason);
+    let shapes = "expected a shard count, a CPU list or a range string like \"0-3,6\"";
+    let number = |v: &Value| match v {
+        Value::Integer(n) => usize::try_from(*n).ok(),
+        Value::String(s) => s.trim().parse::<usize>().ok(),
+        _ => None,
+    };
     match v {
-        Value::Integer(n) => match usize::try_from(*n).ok() {
-            Some(n) => Ok((None, Some(n))),
-            None => Err(bad(
-                "expected a shard count, a CPU list or a range string like \"0-3,6\"",
-            )),
-        },
+        Value::Integer(_) => number(v)
+            .map(|n| (None, Some(n)))
+            .ok_or_else(|| bad(shapes)),
+        Value::String(s)
+            if !s.trim().is_empty() && s.trim().bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            let n = number(v).ok_or_else(|| bad("shard count out of range"))?;
+            Ok((None, Some(n)))
+        }
         Value::String(s) => {
-            let t = s.trim();
-            if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-                let n = t
-                    .parse::<usize>()
-                    .map_err(|_| bad("shard count out of range"))?;
-                return Ok((None, Some(n)));
-            }
-            Ok((
-                Some(crate::numa::parse_cpu_list(t).map_err(|r| bad(&r))?),
-                None,
-            ))
+            let cpus = crate::numa::parse_cpu_list(s.trim()).map_err(|r| bad(&r))?;
+            Ok((Some(cpus), None))
         }
         Value::Array(items) => {
-            let mut cores = Vec::with_capacity(items.len());
-            for item in items {
-                let n = match item {
-                    Value::Integer(n) => usize::try_from(*n).ok(),
-                    Value::String(s) => s.trim().parse::<usize>().ok(),
-                    _ => None,
-                };
-                match n {
-                    Some(n) => cores.push(n),
-                    None => {
-                        return Err(bad(&format!(
-                            "list entry {} is not a CPU number",
-                            render(item)
-                        )));
-                    }
-                }
-            }
-            Ok((Some(cores), None))
+            let cpu = |i: &Value| {
+                let why = format!("list entry {} is not a CPU number", render(i));
+                number(i).ok_or_else(|| bad(&why))
+            };
+            Ok((Some(items.iter().map(cpu).collect::<Result<_>>()?), None))
         }
-        _ => Err(bad(
-            "expected a shard count, a CPU list or a range string like \"0-3,6\"",
-        )),
+        _ => Err(bad(shapes)),
     }
+}
+
+/// A nested mapping `v` of the settings under `prefix` (`extra_config.<key>.`) whose
+/// keys are all among `names`; `example` shows the shape expected.
+fn nested<'a>(
+    v: &'a Value,
+    prefix: &'static str,
+    example: impl std::fmt::Display,
+    names: &[&str],
+    unknown: &str,
+) -> Result<Section<'a>> {
+    let Value::Hash(map) = v else {
+        let why = format!("expected a mapping such as {example}, found {}", kind(v));
+        return Err(Error::config(prefix.trim_end_matches('.'), render(v), why));
+    };
+    let known = |k: &Value| k.as_str().is_some_and(|k| names.contains(&k));
+    if let Some((k, val)) = map.iter().find(|(k, _)| !known(k)) {
+        return Err(Error::config(
+            &format!("{prefix}{}", render(k)),
+            render(val),
+            unknown,
+        ));
+    }
+    Ok(Section { map, prefix })
 }
 
 /// `extra_config.priority_weights`: a mapping of class name to weight, such as
 /// `{peek: 8, prefetch: 4, get: 2, put: 1}`; classes not named keep their default.
 fn parse_priority_weights(v: &Value) -> Result<PriorityWeights> {
-    let Value::Hash(map) = v else {
-        return Err(Error::config(
-            PRIORITY_WEIGHTS_KEY,
-            render(v),
-            format!(
-                "expected a mapping such as {}, found {}",
-                PriorityWeights::default(),
-                kind(v)
-            ),
-        ));
-    };
-    for (key, value) in map {
-        let known = key
-            .as_str()
-            .is_some_and(|k| Priority::ALL.iter().any(|c| c.name() == k));
-        if !known {
-            return Err(Error::config(
-                &format!("{PRIORITY_WEIGHTS_KEY}.{}", render(key)),
-                render(value),
-                "unknown class (expected peek, prefetch, get or put)",
-            ));
-        }
-    }
-    let section = Section {
-        map,
-        prefix: "extra_config.priority_weights.",
-    };
+    let unknown = "unknown class (expected peek, prefetch, get or put)";
+    let names = Priority::ALL.map(Priority::name);
+    let s = nested(
+        v,
+        "extra_config.priority_weights.",
+        PriorityWeights::default(),
+        &names,
+        unknown,
+    )?;
     let mut weights = PriorityWeights::default();
     for class in Priority::ALL {
-        match section.int::<u32>(class.name())? {
-            None => {}
+        match s.int::<u32>(class.name())? {
             Some(0) => {
-                return Err(Error::config(
-                    &section.name(class.name()),
-                    0,
-                    "must be at least 1 (a class with weight 0 would starve)",
-                ));
+                let why = "must be at least 1 (a class with weight 0 would starve)";
+                return Err(Error::config(&s.name(class.name()), 0, why));
             }
             Some(w) => *weights.of_mut(class) = w,
+            None => {}
         }
     }
     Ok(weights)
@@ -201,60 +190,26 @@ fn parse_priority_weights(v: &Value) -> Result<PriorityWeights> {
 /// `extra_config.deadlines`: a mapping such as `{get_ms: 900, per_mib_ms: 100}`;
 /// fields not named keep their default (bounds are checked by `Config::validate`).
 fn parse_deadlines(v: &Value) -> Result<Deadlines> {
-    let Value::Hash(map) = v else {
-        return Err(Error::config(
-            DEADLINES_KEY,
-            render(v),
-            format!(
-                "expected a mapping such as {:?}, found {}",
-                Deadlines::default(),
-                kind(v)
-            ),
-        ));
-    };
-    let section = Section {
-        map,
-        prefix: "extra_config.deadlines.",
-    };
+    const NAMES: [&str; 5] = ["peek_ms", "prefetch_ms", "get_ms", "put_ms", "per_mib_ms"];
+    let unknown = "unknown field (expected peek_ms, prefetch_ms, get_ms, put_ms or per_mib_ms)";
+    let example = format!("{:?}", Deadlines::default());
+    let s = nested(v, "extra_config.deadlines.", example, &NAMES, unknown)?;
     let mut d = Deadlines::default();
-    for (key, value) in map {
-        let name = key.as_str().unwrap_or_default();
-        // Probing with 0 tells a known field from an unknown one before parsing.
-        if !d.set(name, 0) {
-            return Err(Error::config(
-                &format!("{DEADLINES_KEY}.{}", render(key)),
-                render(value),
-                "unknown field (expected peek_ms, prefetch_ms, get_ms, put_ms or per_mib_ms)",
-            ));
+    for name in NAMES {
+        if let Some(ms) = s.int::<u64>(name)? {
+            d.set(name, ms);
         }
-        let default = Deadlines::default();
-        let ms = match section.int::<u64>(name)? {
-            Some(ms) => ms,
-            None => match name {
-                "peek_ms" => default.peek,
-                "prefetch_ms" => default.prefetch,
-                "get_ms" => default.get,
-                "put_ms" => default.put,
-                _ => default.per_mib,
-            }
-            .as_millis() as u64,
-        };
-        d.set(name, ms);
     }
     Ok(d)
 }
 
+/// A positive number of seconds.
 pub(super) fn parse_ttl(key: &str, text: &str) -> Result<u64> {
     match parse_integer(text) {
-        Some(n) if n > 0 => {
-            u64::try_from(n).map_err(|_| Error::config(key, text, "TTL is out of range"))
-        }
-        _ => Err(Error::config(
-            key,
-            text,
-            "must be a positive integer number of seconds",
-        )),
+        Some(n) if n > 0 => u64::try_from(n).map_err(|_| "TTL is out of range"),
+        _ => Err("must be a positive integer number of seconds"),
     }
+    .map_err(|why| Error::config(key, text, why))
 }
 
 /// A decimal integer with an optional sign. '_' between digits is allowed because
@@ -296,23 +251,23 @@ pub(super) struct Section<'a> {
 }
 
 impl<'a> Section<'a> {
+    pub(super) fn new(map: &'a Mapping, prefix: &'static str) -> Self {
+        Section { map, prefix }
+    }
+
     /// The value of `key`; `null` counts as absent.
     pub(super) fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map
-            .get(&Value::String(key.to_string()))
-            .filter(|v| !v.is_null())
+        let v = self.map.get(&Value::String(key.to_string()));
+        v.filter(|v| !v.is_null())
     }
 
     pub(super) fn name(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
-    fn shown(&self, v: &Value, shown: Shown) -> String {
-        match shown {
-            Shown::Plain => render(v),
-            Shown::Secret => MASK.to_string(),
-            Shown::Url => render_with(v, &mask_url),
-        }
+    /// The error naming `key` and `value`.
+    fn fail(&self, key: &str, value: impl std::fmt::Display, why: impl Into<String>) -> Error {
+        Error::config(&self.name(key), value, why)
     }
 
     /// A string; numbers are accepted as their decimal text (unquoted numeric
@@ -322,20 +277,16 @@ impl<'a> Section<'a> {
             None => Ok(None),
             Some(Value::String(s) | Value::Real(s)) => Ok(Some(s.clone())),
             Some(Value::Integer(n)) => Ok(Some(n.to_string())),
-            Some(other) => Err(Error::config(
-                &self.name(key),
-                self.shown(other, shown),
-                format!("expected a string, found {}", kind(other)),
+            Some(v) => Err(self.fail(
+                key,
+                match shown {
+                    Shown::Plain => render(v),
+                    Shown::Secret => MASK.to_string(),
+                    Shown::Url => render_with(v, &mask_url),
+                },
+                format!("expected a string, found {}", kind(v)),
             )),
         }
-    }
-
-    /// A file path; an empty string means not given.
-    pub(super) fn path(&self, key: &str) -> Result<Option<PathBuf>> {
-        Ok(self
-            .text(key, Shown::Plain)?
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from))
     }
 
     /// `true`/`false`, also as strings in any ASCII case. `yes`/`no`/`on`/`off` are
@@ -349,11 +300,7 @@ impl<'a> Section<'a> {
             Some(Value::Boolean(b)) => Ok(Some(*b)),
             Some(Value::String(s)) if word(s, ["true", "yes", "on"]) => Ok(Some(true)),
             Some(Value::String(s)) if word(s, ["false", "no", "off"]) => Ok(Some(false)),
-            Some(other) => Err(Error::config(
-                &self.name(key),
-                render(other),
-                "expected true or false",
-            )),
+            Some(v) => Err(self.fail(key, render(v), "expected true or false")),
         }
     }
 
@@ -362,98 +309,69 @@ impl<'a> Section<'a> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        let n = match v {
+        match v {
             Value::Integer(n) => Some(i128::from(*n)),
             // Integers beyond i64 arrive as reals; they are then "too large" below.
             Value::String(s) | Value::Real(s) => parse_integer(s),
             _ => None,
-        };
-        let Some(n) = n else {
-            return Err(Error::config(
-                &self.name(key),
-                render(v),
-                "expected a non-negative integer",
-            ));
-        };
-        if n < 0 {
-            return Err(Error::config(&self.name(key), n, "must not be negative"));
         }
-        T::try_from(n)
-            .map(Some)
-            .map_err(|_| Error::config(&self.name(key), n, "is too large"))
+        .ok_or_else(|| self.fail(key, render(v), "expected a non-negative integer"))
+        .and_then(|n| match T::try_from(n) {
+            _ if n < 0 => Err(self.fail(key, n, "must not be negative")),
+            Ok(t) => Ok(Some(t)),
+            Err(_) => Err(self.fail(key, n, "is too large")),
+        })
     }
 
     /// A positive number of seconds.
     pub(super) fn ttl(&self, key: &str) -> Result<Option<u64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v @ (Value::Integer(_) | Value::Real(_) | Value::String(_))) => {
-                parse_ttl(&self.name(key), &render(v)).map(Some)
-            }
-            Some(other) => Err(Error::config(
-                &self.name(key),
-                render(other),
-                "must be a positive integer number of seconds",
-            )),
-        }
+        let ttl = |v| parse_ttl(&self.name(key), &render(v));
+        self.get(key).map(ttl).transpose()
     }
 
     /// A string parsed with `FromStr`; errors are re-keyed to the full YAML path.
     pub(super) fn parsed<T: FromStr<Err = Error>>(&self, key: &str) -> Result<Option<T>> {
-        let Some(text) = self.text(key, Shown::Plain)? else {
-            return Ok(None);
-        };
-        text.parse::<T>().map(Some).map_err(|e| match e {
-            Error::Config { value, reason, .. } => Error::Config {
-                key: self.name(key),
-                value,
-                reason,
-            },
-            other => other,
-        })
+        let text = self.text(key, Shown::Plain)?;
+        text.map(|t| t.parse::<T>())
+            .transpose()
+            .map_err(|e| match e {
+                Error::Config { value, reason, .. } => self.fail(key, value, reason),
+                other => other,
+            })
     }
 }
 
 /// Resolves YAML merge keys (`<<: *base`, `<<: [*a, *b]`) in place, as PyYAML does:
 /// keys given in the mapping itself win, then earlier merged mappings over later ones.
 pub(super) fn apply_merge(v: &mut Value) -> std::result::Result<(), String> {
-    match v {
-        Value::Array(items) => items.iter_mut().try_for_each(apply_merge),
-        Value::Hash(map) => {
-            for value in map.values_mut() {
-                apply_merge(value)?;
-            }
-            let Some(merged) = map.remove(&Value::String("<<".to_string())) else {
-                return Ok(());
-            };
-            let sources = match merged {
-                Value::Hash(m) => vec![m],
-                Value::Array(items) => items
-                    .into_iter()
-                    .map(|item| match item {
-                        Value::Hash(m) => Ok(m),
-                        other => Err(format!(
-                            "a merge key (<<) lists {}, expected mappings",
-                            kind(&other)
-                        )),
-                    })
-                    .collect::<std::result::Result<_, _>>()?,
-                other => {
-                    return Err(format!(
-                        "a merge key (<<) holds {}, expected a mapping or a list of mappings",
-                        kind(&other)
-                    ))
-                }
-            };
-            for source in sources {
-                for (k, val) in source {
-                    map.entry(k).or_insert(val);
-                }
-            }
-            Ok(())
+    let map = match v {
+        Value::Array(items) => return items.iter_mut().try_for_each(apply_merge),
+        Value::Hash(map) => map,
+        _ => return Ok(()),
+    };
+    map.values_mut().try_for_each(apply_merge)?;
+    let sources = match map.remove(&Value::String("<<".to_string())) {
+        None => vec![],
+        Some(Value::Hash(m)) => vec![m],
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Hash(m) => Ok(m),
+                v => Err(format!(
+                    "a merge key (<<) lists {}, expected mappings",
+                    kind(&v)
+                )),
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        Some(v) => {
+            let shapes = "expected a mapping or a list of mappings";
+            return Err(format!("a merge key (<<) holds {}, {shapes}", kind(&v)));
         }
-        _ => Ok(()),
+    };
+    for (k, val) in sources.into_iter().flatten() {
+        map.entry(k).or_insert(val);
     }
+    Ok(())
 }
 
 pub(super) fn kind(v: &Value) -> &'static str {

@@ -43,31 +43,24 @@ pub(super) fn build(url: ParsedUrl, mut s: Settings) -> Result<Config> {
         KeyLayout::Lmcache
     };
 
-    let username = merge_secretless(
-        "extra_config.redis_username",
+    let username = one(
+        "redis_username",
         url.username,
         s.username.take().flatten(),
+        |b| b.clone(),
+        |a| format!("the user name {a:?}"),
     )?;
-    let password = match (url.password, s.password.take().flatten()) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(Error::config(
-                "extra_config.redis_password",
-                MASK,
-                "differs from the password in the URL; give it once",
-            ));
-        }
-        (a, b) => a.or(b),
-    };
-    let database = match (url.database, s.database.take()) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(Error::config(
-                "extra_config.redis_database",
-                b,
-                format!("differs from database {a} in the URL"),
-            ));
-        }
-        (a, b) => a.or(b).unwrap_or(0),
-    };
+    let password = one(
+        "redis_password",
+        url.password,
+        s.password.take().flatten(),
+        |_| MASK.to_string(),
+        |_| "the password".to_string(),
+    )?;
+    let (db, given_db) = (url.database, s.database.take());
+    let database = one("redis_database", db, given_db, u32::to_string, |a| {
+        format!("database {a}")
+    })?;
 
     let use_tls = s.tls.take().unwrap_or(false);
     let mut cfg = Config {
@@ -76,7 +69,7 @@ pub(super) fn build(url: ParsedUrl, mut s: Settings) -> Result<Config> {
         seeds: url.seeds,
         username,
         password,
-        database,
+        database: database.unwrap_or(0),
         key_layout: default_layout,
         sentinel_master: url.sentinel,
         ..Config::default()
@@ -86,16 +79,20 @@ pub(super) fn build(url: ParsedUrl, mut s: Settings) -> Result<Config> {
     Ok(cfg)
 }
 
-fn merge_secretless(
+/// The URL's value or the one given under `key`; both given must be equal, else the
+/// error shows the given one and names the URL's (`in_url`).
+fn one<T: PartialEq>(
     key: &str,
-    from_url: Option<String>,
-    given: Option<String>,
-) -> Result<Option<String>> {
+    from_url: Option<T>,
+    given: Option<T>,
+    shown: impl Fn(&T) -> String,
+    in_url: impl Fn(&T) -> String,
+) -> Result<Option<T>> {
     match (from_url, given) {
         (Some(a), Some(b)) if a != b => Err(Error::config(
-            key,
-            b,
-            format!("differs from the user name {a:?} in the URL; give it once"),
+            &format!("extra_config.{key}"),
+            shown(&b),
+            format!("differs from {} in the URL; give it once", in_url(&a)),
         )),
         (a, b) => Ok(a.or(b)),
     }

@@ -54,19 +54,19 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
     // Reasons quote pieces of the URL (a host, a port, a parameter name); a password
     // with an unencoded '?', '/', '&' or '@' can end up in any of them.
     let secrets = url_secrets(url);
-    let fail = |reason: String| Error::Url {
+    let fail = |reason: &str| Error::Url {
         url: mask_url(url),
-        reason: scrub(&reason, &secrets),
+        reason: scrub(reason, &secrets),
     };
     if url.is_empty() {
-        return Err(fail("empty URL".to_string()));
+        return Err(fail("empty URL"));
     }
     if url.chars().any(char::is_whitespace) {
-        return Err(fail("URL contains whitespace".to_string()));
+        return Err(fail("URL contains whitespace"));
     }
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(fail(
-            "missing scheme; expected redis://, rediss://, redis-cluster:// or unix://".to_string(),
+            "missing scheme; expected redis://, rediss://, redis-cluster:// or unix://",
         ));
     };
     let mut sentinel = false;
@@ -80,13 +80,10 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
             (false, Some(Mode::Standalone), false)
         }
         "rediss-sentinel" => {
-            return Err(fail(
-                "TLS through Redis Sentinel is not supported yet; use redis-sentinel:// or point a rediss:// URL at the master"
-                    .to_string(),
-            ));
+            return Err(fail("TLS through Redis Sentinel is not supported yet; use redis-sentinel:// or point a rediss:// URL at the master"));
         }
         _ => {
-            return Err(fail(format!(
+            return Err(fail(&format!(
                 "unknown scheme {scheme:?}; expected redis://, rediss://, redis-cluster:// or unix://"
             )));
         }
@@ -105,10 +102,7 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
         // Most likely a password with an unencoded '/' or '?': echoing the pieces
         // would leak it. A socket path holding '@' must encode it too, or the
         // remainder of such a password would become the socket path.
-        return Err(fail(
-            "unexpected '@' after the host; percent-encode '/', '?' and '@' in the user name and password (%2F, %3F, %40)"
-                .to_string(),
-        ));
+        return Err(fail("unexpected '@' after the host; percent-encode '/', '?' and '@' in the user name and password (%2F, %3F, %40)"));
     }
     let (userinfo, hosts) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
@@ -122,9 +116,9 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
             Some((u, p)) => (u, Some(p)),
             None => (ui, None),
         };
-        username = decode_text(user).map_err(|r| fail(format!("user name: {r}")))?;
+        username = decode_text(user).map_err(|r| fail(&format!("user name: {r}")))?;
         if let Some(p) = pass {
-            password = decode_text(p).map_err(|r| fail(format!("password: {r}")))?;
+            password = decode_text(p).map_err(|r| fail(&format!("password: {r}")))?;
         }
     }
 
@@ -132,7 +126,7 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
     let mut master_name = None;
     let seeds = if sentinel {
         if hosts.is_empty() {
-            return Err(fail("missing sentinel host".to_string()));
+            return Err(fail("missing sentinel host"));
         }
         let seeds = hosts
             .split(',')
@@ -149,9 +143,9 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
                 })
             })
             .collect::<std::result::Result<Vec<_>, String>>()
-            .map_err(fail)?;
+            .map_err(|r| fail(&r))?;
         let name_text = path.strip_prefix('/').unwrap_or(path);
-        let name = match decode_text(name_text).map_err(|r| fail(format!("master name: {r}")))? {
+        let name = match decode_text(name_text).map_err(|r| fail(&format!("master name: {r}")))? {
             Some(n) => n,
             None => std::env::var(SERVICE_NAME_ENV)
                 .ok()
@@ -159,7 +153,7 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
                 .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
         };
         if name.contains(['/', '\r', '\n', ' ']) {
-            return Err(fail(format!(
+            return Err(fail(&format!(
                 "master name {name:?} contains '/', a space or a line break"
             )));
         }
@@ -170,30 +164,28 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
             // The "host" is not echoed: with an unencoded '/' in a password it holds
             // part of the password.
             return Err(fail(
-                "a unix:// URL takes no host; write unix:///path/to.sock".to_string(),
+                "a unix:// URL takes no host; write unix:///path/to.sock",
             ));
         }
         if path.is_empty() || path == "/" {
-            return Err(fail(
-                "missing socket path; write unix:///path/to.sock".to_string(),
-            ));
+            return Err(fail("missing socket path; write unix:///path/to.sock"));
         }
-        let bytes = percent_decode(path).map_err(|r| fail(format!("socket path: {r}")))?;
+        let bytes = percent_decode(path).map_err(|r| fail(&format!("socket path: {r}")))?;
         vec![ServerAddr::Unix {
             path: PathBuf::from(std::ffi::OsString::from_vec(bytes)),
         }]
     } else {
         if hosts.is_empty() {
-            return Err(fail("missing host".to_string()));
+            return Err(fail("missing host"));
         }
         let seeds = hosts
             .split(',')
             .map(parse_seed)
             .collect::<std::result::Result<Vec<_>, String>>()
-            .map_err(fail)?;
+            .map_err(|r| fail(&r))?;
         let db_text = path.strip_prefix('/').unwrap_or(path);
         if !db_text.is_empty() {
-            database = Some(parse_db(db_text).map_err(fail)?);
+            database = Some(parse_db(db_text).map_err(|r| fail(&r))?);
         }
         seeds
     };
@@ -203,40 +195,30 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "db" => {
-                    let db = parse_db(v).map_err(fail)?;
+                    let db = parse_db(v).map_err(|r| fail(&r))?;
                     if database.is_some_and(|d| d != db) {
-                        return Err(fail(format!(
+                        return Err(fail(&format!(
                             "database given twice: in the path and as db={v}"
                         )));
                     }
                     database = Some(db);
                 }
-                "username" | "user" => {
-                    let u = decode_text(v).map_err(|r| fail(format!("user name: {r}")))?;
-                    if username.is_some() && u.is_some() && username != u {
-                        return Err(fail(
-                            "user name given twice, with different values".to_string(),
-                        ));
+                "username" | "user" | "password" => {
+                    let (what, slot) = match k {
+                        "password" => ("password", &mut password),
+                        _ => ("user name", &mut username),
+                    };
+                    let given = decode_text(v).map_err(|r| fail(&format!("{what}: {r}")))?;
+                    if slot.is_some() && given.is_some() && *slot != given {
+                        return Err(fail(&format!("{what} given twice, with different values")));
                     }
-                    username = username.or(u);
-                }
-                "password" => {
-                    let p = decode_text(v).map_err(|r| fail(format!("password: {r}")))?;
-                    if password.is_some() && p.is_some() && password != p {
-                        return Err(fail(
-                            "password given twice, with different values".to_string(),
-                        ));
-                    }
-                    password = password.or(p);
+                    *slot = slot.take().or(given);
                 }
                 _ if k.contains(['@', ':']) => {
-                    return Err(fail(
-                        "unexpected '@' or ':' in the query; percent-encode '?' and '@' in the user name and password (%3F, %40)"
-                            .to_string(),
-                    ));
+                    return Err(fail("unexpected '@' or ':' in the query; percent-encode '?' and '@' in the user name and password (%3F, %40)"));
                 }
                 _ => {
-                    return Err(fail(format!(
+                    return Err(fail(&format!(
                         "unknown URL parameter {k:?}; supported: db, username, password"
                     )));
                 }

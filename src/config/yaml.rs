@@ -9,7 +9,7 @@ use yaml_rust2::YamlLoader;
 
 use super::keys::Settings;
 use super::read::{
-    apply_merge, kind, parse_cores, parse_numa_cores, parse_ttl, render, Section, Shown,
+    agree, apply_merge, kind, parse_cores, parse_numa_cores, parse_ttl, render, Section, Shown,
 };
 use super::settings::build;
 use super::{mask_url, parse_url, Config, TTL_ENV};
@@ -38,12 +38,12 @@ pub(super) fn from_yaml(
     base: Option<&Path>,
 ) -> Result<(Config, Vec<String>)> {
     // The text may hold a password, so only its size appears in errors.
-    let yaml_err = |reason: String| Error::config("yaml", format!("{} bytes", text.len()), reason);
+    let yaml_err = |why: String| Error::config("yaml", format!("{} bytes", text.len()), why);
     let mut docs = YamlLoader::load_from_str(text).map_err(|e| yaml_err(e.to_string()))?;
     if docs.len() > 1 {
+        let n = docs.len();
         return Err(yaml_err(format!(
-            "found {} documents; a config file holds one",
-            docs.len()
+            "found {n} documents; a config file holds one"
         )));
     }
     let mut doc = docs.pop().unwrap_or(Value::Null);
@@ -52,36 +52,26 @@ pub(super) fn from_yaml(
     let top = match &doc {
         Value::Null => &empty,
         Value::Hash(m) => m,
-        other => {
-            return Err(yaml_err(format!(
+        v => {
+            let why = format!(
                 "expected a mapping of settings at the top level, found {}",
-                kind(other)
-            )));
+                kind(v)
+            );
+            return Err(yaml_err(why));
         }
     };
-    let top = Section {
-        map: top,
-        prefix: "",
-    };
+    let top = Section::new(top, "");
     let extra_map = match top.get("extra_config") {
         None => &empty,
         Some(Value::Hash(m)) => m,
-        Some(other) => {
-            return Err(Error::config(
-                "extra_config",
-                render(other),
-                format!("expected a mapping, found {}", kind(other)),
-            ));
+        Some(v) => {
+            let why = format!("expected a mapping, found {}", kind(v));
+            return Err(Error::config("extra_config", render(v), why));
         }
     };
-    let extra = Section {
-        map: extra_map,
-        prefix: "extra_config.",
-    };
+    let extra = Section::new(extra_map, "extra_config.");
     let warnings = unknown_key_warnings(extra_map);
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
+    warnings.iter().for_each(|w| tracing::warn!("{w}"));
 
     let parsed = parse_url(&choose_url(&top, &extra)?)?;
     let mut s = Settings::read(&extra)?;
@@ -97,17 +87,14 @@ pub(super) fn from_yaml(
             (s.cores, s.shards) = (Some(c), Some(n));
         }
     }
-    if let Some(dir) = base {
-        for file in [
-            &mut s.tls_ca_file,
-            &mut s.tls_cert_file,
-            &mut s.tls_key_file,
-        ] {
-            if let Some(Some(f)) = file {
-                if f.is_relative() {
-                    *f = dir.join(&*f);
-                }
-            }
+    let files = [
+        &mut s.tls_ca_file,
+        &mut s.tls_cert_file,
+        &mut s.tls_key_file,
+    ];
+    for f in files.into_iter().flatten().flatten() {
+        if let Some(dir) = base.filter(|_| f.is_relative()) {
+            *f = dir.join(&*f);
         }
     }
     Ok((build(parsed, s)?, warnings))
@@ -116,29 +103,15 @@ pub(super) fn from_yaml(
 /// `extra_config.ttl`, `extra_config.remote_ttl`, then top-level `remote_ttl` (two
 /// given must agree), and env `LMCACHE_REMOTE_TTL` when none is.
 fn ttl(top: &Section<'_>, extra: &Section<'_>, env_ttl: Option<String>) -> Result<Option<u64>> {
-    let given = [
+    let given = vec![
         (extra.name("ttl"), extra.ttl("ttl")?),
         (extra.name("remote_ttl"), extra.ttl("remote_ttl")?),
         ("remote_ttl".to_string(), top.ttl("remote_ttl")?),
     ];
-    let mut chosen: Option<(&str, u64)> = None;
-    for (key, v) in &given {
-        match (v, chosen) {
-            (Some(v), Some((first, c))) if *v != c => {
-                return Err(Error::config(
-                    first,
-                    c,
-                    format!("differs from {key} = {v}; give the TTL once"),
-                ));
-            }
-            (Some(v), None) => chosen = Some((key, *v)),
-            _ => {}
-        }
+    match agree(given, u64::to_string, "the TTL")? {
+        Some(v) => Ok(Some(v)),
+        None => env_ttl_secs(env_ttl),
     }
-    if let Some((_, v)) = chosen {
-        return Ok(Some(v));
-    }
-    env_ttl_secs(env_ttl)
 }
 
 /// `LMCACHE_REMOTE_TTL`'s value; empty or unset: none.
@@ -162,38 +135,27 @@ pub(super) const OTHER_EXTRA_KEYS: [&str; 4] = [
 /// ignored): most likely a misspelling that would otherwise be ignored without a word.
 fn unknown_key_warnings(extra: &Mapping) -> Vec<String> {
     let known = super::keys::known_keys();
+    let squash = |k: &str| k.replace('_', "").to_ascii_lowercase();
+    let distance = |k: &str, key: &str| match squash(k) == squash(key) {
+        true => 0,
+        false => edit_distance(k, key),
+    };
     let mut out = Vec::new();
     for key in extra.keys().filter_map(Value::as_str) {
-        if let Some(name) = key.strip_prefix(PLUGIN_PREFIX) {
-            if !PLUGIN_KEYS.contains(&name) {
-                out.push(format!(
-                    "extra_config.{key} is ignored: slotline reads its settings from plain \
-                     extra_config keys (e.g. extra_config.{name})"
-                ));
-            }
-            continue;
-        }
-        if known.contains(&key) {
-            continue;
-        }
-        let squash = |k: &str| k.replace('_', "").to_ascii_lowercase();
         let close = known
             .iter()
-            .map(|k| {
-                let d = if squash(k) == squash(key) {
-                    0
-                } else {
-                    edit_distance(k, key)
-                };
-                (d, k)
-            })
+            .map(|k| (distance(k, key), k))
             .filter(|(d, k)| *d <= if k.len() <= 4 { 1 } else { 2 })
-            .min_by_key(|(d, _)| *d)
-            .map(|(_, k)| k);
-        if let Some(k) = close {
-            out.push(format!(
+            .min_by_key(|(d, _)| *d);
+        match (key.strip_prefix(PLUGIN_PREFIX), close) {
+            (Some(name), _) if !PLUGIN_KEYS.contains(&name) => out.push(format!(
+                "extra_config.{key} is ignored: slotline reads its settings from plain \
+                 extra_config keys (e.g. extra_config.{name})"
+            )),
+            (None, Some((_, k))) if !known.contains(&key) => out.push(format!(
                 "extra_config.{key} is not a slotline setting and is ignored; did you mean extra_config.{k}?"
-            ));
+            )),
+            _ => {}
         }
     }
     out
@@ -216,35 +178,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn choose_url(top: &Section<'_>, extra: &Section<'_>) -> Result<String> {
-    let mut own: Option<(&str, String)> = None;
+    let mut given = Vec::new();
     for key in EXTRA_URL_KEYS {
-        let Some(url) = extra.text(key, Shown::Url)?.filter(|u| !u.is_empty()) else {
-            continue;
-        };
-        match &own {
-            Some((first, seen)) if *seen != url => {
-                return Err(Error::config(
-                    &format!("extra_config.{key}"),
-                    mask_url(&url),
-                    format!(
-                        "differs from extra_config.{first} = {:?}; give the URL once",
-                        mask_url(seen)
-                    ),
-                ));
-            }
-            Some(_) => {}
-            None => own = Some((key, url)),
-        }
+        let url = extra.text(key, Shown::Url)?.filter(|u| !u.is_empty());
+        given.push((extra.name(key), url));
     }
+    let key = given
+        .iter()
+        .find(|(_, u)| u.is_some())
+        .map(|(k, _)| k.clone());
+    let own = agree(given, |u| format!("{:?}", mask_url(u)), "the URL")?;
     let lmcache_url = top
         .text("remote_url", Shown::Url)?
         .filter(|u| !u.is_empty());
     match (own, lmcache_url) {
-        (Some((key, url)), Some(remote)) => {
+        (Some(url), Some(remote)) => {
+            let key = key.unwrap_or_default();
             if url == remote {
                 tracing::warn!(
                     url = %mask_url(&url),
-                    "remote_url and extra_config.{key} name the same server: LMCache will also \
+                    "remote_url and {key} name the same server: LMCache will also \
                      create its own remote backend and every chunk will be written twice; \
                      drop remote_url when slotline runs as a plugin"
                 );
@@ -252,12 +205,12 @@ fn choose_url(top: &Section<'_>, extra: &Section<'_>) -> Result<String> {
                 tracing::info!(
                     slotline = %mask_url(&url),
                     remote_url = %mask_url(&remote),
-                    "using extra_config.{key}; remote_url belongs to LMCache's own backend"
+                    "using {key}; remote_url belongs to LMCache's own backend"
                 );
             }
             Ok(url)
         }
-        (Some((_, url)), None) | (None, Some(url)) => Ok(url),
+        (Some(url), None) | (None, Some(url)) => Ok(url),
         (None, None) => Err(Error::config(
             "remote_url",
             "",
