@@ -364,17 +364,7 @@ impl Engine {
             metas: plan.metas.clone(),
             only,
         };
-        self.submit_parts(
-            Req {
-                op,
-                class: plan.class,
-                layout: self.inner.keys.clone(),
-                mode,
-                target: None,
-            },
-            &plan.keys,
-            Vec::new(),
-        )
+        self.submit_parts(self.req(op, plan.class, mode), &plan.keys, Vec::new())
     }
 
     fn put_op(&self, chunks: Vec<PutChunk>, class: Priority) -> Result<PutPlan> {

@@ -140,20 +140,11 @@ impl Engine {
         let mem: Vec<Mem> = tracked.into_iter().map(Mem::Caller).collect();
         // `submit_parts` keeps `Submit::Defer` (never waits); `submit_keys` would
         // turn it into a wait.
-        let ticket = match self.submit_parts(
-            Req {
-                op: Op::Get(GetMode::Into),
-                class,
-                layout: self.inner.keys.clone(),
-                mode,
-                target: None,
-            },
-            keys,
-            mem,
-        ) {
-            Ok((b, unpushed)) => Ticket::new(b, ticket::infos).with_unpushed(unpushed),
-            Err(e) => Ticket::ready(Err(e)),
-        };
+        let ticket =
+            match self.submit_parts(self.req(Op::Get(GetMode::Into), class, mode), keys, mem) {
+                Ok((b, unpushed)) => Ticket::new(b, ticket::infos).with_unpushed(unpushed),
+                Err(e) => Ticket::ready(Err(e)),
+            };
         CallerTicket::new(ticket, home).bounded(self.lend_bound(), self.inner.metrics.clone())
     }
 }

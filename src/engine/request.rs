@@ -34,7 +34,7 @@ use crate::mem::{with_lent_mut, with_lent_ref, CallerBuf, CallerBufMut, Mem};
 use crate::priority::Priority;
 
 use super::caller::{GetIntoTicket, PutOwned, PutRef, PutTicket};
-use super::submit::{Req, Submit};
+use super::submit::Submit;
 use super::ticket::Returned;
 use super::{bools, chunks, count, Engine};
 
@@ -128,17 +128,7 @@ impl Engine {
         bufs: Vec<Mem>,
         convert: fn(Output) -> Result<T>,
     ) -> Result<Ticket<T>> {
-        let b = self.submit_keys(
-            Req {
-                op,
-                class,
-                layout: self.inner.keys.clone(),
-                mode: Submit::Try,
-                target: None,
-            },
-            keys,
-            bufs,
-        )?;
+        let b = self.submit_keys(self.req(op, class, Submit::Try), keys, bufs)?;
         Ok(Ticket::new(b, convert))
     }
 }

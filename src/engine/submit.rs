@@ -40,6 +40,17 @@ pub(super) enum Submit {
 }
 
 impl Engine {
+    /// A request routed by key with the engine's key layout.
+    pub(super) fn req(&self, op: Op, class: Priority, mode: Submit) -> Req {
+        Req {
+            op,
+            class,
+            layout: self.inner.keys.clone(),
+            mode,
+            target: None,
+        }
+    }
+
     pub(super) fn ticket<K: AsRef<[u8]>, T>(
         &self,
         op: Op,
@@ -48,17 +59,7 @@ impl Engine {
         bufs: Vec<Mem>,
         convert: fn(Output) -> Result<T>,
     ) -> Ticket<T> {
-        match self.submit_parts(
-            Req {
-                op,
-                class,
-                layout: self.inner.keys.clone(),
-                mode: Submit::Defer,
-                target: None,
-            },
-            keys,
-            bufs,
-        ) {
+        match self.submit_parts(self.req(op, class, Submit::Defer), keys, bufs) {
             Ok((b, unpushed)) => Ticket::new(b, convert).with_unpushed(unpushed),
             Err(e) => Ticket::ready(Err(e)),
         }
